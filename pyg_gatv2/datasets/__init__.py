@@ -1,0 +1,3 @@
+"""Datasets: the Planetoid citation graphs and the DictionaryLookup task."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Networks built from the GATv2 layers."""

@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+
+_SHARED_RAW = Path(__file__).resolve().parents[2] / 'shared' / 'data' / (
+    'planetoid')
+
+
+@pytest.fixture(scope='session')
+def planetoid_raw_dir() -> Path:
+    """The read-only folder of raw Planetoid files (``<dir>/Cora/raw/...``).
+
+    Taken from ``PYG_GATV2_RAW_DIR``, else from the shared data folder beside
+    the repository. Tests that need it are skipped on a machine that has
+    neither, except in CI, where a missing folder is a failure.
+    """
+    env = os.environ.get('PYG_GATV2_RAW_DIR')
+    path = Path(env) if env else _SHARED_RAW
+    if (path / 'Cora' / 'raw').is_dir():
+        return path
+    message = (f'raw Planetoid files not found at {path}; set '
+               'PYG_GATV2_RAW_DIR to a folder holding Cora/raw/ind.cora.*')
+    if os.environ.get('CI'):
+        pytest.fail(message)
+    pytest.skip(message)
