@@ -1,7 +1,23 @@
 """pyg_gatv2: a fast, memory-efficient drop-in GATv2Conv for PyG."""
+from pyg_gatv2.conv import GATv2Conv
+from pyg_gatv2.dense import DenseGATv2Conv
+from pyg_gatv2.softmax import (
+    available_backends,
+    get_backend,
+    scatter_softmax,
+    set_backend,
+    use_backend,
+)
 
 __version__ = '0.1.0'
 
 __all__ = [
     '__version__',
+    'GATv2Conv',
+    'DenseGATv2Conv',
+    'scatter_softmax',
+    'available_backends',
+    'get_backend',
+    'set_backend',
+    'use_backend',
 ]

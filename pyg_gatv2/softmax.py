@@ -1,0 +1,160 @@
+"""Scatter-softmax over the incoming edges of each node.
+
+Two backends compute the same function:
+
+* ``'torch_scatter'``: :mod:`torch_scatter`'s scatter/segment reductions, the
+  fast path on CPU and CUDA when the package is installed;
+* ``'native'``: :meth:`torch.Tensor.scatter_reduce` and
+  :meth:`torch.Tensor.index_add`, always available and traceable by
+  :func:`torch.compile`.
+
+The default (``None``) picks ``'torch_scatter'`` when it is importable and
+``'native'`` otherwise; under :func:`torch.compile` it always picks
+``'native'``, because torch-scatter's operators break the graph.
+"""
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+BACKENDS = ('torch_scatter', 'native')
+
+_selected: Optional[str] = None
+
+
+def has_torch_scatter() -> bool:
+    """Whether the :mod:`torch_scatter` package can be imported."""
+    return importlib.util.find_spec('torch_scatter') is not None
+
+
+def available_backends() -> list[str]:
+    """The backends usable in this environment, fastest first."""
+    return [b for b in BACKENDS if b != 'torch_scatter' or has_torch_scatter()]
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown softmax backend '{backend}'; choose one of "
+                         f'{BACKENDS} or None for automatic selection')
+    if backend == 'torch_scatter' and not has_torch_scatter():
+        raise ValueError(
+            "Softmax backend 'torch_scatter' needs the torch-scatter package; "
+            "install it with 'pip install --no-build-isolation torch-scatter' "
+            "or use backend 'native'")
+    return backend
+
+
+def set_backend(backend: Optional[str]) -> None:
+    """Selects the softmax backend for all layers (:obj:`None`: automatic).
+
+    Args:
+        backend (str, optional): ``'torch_scatter'``, ``'native'`` or
+            :obj:`None`.
+    """
+    global _selected
+    _selected = None if backend is None else _check_backend(backend)
+
+
+def get_backend() -> str:
+    """The backend that :func:`scatter_softmax` uses now."""
+    if torch.compiler.is_compiling():
+        return 'native'
+    if _selected is not None:
+        return _selected
+    return 'torch_scatter' if has_torch_scatter() else 'native'
+
+
+@contextlib.contextmanager
+def use_backend(backend: Optional[str]) -> Iterator[None]:
+    """Context manager that selects a softmax backend temporarily.
+
+    Example:
+        >>> with use_backend('native'):
+        ...     out = conv(x, edge_index)
+    """
+    global _selected
+    previous = _selected
+    set_backend(backend)
+    try:
+        yield
+    finally:
+        _selected = previous
+
+
+def _native_max(src: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    expanded = index.view((-1, ) + (1, ) * (src.dim() - 1)).expand_as(src)
+    out = src.new_zeros((num_nodes, ) + src.shape[1:])
+    return out.scatter_reduce(0, expanded, src, 'amax', include_self=False)
+
+
+def _native_sum(src: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    out = src.new_zeros((num_nodes, ) + src.shape[1:])
+    return out.index_add(0, index, src)
+
+
+def _scatter_max(src: Tensor, index: Tensor, num_nodes: int,
+                 ptr: Optional[Tensor]) -> Tensor:
+    import torch_scatter
+    if ptr is not None:
+        return torch_scatter.segment_csr(src, ptr, reduce='max')
+    return torch_scatter.scatter_max(src, index, dim=0, dim_size=num_nodes)[0]
+
+
+def _scatter_sum(src: Tensor, index: Tensor, num_nodes: int,
+                 ptr: Optional[Tensor]) -> Tensor:
+    import torch_scatter
+    if ptr is not None:
+        return torch_scatter.segment_csr(src, ptr, reduce='sum')
+    return torch_scatter.scatter_sum(src, index, dim=0, dim_size=num_nodes)
+
+
+def scatter_softmax(
+    src: Tensor,
+    index: Tensor,
+    num_nodes: int,
+    ptr: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    r"""Softmax of :obj:`src` over the entries that share an :obj:`index`.
+
+    .. math::
+        \alpha_{e} = \frac{\exp(s_e - m_{i})}
+        {\sum_{e' : \mathrm{index}(e') = i} \exp(s_{e'} - m_{i})},
+        \quad i = \mathrm{index}(e),\;
+        m_i = \max_{e' : \mathrm{index}(e') = i} s_{e'}
+
+    The maximum is subtracted first, so logits of any finite size neither
+    overflow nor underflow to an all-zero group; half-precision inputs are
+    reduced in float32. Indices with no entry simply receive nothing.
+
+    Args:
+        src (torch.Tensor): Scores, ``[E, *]``.
+        index (torch.Tensor): Group (target node) of each score, ``[E]``.
+        num_nodes (int): Number of groups.
+        ptr (torch.Tensor, optional): CSR pointer ``[num_nodes + 1]`` when
+            :obj:`index` is sorted; lets torch-scatter use segment
+            reductions. (default: :obj:`None`)
+        backend (str, optional): ``'torch_scatter'``, ``'native'`` or
+            :obj:`None` for :func:`get_backend`. (default: :obj:`None`)
+
+    Returns:
+        torch.Tensor: Normalised weights, same shape and dtype as
+        :obj:`src`.
+    """
+    backend = get_backend() if backend is None else _check_backend(backend)
+    dtype = src.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        src = src.float()
+    if backend == 'torch_scatter':
+        src_max = _scatter_max(src.detach(), index, num_nodes, ptr)
+    else:
+        src_max = _native_max(src.detach(), index, num_nodes)
+    out = (src - src_max.index_select(0, index)).exp()
+    if backend == 'torch_scatter':
+        out_sum = _scatter_sum(out, index, num_nodes, ptr)
+    else:
+        out_sum = _native_sum(out, index, num_nodes)
+    return (out / out_sum.index_select(0, index)).to(dtype)
