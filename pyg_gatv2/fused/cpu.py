@@ -1,0 +1,264 @@
+"""Multi-threaded CPU kernels of the fused GATv2 attention (numba).
+
+Three passes, each a parallel loop over balanced ranges of nodes, so that
+every thread writes only rows it owns and no atomics are needed:
+
+- ``forward``: per destination node ``i`` (CSR order) and head, the logits of
+  the in-edges are computed on the fly and folded into an online softmax;
+  only ``out`` and the log-sum-exp per node and head are written.
+- ``backward_dst``: per destination node, logits are recomputed; it writes
+  the gradients of ``x_r``, of the edge term and per-range partial sums of
+  the gradient of ``att``, and two per-edge-and-head scalars (the message
+  weight and the logit gradient) for the next pass.
+- ``backward_src``: per source node (CSC order), the gradient of ``x_l``.
+
+Arrays absent in a call (edge term, dropout mask, gradient of alpha) are
+passed as empty arrays with their ``has_*`` flag off, so that each dtype
+compiles once.
+"""
+import math
+from typing import Optional, Tuple
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+from .csr import EdgeLayout
+
+__all__ = ['run_forward', 'run_backward']
+
+_JIT = dict(parallel=True, fastmath=False, cache=True, nogil=True)
+
+
+@njit(inline='always')
+def _edge_row(et, loop_et, e, h, num_edges):
+    if e < num_edges:
+        return et[e, h]
+    return loop_et[e - num_edges, h]
+
+
+@njit(**_JIT)
+def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
+            num_edges, slope, has_et, has_mask, want_alpha, out, lse,
+            alpha):
+    """Writes ``out`` [N_dst, H, C], ``lse`` [N_dst, H] and, if
+    ``want_alpha``, the softmax weights into ``alpha`` [virtual edges, H]."""
+    H, C = att.shape
+    for b in prange(bounds.size - 1):
+        m = np.empty(H, dtype=xl.dtype)
+        total = np.empty(H, dtype=xl.dtype)
+        for i in range(bounds[b], bounds[b + 1]):
+            out[i] = 0
+            m[:] = -np.inf
+            total[:] = 0
+            for k in range(ptr[i], ptr[i + 1]):
+                j = col[k]
+                e = eid[k]
+                for h in range(H):
+                    if has_et:
+                        ev = _edge_row(et, loop_et, e, h, num_edges)
+                    s = xl.dtype.type(0)
+                    for c in range(C):
+                        z = xl[j, h, c] + xr[i, h, c]
+                        if has_et:
+                            z += ev[c]
+                        if z <= 0:
+                            z *= slope
+                        s += att[h, c] * z
+                    if want_alpha:
+                        alpha[e, h] = s
+                    if s > m[h]:
+                        scale = math.exp(m[h] - s)
+                        total[h] *= scale
+                        for c in range(C):
+                            out[i, h, c] *= scale
+                        m[h] = s
+                    p = math.exp(s - m[h])
+                    total[h] += p
+                    if has_mask:
+                        p *= mask[e, h]
+                    for c in range(C):
+                        out[i, h, c] += p * xl[j, h, c]
+            for h in range(H):
+                if total[h] > 0:
+                    inv = 1 / total[h]
+                    for c in range(C):
+                        out[i, h, c] *= inv
+                    lse[i, h] = m[h] + math.log(total[h])
+                else:
+                    lse[i, h] = -np.inf
+            if want_alpha:
+                for k in range(ptr[i], ptr[i + 1]):
+                    e = eid[k]
+                    for h in range(H):
+                        alpha[e, h] = math.exp(alpha[e, h] - lse[i, h])
+
+
+@njit(**_JIT)
+def backward_dst(xl, xr, att, et, loop_et, mask, galpha, grad, lse, delta,
+                 ptr, col, eid, bounds, num_edges, slope, has_et, has_mask,
+                 has_galpha, want_det, gxr, get, gloop, gatt, wbuf, dsbuf):
+    """Writes the gradients of ``x_r`` (``gxr``), of the edge terms
+    (``get``, ``gloop``, if ``want_det``) and per-range partial gradients of
+    ``att`` (``gatt`` [ranges, H, C]); fills ``wbuf`` (message weight) and
+    ``dsbuf`` (logit gradient) [CSR position, H] for ``backward_src``.
+    ``delta`` [N_dst, H] holds ``<grad_i, out_i>`` plus, with ``has_galpha``,
+    ``sum_k alpha_k grad_alpha_k``."""
+    H, C = att.shape
+    for b in prange(bounds.size - 1):
+        ga = gatt[b]
+        ga[:] = 0
+        for i in range(bounds[b], bounds[b + 1]):
+            gxr[i] = 0
+            for k in range(ptr[i], ptr[i + 1]):
+                j = col[k]
+                e = eid[k]
+                for h in range(H):
+                    if has_et:
+                        ev = _edge_row(et, loop_et, e, h, num_edges)
+                    s = xl.dtype.type(0)
+                    gd = xl.dtype.type(0)
+                    for c in range(C):
+                        z = xl[j, h, c] + xr[i, h, c]
+                        if has_et:
+                            z += ev[c]
+                        if z <= 0:
+                            z *= slope
+                        s += att[h, c] * z
+                        gd += grad[i, h, c] * xl[j, h, c]
+                    p = math.exp(s - lse[i, h])
+                    w = p
+                    if has_mask:
+                        w *= mask[e, h]
+                        gd *= mask[e, h]
+                    if has_galpha:
+                        gd += galpha[e, h]
+                    ds = p * (gd - delta[i, h])
+                    wbuf[k, h] = w
+                    dsbuf[k, h] = ds
+                    if want_det:
+                        gev = _edge_row(get, gloop, e, h, num_edges)
+                    for c in range(C):
+                        z = xl[j, h, c] + xr[i, h, c]
+                        if has_et:
+                            z += ev[c]
+                        d = ds * att[h, c]
+                        if z <= 0:
+                            d *= slope
+                            z *= slope
+                        gxr[i, h, c] += d
+                        ga[h, c] += ds * z
+                        if want_det:
+                            gev[c] = d
+
+
+@njit(**_JIT)
+def backward_src(xl, xr, att, et, loop_et, grad, ptr, pos, row, eid, bounds,
+                 num_edges, slope, has_et, wbuf, dsbuf, gxl):
+    """Writes the gradient of ``x_l`` (``gxl``), one source node per row:
+    the message term ``w * grad_i`` plus the logit term through the
+    LeakyReLU, recomputed from the features."""
+    H, C = att.shape
+    for b in prange(bounds.size - 1):
+        for j in range(bounds[b], bounds[b + 1]):
+            gxl[j] = 0
+            for q in range(ptr[j], ptr[j + 1]):
+                k = pos[q]
+                i = row[q]
+                e = eid[k]
+                for h in range(H):
+                    w = wbuf[k, h]
+                    ds = dsbuf[k, h]
+                    if has_et:
+                        ev = _edge_row(et, loop_et, e, h, num_edges)
+                    for c in range(C):
+                        z = xl[j, h, c] + xr[i, h, c]
+                        if has_et:
+                            z += ev[c]
+                        d = ds * att[h, c]
+                        if z <= 0:
+                            d *= slope
+                        gxl[j, h, c] += w * grad[i, h, c] + d
+
+
+def _num_chunks() -> int:
+    # Several ranges per thread even out the work left after the balancing
+    # by edge count (the cost per edge varies with cache behaviour).
+    return 8 * numba.get_num_threads()
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _edge_arrays(et: Optional[Tensor], loop_et: Optional[Tensor],
+                 like: Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    if et is None:
+        empty = np.empty((0, ) + tuple(like.shape[1:]), _np(like).dtype)
+        return empty, empty
+    return _np(et), _np(loop_et)
+
+
+def run_forward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
+                loop_et: Optional[Tensor], mask: Optional[Tensor],
+                layout: EdgeLayout, slope: float, want_alpha: bool
+                ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Runs :func:`forward` on tensors; returns ``out``, ``lse`` and the
+    softmax weights [virtual edges, H] (or :obj:`None`)."""
+    H, C = att.shape
+    n = layout.num_dst
+    out = xl.new_empty(n, H, C)
+    lse = xl.new_empty(n, H)
+    alpha = xl.new_zeros(layout.num_virtual if want_alpha else 0, H)
+    et_np, loop_np = _edge_arrays(et, loop_et, xl)
+    mask_np = _np(mask) if mask is not None else np.empty((0, H), et_np.dtype)
+    forward(_np(xl), _np(xr), _np(att), et_np, loop_np, mask_np,
+            layout.dst_ptr.numpy(), layout.dst_col.numpy(),
+            layout.dst_eid.numpy(), layout.bounds('dst', _num_chunks()),
+            layout.num_edges, et_np.dtype.type(slope), et is not None,
+            mask is not None, want_alpha, _np(out), _np(lse), _np(alpha))
+    return out, lse, alpha if want_alpha else None
+
+
+def run_backward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
+                 loop_et: Optional[Tensor], mask: Optional[Tensor],
+                 galpha: Optional[Tensor], grad: Tensor, lse: Tensor,
+                 delta: Tensor, layout: EdgeLayout, slope: float,
+                 want_det: bool, want_dxl: bool):
+    """Runs :func:`backward_dst` and :func:`backward_src` on tensors;
+    returns the gradients of ``xl`` (or :obj:`None`), ``xr``, ``att`` and,
+    if ``want_det``, of the edge term and of the loop edge term."""
+    H, C = att.shape
+    et_np, loop_np = _edge_arrays(et, loop_et, xl)
+    dtype = et_np.dtype
+    empty2 = np.empty((0, H), dtype)
+    slope = dtype.type(slope)
+    gxr = torch.empty_like(xr)
+    get = gloop = None
+    if want_det:
+        get, gloop = torch.zeros_like(et), torch.zeros_like(loop_et)
+    get_np, gloop_np = _edge_arrays(get, gloop, xl)
+    bounds = layout.bounds('dst', _num_chunks())
+    gatt = np.empty((max(bounds.size - 1, 0), H, C), dtype)
+    wbuf = np.empty((layout.num_kept, H), dtype)
+    dsbuf = np.empty((layout.num_kept, H), dtype)
+    eid = layout.dst_eid.numpy()
+    backward_dst(
+        _np(xl), _np(xr), _np(att), et_np, loop_np,
+        _np(mask) if mask is not None else empty2,
+        _np(galpha) if galpha is not None else empty2, _np(grad),
+        _np(lse), _np(delta), layout.dst_ptr.numpy(),
+        layout.dst_col.numpy(), eid, bounds, layout.num_edges, slope,
+        et is not None, mask is not None, galpha is not None, want_det,
+        _np(gxr), get_np, gloop_np, gatt, wbuf, dsbuf)
+    gxl = None
+    if want_dxl:
+        gxl = torch.empty_like(xl)
+        ptr, pos, row = layout.csc
+        backward_src(_np(xl), _np(xr), _np(att), et_np, loop_np, _np(grad),
+                     ptr.numpy(), pos.numpy(), row.numpy(), eid,
+                     layout.bounds('src', _num_chunks()), layout.num_edges,
+                     slope, et is not None, wbuf, dsbuf, _np(gxl))
+    return gxl, gxr, torch.from_numpy(gatt.sum(axis=0)), get, gloop

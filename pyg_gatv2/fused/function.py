@@ -1,0 +1,242 @@
+"""The fused GATv2 attention operator: autograd Function and entry point."""
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .csr import EdgeLayout, edge_layout
+
+__all__ = ['fused_gatv2_attention', 'FusedGATv2Attention',
+           'available_backends']
+
+_NAME = 'fused_gatv2_attention'
+_BACKENDS = ('auto', 'numba', 'torch')
+
+
+def _cpu_module():
+    """The numba kernels, or :obj:`None` where numba cannot be imported."""
+    try:
+        from . import cpu
+    except ImportError:
+        return None
+    return cpu
+
+
+def available_backends() -> Tuple[str, ...]:
+    """The backends usable on this machine, fastest first."""
+    return ('numba', 'torch') if _cpu_module() is not None else ('torch', )
+
+
+def _resolve_backend(backend: str, x: Tensor) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"'{_NAME}' got backend={backend!r}; choose one of "
+                         f"{', '.join(map(repr, _BACKENDS))}")
+    numba_ok = (x.device.type == 'cpu'
+                and x.dtype in (torch.float32, torch.float64))
+    if backend == 'auto':
+        return 'numba' if numba_ok and _cpu_module() is not None else 'torch'
+    if backend == 'numba':
+        if not numba_ok:
+            raise ValueError(
+                f"'{_NAME}' backend 'numba' runs on CPU float32/float64 "
+                f"tensors (got {x.dtype} on {x.device}); use backend='torch'")
+        if _cpu_module() is None:
+            raise ValueError(f"'{_NAME}' backend 'numba' needs the numba "
+                             f"package; install it or use backend='torch'")
+    return backend
+
+
+class FusedGATv2Attention(torch.autograd.Function):
+    r"""GATv2 attention over destination-sorted edges, memory-efficient.
+
+    Forward keeps only ``out`` and the log-sum-exp of the logits per
+    destination node and head; backward recomputes the logits. See
+    :func:`fused_gatv2_attention` for the arguments.
+    """
+    @staticmethod
+    def forward(ctx, x_l: Tensor, x_r: Tensor, att: Tensor,
+                edge_term: Optional[Tensor], loop_term: Optional[Tensor],
+                mask: Optional[Tensor], layout: EdgeLayout, slope: float,
+                want_alpha: bool, backend: str, chunk_size: int):
+        ctx.set_materialize_grads(False)
+        if backend == 'numba':
+            out, lse, alpha = _cpu_module().run_forward(
+                x_l, x_r, att, edge_term, loop_term, mask, layout, slope,
+                want_alpha)
+        else:
+            out, lse, alpha = reference.forward(
+                x_l, x_r, att, edge_term, loop_term, mask, layout, slope,
+                want_alpha, chunk_size)
+        ctx.save_for_backward(x_l, x_r, att, edge_term, loop_term, mask,
+                              out, lse, alpha)
+        ctx.layout, ctx.slope = layout, slope
+        ctx.backend, ctx.chunk_size = backend, chunk_size
+        return out, alpha
+
+    @staticmethod
+    def backward(ctx, grad_out: Optional[Tensor],
+                 grad_alpha: Optional[Tensor]):
+        x_l, x_r, att, et, loop_et, mask, out, lse, alpha = ctx.saved_tensors
+        layout = ctx.layout
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grad_out = grad_out.contiguous()
+        # D_i = <grad_i, out_i> turns the softmax backward into a local
+        # expression per edge, with no extra pass over the edges.
+        delta = (grad_out * out).sum(dim=-1)
+        if grad_alpha is not None:
+            grad_alpha = grad_alpha.contiguous()
+            weighted = (alpha * grad_alpha)[layout.dst_eid]
+            delta.index_add_(0, layout.dst_row, weighted)
+        want_dxl, _, _, want_det, want_dloop = ctx.needs_input_grad[:5]
+        want_det = et is not None and (want_det or want_dloop)
+        if ctx.backend == 'numba':
+            gxl, gxr, gatt, get, gloop = _cpu_module().run_backward(
+                x_l, x_r, att, et, loop_et, mask, grad_alpha, grad_out, lse,
+                delta, layout, ctx.slope, want_det, want_dxl)
+        else:
+            gxl, gxr, gatt, get, gloop = reference.backward(
+                x_l, x_r, att, et, loop_et, mask, grad_alpha, grad_out, lse,
+                delta, layout, ctx.slope, want_det, ctx.chunk_size)
+        return (gxl, gxr, gatt, get, gloop, None, None, None, None, None,
+                None)
+
+
+def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
+                  edge_term: Optional[Tensor], loop_term: Optional[Tensor],
+                  mask: Optional[Tensor], layout: EdgeLayout) -> None:
+    if x_l.dim() != 3 or x_r.dim() != 3 or x_l.shape[1:] != x_r.shape[1:]:
+        raise ValueError(f"'{_NAME}' expects 'x_l' [num_src, heads, "
+                         f"channels] and 'x_r' [num_dst, heads, channels] "
+                         f"(got {list(x_l.shape)} and {list(x_r.shape)})")
+    H, C = x_l.shape[1:]
+    if att.shape != (H, C):
+        raise ValueError(f"'{_NAME}' expects 'att' of shape [{H}, {C}] or "
+                         f"[1, {H}, {C}] (got {list(att.shape)})")
+    expected = {
+        'edge_term': (edge_term, (layout.num_edges, H, C)),
+        'loop_edge_term': (loop_term, (layout.num_loops, H, C)),
+        'dropout_mask': (mask, (layout.num_virtual, H)),
+    }
+    for name, (t, shape) in expected.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"'{_NAME}' expects '{name}' of shape "
+                             f"{list(shape)} (got {list(t.shape)})")
+    for name, t in (('x_r', x_r), ('att', att), ('edge_term', edge_term),
+                    ('loop_edge_term', loop_term), ('dropout_mask', mask)):
+        if t is not None and (t.dtype != x_l.dtype
+                              or t.device != x_l.device):
+            raise TypeError(f"'{_NAME}' expects '{name}' with the dtype and "
+                            f"device of 'x_l' ({x_l.dtype}, {x_l.device}); "
+                            f"got {t.dtype}, {t.device}")
+
+
+def fused_gatv2_attention(
+    x_l: Tensor,
+    x_r: Tensor,
+    att: Tensor,
+    edge_index: Tensor,
+    edge_term: Optional[Tensor] = None,
+    *,
+    loop_edge_term: Optional[Tensor] = None,
+    add_self_loops: bool = False,
+    negative_slope: float = 0.2,
+    dropout_mask: Optional[Tensor] = None,
+    return_attention_weights: bool = False,
+    backend: str = 'auto',
+    chunk_size: Optional[int] = None,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    r"""GATv2 attention and aggregation in one memory-efficient operator.
+
+    For each edge :math:`j \to i` (``edge_index[0] = j``,
+    ``edge_index[1] = i``) and head :math:`h`,
+
+    .. math::
+        e_{i,j} = \mathbf{a}_h^{\top} \mathrm{LeakyReLU}\left(
+        \mathbf{x}^{l}_j + \mathbf{x}^{r}_i + \mathbf{t}_{j \to i}\right),
+        \qquad
+        \alpha_{i,j} = \mathrm{softmax}_{j \in \mathcal{N}(i)}(e_{i,j}),
+        \qquad
+        \mathbf{o}_i = \sum_{j \in \mathcal{N}(i)} m_{i,j}\,\alpha_{i,j}\,
+        \mathbf{x}^{l}_j,
+
+    with :math:`\mathbf{t}` the optional edge term and :math:`m` the
+    optional dropout mask. Logits are computed on the fly with an online
+    softmax; backward recomputes them, so no tensor of shape
+    ``[num_edges, heads, channels]`` is allocated or kept beyond the edge
+    term and its gradient.
+
+    Args:
+        x_l (torch.Tensor): Source features ``[num_src, heads, channels]``.
+        x_r (torch.Tensor): Destination features
+            ``[num_dst, heads, channels]``.
+        att (torch.Tensor): Attention vector ``[heads, channels]`` or
+            ``[1, heads, channels]``.
+        edge_index (torch.Tensor): Edges ``[2, num_edges]``. Its sorted
+            layout is cached while the tensor is unchanged.
+        edge_term (torch.Tensor, optional): Projected edge features
+            ``[num_edges, heads, channels]``. (default: :obj:`None`)
+        loop_edge_term (torch.Tensor, optional): Edge term of the implicit
+            self-loops ``[min(num_src, num_dst), heads, channels]``; zero if
+            not given. Used only with ``add_self_loops``.
+            (default: :obj:`None`)
+        add_self_loops (bool, optional): If set to :obj:`True`, ignores the
+            edges ``i -> i`` of ``edge_index`` and adds one self-loop to every
+            node ``i < min(num_src, num_dst)``, as
+            ``remove_self_loops`` + ``add_self_loops`` would.
+            (default: :obj:`False`)
+        negative_slope (float, optional): LeakyReLU angle of the negative
+            slope. (default: :obj:`0.2`)
+        dropout_mask (torch.Tensor, optional): Multiplier of the attention
+            weights in the messages (``0`` or ``1 / (1 - p)``),
+            ``[num_edges + num_loops, heads]``: the edges in the order of
+            ``edge_index``, then the self-loops. (default: :obj:`None`)
+        return_attention_weights (bool, optional): If set to :obj:`True`,
+            also returns the softmax weights (before dropout) of shape
+            ``[num_edges + num_loops, heads]``, ordered as ``dropout_mask``;
+            the rows of ignored edges ``i -> i`` are zero.
+            (default: :obj:`False`)
+        backend (str, optional): ``'numba'`` (multi-threaded CPU kernels),
+            ``'torch'`` (chunked PyTorch, any device) or ``'auto'`` (numba
+            for CPU float32/float64 tensors, else torch).
+            (default: :obj:`'auto'`)
+        chunk_size (int, optional): Edges per chunk of the torch backend.
+            (default: about :math:`2^{20}` / (heads * channels))
+
+    Returns:
+        The aggregated features ``[num_dst, heads, channels]`` and, with
+        ``return_attention_weights``, the attention weights.
+    """
+    if att.dim() == 3 and att.size(0) == 1:
+        att = att.squeeze(0)
+    layout = edge_layout(edge_index, x_l.size(0), x_r.size(0),
+                         add_self_loops, caller=_NAME)
+    if edge_term is not None and loop_edge_term is None:
+        loop_edge_term = edge_term.new_zeros(
+            (layout.num_loops, ) + tuple(edge_term.shape[1:]))
+    _check_shapes(x_l, x_r, att, edge_term, loop_edge_term, dropout_mask,
+                  layout)
+    if edge_term is None:
+        loop_edge_term = None
+    if layout.dst_ptr.device != x_l.device:
+        raise TypeError(f"'{_NAME}' expects 'edge_index' on the device of "
+                        f"'x_l' ({x_l.device}); got {edge_index.device}")
+    backend = _resolve_backend(backend, x_l)
+    if chunk_size is None:
+        chunk_size = reference.default_chunk_size(*x_l.shape[1:])
+    if chunk_size < 1:
+        raise ValueError(f"'{_NAME}' expects a positive 'chunk_size' "
+                         f"(got {chunk_size})")
+
+    def dense(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.contiguous()
+
+    out, alpha = FusedGATv2Attention.apply(
+        dense(x_l), dense(x_r), dense(att), dense(edge_term),
+        dense(loop_edge_term), dense(dropout_mask), layout,
+        float(negative_slope), bool(return_attention_weights), backend,
+        chunk_size)
+    if return_attention_weights:
+        return out, alpha
+    return out
