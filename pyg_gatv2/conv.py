@@ -225,6 +225,12 @@ class GATv2Conv(MessagePassing):
             self._check_edges(edge_index, edge_attr, x_l.size(0),
                               x_r.size(0))
 
+        # PyG's message passing reads CSR and COO adjacencies, not CSC.
+        csc_input = (isinstance(edge_index, Tensor)
+                     and edge_index.layout == torch.sparse_csc)
+        if csc_input:
+            edge_index = edge_index.to_sparse_csr()
+
         if self.add_self_loops:
             if isinstance(edge_index, SparseTensor):
                 if self.edge_dim is None:
@@ -251,7 +257,10 @@ class GATv2Conv(MessagePassing):
             if isinstance(edge_index, SparseTensor):
                 return out, edge_index.set_value(alpha, layout='coo')
             if is_torch_sparse_tensor(edge_index):
-                return out, set_sparse_value(edge_index, alpha)
+                adj = set_sparse_value(edge_index, alpha)
+                if csc_input:
+                    adj = adj.to_sparse_csc()
+                return out, (adj, alpha)
             return out, (edge_index, alpha)
         return out
 

@@ -24,3 +24,9 @@ def planetoid_raw_dir() -> Path:
     if os.environ.get('CI'):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def pytest_report_header(config):
+    from pyg_gatv2.softmax import available_backends
+    backends = ', '.join(available_backends())
+    return f'pyg_gatv2 softmax backends under test: {backends}'

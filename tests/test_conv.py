@@ -1,0 +1,399 @@
+import itertools
+
+import pytest
+import torch
+import torch_geometric.nn as pyg_nn
+from torch_geometric import EdgeIndex
+from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+from torch_geometric.utils import (
+    to_torch_coo_tensor,
+    to_torch_csc_tensor,
+    to_torch_csr_tensor,
+)
+
+from pyg_gatv2 import GATv2Conv, available_backends, use_backend
+
+TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-5}
+
+
+def random_graph(num_src=12, num_dst=None, num_edges=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    num_dst = num_src if num_dst is None else num_dst
+    src = torch.randint(0, num_src, (num_edges, ), generator=gen)
+    dst = torch.randint(0, num_dst, (num_edges, ), generator=gen)
+    return torch.stack([src, dst])
+
+
+def both_layers(*args, dtype=torch.float64, **kwargs):
+    """Our layer and PyG's, with PyG's weights copied into ours."""
+    ref = pyg_nn.GATv2Conv(*args, **kwargs).to(dtype)
+    ours = GATv2Conv(*args, **kwargs).to(dtype)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def run(conv, x, edge_index, edge_attr):
+    """Output, attention and the gradient of every input and parameter."""
+    x = tuple(t.detach().requires_grad_() for t in x)
+    inputs = list(x)
+    if edge_attr is not None:
+        edge_attr = edge_attr.detach().requires_grad_()
+        inputs.append(edge_attr)
+    conv.zero_grad()
+    x_in = x[0] if len(x) == 1 else x
+    out, (ei, alpha) = conv(x_in, edge_index, edge_attr,
+                            return_attention_weights=True)
+    # A loss that weighs every output and attention entry differently.
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype)
+    loss = (out.flatten() * weight).sum() + (alpha**2).sum()
+    loss.backward()
+    grads = [t.grad for t in inputs]
+    grads += [p.grad for p in conv.parameters()]
+    return out, ei, alpha, grads
+
+
+OPTIONS = list(
+    itertools.product(
+        [1, 3],  # heads
+        [True, False],  # concat
+        [False, True],  # share_weights
+        [True, False],  # add_self_loops
+        [(None, 'mean'), (1, 'mean'), (4, 'mean'), (1, 0.5), (4, 0.5)],
+        [False, True],  # residual
+        [True, False],  # bias
+        [False, True],  # bipartite
+    ))
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('backend', available_backends())
+@pytest.mark.parametrize(
+    'heads,concat,share_weights,self_loops,edge,residual,bias,bipartite',
+    OPTIONS)
+def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
+                         residual, bias, bipartite, backend, dtype):
+    edge_dim, fill_value = edge
+    num_src, num_dst = (12, 9) if bipartite else (12, 12)
+    in_src, in_dst = 8, (8 if share_weights else 6)
+    in_channels = (in_src, in_dst) if bipartite else in_src
+    ours, ref = both_layers(in_channels, 5, heads=heads, concat=concat,
+                            share_weights=share_weights,
+                            add_self_loops=self_loops, edge_dim=edge_dim,
+                            fill_value=fill_value, residual=residual,
+                            bias=bias, dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    edge_index = random_graph(num_src, num_dst, 40)
+    if bipartite:
+        x = (torch.randn(num_src, in_src, generator=gen, dtype=dtype),
+             torch.randn(num_dst, in_dst, generator=gen, dtype=dtype))
+    else:
+        x = (torch.randn(num_src, in_src, generator=gen, dtype=dtype), )
+    edge_attr = None
+    if edge_dim is not None:
+        shape = (40, ) if edge_dim == 1 else (40, edge_dim)
+        edge_attr = torch.randn(shape, generator=gen, dtype=dtype)
+
+    with use_backend(backend):
+        out, ei, alpha, grads = run(ours, x, edge_index, edge_attr)
+    ref_out, ref_ei, ref_alpha, ref_grads = run(ref, x, edge_index,
+                                                edge_attr)
+    tol = TOLERANCE[dtype]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref_out, atol=tol, rtol=tol)
+    assert torch.equal(ei, ref_ei)
+    torch.testing.assert_close(alpha, ref_alpha, atol=tol, rtol=tol)
+    assert len(grads) == len(ref_grads)
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        assert grad is not None and ref_grad is not None
+        torch.testing.assert_close(grad, ref_grad, atol=tol, rtol=tol)
+
+
+def test_dropout_matches_pyg_under_the_same_seed():
+    ours, ref = both_layers(8, 4, heads=2, dropout=0.5)
+    ours.train()
+    ref.train()
+    x = torch.randn(10, 8, dtype=torch.float64)
+    edge_index = random_graph(10, num_edges=30)
+    torch.manual_seed(7)
+    out = ours(x, edge_index)
+    torch.manual_seed(7)
+    ref_out = ref(x, edge_index)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    ours.eval()
+    assert not torch.allclose(ours(x, edge_index), out)
+
+
+@pytest.mark.parametrize('backend', available_backends())
+def test_gradcheck(backend):
+    conv = GATv2Conv(4, 3, heads=2, edge_dim=2, residual=True).double()
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    edge_attr = torch.randn(14, 2, dtype=torch.float64, requires_grad=True)
+    edge_index = random_graph(6, num_edges=14)
+    with use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda x, e: conv(x, edge_index, e), (x, edge_attr))
+
+
+def test_hand_made_graph():
+    # Node 2 receives from 0 and 1 with equal logits when x_0 == x_1, so it
+    # gets the plain mean of their projections; node 0 and 1 get nothing.
+    conv = GATv2Conv(2, 2, add_self_loops=False, bias=False).double()
+    x = torch.tensor([[1., 2.], [1., 2.], [5., -1.]], dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1], [2, 2]])
+    out, (_, alpha) = conv(x, edge_index, return_attention_weights=True)
+    torch.testing.assert_close(alpha, torch.full((2, 1), 0.5,
+                                                 dtype=torch.float64))
+    expected = conv.lin_l(x[0])
+    torch.testing.assert_close(out[2], expected)
+    assert torch.equal(out[:2], torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_edge_permutation_invariance():
+    conv = GATv2Conv(8, 4, heads=2, edge_dim=3).double()
+    x = torch.randn(15, 8, dtype=torch.float64)
+    edge_index = random_graph(15, num_edges=50)
+    edge_attr = torch.randn(50, 3, dtype=torch.float64)
+    perm = torch.randperm(50)
+    out = conv(x, edge_index, edge_attr)
+    out_perm = conv(x, edge_index[:, perm], edge_attr[perm])
+    torch.testing.assert_close(out, out_perm, atol=1e-12, rtol=0)
+
+
+def test_node_permutation_equivariance():
+    conv = GATv2Conv(8, 4, heads=3, residual=True).double()
+    x = torch.randn(15, 8, dtype=torch.float64)
+    edge_index = random_graph(15, num_edges=50)
+    perm = torch.randperm(15)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(15)
+    out = conv(x, edge_index)
+    out_perm = conv(x[perm], inverse[edge_index])
+    torch.testing.assert_close(out_perm, out[perm], atol=1e-12, rtol=0)
+
+
+def adjacency_inputs(edge_index, num_nodes):
+    size = (num_nodes, num_nodes)
+    # Sparse adjacencies are indexed [target, source].
+    flipped = edge_index.flip(0)
+    inputs = {
+        'coo': to_torch_coo_tensor(flipped, size=size),
+        'csr': to_torch_csr_tensor(flipped, size=size),
+        'csc': to_torch_csc_tensor(flipped, size=size),
+        'edge_index_class': EdgeIndex(edge_index.contiguous(),
+                                      sparse_size=size),
+    }
+    if WITH_TORCH_SPARSE:
+        inputs['sparse_tensor'] = SparseTensor.from_edge_index(
+            edge_index, sparse_sizes=size).t()
+    return inputs
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+@pytest.mark.parametrize('kind', ['coo', 'csr', 'csc', 'edge_index_class'])
+def test_adjacency_inputs_agree_with_edge_index(kind, self_loops):
+    torch.manual_seed(0)
+    conv = GATv2Conv(8, 4, heads=2, add_self_loops=self_loops).double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    edge_index = torch.unique(random_graph(12, num_edges=40), dim=1)
+    expected = conv(x, edge_index)
+    adj = adjacency_inputs(edge_index, 12)[kind]
+    out, attention = conv(x, adj, return_attention_weights=True)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert attention is not None
+
+
+def test_sparse_tensor_input_agrees_with_edge_index():
+    pytest.importorskip('torch_sparse')
+    conv = GATv2Conv(8, 4, heads=2).double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    edge_index = torch.unique(random_graph(12, num_edges=40), dim=1)
+    adj = adjacency_inputs(edge_index, 12)['sparse_tensor']
+    torch.testing.assert_close(conv(x, adj), conv(x, edge_index))
+
+
+@pytest.mark.parametrize('kind', ['coo', 'csr', 'csc'])
+def test_sparse_attention_weights_hold_alpha(kind):
+    conv = GATv2Conv(8, 4, heads=2, add_self_loops=False).double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    edge_index = torch.unique(random_graph(12, num_edges=40), dim=1)
+    _, (_, alpha) = conv(x, edge_index, return_attention_weights=True)
+    expected = torch.zeros(12, 12, 2, dtype=torch.float64)
+    expected[edge_index[1], edge_index[0]] = alpha
+    adj = adjacency_inputs(edge_index, 12)[kind]
+    _, (adj_out, sparse_alpha) = conv(x, adj, return_attention_weights=True)
+    assert adj_out.layout == adj.layout
+    torch.testing.assert_close(adj_out.to_dense(), expected)
+    if kind != 'csc':
+        ref = pyg_nn.GATv2Conv(8, 4, heads=2, add_self_loops=False).double()
+        ref.load_state_dict(conv.state_dict())
+        _, (_, ref_alpha) = ref(x, adj, return_attention_weights=True)
+        torch.testing.assert_close(sparse_alpha, ref_alpha)
+
+
+@pytest.mark.slow
+def test_compile_without_graph_breaks():
+    torch._dynamo.reset()
+    conv = GATv2Conv(8, 4, heads=2, add_self_loops=False)
+    x = torch.randn(20, 8)
+    edge_index = random_graph(20, num_edges=60)
+    expected = conv(x, edge_index)
+    compiled = torch.compile(conv, fullgraph=True)
+    out = compiled(x, edge_index)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    explanation = torch._dynamo.explain(conv)(x, edge_index)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize('edge_dim', [None, 3])
+@pytest.mark.parametrize('share_weights', [False, True])
+def test_state_dict_round_trip(edge_dim, share_weights):
+    kwargs = dict(heads=2, edge_dim=edge_dim, share_weights=share_weights,
+                  residual=True)
+    ours = GATv2Conv(8, 4, **kwargs)
+    ref = pyg_nn.GATv2Conv(8, 4, **kwargs)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(ref.state_dict()[key], value)
+    back = GATv2Conv(8, 4, **kwargs)
+    back.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(10, 8)
+    edge_index = random_graph(10, num_edges=30)
+    edge_attr = None if edge_dim is None else torch.randn(30, edge_dim)
+    torch.testing.assert_close(back(x, edge_index, edge_attr),
+                               ours(x, edge_index, edge_attr))
+
+
+def test_lazy_initialisation():
+    ours = GATv2Conv(-1, 4, heads=2)
+    x = torch.randn(10, 8)
+    edge_index = random_graph(10, num_edges=30)
+    out = ours(x, edge_index)
+    assert out.shape == (10, 8)
+    assert ours.lin_l.weight.shape == (8, 8)
+    ref = pyg_nn.GATv2Conv(8, 4, heads=2)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    torch.testing.assert_close(ref(x, edge_index), out)
+
+
+@pytest.mark.parametrize('backend', available_backends())
+def test_isolated_nodes_get_zero_messages(backend):
+    conv = GATv2Conv(4, 3, heads=2, add_self_loops=False, bias=False)
+    x = torch.randn(6, 4)
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    with use_backend(backend):
+        out = conv(x, edge_index)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[3:], torch.zeros(3, 6))
+    assert out[:3].abs().sum() > 0
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_graph_without_edges(self_loops):
+    conv = GATv2Conv(4, 3, heads=2, add_self_loops=self_loops, edge_dim=2)
+    ref = pyg_nn.GATv2Conv(4, 3, heads=2, add_self_loops=self_loops,
+                           edge_dim=2)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(5, 4, requires_grad=True)
+    edge_index = torch.empty(2, 0, dtype=torch.long)
+    edge_attr = torch.empty(0, 2)
+    out = conv(x, edge_index, edge_attr)
+    assert out.shape == (5, 6)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref(x, edge_index, edge_attr))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_empty_node_set():
+    conv = GATv2Conv(4, 3)
+    out = conv(torch.empty(0, 4), torch.empty(2, 0, dtype=torch.long))
+    assert out.shape == (0, 3)
+
+
+def test_repr():
+    assert repr(GATv2Conv(8, 32, heads=2)) == 'GATv2Conv(8, 32, heads=2)'
+    assert repr(GATv2Conv((8, 4), 16)) == 'GATv2Conv((8, 4), 16, heads=1)'
+
+
+BAD_INPUTS = {
+    'edge_index_shape': (
+        dict(edge_index=torch.zeros(3, 4, dtype=torch.long)),
+        ValueError, r'shape \[2, num_edges\].*t\(\)'),
+    'edge_index_transposed': (
+        dict(edge_index=torch.zeros(4, 2, dtype=torch.long)),
+        ValueError, r'shape \[2, num_edges\]'),
+    'edge_index_float': (
+        dict(edge_index=torch.zeros(2, 4)),
+        TypeError, r'integer dtype.*long\(\)'),
+    'edge_index_out_of_range': (
+        dict(edge_index=torch.tensor([[0, 1], [1, 10]])),
+        ValueError, r'target node index 10.*only 5 target nodes'),
+    'edge_index_source_out_of_range': (
+        dict(edge_index=torch.tensor([[7, 1], [1, 2]])),
+        ValueError, r'source node index 7.*only 5 source nodes'),
+    'edge_index_negative': (
+        dict(edge_index=torch.tensor([[0, -1], [1, 2]])),
+        ValueError, r'negative node index'),
+    'edge_attr_without_edge_dim': (
+        dict(edge_attr=torch.randn(4, 3)),
+        ValueError, r'built with edge_dim=None; build it with edge_dim='),
+    'x_features': (
+        dict(x=torch.randn(5, 7)),
+        ValueError, r'built for 8 source input features but got 7'),
+    'x_dtype': (
+        dict(x=torch.randn(5, 8, dtype=torch.float64)),
+        TypeError, r"dtype 'torch.float64' but its parameters are"),
+    'x_integer': (
+        dict(x=torch.ones(5, 8, dtype=torch.long)),
+        TypeError, r'floating-point'),
+    'x_three_dims': (
+        dict(x=torch.randn(2, 5, 8)),
+        ValueError, r'\[num_nodes, num_features\]'),
+    'x_pair_with_none': (
+        dict(x=(torch.randn(5, 8), None)),
+        TypeError, r'bipartite input'),
+    'x_not_tensor': (
+        dict(x=[[1.0] * 8] * 5),
+        TypeError, r"expects 'x' to be a tensor"),
+    'sparse_adjacency_size': (
+        dict(edge_index=torch.eye(6).to_sparse()),
+        ValueError, r'\[num_targets, num_sources\] = \[5, 5\]'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_INPUTS))
+def test_bad_input_is_reported(case):
+    override, error, pattern = BAD_INPUTS[case]
+    conv = GATv2Conv(8, 4)
+    args = dict(x=torch.randn(5, 8),
+                edge_index=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]),
+                edge_attr=None)
+    args.update(override)
+    with pytest.raises(error, match=pattern) as info:
+        conv(**args)
+    assert "'GATv2Conv'" in str(info.value)
+
+
+EDGE_ATTR_CASES = {
+    'wrong_width': (torch.randn(4, 2), r'edge_dim=3.*\[num_edges, 3\]'),
+    'wrong_count': (torch.randn(6, 3), r"for 6 edges but 'edge_index' has 4"),
+    'integer': (torch.ones(4, 3, dtype=torch.long), r'floating-point'),
+}
+
+
+@pytest.mark.parametrize('case', list(EDGE_ATTR_CASES))
+def test_bad_edge_attr_is_reported(case):
+    edge_attr, pattern = EDGE_ATTR_CASES[case]
+    conv = GATv2Conv(8, 4, edge_dim=3)
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        conv(torch.randn(5, 8), edge_index, edge_attr)
+
+
+def test_device_mismatch_is_reported():
+    conv = GATv2Conv(8, 4).to('meta')
+    with pytest.raises(ValueError, match=r"on 'cpu' but its parameters are "
+                       r"on 'meta'"):
+        conv(torch.randn(5, 8, device='cpu'), torch.tensor([[0], [1]]))

@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch_geometric.utils import softmax as pyg_softmax
+
+from pyg_gatv2 import softmax
+from pyg_gatv2.softmax import scatter_softmax
+
+BACKENDS = softmax.available_backends()
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def test_torch_scatter_backend_is_available_in_ci():
+    # CI must exercise the fast backend rather than skip it.
+    import os
+    if os.environ.get('CI'):
+        assert 'torch_scatter' in BACKENDS
+    assert BACKENDS[-1] == 'native'
+
+
+def test_default_backend_prefers_torch_scatter():
+    expected = 'torch_scatter' if softmax.has_torch_scatter() else 'native'
+    assert softmax.get_backend() == expected
+    with softmax.use_backend('native'):
+        assert softmax.get_backend() == 'native'
+    assert softmax.get_backend() == expected
+
+
+def test_unknown_backend_is_reported():
+    with pytest.raises(ValueError, match="Unknown softmax backend 'cuda'"):
+        softmax.set_backend('cuda')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_hand_made_groups(backend):
+    src = torch.tensor([0., 0., 1., 5.])
+    index = torch.tensor([0, 0, 2, 2])
+    out = scatter_softmax(src, index, 4, backend=backend)
+    e = torch.exp(torch.tensor(-4.))
+    expected = torch.tensor([0.5, 0.5, e / (1 + e), 1 / (1 + e)])
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('use_ptr', [False, True])
+def test_matches_pyg_softmax(backend, use_ptr):
+    gen = torch.Generator().manual_seed(0)
+    index = torch.sort(torch.randint(0, 30, (200, ), generator=gen))[0]
+    src = torch.randn(200, 4, dtype=torch.float64, generator=gen)
+    ptr = None
+    if use_ptr:
+        ptr = torch.zeros(31, dtype=torch.long)
+        ptr[1:] = torch.bincount(index, minlength=30).cumsum(0)
+    out = scatter_softmax(src, index, 30, ptr=ptr, backend=backend)
+    torch.testing.assert_close(out, pyg_softmax(src, index, num_nodes=30),
+                               atol=1e-12, rtol=1e-12)
+    sums = torch.zeros(30, 4, dtype=torch.float64).index_add(0, index, out)
+    present = torch.bincount(index, minlength=30) > 0
+    torch.testing.assert_close(sums[present],
+                               torch.ones_like(sums[present]))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_large_logits_do_not_overflow(backend, dtype):
+    src = torch.tensor([[1e4], [1e4 - 1], [-1e4], [3.0]], dtype=dtype)
+    index = torch.tensor([0, 0, 1, 1])
+    out = scatter_softmax(src, index, 3, backend=backend)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    reference = scatter_softmax(src.double(), index, 3, backend='native')
+    tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6
+    torch.testing.assert_close(out.double(), reference, atol=tol, rtol=tol)
+    assert out[3].item() == pytest.approx(1.0, abs=tol)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradcheck(backend):
+    src = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 6, (20, ))
+    assert torch.autograd.gradcheck(
+        lambda s: scatter_softmax(s, index, 7, backend=backend), (src, ))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_empty_input(backend):
+    out = scatter_softmax(torch.empty(0, 2), torch.empty(0, dtype=torch.long),
+                          3, backend=backend)
+    assert out.shape == (0, 2)
