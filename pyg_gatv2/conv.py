@@ -324,6 +324,11 @@ class GATv2Conv(MessagePassing):
                     f"'{name}' was built for {lin.in_channels} {role} input "
                     f"features but got {x.size(-1)}; build it with "
                     f"in_channels={x.size(-1)} (or -1 to infer it)")
+            if x.numel() > 0 and bool(torch.isnan(x).any()):
+                raise ValueError(
+                    f"'{name}' got NaN in its {role} node features; check "
+                    'the data (e.g. torch.isnan(x).nonzero()) or, during '
+                    'training, lower the learning rate')
             weight = lin.weight
             if isinstance(weight, torch.nn.parameter.UninitializedParameter):
                 continue
@@ -404,6 +409,10 @@ class GATv2Conv(MessagePassing):
                 f"'{name}' was built with edge_dim={self.edge_dim} and "
                 "expects 'edge_attr' of shape [num_edges, "
                 f'{self.edge_dim}] (got {tuple(edge_attr.shape)})')
+        if edge_attr.numel() > 0 and bool(torch.isnan(edge_attr).any()):
+            raise ValueError(
+                f"'{name}' got NaN in 'edge_attr'; check the edge features "
+                '(e.g. torch.isnan(edge_attr).nonzero())')
         if edge_attr.size(0) != num_edges:
             raise ValueError(
                 f"'{name}' got 'edge_attr' for {edge_attr.size(0)} edges but "

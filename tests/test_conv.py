@@ -357,6 +357,9 @@ BAD_INPUTS = {
     'x_not_tensor': (
         dict(x=[[1.0] * 8] * 5),
         TypeError, r"expects 'x' to be a tensor"),
+    'x_nan': (
+        dict(x=torch.full((5, 8), float('nan'))),
+        ValueError, r'NaN in its source node features'),
     'sparse_adjacency_size': (
         dict(edge_index=torch.eye(6).to_sparse()),
         ValueError, r'\[num_targets, num_sources\] = \[5, 5\]'),
@@ -380,6 +383,7 @@ EDGE_ATTR_CASES = {
     'wrong_width': (torch.randn(4, 2), r'edge_dim=3.*\[num_edges, 3\]'),
     'wrong_count': (torch.randn(6, 3), r"for 6 edges but 'edge_index' has 4"),
     'integer': (torch.ones(4, 3, dtype=torch.long), r'floating-point'),
+    'nan': (torch.full((4, 3), float('nan')), r"NaN in 'edge_attr'"),
 }
 
 
