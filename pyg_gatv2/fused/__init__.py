@@ -4,12 +4,18 @@ from .function import (
     FusedGATv2Attention,
     available_backends,
     fused_gatv2_attention,
+    get_backend,
+    set_backend,
+    use_backend,
 )
 
 __all__ = [
     'fused_gatv2_attention',
     'FusedGATv2Attention',
     'available_backends',
+    'set_backend',
+    'get_backend',
+    'use_backend',
     'edge_layout',
     'EdgeLayout',
     'clear_layout_cache',

@@ -1,4 +1,6 @@
 """The fused GATv2 attention operator: autograd Function and entry point."""
+import contextlib
+from collections.abc import Iterator
 from typing import Optional, Tuple, Union
 
 import torch
@@ -8,10 +10,12 @@ from . import reference
 from .csr import EdgeLayout, edge_layout
 
 __all__ = ['fused_gatv2_attention', 'FusedGATv2Attention',
-           'available_backends']
+           'available_backends', 'set_backend', 'get_backend', 'use_backend']
 
 _NAME = 'fused_gatv2_attention'
 _BACKENDS = ('auto', 'numba', 'torch')
+
+_selected = 'auto'
 
 
 def _cpu_module():
@@ -28,10 +32,49 @@ def available_backends() -> Tuple[str, ...]:
     return ('numba', 'torch') if _cpu_module() is not None else ('torch', )
 
 
-def _resolve_backend(backend: str, x: Tensor) -> str:
+def _check_backend(backend: str, caller: str) -> str:
     if backend not in _BACKENDS:
-        raise ValueError(f"'{_NAME}' got backend={backend!r}; choose one of "
+        raise ValueError(f"'{caller}' got backend={backend!r}; choose one of "
                          f"{', '.join(map(repr, _BACKENDS))}")
+    return backend
+
+
+def set_backend(backend: str) -> None:
+    """Selects the backend of :func:`fused_gatv2_attention` calls that do
+    not name one, the fused path of :class:`pyg_gatv2.GATv2Conv` included.
+
+    Args:
+        backend (str): ``'auto'``, ``'numba'`` or ``'torch'``.
+    """
+    global _selected
+    _selected = _check_backend(backend, 'set_backend')
+
+
+def get_backend() -> str:
+    """The backend selected by :func:`set_backend` (``'auto'`` unless
+    set)."""
+    return _selected
+
+
+@contextlib.contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Context manager that selects a fused-attention backend temporarily.
+
+    Example:
+        >>> with use_backend('torch'):
+        ...     out = conv(x, edge_index)
+    """
+    previous = _selected
+    set_backend(backend)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
+    backend = _check_backend(_selected if backend is None else backend,
+                             _NAME)
     numba_ok = (x.device.type == 'cpu'
                 and x.dtype in (torch.float32, torch.float64))
     if backend == 'auto':
@@ -144,7 +187,7 @@ def fused_gatv2_attention(
     negative_slope: float = 0.2,
     dropout_mask: Optional[Tensor] = None,
     return_attention_weights: bool = False,
-    backend: str = 'auto',
+    backend: Optional[str] = None,
     chunk_size: Optional[int] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     r"""GATv2 attention and aggregation in one memory-efficient operator.
@@ -199,8 +242,8 @@ def fused_gatv2_attention(
             (default: :obj:`False`)
         backend (str, optional): ``'numba'`` (multi-threaded CPU kernels),
             ``'torch'`` (chunked PyTorch, any device) or ``'auto'`` (numba
-            for CPU float32/float64 tensors, else torch).
-            (default: :obj:`'auto'`)
+            for CPU float32/float64 tensors, else torch); :obj:`None` takes
+            the one chosen with :func:`set_backend`. (default: :obj:`None`)
         chunk_size (int, optional): Edges per chunk of the torch backend.
             (default: about :math:`2^{20}` / (heads * channels))
 

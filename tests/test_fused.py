@@ -1,0 +1,392 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.utils import softmax
+
+from pyg_gatv2.fused import (
+    available_backends,
+    clear_layout_cache,
+    edge_layout,
+    fused_gatv2_attention,
+    get_backend,
+    use_backend,
+)
+
+BACKENDS = available_backends()
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def random_graph(num_src, num_dst, num_edges, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([
+        torch.randint(0, num_src, (num_edges, ), generator=gen),
+        torch.randint(0, num_dst, (num_edges, ), generator=gen),
+    ])
+
+
+def features(num_src, num_dst, num_edges, heads, channels, dtype, seed=0,
+             scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        t = torch.randn(*shape, generator=gen, dtype=dtype) * scale
+        return t.requires_grad_()
+
+    return (randn(num_src, heads, channels), randn(num_dst, heads, channels),
+            randn(heads, channels), randn(num_edges, heads, channels),
+            randn(min(num_src, num_dst), heads, channels))
+
+
+def reference(x_l, x_r, att, edge_index, edge_term=None, loop_term=None,
+              add_self_loops=False, mask=None, slope=0.2):
+    """Edge-wise PyTorch with PyG's softmax, explicit self-loop edges; the
+    attention weights in the operator's order (edges, then loops)."""
+    num_edges = edge_index.size(1)
+    vid = torch.arange(num_edges)
+    if add_self_loops:
+        num_loops = min(x_l.size(0), x_r.size(0))
+        loops = torch.arange(num_loops)
+        keep = (edge_index[0] != edge_index[1]).nonzero().view(-1)
+        edge_index = torch.cat([edge_index[:, keep], loops.repeat(2, 1)], 1)
+        vid = torch.cat([keep, loops + num_edges])
+        if edge_term is not None:
+            edge_term = torch.cat([edge_term[keep], loop_term])
+    src, dst = edge_index
+    z = x_l[src] + x_r[dst]
+    if edge_term is not None:
+        z = z + edge_term
+    logit = (F.leaky_relu(z, slope) * att).sum(dim=-1)
+    alpha = softmax(logit, dst, num_nodes=x_r.size(0))
+    weight = alpha if mask is None else alpha * mask[vid]
+    out = torch.zeros_like(x_r).index_add(0, dst,
+                                          x_l[src] * weight.unsqueeze(-1))
+    num_virtual = num_edges + (num_loops if add_self_loops else 0)
+    alpha_all = alpha.new_zeros(num_virtual, alpha.size(1))
+    return out, alpha_all.index_copy(0, vid, alpha)
+
+
+def outputs_and_grads(fn, inputs, seed=1):
+    """Runs ``fn``; returns its outputs and the gradients of a loss that
+    weighs every output and attention entry differently."""
+    out, alpha = fn()
+    gen = torch.Generator().manual_seed(seed)
+    w_out = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    w_alpha = torch.randn(alpha.shape, generator=gen, dtype=out.dtype)
+    loss = (out * w_out).sum() + (alpha * w_alpha).sum()
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [out, alpha] + list(grads)
+
+
+def assert_close_all(actual, expected, dtype):
+    """Equal within ``TOLERANCE`` relative to the largest entry of each
+    tensor: gradients are sums over many edges, with rounding to match."""
+    for i, (a, b) in enumerate(zip(actual, expected, strict=True)):
+        if b is None:
+            assert a is None or bool((a == 0).all()), i
+            continue
+        scale = b.abs().max().item() if b.numel() else 1.0
+        tol = TOLERANCE[dtype] * max(1.0, scale)
+        torch.testing.assert_close(a, b, atol=tol, rtol=TOLERANCE[dtype],
+                                   msg=lambda m, i=i: f'#{i}: {m}')
+
+
+def compare(x_l, x_r, att, edge_index, et=None, loop_et=None, mask=None,
+            add_self_loops=False, backend='auto', dtype=torch.float64,
+            **kwargs):
+    inputs = [t for t in (x_l, x_r, att, et, loop_et) if t is not None]
+
+    def ours():
+        return fused_gatv2_attention(
+            x_l, x_r, att, edge_index, et, loop_edge_term=loop_et,
+            add_self_loops=add_self_loops, dropout_mask=mask,
+            return_attention_weights=True, backend=backend, **kwargs)
+
+    def theirs():
+        return reference(x_l, x_r, att, edge_index, et, loop_et,
+                         add_self_loops, mask)
+
+    actual = outputs_and_grads(ours, inputs)
+    expected = outputs_and_grads(theirs, inputs)
+    assert_close_all(actual, expected, dtype)
+    return actual
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('bipartite,add_self_loops,edge_term,dropout',
+                         list(itertools.product([False, True], repeat=4)))
+def test_matches_reference(backend, dtype, bipartite, add_self_loops,
+                           edge_term, dropout):
+    num_src, num_dst = (17, 11) if bipartite else (13, 13)
+    edge_index = random_graph(num_src, num_dst, 60)
+    edge_index[:, :4] = torch.arange(4).repeat(2, 1)  # existing self-loops
+    x_l, x_r, att, et, loop_et = features(num_src, num_dst, 60, 3, 5, dtype)
+    num_loops = min(num_src, num_dst) if add_self_loops else 0
+    mask = None
+    if dropout:
+        gen = torch.Generator().manual_seed(2)
+        keep = torch.rand(60 + num_loops, 3, generator=gen) > 0.3
+        mask = keep.to(dtype) / 0.7
+    compare(x_l, x_r, att, edge_index, et if edge_term else None,
+            loop_et if edge_term and add_self_loops else None, mask,
+            add_self_loops, backend, dtype)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_torch_backend_chunks(backend):
+    # Chunks of 7 edges cut the in-edges of most nodes across chunks.
+    edge_index = random_graph(20, 20, 90)
+    x_l, x_r, att, et, loop_et = features(20, 20, 90, 2, 4, torch.float64)
+    compare(x_l, x_r, att, edge_index, et, loop_et, add_self_loops=True,
+            backend='torch', chunk_size=7)
+
+
+def test_backends_agree_on_a_larger_graph():
+    if 'numba' not in BACKENDS:
+        pytest.skip('numba is not installed')
+    edge_index = random_graph(300, 200, 5000, seed=3)
+    x_l, x_r, att, et, loop_et = features(300, 200, 5000, 4, 16,
+                                          torch.float32, seed=3)
+    inputs = [x_l, x_r, att, et, loop_et]
+    results = [
+        outputs_and_grads(
+            lambda b=b: fused_gatv2_attention(
+                x_l, x_r, att, edge_index, et, loop_edge_term=loop_et,
+                add_self_loops=True, return_attention_weights=True,
+                backend=b), inputs) for b in ('numba', 'torch')
+    ]
+    assert_close_all(results[0], results[1], torch.float32)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('add_self_loops', [False, True])
+def test_gradcheck(backend, add_self_loops):
+    edge_index = random_graph(6, 5, 14, seed=4)
+    edge_index[:, 0] = 2  # an existing self-loop
+    x_l, x_r, att, et, loop_et = features(6, 5, 14, 2, 3, torch.float64,
+                                          seed=4)
+    num_virtual = 14 + (5 if add_self_loops else 0)
+    gen = torch.Generator().manual_seed(5)
+    mask = (torch.rand(num_virtual, 2, generator=gen) > 0.25).double() * 2
+
+    def fn(x_l, x_r, att, et, loop_et):
+        out, alpha = fused_gatv2_attention(
+            x_l, x_r, att, edge_index, et, loop_edge_term=loop_et,
+            add_self_loops=add_self_loops, dropout_mask=mask,
+            return_attention_weights=True, backend=backend)
+        return out, alpha
+
+    inputs = (x_l, x_r, att, et, loop_et if add_self_loops else None)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_shared_source_and_target_features(backend):
+    # share_weights passes the same tensor as x_l and x_r.
+    edge_index = random_graph(10, 10, 30)
+    x, _, att, _, _ = features(10, 10, 30, 2, 3, torch.float64)
+    inputs = [x, att]
+    actual = outputs_and_grads(
+        lambda: fused_gatv2_attention(x, x, att, edge_index,
+                                      add_self_loops=True,
+                                      return_attention_weights=True,
+                                      backend=backend), inputs)
+    expected = outputs_and_grads(
+        lambda: reference(x, x, att, edge_index, add_self_loops=True), inputs)
+    assert_close_all(actual, expected, torch.float64)
+
+
+def test_tiny_graph_by_hand():
+    # Node 0 receives from 1 and 2 with logits a.lrelu(x_1 + x_0) etc.;
+    # with att = 1, slope 0.2 and one channel the logits are 3 and -0.2, so
+    # alpha = softmax([3, -0.2]); node 1 and 2 receive nothing.
+    x = torch.tensor([[[1.0]], [[2.0]], [[-2.0]]])
+    att = torch.ones(1, 1)
+    edge_index = torch.tensor([[1, 2], [0, 0]])
+    for backend in BACKENDS:
+        out, alpha = fused_gatv2_attention(x, x, att, edge_index,
+                                           return_attention_weights=True,
+                                           backend=backend)
+        expected = torch.softmax(torch.tensor([3.0, -0.2]), dim=0)
+        torch.testing.assert_close(alpha.view(-1), expected)
+        torch.testing.assert_close(
+            out.view(-1), torch.stack([expected @ torch.tensor([2.0, -2.0]),
+                                       torch.tensor(0.0),
+                                       torch.tensor(0.0)]))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_nodes_without_in_edges(backend):
+    # Nodes 5..9 receive nothing: zero output, finite gradients.
+    edge_index = random_graph(10, 5, 20)
+    x_l, x_r, att, et, _ = features(10, 10, 20, 2, 3, torch.float64)
+    out, _, *grads = compare(x_l, x_r, att, edge_index, et, backend=backend)
+    assert bool((out[5:] == 0).all())
+    assert all(bool(g.isfinite().all()) for g in grads)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_high_degree_node(backend):
+    # A star: node 0 receives from 4000 sources, plus a sprinkle of edges.
+    star = torch.stack([torch.arange(1, 4001), torch.zeros(4000).long()])
+    edge_index = torch.cat([star, random_graph(4001, 4001, 500)], dim=1)
+    x_l, x_r, att, _, _ = features(4001, 4001, 0, 2, 4, torch.float64)
+    compare(x_l, x_r, att, edge_index, add_self_loops=True, backend=backend)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_duplicate_edges(backend):
+    # A repeated edge counts twice in the softmax, as in PyG.
+    edge_index = torch.tensor([[1, 1, 1, 2], [0, 0, 0, 0]])
+    x_l, x_r, att, _, _ = features(3, 3, 0, 1, 2, torch.float64)
+    _, alpha = compare(x_l, x_r, att, edge_index, backend=backend)[:2]
+    torch.testing.assert_close(alpha[0], alpha[1])
+    torch.testing.assert_close(alpha[:3].sum() + alpha[3].sum(),
+                               torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_large_logits_do_not_overflow(backend, dtype):
+    # Logits of order 1e4: exp would overflow without the running maximum.
+    edge_index = random_graph(30, 30, 200)
+    x_l, x_r, att, _, _ = features(30, 30, 0, 2, 4, dtype, scale=50.0)
+    src, dst = edge_index
+    logits = (F.leaky_relu(x_l[src] + x_r[dst], 0.2) * att).sum(dim=-1)
+    assert logits.abs().max() > 5e3
+    out, alpha = fused_gatv2_attention(x_l, x_r, att, edge_index,
+                                       add_self_loops=True,
+                                       return_attention_weights=True,
+                                       backend=backend)
+    grads = torch.autograd.grad(out.sum(), [x_l, x_r, att])
+    assert all(bool(g.isfinite().all()) for g in (out, alpha) + grads)
+    # Against float64 maths on the same inputs. In float32 a logit of 1e4
+    # carries a rounding error of about 1e-3, and so does alpha.
+    expected_out, expected_alpha = reference(
+        *(t.detach().double() for t in (x_l, x_r, att)), edge_index,
+        add_self_loops=True)
+    tol = 1e-8 if dtype == torch.float64 else 1e-2
+    torch.testing.assert_close(alpha.double(), expected_alpha, atol=tol,
+                               rtol=0)
+    torch.testing.assert_close(out.double(), expected_out, atol=tol * 100,
+                               rtol=tol)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('add_self_loops', [False, True])
+def test_empty_graph(backend, add_self_loops):
+    edge_index = torch.empty(2, 0, dtype=torch.long)
+    x_l, x_r, att, et, loop_et = features(4, 3, 0, 2, 3, torch.float64)
+    out, alpha = compare(x_l, x_r, att, edge_index, et,
+                         loop_et if add_self_loops else None,
+                         add_self_loops=add_self_loops, backend=backend)[:2]
+    if add_self_loops:  # every node attends to itself only
+        torch.testing.assert_close(out, x_l[:3].detach())
+        assert bool((alpha == 1).all())
+    else:
+        assert bool((out == 0).all()) and alpha.numel() == 0
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_edge_permutation_invariance(backend):
+    edge_index = random_graph(15, 15, 70, seed=6)
+    x_l, x_r, att, et, loop_et = features(15, 15, 70, 2, 3, torch.float64)
+    perm = torch.randperm(70, generator=torch.Generator().manual_seed(7))
+    out, alpha = fused_gatv2_attention(x_l, x_r, att, edge_index, et,
+                                       loop_edge_term=loop_et,
+                                       add_self_loops=True,
+                                       return_attention_weights=True,
+                                       backend=backend)
+    out_p, alpha_p = fused_gatv2_attention(x_l, x_r, att,
+                                           edge_index[:, perm], et[perm],
+                                           loop_edge_term=loop_et,
+                                           add_self_loops=True,
+                                           return_attention_weights=True,
+                                           backend=backend)
+    torch.testing.assert_close(out_p, out)
+    torch.testing.assert_close(alpha_p[:70], alpha[perm])
+    torch.testing.assert_close(alpha_p[70:], alpha[70:])
+
+
+def test_layout_cache_hit_and_invalidation():
+    clear_layout_cache()
+    edge_index = random_graph(8, 8, 20)
+    first = edge_layout(edge_index, 8, 8, add_self_loops=True)
+    assert edge_layout(edge_index, 8, 8, add_self_loops=True) is first
+    # Other sizes or self-loop handling are other layouts.
+    assert edge_layout(edge_index, 8, 8) is not first
+    assert edge_layout(edge_index, 9, 8, add_self_loops=True) is not first
+    # Equal content in a new tensor builds a new layout.
+    assert edge_layout(edge_index.clone(), 8, 8,
+                       add_self_loops=True) is not first
+    # An in-place edit, here through a view, invalidates the entry.
+    dst = edge_index[1]
+    dst[:5] = 7
+    second = edge_layout(edge_index, 8, 8, add_self_loops=True)
+    assert second is not first
+    fresh = edge_layout(edge_index.clone(), 8, 8, add_self_loops=True)
+    assert torch.equal(second.dst_ptr, fresh.dst_ptr)
+    assert not torch.equal(second.dst_ptr, first.dst_ptr)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_in_place_edit_changes_the_result(backend):
+    edge_index = random_graph(10, 10, 30)
+    x_l, x_r, att, _, _ = features(10, 10, 30, 2, 3, torch.float64)
+    with torch.no_grad():
+        before = fused_gatv2_attention(x_l, x_r, att, edge_index,
+                                       backend=backend)
+        edge_index[0] = (edge_index[0] + 1) % 10
+        after = fused_gatv2_attention(x_l, x_r, att, edge_index,
+                                      backend=backend)
+        expected = reference(x_l, x_r, att, edge_index)[0]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected)
+
+
+def test_layout_of_inference_tensor_is_not_cached():
+    with torch.inference_mode():
+        edge_index = random_graph(5, 5, 10)
+    first = edge_layout(edge_index, 5, 5)
+    assert edge_layout(edge_index, 5, 5) is not first
+    assert int(first.dst_ptr[-1]) == 10
+
+
+def test_backend_selection():
+    assert get_backend() == 'auto'
+    with use_backend('torch'):
+        assert get_backend() == 'torch'
+    assert get_backend() == 'auto'
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        with use_backend('cuda'):
+            pass
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(edge_index=torch.tensor([[0, 9], [1, 1]])), ValueError,
+     'source node 9'),
+    (dict(edge_index=torch.tensor([[0, 1], [1, 5]])), ValueError,
+     'destination node 5'),
+    (dict(edge_index=torch.tensor([[0, -1], [1, 1]])), ValueError,
+     'negative'),
+    (dict(edge_index=torch.tensor([[0.0, 1.0], [1.0, 1.0]])), TypeError,
+     'integer'),
+    (dict(edge_index=torch.tensor([0, 1])), ValueError, r'\[2, num_edges\]'),
+    (dict(att=torch.ones(3, 3)), ValueError, "'att'"),
+    (dict(edge_term=torch.ones(5, 2, 3)), ValueError, "'edge_term'"),
+    (dict(dropout_mask=torch.ones(3, 2)), ValueError, "'dropout_mask'"),
+    (dict(x_r=torch.ones(4, 2, 3, dtype=torch.float64)), TypeError, "'x_r'"),
+    (dict(backend='cuda'), ValueError, 'backend'),
+    (dict(backend='numba', x_l=torch.ones(4, 2, 3, dtype=torch.float16),
+          x_r=torch.ones(4, 2, 3, dtype=torch.float16),
+          att=torch.ones(2, 3, dtype=torch.float16)), ValueError, 'float16'),
+])
+def test_bad_input(kwargs, error, match):
+    args = dict(x_l=torch.ones(4, 2, 3), x_r=torch.ones(4, 2, 3),
+                att=torch.ones(2, 3), edge_index=torch.tensor([[0, 1],
+                                                               [1, 2]]))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        fused_gatv2_attention(**args)
