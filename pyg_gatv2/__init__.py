@@ -1,5 +1,6 @@
 """pyg_gatv2: a fast, memory-efficient drop-in GATv2Conv for PyG."""
 from pyg_gatv2.conv import GATv2Conv
+from pyg_gatv2.datasets import load_planetoid
 from pyg_gatv2.dense import DenseGATv2Conv
 from pyg_gatv2.softmax import (
     available_backends,
@@ -20,4 +21,5 @@ __all__ = [
     'get_backend',
     'set_backend',
     'use_backend',
+    'load_planetoid',
 ]
