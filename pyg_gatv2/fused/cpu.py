@@ -39,6 +39,30 @@ def _edge_row(et, loop_et, e, h, num_edges):
     return loop_et[e - num_edges, h]
 
 
+@njit(inline='always')
+def _lrelu(z, slope):
+    return z if z > 0 else z * slope
+
+
+# Per edge and head, the channel loops write elementwise into small
+# per-thread buffers (loops that vectorise) and only the final sums run
+# serially, in a fixed order: no fastmath is needed for speed.
+
+@njit(inline='always')
+def _score(xj, xi, ev, has_et, a, slope, buf):
+    """``sum_c a[c] * LeakyReLU(xj[c] + xi[c] (+ ev[c]))``."""
+    C = a.size
+    for c in range(C):
+        z = xj[c] + xi[c]
+        if has_et:
+            z += ev[c]
+        buf[c] = a[c] * _lrelu(z, slope)
+    s = buf.dtype.type(0)
+    for c in range(C):
+        s += buf[c]
+    return s
+
+
 @njit(**_JIT)
 def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
             num_edges, slope, has_et, has_mask, want_alpha, out, lse,
@@ -49,6 +73,7 @@ def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
     for b in prange(bounds.size - 1):
         m = np.empty(H, dtype=xl.dtype)
         total = np.empty(H, dtype=xl.dtype)
+        buf = np.empty(C, dtype=xl.dtype)
         for i in range(bounds[b], bounds[b + 1]):
             out[i] = 0
             m[:] = -np.inf
@@ -57,30 +82,26 @@ def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
                 j = col[k]
                 e = eid[k]
                 for h in range(H):
-                    if has_et:
-                        ev = _edge_row(et, loop_et, e, h, num_edges)
-                    s = xl.dtype.type(0)
-                    for c in range(C):
-                        z = xl[j, h, c] + xr[i, h, c]
-                        if has_et:
-                            z += ev[c]
-                        if z <= 0:
-                            z *= slope
-                        s += att[h, c] * z
+                    xi = xr[i, h]
+                    xj = xl[j, h]
+                    ev = _edge_row(et, loop_et, e, h, num_edges) if has_et \
+                        else xi
+                    s = _score(xj, xi, ev, has_et, att[h], slope, buf)
                     if want_alpha:
                         alpha[e, h] = s
+                    o = out[i, h]
                     if s > m[h]:
                         scale = math.exp(m[h] - s)
                         total[h] *= scale
                         for c in range(C):
-                            out[i, h, c] *= scale
+                            o[c] *= scale
                         m[h] = s
                     p = math.exp(s - m[h])
                     total[h] += p
                     if has_mask:
                         p *= mask[e, h]
                     for c in range(C):
-                        out[i, h, c] += p * xl[j, h, c]
+                        o[c] += p * xj[c]
             for h in range(H):
                 if total[h] > 0:
                     inv = 1 / total[h]
@@ -110,24 +131,37 @@ def backward_dst(xl, xr, att, et, loop_et, mask, galpha, grad, lse, delta,
     for b in prange(bounds.size - 1):
         ga = gatt[b]
         ga[:] = 0
+        act = np.empty(C, dtype=xl.dtype)  # LeakyReLU(z)
+        dact = np.empty(C, dtype=xl.dtype)  # att * LeakyReLU'(z)
+        prod = np.empty(C, dtype=xl.dtype)  # grad_i * x_j
         for i in range(bounds[b], bounds[b + 1]):
             gxr[i] = 0
             for k in range(ptr[i], ptr[i + 1]):
                 j = col[k]
                 e = eid[k]
                 for h in range(H):
-                    if has_et:
-                        ev = _edge_row(et, loop_et, e, h, num_edges)
+                    xi = xr[i, h]
+                    xj = xl[j, h]
+                    gi = grad[i, h]
+                    ah = att[h]
+                    ev = _edge_row(et, loop_et, e, h, num_edges) if has_et \
+                        else xi
+                    for c in range(C):
+                        z = xj[c] + xi[c]
+                        if has_et:
+                            z += ev[c]
+                        if z > 0:
+                            act[c] = z
+                            dact[c] = ah[c]
+                        else:
+                            act[c] = z * slope
+                            dact[c] = ah[c] * slope
+                        prod[c] = gi[c] * xj[c]
                     s = xl.dtype.type(0)
                     gd = xl.dtype.type(0)
                     for c in range(C):
-                        z = xl[j, h, c] + xr[i, h, c]
-                        if has_et:
-                            z += ev[c]
-                        if z <= 0:
-                            z *= slope
-                        s += att[h, c] * z
-                        gd += grad[i, h, c] * xl[j, h, c]
+                        s += ah[c] * act[c]
+                        gd += prod[c]
                     p = math.exp(s - lse[i, h])
                     w = p
                     if has_mask:
@@ -138,20 +172,15 @@ def backward_dst(xl, xr, att, et, loop_et, mask, galpha, grad, lse, delta,
                     ds = p * (gd - delta[i, h])
                     wbuf[k, h] = w
                     dsbuf[k, h] = ds
+                    gxi = gxr[i, h]
+                    gah = ga[h]
+                    for c in range(C):
+                        gxi[c] += ds * dact[c]
+                        gah[c] += ds * act[c]
                     if want_det:
                         gev = _edge_row(get, gloop, e, h, num_edges)
-                    for c in range(C):
-                        z = xl[j, h, c] + xr[i, h, c]
-                        if has_et:
-                            z += ev[c]
-                        d = ds * att[h, c]
-                        if z <= 0:
-                            d *= slope
-                            z *= slope
-                        gxr[i, h, c] += d
-                        ga[h, c] += ds * z
-                        if want_det:
-                            gev[c] = d
+                        for c in range(C):
+                            gev[c] = ds * dact[c]
 
 
 @njit(**_JIT)
@@ -171,16 +200,21 @@ def backward_src(xl, xr, att, et, loop_et, grad, ptr, pos, row, eid, bounds,
                 for h in range(H):
                     w = wbuf[k, h]
                     ds = dsbuf[k, h]
-                    if has_et:
-                        ev = _edge_row(et, loop_et, e, h, num_edges)
+                    xi = xr[i, h]
+                    xj = xl[j, h]
+                    gi = grad[i, h]
+                    gj = gxl[j, h]
+                    ah = att[h]
+                    ev = _edge_row(et, loop_et, e, h, num_edges) if has_et \
+                        else xi
                     for c in range(C):
-                        z = xl[j, h, c] + xr[i, h, c]
+                        z = xj[c] + xi[c]
                         if has_et:
                             z += ev[c]
-                        d = ds * att[h, c]
+                        d = ds * ah[c]
                         if z <= 0:
                             d *= slope
-                        gxl[j, h, c] += w * grad[i, h, c] + d
+                        gj[c] += w * gi[c] + d
 
 
 def _num_chunks() -> int:
