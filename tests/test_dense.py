@@ -1,4 +1,9 @@
+import csv
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,7 @@ from torch_geometric.utils import coalesce, to_dense_adj, to_dense_batch
 import pyg_gatv2.dense
 from pyg_gatv2 import DenseGATv2Conv, GATv2Conv
 
+ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -360,3 +366,38 @@ def test_bad_memory_budget(budget):
     dense = DenseGATv2Conv(6, 4)
     with pytest.raises(ValueError, match="'DenseGATv2Conv'"):
         dense(x3, torch.ones(2, 5, 5), memory_budget=budget)
+
+
+def test_benchmark_quick_mode(tmp_path):
+    script = ROOT / 'benchmarks' / 'sparse_vs_dense.py'
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
+    result = subprocess.run(
+        [sys.executable, str(script), '--quick', '--out', str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = (tmp_path / 'sparse_vs_dense_quick.md').read_text()
+    assert '--quick --out' in report.splitlines()[2]  # the exact command
+    assert '### Forward + backward, median ms' in report
+    assert '| single | 64 | 1 |' in report
+    assert 'MISMATCH' not in report
+    assert '## Crossovers and fitted slopes' in report
+    assert report.split('\n\n', 1)[1] in result.stdout
+
+    with open(tmp_path / 'sparse_vs_dense_quick.csv') as f:
+        rows = list(csv.DictReader(f))
+    impls = {row['impl'] for row in rows}
+    assert {'dense', 'sparse', 'pyg'} <= impls
+    timed = [row for row in rows if row['status'] == 'ok']
+    # The smallest cases fit any budget: every implementation ran them.
+    assert {r['impl'] for r in timed if r['N'] == '64'} == impls
+    for row in timed:
+        assert float(row['max_diff']) <= 1e-5
+        assert float(row['train_ms']) > 0
+        assert float(row['peak_train_mib']) >= 0
+    assert {r['setting'] for r in timed} == {'single', 'batch'}
+
+    png = (tmp_path / 'sparse_vs_dense_quick.png').read_bytes()
+    assert png.startswith(b'\x89PNG') and len(png) > 10_000

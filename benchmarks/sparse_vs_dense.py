@@ -1,0 +1,706 @@
+"""Sparse or dense GATv2? Time and peak memory of ``DenseGATv2Conv`` against
+the message-passing ``GATv2Conv`` (and its fused path, where the package has
+one) and PyG's ``GATv2Conv``, over graph size and density.
+
+    python benchmarks/sparse_vs_dense.py           # full sweep, a few minutes
+    python benchmarks/sparse_vs_dense.py --quick   # small sizes, for CI
+
+Cases: one random graph of N nodes, a batch of 128 random graphs of N/2 to N
+nodes (padded to N for the dense layer, with a node mask), each at several
+average in-degrees, and the Cora citation graph. Every case is first checked:
+all implementations that can run it must give the dense layer's output (or,
+where the dense layer is out of budget, PyG's) to 1e-5; a case that
+disagrees is not timed. Then each implementation is timed, forward alone
+(inference, no autograd) and forward + backward (median after warm-up), and
+its peak memory is measured (growth above the level before the call; the
+inputs, which the dense layer needs as an N x N adjacency, are counted
+apart). An implementation whose time or memory, projected from its largest
+smaller case, exceeds the budget is reported as skipped with the projection.
+
+Writes ``<name>.md`` (the tables, crossovers and fitted slopes),
+``<name>.csv`` (one row per case and implementation) and ``<name>.png``
+(log-log curves against N) into ``--out``, and prints the Markdown.
+"""
+import argparse
+import inspect
+import math
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch_geometric
+from _common import (
+    command_line,
+    markdown_table,
+    median_time,
+    peak_memory,
+    pin_malloc,
+    write_csv,
+)
+from torch import Tensor
+from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
+from torch_geometric.utils import coalesce, to_dense_adj, to_dense_batch
+
+import pyg_gatv2
+from pyg_gatv2 import DenseGATv2Conv, GATv2Conv, get_backend, load_planetoid
+
+MiB = 2.0**20
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_RAW = ROOT.parent / 'shared' / 'data' / 'planetoid'
+TOLERANCE = 1e-5
+# Implementations in table order; 'fused' only where GATv2Conv has it.
+IMPLS = ('dense', 'sparse', 'fused', 'pyg')
+LABELS = {
+    'dense': 'DenseGATv2Conv',
+    'sparse': 'GATv2Conv (message passing)',
+    'fused': 'GATv2Conv (fused=True)',
+    'pyg': 'torch_geometric GATv2Conv',
+}
+COLORS = {'dense': 'C3', 'sparse': 'C0', 'fused': 'C2', 'pyg': 'C7'}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Sparse vs dense GATv2: time and peak memory.')
+    parser.add_argument('--quick', action='store_true',
+                        help='a few small sizes that run in seconds (CI)')
+    parser.add_argument('--single-sizes', type=_ints,
+                        default=[64 * 2**k for k in range(9)],
+                        help='node counts of the single-graph cases')
+    parser.add_argument('--batch-sizes', type=_ints,
+                        default=[16, 32, 64, 128, 256],
+                        help='largest node count per graph of the batches')
+    parser.add_argument('--batch-graphs', type=int, default=128,
+                        help='graphs per batch')
+    parser.add_argument('--degrees', type=_degrees,
+                        default=_degrees('4,N/8,N/2'),
+                        help="average in-degrees: numbers or 'N/k'")
+    parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
+                        default=True, help='include the Cora graph')
+    parser.add_argument('--in-channels', type=int, default=64,
+                        help='input features of the random graphs')
+    parser.add_argument('--heads', type=int, default=8)
+    parser.add_argument('--out-channels', type=int, default=8,
+                        help='output channels per head')
+    parser.add_argument('--chunk-budget', type=float, default=256,
+                        help="DenseGATv2Conv's memory_budget, MiB")
+    parser.add_argument('--max-seconds', type=float, default=3.0,
+                        help='skip a run whose projected forward+backward '
+                        'time exceeds this')
+    parser.add_argument('--max-memory', type=float, default=4.0,
+                        help='skip a run whose projected memory (inputs + '
+                        'peak) exceeds this many GiB')
+    parser.add_argument('--min-seconds', type=float, default=0.3,
+                        help='time each measurement for at least this long')
+    parser.add_argument('--threads', type=int, default=1,
+                        help="torch CPU threads; 0 keeps torch's default. "
+                        'One thread gives stable numbers on a shared '
+                        'machine, where waiting threads spin')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', type=Path,
+                        default=ROOT / 'benchmarks' / 'results',
+                        help='folder for the .md, .csv and .png')
+    parser.add_argument('--name', default=None,
+                        help='file stem (default: sparse_vs_dense, '
+                        'sparse_vs_dense_quick with --quick)')
+    args = parser.parse_args(argv)
+    if args.quick:
+        defaults = parser.parse_args([])
+        for key, value in dict(single_sizes=[64, 128, 256],
+                               batch_sizes=[8, 16],
+                               degrees=_degrees('4,N/2'), cora=False,
+                               max_seconds=1.0, min_seconds=0.02).items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+    if args.name is None:
+        args.name = 'sparse_vs_dense' + ('_quick' if args.quick else '')
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(',') if v]
+
+
+def _degrees(text: str) -> list[str]:
+    specs = [v.strip() for v in text.split(',') if v.strip()]
+    for spec in specs:
+        if not (spec.replace('.', '', 1).isdigit() or (
+                spec.startswith('N/') and spec[2:].isdigit())):
+            raise argparse.ArgumentTypeError(
+                f"degree '{spec}' is neither a number nor 'N/k'")
+    return specs
+
+
+def degree_of(spec: str, num_nodes: int) -> float:
+    """The average in-degree that :obj:`spec` gives a graph of
+    :obj:`num_nodes` nodes (never more than every other node)."""
+    if spec.startswith('N/'):
+        value = num_nodes / int(spec[2:])
+    else:
+        value = float(spec)
+    return min(value, num_nodes - 1)
+
+
+# Cases ---------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    setting: str  # 'single', 'batch' or 'cora'
+    num_nodes: int  # nodes per graph (the padded size of a batch)
+    degree: str
+    x: Tensor  # [total nodes, F]
+    edge_index: Tensor  # [2, E], no self-loops, no duplicates
+    batch: Tensor  # graph of each node
+    num_graphs: int
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.size(1)
+
+    @property
+    def total_nodes(self) -> int:
+        return self.x.size(0)
+
+
+def random_edges(n: int, degree: float, gen: torch.Generator) -> Tensor:
+    """A random directed graph on :obj:`n` nodes with the given average
+    in-degree, without self-loops or duplicate edges."""
+    if n * n <= 2**22:
+        p = degree / max(n - 1, 1)
+        adj = torch.rand(n, n, generator=gen) < p
+        adj.fill_diagonal_(False)
+        return adj.nonzero().t().contiguous()
+    num = round(n * degree)
+    edge_index = torch.randint(0, n, (2, num), generator=gen)
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]
+    return coalesce(edge_index, num_nodes=n)
+
+
+def random_case(setting: str, num_nodes: int, num_graphs: int, spec: str,
+                in_channels: int, seed: int) -> Case:
+    gen = torch.Generator().manual_seed(seed)
+    if num_graphs == 1:
+        sizes = [num_nodes]
+    else:
+        # Graphs of N/2 to N nodes, one of exactly N (the padded size).
+        sizes = torch.randint(num_nodes // 2, num_nodes + 1, (num_graphs, ),
+                              generator=gen).tolist()
+        sizes[0] = num_nodes
+    edges, offset = [], 0
+    for n in sizes:
+        edges.append(random_edges(n, degree_of(spec, n), gen) + offset)
+        offset += n
+    batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                    torch.tensor(sizes))
+    x = torch.randn(offset, in_channels, generator=gen)
+    return Case(setting, num_nodes, spec, x, torch.cat(edges, dim=1), batch,
+                len(sizes))
+
+
+def cora_case() -> Optional[Case]:
+    raw = os.environ.get('PYG_GATV2_RAW_DIR') or str(SHARED_RAW)
+    if not (Path(raw) / 'Cora' / 'raw').is_dir():
+        print(f'Cora: raw files not found in {raw} (set PYG_GATV2_RAW_DIR); '
+              'skipped')
+        return None
+    with tempfile.TemporaryDirectory() as root:
+        data = load_planetoid('Cora', root=root, raw_dir=raw)[0]
+    degree = data.num_edges / data.num_nodes
+    return Case('cora', data.num_nodes, f'{degree:.1f}', data.x,
+                data.edge_index, torch.zeros(data.num_nodes,
+                                             dtype=torch.long), 1)
+
+
+# Implementations -------------------------------------------------------------
+
+
+def has_fused() -> bool:
+    """Whether this version of the package has the fused path."""
+    return 'fused' in inspect.signature(GATv2Conv.__init__).parameters
+
+
+@dataclass
+class Runner:
+    """One implementation on one case: forward, training step, output in
+    the dense layout for the check, and the bytes of its inputs."""
+    forward: Callable[[], Tensor]
+    train_step: Callable[[], None]
+    dense_output: Callable[[], Tensor]
+    input_bytes: int
+    work: float  # operation count, for projecting time and memory
+
+
+def build_runners(case: Case, args: argparse.Namespace,
+                  device: torch.device) -> dict[str, Runner]:
+    F_in, H, C = case.x.size(1), args.heads, args.out_channels
+    torch.manual_seed(args.seed)
+    sparse = GATv2Conv(F_in, C, heads=H).to(device)
+    layers = {'sparse': sparse}
+    layers['dense'] = DenseGATv2Conv.from_sparse(
+        sparse, memory_budget=int(args.chunk_budget * MiB))
+    if has_fused():
+        layers['fused'] = GATv2Conv(F_in, C, heads=H, fused=True).to(device)
+        layers['fused'].load_state_dict(sparse.state_dict())
+    layers['pyg'] = PyGGATv2Conv(F_in, C, heads=H).to(device)
+    layers['pyg'].load_state_dict(sparse.state_dict())
+
+    x = case.x.to(device)
+    edge_index = case.edge_index.to(device)
+    batch = case.batch.to(device)
+    N, B = case.num_nodes, case.num_graphs
+    x_dense, mask = to_dense_batch(x, batch, max_num_nodes=N, batch_size=B)
+    if bool(mask.all()):
+        mask = None  # nothing padded
+    adj = to_dense_adj(edge_index, batch, max_num_nodes=N, batch_size=B)
+
+    sparse_work = (case.num_edges + case.total_nodes) * H * C + (
+        2 * case.total_nodes * F_in * H * C)
+    dense_work = B * N * N * H * C + 2 * B * N * F_in * H * C
+    gen = torch.Generator().manual_seed(args.seed)
+
+    runners = {}
+    for name, layer in layers.items():
+        if name == 'dense':
+            inputs = (x_dense, adj, mask)
+            nbytes = sum(t.numel() * t.element_size() for t in inputs
+                         if t is not None)
+            as_dense = _identity
+            work = dense_work
+        else:
+            inputs = (x, edge_index)
+            nbytes = (x.numel() * x.element_size() +
+                      edge_index.numel() * edge_index.element_size())
+            as_dense = _padder(batch, N, B)
+            work = sparse_work
+        out_shape = (B, N, H * C) if name == 'dense' else (x.size(0), H * C)
+        grad = torch.randn(out_shape, generator=gen).to(device)
+        runners[name] = Runner(
+            forward=_forward(layer, inputs),
+            train_step=_train_step(layer, inputs, grad),
+            dense_output=_compose(as_dense, _forward(layer, inputs)),
+            input_bytes=nbytes, work=work)
+    return runners
+
+
+def _identity(out: Tensor) -> Tensor:
+    return out
+
+
+def _padder(batch: Tensor, N: int, B: int):
+    def pad(out: Tensor) -> Tensor:
+        return to_dense_batch(out, batch, max_num_nodes=N, batch_size=B)[0]
+
+    return pad
+
+
+def _compose(f, g):
+    return lambda: f(g())
+
+
+def _forward(layer: torch.nn.Module, inputs: tuple):
+    def run() -> Tensor:
+        layer.eval()
+        with torch.no_grad():
+            return layer(*inputs)
+
+    return run
+
+
+def _train_step(layer: torch.nn.Module, inputs: tuple, grad: Tensor):
+    def run() -> None:
+        layer.train()
+        for param in layer.parameters():
+            param.grad = None
+        layer(*inputs).backward(grad)
+
+    return run
+
+
+# Measuring -------------------------------------------------------------------
+
+
+class History:
+    """Measured cost per implementation, to project larger cases."""
+    def __init__(self):
+        self.points: dict[str, list[tuple[float, dict]]] = {}
+
+    def add(self, impl: str, work: float, row: dict) -> None:
+        self.points.setdefault(impl, []).append((work, row))
+
+    def project(self, impl: str, work: float, key: str) -> Optional[float]:
+        """:obj:`key` of the largest smaller case, scaled by the work."""
+        known = [(w, r[key]) for w, r in self.points.get(impl, [])
+                 if w <= work and r.get(key) is not None
+                 and not math.isnan(r[key])]
+        if not known:
+            return None
+        w, value = max(known)
+        return value * work / w
+
+
+def run_case(case: Case, args: argparse.Namespace, device: torch.device,
+             history: History) -> list[dict]:
+    runners = build_runners(case, args, device)
+    max_bytes = args.max_memory * 2**30
+    base = dict(setting=case.setting, N=case.num_nodes,
+                graphs=case.num_graphs, nodes=case.total_nodes,
+                edges=case.num_edges, degree=case.degree,
+                avg_degree=round(case.num_edges / case.total_nodes, 2))
+    rows = {name: dict(base, impl=name, status='', reference='',
+                       max_diff=float('nan'), fwd_ms=float('nan'),
+                       train_ms=float('nan'),
+                       input_mib=r.input_bytes / MiB,
+                       peak_fwd_mib=float('nan'),
+                       peak_train_mib=float('nan'))
+            for name, r in runners.items()}
+
+    # Which implementations fit the budgets, projected from smaller cases:
+    # for timing, forward + backward must fit; for the check, the forward.
+    timed, checked = [], []
+    for name, runner in runners.items():
+        fits = {}
+        for mode in ('train', 'fwd'):
+            seconds = history.project(name, runner.work, f'{mode}_ms')
+            seconds = None if seconds is None else seconds / 1e3
+            peak = history.project(name, runner.work, f'peak_{mode}_mib')
+            nbytes = runner.input_bytes + (peak or 0.0) * MiB
+            if seconds is not None and seconds > args.max_seconds:
+                fits[mode] = f'skipped: projected {seconds:.3g} s'
+            elif nbytes > max_bytes:
+                fits[mode] = f'skipped: projected {nbytes / 2**30:.3g} GiB'
+            else:
+                fits[mode] = ''
+        rows[name]['status'] = fits['train']
+        if not fits['train']:
+            timed.append(name)
+        if not fits['fwd']:
+            checked.append(name)
+
+    # Correctness first, against the dense layer (or PyG's where the dense
+    # layer is out of budget); a case without two outputs to compare, or
+    # where any output disagrees, is not timed.
+    reference = next((r for r in ('dense', 'pyg', 'sparse') if r in checked),
+                     None)
+    if reference is None or len(checked) < 2:
+        for name in timed:
+            rows[name]['status'] = 'skipped: nothing to check against'
+        return list(rows.values())
+    expected = runners[reference].dense_output()
+    agree = True
+    for name in checked:
+        out = runners[name].dense_output()
+        rows[name]['reference'] = reference
+        rows[name]['max_diff'] = (out - expected).abs().max().item()
+        if not torch.allclose(out, expected, rtol=TOLERANCE,
+                              atol=TOLERANCE):
+            rows[name]['status'] = 'MISMATCH'
+            agree = False
+        elif name in timed:
+            rows[name]['status'] = 'ok'
+    del expected, out
+    if not agree:
+        for name in timed:
+            if rows[name]['status'] == 'ok':
+                rows[name]['status'] = 'not timed: another output disagrees'
+        return list(rows.values())
+
+    for name in timed:
+        runner, row = runners[name], rows[name]
+        timing = dict(min_seconds=args.min_seconds)
+        row['fwd_ms'] = 1e3 * median_time(runner.forward, device, **timing)
+        row['train_ms'] = 1e3 * median_time(runner.train_step, device,
+                                            **timing)
+        row['peak_fwd_mib'] = peak_memory(runner.forward, device) / MiB
+        row['peak_train_mib'] = peak_memory(runner.train_step, device) / MiB
+        history.add(name, runner.work, row)
+    return list(rows.values())
+
+
+# Reporting -------------------------------------------------------------------
+
+
+def series_key(row: dict) -> tuple[str, str]:
+    return row['setting'], row['degree']
+
+
+def measured(rows: list[dict], setting: str, degree: str, impl: str,
+             key: str) -> tuple[np.ndarray, np.ndarray]:
+    points = sorted((r['N'], r[key] + (r['input_mib'] if key ==
+                                       'peak_train_mib' else 0.0))
+                    for r in rows
+                    if (r['setting'], r['degree'], r['impl']) == (
+                        setting, degree, impl) and r['status'] == 'ok'
+                    and not math.isnan(r[key]))
+    if not points:
+        return np.empty(0), np.empty(0)
+    n, y = zip(*points, strict=True)
+    return np.array(n, dtype=float), np.array(y, dtype=float)
+
+
+def fit_slope(n: np.ndarray, y: np.ndarray) -> Optional[tuple[float, int]]:
+    """Slope of log y against log N over the larger half of the points
+    (at least two), and the smallest N of the fit."""
+    if len(n) < 2:
+        return None
+    start = min(len(n) // 2, len(n) - 2)
+    slope = np.polyfit(np.log(n[start:]), np.log(y[start:]), 1)[0]
+    return float(slope), int(n[start])
+
+
+def crossover(rows: list[dict], setting: str, degree: str, impl: str,
+              key: str) -> Optional[str]:
+    """Where :obj:`impl` and the dense layer swap places in :obj:`key`,
+    interpolated in log-log; a sentence, or None without common points."""
+    n_d, y_d = measured(rows, setting, degree, 'dense', key)
+    n_s, y_s = measured(rows, setting, degree, impl, key)
+    common = sorted(set(n_d) & set(n_s))
+    if not common:
+        return None
+    dense = dict(zip(n_d, y_d, strict=True))
+    other = dict(zip(n_s, y_s, strict=True))
+    gap = [math.log(other[n] / dense[n]) for n in common]
+    for a in range(len(common) - 1):
+        if (gap[a] > 0) != (gap[a + 1] > 0):
+            la, lb = math.log(common[a]), math.log(common[a + 1])
+            cross = math.exp(la + (lb - la) * gap[a] / (gap[a] - gap[a + 1]))
+            first, then = ('dense', impl) if gap[a] > 0 else (impl, 'dense')
+            return (f'{first} below N ~ {cross:.0f}, {then} above '
+                    f'(between N = {common[a]:.0f} and {common[a + 1]:.0f})')
+    winner = 'dense' if gap[0] > 0 else impl
+    return (f'{winner} at every N where both ran '
+            f'({common[0]:.0f} to {common[-1]:.0f})')
+
+
+def summary(rows: list[dict], impls: list[str]) -> str:
+    lines = []
+    series = sorted({series_key(r) for r in rows if r['setting'] != 'cora'},
+                    key=lambda s: (s[0] != 'single', _degree_order(s[1])))
+    for setting, degree in series:
+        title = (f'{setting} graph' if setting == 'single' else
+                 f'batch of {_graphs(rows, setting)} graphs')
+        lines.append(f'- **{title}, average in-degree {degree}**')
+        for impl in impls:
+            if impl == 'dense':
+                continue
+            for key, what in (('train_ms', 'time (forward+backward)'),
+                              ('peak_train_mib', 'memory (inputs+peak)')):
+                text = crossover(rows, setting, degree, impl, key)
+                if text:
+                    lines.append(f'  - {LABELS[impl]} vs dense, {what}: '
+                                 f'{text}')
+        slopes = []
+        for impl in impls:
+            for key, what in (('train_ms', 'time'),
+                              ('peak_train_mib', 'memory')):
+                fit = fit_slope(*measured(rows, setting, degree, impl, key))
+                if fit:
+                    slopes.append(f'{impl} {what} N^{fit[0]:.2f} '
+                                  f'(N >= {fit[1]})')
+        if slopes:
+            lines.append('  - fitted slopes: ' + '; '.join(slopes))
+    return '\n'.join(lines)
+
+
+def _degree_order(spec: str) -> float:
+    return 1 / float(spec[2:]) if spec.startswith('N/') else -1 / float(spec)
+
+
+def _graphs(rows: list[dict], setting: str) -> int:
+    return next(r['graphs'] for r in rows if r['setting'] == setting)
+
+
+def cell(row: dict, key: str) -> str:
+    if row['status'] == 'ok':
+        value = row[key]
+        if key == 'peak_train_mib':
+            value += row['input_mib']
+        return f'{value:.3g}' if not math.isnan(value) else 'n/a'
+    if row['status'].startswith('skipped: projected'):
+        return 'skip (' + row['status'].split('projected ')[1] + ')'
+    return row['status']
+
+
+def tables(rows: list[dict], impls: list[str]) -> str:
+    cases: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        key = (row['setting'], row['N'], row['degree'])
+        cases.setdefault(key, {})[row['impl']] = row
+    out = []
+    for key, title in (
+            ('train_ms', 'Forward + backward, median ms'),
+            ('fwd_ms', 'Forward (inference), median ms'),
+            ('peak_train_mib', 'Memory of forward + backward: inputs + '
+             'peak growth, MiB')):
+        table = []
+        for by_impl in cases.values():
+            first = next(iter(by_impl.values()))
+            checked = [r for r in by_impl.values() if r['reference']]
+            check = 'n/a'
+            if checked:
+                worst = max(r['max_diff'] for r in checked)
+                check = f"{worst:.1e} vs {checked[0]['reference']}"
+            line = {'case': first['setting'], 'N': first['N'],
+                    'graphs': first['graphs'], 'edges': first['edges'],
+                    'avg deg': first['avg_degree'], 'check': check}
+            for impl in impls:
+                line[impl] = cell(by_impl[impl], key)
+            dense, sparse = by_impl['dense'], by_impl['sparse']
+            ratio = ''
+            if dense['status'] == sparse['status'] == 'ok':
+                ratio = f'{_total(sparse, key) / _total(dense, key):.2f}'
+            line['sparse/dense'] = ratio
+            table.append(line)
+        columns = ['case', 'N', 'graphs', 'edges', 'avg deg', 'check']
+        out.append(f'### {title}\n\n' + markdown_table(
+            table, columns + list(impls) + ['sparse/dense']))
+    return '\n\n'.join(out)
+
+
+def _total(row: dict, key: str) -> float:
+    return row[key] + (row['input_mib'] if key == 'peak_train_mib' else 0.)
+
+
+def plot(rows: list[dict], impls: list[str], path: Path, header: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    settings = [s for s in ('single', 'batch')
+                if any(r['setting'] == s for r in rows)]
+    degrees = sorted({r['degree'] for r in rows if r['setting'] != 'cora'},
+                     key=_degree_order)
+    panels = [(s, k) for s in settings
+              for k in ('train_ms', 'peak_train_mib')]
+    fig, axes = plt.subplots(len(degrees), len(panels), squeeze=False,
+                             figsize=(4.6 * len(panels), 3.6 * len(degrees)))
+    for i, degree in enumerate(degrees):
+        for j, (setting, key) in enumerate(panels):
+            ax = axes[i][j]
+            for impl in impls:
+                n, y = measured(rows, setting, degree, impl, key)
+                if len(n) == 0:
+                    continue
+                fit = fit_slope(n, y)
+                label = impl + (f' (slope {fit[0]:.2f})' if fit else '')
+                ax.plot(n, y, 'o-', color=COLORS[impl], label=label, ms=4)
+                if setting == 'single' and degree == degrees[0]:
+                    cora = [r for r in rows if r['setting'] == 'cora'
+                            and r['impl'] == impl and r['status'] == 'ok']
+                    for r in cora:
+                        ax.plot(r['N'], _total(r, key), '*', ms=12,
+                                color=COLORS[impl])
+            _mark_crossover(ax, rows, setting, degree, key)
+            ax.set_xscale('log', base=2)
+            ax.set_yscale('log')
+            what = 'time (ms)' if key == 'train_ms' else 'memory (MiB)'
+            where = ('one graph' if setting == 'single' else
+                     f'{_graphs(rows, setting)} graphs')
+            ax.set_title(f'{where}, avg in-degree {degree}: {what}',
+                         fontsize=9)
+            ax.set_xlabel('N (nodes per graph)')
+            ax.grid(True, which='both', alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(header + '\nforward + backward; memory = inputs + peak; '
+                 'stars: Cora; dotted line: sparse and dense cross',
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _mark_crossover(ax, rows, setting, degree, key) -> None:
+    text = crossover(rows, setting, degree, 'sparse', key)
+    if text and 'below N ~' in text:
+        at = float(text.split('below N ~ ')[1].split(',')[0])
+        ax.axvline(at, color='k', ls=':', lw=1)
+        ax.annotate(f'N~{at:.0f}', (at, ax.get_ylim()[0]), fontsize=7,
+                    xytext=(3, 3), textcoords='offset points')
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cpu' and not pin_malloc():
+        print('Could not fix the allocator\'s mmap threshold: CPU memory '
+              'figures may be too low after large cases')
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    impls = [i for i in IMPLS if i != 'fused' or has_fused()]
+    header = (
+        f'Command: `{command_line()}`\n\n'
+        f'pyg_gatv2 {pyg_gatv2.__version__}, torch {torch.__version__}, '
+        f'torch_geometric {torch_geometric.__version__}, device '
+        f'{args.device} ({platform.processor() or platform.machine()}, '
+        f'{torch.get_num_threads()} threads), softmax backend '
+        f"'{get_backend()}'; layers: {args.heads} heads x "
+        f'{args.out_channels} channels, {args.in_channels} input features '
+        f"(Cora: 1433); DenseGATv2Conv memory_budget {args.chunk_budget:g} "
+        f'MiB; budgets {args.max_seconds:g} s and {args.max_memory:g} GiB '
+        'per run.')
+    print(header, flush=True)
+
+    cases: list[Callable[[], Optional[Case]]] = []
+    for n in args.single_sizes:
+        for spec in _distinct(args.degrees, n):
+            cases.append(lambda n=n, s=spec: random_case(
+                'single', n, 1, s, args.in_channels, args.seed))
+    for n in args.batch_sizes:
+        for spec in _distinct(args.degrees, n):
+            cases.append(lambda n=n, s=spec: random_case(
+                'batch', n, args.batch_graphs, s, args.in_channels,
+                args.seed))
+    if args.cora:
+        cases.append(cora_case)
+
+    history, rows = History(), []
+    for make in cases:
+        case = make()
+        if case is None:
+            continue
+        case_rows = run_case(case, args, device, history)
+        rows.extend(case_rows)
+        print(f'{case.setting:6s} N={case.num_nodes:<6d} '
+              f'deg={case.degree:4s} ' + ', '.join(
+                  f"{r['impl']} {cell(r, 'train_ms')}" for r in case_rows),
+              flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / args.name
+    report = (f'# Sparse vs dense GATv2\n\n{header}\n\n'
+              f'Implementations: ' + '; '.join(
+                  f'`{i}` = {LABELS[i]}' for i in impls) +
+              f'.\n\nEvery timed case was first checked: outputs agree with '
+              f'the reference to {TOLERANCE:g} (column `check`: largest '
+              f'difference).\n\n## Crossovers and fitted slopes\n\n'
+              f'{summary(rows, impls)}\n\n## Tables\n\n{tables(rows, impls)}'
+              f'\n\nFigure: `{stem.name}.png`; all rows: `{stem.name}.csv`.\n')
+    stem.with_suffix('.md').write_text(report)
+    write_csv(stem.with_suffix('.csv'), rows)
+    plot(rows, impls, stem.with_suffix('.png'), header.split('\n')[0])
+    print('\n' + report)
+    print(f'Wrote {stem}.md, .csv and .png')
+    mismatches = [r for r in rows if r['status'] == 'MISMATCH']
+    return 1 if mismatches else 0
+
+
+def _distinct(specs: list[str], n: int) -> list[str]:
+    """The degree specs that give distinct degrees on N nodes."""
+    seen, kept = set(), []
+    for spec in specs:
+        value = degree_of(spec, n)
+        if value not in seen:
+            seen.add(value)
+            kept.append(spec)
+    return kept
+
+
+if __name__ == '__main__':
+    sys.exit(main())
