@@ -24,6 +24,7 @@ from torch_geometric.utils import (
 from torch_geometric.utils.sparse import set_sparse_value
 
 from pyg_gatv2.functional import combine_heads, gatv2_logits
+from pyg_gatv2.fused.layer import fused_conv_forward, fused_path_blocker
 from pyg_gatv2.softmax import scatter_softmax
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -58,6 +59,17 @@ class GATv2Conv(MessagePassing):
     only when the layer is built with :obj:`edge_dim`. The softmax runs on the
     backend chosen in :mod:`pyg_gatv2.softmax`.
 
+    By default the attention runs on the fused path of
+    :mod:`pyg_gatv2.fused`: logits, softmax and aggregation in one
+    memory-efficient operator that keeps no per-edge feature tensor for
+    backward (numba kernels on CPU, chunked PyTorch elsewhere; see
+    :func:`pyg_gatv2.fused.set_backend`). Calls it does not cover fall back
+    to message passing automatically: a :class:`torch_sparse.SparseTensor`
+    or :class:`torch.sparse` adjacency, :func:`torch.compile` tracing,
+    explain mode, :obj:`decomposed_layers > 1`, an :obj:`aggr` other than
+    :obj:`"add"` or :obj:`flow="target_to_source"`, and registered
+    message-passing hooks.
+
     Args:
         in_channels (int or tuple): Size of each input sample, or :obj:`-1` to
             derive the size from the first input(s) to the forward method.
@@ -88,6 +100,10 @@ class GATv2Conv(MessagePassing):
             (default: :obj:`False`)
         residual (bool, optional): If set to :obj:`True`, the layer adds a
             learnable skip-connection. (default: :obj:`False`)
+        fused (bool, optional): :obj:`None` uses the fused path where it
+            applies, :obj:`True` requires it (an error where it does not
+            apply), :obj:`False` always uses message passing.
+            (default: :obj:`None`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -119,9 +135,13 @@ class GATv2Conv(MessagePassing):
         bias: bool = True,
         share_weights: bool = False,
         residual: bool = False,
+        fused: Optional[bool] = None,
         **kwargs,
     ):
         super().__init__(node_dim=0, **kwargs)
+        if fused not in (None, True, False):
+            raise TypeError(f"'{self.__class__.__name__}' expects fused=None, "
+                            f"True or False (got {fused!r})")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -134,6 +154,7 @@ class GATv2Conv(MessagePassing):
         self.fill_value = fill_value
         self.residual = residual
         self.share_weights = share_weights
+        self.fused = fused
 
         if isinstance(in_channels, int):
             in_src = in_dst = in_channels
@@ -224,6 +245,20 @@ class GATv2Conv(MessagePassing):
         if not torch.compiler.is_compiling():
             self._check_edges(edge_index, edge_attr, x_l.size(0),
                               x_r.size(0))
+
+        if self.fused is not False:
+            blocker = fused_path_blocker(self, edge_index)
+            if blocker is None:
+                out, attention = fused_conv_forward(
+                    self, x_l, x_r, edge_index, edge_attr,
+                    bool(return_attention_weights))
+                out = combine_heads(out, self.concat, res, self.bias)
+                return out if attention is None else (out, attention)
+            if self.fused:
+                raise ValueError(
+                    f"'{self.__class__.__name__}' was built with fused=True "
+                    f"but the fused path does not support {blocker}; build "
+                    "it with fused=None to fall back to message passing")
 
         # PyG's message passing reads CSR and COO adjacencies, not CSC.
         csc_input = (isinstance(edge_index, Tensor)

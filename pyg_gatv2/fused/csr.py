@@ -56,6 +56,7 @@ class EdgeLayout:
         self.dst_col = dst_col
         self.dst_eid = dst_eid
         self._dst_row: Optional[Tensor] = None
+        self._kept_eid: Optional[Tensor] = None
         self._csc: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._bounds: Dict[tuple, np.ndarray] = {}
 
@@ -78,6 +79,15 @@ class EdgeLayout:
                 torch.arange(self.num_dst, device=deg.device), deg,
                 output_size=self.num_kept)
         return self._dst_row
+
+    @property
+    def kept_eid(self) -> Tensor:
+        """Virtual ids of the edges the attention runs over, ascending: the
+        caller's edges that were kept, in their order, then the loops. This
+        is the edge order of ``remove_self_loops`` + ``add_self_loops``."""
+        if self._kept_eid is None:
+            self._kept_eid = torch.sort(self.dst_eid).values
+        return self._kept_eid
 
     @property
     def csc(self) -> Tuple[Tensor, Tensor, Tensor]:
