@@ -44,6 +44,7 @@ from _common import (
     write_csv,
 )
 from torch import Tensor
+from torch_geometric.data import Data
 from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
 from torch_geometric.utils import coalesce, to_dense_adj, to_dense_batch
 
@@ -111,14 +112,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='file stem (default: sparse_vs_dense, '
                         'sparse_vs_dense_quick with --quick)')
     args = parser.parse_args(argv)
-    if args.quick:
-        defaults = parser.parse_args([])
-        for key, value in dict(single_sizes=[64, 128, 256],
-                               batch_sizes=[8, 16],
-                               degrees=_degrees('4,N/2'), cora=False,
-                               max_seconds=1.0, min_seconds=0.02).items():
-            if getattr(args, key) == getattr(defaults, key):
-                setattr(args, key, value)
+    if args.quick:  # other defaults; flags given still win
+        parser.set_defaults(single_sizes=[64, 128, 256], batch_sizes=[8, 16],
+                            degrees=_degrees('4,N/2'), cora=False,
+                            max_seconds=1.0, min_seconds=0.02)
+        args = parser.parse_args(argv)
     if args.name is None:
         args.name = 'sparse_vs_dense' + ('_quick' if args.quick else '')
     return args
@@ -152,22 +150,57 @@ def degree_of(spec: str, num_nodes: int) -> float:
 
 
 @dataclass
-class Case:
+class Plan:
+    """A case before its graph is drawn, so that its cost can be projected
+    (and a case out of every budget skipped) without building it."""
     setting: str  # 'single', 'batch' or 'cora'
     num_nodes: int  # nodes per graph (the padded size of a batch)
+    num_graphs: int
     degree: str
+    in_channels: int
+    seed: int
+    data: Optional[Data] = None  # the graph of a real data set
+
+    def sizes(self, gen: torch.Generator) -> list[int]:
+        if self.num_graphs == 1:
+            return [self.num_nodes]
+        # Graphs of N/2 to N nodes, one of exactly N (the padded size).
+        sizes = torch.randint(self.num_nodes // 2, self.num_nodes + 1,
+                              (self.num_graphs, ), generator=gen).tolist()
+        sizes[0] = self.num_nodes
+        return sizes
+
+    def counts(self) -> tuple[int, int]:
+        """Nodes and (expected) edges in all graphs."""
+        if self.data is not None:
+            return self.data.num_nodes, self.data.num_edges
+        sizes = self.sizes(torch.Generator().manual_seed(self.seed))
+        edges = sum(round(n * degree_of(self.degree, n)) for n in sizes)
+        return sum(sizes), edges
+
+    def build(self) -> 'Case':
+        if self.data is not None:
+            batch = torch.zeros(self.data.num_nodes, dtype=torch.long)
+            return Case(self, self.data.x, self.data.edge_index, batch)
+        gen = torch.Generator().manual_seed(self.seed)
+        sizes = self.sizes(gen)
+        edges, offset = [], 0
+        for n in sizes:
+            edges.append(random_edges(n, degree_of(self.degree, n), gen) +
+                         offset)
+            offset += n
+        batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                        torch.tensor(sizes))
+        x = torch.randn(offset, self.in_channels, generator=gen)
+        return Case(self, x, torch.cat(edges, dim=1), batch)
+
+
+@dataclass
+class Case:
+    plan: Plan
     x: Tensor  # [total nodes, F]
     edge_index: Tensor  # [2, E], no self-loops, no duplicates
     batch: Tensor  # graph of each node
-    num_graphs: int
-
-    @property
-    def num_edges(self) -> int:
-        return self.edge_index.size(1)
-
-    @property
-    def total_nodes(self) -> int:
-        return self.x.size(0)
 
 
 def random_edges(n: int, degree: float, gen: torch.Generator) -> Tensor:
@@ -184,28 +217,7 @@ def random_edges(n: int, degree: float, gen: torch.Generator) -> Tensor:
     return coalesce(edge_index, num_nodes=n)
 
 
-def random_case(setting: str, num_nodes: int, num_graphs: int, spec: str,
-                in_channels: int, seed: int) -> Case:
-    gen = torch.Generator().manual_seed(seed)
-    if num_graphs == 1:
-        sizes = [num_nodes]
-    else:
-        # Graphs of N/2 to N nodes, one of exactly N (the padded size).
-        sizes = torch.randint(num_nodes // 2, num_nodes + 1, (num_graphs, ),
-                              generator=gen).tolist()
-        sizes[0] = num_nodes
-    edges, offset = [], 0
-    for n in sizes:
-        edges.append(random_edges(n, degree_of(spec, n), gen) + offset)
-        offset += n
-    batch = torch.repeat_interleave(torch.arange(len(sizes)),
-                                    torch.tensor(sizes))
-    x = torch.randn(offset, in_channels, generator=gen)
-    return Case(setting, num_nodes, spec, x, torch.cat(edges, dim=1), batch,
-                len(sizes))
-
-
-def cora_case() -> Optional[Case]:
+def cora_plan(args: argparse.Namespace) -> Optional[Plan]:
     raw = os.environ.get('PYG_GATV2_RAW_DIR') or str(SHARED_RAW)
     if not (Path(raw) / 'Cora' / 'raw').is_dir():
         print(f'Cora: raw files not found in {raw} (set PYG_GATV2_RAW_DIR); '
@@ -214,9 +226,8 @@ def cora_case() -> Optional[Case]:
     with tempfile.TemporaryDirectory() as root:
         data = load_planetoid('Cora', root=root, raw_dir=raw)[0]
     degree = data.num_edges / data.num_nodes
-    return Case('cora', data.num_nodes, f'{degree:.1f}', data.x,
-                data.edge_index, torch.zeros(data.num_nodes,
-                                             dtype=torch.long), 1)
+    return Plan('cora', data.num_nodes, 1, f'{degree:.1f}', data.num_features,
+                args.seed, data)
 
 
 # Implementations -------------------------------------------------------------
@@ -227,66 +238,77 @@ def has_fused() -> bool:
     return 'fused' in inspect.signature(GATv2Conv.__init__).parameters
 
 
+def costs(plan: Plan, impl: str,
+          args: argparse.Namespace) -> tuple[float, float]:
+    """An operation count of :obj:`impl` on :obj:`plan`, to project time
+    and memory from smaller cases, and the bytes of its inputs."""
+    F_in, H, C = plan.in_channels, args.heads, args.out_channels
+    B, N = plan.num_graphs, plan.num_nodes
+    nodes, edges = plan.counts()
+    if impl == 'dense':
+        # float32 features and adjacency (as to_dense_adj gives it), mask
+        return (B * N * N * H * C + 2 * B * N * F_in * H * C,
+                4.0 * B * N * (N + F_in) + B * N)
+    return ((edges + nodes) * H * C + 2 * nodes * F_in * H * C,
+            4.0 * nodes * F_in + 16.0 * edges)
+
+
 @dataclass
 class Runner:
-    """One implementation on one case: forward, training step, output in
-    the dense layout for the check, and the bytes of its inputs."""
+    """One implementation on one case: forward, training step, and output
+    in the dense layout for the check."""
     forward: Callable[[], Tensor]
     train_step: Callable[[], None]
     dense_output: Callable[[], Tensor]
-    input_bytes: int
-    work: float  # operation count, for projecting time and memory
 
 
-def build_runners(case: Case, args: argparse.Namespace,
+def build_runners(case: Case, impls: list[str], args: argparse.Namespace,
                   device: torch.device) -> dict[str, Runner]:
+    """Layers with equal weights, and inputs, for :obj:`impls` only."""
     F_in, H, C = case.x.size(1), args.heads, args.out_channels
     torch.manual_seed(args.seed)
-    sparse = GATv2Conv(F_in, C, heads=H).to(device)
+    # With a fused path, GATv2Conv takes it by default: ask for each path.
+    path = {'fused': False} if has_fused() else {}
+    sparse = GATv2Conv(F_in, C, heads=H, **path).to(device)
     layers = {'sparse': sparse}
-    layers['dense'] = DenseGATv2Conv.from_sparse(
-        sparse, memory_budget=int(args.chunk_budget * MiB))
-    if has_fused():
+    if 'dense' in impls:
+        layers['dense'] = DenseGATv2Conv.from_sparse(
+            sparse, memory_budget=int(args.chunk_budget * MiB))
+    if 'fused' in impls:
         layers['fused'] = GATv2Conv(F_in, C, heads=H, fused=True).to(device)
-        layers['fused'].load_state_dict(sparse.state_dict())
-    layers['pyg'] = PyGGATv2Conv(F_in, C, heads=H).to(device)
-    layers['pyg'].load_state_dict(sparse.state_dict())
+    if 'pyg' in impls:
+        layers['pyg'] = PyGGATv2Conv(F_in, C, heads=H).to(device)
+    for name in ('fused', 'pyg'):
+        if name in layers:
+            layers[name].load_state_dict(sparse.state_dict())
 
     x = case.x.to(device)
     edge_index = case.edge_index.to(device)
     batch = case.batch.to(device)
-    N, B = case.num_nodes, case.num_graphs
-    x_dense, mask = to_dense_batch(x, batch, max_num_nodes=N, batch_size=B)
-    if bool(mask.all()):
-        mask = None  # nothing padded
-    adj = to_dense_adj(edge_index, batch, max_num_nodes=N, batch_size=B)
-
-    sparse_work = (case.num_edges + case.total_nodes) * H * C + (
-        2 * case.total_nodes * F_in * H * C)
-    dense_work = B * N * N * H * C + 2 * B * N * F_in * H * C
+    N, B = case.plan.num_nodes, case.plan.num_graphs
     gen = torch.Generator().manual_seed(args.seed)
-
     runners = {}
-    for name, layer in layers.items():
+    for name in impls:
+        layer = layers[name]
         if name == 'dense':
+            x_dense, mask = to_dense_batch(x, batch, max_num_nodes=N,
+                                           batch_size=B)
+            if bool(mask.all()):
+                mask = None  # nothing padded
+            adj = to_dense_adj(edge_index, batch, max_num_nodes=N,
+                               batch_size=B)
             inputs = (x_dense, adj, mask)
-            nbytes = sum(t.numel() * t.element_size() for t in inputs
-                         if t is not None)
             as_dense = _identity
-            work = dense_work
+            out_shape = (B, N, H * C)
         else:
             inputs = (x, edge_index)
-            nbytes = (x.numel() * x.element_size() +
-                      edge_index.numel() * edge_index.element_size())
             as_dense = _padder(batch, N, B)
-            work = sparse_work
-        out_shape = (B, N, H * C) if name == 'dense' else (x.size(0), H * C)
+            out_shape = (x.size(0), H * C)
         grad = torch.randn(out_shape, generator=gen).to(device)
         runners[name] = Runner(
             forward=_forward(layer, inputs),
             train_step=_train_step(layer, inputs, grad),
-            dense_output=_compose(as_dense, _forward(layer, inputs)),
-            input_bytes=nbytes, work=work)
+            dense_output=_compose(as_dense, _forward(layer, inputs)))
     return runners
 
 
@@ -336,92 +358,117 @@ class History:
         self.points.setdefault(impl, []).append((work, row))
 
     def project(self, impl: str, work: float, key: str) -> Optional[float]:
-        """:obj:`key` of the largest smaller case, scaled by the work."""
+        """:obj:`key` of the largest smaller case, scaled by the work (an
+        upper bound where fixed overheads dominate the smaller case)."""
         known = [(w, r[key]) for w, r in self.points.get(impl, [])
-                 if w <= work and r.get(key) is not None
-                 and not math.isnan(r[key])]
+                 if w <= work and not math.isnan(r[key])]
         if not known:
             return None
         w, value = max(known)
         return value * work / w
 
 
-def run_case(case: Case, args: argparse.Namespace, device: torch.device,
-             history: History) -> list[dict]:
-    runners = build_runners(case, args, device)
-    max_bytes = args.max_memory * 2**30
-    base = dict(setting=case.setting, N=case.num_nodes,
-                graphs=case.num_graphs, nodes=case.total_nodes,
-                edges=case.num_edges, degree=case.degree,
-                avg_degree=round(case.num_edges / case.total_nodes, 2))
-    rows = {name: dict(base, impl=name, status='', reference='',
-                       max_diff=float('nan'), fwd_ms=float('nan'),
-                       train_ms=float('nan'),
-                       input_mib=r.input_bytes / MiB,
-                       peak_fwd_mib=float('nan'),
-                       peak_train_mib=float('nan'))
-            for name, r in runners.items()}
+def run_case(plan: Plan, impls: list[str], args: argparse.Namespace,
+             device: torch.device, history: History) -> list[dict]:
+    nodes, edges = plan.counts()
+    base = dict(setting=plan.setting, N=plan.num_nodes,
+                graphs=plan.num_graphs, nodes=nodes, edges=edges,
+                degree=plan.degree, avg_degree=round(edges / nodes, 2))
+    rows, work = {}, {}
+    for name in impls:
+        work[name], input_bytes = costs(plan, name, args)
+        rows[name] = dict(base, impl=name, status='', reference='',
+                          max_diff=float('nan'), fwd_ms=float('nan'),
+                          train_ms=float('nan'), input_mib=input_bytes / MiB,
+                          peak_fwd_mib=float('nan'),
+                          peak_train_mib=float('nan'))
 
     # Which implementations fit the budgets, projected from smaller cases:
     # for timing, forward + backward must fit; for the check, the forward.
     timed, checked = [], []
-    for name, runner in runners.items():
+    for name in impls:
         fits = {}
         for mode in ('train', 'fwd'):
-            seconds = history.project(name, runner.work, f'{mode}_ms')
+            seconds = history.project(name, work[name], f'{mode}_ms')
             seconds = None if seconds is None else seconds / 1e3
-            peak = history.project(name, runner.work, f'peak_{mode}_mib')
-            nbytes = runner.input_bytes + (peak or 0.0) * MiB
+            peak = history.project(name, work[name], f'peak_{mode}_mib')
+            nbytes = (rows[name]['input_mib'] + (peak or 0.0)) * MiB
             if seconds is not None and seconds > args.max_seconds:
                 fits[mode] = f'skipped: projected {seconds:.3g} s'
-            elif nbytes > max_bytes:
+            elif nbytes > args.max_memory * 2**30:
                 fits[mode] = f'skipped: projected {nbytes / 2**30:.3g} GiB'
             else:
                 fits[mode] = ''
-        rows[name]['status'] = fits['train']
-        if not fits['train']:
-            timed.append(name)
+        rows[name]['status'] = fits['fwd'] or fits['train']
         if not fits['fwd']:
             checked.append(name)
+            if not fits['train']:
+                timed.append(name)
 
     # Correctness first, against the dense layer (or PyG's where the dense
     # layer is out of budget); a case without two outputs to compare, or
     # where any output disagrees, is not timed.
-    reference = next((r for r in ('dense', 'pyg', 'sparse') if r in checked),
-                     None)
-    if reference is None or len(checked) < 2:
-        for name in timed:
+    if len(checked) < 2:
+        for name in checked:
             rows[name]['status'] = 'skipped: nothing to check against'
         return list(rows.values())
-    expected = runners[reference].dense_output()
-    agree = True
+    case = plan.build()
+    for row in rows.values():
+        row['edges'] = case.edge_index.size(1)
+        row['avg_degree'] = round(row['edges'] / nodes, 2)
+    runners = build_runners(case, checked, args, device)
+    outputs = {}
     for name in checked:
-        out = runners[name].dense_output()
+        try:
+            outputs[name] = runners[name].dense_output()
+        except (RuntimeError, ValueError) as error:
+            rows[name]['status'] = _failure(error)
+    reference = next((r for r in ('dense', 'pyg', 'sparse', 'fused')
+                      if r in outputs), None)
+    if len(outputs) < 2:
+        for name in outputs:
+            rows[name]['status'] = 'skipped: nothing to check against'
+        return list(rows.values())
+    agree = True
+    for name, out in outputs.items():
+        expected = outputs[reference]
         rows[name]['reference'] = reference
         rows[name]['max_diff'] = (out - expected).abs().max().item()
         if not torch.allclose(out, expected, rtol=TOLERANCE,
                               atol=TOLERANCE):
             rows[name]['status'] = 'MISMATCH'
             agree = False
-        elif name in timed:
-            rows[name]['status'] = 'ok'
-    del expected, out
+    del outputs, expected, out
+    timed = [name for name in timed if rows[name]['status'] == '']
     if not agree:
         for name in timed:
-            if rows[name]['status'] == 'ok':
-                rows[name]['status'] = 'not timed: another output disagrees'
+            rows[name]['status'] = 'not timed: another output disagrees'
         return list(rows.values())
 
     for name in timed:
         runner, row = runners[name], rows[name]
         timing = dict(min_seconds=args.min_seconds)
-        row['fwd_ms'] = 1e3 * median_time(runner.forward, device, **timing)
-        row['train_ms'] = 1e3 * median_time(runner.train_step, device,
-                                            **timing)
-        row['peak_fwd_mib'] = peak_memory(runner.forward, device) / MiB
-        row['peak_train_mib'] = peak_memory(runner.train_step, device) / MiB
-        history.add(name, runner.work, row)
+        try:
+            row['fwd_ms'] = 1e3 * median_time(runner.forward, device,
+                                              **timing)
+            row['train_ms'] = 1e3 * median_time(runner.train_step, device,
+                                                **timing)
+            row['peak_fwd_mib'] = peak_memory(runner.forward, device) / MiB
+            row['peak_train_mib'] = peak_memory(runner.train_step,
+                                                device) / MiB
+        except (RuntimeError, ValueError) as error:
+            row['status'] = _failure(error)
+            continue
+        row['status'] = 'ok'
+        history.add(name, work[name], row)
     return list(rows.values())
+
+
+def _failure(error: Exception) -> str:
+    if isinstance(error, torch.OutOfMemoryError):
+        return 'out of memory'
+    first_line = str(error).splitlines()[0] if str(error) else ''
+    return f'error: {type(error).__name__}: {first_line}'
 
 
 # Reporting -------------------------------------------------------------------
@@ -455,10 +502,30 @@ def fit_slope(n: np.ndarray, y: np.ndarray) -> Optional[tuple[float, int]]:
     return float(slope), int(n[start])
 
 
+@dataclass
+class Crossing:
+    """How :obj:`impl` and the dense layer compare along one series."""
+    impl: str
+    at: Optional[float]  # N where they swap places (log-log interpolated)
+    first: str  # the smaller one below :obj:`at` (or everywhere)
+    low: float  # the range of N where both ran
+    high: float
+    ratio: float  # impl / dense at :obj:`high`
+
+    def __str__(self) -> str:
+        tail = f'{self.impl}/dense = {self.ratio:.2f} at N = {self.high:.0f}'
+        if self.at is None:
+            return (f'{self.first} smaller at every N where both ran '
+                    f'({self.low:.0f} to {self.high:.0f}); {tail}')
+        then = 'dense' if self.first == self.impl else self.impl
+        return (f'{self.first} smaller below N ~ {self.at:.0f}, {then} '
+                f'above; {tail}')
+
+
 def crossover(rows: list[dict], setting: str, degree: str, impl: str,
-              key: str) -> Optional[str]:
-    """Where :obj:`impl` and the dense layer swap places in :obj:`key`,
-    interpolated in log-log; a sentence, or None without common points."""
+              key: str) -> Optional[Crossing]:
+    """Where :obj:`impl` and the dense layer swap places in :obj:`key`;
+    None without a size where both ran."""
     n_d, y_d = measured(rows, setting, degree, 'dense', key)
     n_s, y_s = measured(rows, setting, degree, impl, key)
     common = sorted(set(n_d) & set(n_s))
@@ -467,16 +534,14 @@ def crossover(rows: list[dict], setting: str, degree: str, impl: str,
     dense = dict(zip(n_d, y_d, strict=True))
     other = dict(zip(n_s, y_s, strict=True))
     gap = [math.log(other[n] / dense[n]) for n in common]
+    at = None
     for a in range(len(common) - 1):
         if (gap[a] > 0) != (gap[a + 1] > 0):
             la, lb = math.log(common[a]), math.log(common[a + 1])
-            cross = math.exp(la + (lb - la) * gap[a] / (gap[a] - gap[a + 1]))
-            first, then = ('dense', impl) if gap[a] > 0 else (impl, 'dense')
-            return (f'{first} below N ~ {cross:.0f}, {then} above '
-                    f'(between N = {common[a]:.0f} and {common[a + 1]:.0f})')
-    winner = 'dense' if gap[0] > 0 else impl
-    return (f'{winner} at every N where both ran '
-            f'({common[0]:.0f} to {common[-1]:.0f})')
+            at = math.exp(la + (lb - la) * gap[a] / (gap[a] - gap[a + 1]))
+            break
+    return Crossing(impl, at, 'dense' if gap[0] > 0 else impl, common[0],
+                    common[-1], math.exp(gap[-1]))
 
 
 def summary(rows: list[dict], impls: list[str]) -> str:
@@ -492,10 +557,10 @@ def summary(rows: list[dict], impls: list[str]) -> str:
                 continue
             for key, what in (('train_ms', 'time (forward+backward)'),
                               ('peak_train_mib', 'memory (inputs+peak)')):
-                text = crossover(rows, setting, degree, impl, key)
-                if text:
+                crossing = crossover(rows, setting, degree, impl, key)
+                if crossing:
                     lines.append(f'  - {LABELS[impl]} vs dense, {what}: '
-                                 f'{text}')
+                                 f'{crossing}')
         slopes = []
         for impl in impls:
             for key, what in (('train_ms', 'time'),
@@ -525,7 +590,20 @@ def cell(row: dict, key: str) -> str:
         return f'{value:.3g}' if not math.isnan(value) else 'n/a'
     if row['status'].startswith('skipped: projected'):
         return 'skip (' + row['status'].split('projected ')[1] + ')'
+    if row['status'].startswith('error'):
+        return 'error'  # the message is listed under the tables
     return row['status']
+
+
+def failures(rows: list[dict]) -> str:
+    """The distinct errors, with the cases they stopped."""
+    seen: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row['status'].startswith('error'):
+            key = (row['impl'], row['status'])
+            seen[key] = seen.get(key, 0) + 1
+    return '\n'.join(f'- `{impl}` ({count} cases): {status}'
+                     for (impl, status), count in seen.items())
 
 
 def tables(rows: list[dict], impls: list[str]) -> str:
@@ -617,12 +695,11 @@ def plot(rows: list[dict], impls: list[str], path: Path, header: str) -> None:
 
 
 def _mark_crossover(ax, rows, setting, degree, key) -> None:
-    text = crossover(rows, setting, degree, 'sparse', key)
-    if text and 'below N ~' in text:
-        at = float(text.split('below N ~ ')[1].split(',')[0])
-        ax.axvline(at, color='k', ls=':', lw=1)
-        ax.annotate(f'N~{at:.0f}', (at, ax.get_ylim()[0]), fontsize=7,
-                    xytext=(3, 3), textcoords='offset points')
+    crossing = crossover(rows, setting, degree, 'sparse', key)
+    if crossing and crossing.at is not None:
+        ax.axvline(crossing.at, color='k', ls=':', lw=1)
+        ax.annotate(f'N~{crossing.at:.0f}', (crossing.at, ax.get_ylim()[0]),
+                    fontsize=7, xytext=(3, 3), textcoords='offset points')
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -647,41 +724,41 @@ def main(argv: Optional[list[str]] = None) -> int:
         'per run.')
     print(header, flush=True)
 
-    cases: list[Callable[[], Optional[Case]]] = []
-    for n in args.single_sizes:
-        for spec in _distinct(args.degrees, n):
-            cases.append(lambda n=n, s=spec: random_case(
-                'single', n, 1, s, args.in_channels, args.seed))
-    for n in args.batch_sizes:
-        for spec in _distinct(args.degrees, n):
-            cases.append(lambda n=n, s=spec: random_case(
-                'batch', n, args.batch_graphs, s, args.in_channels,
-                args.seed))
+    plans = [Plan(setting, n, graphs, spec, args.in_channels, args.seed)
+             for setting, sizes, graphs in (
+                 ('single', args.single_sizes, 1),
+                 ('batch', args.batch_sizes, args.batch_graphs))
+             for n in sizes for spec in _distinct(args.degrees, n)]
     if args.cora:
-        cases.append(cora_case)
+        plans.append(cora_plan(args))
 
     history, rows = History(), []
-    for make in cases:
-        case = make()
-        if case is None:
+    for plan in plans:
+        if plan is None:
             continue
-        case_rows = run_case(case, args, device, history)
+        case_rows = run_case(plan, impls, args, device, history)
         rows.extend(case_rows)
-        print(f'{case.setting:6s} N={case.num_nodes:<6d} '
-              f'deg={case.degree:4s} ' + ', '.join(
+        print(f'{plan.setting:6s} N={plan.num_nodes:<6d} '
+              f'deg={plan.degree:4s} ' + ', '.join(
                   f"{r['impl']} {cell(r, 'train_ms')}" for r in case_rows),
               flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / args.name
-    report = (f'# Sparse vs dense GATv2\n\n{header}\n\n'
-              f'Implementations: ' + '; '.join(
-                  f'`{i}` = {LABELS[i]}' for i in impls) +
-              f'.\n\nEvery timed case was first checked: outputs agree with '
-              f'the reference to {TOLERANCE:g} (column `check`: largest '
-              f'difference).\n\n## Crossovers and fitted slopes\n\n'
-              f'{summary(rows, impls)}\n\n## Tables\n\n{tables(rows, impls)}'
-              f'\n\nFigure: `{stem.name}.png`; all rows: `{stem.name}.csv`.\n')
+    names = '; '.join(f'`{i}` = {LABELS[i]}' for i in impls)
+    sections = [
+        f'# Sparse vs dense GATv2\n\n{header}',
+        f'Implementations: {names}.',
+        'Every timed case was first checked: outputs agree with the '
+        f'reference to {TOLERANCE:g} (column `check`: largest difference).',
+        f'## Crossovers and fitted slopes\n\n{summary(rows, impls)}',
+        f'## Tables\n\n{tables(rows, impls)}',
+    ]
+    if failures(rows):
+        sections.append(f'Errors:\n\n{failures(rows)}')
+    sections.append(f'Figure: `{stem.name}.png`; all rows: '
+                    f'`{stem.name}.csv`.\n')
+    report = '\n\n'.join(sections)
     stem.with_suffix('.md').write_text(report)
     write_csv(stem.with_suffix('.csv'), rows)
     plot(rows, impls, stem.with_suffix('.png'), header.split('\n')[0])
