@@ -65,14 +65,20 @@ OPTIONS = list(
     ))
 
 
+# The fused path, and message passing on each softmax backend.
+PATHS = ['fused'] + [f'message_passing-{b}' for b in available_backends()]
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-@pytest.mark.parametrize('backend', available_backends())
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize(
     'heads,concat,share_weights,self_loops,edge,residual,bias,bipartite',
     OPTIONS)
 def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
-                         residual, bias, bipartite, backend, dtype):
+                         residual, bias, bipartite, path, dtype):
     edge_dim, fill_value = edge
+    fused = path == 'fused'
+    backend = None if fused else path.split('-')[1]
     num_src, num_dst = (12, 9) if bipartite else (12, 12)
     in_src, in_dst = 8, (8 if share_weights else 6)
     in_channels = (in_src, in_dst) if bipartite else in_src
@@ -81,6 +87,7 @@ def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
                             add_self_loops=self_loops, edge_dim=edge_dim,
                             fill_value=fill_value, residual=residual,
                             bias=bias, dtype=dtype)
+    ours.fused = fused
     gen = torch.Generator().manual_seed(1)
     edge_index = random_graph(num_src, num_dst, 40)
     if bipartite:

@@ -41,7 +41,7 @@ def fused_path_blocker(conv, edge_index) -> Optional[str]:
         return 'explain mode'
     if conv.decomposed_layers > 1:
         return 'decomposed_layers > 1'
-    if conv.aggr != 'add' or conv.flow != 'source_to_target':
+    if conv.aggr not in ('add', 'sum') or conv.flow != 'source_to_target':
         return f"aggr={conv.aggr!r} or flow={conv.flow!r}"
     for name in _HOOKS:
         if (getattr(conv, f'_{name}_forward_pre_hooks')
