@@ -37,7 +37,10 @@ def pin_malloc() -> bool:
     By default glibc raises the threshold after large frees and keeps later
     allocations of that size in the heap, which the process does not give
     back: a benchmark that ran a large case first would then see a smaller
-    growth of its resident set for every later case.
+    growth of its resident set for every later case. A fixed threshold makes
+    every large allocation fault its pages in afresh, which slows tensor
+    code severalfold: measure memory in a process that pins the allocator,
+    and time in one that does not.
     """
     if platform.system() != 'Linux':
         return False
@@ -59,6 +62,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+
+
 def median_time(
     fn: Callable[[], object],
     device: torch.device,
@@ -66,24 +72,45 @@ def median_time(
     min_repeat: int = 3,
     max_repeat: int = 25,
     min_seconds: float = 0.3,
+    clock: str = 'wall',
 ) -> float:
-    """Median wall time of :obj:`fn` in seconds: after :obj:`warmup` runs,
+    """Median time of :obj:`fn` in seconds: after :obj:`warmup` runs,
     repeated at least :obj:`min_repeat` times and until :obj:`min_seconds`
-    have passed (at most :obj:`max_repeat` times)."""
+    have passed (at most :obj:`max_repeat` times).
+
+    :obj:`clock` is ``'wall'`` (elapsed time) or ``'cpu'`` (CPU time of
+    this process, all threads together): on a machine that other jobs load,
+    the CPU time of a single-threaded run is what stays comparable.
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"median_time got clock='{clock}'; choose one of "
+                         f'{sorted(CLOCKS)}')
+    if clock == 'cpu' and device.type != 'cpu':
+        raise ValueError("median_time cannot use clock='cpu' on "
+                         f"'{device}': the work runs on the device")
+    now = CLOCKS[clock]
     for _ in range(warmup):
         fn()
     synchronize(device)
     times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_repeat and (
-            len(times) < min_repeat
-            or time.perf_counter() - start < min_seconds):
+    start = now()
+    while len(times) < max_repeat and (len(times) < min_repeat
+                                       or now() - start < min_seconds):
         synchronize(device)
-        tic = time.perf_counter()
+        tic = now()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - tic)
+        times.append(now() - tic)
     return statistics.median(times)
+
+
+def set_threads(threads: int) -> None:
+    """Uses :obj:`threads` CPU threads in torch and, if the process uses
+    it, numba (whose parallel kernels otherwise take every core)."""
+    torch.set_num_threads(threads)
+    if 'numba' in sys.modules:
+        import numba
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _status_bytes(key: str) -> int:

@@ -12,10 +12,11 @@ all implementations that can run it must give the dense layer's output (or,
 where the dense layer is out of budget, PyG's) to 1e-5; a case that
 disagrees is not timed. Then each implementation is timed, forward alone
 (inference, no autograd) and forward + backward (median after warm-up), and
-its peak memory is measured (growth above the level before the call; the
-inputs, which the dense layer needs as an N x N adjacency, are counted
-apart). An implementation whose time or memory, projected from its largest
-smaller case, exceeds the budget is reported as skipped with the projection.
+its peak memory is measured in a separate process (growth above the level
+before the call; the inputs, which the dense layer needs as an N x N
+adjacency, are counted apart). An implementation whose time or memory,
+projected from the largest smaller case of its series, exceeds the budget is
+reported as skipped with the projection.
 
 Writes ``<name>.md`` (the tables, crossovers and fitted slopes),
 ``<name>.csv`` (one row per case and implementation) and ``<name>.png``
@@ -24,10 +25,13 @@ Writes ``<name>.md`` (the tables, crossovers and fitted slopes),
 import argparse
 import inspect
 import math
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -41,6 +45,7 @@ from _common import (
     median_time,
     peak_memory,
     pin_malloc,
+    set_threads,
     write_csv,
 )
 from torch import Tensor
@@ -49,6 +54,7 @@ from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
 from torch_geometric.utils import coalesce, to_dense_adj, to_dense_batch
 
 import pyg_gatv2
+import pyg_gatv2.fused
 from pyg_gatv2 import DenseGATv2Conv, GATv2Conv, get_backend, load_planetoid
 
 MiB = 2.0**20
@@ -100,9 +106,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--min-seconds', type=float, default=0.3,
                         help='time each measurement for at least this long')
     parser.add_argument('--threads', type=int, default=1,
-                        help="torch CPU threads; 0 keeps torch's default. "
-                        'One thread gives stable numbers on a shared '
-                        'machine, where waiting threads spin')
+                        help='CPU threads of torch and numba; 0 keeps their '
+                        'defaults. One thread gives stable numbers on a '
+                        'shared machine, where waiting threads spin')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help="'cpu': time by the process's CPU time, which "
+                        'other jobs on the machine do not inflate')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', type=Path,
@@ -160,6 +169,13 @@ class Plan:
     in_channels: int
     seed: int
     data: Optional[Data] = None  # the graph of a real data set
+    # The random series whose measurements project this case's cost
+    # (a real graph borrows the one-graph series of the nearest degree).
+    series: tuple[str, str] = ('', '')
+
+    def __post_init__(self):
+        if not self.series[0]:
+            self.series = (self.setting, self.degree)
 
     def sizes(self, gen: torch.Generator) -> list[int]:
         if self.num_graphs == 1:
@@ -226,8 +242,10 @@ def cora_plan(args: argparse.Namespace) -> Optional[Plan]:
     with tempfile.TemporaryDirectory() as root:
         data = load_planetoid('Cora', root=root, raw_dir=raw)[0]
     degree = data.num_edges / data.num_nodes
+    nearest = min(args.degrees, key=lambda spec: abs(
+        math.log(degree_of(spec, data.num_nodes) / degree)))
     return Plan('cora', data.num_nodes, 1, f'{degree:.1f}', data.num_features,
-                args.seed, data)
+                args.seed, data, series=('single', nearest))
 
 
 # Implementations -------------------------------------------------------------
@@ -240,16 +258,21 @@ def has_fused() -> bool:
 
 def costs(plan: Plan, impl: str,
           args: argparse.Namespace) -> tuple[float, float]:
-    """An operation count of :obj:`impl` on :obj:`plan`, to project time
-    and memory from smaller cases, and the bytes of its inputs."""
+    """A cost model of :obj:`impl` on :obj:`plan`, to project time and
+    memory from smaller cases, and the bytes of its inputs.
+
+    The attention terms (one per node pair for the dense layer, one per
+    edge for the others) dominate; the projections of the features are
+    matrix products, far cheaper per operation, and get a small weight.
+    """
     F_in, H, C = plan.in_channels, args.heads, args.out_channels
     B, N = plan.num_graphs, plan.num_nodes
     nodes, edges = plan.counts()
     if impl == 'dense':
         # float32 features and adjacency (as to_dense_adj gives it), mask
-        return (B * N * N * H * C + 2 * B * N * F_in * H * C,
+        return (B * N * N * H * C + B * N * F_in * H * C / 16,
                 4.0 * B * N * (N + F_in) + B * N)
-    return ((edges + nodes) * H * C + 2 * nodes * F_in * H * C,
+    return ((edges + nodes) * H * C + nodes * F_in * H * C / 16,
             4.0 * nodes * F_in + 16.0 * edges)
 
 
@@ -350,17 +373,19 @@ def _train_step(layer: torch.nn.Module, inputs: tuple, grad: Tensor):
 
 
 class History:
-    """Measured cost per implementation, to project larger cases."""
+    """Measured costs per series and implementation, to project larger
+    cases."""
     def __init__(self):
-        self.points: dict[str, list[tuple[float, dict]]] = {}
+        self.points: dict[tuple, list[tuple[float, dict]]] = {}
 
-    def add(self, impl: str, work: float, row: dict) -> None:
-        self.points.setdefault(impl, []).append((work, row))
+    def add(self, series: tuple, impl: str, work: float, row: dict) -> None:
+        self.points.setdefault((series, impl), []).append((work, row))
 
-    def project(self, impl: str, work: float, key: str) -> Optional[float]:
-        """:obj:`key` of the largest smaller case, scaled by the work (an
-        upper bound where fixed overheads dominate the smaller case)."""
-        known = [(w, r[key]) for w, r in self.points.get(impl, [])
+    def project(self, series: tuple, impl: str, work: float,
+                key: str) -> Optional[float]:
+        """:obj:`key` of the largest smaller case of the series, scaled by
+        the work (an upper bound where fixed overheads dominate it)."""
+        known = [(w, r[key]) for w, r in self.points.get((series, impl), [])
                  if w <= work and not math.isnan(r[key])]
         if not known:
             return None
@@ -369,7 +394,8 @@ class History:
 
 
 def run_case(plan: Plan, impls: list[str], args: argparse.Namespace,
-             device: torch.device, history: History) -> list[dict]:
+             device: torch.device, history: History,
+             memory: 'MemoryMeter') -> list[dict]:
     nodes, edges = plan.counts()
     base = dict(setting=plan.setting, N=plan.num_nodes,
                 graphs=plan.num_graphs, nodes=nodes, edges=edges,
@@ -389,9 +415,11 @@ def run_case(plan: Plan, impls: list[str], args: argparse.Namespace,
     for name in impls:
         fits = {}
         for mode in ('train', 'fwd'):
-            seconds = history.project(name, work[name], f'{mode}_ms')
+            seconds = history.project(plan.series, name, work[name],
+                                      f'{mode}_ms')
             seconds = None if seconds is None else seconds / 1e3
-            peak = history.project(name, work[name], f'peak_{mode}_mib')
+            peak = history.project(plan.series, name, work[name],
+                                   f'peak_{mode}_mib')
             nbytes = (rows[name]['input_mib'] + (peak or 0.0)) * MiB
             if seconds is not None and seconds > args.max_seconds:
                 fits[mode] = f'skipped: projected {seconds:.3g} s'
@@ -447,21 +475,84 @@ def run_case(plan: Plan, impls: list[str], args: argparse.Namespace,
 
     for name in timed:
         runner, row = runners[name], rows[name]
-        timing = dict(min_seconds=args.min_seconds)
+        timing = dict(min_seconds=args.min_seconds, clock=args.clock)
         try:
             row['fwd_ms'] = 1e3 * median_time(runner.forward, device,
                                               **timing)
             row['train_ms'] = 1e3 * median_time(runner.train_step, device,
                                                 **timing)
-            row['peak_fwd_mib'] = peak_memory(runner.forward, device) / MiB
-            row['peak_train_mib'] = peak_memory(runner.train_step,
-                                                device) / MiB
         except (RuntimeError, ValueError) as error:
             row['status'] = _failure(error)
+    del runners, case
+    timed = [name for name in timed if rows[name]['status'] == '']
+    for name, peaks in memory.measure(plan, timed, args).items():
+        row = rows[name]
+        if isinstance(peaks, str):
+            row['status'] = peaks
             continue
+        row['peak_fwd_mib'], row['peak_train_mib'] = peaks
         row['status'] = 'ok'
-        history.add(name, work[name], row)
+        history.add(plan.series, name, work[name], row)
     return list(rows.values())
+
+
+class MemoryMeter:
+    """Measures peak memory in a separate process.
+
+    On CPU the figure is the growth of the resident set, which is only clean
+    with glibc's mmap threshold fixed (:func:`_common.pin_malloc`); but a
+    fixed threshold makes every large allocation fault its pages in afresh
+    and slows the runs severalfold, so timings are taken here, with the
+    default allocator, and memory in a worker process with the fixed one.
+    """
+    def __init__(self):
+        self.pool: Optional[ProcessPoolExecutor] = None
+
+    def measure(self, plan: Plan, impls: list[str],
+                args: argparse.Namespace) -> dict[str, object]:
+        """Peak MiB of forward and of forward + backward per implementation,
+        or the reason there is none."""
+        if not impls:
+            return {}
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context('spawn'),
+                initializer=_start_worker, initargs=(args.threads, ))
+        try:
+            return self.pool.submit(_measure_memory, plan, impls,
+                                    args).result()
+        except BrokenProcessPool:
+            self.close()  # killed, most likely out of memory
+            return {name: 'out of memory (worker killed)' for name in impls}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+def _start_worker(threads: int) -> None:
+    if threads > 0:
+        set_threads(threads)
+    if not pin_malloc():
+        print('Could not fix the allocator\'s mmap threshold: CPU memory '
+              'figures may be too low after large cases', flush=True)
+
+
+def _measure_memory(plan: Plan, impls: list[str],
+                    args: argparse.Namespace) -> dict[str, object]:
+    device = torch.device(args.device)
+    runners = build_runners(plan.build(), impls, args, device)
+    result: dict[str, object] = {}
+    for name, runner in runners.items():
+        try:
+            runner.forward()  # first calls allocate what persists (grads)
+            runner.train_step()
+            result[name] = (peak_memory(runner.forward, device) / MiB,
+                            peak_memory(runner.train_step, device) / MiB)
+        except (RuntimeError, ValueError) as error:
+            result[name] = _failure(error)
+    return result
 
 
 def _failure(error: Exception) -> str:
@@ -705,23 +796,22 @@ def _mark_crossover(ax, rows, setting, degree, key) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == 'cpu' and not pin_malloc():
-        print('Could not fix the allocator\'s mmap threshold: CPU memory '
-              'figures may be too low after large cases')
     if args.threads > 0:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     impls = [i for i in IMPLS if i != 'fused' or has_fused()]
+    fused = (f", fused backend '{pyg_gatv2.fused.get_backend()}'"
+             if 'fused' in impls else '')
     header = (
         f'Command: `{command_line()}`\n\n'
         f'pyg_gatv2 {pyg_gatv2.__version__}, torch {torch.__version__}, '
-        f'torch_geometric {torch_geometric.__version__}, device '
-        f'{args.device} ({platform.processor() or platform.machine()}, '
-        f'{torch.get_num_threads()} threads), softmax backend '
-        f"'{get_backend()}'; layers: {args.heads} heads x "
+        f'torch_geometric {torch_geometric.__version__}; device '
+        f'{args.device} ({platform.machine()}, {os.cpu_count()} cores, '
+        f'{torch.get_num_threads()} threads); softmax backend '
+        f"'{get_backend()}'{fused}; layers: {args.heads} heads x "
         f'{args.out_channels} channels, {args.in_channels} input features '
-        f"(Cora: 1433); DenseGATv2Conv memory_budget {args.chunk_budget:g} "
-        f'MiB; budgets {args.max_seconds:g} s and {args.max_memory:g} GiB '
-        'per run.')
+        f'(Cora: 1433); DenseGATv2Conv memory_budget {args.chunk_budget:g} '
+        f'MiB; times: median {args.clock} time; budgets {args.max_seconds:g} '
+        f's and {args.max_memory:g} GiB per run.')
     print(header, flush=True)
 
     plans = [Plan(setting, n, graphs, spec, args.in_channels, args.seed)
@@ -732,17 +822,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cora:
         plans.append(cora_plan(args))
 
-    history, rows = History(), []
+    history, memory, rows = History(), MemoryMeter(), []
     for plan in plans:
         if plan is None:
             continue
-        case_rows = run_case(plan, impls, args, device, history)
+        case_rows = run_case(plan, impls, args, device, history, memory)
         rows.extend(case_rows)
         print(f'{plan.setting:6s} N={plan.num_nodes:<6d} '
               f'deg={plan.degree:4s} ' + ', '.join(
                   f"{r['impl']} {cell(r, 'train_ms')}" for r in case_rows),
               flush=True)
 
+    memory.close()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / args.name
     names = '; '.join(f'`{i}` = {LABELS[i]}' for i in impls)
