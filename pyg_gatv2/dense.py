@@ -237,6 +237,8 @@ class DenseGATv2Conv(torch.nn.Module):
         recompute = size < N and torch.is_grad_enabled() and any(
             t.requires_grad for t in (x_l, x_r, self.att))
         outs, alphas = [], []
+        if N == 0:  # no node: nothing to attend, empty results
+            outs, alphas = [x_l], [x_l.new_zeros(B, 0, 0, H)]
         for start in range(0, N, size):
             end = min(start + size, N)
             args = (x_r[:, start:end], x_l, self.att, adj[:, :, start:end],

@@ -318,6 +318,18 @@ def test_isolated_nodes_give_no_nan():
     assert alpha[[0, 2]].abs().sum() == 0
 
 
+@pytest.mark.parametrize('x_shape', [(0, 6), (2, 0, 6), (0, 5, 6)])
+def test_empty_input(x_shape):
+    dense = DenseGATv2Conv(6, 4, heads=2)
+    x = torch.randn(x_shape, requires_grad=True)
+    adj = torch.ones(x_shape[:-1] + (x_shape[-2], ))
+    out, alpha = dense(x, adj, return_attention_weights=True)
+    assert out.shape == x_shape[:-1] + (8, )
+    assert alpha.shape == x_shape[:-1] + (x_shape[-2], 2)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_lazy_in_channels():
     dense = DenseGATv2Conv(-1, 4, heads=2)
     out = dense(torch.randn(2, 5, 7), torch.ones(2, 5, 5))
