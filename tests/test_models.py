@@ -1,0 +1,125 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torch_geometric.nn as pyg_nn
+
+from pyg_gatv2 import GATv2Conv
+from pyg_gatv2.models import GATv2, feature_dropout
+
+
+def random_graph(num_nodes=30, num_edges=120, num_features=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_nodes, num_features, generator=gen)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=gen)
+    return x, edge_index
+
+
+def test_defaults_are_the_gat_cora_setting():
+    model = GATv2(1433, 7)
+    assert len(model.convs) == 2
+    hidden, output = model.convs
+    assert isinstance(hidden, GATv2Conv) and isinstance(output, GATv2Conv)
+    assert (hidden.in_channels, hidden.out_channels) == (1433, 8)
+    assert (hidden.heads, hidden.concat) == (8, True)
+    assert (output.in_channels, output.out_channels) == (64, 7)
+    assert (output.heads, output.concat) == (1, False)
+    assert hidden.dropout == output.dropout == 0.6
+    assert model.dropout == 0.6
+    assert str(model) == ('GATv2(1433, 7, hidden_channels=8, heads=8, '
+                          'output_heads=1, num_layers=2)')
+
+
+@pytest.mark.parametrize('num_layers', [1, 2, 3])
+@pytest.mark.parametrize('heads', [1, 4])
+@pytest.mark.parametrize('output_heads', [1, 3])
+def test_output_shape_and_layer_sizes(num_layers, heads, output_heads):
+    x, edge_index = random_graph()
+    model = GATv2(16, 5, hidden_channels=6, heads=heads,
+                  output_heads=output_heads, num_layers=num_layers)
+    assert len(model.convs) == num_layers
+    assert model.convs[0].in_channels == 16
+    for conv in model.convs[1:]:
+        assert conv.in_channels == 6 * heads
+    assert model.convs[-1].heads == output_heads
+    assert not model.convs[-1].concat
+    assert model(x, edge_index).shape == (30, 5)
+
+
+def test_matches_the_same_network_built_from_pyg_layers():
+    x, edge_index = random_graph()
+    model = GATv2(16, 5, hidden_channels=4, heads=3, output_heads=2).eval()
+    reference = GATv2(16, 5, hidden_channels=4, heads=3, output_heads=2)
+    reference.convs = torch.nn.ModuleList([
+        pyg_nn.GATv2Conv(16, 4, heads=3, dropout=0.6),
+        pyg_nn.GATv2Conv(12, 5, heads=2, concat=False, dropout=0.6),
+    ])
+    reference.load_state_dict(model.state_dict(), strict=True)
+    reference.eval()
+    torch.testing.assert_close(model(x, edge_index),
+                               reference(x, edge_index))
+
+
+def test_dropout_acts_in_training_only():
+    x, edge_index = random_graph()
+    model = GATv2(16, 5)
+    model.eval()
+    torch.testing.assert_close(model(x, edge_index), model(x, edge_index),
+                               rtol=0, atol=0)
+    model.train()
+    assert not torch.equal(model(x, edge_index), model(x, edge_index))
+    no_dropout = GATv2(16, 5, dropout=0.0, attention_dropout=0.0)
+    torch.testing.assert_close(no_dropout(x, edge_index),
+                               no_dropout.eval()(x, edge_index))
+
+
+def test_reset_parameters_draws_new_weights():
+    model = GATv2(16, 5)
+    before = [p.clone() for p in model.parameters()]
+    model.reset_parameters()
+    assert any(not torch.equal(a, b)
+               for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'hidden_channels': 0},
+    {'heads': -1},
+    {'output_heads': 0},
+    {'num_layers': 0},
+    {'num_layers': 2.0},
+    {'dropout': 1.0},
+    {'attention_dropout': -0.1},
+])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="'GATv2' expects"):
+        GATv2(16, 5, **kwargs)
+
+
+def test_feature_dropout_on_sparse_features():
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(400, 300, generator=gen) < 0.02).float()
+    x = x * torch.rand(400, 300, generator=gen)
+    nonzero = x != 0
+    torch.manual_seed(0)
+    out = torch.stack([feature_dropout(x, 0.6) for _ in range(10)])
+    # Zeros stay zero, kept entries are scaled by 1 / (1 - p).
+    assert (out[:, ~nonzero] == 0).all()
+    kept = out[:, nonzero] != 0
+    torch.testing.assert_close(out[:, nonzero][kept],
+                               (x[nonzero] / 0.4).expand_as(kept)[kept])
+    # About 1 - p of the non-zero entries are kept (24,000 draws, so the
+    # bound is five standard deviations).
+    assert abs(kept.float().mean().item() - 0.4) < 0.015
+
+
+def test_feature_dropout_on_dense_features_is_torch_dropout():
+    x = torch.randn(50, 20)
+    torch.manual_seed(3)
+    expected = F.dropout(x, 0.3, training=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(feature_dropout(x, 0.3), expected)
+
+
+def test_feature_dropout_is_the_identity_when_off():
+    x = (torch.rand(10, 10) < 0.1).float()
+    assert feature_dropout(x, 0.6, training=False) is x
+    assert feature_dropout(x, 0.0) is x
