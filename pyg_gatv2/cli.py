@@ -1,0 +1,322 @@
+"""The ``pyg-gatv2`` command line.
+
+Each subcommand is a function that adds its parser to the subparsers and
+sets ``handler``, a function from the parsed arguments to the exit status;
+:data:`SUBCOMMANDS` lists them. Expected failures (bad input, missing data,
+diverged training) end in a one-line message and a nonzero exit status.
+"""
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from pyg_gatv2 import __version__
+from pyg_gatv2.datasets import load_planetoid
+from pyg_gatv2.models import GATv2
+from pyg_gatv2.plots import plot_training_curves
+from pyg_gatv2.train import (
+    PAPER_SETTINGS,
+    STOP_CRITERIA,
+    SeedResult,
+    TrainingDivergedError,
+    resolve_device,
+    train_node_classifier,
+)
+
+PROG = 'pyg-gatv2'
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error in one line instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} '
+                  '--help)\n')
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except absent ones (their help tells what applies)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected a positive integer, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f'expected a positive integer, got {text!r}')
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected an integer, got {text!r}') from None
+
+
+def _float(text: str, low: float, high: float, low_open: bool,
+           what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    below = value <= low if low_open else value < low
+    if not math.isfinite(value) or below or value >= high:
+        raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _float(text, 0.0, math.inf, True, 'a positive number')
+
+
+def _nonnegative_float(text: str) -> float:
+    return _float(text, 0.0, math.inf, False, 'a non-negative number')
+
+
+def _probability(text: str) -> float:
+    return _float(text, 0.0, 1.0, False, 'a probability in [0, 1)')
+
+
+def _dataset(text: str) -> str:
+    names = {name.lower(): name for name in PAPER_SETTINGS}
+    if text.lower() not in names:
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {text!r}; choose one of "
+            f"{', '.join(PAPER_SETTINGS)} (any case)")
+    return names[text.lower()]
+
+
+def _device(text: str) -> str:
+    try:
+        resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            str(err).replace("'resolve_device' got ", '')) from None
+    return text
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    cora = PAPER_SETTINGS['Cora']
+    pubmed = PAPER_SETTINGS['PubMed']
+    parser = subparsers.add_parser(
+        'train', help='train a GATv2 node classifier on a Planetoid graph',
+        description=(
+            'Train a GATv2 node classifier on Cora, CiteSeer or PubMed with '
+            "the GAT paper's transductive recipe (full-batch Adam, early "
+            'stopping on the validation nodes, test accuracy at the best '
+            'validation epoch), once per seed. Prints one line per seed and '
+            'the mean test accuracy, and writes results.json, curves.png '
+            'and checkpoints to --out.'),
+        formatter_class=_HelpFormatter)
+    data = parser.add_argument_group('data')
+    data.add_argument('--dataset', type=_dataset, default='Cora',
+                      help='Cora, CiteSeer or PubMed (any case)')
+    data.add_argument('--root', type=Path, metavar='DIR',
+                      help='dataset folder in Planetoid layout '
+                      '(DIR/Cora/raw, DIR/Cora/processed); default '
+                      '$PYG_GATV2_ROOT, else ~/.cache/pyg_gatv2')
+    data.add_argument('--raw-dir', type=Path, metavar='DIR',
+                      help='read-only folder of raw files '
+                      '(DIR/Cora/raw/ind.cora.*) to copy from instead of '
+                      'downloading; default $PYG_GATV2_RAW_DIR')
+    data.add_argument('--split', choices=('public', 'full', 'random'),
+                      default='public',
+                      help="'public': the paper's 20 labels per class; "
+                      "'full': all other nodes train; 'random': drawn "
+                      'under --seed')
+
+    runs = parser.add_argument_group('runs')
+    runs.add_argument('--seeds', type=_positive_int, default=1, metavar='N',
+                      help='number of runs, with seeds --seed, --seed + 1, '
+                      '...')
+    runs.add_argument('--seed', type=_int, default=0,
+                      help='first seed')
+    runs.add_argument('--epochs', type=_positive_int, default=1000,
+                      help='most epochs per run')
+    runs.add_argument('--patience', type=_positive_int, default=100,
+                      help='early-stopping patience in epochs')
+    runs.add_argument('--stop-on', choices=STOP_CRITERIA, default='loss+acc',
+                      help="early-stopping criterion: 'loss+acc' (the GAT "
+                      "paper's) waits while the validation loss or accuracy "
+                      'still reaches its best and keeps the epoch where both '
+                      'do')
+    runs.add_argument('--lr', type=_positive_float,
+                      help=f"Adam learning rate (default: {cora['lr']}; "
+                      f"{pubmed['lr']} on PubMed, as in the GAT paper)")
+    runs.add_argument('--weight-decay', type=_nonnegative_float,
+                      help='Adam weight decay (default: '
+                      f"{cora['weight_decay']}; {pubmed['weight_decay']} on "
+                      'PubMed)')
+
+    model = parser.add_argument_group('model')
+    model.add_argument('--layers', type=_positive_int, default=2,
+                       help='GATv2Conv layers')
+    model.add_argument('--hidden', type=_positive_int, default=8,
+                       help='hidden features per head')
+    model.add_argument('--heads', type=_positive_int, default=8,
+                       help='attention heads of the hidden layers')
+    model.add_argument('--output-heads', type=_positive_int,
+                       help='attention heads of the output layer, averaged '
+                       f"(default: {cora['output_heads']}; "
+                       f"{pubmed['output_heads']} on PubMed)")
+    model.add_argument('--dropout', type=_probability, default=0.6,
+                       help='dropout on the input of every layer')
+    model.add_argument('--attention-dropout', type=_probability,
+                       help='dropout on the attention coefficients '
+                       '(default: --dropout)')
+
+    system = parser.add_argument_group('execution and output')
+    system.add_argument('--device', type=_device, default='auto',
+                        help="'cpu', 'cuda', 'cuda:<index>' or 'auto' (a GPU "
+                        'if there is one)')
+    system.add_argument('--threads', type=_positive_int,
+                        help='CPU threads for torch (default: torch\'s '
+                        'choice); 1 is often fastest on a busy machine')
+    system.add_argument('--compile', action='store_true',
+                        help='run the model through torch.compile (runs are '
+                        'then not bit-for-bit reproducible)')
+    system.add_argument('--out', type=Path, metavar='DIR',
+                        help='output folder for results.json, curves.png and '
+                        'checkpoints/ (default: runs/<dataset>)')
+    system.add_argument('--checkpoint-every', type=_positive_int, default=50,
+                        metavar='N',
+                        help='epochs between training-state checkpoints')
+    system.add_argument('--resume', action='store_true',
+                        help='continue an interrupted run from the '
+                        'checkpoints in --out (same flags required); '
+                        'finished seeds are not retrained')
+    system.add_argument('--no-progress', action='store_true',
+                        help='no progress bars (they are off anyway when '
+                        'stderr is not a terminal)')
+    parser.set_defaults(handler=_train)
+
+
+def _print_seed(run: SeedResult) -> None:
+    # Beside the progress bars, and flushed so that logs show each seed.
+    tqdm.write(f'Seed {run.seed}: test {run.test_acc:.4f}, val '
+               f'{run.val_acc:.4f} at epoch {run.best_epoch} '
+               f'({run.epochs} epochs, {run.seconds:.1f} s)', file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _train(args: argparse.Namespace) -> int:
+    paper = PAPER_SETTINGS[args.dataset]
+    lr = paper['lr'] if args.lr is None else args.lr
+    weight_decay = (paper['weight_decay'] if args.weight_decay is None else
+                    args.weight_decay)
+    output_heads = (paper['output_heads'] if args.output_heads is None else
+                    args.output_heads)
+    attention_dropout = (args.dropout if args.attention_dropout is None else
+                         args.attention_dropout)
+    out = Path('runs') / args.dataset if args.out is None else args.out
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    torch.manual_seed(args.seed)  # draws the 'random' split
+    dataset = load_planetoid(args.dataset, root=args.root,
+                             raw_dir=args.raw_dir, split=args.split)
+    data = dataset[0]
+    model_config = {
+        'in_channels': dataset.num_features,
+        'out_channels': dataset.num_classes,
+        'hidden_channels': args.hidden,
+        'heads': args.heads,
+        'output_heads': output_heads,
+        'num_layers': args.layers,
+        'dropout': args.dropout,
+        'attention_dropout': attention_dropout,
+    }
+    metadata = {'dataset': args.dataset, 'split': args.split,
+                'model': 'GATv2', **model_config}
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = train_node_classifier(
+        lambda: GATv2(**model_config), data,
+        seeds=range(args.seed, args.seed + args.seeds), epochs=args.epochs,
+        patience=args.patience, lr=lr, weight_decay=weight_decay,
+        stop_on=args.stop_on, device=device, compile=args.compile,
+        checkpoint_dir=out / 'checkpoints',
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        metadata=metadata,
+        on_seed_end=_print_seed,
+        progress=progress)
+
+    report = {
+        'command': shlex.join([PROG, *sys.argv[1:]]),
+        'dataset': args.dataset,
+        'settings': {'split': args.split, 'epochs': args.epochs,
+                     'patience': args.patience, 'stop_on': args.stop_on,
+                     'lr': lr, 'weight_decay': weight_decay,
+                     'device': str(device), 'compile': args.compile,
+                     'threads': torch.get_num_threads()},
+        'model': model_config,
+        'versions': {'pyg_gatv2': __version__, 'torch': torch.__version__,
+                     'python': platform.python_version()},
+        **result.to_dict(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / 'results.json'
+    json_path.write_text(json.dumps(report, indent=2) + '\n')
+    seeds = len(result.runs)
+    png_path = plot_training_curves(
+        result, out / 'curves.png',
+        title=f'GATv2 on {args.dataset} ({args.split} split)')
+    print(f'Wrote {json_path}, {png_path} and {out / "checkpoints"}')
+    print(f'Test accuracy: {result.test_acc_mean:.3f} +- '
+          f'{result.test_acc_std:.3f} over {seeds} seed'
+          f"{'s' if seeds > 1 else ''}")
+    return 0
+
+
+# Subcommands, in the order --help lists them.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyg-gatv2`` parser with every subcommand of
+    :data:`SUBCOMMANDS`."""
+    parser = _Parser(
+        prog=PROG, description='GATv2 for PyTorch Geometric: training and '
+        'experiments from the command line.')
+    parser.add_argument('--version', action='version',
+                        version=f'%(prog)s {__version__}')
+    subparsers = parser.add_subparsers(title='commands', metavar='COMMAND',
+                                       required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs ``pyg-gatv2``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, OSError, TrainingDivergedError) as err:
+        message = ' '.join(str(err).split())
+        print(f'{PROG}: error: {message}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f'{PROG}: interrupted; run the same command with --resume to '
+              'continue from the last checkpoint', file=sys.stderr)
+        return 130
