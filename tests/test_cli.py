@@ -1,0 +1,165 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+from pyg_gatv2.cli import build_parser, main
+from pyg_gatv2.models import GATv2
+
+REPO = Path(__file__).resolve().parents[1]
+FINAL_LINE = re.compile(r'Test accuracy: (\d\.\d{3}) \+- (\d\.\d{3}) over '
+                        r'(\d+) seeds?')
+
+
+@pytest.fixture(scope='module')
+def cora_flags(planetoid_raw_dir, tmp_path_factory):
+    """Flags that read Cora from the shared raw files into a fresh root."""
+    root = tmp_path_factory.mktemp('planetoid')
+    return ['--dataset', 'cora', '--raw-dir', str(planetoid_raw_dir),
+            '--root', str(root), '--device', 'cpu', '--no-progress']
+
+
+def train(flags, out):
+    return main(['train', *flags, '--out', str(out)])
+
+
+def without_seconds(report):
+    for run in report['runs']:
+        run.pop('seconds')
+    report['summary'].pop('seconds_total')
+    report.pop('command')
+    return report
+
+
+def test_train_writes_results_curves_and_checkpoints(cora_flags, tmp_path,
+                                                     capsys):
+    out = tmp_path / 'out'
+    flags = [*cora_flags, '--seeds', '2', '--seed', '5', '--epochs', '6',
+             '--checkpoint-every', '2', '--hidden', '4', '--heads', '2']
+    assert train(flags, out) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r'Seed 5: test 0\.\d{4}, val 0\.\d{4} at epoch \d+ '
+                        r'\(6 epochs, [\d.]+ s\)', lines[0])
+    assert lines[1].startswith('Seed 6: ')
+    final = FINAL_LINE.fullmatch(lines[-1])
+    assert final and final.group(3) == '2' and lines[-1].endswith('seeds')
+
+    report = json.loads((out / 'results.json').read_text())
+    summary = report['summary']
+    assert summary['seeds'] == [5, 6]
+    assert final.group(1) == f"{summary['test_acc_mean']:.3f}"
+    assert final.group(2) == f"{summary['test_acc_std']:.3f}"
+    assert report['settings']['lr'] == 0.005
+    assert report['settings']['weight_decay'] == 0.0005
+    assert report['model']['heads'] == 2
+    for run in report['runs']:
+        assert run['history']['epoch'] == [1, 2, 3, 4, 5, 6]
+        assert 0.0 <= run['test_acc'] <= 1.0
+
+    image = matplotlib.image.imread(out / 'curves.png')
+    assert image.shape[0] >= 400 and image.shape[1] >= 1000
+    assert image[..., :3].std() > 0.05  # drawn on, not a blank canvas
+
+    best = torch.load(out / 'checkpoints' / 'best_seed6.pt',
+                      weights_only=True)
+    model = GATv2(**report['model'])
+    model.load_state_dict(best['model'])
+    assert best['test_acc'] == report['runs'][1]['test_acc']
+
+
+def test_resume_reproduces_a_finished_run(cora_flags, tmp_path, capsys):
+    out = tmp_path / 'out'
+    flags = [*cora_flags, '--epochs', '4', '--checkpoint-every', '2']
+    assert train(flags, out) == 0
+    first = json.loads((out / 'results.json').read_text())
+    assert train([*flags, '--resume'], out) == 0
+    again = json.loads((out / 'results.json').read_text())
+    assert without_seconds(again) == without_seconds(first)
+
+    capsys.readouterr()
+    assert train([*flags, '--resume', '--lr', '0.01'], out) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert err.startswith('pyg-gatv2: error: Cannot resume from ')
+
+
+def test_divergence_is_one_line(cora_flags, tmp_path, capsys):
+    assert train([*cora_flags, '--lr', '1e20'], tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert re.match(r'pyg-gatv2: error: Training diverged at epoch \d+ '
+                    r'\(seed 0\)', err)
+
+
+def test_missing_data_is_one_line(tmp_path, capsys):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    code = main(['train', '--raw-dir', str(empty), '--root',
+                 str(tmp_path / 'root'), '--out', str(tmp_path / 'out')])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert err.startswith('pyg-gatv2: error: ') and 'missing' in err
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--dataset', 'ogbn-arxiv'], "unknown dataset 'ogbn-arxiv'"),
+    (['--seeds', '0'], "--seeds: expected a positive integer, got '0'"),
+    (['--epochs', '1.5'], "expected a positive integer, got '1.5'"),
+    (['--lr', '-1'], "--lr: expected a positive number, got '-1'"),
+    (['--lr', 'fast'], "expected a positive number, got 'fast'"),
+    (['--weight-decay', 'nan'], 'expected a non-negative number'),
+    (['--dropout', '1.5'], "expected a probability in [0, 1), got '1.5'"),
+    (['--split', 'geom-gcn'], "invalid choice: 'geom-gcn'"),
+    (['--device', 'tpu'], "--device: device='tpu'"),
+    (['--unknown-flag'], 'unrecognized arguments: --unknown-flag'),
+])
+def test_bad_flags_are_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['train', *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert re.match(r'pyg-gatv2( train)?: error: ', err)
+    assert message in err
+
+
+def test_a_command_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert 'required: COMMAND' in capsys.readouterr().err
+
+
+def test_help_documents_every_flag():
+    parser = build_parser()
+    train_parser = next(
+        action.choices['train'] for action in parser._actions
+        if hasattr(action, 'choices') and isinstance(action.choices, dict))
+    text = train_parser.format_help()
+    for flag in ('--dataset', '--root', '--raw-dir', '--split', '--seeds',
+                 '--seed', '--epochs', '--patience', '--stop-on', '--lr',
+                 '--weight-decay', '--layers', '--hidden', '--heads',
+                 '--output-heads', '--dropout', '--attention-dropout',
+                 '--device', '--threads', '--compile', '--out',
+                 '--checkpoint-every', '--resume', '--no-progress'):
+        assert flag in text
+    for action in train_parser._actions:
+        assert action.help, action.option_strings
+
+
+def test_python_m_runs_the_command_line(cora_flags, tmp_path):
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pyg_gatv2', 'train', *cora_flags,
+         '--epochs', '2', '--out', str(tmp_path / 'out')],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert FINAL_LINE.fullmatch(proc.stdout.splitlines()[-1])
+    assert 'Traceback' not in proc.stderr
