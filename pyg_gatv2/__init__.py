@@ -2,12 +2,19 @@
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.datasets import load_planetoid
 from pyg_gatv2.dense import DenseGATv2Conv
+from pyg_gatv2.models import GATv2
 from pyg_gatv2.softmax import (
     available_backends,
     get_backend,
     scatter_softmax,
     set_backend,
     use_backend,
+)
+from pyg_gatv2.train import (
+    TrainingDivergedError,
+    TrainResult,
+    fit,
+    train_node_classifier,
 )
 
 __version__ = '0.1.0'
@@ -22,4 +29,9 @@ __all__ = [
     'set_backend',
     'use_backend',
     'load_planetoid',
+    'GATv2',
+    'fit',
+    'train_node_classifier',
+    'TrainResult',
+    'TrainingDivergedError',
 ]
