@@ -1,5 +1,7 @@
 """Networks built from the GATv2 layers."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -61,6 +63,11 @@ class GATv2(torch.nn.Module):
             layer. (default: :obj:`0.6`)
         attention_dropout (float, optional): Dropout probability on the
             normalized attention coefficients. (default: :obj:`0.6`)
+        conv (type, optional): The layer class, called with
+            :class:`GATv2Conv`'s arguments; pass
+            :class:`torch_geometric.nn.GATv2Conv` to compare with PyG's layer
+            under the same seed (both draw the same initial weights).
+            (default: :class:`GATv2Conv`)
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})`,
@@ -77,6 +84,7 @@ class GATv2(torch.nn.Module):
         num_layers: int = 2,
         dropout: float = 0.6,
         attention_dropout: float = 0.6,
+        conv: Callable[..., torch.nn.Module] = GATv2Conv,
     ) -> None:
         super().__init__()
         for name, value in [('in_channels', in_channels),
@@ -107,12 +115,12 @@ class GATv2(torch.nn.Module):
         channels = in_channels
         for _ in range(num_layers - 1):
             self.convs.append(
-                GATv2Conv(channels, hidden_channels, heads=heads,
-                          dropout=attention_dropout))
+                conv(channels, hidden_channels, heads=heads,
+                     dropout=attention_dropout))
             channels = hidden_channels * heads
         self.convs.append(
-            GATv2Conv(channels, out_channels, heads=output_heads,
-                      concat=False, dropout=attention_dropout))
+            conv(channels, out_channels, heads=output_heads, concat=False,
+                 dropout=attention_dropout))
 
     def reset_parameters(self) -> None:
         r"""Resets all learnable parameters of the module."""
