@@ -484,7 +484,13 @@ def test_layer_float32_matches_pyg_on_a_larger_graph(backend):
     with use_backend(backend):
         actual = layer_run(fused, x, edge_index, None)
     assert torch.equal(actual.pop(1), expected.pop(1))
-    assert_close_all(actual, expected, torch.float32)
+    assert_close_all(actual[:2], expected[:2], torch.float32)
+    # Parameter gradients sum over 32,000 edges: float32 rounding of such
+    # sums, in different orders, differs by about 1e-5 of their size.
+    for grad, ref_grad in zip(actual[2:], expected[2:], strict=True):
+        scale = ref_grad.abs().max().item()
+        torch.testing.assert_close(grad, ref_grad, atol=1e-4 * scale,
+                                   rtol=1e-4)
 
 
 def test_layer_state_dict_and_repr_are_pyg_s():

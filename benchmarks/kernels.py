@@ -1,0 +1,537 @@
+"""The fused GATv2 attention against PyG's GATv2Conv: time and peak memory.
+
+    python benchmarks/kernels.py            # default sweep + Cora, ~15 min
+    python benchmarks/kernels.py --quick    # Cora + two small graphs
+
+Implementations, side by side in one run:
+
+- ``pyg``: :class:`torch_geometric.nn.GATv2Conv`, eager;
+- ``pyg_compile``: the same layer under :func:`torch.compile`;
+- ``mp``: :class:`pyg_gatv2.GATv2Conv` with ``fused=False`` (message passing);
+- ``fused_numba``: :class:`pyg_gatv2.GATv2Conv`, fused path, numba kernels;
+- ``fused_torch``: the same, chunked PyTorch fallback.
+
+Every case runs in a fresh subprocess. It first checks that each
+implementation's output agrees with PyG eager within ``1e-5`` (relative to
+the largest output); then it measures the peak memory growth of one training
+step (forward + backward) of each implementation after warm-up, from the
+process's peak resident set (``VmHWM``, reset through
+``/proc/self/clear_refs``; on CUDA the allocator's peak); then it times the
+forward pass (no autograd) and the training step, interleaving the
+implementations run by run so that load on a shared machine hits all alike,
+and reports medians. Ratios are against PyG eager and PyG compiled.
+
+The effective bandwidth of the fused forward kernel counts the bytes it
+must move at least once (per edge: one gathered source row of
+``heads x channels`` values and two indices; per destination node: its
+target row, its output row and its log-sum-exp) over its run time alone
+(projections excluded), against the bandwidth of a large ``memcpy``
+(``Tensor.copy_``, bytes read plus written).
+
+Writes ``kernels.md`` (the command, the machine, the tables), ``kernels.csv``
+and ``kernels.png`` (time and memory against ``E x heads x channels``) into
+``--out``, and prints the Markdown.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from _common import (
+    command_line,
+    markdown_table,
+    peak_memory,
+    pin_malloc,
+    synchronize,
+    write_csv,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_RAW = ROOT.parent / 'shared' / 'data' / 'planetoid'
+TOLERANCE = 1e-5
+GiB = 2.0**30
+MiB = 2.0**20
+IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_numba', 'fused_torch')
+LABELS = {
+    'pyg': 'PyG GATv2Conv (eager)',
+    'pyg_compile': 'PyG GATv2Conv (torch.compile)',
+    'mp': 'ours, message passing',
+    'fused_numba': 'ours, fused (numba)',
+    'fused_torch': 'ours, fused (torch)',
+}
+# Bytes per element of one [E, heads, channels] float32 tensor that a step
+# holds at its peak, for projecting memory and skipping what cannot fit.
+PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
+                         'fused_numba': 0, 'fused_torch': 0}
+# (nodes, average in-degree, heads, channels); the headline case is third.
+DEFAULT_CASES = [
+    (10_000, 5, 4, 32),
+    (10_000, 50, 4, 32),
+    (20_000, 20, 4, 32),
+    (50_000, 20, 4, 32),
+    (200_000, 5, 4, 32),
+    (10_000, 10, 8, 64),
+]
+QUICK_CASES = [(10_000, 5, 4, 32), (20_000, 20, 4, 32)]
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Fused GATv2 attention vs PyG: time and peak memory.')
+    parser.add_argument('--quick', action='store_true',
+                        help='Cora and two small graphs, 3 repeats')
+    parser.add_argument('--nodes', type=_ints, default=None,
+                        help='node counts, e.g. 10000,50000 (with '
+                        '--degrees and --heads-channels, replaces the '
+                        'default cases by their product)')
+    parser.add_argument('--degrees', type=_ints, default=None,
+                        help='average in-degrees, e.g. 5,20,50')
+    parser.add_argument('--heads-channels', type=_pairs, default=None,
+                        help='heads x channels, e.g. 4x32,8x64')
+    parser.add_argument('--features', type=int, default=64,
+                        help='input features of the random graphs')
+    parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help='include Cora (8 heads x 8 channels)')
+    parser.add_argument('--impls', type=_impls, default=list(IMPLS),
+                        help=f"comma-separated subset of {','.join(IMPLS)}")
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed runs per implementation and measure')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed runs first (compilation, caches)')
+    parser.add_argument('--max-memory', type=float, default=8.0,
+                        help='skip an implementation whose projected peak '
+                        'exceeds this many GiB (reported as skipped)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='CPU threads for torch and numba; 0 keeps the '
+                        'default (all cores)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', type=Path,
+                        default=ROOT / 'benchmarks' / 'results',
+                        help='folder for the .md, .csv and .png')
+    parser.add_argument('--name', default=None,
+                        help='file stem (default: kernels, kernels_quick '
+                        'with --quick)')
+    parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:  # other defaults; flags given still win
+        parser.set_defaults(repeats=3, warmup=1)
+        args = parser.parse_args(argv)
+    if args.name is None:
+        args.name = 'kernels' + ('_quick' if args.quick else '')
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(',') if v]
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    pairs = []
+    for item in text.split(','):
+        heads, _, channels = item.partition('x')
+        if not (heads.isdigit() and channels.isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"'{item}' is not of the form HEADSxCHANNELS, e.g. 4x32")
+        pairs.append((int(heads), int(channels)))
+    return pairs
+
+
+def _impls(text: str) -> list[str]:
+    names = [v for v in text.split(',') if v]
+    for name in names:
+        if name not in IMPLS:
+            raise argparse.ArgumentTypeError(
+                f"unknown implementation '{name}'; choose from "
+                f"{','.join(IMPLS)}")
+    return names
+
+
+def synthetic_cases(args: argparse.Namespace) -> list[dict]:
+    if args.nodes or args.degrees or args.heads_channels:
+        specs = [(n, d, h, c) for n in (args.nodes or [20_000])
+                 for d in (args.degrees or [20])
+                 for h, c in (args.heads_channels or [(4, 32)])]
+    else:
+        specs = QUICK_CASES if args.quick else DEFAULT_CASES
+    return [
+        dict(name=f'random N={n} deg={d} {h}x{c}', kind='random', nodes=n,
+             edges=n * d, features=args.features, heads=h, channels=c)
+        for n, d, h, c in specs
+    ]
+
+
+def cora_case() -> Optional[dict]:
+    raw = os.environ.get('PYG_GATV2_RAW_DIR') or str(SHARED_RAW)
+    if not (Path(raw) / 'Cora' / 'raw').is_dir():
+        print(f'Note: Cora raw files not found in {raw} (set '
+              'PYG_GATV2_RAW_DIR); Cora skipped.')
+        return None
+    try:
+        from pyg_gatv2 import load_planetoid  # noqa: F401
+    except ImportError:
+        print('Note: pyg_gatv2.load_planetoid is not available; Cora '
+              'skipped.')
+        return None
+    return dict(name='Cora', kind='cora', raw=raw, nodes=2708, edges=10556,
+                features=1433, heads=8, channels=8)
+
+
+def memcpy_bandwidth(device: torch.device, repeats: int = 5) -> float:
+    """Bytes per second of a 256 MiB copy (read plus written), median."""
+    src = torch.ones(64 * 2**20, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        tic = _now()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(_now() - tic)
+    return 2 * src.numel() * 4 / _median(times[1:])
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] +
+                                                      values[mid])
+
+
+# The worker: one case in a fresh process ------------------------------------
+
+
+def build_case(case: dict, seed: int, device: torch.device):
+    if case['kind'] == 'cora':
+        from pyg_gatv2 import load_planetoid
+        with tempfile.TemporaryDirectory() as root:
+            data = load_planetoid('Cora', root=root, raw_dir=case['raw'])[0]
+        return data.x.to(device), data.edge_index.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    n = case['nodes']
+    x = torch.randn(n, case['features'], generator=gen)
+    edge_index = torch.randint(0, n, (2, case['edges']), generator=gen)
+    return x.to(device), edge_index.to(device)
+
+
+def make_impls(case: dict, names: list[str], device: torch.device):
+    """PyG's layer, and name -> (module, fused backend or None) for each
+    implementation, all with PyG's weights."""
+    import torch_geometric.nn as pyg_nn
+
+    from pyg_gatv2 import GATv2Conv
+
+    torch.manual_seed(0)
+    args = (case['features'], case['channels'])
+    kwargs = dict(heads=case['heads'])
+    ref = pyg_nn.GATv2Conv(*args, **kwargs).to(device)
+    impls = {}
+    for name in names:
+        if name == 'pyg':
+            impls[name] = (ref, None)
+        elif name == 'pyg_compile':
+            impls[name] = (torch.compile(ref, dynamic=False), None)
+        else:
+            fused = name != 'mp'
+            conv = GATv2Conv(*args, **kwargs, fused=fused).to(device)
+            conv.load_state_dict(ref.state_dict())
+            backend = name.split('_')[1] if fused else None
+            impls[name] = (conv, backend)
+    return ref, impls
+
+
+def projected_peak(case: dict, name: str) -> float:
+    elements = (case['edges'] + case['nodes']) * case['heads'] * case[
+        'channels']
+    nodes = case['nodes'] * (case['features'] + 12 * case['heads'] *
+                             case['channels'])
+    return (PEAK_PER_EDGE_ELEMENT[name] * elements + 4 * nodes +
+            48 * case['edges'])
+
+
+def run_worker(spec: dict) -> dict:
+    args = argparse.Namespace(**spec['args'])
+    case = spec['case']
+    device = torch.device(args.device)
+    pin_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from pyg_gatv2.fused import fused_gatv2_attention, use_backend
+
+    x, edge_index = build_case(case, args.seed, device)
+    result = dict(case=case, impls={})
+    names = []
+    for name in args.impls:
+        if name == 'fused_numba' and device.type != 'cpu':
+            result['impls'][name] = dict(status='n/a (CPU only)')
+        elif projected_peak(case, name) > args.max_memory * GiB:
+            result['impls'][name] = dict(
+                status=f'skipped (projected '
+                f'{projected_peak(case, name) / GiB:.1f} GiB)')
+        else:
+            names.append(name)
+    ref, impls = make_impls(case, names, device)
+
+    def run(name: str, train: bool):
+        conv, backend = impls[name]
+        ctx = use_backend(backend) if backend else contextlib.nullcontext()
+        with ctx:
+            if not train:
+                with torch.no_grad():
+                    return conv(x, edge_index)
+            for p in conv.parameters():
+                p.grad = None
+            out = conv(x, edge_index)
+            out.sum().backward()
+            return out
+
+    # Correctness: every implementation against PyG eager.
+    with torch.no_grad():
+        expected = ref(x, edge_index)
+    scale = max(1.0, expected.abs().max().item())
+    alive = []
+    for name in names:
+        entry = result['impls'][name] = {}
+        try:
+            got = run(name, False)
+            for _ in range(args.warmup):
+                run(name, True)
+        except Exception as error:  # reported in the table, not raised
+            entry['status'] = _failure(error)
+            continue
+        err = (got - expected).abs().max().item() / scale
+        entry['error'] = err
+        entry['status'] = 'ok' if err <= TOLERANCE else 'MISMATCH'
+        if entry['status'] == 'ok':
+            alive.append(name)
+
+    # Peak memory of one training step, after warm-up.
+    for name in alive:
+        try:
+            result['impls'][name]['peak'] = peak_memory(
+                lambda n=name: run(n, True), device)
+        except Exception as error:  # reported in the table, not raised
+            result['impls'][name]['status'] = _failure(error)
+    alive = [n for n in alive if result['impls'][n]['status'] == 'ok']
+
+    # Times, interleaved run by run across the implementations.
+    for mode, train in (('fwd', False), ('step', True)):
+        times = {name: [] for name in alive}
+        for _ in range(args.repeats):
+            for name in alive:
+                synchronize(device)
+                tic = _now()
+                run(name, train)
+                synchronize(device)
+                times[name].append(_now() - tic)
+        for name in alive:
+            result['impls'][name][mode] = _median(times[name])
+
+    # The fused forward operator alone, for its effective bandwidth.
+    H, C = case['heads'], case['channels']
+    with torch.no_grad():
+        x_l = ref.lin_l(x).view(-1, H, C)
+        x_r = ref.lin_r(x).view(-1, H, C)
+        for name in alive:
+            if not name.startswith('fused'):
+                continue
+            times = []
+            for i in range(args.warmup + args.repeats):
+                synchronize(device)
+                tic = _now()
+                fused_gatv2_attention(x_l, x_r, ref.att, edge_index,
+                                      add_self_loops=True,
+                                      backend=impls[name][1])
+                synchronize(device)
+                if i >= args.warmup:
+                    times.append(_now() - tic)
+            result['impls'][name]['kernel_fwd'] = _median(times)
+    return result
+
+
+def _failure(error: BaseException) -> str:
+    print(f'{type(error).__name__}: {error}', file=sys.stderr)
+    text = str(error).lower()
+    if isinstance(error, MemoryError) or 'memory' in text:
+        return 'out of memory'
+    return f'failed: {type(error).__name__}'
+
+
+def run_case(case: dict, args: argparse.Namespace) -> dict:
+    """Runs :func:`run_worker` for ``case`` in a fresh process."""
+    spec = dict(case=case, args={
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+    })
+    env = dict(os.environ)
+    if args.threads:
+        env['NUMBA_NUM_THREADS'] = str(args.threads)
+        env['OMP_NUM_THREADS'] = str(args.threads)
+    with tempfile.NamedTemporaryFile('r', suffix='.json') as f:
+        proc = subprocess.run(
+            [sys.executable, __file__, '--worker',
+             json.dumps(dict(spec, out=f.name))], env=env)
+        if proc.returncode != 0:
+            reason = ('killed (signal {}; out of memory?)'.format(
+                -proc.returncode) if proc.returncode < 0 else
+                      f'failed (exit code {proc.returncode})')
+            return dict(case=case, impls={
+                name: dict(status=reason) for name in args.impls
+            })
+        return json.load(f)
+
+
+# Reporting -------------------------------------------------------------------
+
+
+def edge_elements(case: dict) -> int:
+    """Size of one [E', heads, channels] tensor (self-loops included)."""
+    return (case['edges'] + case['nodes']) * case['heads'] * case['channels']
+
+
+def fused_bytes(case: dict) -> float:
+    """Bytes the fused forward must move at least once (float32)."""
+    H, C = case['heads'], case['channels']
+    edges = case['edges'] + case['nodes']
+    return edges * (H * C * 4 + 16) + case['nodes'] * (2 * H * C * 4 +
+                                                       H * 4 + 8)
+
+
+def rows_of(results: list[dict], bandwidth: float) -> list[dict]:
+    rows = []
+    for res in results:
+        case, impls = res['case'], res['impls']
+        base = {k: impls.get(k, {}) for k in ('pyg', 'pyg_compile')}
+        for name, entry in impls.items():
+            row = dict(case=case['name'], nodes=case['nodes'],
+                       edges=case['edges'], heads=case['heads'],
+                       channels=case['channels'],
+                       edge_elements=edge_elements(case),
+                       impl=name, status=entry.get('status', ''))
+            if 'error' in entry:
+                row['max_rel_error'] = f"{entry['error']:.1e}"
+            for mode in ('fwd', 'step'):
+                if mode in entry:
+                    row[f'{mode}_ms'] = f'{entry[mode] * 1e3:.1f}'
+                    for ref, ref_name in (('pyg', 'eager'),
+                                          ('pyg_compile', 'compiled')):
+                        if mode in base[ref]:
+                            row[f'{mode}_speedup_vs_{ref_name}'] = (
+                                f'{base[ref][mode] / entry[mode]:.2f}')
+            if 'peak' in entry and not math.isnan(entry['peak']):
+                row['peak_mib'] = f"{entry['peak'] / MiB:.1f}"
+                if base['pyg'].get('peak'):
+                    row['peak_vs_eager'] = (
+                        f"{entry['peak'] / base['pyg']['peak']:.3f}")
+            if 'kernel_fwd' in entry:
+                gbps = fused_bytes(case) / entry['kernel_fwd']
+                row['kernel_fwd_ms'] = f"{entry['kernel_fwd'] * 1e3:.1f}"
+                row['kernel_gb_s'] = f'{gbps / 1e9:.2f}'
+                row['kernel_vs_memcpy'] = f'{gbps / bandwidth:.2f}'
+            rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], path: Path, command: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in IMPLS:
+        points = sorted((r['edge_elements'], float(r['step_ms']),
+                         float(r.get('peak_mib', 'nan'))) for r in rows
+                        if r['impl'] == name and 'step_ms' in r)
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        axes[0].plot(xs, [p[1] / 1e3 for p in points], 'o-',
+                     label=LABELS[name])
+        axes[1].plot(xs, [p[2] for p in points], 'o-', label=LABELS[name])
+    axes[0].set_ylabel('training step (forward + backward), s')
+    axes[1].set_ylabel('peak memory growth of a step, MiB')
+    for ax in axes:
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('edges (self-loops included) x heads x channels')
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(command, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'fwd_ms',
+           'fwd_speedup_vs_eager', 'step_ms', 'step_speedup_vs_eager',
+           'step_speedup_vs_compiled', 'peak_mib', 'peak_vs_eager',
+           'kernel_gb_s', 'kernel_vs_memcpy']
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker)
+        result = run_worker(spec)
+        with open(spec['out'], 'w') as f:
+            json.dump(result, f)
+        return
+    command = command_line()
+    print(f'Command: `{command}`\n', flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    bandwidth = memcpy_bandwidth(device)
+    cases = synthetic_cases(args)
+    if args.cora:
+        cora = cora_case()
+        if cora is not None:
+            cases.insert(0, cora)
+    results = []
+    for case in cases:
+        print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
+        results.append(run_case(case, args))
+    rows = rows_of(results, bandwidth)
+
+    import numba
+    header = [
+        '# Fused GATv2 attention vs PyG GATv2Conv', '',
+        f'Command: `{command}`', '',
+        f'Machine: {platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} CPUs, torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads), numba {numba.__version__}, '
+        f'device {device}. memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s.',
+        '',
+        'Times are medians of interleaved runs after warm-up; speedups are '
+        'PyG time / our time; peak is the memory growth of one training '
+        "step; max_rel_error is the largest difference from PyG eager's "
+        'output over its largest entry.', ''
+    ]
+    text = '\n'.join(header) + markdown_table(rows, COLUMNS) + '\n'
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f'{args.name}.md').write_text(text)
+    columns = list(dict.fromkeys(
+        ['case', 'nodes', 'edges', 'heads', 'channels', 'edge_elements'] +
+        COLUMNS + ['fwd_speedup_vs_compiled', 'kernel_fwd_ms']))
+    write_csv(args.out / f'{args.name}.csv', rows, columns)
+    plot(rows, args.out / f'{args.name}.png', command)
+    print(f'Wrote {args.out / args.name}.md, .csv and .png')
+
+
+if __name__ == '__main__':
+    main()
