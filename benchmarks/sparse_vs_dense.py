@@ -431,7 +431,7 @@ def run_case(plan: Plan, impls: list[str], args: argparse.Namespace,
                 fits[mode] = f'skipped: projected {nbytes / 2**30:.3g} GiB'
             else:
                 fits[mode] = ''
-        rows[name]['status'] = fits['fwd'] or fits['train']
+        rows[name]['status'] = fits['train'] or fits['fwd']
         if not fits['fwd']:
             checked.append(name)
             if not fits['train']:
