@@ -1,4 +1,5 @@
 """Figures: training curves of node classification runs."""
+import math
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -43,6 +44,16 @@ def _draw(ax, result: TrainResult, curves) -> None:
     ax.grid(alpha=0.3)
 
 
+def _accuracy_floor(result: TrainResult) -> float:
+    """A lower limit for the accuracy axis that leaves out the first tenth
+    of the epochs, where accuracies climb from chance, so that the plateau
+    where the best epoch lies is not squashed against the top."""
+    curves = np.concatenate([_stack(result, key) for key in ('val_acc',
+                                                             'test_acc')])
+    tail = np.nanmean(curves, axis=0)[curves.shape[1] // 10:]
+    return max(0.0, math.floor(10 * float(np.min(tail)) - 1) / 10)
+
+
 def plot_training_curves(
     result: TrainResult,
     path: Union[str, os.PathLike],
@@ -53,7 +64,8 @@ def plot_training_curves(
     With several seeds, each curve is the mean over the seeds still training
     at that epoch, with a band of one standard deviation. Dotted lines mark
     the best validation epoch (the mean over seeds) and the test accuracy
-    read there.
+    read there. The accuracy axis starts below the plateau, so the climb of
+    the first epochs may leave the frame.
 
     Args:
         result (TrainResult): What
@@ -85,17 +97,19 @@ def plot_training_curves(
     loss_ax.set_ylim(bottom=0)
     loss_ax.set_title('Loss')
     acc_ax.set_ylabel('accuracy')
-    acc_ax.set_ylim(0, 1.0)
+    acc_ax.set_ylim(_accuracy_floor(result), 1.0)
     acc_ax.set_title('Accuracy')
     loss_ax.legend(loc='best', frameon=False)
     acc_ax.legend(loc='lower right', frameon=False)
 
     seeds = len(result.runs)
-    subtitle = (f'test accuracy {result.test_acc_mean:.3f} '
-                f'\u00b1 {result.test_acc_std:.3f} over {seeds} seed'
-                f"{'s' if seeds > 1 else ''}")
-    if seeds > 1:
-        subtitle += '; mean \u00b1 std over the seeds still training'
+    if seeds == 1:
+        subtitle = (f'test accuracy {result.test_acc_mean:.3f} at the best '
+                    f'validation epoch (seed {result.runs[0].seed})')
+    else:
+        subtitle = (f'test accuracy {result.test_acc_mean:.3f} \u00b1 '
+                    f'{result.test_acc_std:.3f} over {seeds} seeds; mean '
+                    '\u00b1 std over the seeds still training')
     fig.suptitle(subtitle if title is None else f'{title}\n{subtitle}')
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
