@@ -9,32 +9,6 @@ from torch import Tensor
 from pyg_gatv2.conv import GATv2Conv
 
 
-def feature_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    r"""Dropout on node features that draws random numbers only for the
-    non-zero entries when fewer than half the entries are non-zero.
-
-    Dropping a zero changes nothing, so this has the distribution of
-    :func:`torch.nn.functional.dropout`; on bag-of-words features such as
-    Planetoid's (about 1% non-zero) it draws a hundred times fewer random
-    numbers, which otherwise take most of an epoch on the CPU.
-
-    Args:
-        x (torch.Tensor): Node features.
-        p (float): Probability of zeroing an entry.
-        training (bool, optional): Applies dropout only if :obj:`True`.
-            (default: :obj:`True`)
-    """
-    if not training or p == 0.0:
-        return x
-    if 2 * int(torch.count_nonzero(x)) > x.numel():
-        return F.dropout(x, p=p, training=True)
-    index = x.nonzero(as_tuple=True)
-    keep = torch.rand(index[0].numel(), device=x.device) >= p
-    scale = torch.zeros_like(x)
-    scale[index] = keep.to(x.dtype) / (1.0 - p)
-    return x * scale
-
-
 class GATv2(torch.nn.Module):
     r"""A GATv2 node classifier: a stack of :class:`GATv2Conv` layers as in
     the `"How Attentive are Graph Attention Networks?"
@@ -129,7 +103,7 @@ class GATv2(torch.nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Returns the class logits of every node."""
-        x = feature_dropout(x, p=self.dropout, training=self.training)
+        x = F.dropout(x, p=self.dropout, training=self.training)
         for conv in self.convs[:-1]:
             x = F.elu(conv(x, edge_index))
             x = F.dropout(x, p=self.dropout, training=self.training)

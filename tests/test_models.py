@@ -1,10 +1,9 @@
 import pytest
 import torch
-import torch.nn.functional as F
 import torch_geometric.nn as pyg_nn
 
 from pyg_gatv2 import GATv2Conv
-from pyg_gatv2.models import GATv2, feature_dropout
+from pyg_gatv2.models import GATv2
 
 
 def random_graph(num_nodes=30, num_edges=120, num_features=16, seed=0):
@@ -95,34 +94,3 @@ def test_reset_parameters_draws_new_weights():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="'GATv2' expects"):
         GATv2(16, 5, **kwargs)
-
-
-def test_feature_dropout_on_sparse_features():
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(400, 300, generator=gen) < 0.02).float()
-    x = x * torch.rand(400, 300, generator=gen)
-    nonzero = x != 0
-    torch.manual_seed(0)
-    out = torch.stack([feature_dropout(x, 0.6) for _ in range(10)])
-    # Zeros stay zero, kept entries are scaled by 1 / (1 - p).
-    assert (out[:, ~nonzero] == 0).all()
-    kept = out[:, nonzero] != 0
-    torch.testing.assert_close(out[:, nonzero][kept],
-                               (x[nonzero] / 0.4).expand_as(kept)[kept])
-    # About 1 - p of the non-zero entries are kept (24,000 draws, so the
-    # bound is five standard deviations).
-    assert abs(kept.float().mean().item() - 0.4) < 0.015
-
-
-def test_feature_dropout_on_dense_features_is_torch_dropout():
-    x = torch.randn(50, 20)
-    torch.manual_seed(3)
-    expected = F.dropout(x, 0.3, training=True)
-    torch.manual_seed(3)
-    torch.testing.assert_close(feature_dropout(x, 0.3), expected)
-
-
-def test_feature_dropout_is_the_identity_when_off():
-    x = (torch.rand(10, 10) < 0.1).float()
-    assert feature_dropout(x, 0.6, training=False) is x
-    assert feature_dropout(x, 0.0) is x
