@@ -260,7 +260,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=progress)
 
     report = {
-        'command': shlex.join([PROG, *sys.argv[1:]]),
+        'command': shlex.join([PROG, *args.argv]),
         'dataset': args.dataset,
         'settings': {'split': args.split, 'epochs': args.epochs,
                      'patience': args.patience, 'stop_on': args.stop_on,
@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``pyg-gatv2``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for the reports
     try:
         return args.handler(args)
     except (ValueError, OSError, TrainingDivergedError) as err:

@@ -51,6 +51,7 @@ def test_train_writes_results_curves_and_checkpoints(cora_flags, tmp_path,
     assert final and final.group(3) == '2' and lines[-1].endswith('seeds')
 
     report = json.loads((out / 'results.json').read_text())
+    assert report['command'].startswith('pyg-gatv2 train --dataset cora ')
     summary = report['summary']
     assert summary['seeds'] == [5, 6]
     assert final.group(1) == f"{summary['test_acc_mean']:.3f}"
