@@ -9,17 +9,25 @@ Implementations, side by side in one run:
 - ``pyg_compile``: the same layer under :func:`torch.compile`;
 - ``mp``: :class:`pyg_gatv2.GATv2Conv` with ``fused=False`` (message passing);
 - ``fused_numba``: :class:`pyg_gatv2.GATv2Conv`, fused path, numba kernels;
-- ``fused_torch``: the same, chunked PyTorch fallback.
+- ``fused_torch``: the same, chunked PyTorch fallback;
+- ``fused_loops``: the numba path with self-loops as explicit edges, added
+  to the edge list on every call (so its sorted layout is rebuilt every
+  call) instead of implicit loops over the cached layout of the caller's
+  edges, to measure that choice.
 
-Every case runs in a fresh subprocess. It first checks that each
+Every case runs in two fresh subprocesses. The first checks that each
 implementation's output agrees with PyG eager within ``1e-5`` (relative to
-the largest output); then it measures the peak memory growth of one training
+the largest output), then measures the peak memory growth of one training
 step (forward + backward) of each implementation after warm-up, from the
 process's peak resident set (``VmHWM``, reset through
-``/proc/self/clear_refs``; on CUDA the allocator's peak); then it times the
-forward pass (no autograd) and the training step, interleaving the
-implementations run by run so that load on a shared machine hits all alike,
-and reports medians. Ratios are against PyG eager and PyG compiled.
+``/proc/self/clear_refs``; on CUDA the allocator's peak), with glibc's mmap
+threshold pinned so that freed memory leaves the resident set at once. The
+second, with the allocator left as training runs it (the pinned threshold
+turns every freed temporary into page faults on its next use), times the
+forward pass (no autograd) and the training step of what passed,
+interleaving the implementations run by run so that load on a shared
+machine hits all alike, and reports medians. Ratios are against PyG eager
+and PyG compiled.
 
 The effective bandwidth of the fused forward kernel counts the bytes it
 must move at least once (per edge: one gathered source row of
@@ -60,18 +68,21 @@ SHARED_RAW = ROOT.parent / 'shared' / 'data' / 'planetoid'
 TOLERANCE = 1e-5
 GiB = 2.0**30
 MiB = 2.0**20
-IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_numba', 'fused_torch')
+IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_numba', 'fused_torch',
+         'fused_loops')
 LABELS = {
     'pyg': 'PyG GATv2Conv (eager)',
     'pyg_compile': 'PyG GATv2Conv (torch.compile)',
     'mp': 'ours, message passing',
     'fused_numba': 'ours, fused (numba)',
     'fused_torch': 'ours, fused (torch)',
+    'fused_loops': 'ours, fused (numba), explicit loops',
 }
 # Bytes per element of one [E, heads, channels] float32 tensor that a step
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
-                         'fused_numba': 0, 'fused_torch': 0}
+                         'fused_numba': 0, 'fused_torch': 0,
+                         'fused_loops': 0}
 # (nodes, average in-degree, heads, channels); the headline case is third.
 DEFAULT_CASES = [
     (10_000, 5, 4, 32),
@@ -245,13 +256,32 @@ def make_impls(case: dict, names: list[str], device: torch.device):
             impls[name] = (ref, None)
         elif name == 'pyg_compile':
             impls[name] = (torch.compile(ref, dynamic=False), None)
+        elif name == 'fused_loops':
+            conv = GATv2Conv(*args, **kwargs, add_self_loops=False,
+                             fused=True).to(device)
+            conv.load_state_dict(ref.state_dict())
+            impls[name] = (ExplicitLoops(conv), 'numba')
         else:
             fused = name != 'mp'
             conv = GATv2Conv(*args, **kwargs, fused=fused).to(device)
             conv.load_state_dict(ref.state_dict())
-            backend = name.split('_')[1] if fused else None
+            backend = name.split('_')[1] if fused else None  # numba, torch
             impls[name] = (conv, backend)
     return ref, impls
+
+
+class ExplicitLoops(torch.nn.Module):
+    """Adds the self-loops to the edge list, then runs ``conv`` (built with
+    ``add_self_loops=False``)."""
+    def __init__(self, conv: torch.nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor):
+        from torch_geometric.utils import add_self_loops, remove_self_loops
+        edge_index, _ = remove_self_loops(edge_index)
+        edge_index, _ = add_self_loops(edge_index, num_nodes=x.size(0))
+        return self.conv(x, edge_index)
 
 
 def projected_peak(case: dict, name: str) -> float:
@@ -264,10 +294,14 @@ def projected_peak(case: dict, name: str) -> float:
 
 
 def run_worker(spec: dict) -> dict:
+    """Stage ``'check'`` (correctness, then peak memory, with glibc's mmap
+    threshold pinned so that freed memory leaves the resident set) or
+    ``'time'`` (with the allocator as training runs it) of one case."""
     args = argparse.Namespace(**spec['args'])
-    case = spec['case']
+    case, stage = spec['case'], spec['stage']
     device = torch.device(args.device)
-    pin_malloc()
+    if stage == 'check':
+        pin_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     from pyg_gatv2.fused import fused_gatv2_attention, use_backend
@@ -276,7 +310,7 @@ def run_worker(spec: dict) -> dict:
     result = dict(case=case, impls={})
     names = []
     for name in args.impls:
-        if name == 'fused_numba' and device.type != 'cpu':
+        if name in ('fused_numba', 'fused_loops') and device.type != 'cpu':
             result['impls'][name] = dict(status='n/a (CPU only)')
         elif projected_peak(case, name) > args.max_memory * GiB:
             result['impls'][name] = dict(
@@ -284,6 +318,7 @@ def run_worker(spec: dict) -> dict:
                 f'{projected_peak(case, name) / GiB:.1f} GiB)')
         else:
             names.append(name)
+            result['impls'][name] = {}
     ref, impls = make_impls(case, names, device)
 
     def run(name: str, train: bool):
@@ -299,34 +334,30 @@ def run_worker(spec: dict) -> dict:
             out.sum().backward()
             return out
 
-    # Correctness: every implementation against PyG eager.
+    alive = []
     with torch.no_grad():
         expected = ref(x, edge_index)
     scale = max(1.0, expected.abs().max().item())
-    alive = []
     for name in names:
-        entry = result['impls'][name] = {}
+        entry = result['impls'][name]
         try:
             got = run(name, False)
             for _ in range(args.warmup):
                 run(name, True)
+            if stage == 'check':
+                entry['error'] = (got - expected).abs().max().item() / scale
+                if entry['error'] > TOLERANCE:
+                    entry['status'] = 'MISMATCH'
+                    continue
+                entry['peak'] = peak_memory(lambda n=name: run(n, True),
+                                            device)
         except Exception as error:  # reported in the table, not raised
             entry['status'] = _failure(error)
             continue
-        err = (got - expected).abs().max().item() / scale
-        entry['error'] = err
-        entry['status'] = 'ok' if err <= TOLERANCE else 'MISMATCH'
-        if entry['status'] == 'ok':
-            alive.append(name)
-
-    # Peak memory of one training step, after warm-up.
-    for name in alive:
-        try:
-            result['impls'][name]['peak'] = peak_memory(
-                lambda n=name: run(n, True), device)
-        except Exception as error:  # reported in the table, not raised
-            result['impls'][name]['status'] = _failure(error)
-    alive = [n for n in alive if result['impls'][n]['status'] == 'ok']
+        entry['status'] = 'ok'
+        alive.append(name)
+    if stage == 'check':
+        return result
 
     # Times, interleaved run by run across the implementations.
     for mode, train in (('fwd', False), ('step', True)):
@@ -347,7 +378,7 @@ def run_worker(spec: dict) -> dict:
         x_l = ref.lin_l(x).view(-1, H, C)
         x_r = ref.lin_r(x).view(-1, H, C)
         for name in alive:
-            if not name.startswith('fused'):
+            if name not in ('fused_numba', 'fused_torch'):
                 continue
             times = []
             for i in range(args.warmup + args.repeats):
@@ -372,27 +403,47 @@ def _failure(error: BaseException) -> str:
 
 
 def run_case(case: dict, args: argparse.Namespace) -> dict:
-    """Runs :func:`run_worker` for ``case`` in a fresh process."""
-    spec = dict(case=case, args={
+    """Checks ``case`` in one fresh process, then times what passed in
+    another; returns the merged results."""
+    result = _spawn(case, args, 'check', args.impls)
+    passed = [name for name, entry in result['impls'].items()
+              if entry.get('status') == 'ok']
+    if passed:
+        timed = _spawn(case, args, 'time', passed)
+        for name in passed:
+            entry = timed['impls'][name]
+            if entry.get('status') != 'ok':
+                result['impls'][name]['status'] = entry.get('status')
+            for key in ('fwd', 'step', 'kernel_fwd'):
+                if key in entry:
+                    result['impls'][name][key] = entry[key]
+    return result
+
+
+def _spawn(case: dict, args: argparse.Namespace, stage: str,
+           impls: list[str]) -> dict:
+    """Runs :func:`run_worker` in a fresh process."""
+    worker_args = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in vars(args).items()
-    })
+    }
+    worker_args['impls'] = impls
     env = dict(os.environ)
     if args.threads:
         env['NUMBA_NUM_THREADS'] = str(args.threads)
         env['OMP_NUM_THREADS'] = str(args.threads)
     with tempfile.NamedTemporaryFile('r', suffix='.json') as f:
+        spec = dict(case=case, stage=stage, args=worker_args, out=f.name)
         proc = subprocess.run(
-            [sys.executable, __file__, '--worker',
-             json.dumps(dict(spec, out=f.name))], env=env)
-        if proc.returncode != 0:
-            reason = ('killed (signal {}; out of memory?)'.format(
-                -proc.returncode) if proc.returncode < 0 else
-                      f'failed (exit code {proc.returncode})')
-            return dict(case=case, impls={
-                name: dict(status=reason) for name in args.impls
-            })
-        return json.load(f)
+            [sys.executable, __file__, '--worker', json.dumps(spec)],
+            env=env)
+        if proc.returncode == 0:
+            return json.load(f)
+    reason = (f'killed by signal {-proc.returncode} (out of memory?)'
+              if proc.returncode < 0 else
+              f'failed (exit code {proc.returncode})')
+    return dict(case=case, impls={name: dict(status=reason)
+                                  for name in impls})
 
 
 # Reporting -------------------------------------------------------------------
