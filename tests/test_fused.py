@@ -550,3 +550,18 @@ def test_layer_fused_true_rejects_what_it_cannot_run():
         conv(x, random_graph(10, 10, 30))
     with pytest.raises(TypeError, match='fused=None, True or False'):
         GATv2Conv(6, 4, fused='yes')
+
+
+@pytest.mark.parametrize('concat', [True, False])
+def test_layer_output_can_be_modified_in_place(concat):
+    # As with message passing, even without bias or residual.
+    ref, fused, _ = layer_triplet(6, 4, heads=2, concat=concat, bias=False)
+    x = torch.randn(10, 6, dtype=torch.float64)
+    edge_index = random_graph(10, 10, 30)
+    grads = []
+    for conv in (ref, fused):
+        out = conv(x, edge_index)
+        out.relu_()
+        out.sum().backward()
+        grads.append(conv.att.grad)
+    torch.testing.assert_close(grads[1], grads[0])

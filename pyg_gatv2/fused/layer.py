@@ -100,10 +100,16 @@ def fused_conv_forward(
         x_l, x_r, conv.att, edge_index, edge_term, loop_edge_term=loop_term,
         add_self_loops=loops, negative_slope=conv.negative_slope,
         dropout_mask=mask, return_attention_weights=return_attention_weights)
+    out, alpha = result if return_attention_weights else (result, None)
+    if conv.concat and conv.res is None and conv.bias is None:
+        # The operator keeps its output for backward. Without a bias or a
+        # residual the layer would return a view of it, and an in-place
+        # operation on the layer's output (fine with message passing) would
+        # break backward.
+        out = out.clone()
     if not return_attention_weights:
-        return result, None
+        return out, None
 
-    out, alpha = result
     if mask is not None:
         alpha = alpha * mask
     if order is not None:
