@@ -39,8 +39,9 @@ class GATv2(torch.nn.Module):
             normalized attention coefficients. (default: :obj:`0.6`)
         conv (type, optional): The layer class, called with
             :class:`GATv2Conv`'s arguments; pass
-            :class:`torch_geometric.nn.GATv2Conv` to compare with PyG's layer
-            under the same seed (both draw the same initial weights).
+            :class:`torch_geometric.nn.GATv2Conv` to compare with PyG's layer:
+            under one seed both draw the same initial weights and dropout
+            masks, so training follows the same course up to rounding.
             (default: :class:`GATv2Conv`)
 
     Shapes:
