@@ -1,4 +1,8 @@
 """Datasets: the Planetoid citation graphs and the DictionaryLookup task."""
+from pyg_gatv2.datasets.dictionary_lookup import (
+    DictionaryLookup,
+    dictionary_lookup_graph,
+)
 from pyg_gatv2.datasets.planetoid import (
     PlanetoidFileError,
     SafePlanetoid,
@@ -6,6 +10,8 @@ from pyg_gatv2.datasets.planetoid import (
 )
 
 __all__: list[str] = [
+    'DictionaryLookup',
+    'dictionary_lookup_graph',
     'PlanetoidFileError',
     'SafePlanetoid',
     'load_planetoid',
