@@ -5,8 +5,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.nn import GATConv
+from torch_geometric.typing import OptTensor
+from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 from pyg_gatv2.conv import GATv2Conv
+from pyg_gatv2.dense import DenseGATv2Conv
 
 
 class GATv2(torch.nn.Module):
@@ -116,3 +121,214 @@ class GATv2(torch.nn.Module):
                 f'{self.hidden_channels}, heads={self.heads}, '
                 f'output_heads={self.output_heads}, '
                 f'num_layers={self.num_layers})')
+
+
+LOOKUP_CONVS = ('gatv2', 'gat', 'dense_gatv2')
+LOOKUP_READOUTS = ('tied', 'linear')
+
+
+class DictionaryLookupNet(torch.nn.Module):
+    r"""The DictionaryLookup network of the `"How Attentive are Graph
+    Attention Networks?" <https://arxiv.org/abs/2105.14491>`_ paper
+    (Section 4.1): one attention layer between embeddings and a readout.
+
+    A node holding key id :math:`a` and value id :math:`b` starts as
+    :math:`\mathbf{h} = \mathrm{ReLU}(\mathbf{K}_a + \mathbf{V}_b)`, the sum
+    of two learned embeddings. One attention layer carries the key nodes'
+    features to the query nodes, and a readout turns each query's output
+    :math:`\mathbf{x}'_q` into one logit per value. Layers as in the
+    authors' code: :obj:`share_weights=True` for GATv2, no bias, no
+    self-loops (every query attends over the :math:`k` keys only).
+
+    With :obj:`readout='tied'`, the logit of value :math:`v` is
+    :math:`\mathbf{x}'_q \cdot \mathbf{m}_v`, where
+    :math:`\mathbf{m}_v = \mathbf{\Theta}\,\mathrm{ReLU}(\mathbf{V}_v)` is
+    the message that a node holding only value :math:`v` sends through the
+    same layer (computed by the layer itself, on a graph of self-loops).
+    The authors' free linear map (:obj:`readout='linear'`) can reach the
+    same end, but from some initialisations it first learns to attend to
+    every key *but* the query's own and to read off the missing value, a
+    solution that fits the training graphs slowly and generalises poorly to
+    unseen (key, value) pairs; the tied readout starts out aligned with
+    attending to the own key. Neither readout lets static attention solve
+    the task.
+
+    Args:
+        k (int): Number of keys per graph (key and value ids are
+            ``0..k-1``, the empty value is ``k``).
+        hidden_channels (int, optional): Size of the embeddings and of the
+            layer's output, split evenly over the heads. (default:
+            :obj:`128`)
+        heads (int, optional): Attention heads, concatenated. (default:
+            :obj:`1`)
+        conv (str, optional): The attention layer: :obj:`'gatv2'`
+            (:class:`pyg_gatv2.GATv2Conv`), :obj:`'gat'`
+            (:class:`torch_geometric.nn.GATConv`) or :obj:`'dense_gatv2'`
+            (:class:`pyg_gatv2.DenseGATv2Conv` on the batch's dense
+            adjacency). (default: :obj:`'gatv2'`)
+        readout (str, optional): :obj:`'tied'` or :obj:`'linear'`, see
+            above. (default: :obj:`'tied'`)
+
+    Shapes:
+        - **input:** ids :math:`(|\mathcal{V}|, 2)` (long), edge indices
+          :math:`(2, |\mathcal{E}|)`, query mask :math:`(|\mathcal{V}|)`,
+          batch vector :math:`(|\mathcal{V}|)` *(optional)*
+        - **output:** logits :math:`(|\mathcal{Q}|, k)`, one row per query
+          node in node order
+    """
+    def __init__(self, k: int, hidden_channels: int = 128, heads: int = 1,
+                 conv: str = 'gatv2', readout: str = 'tied') -> None:
+        super().__init__()
+        name = self.__class__.__name__
+        for arg, value in (('k', k), ('hidden_channels', hidden_channels),
+                           ('heads', heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or (
+                    value < 1):
+                raise ValueError(f"'{name}' expects {arg} to be a positive "
+                                 f'integer, got {value!r}')
+        if hidden_channels % heads != 0:
+            raise ValueError(
+                f"'{name}' splits hidden_channels={hidden_channels} over "
+                f'heads={heads}, which does not divide it; pick '
+                'hidden_channels as a multiple of heads')
+        if conv not in LOOKUP_CONVS:
+            raise ValueError(f"'{name}' got conv={conv!r}; choose one of "
+                             f"{', '.join(map(repr, LOOKUP_CONVS))}")
+        if readout not in LOOKUP_READOUTS:
+            raise ValueError(f"'{name}' got readout={readout!r}; choose one "
+                             f"of {', '.join(map(repr, LOOKUP_READOUTS))}")
+        self.k = k
+        self.hidden_channels = hidden_channels
+        self.heads = heads
+        self.conv_name = conv
+        self.readout = readout
+
+        self.key_emb = torch.nn.Embedding(k + 1, hidden_channels)
+        self.value_emb = torch.nn.Embedding(k + 1, hidden_channels)
+        out_channels = hidden_channels // heads
+        options = dict(heads=heads, add_self_loops=False, bias=False)
+        if conv == 'gatv2':
+            self.conv = GATv2Conv(hidden_channels, out_channels,
+                                  share_weights=True, **options)
+        elif conv == 'dense_gatv2':
+            self.conv = DenseGATv2Conv(hidden_channels, out_channels,
+                                       share_weights=True, **options)
+        else:
+            self.conv = GATConv(hidden_channels, out_channels, **options)
+        if readout == 'linear':
+            self.lin = torch.nn.Linear(hidden_channels, k, bias=False)
+        else:
+            self.register_module('lin', None)
+
+    def reset_parameters(self) -> None:
+        r"""Resets all learnable parameters of the module."""
+        self.key_emb.reset_parameters()
+        self.value_emb.reset_parameters()
+        self.conv.reset_parameters()
+        if self.lin is not None:
+            self.lin.reset_parameters()
+
+    def _check_ids(self, x: Tensor) -> None:
+        name = self.__class__.__name__
+        if x.dim() != 2 or x.size(1) != 2 or x.is_floating_point():
+            raise ValueError(
+                f"'{name}' expects integer ids of shape [num_nodes, 2] "
+                f'(key id, value id), got {x.dtype} of shape '
+                f'{tuple(x.shape)}')
+        if x.numel() > 0 and (int(x.min()) < 0 or int(x.max()) > self.k):
+            raise ValueError(
+                f"'{name}' was built for k={self.k} (ids 0..{self.k}), got "
+                f'ids in [{int(x.min())}, {int(x.max())}]; build it with '
+                "the dataset's k")
+
+    def _attend(self, h: Tensor, edge_index: Tensor, batch: OptTensor,
+                return_attention_weights: bool):
+        if self.conv_name != 'dense_gatv2':
+            return self.conv(h, edge_index,
+                             return_attention_weights=return_attention_weights
+                             or None)
+        dense, mask = to_dense_batch(h, batch)
+        adj = to_dense_adj(edge_index, batch, max_num_nodes=dense.size(1))
+        out = self.conv(dense, adj, mask,
+                        return_attention_weights=return_attention_weights)
+        if return_attention_weights:
+            out, alpha = out
+            return out[mask], alpha
+        return out[mask]
+
+    def forward(self, x: Tensor, edge_index: Tensor, query_mask: Tensor,
+                batch: OptTensor = None,
+                return_attention_weights: bool = False):
+        r"""Returns the logits of the query nodes.
+
+        Args:
+            x (torch.Tensor): Key and value id of every node.
+            edge_index (torch.Tensor): Key-to-query edges.
+            query_mask (torch.Tensor): :obj:`True` on query nodes.
+            batch (torch.Tensor, optional): Graph of every node; needed only
+                by :obj:`conv='dense_gatv2'` for several graphs.
+                (default: :obj:`None`)
+            return_attention_weights (bool, optional): Also return the
+                layer's attention weights: :obj:`(edge_index, alpha)` with
+                ``alpha`` of shape ``[num_edges, heads]`` for the sparse
+                layers, ``alpha`` of shape ``[B, N, N, heads]`` (target,
+                source) for the dense one. (default: :obj:`False`)
+        """
+        self._check_ids(x)
+        h = (self.key_emb(x[:, 0]) + self.value_emb(x[:, 1])).relu()
+        out = self._attend(h, edge_index, batch, return_attention_weights)
+        if return_attention_weights:
+            out, alpha = out
+        out = out[query_mask]
+        if self.lin is not None:
+            logits = self.lin(out)
+        else:
+            logits = out @ self._value_messages().t()
+        return (logits, alpha) if return_attention_weights else logits
+
+    def _value_messages(self) -> Tensor:
+        values = self.value_emb.weight[:self.k].relu()
+        if self.conv_name == 'dense_gatv2':
+            eye = torch.eye(self.k, dtype=torch.bool, device=values.device)
+            return self.conv(values, eye)
+        loops = torch.arange(self.k, device=values.device).repeat(2, 1)
+        return self.conv(values, loops)
+
+    @torch.no_grad()
+    def attention_matrix(self, data: Data) -> Tensor:
+        r"""The attention of every query over every key in one graph.
+
+        Args:
+            data (torch_geometric.data.Data): One DictionaryLookup graph
+                (see :func:`pyg_gatv2.datasets.dictionary_lookup_graph`).
+
+        Returns:
+            torch.Tensor: ``[heads, num_queries, num_keys]``; row ``i`` is
+            the ``i``-th query node, column ``j`` the ``j``-th key node, so
+            the correct key of every query lies on the diagonal.
+        """
+        was_training = self.training
+        self.eval()
+        _, alpha = self(data.x, data.edge_index, data.query_mask,
+                        return_attention_weights=True)
+        self.train(was_training)
+        num_nodes = data.query_mask.numel()
+        position = torch.empty(num_nodes, dtype=torch.long,
+                               device=data.x.device)
+        queries = data.query_mask.nonzero().view(-1)
+        keys = (~data.query_mask).nonzero().view(-1)
+        position[queries] = torch.arange(queries.numel(),
+                                         device=position.device)
+        position[keys] = torch.arange(keys.numel(), device=position.device)
+        if self.conv_name == 'dense_gatv2':
+            return alpha[0][queries][:, keys].permute(2, 0, 1)
+        edge_index, alpha = alpha
+        src, dst = edge_index
+        out = alpha.new_zeros(self.heads, queries.numel(), keys.numel())
+        out[:, position[dst], position[src]] = alpha.t()
+        return out
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(k={self.k}, '
+                f'hidden_channels={self.hidden_channels}, heads={self.heads}'
+                f", conv='{self.conv_name}', readout='{self.readout}')")
