@@ -126,8 +126,9 @@ class FusedGATv2Attention(torch.autograd.Function):
             grad_out = torch.zeros_like(out)
         grad_out = grad_out.contiguous()
         # D_i = <grad_i, out_i> turns the softmax backward into a local
-        # expression per edge, with no extra pass over the edges.
-        delta = (grad_out * out).sum(dim=-1)
+        # expression per edge, with no extra pass over the edges. (einsum
+        # runs it as a batched dot product, without a [N, H, C] product.)
+        delta = torch.einsum('nhc,nhc->nh', grad_out, out)
         if grad_alpha is not None:
             grad_alpha = grad_alpha.contiguous()
             weighted = (alpha * grad_alpha)[layout.dst_eid]
