@@ -1,3 +1,4 @@
+import gc
 import itertools
 
 import pytest
@@ -565,3 +566,14 @@ def test_layer_output_can_be_modified_in_place(concat):
         out.sum().backward()
         grads.append(conv.att.grad)
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_layout_cache_forgets_freed_tensors():
+    from pyg_gatv2.fused import csr
+    clear_layout_cache()
+    edge_index = random_graph(8, 8, 20)
+    edge_layout(edge_index, 8, 8)
+    assert len(csr._cache) == 1
+    del edge_index
+    gc.collect()
+    assert len(csr._cache) == 0

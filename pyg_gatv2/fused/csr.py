@@ -6,7 +6,8 @@ source node (CSC). Building both costs a sort of the edge list, so the layout
 of an ``edge_index`` is cached across calls: training loops pass the same
 tensor every epoch. An entry is found again only for the very same tensor
 object, unchanged since (same storage, shape, strides and version counter),
-so an in-place edit or a new tensor builds a fresh layout.
+so an in-place edit or a new tensor builds a fresh layout; it is dropped
+when its tensor is freed, and the cache keeps at most a few entries.
 
 Self-loops can be *implicit*: with ``add_self_loops=True`` the layout drops
 every edge ``i -> i`` of ``edge_index`` and appends one loop per node
@@ -206,7 +207,10 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
         _cache.move_to_end(key)
         return hit[1]
     layout = _build(edge_index, num_src, num_dst, add_self_loops, caller)
-    _cache[key] = (weakref.ref(edge_index), layout)
+    # The entry goes when the tensor goes, so that a loop over fresh edge
+    # tensors (mini-batches) does not keep their layouts alive.
+    _cache[key] = (weakref.ref(edge_index, lambda _: _cache.pop(key, None)),
+                   layout)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return layout
