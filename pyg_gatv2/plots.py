@@ -1,15 +1,18 @@
-"""Figures: training curves of node classification runs."""
+"""Figures: training curves of node classification runs, DictionaryLookup
+accuracy and attention."""
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from pyg_gatv2.train import TrainResult
+from pyg_gatv2.train import LookupResult, TrainResult
 
-__all__ = ['plot_training_curves']
+__all__ = ['plot_dictionary_lookup', 'plot_training_curves']
 
 # Curve name in the history, legend label, colour.
 _LOSS_CURVES = (('loss', 'train (with dropout)', 'tab:blue'),
@@ -113,4 +116,136 @@ def plot_training_curves(
     fig.suptitle(subtitle if title is None else f'{title}\n{subtitle}')
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    return path
+
+
+# Attention layer name in LookupResult.conv, legend label, colour.
+_LOOKUP_STYLE = {
+    'gat': ('GAT (static)', 'tab:red'),
+    'gatv2': ('GATv2 (dynamic)', 'tab:blue'),
+    'dense_gatv2': ('dense GATv2 (dynamic)', 'tab:green'),
+}
+
+
+def _lookup_label(conv: str) -> tuple[str, str]:
+    return _LOOKUP_STYLE.get(conv, (conv, 'tab:gray'))
+
+
+def _draw_attention(fig: Figure, ax, result: LookupResult) -> None:
+    heads = np.asarray(result.attention)
+    att = heads.mean(axis=0)
+    k = att.shape[0]
+    # Each panel on its own scale: what matters is how every row ranks the
+    # keys, and static attention may be nearly flat.
+    top = float(att.max())
+    image = ax.imshow(att, cmap='viridis', vmin=0.0, vmax=top)
+    # Outline the correct key of every query: the diagonal.
+    for i in range(k):
+        ax.add_patch(Rectangle((i - 0.42, i - 0.42), 0.84, 0.84, fill=False,
+                               edgecolor='tab:red', lw=1.5))
+    if k <= 10:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f'{att[i, j]:.2f}', ha='center', va='center',
+                        fontsize=6.5,
+                        color='black' if att[i, j] > 0.6 * top else 'white')
+    ticks = range(k)
+    ax.set_xticks(ticks, [f'k{j}' for j in ticks], fontsize=7)
+    ax.set_yticks(ticks, [f'q{i}' for i in ticks], fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_xlabel('key node', fontsize=9)
+    ax.set_ylabel('query node', fontsize=9)
+
+    argmax = att.argmax(axis=1)
+    rankings = {tuple(np.argsort(-row, kind='stable')) for row in att}
+    right = sum(p == y for p, y in zip(result.example_pred,
+                                        result.example_y, strict=True))
+    label, _ = _lookup_label(result.conv)
+    heads_note = (f', mean of {heads.shape[0]} heads'
+                  if heads.shape[0] > 1 else '')
+    ax.set_title(
+        f'{label}, k={k}\nattention on one test graph{heads_note}\n'
+        f'own key on top for {int((argmax == np.arange(k)).sum())}/{k} '
+        f'queries, {len(rankings)} distinct key '
+        f"ranking{'s' if len(rankings) > 1 else ''}, {right}/{k} right",
+        fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8, label='attention')
+
+
+def plot_dictionary_lookup(
+    results: Sequence[LookupResult],
+    path: Union[str, os.PathLike],
+    attention_k: Optional[int] = None,
+    title: Optional[str] = None,
+) -> Path:
+    """Plots DictionaryLookup accuracy against :math:`k` and the attention
+    each layer learned, and saves a PNG.
+
+    The left panel shows the test accuracy per query node (solid) and the
+    training accuracy (dashed) of every attention layer against :math:`k`,
+    with chance level :math:`1/k`. One heatmap per layer follows: the
+    attention of every query (row) over every key (column) on the first
+    test graph of size :obj:`attention_k`, the correct keys outlined on the
+    diagonal (each heatmap on its own colour scale). Static attention ranks
+    the keys the same way in every row.
+
+    Args:
+        results (Sequence[LookupResult]): What
+            :func:`~pyg_gatv2.train.train_lookup` returned, for one or more
+            layers and sizes.
+        path (str or os.PathLike): The PNG file to write.
+        attention_k (int, optional): The size whose attention to show.
+            (default: :obj:`10` if present, else the largest)
+        title (str, optional): The figure title. (default: :obj:`None`)
+
+    Returns:
+        pathlib.Path: :obj:`path`.
+    """
+    if not results:
+        raise ValueError("'plot_dictionary_lookup' got no results; train at "
+                         'least one network first')
+    ks = sorted({r.k for r in results})
+    if attention_k is None:
+        attention_k = 10 if 10 in ks else ks[-1]
+    if attention_k not in ks:
+        raise ValueError(f"'plot_dictionary_lookup' got attention_k="
+                         f'{attention_k}, but the results hold k in {ks}')
+    convs = list(dict.fromkeys(r.conv for r in results))
+    shown = {r.conv: r for r in results if r.k == attention_k}
+    missing = [conv for conv in convs if conv not in shown]
+    if missing:
+        raise ValueError(f"'plot_dictionary_lookup' has no result for k="
+                         f'{attention_k} of {missing}; pass them or another '
+                         'attention_k')
+    path = Path(path)
+    fig = Figure(figsize=(4.6 + 4.8 * len(convs), 4.6), layout='constrained')
+    axes = fig.subplots(1, 1 + len(convs), width_ratios=[1.0] + [1.1] *
+                        len(convs))
+    acc_ax = axes[0]
+    for conv in convs:
+        label, colour = _lookup_label(conv)
+        runs = sorted((r for r in results if r.conv == conv),
+                      key=lambda r: r.k)
+        x = [r.k for r in runs]
+        acc_ax.plot(x, [r.test_node_acc for r in runs], 'o-', color=colour,
+                    label=f'{label}, test')
+        acc_ax.plot(x, [r.train_node_acc for r in runs], 's--',
+                    color=colour, alpha=0.6, mfc='none',
+                    label=f'{label}, train')
+    grid = np.linspace(ks[0], ks[-1], 200) if len(ks) > 1 else np.array(ks)
+    acc_ax.plot(grid, 1.0 / grid, ':', color='0.4', label='chance (1/k)')
+    acc_ax.set_xticks(ks)
+    acc_ax.set_ylim(0.0, 1.03)
+    acc_ax.set_xlabel('k (keys per graph)')
+    acc_ax.set_ylabel('accuracy per query node')
+    acc_ax.set_title('DictionaryLookup accuracy', fontsize=10)
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend(loc='center right', fontsize=7.5, frameon=False)
+
+    for ax, conv in zip(axes[1:], convs, strict=True):
+        _draw_attention(fig, ax, shown[conv])
+    if title is not None:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     return path
