@@ -1,8 +1,8 @@
 """pyg_gatv2: a fast, memory-efficient drop-in GATv2Conv for PyG."""
 from pyg_gatv2.conv import GATv2Conv
-from pyg_gatv2.datasets import load_planetoid
+from pyg_gatv2.datasets import DictionaryLookup, load_planetoid
 from pyg_gatv2.dense import DenseGATv2Conv
-from pyg_gatv2.models import GATv2
+from pyg_gatv2.models import DictionaryLookupNet, GATv2
 from pyg_gatv2.softmax import (
     available_backends,
     get_backend,
@@ -11,9 +11,12 @@ from pyg_gatv2.softmax import (
     use_backend,
 )
 from pyg_gatv2.train import (
+    LookupResult,
     TrainingDivergedError,
     TrainResult,
+    evaluate_lookup,
     fit,
+    train_lookup,
     train_node_classifier,
 )
 
@@ -34,4 +37,9 @@ __all__ = [
     'train_node_classifier',
     'TrainResult',
     'TrainingDivergedError',
+    'DictionaryLookup',
+    'DictionaryLookupNet',
+    'train_lookup',
+    'evaluate_lookup',
+    'LookupResult',
 ]
