@@ -577,3 +577,16 @@ def test_layout_cache_forgets_freed_tensors():
     del edge_index
     gc.collect()
     assert len(csr._cache) == 0
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_runs_on_the_torch_backend(dtype):
+    edge_index = random_graph(12, 12, 40)
+    x_l, x_r, att, _, _ = features(12, 12, 0, 2, 4, torch.float32)
+    half = [t.detach().to(dtype).requires_grad_() for t in (x_l, x_r, att)]
+    out = fused_gatv2_attention(*half, edge_index, add_self_loops=True)
+    out.float().sum().backward()
+    assert out.dtype == dtype and half[0].grad.dtype == dtype
+    expected = reference(*(t.detach().float() for t in half), edge_index,
+                         add_self_loops=True)[0]
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
