@@ -52,17 +52,23 @@ def dictionary_lookup_graph(perm: Tensor) -> Data:
         (``[2k]``, bool, true on query nodes).
     """
     perm = _check_permutation(perm, 'dictionary_lookup_graph')
+    return _graph(perm, *_layout(perm.numel()))
+
+
+def _layout(k: int) -> tuple[Tensor, Tensor]:
+    """The edges and the query mask, the same in every graph of size k."""
+    keys = torch.arange(k)
+    edge_index = torch.stack([keys.repeat_interleave(k), keys.repeat(k) + k])
+    return edge_index, torch.arange(2 * k) >= k
+
+
+def _graph(perm: Tensor, edge_index: Tensor, query_mask: Tensor) -> Data:
     k = perm.numel()
     keys = torch.arange(k)
     x = torch.cat([
         torch.stack([keys, perm], dim=1),
         torch.stack([keys, torch.full((k, ), k)], dim=1),
     ], dim=0)
-    edge_index = torch.stack([
-        keys.repeat_interleave(k),
-        keys.repeat(k) + k,
-    ], dim=0)
-    query_mask = torch.arange(2 * k) >= k
     return Data(x=x, edge_index=edge_index, y=perm.clone(),
                 query_mask=query_mask)
 
@@ -84,7 +90,9 @@ class DictionaryLookup:
     about ``train_fraction`` of the graphs land in training.
 
     Everything is drawn from a generator seeded with ``seed``, so the same
-    arguments give the same graphs and the same split.
+    arguments give the same graphs and the same split. The graphs share one
+    ``edge_index`` and one ``query_mask`` tensor, which are the same for all
+    of them; change them out of place.
 
     Args:
         k (int): Number of keys (and of queries) per graph, at least 2.
@@ -123,6 +131,7 @@ class DictionaryLookup:
         self.max_graphs = max_graphs
         self.seed = seed
 
+        self._layout = _layout(k)
         generator = torch.Generator().manual_seed(seed)
         self.permutations = self._permutations(generator)
         self.unseen_pairs, self.train_mask = self._split(generator)
@@ -187,7 +196,7 @@ class DictionaryLookup:
         return self.permutations.size(0)
 
     def __getitem__(self, idx: int) -> Data:
-        return dictionary_lookup_graph(self.permutations[idx])
+        return _graph(self.permutations[idx], *self._layout)
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(k={self.k}, '
