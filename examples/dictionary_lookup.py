@@ -21,6 +21,7 @@ parser.add_argument('--batch-size', type=int, default=1024)
 parser.add_argument('--lr', type=float, default=0.001)
 parser.add_argument('--hidden', type=int, default=128)
 parser.add_argument('--heads', type=int, default=1)
+parser.add_argument('--dropout', type=float, default=0.5)
 parser.add_argument('--seed', type=int, default=0)
 args = parser.parse_args()
 
@@ -31,7 +32,8 @@ print(f'{dataset}: {len(dataset.unseen_pairs)} (key, value) pairs appear '
 for conv in ['gat', 'gatv2']:
     torch.manual_seed(args.seed)
     model = DictionaryLookupNet(args.k, hidden_channels=args.hidden,
-                                heads=args.heads, conv=conv)
+                                heads=args.heads, conv=conv,
+                                dropout=args.dropout)
     result = train_lookup(model, dataset, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, desc=conv)

@@ -347,6 +347,8 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
                        help="'tied': score values by the layer's own message "
                        "for each value; 'linear': a free linear map, as in "
                        "the authors' code")
+    model.add_argument('--dropout', type=_probability, default=0.5,
+                       help="dropout on the layer's output, in training")
 
     system = parser.add_argument_group('execution and output')
     system.add_argument('--device', type=_device, default='auto',
@@ -390,7 +392,7 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
             torch.manual_seed(args.seed)
             model = DictionaryLookupNet(
                 k, hidden_channels=args.hidden, heads=args.heads, conv=conv,
-                readout=args.readout).to(device)
+                readout=args.readout, dropout=args.dropout).to(device)
             result = train_lookup(
                 model, dataset, steps=args.steps,
                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -413,6 +415,7 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
             'seed': args.seed, 'train_fraction': args.train_fraction,
             'max_graphs': args.max_graphs, 'hidden': args.hidden,
             'heads': args.heads, 'readout': args.readout,
+            'dropout': args.dropout,
             'device': str(device), 'threads': torch.get_num_threads()},
         'versions': {'pyg_gatv2': __version__, 'torch': torch.__version__,
                      'python': platform.python_version()},

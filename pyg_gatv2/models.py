@@ -136,9 +136,10 @@ class DictionaryLookupNet(torch.nn.Module):
     :math:`\mathbf{h} = \mathrm{ReLU}(\mathbf{K}_a + \mathbf{V}_b)`, the sum
     of two learned embeddings. One attention layer carries the key nodes'
     features to the query nodes, and a readout turns each query's output
-    :math:`\mathbf{x}'_q` into one logit per value. Layers as in the
-    authors' code: :obj:`share_weights=True` for GATv2, no bias, no
-    self-loops (every query attends over the :math:`k` keys only).
+    :math:`\mathbf{x}'_q` into one logit per value. As in the authors'
+    code, the layers use :obj:`share_weights=True` for GATv2 and no bias,
+    and dropout follows the layer (in training only here). Neither layer
+    adds self-loops: every query attends over the :math:`k` keys only.
 
     With :obj:`readout='tied'`, the logit of value :math:`v` is
     :math:`\mathbf{x}'_q \cdot \mathbf{m}_v`, where
@@ -168,6 +169,8 @@ class DictionaryLookupNet(torch.nn.Module):
             adjacency). (default: :obj:`'gatv2'`)
         readout (str, optional): :obj:`'tied'` or :obj:`'linear'`, see
             above. (default: :obj:`'tied'`)
+        dropout (float, optional): Dropout probability on the layer's
+            output. (default: :obj:`0.5`)
 
     Shapes:
         - **input:** ids :math:`(|\mathcal{V}|, 2)` (long), edge indices
@@ -177,7 +180,8 @@ class DictionaryLookupNet(torch.nn.Module):
           node in node order
     """
     def __init__(self, k: int, hidden_channels: int = 128, heads: int = 1,
-                 conv: str = 'gatv2', readout: str = 'tied') -> None:
+                 conv: str = 'gatv2', readout: str = 'tied',
+                 dropout: float = 0.5) -> None:
         super().__init__()
         name = self.__class__.__name__
         for arg, value in (('k', k), ('hidden_channels', hidden_channels),
@@ -197,11 +201,15 @@ class DictionaryLookupNet(torch.nn.Module):
         if readout not in LOOKUP_READOUTS:
             raise ValueError(f"'{name}' got readout={readout!r}; choose one "
                              f"of {', '.join(map(repr, LOOKUP_READOUTS))}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"'{name}' expects dropout in [0, 1), got "
+                             f'{dropout!r}')
         self.k = k
         self.hidden_channels = hidden_channels
         self.heads = heads
         self.conv_name = conv
         self.readout = readout
+        self.dropout = dropout
 
         self.key_emb = torch.nn.Embedding(k + 1, hidden_channels)
         self.value_emb = torch.nn.Embedding(k + 1, hidden_channels)
@@ -279,7 +287,8 @@ class DictionaryLookupNet(torch.nn.Module):
         out = self._attend(h, edge_index, batch, return_attention_weights)
         if return_attention_weights:
             out, alpha = out
-        out = out[query_mask]
+        out = F.dropout(out[query_mask], p=self.dropout,
+                        training=self.training)
         if self.lin is not None:
             logits = self.lin(out)
         else:
@@ -331,4 +340,5 @@ class DictionaryLookupNet(torch.nn.Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(k={self.k}, '
                 f'hidden_channels={self.hidden_channels}, heads={self.heads}'
-                f", conv='{self.conv_name}', readout='{self.readout}')")
+                f", conv='{self.conv_name}', readout='{self.readout}', "
+                f'dropout={self.dropout})')

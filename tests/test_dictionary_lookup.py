@@ -165,7 +165,7 @@ def test_net_shapes(small, conv, readout, heads):
 def test_net_repr():
     assert repr(DictionaryLookupNet(10)) == (
         "DictionaryLookupNet(k=10, hidden_channels=128, heads=1, "
-        "conv='gatv2', readout='tied')")
+        "conv='gatv2', readout='tied', dropout=0.5)")
 
 
 def test_dense_matches_sparse(small):
@@ -174,6 +174,7 @@ def test_dense_matches_sparse(small):
     dense = DictionaryLookupNet(5, hidden_channels=16, heads=2,
                                 conv='dense_gatv2')
     dense.load_state_dict(sparse.state_dict())
+    sparse.eval(), dense.eval()  # no dropout
     batch = Batch.from_data_list(small.train_dataset[:4])
     args = (batch.x, batch.edge_index, batch.query_mask, batch.batch)
     assert torch.allclose(sparse(*args), dense(*args), atol=1e-5)
@@ -205,6 +206,7 @@ def test_gat_attention_is_static_and_gatv2_is_not(seed):
     (dict(k=4, heads=3), 'does not divide'),
     (dict(k=4, conv='gcn'), "conv='gcn'"),
     (dict(k=4, readout='mlp'), "readout='mlp'"),
+    (dict(k=4, dropout=1.0), 'dropout in'),
 ])
 def test_net_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
