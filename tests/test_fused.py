@@ -1,5 +1,7 @@
 import gc
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -590,3 +592,44 @@ def test_half_precision_runs_on_the_torch_backend(dtype):
     expected = reference(*(t.detach().float() for t in half), edge_index,
                          add_self_loops=True)[0]
     torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.skipif('numba' not in BACKENDS, reason='numba is not installed')
+def test_numba_kernels_use_torch_s_thread_count():
+    import numba
+    inputs = features(30, 30, 200, 2, 4, torch.float64)
+    edge_index = random_graph(30, 30, 200)
+    previous = torch.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            torch.set_num_threads(threads)
+            x_l, x_r, att = (t.detach().requires_grad_() for t in inputs[:3])
+            out = fused_gatv2_attention(x_l, x_r, att, edge_index,
+                                        backend='numba')
+            assert numba.get_num_threads() == threads
+            assert torch.get_num_threads() == threads
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            out.sum().backward()
+            assert numba.get_num_threads() == threads
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif('numba' not in BACKENDS, reason='numba is not installed')
+def test_first_numba_call_keeps_torch_s_thread_count():
+    # Starting numba's OpenMP pool resets the count that torch shares with it;
+    # only a fresh process shows whether the first call restores it.
+    script = (
+        'import torch, numba\n'
+        'from pyg_gatv2.fused import fused_gatv2_attention\n'
+        'torch.set_num_threads(1)\n'
+        'x = torch.randn(6, 1, 3)\n'
+        'edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])\n'
+        "fused_gatv2_attention(x, x, torch.randn(1, 3), edge_index, "
+        "backend='numba')\n"
+        'print(torch.get_num_threads(), numba.get_num_threads())\n')
+    result = subprocess.run([sys.executable, '-c', script], check=True,
+                            capture_output=True, text=True)
+    assert result.stdout.split() == ['1', '1']

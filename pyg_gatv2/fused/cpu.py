@@ -217,6 +217,18 @@ def backward_src(xl, xr, att, et, loop_et, grad, ptr, pos, row, eid, bounds,
                         gj[c] += w * gi[c] + d
 
 
+def _match_torch_threads() -> None:
+    # numba keeps its own count of threads; without this, torch.set_num_threads
+    # (and the --threads flags) would not bound the kernels. With the OpenMP
+    # layer numba shares torch's runtime, and starting its pool (on the first
+    # call) resets the count torch reads, hence the restore.
+    threads = torch.get_num_threads()
+    numba.set_num_threads(
+        max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _num_chunks() -> int:
     # Several ranges per thread even out the work left after the balancing
     # by edge count (the cost per edge varies with cache behaviour).
@@ -241,6 +253,7 @@ def run_forward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
                 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Runs :func:`forward` on tensors; returns ``out``, ``lse`` and the
     softmax weights [virtual edges, H] (or :obj:`None`)."""
+    _match_torch_threads()
     H, C = att.shape
     n = layout.num_dst
     out = xl.new_empty(n, H, C)
@@ -264,6 +277,7 @@ def run_backward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
     """Runs :func:`backward_dst` and :func:`backward_src` on tensors;
     returns the gradients of ``xl`` (or :obj:`None`), ``xr``, ``att`` and,
     if ``want_det``, of the edge term and of the loop edge term."""
+    _match_torch_threads()
     H, C = att.shape
     et_np, loop_np = _edge_arrays(et, loop_et, xl)
     dtype = et_np.dtype
