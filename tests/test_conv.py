@@ -367,6 +367,10 @@ BAD_INPUTS = {
     'x_nan': (
         dict(x=torch.full((5, 8), float('nan'))),
         ValueError, r'NaN in its source node features'),
+    'x_one_nan_among_huge_values': (
+        dict(x=torch.full((5, 8), 3e38).index_put_(
+            (torch.tensor(2), torch.tensor(5)), torch.tensor(float('nan')))),
+        ValueError, r'NaN in its source node features'),
     'sparse_adjacency_size': (
         dict(edge_index=torch.eye(6).to_sparse()),
         ValueError, r'\[num_targets, num_sources\] = \[5, 5\]'),
@@ -401,6 +405,17 @@ def test_bad_edge_attr_is_reported(case):
     edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
     with pytest.raises((ValueError, TypeError), match=pattern):
         conv(torch.randn(5, 8), edge_index, edge_attr)
+
+
+@pytest.mark.parametrize('x', [
+    torch.full((5, 8), 3e38),  # finite, but the sum overflows
+    torch.tensor(float('inf')).repeat(5, 8),
+    torch.tensor([float('inf'), -float('inf')]).repeat(5, 4),
+], ids=['overflowing_sum', 'inf', 'inf_and_minus_inf'])
+def test_features_without_nan_are_not_refused(x):
+    conv = GATv2Conv(8, 4, fused=False)
+    out = conv(x, torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]))
+    assert out.shape == (5, 4)
 
 
 def test_device_mismatch_is_reported():
