@@ -14,6 +14,41 @@ from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.dense import DenseGATv2Conv
 
 
+def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    r"""Dropout that draws random numbers only for the nonzero entries of
+    :obj:`x`.
+
+    Dropping a zero leaves it zero, so this has the distribution of
+    :func:`torch.nn.functional.dropout`; on bag-of-words features such as
+    Planetoid's (about 1% nonzero) it is several times faster, since
+    :func:`torch.nn.functional.dropout` draws a random number per entry.
+    Inputs that need a gradient (whose zeros would then get one) or that
+    have more than an eighth of their entries nonzero go to
+    :func:`torch.nn.functional.dropout`.
+
+    Args:
+        x (torch.Tensor): Features of any shape.
+        p (float): Probability of zeroing an entry.
+        training (bool): Apply dropout; otherwise return :obj:`x`.
+    """
+    if not training or p == 0.0:
+        return x
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f'dropout probability has to be between 0 and 1, '
+                         f'but got {p}')
+    if p == 1.0:
+        return x * 0.0
+    if x.requires_grad:
+        return F.dropout(x, p=p, training=True)
+    nonzero = torch.flatten(x).nonzero().squeeze(1)
+    if 8 * nonzero.numel() > x.numel():
+        return F.dropout(x, p=p, training=True)
+    keep = nonzero[torch.rand(nonzero.numel(), device=x.device) >= p]
+    scale = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
+    scale[keep] = 1.0 / (1.0 - p)
+    return x * scale.view_as(x)
+
+
 class GATv2(torch.nn.Module):
     r"""A GATv2 node classifier: a stack of :class:`GATv2Conv` layers as in
     the `"How Attentive are Graph Attention Networks?"
@@ -109,7 +144,7 @@ class GATv2(torch.nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Returns the class logits of every node."""
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = sparse_feature_dropout(x, self.dropout, self.training)
         for conv in self.convs[:-1]:
             x = F.elu(conv(x, edge_index))
             x = F.dropout(x, p=self.dropout, training=self.training)

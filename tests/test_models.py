@@ -3,7 +3,7 @@ import torch
 import torch_geometric.nn as pyg_nn
 
 from pyg_gatv2 import GATv2Conv
-from pyg_gatv2.models import GATv2
+from pyg_gatv2.models import GATv2, sparse_feature_dropout
 
 
 def random_graph(num_nodes=30, num_edges=120, num_features=16, seed=0):
@@ -94,3 +94,61 @@ def test_reset_parameters_draws_new_weights():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="'GATv2' expects"):
         GATv2(16, 5, **kwargs)
+
+
+def bag_of_words(num_rows=400, num_cols=300, words=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(num_rows, num_cols)
+    cols = torch.randint(0, num_cols, (num_rows, words), generator=gen)
+    x.scatter_(1, cols, torch.rand(num_rows, words, generator=gen) + 0.5)
+    return x
+
+
+@pytest.mark.parametrize('p', [0.2, 0.6])
+def test_sparse_feature_dropout_has_the_dropout_distribution(p):
+    x = bag_of_words()
+    nonzero = x != 0
+    torch.manual_seed(0)
+    kept = torch.zeros_like(x)
+    draws = 200
+    for _ in range(draws):
+        out = sparse_feature_dropout(x, p, training=True)
+        assert torch.all(out[~nonzero] == 0)
+        survived = out != 0
+        assert torch.all(survived <= nonzero)
+        torch.testing.assert_close(out[survived], x[survived] / (1 - p))
+        kept += survived.float()
+    # Each nonzero entry survives with probability 1 - p: over 200 draws of
+    # ~2000 entries the pooled rate has a standard error below 0.001.
+    rate = kept[nonzero].mean().item() / draws
+    assert abs(rate - (1 - p)) < 0.01
+    # and entries are dropped independently, not as whole rows or columns
+    per_entry = kept[nonzero] / draws
+    assert per_entry.std() < 0.1
+
+
+def test_sparse_feature_dropout_passes_dense_input_to_torch():
+    x = torch.rand(50, 40) + 0.1
+    torch.manual_seed(1)
+    ours = sparse_feature_dropout(x, 0.5, training=True)
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.5))
+
+
+def test_sparse_feature_dropout_edge_cases():
+    x = bag_of_words(20, 30)
+    assert sparse_feature_dropout(x, 0.6, training=False) is x
+    assert sparse_feature_dropout(x, 0.0, training=True) is x
+    assert torch.all(sparse_feature_dropout(x, 1.0, training=True) == 0)
+    with pytest.raises(ValueError, match='between 0 and 1'):
+        sparse_feature_dropout(x, 1.5, training=True)
+
+
+def test_sparse_feature_dropout_leaves_gradients_to_torch():
+    # Zeros of a learned input get a gradient through torch's dropout mask;
+    # a mask drawn for the nonzeros only would starve them.
+    x = bag_of_words(20, 30).requires_grad_()
+    torch.manual_seed(2)
+    ours = sparse_feature_dropout(x, 0.5, training=True)
+    torch.manual_seed(2)
+    torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.5))
