@@ -106,11 +106,12 @@ def median_time(
 
 def set_threads(threads: int) -> None:
     """Uses :obj:`threads` CPU threads in torch and, if the process uses
-    it, numba (whose parallel kernels otherwise take every core)."""
-    torch.set_num_threads(threads)
+    it, numba (whose parallel kernels otherwise take every core). numba
+    goes first: starting its OpenMP pool can reset the count torch reads."""
     if 'numba' in sys.modules:
         import numba
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
 
 
 def _status_bytes(key: str) -> int:
