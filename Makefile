@@ -30,7 +30,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 train: $(STAMP)
-	$(BIN)/pyg-gatv2 train --dataset Cora --seeds 1
+	$(BIN)/pyg-gatv2 train --dataset Cora --seeds 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
