@@ -14,6 +14,20 @@ from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.dense import DenseGATv2Conv
 
 
+def _check_positive_ints(owner: str, **values: object) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"'{owner}' expects {name} to be a positive "
+                             f'integer, got {value!r}')
+
+
+def _check_dropouts(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"'{owner}' expects {name} in [0, 1), got "
+                             f'{value!r}')
+
+
 def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     r"""Dropout that draws random numbers only for the nonzero entries of
     :obj:`x`.
@@ -102,21 +116,13 @@ class GATv2(torch.nn.Module):
         conv: Callable[..., torch.nn.Module] = GATv2Conv,
     ) -> None:
         super().__init__()
-        for name, value in [('in_channels', in_channels),
-                            ('out_channels', out_channels),
-                            ('hidden_channels', hidden_channels),
-                            ('heads', heads), ('output_heads', output_heads),
-                            ('num_layers', num_layers)]:
-            if isinstance(value, bool) or not isinstance(value, int) or (
-                    value < 1):
-                raise ValueError(f"'{self.__class__.__name__}' expects "
-                                 f"{name} to be a positive integer, got "
-                                 f'{value!r}')
-        for name, value in [('dropout', dropout),
-                            ('attention_dropout', attention_dropout)]:
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"'{self.__class__.__name__}' expects "
-                                 f'{name} in [0, 1), got {value!r}')
+        name = self.__class__.__name__
+        _check_positive_ints(name, in_channels=in_channels,
+                             out_channels=out_channels,
+                             hidden_channels=hidden_channels, heads=heads,
+                             output_heads=output_heads, num_layers=num_layers)
+        _check_dropouts(name, dropout=dropout,
+                        attention_dropout=attention_dropout)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.hidden_channels = hidden_channels
@@ -219,12 +225,8 @@ class DictionaryLookupNet(torch.nn.Module):
                  dropout: float = 0.5) -> None:
         super().__init__()
         name = self.__class__.__name__
-        for arg, value in (('k', k), ('hidden_channels', hidden_channels),
-                           ('heads', heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or (
-                    value < 1):
-                raise ValueError(f"'{name}' expects {arg} to be a positive "
-                                 f'integer, got {value!r}')
+        _check_positive_ints(name, k=k, hidden_channels=hidden_channels,
+                             heads=heads)
         if hidden_channels % heads != 0:
             raise ValueError(
                 f"'{name}' splits hidden_channels={hidden_channels} over "
@@ -236,9 +238,7 @@ class DictionaryLookupNet(torch.nn.Module):
         if readout not in LOOKUP_READOUTS:
             raise ValueError(f"'{name}' got readout={readout!r}; choose one "
                              f"of {', '.join(map(repr, LOOKUP_READOUTS))}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"'{name}' expects dropout in [0, 1), got "
-                             f'{dropout!r}')
+        _check_dropouts(name, dropout=dropout)
         self.k = k
         self.hidden_channels = hidden_channels
         self.heads = heads
