@@ -104,16 +104,6 @@ def median_time(
     return statistics.median(times)
 
 
-def set_threads(threads: int) -> None:
-    """Uses :obj:`threads` CPU threads in torch and, if the process uses
-    it, numba (whose parallel kernels otherwise take every core). numba
-    goes first: starting its OpenMP pool can reset the count torch reads."""
-    if 'numba' in sys.modules:
-        import numba
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(threads)
-
-
 def _status_bytes(key: str) -> int:
     with open('/proc/self/status') as f:
         for line in f:

@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 import torch_geometric
-from _common import command_line, markdown_table, set_threads, write_csv
+from _common import command_line, markdown_table, write_csv
 from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
 
 import pyg_gatv2
@@ -209,7 +209,7 @@ def run_dataset(name: str, args: argparse.Namespace, raw_dir: Path,
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
-        set_threads(args.threads)
+        torch.set_num_threads(args.threads)
     raw_dir = args.raw_dir or Path(os.environ.get('PYG_GATV2_RAW_DIR')
                                    or SHARED_RAW)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,6 @@ from _common import (
     median_time,
     peak_memory,
     pin_malloc,
-    set_threads,
     write_csv,
 )
 from torch import Tensor
@@ -537,7 +536,7 @@ class MemoryMeter:
 
 def _start_worker(threads: int) -> None:
     if threads > 0:
-        set_threads(threads)
+        torch.set_num_threads(threads)
     if not pin_malloc():
         print('Could not fix the allocator\'s mmap threshold: CPU memory '
               'figures may be too low after large cases', flush=True)
@@ -802,7 +801,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads > 0:
-        set_threads(args.threads)
+        torch.set_num_threads(args.threads)
     impls = [i for i in IMPLS if i != 'fused' or has_fused()]
     fused = (f", fused backend '{pyg_gatv2.fused.get_backend()}'"
              if 'fused' in impls else '')
