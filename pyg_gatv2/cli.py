@@ -119,6 +119,37 @@ def _device(text: str) -> str:
     return text
 
 
+def _add_device_and_threads(group: argparse._ArgumentGroup) -> None:
+    group.add_argument('--device', type=_device, default='auto',
+                       help="'cpu', 'cuda', 'cuda:<index>' or 'auto' (a GPU "
+                       'if there is one)')
+    group.add_argument('--threads', type=_positive_int,
+                       help='CPU threads for torch (default: torch\'s '
+                       'choice); 1 is often fastest on a busy machine')
+
+
+def _add_no_progress(group: argparse._ArgumentGroup) -> None:
+    group.add_argument('--no-progress', action='store_true',
+                       help='no progress bars (they are off anyway when '
+                       'stderr is not a terminal)')
+
+
+def _set_up_execution(args: argparse.Namespace) -> torch.device:
+    """Applies --threads and returns the device --device names."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _versions() -> dict[str, str]:
+    return {'pyg_gatv2': __version__, 'torch': torch.__version__,
+            'python': platform.python_version()}
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     cora = PAPER_SETTINGS['Cora']
     pubmed = PAPER_SETTINGS['PubMed']
@@ -190,12 +221,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                        '(default: --dropout)')
 
     system = parser.add_argument_group('execution and output')
-    system.add_argument('--device', type=_device, default='auto',
-                        help="'cpu', 'cuda', 'cuda:<index>' or 'auto' (a GPU "
-                        'if there is one)')
-    system.add_argument('--threads', type=_positive_int,
-                        help='CPU threads for torch (default: torch\'s '
-                        'choice); 1 is often fastest on a busy machine')
+    _add_device_and_threads(system)
     system.add_argument('--compile', action='store_true',
                         help='run the model through torch.compile (runs are '
                         'then not bit-for-bit reproducible)')
@@ -209,9 +235,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                         help='continue an interrupted run from the '
                         'checkpoints in --out (same flags required); '
                         'finished seeds are not retrained')
-    system.add_argument('--no-progress', action='store_true',
-                        help='no progress bars (they are off anyway when '
-                        'stderr is not a terminal)')
+    _add_no_progress(system)
     parser.set_defaults(handler=_train)
 
 
@@ -233,9 +257,7 @@ def _train(args: argparse.Namespace) -> int:
     attention_dropout = (args.dropout if args.attention_dropout is None else
                          args.attention_dropout)
     out = Path('runs') / args.dataset if args.out is None else args.out
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = _set_up_execution(args)
 
     torch.manual_seed(args.seed)  # draws the 'random' split
     dataset = load_planetoid(args.dataset, root=args.root,
@@ -253,7 +275,7 @@ def _train(args: argparse.Namespace) -> int:
     }
     metadata = {'dataset': args.dataset, 'split': args.split,
                 'model': 'GATv2', **model_config}
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = _show_progress(args)
     result = train_node_classifier(
         lambda: GATv2(**model_config), data,
         seeds=range(args.seed, args.seed + args.seeds), epochs=args.epochs,
@@ -274,8 +296,7 @@ def _train(args: argparse.Namespace) -> int:
                      'device': str(device), 'compile': args.compile,
                      'threads': torch.get_num_threads()},
         'model': model_config,
-        'versions': {'pyg_gatv2': __version__, 'torch': torch.__version__,
-                     'python': platform.python_version()},
+        'versions': _versions(),
         **result.to_dict(),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -351,19 +372,12 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
                        help="dropout on the layer's output, in training")
 
     system = parser.add_argument_group('execution and output')
-    system.add_argument('--device', type=_device, default='auto',
-                        help="'cpu', 'cuda', 'cuda:<index>' or 'auto' (a GPU "
-                        'if there is one)')
-    system.add_argument('--threads', type=_positive_int,
-                        help='CPU threads for torch (default: torch\'s '
-                        'choice); 1 is often fastest on a busy machine')
+    _add_device_and_threads(system)
     system.add_argument('--out', type=Path, default=Path('runs'),
                         metavar='DIR',
                         help='output folder for dictionary_lookup.json and '
                         'dictionary_lookup.png')
-    system.add_argument('--no-progress', action='store_true',
-                        help='no progress bars (they are off anyway when '
-                        'stderr is not a terminal)')
+    _add_no_progress(system)
     parser.set_defaults(handler=_dictionary_lookup)
 
 
@@ -371,10 +385,8 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
     if args.hidden % args.heads != 0:
         raise ValueError(f'--hidden {args.hidden} must be a multiple of '
                          f'--heads {args.heads}')
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    progress = not args.no_progress and sys.stderr.isatty()
+    device = _set_up_execution(args)
+    progress = _show_progress(args)
     ks = list(dict.fromkeys(args.ks))
     convs = list(dict.fromkeys(args.convs))
     # All graphs first, so that a bad setting fails before any training.
@@ -417,8 +429,7 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
             'heads': args.heads, 'readout': args.readout,
             'dropout': args.dropout,
             'device': str(device), 'threads': torch.get_num_threads()},
-        'versions': {'pyg_gatv2': __version__, 'torch': torch.__version__,
-                     'python': platform.python_version()},
+        'versions': _versions(),
         'results': [result.to_dict() for result in results],
     }
     args.out.mkdir(parents=True, exist_ok=True)
