@@ -10,7 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pyg_gatv2.train import LookupResult, TrainResult
+from pyg_gatv2.lookup import LookupResult
+from pyg_gatv2.train import TrainResult
 
 __all__ = ['plot_dictionary_lookup', 'plot_training_curves']
 
@@ -119,19 +120,33 @@ def plot_training_curves(
     return path
 
 
-# Attention layer name in LookupResult.conv, legend label, colour.
-_LOOKUP_STYLE = {
-    'gat': ('GAT (static)', 'tab:red'),
-    'gatv2': ('GATv2 (dynamic)', 'tab:blue'),
-    'dense_gatv2': ('dense GATv2 (dynamic)', 'tab:green'),
-}
+# Attention layer name in LookupResult.conv -> the family shown in the
+# legend and its colours for 1 head and for more heads.
+_LOOKUP_FAMILY = {'gat': 'GAT', 'dense_gat': 'GAT', 'gatv2': 'GATv2',
+                  'dense_gatv2': 'GATv2'}
+_LOOKUP_COLOURS = {'GAT': ('tab:red', 'tab:orange'),
+                   'GATv2': ('tab:blue', 'tab:cyan')}
 
 
-def _lookup_label(conv: str) -> tuple[str, str]:
-    return _LOOKUP_STYLE.get(conv, (conv, 'tab:gray'))
+def _lookup_label(conv: str, heads: int, convs: Sequence[str]) -> str:
+    family = _LOOKUP_FAMILY.get(conv, conv)
+    # Name the dense variant only where both variants are shown.
+    twins = [c for c in convs if _LOOKUP_FAMILY.get(c, c) == family]
+    if len(twins) > 1 and conv.startswith('dense_'):
+        family += ' (dense)'
+    return f"{family} {heads} head{'s' if heads > 1 else ''}"
 
 
-def _draw_attention(fig: Figure, ax, result: LookupResult) -> None:
+def _lookup_style(conv: str, heads: int) -> dict:
+    family = _LOOKUP_FAMILY.get(conv, conv)
+    one, more = _LOOKUP_COLOURS.get(family, ('tab:gray', 'tab:brown'))
+    if heads == 1:
+        return dict(color=one, marker='o', ls='-')
+    return dict(color=more, marker='s', ls='--')
+
+
+def _draw_attention(fig: Figure, ax, result: LookupResult,
+                    label: str) -> None:
     heads = np.asarray(result.attention)
     att = heads.mean(axis=0)
     k = att.shape[0]
@@ -158,16 +173,16 @@ def _draw_attention(fig: Figure, ax, result: LookupResult) -> None:
 
     argmax = att.argmax(axis=1)
     rankings = {tuple(np.argsort(-row, kind='stable')) for row in att}
+    plural = 's' if len(rankings) > 1 else ''
     right = sum(p == y for p, y in zip(result.example_pred,
                                         result.example_y, strict=True))
-    label, _ = _lookup_label(result.conv)
     heads_note = (f', mean of {heads.shape[0]} heads'
                   if heads.shape[0] > 1 else '')
     ax.set_title(
-        f'{label}, k={k}\nattention on one test graph{heads_note}\n'
-        f'own key on top for {int((argmax == np.arange(k)).sum())}/{k} '
-        f'queries, {len(rankings)} distinct key '
-        f"ranking{'s' if len(rankings) > 1 else ''}, {right}/{k} right",
+        f'{label}, k={k}, seed {result.seed}\nattention on one test graph'
+        f'{heads_note}\nown key on top for '
+        f'{int((argmax == np.arange(k)).sum())}/{k} queries, '
+        f'{len(rankings)} distinct key ranking{plural}, {right}/{k} right',
         fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8, label='attention')
 
@@ -178,24 +193,28 @@ def plot_dictionary_lookup(
     attention_k: Optional[int] = None,
     title: Optional[str] = None,
 ) -> Path:
-    """Plots DictionaryLookup accuracy against :math:`k` and the attention
-    each layer learned, and saves a PNG.
+    """Plots DictionaryLookup accuracy against :math:`k` in the layout of
+    Figure 2 of the GATv2 paper, with the attention each layer learned, and
+    saves a PNG.
 
-    The left panel shows the test accuracy per query node (solid) and the
-    training accuracy (dashed) of every attention layer against :math:`k`,
-    with chance level :math:`1/k`. One heatmap per layer follows: the
-    attention of every query (row) over every key (column) on the first
-    test graph of size :obj:`attention_k`, the correct keys outlined on the
-    diagonal (each heatmap on its own colour scale). Static attention ranks
-    the keys the same way in every row.
+    The first two panels show the training and the test accuracy per query
+    node against :math:`k`, one line per layer and number of heads (the
+    mean over seeds; with several seeds, bars span the lowest to the highest
+    seed), with chance level :math:`1/k`. One heatmap per layer follows, for
+    its run with the fewest heads and the lowest seed: the attention of
+    every query (row) over every key (column) on the first test graph of
+    size :obj:`attention_k`, the correct keys outlined on the diagonal (each
+    heatmap on its own colour scale). Static attention ranks the keys the
+    same way in every row.
 
     Args:
         results (Sequence[LookupResult]): What
-            :func:`~pyg_gatv2.train.train_lookup` returned, for one or more
-            layers and sizes.
+            :func:`~pyg_gatv2.lookup.train_lookup` returned, for one or more
+            layers, heads, sizes and seeds.
         path (str or os.PathLike): The PNG file to write.
         attention_k (int, optional): The size whose attention to show.
-            (default: :obj:`10` if present, else the largest)
+            (default: :obj:`10` if every layer has it, else the largest size
+            that every layer has)
         title (str, optional): The figure title. (default: :obj:`None`)
 
     Returns:
@@ -205,45 +224,61 @@ def plot_dictionary_lookup(
         raise ValueError("'plot_dictionary_lookup' got no results; train at "
                          'least one network first')
     ks = sorted({r.k for r in results})
+    convs = list(dict.fromkeys(r.conv for r in results))
     if attention_k is None:
-        attention_k = 10 if 10 in ks else ks[-1]
+        shared = set.intersection(*({r.k for r in results if r.conv == conv}
+                                    for conv in convs))
+        attention_k = 10 if 10 in shared else max(shared, default=ks[-1])
     if attention_k not in ks:
         raise ValueError(f"'plot_dictionary_lookup' got attention_k="
                          f'{attention_k}, but the results hold k in {ks}')
-    convs = list(dict.fromkeys(r.conv for r in results))
-    shown = {r.conv: r for r in results if r.k == attention_k}
+    shown = {}
+    for conv in convs:
+        candidates = [r for r in results
+                      if r.conv == conv and r.k == attention_k]
+        if candidates:
+            shown[conv] = min(candidates, key=lambda r: (r.heads, r.seed))
     missing = [conv for conv in convs if conv not in shown]
     if missing:
         raise ValueError(f"'plot_dictionary_lookup' has no result for k="
                          f'{attention_k} of {missing}; pass them or another '
                          'attention_k')
     path = Path(path)
-    fig = Figure(figsize=(4.6 + 4.8 * len(convs), 4.6), layout='constrained')
-    axes = fig.subplots(1, 1 + len(convs), width_ratios=[1.0] + [1.1] *
-                        len(convs))
-    acc_ax = axes[0]
-    for conv in convs:
-        label, colour = _lookup_label(conv)
-        runs = sorted((r for r in results if r.conv == conv),
-                      key=lambda r: r.k)
-        x = [r.k for r in runs]
-        acc_ax.plot(x, [r.test_node_acc for r in runs], 'o-', color=colour,
-                    label=f'{label}, test')
-        acc_ax.plot(x, [r.train_node_acc for r in runs], 's--',
-                    color=colour, alpha=0.6, mfc='none',
-                    label=f'{label}, train')
-    grid = np.linspace(ks[0], ks[-1], 200) if len(ks) > 1 else np.array(ks)
-    acc_ax.plot(grid, 1.0 / grid, ':', color='0.4', label='chance (1/k)')
-    acc_ax.set_xticks(ks)
-    acc_ax.set_ylim(0.0, 1.03)
-    acc_ax.set_xlabel('k (keys per graph)')
-    acc_ax.set_ylabel('accuracy per query node')
-    acc_ax.set_title('DictionaryLookup accuracy', fontsize=10)
-    acc_ax.grid(alpha=0.3)
-    acc_ax.legend(loc='center right', fontsize=7.5, frameon=False)
+    fig = Figure(figsize=(8.4 + 4.6 * len(convs), 4.6),
+                 layout='constrained')
+    axes = fig.subplots(1, 2 + len(convs),
+                        width_ratios=[1.0, 1.0] + [1.1] * len(convs))
+    groups = sorted({(r.conv, r.heads) for r in results},
+                    key=lambda g: (_LOOKUP_FAMILY.get(g[0], g[0]), g[1]))
+    for ax, split in zip(axes[:2], ('train', 'test'), strict=True):
+        for conv, heads in groups:
+            x, mean, low, high = [], [], [], []
+            for k in ks:
+                accs = [getattr(r, f'{split}_node_acc') for r in results
+                        if (r.conv, r.heads, r.k) == (conv, heads, k)]
+                if accs:
+                    x.append(k)
+                    mean.append(float(np.mean(accs)))
+                    low.append(mean[-1] - min(accs))
+                    high.append(max(accs) - mean[-1])
+            ax.errorbar(x, mean, yerr=[low, high], capsize=3, lw=1.5,
+                        ms=5, label=_lookup_label(conv, heads, convs),
+                        **_lookup_style(conv, heads))
+        grid = np.linspace(ks[0], ks[-1], 200) if len(ks) > 1 else np.array(
+            ks, dtype=float)
+        ax.plot(grid, 1.0 / grid, ':', color='0.4', label='chance (1/k)')
+        ax.set_xticks(ks)
+        ax.set_ylim(0.0, 1.03)
+        ax.set_xlabel('k (keys per graph)')
+        ax.set_ylabel('accuracy per query node')
+        ax.set_title(f'{split.capitalize()} accuracy', fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc='center right', fontsize=7.5, frameon=False)
 
-    for ax, conv in zip(axes[1:], convs, strict=True):
-        _draw_attention(fig, ax, shown[conv])
+    for ax, conv in zip(axes[2:], convs, strict=True):
+        result = shown[conv]
+        _draw_attention(fig, ax, result,
+                        _lookup_label(conv, result.heads, convs))
     if title is not None:
         fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,25 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
-from torch_geometric.utils import scatter
 from tqdm.auto import tqdm
-
-from pyg_gatv2.datasets.dictionary_lookup import DictionaryLookup
 
 __all__ = [
     'EarlyStopping',
     'EpochMetrics',
-    'LookupResult',
     'PAPER_SETTINGS',
     'SeedResult',
     'TrainResult',
     'TrainingDivergedError',
     'evaluate',
-    'evaluate_lookup',
     'fit',
     'resolve_device',
-    'train_lookup',
     'train_node_classifier',
 ]
 
@@ -669,178 +662,13 @@ def train_node_classifier(
     return TrainResult(runs)
 
 
-@dataclass
-class LookupResult:
-    """The outcome of training one network on one DictionaryLookup size.
-
-    Attributes:
-        k (int): Keys per graph.
-        conv (str): The attention layer's name.
-        train_node_acc (float): Fraction of training queries answered right.
-        train_graph_acc (float): Fraction of training graphs with every
-            query right.
-        test_node_acc (float): As :obj:`train_node_acc`, on the test graphs.
-        test_graph_acc (float): As :obj:`train_graph_acc`, on the test
-            graphs.
-        steps (int): Optimizer steps taken.
-        seconds (float): Training time in seconds.
-        losses (list[float]): Training loss of every step.
-        attention (list): ``[heads][query][key]`` attention of the first
-            test graph, whose correct keys lie on the diagonal.
-        example_y (list[int]): That graph's targets (its permutation).
-        example_pred (list[int]): The network's answers on that graph.
-    """
-    k: int
-    conv: str
-    train_node_acc: float
-    train_graph_acc: float
-    test_node_acc: float
-    test_graph_acc: float
-    steps: int
-    seconds: float
-    losses: list[float] = field(repr=False)
-    attention: list[list[list[float]]] = field(repr=False)
-    example_y: list[int] = field(repr=False)
-    example_pred: list[int] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# The DictionaryLookup loop lives in pyg_gatv2.lookup, which imports this
+# module; its names stay importable from here, loaded on first use.
+_LOOKUP_NAMES = ('LookupResult', 'evaluate_lookup', 'train_lookup')
 
 
-@torch.no_grad()
-def evaluate_lookup(model: torch.nn.Module, graphs: Sequence[Data],
-                    batch_size: int = 1024) -> tuple[float, float]:
-    """Accuracy of a :class:`~pyg_gatv2.models.DictionaryLookupNet` on
-    DictionaryLookup graphs.
-
-    Args:
-        model (torch.nn.Module): The network.
-        graphs (Sequence[Data]): The graphs, e.g.
-            :obj:`DictionaryLookup(k).test_dataset`.
-        batch_size (int, optional): Graphs per forward pass.
-            (default: :obj:`1024`)
-
-    Returns:
-        tuple[float, float]: The fraction of query nodes answered right and
-        the fraction of graphs with all their queries right.
-    """
-    if len(graphs) == 0:
-        raise ValueError("'evaluate_lookup' got no graphs")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    nodes = right_nodes = right_graphs = 0
-    for batch in DataLoader(graphs, batch_size=batch_size):
-        batch = batch.to(device)
-        logits = model(batch.x, batch.edge_index, batch.query_mask,
-                       batch.batch)
-        right = logits.argmax(dim=-1) == batch.y
-        nodes += right.numel()
-        right_nodes += int(right.sum())
-        per_graph = scatter(right.to(torch.float), batch.batch[
-            batch.query_mask], dim=0, dim_size=batch.num_graphs, reduce='min')
-        right_graphs += int(per_graph.sum())
-    model.train(was_training)
-    return right_nodes / nodes, right_graphs / len(graphs)
-
-
-def train_lookup(
-    model: torch.nn.Module,
-    dataset: DictionaryLookup,
-    steps: int = 300,
-    batch_size: int = 1024,
-    lr: float = 0.001,
-    clip_norm: float = 1.0,
-    seed: int = 0,
-    progress: bool = True,
-    desc: Optional[str] = None,
-) -> LookupResult:
-    """Trains a :class:`~pyg_gatv2.models.DictionaryLookupNet` on the
-    training graphs of a :class:`~pyg_gatv2.datasets.DictionaryLookup` and
-    evaluates it on both splits.
-
-    Adam on the cross-entropy of the query nodes, mini-batches of graphs
-    reshuffled every pass, and the gradient norm clipped, as in the authors'
-    code. The budget is a number of optimizer steps, so that every network
-    and every size get the same number of updates.
-
-    Args:
-        model (torch.nn.Module): The network, already on its device.
-        dataset (DictionaryLookup): The graphs and their split.
-        steps (int, optional): Optimizer steps. (default: :obj:`300`)
-        batch_size (int, optional): Graphs per step. (default: :obj:`1024`)
-        lr (float, optional): Adam learning rate. (default: :obj:`0.001`)
-        clip_norm (float, optional): Largest gradient norm; :obj:`0` turns
-            clipping off. (default: :obj:`1.0`)
-        seed (int, optional): Seed of the order of the graphs.
-            (default: :obj:`0`)
-        progress (bool, optional): Show a progress bar. (default:
-            :obj:`True`)
-        desc (str, optional): The progress bar's label. (default:
-            :obj:`None`)
-
-    Returns:
-        LookupResult: Accuracies, losses and the attention on the first test
-        graph.
-    """
-    for name, value in (('steps', steps), ('batch_size', batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"'train_lookup' expects {name} to be a "
-                             f'positive integer, got {value!r}')
-    if not lr > 0 or not clip_norm >= 0:
-        raise ValueError(f"'train_lookup' expects lr > 0 and clip_norm >= 0, "
-                         f'got lr={lr!r} and clip_norm={clip_norm!r}')
-    if getattr(model, 'k', dataset.k) != dataset.k:
-        raise ValueError(f"'train_lookup' got a model built for k={model.k} "
-                         f'and a dataset with k={dataset.k}; build the model '
-                         "with the dataset's k")
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset.train_dataset, batch_size=batch_size,
-                        shuffle=True, generator=generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses: list[float] = []
-    model.train()
-    start = time.perf_counter()
-    with tqdm(total=steps, desc=desc, disable=not progress,
-              leave=False) as bar:
-        while len(losses) < steps:
-            for batch in loader:
-                batch = batch.to(device)
-                optimizer.zero_grad()
-                logits = model(batch.x, batch.edge_index, batch.query_mask,
-                               batch.batch)
-                loss = F.cross_entropy(logits, batch.y)
-                loss.backward()
-                if clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   clip_norm)
-                optimizer.step()
-                losses.append(loss.item())
-                if not math.isfinite(losses[-1]):
-                    raise TrainingDivergedError(
-                        f"'train_lookup' got a non-finite loss at step "
-                        f'{len(losses)}; lower lr (now {lr})')
-                bar.update()
-                bar.set_postfix(loss=f'{losses[-1]:.4f}', refresh=False)
-                if len(losses) == steps:
-                    break
-    seconds = time.perf_counter() - start
-
-    train_node, train_graph = evaluate_lookup(model, dataset.train_dataset,
-                                              batch_size)
-    test_node, test_graph = evaluate_lookup(model, dataset.test_dataset,
-                                            batch_size)
-    example = dataset.test_dataset[0].to(device)
-    attention = model.attention_matrix(example)
-    model.eval()
-    with torch.no_grad():
-        pred = model(example.x, example.edge_index,
-                     example.query_mask).argmax(dim=-1)
-    model.train()
-    return LookupResult(
-        k=dataset.k, conv=getattr(model, 'conv_name', type(model).__name__),
-        train_node_acc=train_node, train_graph_acc=train_graph,
-        test_node_acc=test_node, test_graph_acc=test_graph, steps=steps,
-        seconds=seconds, losses=losses, attention=attention.cpu().tolist(),
-        example_y=example.y.cpu().tolist(), example_pred=pred.cpu().tolist())
+def __getattr__(name: str) -> Any:
+    if name in _LOOKUP_NAMES:
+        from pyg_gatv2 import lookup
+        return getattr(lookup, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

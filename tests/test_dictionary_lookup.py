@@ -5,12 +5,31 @@ import matplotlib.image
 import pytest
 import torch
 from torch_geometric.data import Batch
+from torch_geometric.nn import GATConv
 
 from pyg_gatv2.cli import main
 from pyg_gatv2.datasets import DictionaryLookup, dictionary_lookup_graph
-from pyg_gatv2.models import DictionaryLookupNet
+from pyg_gatv2.lookup import (
+    LookupBatcher,
+    LookupRecipe,
+    LookupResult,
+    LookupRun,
+    evaluate_lookup,
+    run_lookup_sweep,
+    train_lookup,
+)
+from pyg_gatv2.models import LOOKUP_CONVS, DictionaryLookupNet, _dropout16
 from pyg_gatv2.plots import plot_dictionary_lookup
-from pyg_gatv2.train import evaluate_lookup, train_lookup
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Training here is many small steps, which a second thread slows down on
+    # a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pairs(perm):
@@ -140,6 +159,48 @@ def test_dataset_rejects_bad_arguments(kwargs, match):
         DictionaryLookup(**kwargs)
 
 
+def test_split_permutations_follow_the_datasets():
+    dataset = DictionaryLookup(5, seed=2)
+    assert torch.equal(dataset.train_permutations,
+                       torch.stack([g.y for g in dataset.train_dataset]))
+    assert torch.equal(dataset.test_permutations,
+                       torch.stack([g.y for g in dataset.test_dataset]))
+
+
+# Batches.
+
+
+@pytest.mark.parametrize('k, num_graphs', [(2, 1), (3, 4), (6, 9)])
+def test_batcher_equals_pyg_collation(k, num_graphs):
+    perms = torch.rand(num_graphs, k,
+                       generator=torch.Generator().manual_seed(k)).argsort(1)
+    batch = LookupBatcher(k)(perms)
+    reference = Batch.from_data_list(
+        [dictionary_lookup_graph(perm) for perm in perms])
+    for key in ('x', 'edge_index', 'query_mask', 'batch', 'y'):
+        assert torch.equal(getattr(batch, key), reference[key]), key
+
+
+def test_batcher_reuses_the_structure_of_a_batch_size():
+    batcher = LookupBatcher(4)
+    perms = torch.rand(6, 4).argsort(1)
+    first, second = batcher(perms), batcher(perms.flip(0))
+    # The same tensor object, so the fused kernels' layout cache hits.
+    assert first.edge_index is second.edge_index
+    assert batcher(perms[:2]).edge_index is not first.edge_index
+    assert not torch.equal(first.x, second.x)
+
+
+@pytest.mark.parametrize('kwargs, perms, match', [
+    (dict(k=1), None, 'k >= 2'),
+    (dict(k=4), torch.zeros(3, 5, dtype=torch.long), r'\[num_graphs, 4\]'),
+    (dict(k=4), torch.zeros(4, dtype=torch.long), r'\[num_graphs, 4\]'),
+])
+def test_batcher_rejects_bad_input(kwargs, perms, match):
+    with pytest.raises(ValueError, match=match):
+        LookupBatcher(**kwargs)(perms)
+
+
 # The network.
 
 
@@ -148,8 +209,8 @@ def small():
     return DictionaryLookup(5)
 
 
-@pytest.mark.parametrize('conv', ['gatv2', 'gat', 'dense_gatv2'])
-@pytest.mark.parametrize('readout', ['tied', 'linear'])
+@pytest.mark.parametrize('conv', LOOKUP_CONVS)
+@pytest.mark.parametrize('readout', ['linear', 'tied'])
 @pytest.mark.parametrize('heads', [1, 2])
 def test_net_shapes(small, conv, readout, heads):
     model = DictionaryLookupNet(5, hidden_channels=8, heads=heads,
@@ -159,21 +220,52 @@ def test_net_shapes(small, conv, readout, heads):
     assert logits.shape == (7 * 5, 5)
     att = model.attention_matrix(small.test_dataset[0])
     assert att.shape == (heads, 5, 5)
-    assert torch.allclose(att.sum(dim=-1), torch.ones(heads, 5))
+    rows = att.sum(dim=-1)
+    if conv.endswith('gatv2'):
+        assert torch.allclose(rows, torch.ones(heads, 5))
+    else:
+        # GAT's self-loop takes the rest of each query's attention.
+        assert (rows > 0).all() and (rows < 1).all()
+
+
+def test_net_is_the_authors_model():
+    gatv2 = DictionaryLookupNet(10, heads=8)
+    assert (gatv2.hidden_channels, gatv2.readout, gatv2.dropout) == (
+        128, 'linear', 0.5)
+    conv = gatv2.conv
+    assert (conv.heads, conv.out_channels) == (8, 16)
+    assert conv.share_weights and not conv.add_self_loops
+    assert conv.bias is None
+    assert tuple(gatv2.lin.weight.shape) == (10, 128)
+    assert gatv2.lin.bias is None
+    gat = DictionaryLookupNet(10, conv='gat').conv
+    assert isinstance(gat, GATConv)
+    assert gat.add_self_loops and gat.bias is not None
+    assert (gat.heads, gat.out_channels) == (1, 128)
 
 
 def test_net_repr():
     assert repr(DictionaryLookupNet(10)) == (
         "DictionaryLookupNet(k=10, hidden_channels=128, heads=1, "
-        "conv='gatv2', readout='tied', dropout=0.5)")
+        "conv='gatv2', readout='linear', dropout=0.5)")
 
 
-def test_dense_matches_sparse(small):
+@pytest.mark.parametrize('sparse_conv, dense_conv', [
+    ('gatv2', 'dense_gatv2'),
+    ('gat', 'dense_gat'),
+])
+@pytest.mark.parametrize('readout', ['linear', 'tied'])
+def test_dense_matches_sparse(small, sparse_conv, dense_conv, readout):
+    # Under one seed both draw the same initial weights.
     torch.manual_seed(0)
-    sparse = DictionaryLookupNet(5, hidden_channels=16, heads=2)
+    sparse = DictionaryLookupNet(5, hidden_channels=16, heads=2,
+                                 conv=sparse_conv, readout=readout)
+    torch.manual_seed(0)
     dense = DictionaryLookupNet(5, hidden_channels=16, heads=2,
-                                conv='dense_gatv2')
-    dense.load_state_dict(sparse.state_dict())
+                                conv=dense_conv, readout=readout)
+    for (name, a), (_, b) in zip(sparse.state_dict().items(),
+                                 dense.state_dict().items(), strict=True):
+        assert torch.equal(a.flatten(), b.flatten()), name
     sparse.eval(), dense.eval()  # no dropout
     batch = Batch.from_data_list(small.train_dataset[:4])
     args = (batch.x, batch.edge_index, batch.query_mask, batch.batch)
@@ -181,6 +273,29 @@ def test_dense_matches_sparse(small):
     graph = small.test_dataset[0]
     assert torch.allclose(sparse.attention_matrix(graph),
                           dense.attention_matrix(graph), atol=1e-6)
+
+
+def test_dropout_acts_in_training_only(small):
+    model = DictionaryLookupNet(5, hidden_channels=16)
+    batch = Batch.from_data_list(small.train_dataset[:8])
+    args = (batch.x, batch.edge_index, batch.query_mask)
+    model.eval()
+    assert torch.equal(model(*args), model(*args))
+    model.train()
+    assert not torch.equal(model(*args), model(*args))
+
+
+@pytest.mark.parametrize('p', [0.5, 0.2])
+def test_dropout16_drops_p_and_rescales(p):
+    torch.manual_seed(0)
+    x = torch.rand(400, 250) + 1.0
+    out = _dropout16(x, p, training=True)
+    dropped = out == 0
+    assert abs(float(dropped.float().mean()) - p) < 0.01
+    kept = ~dropped
+    assert torch.allclose(out[kept], x[kept] / (1 - p))
+    assert _dropout16(x, p, training=False) is x
+    assert _dropout16(x, 0.0, training=True) is x
 
 
 def rankings(att):
@@ -225,42 +340,154 @@ def test_net_rejects_ids_of_another_k(small):
 # Training.
 
 
-def test_train_lookup_rejects_a_model_of_another_k(small):
+def test_recipe_defaults_are_the_authors():
+    assert LookupRecipe() == LookupRecipe(
+        max_epochs=50_000, eval_every=10, patience=20, min_improvement=1e-4,
+        batch_size=1024, lr=0.001, lr_factor=0.5, lr_patience=10,
+        clip_norm=1.0)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(max_epochs=0), 'max_epochs'),
+    (dict(eval_every=1.5), 'eval_every'),
+    (dict(lr=0.0), 'lr > 0'),
+    (dict(lr_factor=1.0), 'lr_factor'),
+])
+def test_recipe_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LookupRecipe(**kwargs)
+
+
+def test_train_lookup_rejects_bad_calls(small, tmp_path):
     with pytest.raises(ValueError, match='k=4'):
-        train_lookup(DictionaryLookupNet(4), small, steps=1, progress=False)
-    with pytest.raises(ValueError, match='steps'):
-        train_lookup(DictionaryLookupNet(5), small, steps=0, progress=False)
+        train_lookup(DictionaryLookupNet(4), small, progress=False)
+    with pytest.raises(ValueError, match='checkpoint_path'):
+        train_lookup(DictionaryLookupNet(5), small, resume=True,
+                     progress=False)
+
+
+def train(dataset, conv, seed=0, **recipe):
+    torch.manual_seed(seed)
+    model = DictionaryLookupNet(dataset.k, conv=conv)
+    entries = []
+    result = train_lookup(model, dataset, LookupRecipe(**recipe), seed=seed,
+                          on_eval=entries.append, progress=False)
+    return model, result, entries
 
 
 @pytest.mark.parametrize('seed', [0, 1])
 def test_gatv2_fits_what_gat_cannot(seed):
     # Static attention gives every query the same ranking of the keys, so
-    # GAT cannot fit the training graphs; GATv2 fits them in a few steps.
-    dataset = DictionaryLookup(5, seed=seed)
-    results = {}
-    for conv in ('gatv2', 'gat'):
-        torch.manual_seed(seed)
-        model = DictionaryLookupNet(5, conv=conv)
-        results[conv] = train_lookup(model, dataset, steps=100, seed=seed,
-                                     progress=False)
-        assert evaluate_lookup(model, dataset.train_dataset) == (
-            results[conv].train_node_acc, results[conv].train_graph_acc)
-    assert results['gatv2'].train_node_acc == 1.0
-    assert results['gatv2'].train_graph_acc == 1.0
-    assert results['gat'].train_node_acc <= 0.6
-    assert results['gat'].train_graph_acc == 0.0
-    assert len(rankings(torch.tensor(results['gat'].attention[0]))) == 1
-    assert len(results['gatv2'].losses) == 100
+    # GAT cannot fit the training graphs; GATv2 fits them.
+    # With k = 6, all 720 permutations, of which 504 train: GATv2 fits
+    # them in 50-90 epochs of one step.
+    dataset = DictionaryLookup(6, seed=seed)
+    gatv2, fit, _ = train(dataset, 'gatv2', seed, max_epochs=300)
+    assert fit.stop == 'fit'
+    assert fit.train_node_acc == fit.train_graph_acc == 1.0
+    assert fit.test_node_acc >= 0.95
+    gat, static, _ = train(dataset, 'dense_gat', seed, max_epochs=100)
+    assert static.train_node_acc <= 0.6
+    assert static.train_graph_acc == 0.0
+    assert len(rankings(torch.tensor(static.attention[0]))) == 1
+    # The models hold the weights of their best evaluation.
+    for model, result in ((gatv2, fit), (gat, static)):
+        assert evaluate_lookup(model, dataset.train_permutations) == (
+            result.train_node_acc, result.train_graph_acc)
+        assert evaluate_lookup(model, dataset.test_dataset) == (
+            result.test_node_acc, result.test_graph_acc)
 
 
-def test_plot_rejects_missing_results(tmp_path, small):
+def test_training_accuracy_alone_selects_and_stops(small):
+    _, result, entries = train(small, 'dense_gat', max_epochs=400,
+                               eval_every=5, patience=3, lr_patience=1)
+    history = result.history
+    assert [e['epoch'] for e in entries] == history['epoch']
+    assert history['epoch'] == list(range(5, result.epochs + 1, 5))
+    assert result.stop == 'patience'
+    # The best evaluation is the first that no later one beats on the
+    # training accuracy, whatever the test accuracy did.
+    train_accs = history['train_node_acc']
+    best = history['epoch'].index(result.best_epoch)
+    assert all(acc <= train_accs[best] + 1e-4 for acc in train_accs)
+    assert all(acc <= train_accs[best] - 1e-4 for acc in train_accs[:best])
+    assert len(train_accs) - 1 - best == 3
+    assert result.test_node_acc == history['test_node_acc'][best]
+    # The learning rate halves on the training accuracy's plateaus.
+    lrs = history['lr']
+    assert lrs[0] == 0.001 and lrs[-1] < lrs[0]
+    assert all(any(math.isclose(lr, 0.001 * 0.5**n) for n in range(20))
+               for lr in lrs)
+
+
+def test_resume_reproduces_and_extends_a_run(small, tmp_path):
+    path = tmp_path / 'state.pt'
+    _, whole, _ = train(small, 'gatv2', max_epochs=30, eval_every=5)
     torch.manual_seed(0)
-    result = train_lookup(DictionaryLookupNet(5, hidden_channels=8), small,
-                          steps=2, progress=False)
+    model = DictionaryLookupNet(5)
+    first = train_lookup(model, small, LookupRecipe(max_epochs=15,
+                                                    eval_every=5),
+                         checkpoint_path=path, progress=False)
+    assert first.stop == 'max_epochs' and first.epochs == 15
+    torch.manual_seed(123)  # the checkpoint restores the random state
+    model = DictionaryLookupNet(5)
+    again = train_lookup(model, small, LookupRecipe(max_epochs=30,
+                                                    eval_every=5),
+                         checkpoint_path=path, resume=True, progress=False)
+    for key in ('history', 'train_node_acc', 'test_node_acc', 'best_epoch',
+                'epochs', 'steps', 'stop', 'attention'):
+        assert getattr(again, key) == getattr(whole, key), key
+    with pytest.raises(ValueError, match='Cannot resume'):
+        train_lookup(DictionaryLookupNet(5, heads=2), small,
+                     LookupRecipe(max_epochs=30, eval_every=5),
+                     checkpoint_path=path, resume=True, progress=False)
+
+
+def test_sweep_keeps_finished_runs(tmp_path):
+    json_path = tmp_path / 'sweep.json'
+    recipe = LookupRecipe(max_epochs=4, eval_every=2)
+    runs = [LookupRun(3, 'gatv2', 1, 0), LookupRun(3, 'gat', 1, 0)]
+    first = run_lookup_sweep(runs[:1], json_path, recipe=recipe,
+                             hidden_channels=8, report={'command': 'a'})
+    saved = json.loads(json_path.read_text())
+    assert saved['command'] == 'a' and saved['max_epochs'] == 4
+    assert [r['conv'] for r in saved['results']] == ['gatv2']
+    seen = []
+    both = run_lookup_sweep(runs, json_path, recipe=recipe,
+                            hidden_channels=8, resume=True,
+                            on_result=seen.append)
+    # The finished run is read back, not trained again.
+    assert both[0].seconds == first[0].seconds
+    assert [r.conv for r in both] == [r.conv for r in seen] == ['gatv2',
+                                                                 'gat']
+    saved = json.loads(json_path.read_text())
+    assert [r['conv'] for r in saved['results']] == ['gatv2', 'gat']
+    with pytest.raises(ValueError, match='other settings'):
+        run_lookup_sweep(runs, json_path, recipe=recipe, hidden_channels=16,
+                         resume=True)
+
+
+def test_plot_layout_and_bad_results(tmp_path):
+    results = [
+        LookupResult(k=k, conv=conv, heads=heads, seed=seed,
+                     train_node_acc=acc, train_graph_acc=0.0,
+                     test_node_acc=acc / 2, test_graph_acc=0.0,
+                     best_epoch=10, epochs=10, steps=10, stop='fit',
+                     seconds=1.0, history={}, attention=[
+                         torch.eye(k).tolist()] * heads,
+                     example_y=list(range(k)), example_pred=list(range(k)))
+        for k in (3, 4) for conv in ('gat', 'gatv2') for heads in (1, 8)
+        for seed, acc in ((0, 0.5), (1, 0.7))
+    ]
+    path = plot_dictionary_lookup(results, tmp_path / 'a.png')
+    image = matplotlib.image.imread(path)
+    # Train and test panels, then one attention panel per layer.
+    assert image.shape[1] == round((8.4 + 4.6 * 2) * 110)
+    assert image[..., :3].std() > 0.05
     with pytest.raises(ValueError, match='no results'):
-        plot_dictionary_lookup([], tmp_path / 'a.png')
+        plot_dictionary_lookup([], tmp_path / 'b.png')
     with pytest.raises(ValueError, match='attention_k=7'):
-        plot_dictionary_lookup([result], tmp_path / 'a.png', attention_k=7)
+        plot_dictionary_lookup(results, tmp_path / 'b.png', attention_k=7)
 
 
 # Command line.
@@ -268,26 +495,28 @@ def test_plot_rejects_missing_results(tmp_path, small):
 
 def test_cli_writes_table_json_and_figure(tmp_path, capsys):
     out = tmp_path / 'out'
-    status = main(['dictionary-lookup', '--ks', '3', '4', '--steps', '3',
-                   '--hidden', '8', '--no-progress', '--device', 'cpu',
-                   '--out', str(out)])
+    status = main(['dictionary-lookup', '--ks', '3', '4', '--heads', '1',
+                   '--max-epochs', '3', '--eval-every', '1', '--hidden', '8',
+                   '--no-progress', '--device', 'cpu', '--out', str(out)])
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ['k', 'layer', 'train']
+    assert lines[0].split()[:4] == ['k', 'layer', 'heads', 'seed']
     rows = [line.split() for line in lines[1:5]]
-    assert [(row[0], row[1]) for row in rows] == [
-        ('3', 'gat'), ('3', 'gatv2'), ('4', 'gat'), ('4', 'gatv2')]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ('3', 'gat', '1'), ('3', 'gatv2', '1'), ('4', 'gat', '1'),
+        ('4', 'gatv2', '1')]
     report = json.loads((out / 'dictionary_lookup.json').read_text())
     assert report['command'].startswith('pyg-gatv2 dictionary-lookup --ks 3')
-    assert report['settings']['steps'] == 3
+    assert report['max_epochs'] == 3
+    assert report['settings']['readout'] == 'linear'
     results = report['results']
     assert [(r['k'], r['conv']) for r in results] == [
         (3, 'gat'), (3, 'gatv2'), (4, 'gat'), (4, 'gatv2')]
     for row, result in zip(rows, results, strict=True):
-        assert row[2:6] == [f"{result[key]:.4f}" for key in (
+        assert row[4:8] == [f"{result[key]:.4f}" for key in (
             'train_node_acc', 'train_graph_acc', 'test_node_acc',
             'test_graph_acc')]
-        assert len(result['losses']) == 3
+        assert len(result['history']['epoch']) == result['epochs'] <= 3
     image = matplotlib.image.imread(out / 'dictionary_lookup.png')
     assert image.shape[0] > 100 and image.shape[1] > 300
 
@@ -295,7 +524,9 @@ def test_cli_writes_table_json_and_figure(tmp_path, capsys):
 @pytest.mark.parametrize('flags, message', [
     (['--ks', '1'], 'k >= 2'),
     (['--convs', 'gcn'], 'invalid choice'),
-    (['--steps', '0'], 'positive integer'),
+    (['--max-epochs', '0'], 'positive integer'),
+    (['--heads', '0'], 'positive integer'),
+    (['--readout', 'mlp'], 'invalid choice'),
 ])
 def test_cli_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -306,11 +537,21 @@ def test_cli_usage_errors(flags, message, capsys):
 
 def test_cli_one_line_errors(tmp_path, capsys):
     assert main(['dictionary-lookup', '--ks', '3', '--hidden', '10',
-                 '--heads', '3', '--out', str(tmp_path)]) == 1
+                 '--heads', '1', '3', '--out', str(tmp_path)]) == 1
     assert main(['dictionary-lookup', '--ks', '2', '--train-fraction', '0.1',
                  '--out', str(tmp_path)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
-    assert 'multiple of --heads' in err[0]
+    assert 'multiple of every --heads' in err[0]
     assert 'training set empty' in err[1]
     assert not (tmp_path / 'dictionary_lookup.json').exists()
+
+
+def test_old_import_paths():
+    import pyg_gatv2
+    from pyg_gatv2 import lookup, train
+    for name in ('LookupResult', 'evaluate_lookup', 'train_lookup'):
+        assert getattr(train, name) is getattr(lookup, name)
+        assert getattr(pyg_gatv2, name) is getattr(lookup, name)
+    with pytest.raises(ImportError, match='no_such_name'):
+        from pyg_gatv2.train import no_such_name  # noqa: F401

@@ -178,6 +178,18 @@ class DictionaryLookup:
         return unseen_pairs, train_mask
 
     @property
+    def train_permutations(self) -> Tensor:
+        """``[num_train, k]``: the permutations of the training graphs, in
+        the order of :obj:`train_dataset`."""
+        return self.permutations[self.train_mask]
+
+    @property
+    def test_permutations(self) -> Tensor:
+        """``[num_test, k]``: the permutations of the test graphs, in the
+        order of :obj:`test_dataset`."""
+        return self.permutations[~self.train_mask]
+
+    @property
     def num_embeddings(self) -> int:
         """Number of distinct ids: ``k`` keys or values plus the empty id."""
         return self.k + 1

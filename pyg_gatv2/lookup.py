@@ -1,0 +1,679 @@
+"""The DictionaryLookup experiment: batches, the training recipe, evaluation
+and sweeps over sizes, layers and seeds.
+
+Section 4.1 of `"How Attentive are Graph Attention Networks?"
+<https://arxiv.org/abs/2105.14491>`_. The recipe is the authors' (their
+``dictionary_lookup/`` code): Adam at lr 0.001 with the gradient norm
+clipped at 1, batches of 1024 graphs, an evaluation every 10 epochs, the
+learning rate halved after 10 evaluations without improvement, and a stop
+after 20 evaluations without improvement or at 100%. Two things differ, so
+that no test number selects the model: the stopping rule and the learning
+rate schedule read the *training* accuracy (the authors read the test
+accuracy), and dropout is off at evaluation (the authors' code keeps it on).
+
+Every DictionaryLookup graph of size ``k`` has the same nodes and edges, so
+a batch is built from a block of permutations with a few tensor operations
+(:class:`LookupBatcher`) instead of collating one
+:class:`~torch_geometric.data.Data` per graph, and every full batch reuses
+one ``edge_index`` tensor, whose sorted layout the fused GATv2 kernels then
+build only once.
+"""
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+from tqdm.auto import tqdm
+
+from pyg_gatv2.datasets.dictionary_lookup import DictionaryLookup
+from pyg_gatv2.models import DictionaryLookupNet
+from pyg_gatv2.train import TrainingDivergedError
+
+__all__ = [
+    'LookupBatch',
+    'LookupBatcher',
+    'LookupRecipe',
+    'LookupResult',
+    'LookupRun',
+    'evaluate_lookup',
+    'run_lookup_sweep',
+    'train_lookup',
+]
+
+_PathLike = Union[str, os.PathLike]
+HISTORY_KEYS = ('epoch', 'steps', 'loss', 'lr', 'train_node_acc',
+                'train_graph_acc', 'test_node_acc', 'test_graph_acc')
+
+
+class LookupBatch(NamedTuple):
+    """A batch of DictionaryLookup graphs, as
+    :meth:`torch_geometric.data.Batch.from_data_list` lays it out."""
+    x: Tensor
+    edge_index: Tensor
+    query_mask: Tensor
+    batch: Tensor
+    y: Tensor
+
+
+class LookupBatcher:
+    r"""Builds batches of DictionaryLookup graphs of size ``k`` from rows of
+    permutations.
+
+    The result equals :meth:`torch_geometric.data.Batch.from_data_list` on
+    the graphs of :func:`~pyg_gatv2.datasets.dictionary_lookup_graph`. The
+    ``edge_index``, ``query_mask`` and ``batch`` tensors depend only on the
+    number of graphs and are built once per batch size, on :obj:`device`.
+
+    Args:
+        k (int): Keys per graph.
+        device (str or torch.device, optional): Where the batches live.
+            (default: ``'cpu'``)
+    """
+    def __init__(self, k: int, device: Union[str, torch.device] = 'cpu'):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"'LookupBatcher' needs an integer k >= 2, got "
+                             f'{k!r}')
+        self.k = k
+        self.device = torch.device(device)
+        self._fixed: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _structure(self, num_graphs: int) -> tuple[Tensor, Tensor, Tensor]:
+        if num_graphs not in self._fixed:
+            k, device = self.k, self.device
+            keys = torch.arange(k, device=device)
+            one = torch.stack([keys.repeat_interleave(k), keys.repeat(k) + k])
+            offsets = 2 * k * torch.arange(num_graphs, device=device)
+            edge_index = (one.unsqueeze(1) + offsets.view(1, -1, 1)).view(
+                2, -1)
+            query_mask = (torch.arange(2 * k, device=device) >= k).repeat(
+                num_graphs)
+            batch = torch.arange(num_graphs,
+                                 device=device).repeat_interleave(2 * k)
+            self._fixed[num_graphs] = (edge_index, query_mask, batch)
+        return self._fixed[num_graphs]
+
+    def __call__(self, perms: Tensor) -> LookupBatch:
+        """The batch of the graphs ``key i -> perms[g, i]``, one per row."""
+        if perms.dim() != 2 or perms.size(1) != self.k:
+            raise ValueError(f"'LookupBatcher' for k={self.k} expects "
+                             f'permutations of shape [num_graphs, {self.k}], '
+                             f'got {tuple(perms.shape)}')
+        perms = perms.to(self.device)
+        num_graphs, k = perms.shape
+        keys = torch.arange(k, device=self.device).expand(num_graphs, k)
+        x = torch.cat([
+            torch.stack([keys, perms], dim=-1),
+            torch.stack([keys, torch.full_like(perms, k)], dim=-1),
+        ], dim=1).view(-1, 2)
+        return LookupBatch(x, *self._structure(num_graphs), perms.reshape(-1))
+
+
+@dataclass(frozen=True)
+class LookupRecipe:
+    """How a DictionaryLookup network is trained; the defaults are the
+    authors' recipe.
+
+    Attributes:
+        max_epochs (int): Most passes over the training graphs.
+        eval_every (int): Epochs between evaluations.
+        patience (int): Evaluations without an improvement of the training
+            accuracy per query node before stopping.
+        min_improvement (float): The least rise of that accuracy that counts
+            as an improvement.
+        batch_size (int): Graphs per optimizer step.
+        lr (float): Adam's initial learning rate.
+        lr_factor (float): Factor of each learning rate reduction.
+        lr_patience (int): Evaluations without improvement before the
+            learning rate is reduced.
+        clip_norm (float): Largest gradient norm; ``0`` turns clipping off.
+    """
+    max_epochs: int = 50_000
+    eval_every: int = 10
+    patience: int = 20
+    min_improvement: float = 1e-4
+    batch_size: int = 1024
+    lr: float = 0.001
+    lr_factor: float = 0.5
+    lr_patience: int = 10
+    clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ('max_epochs', 'eval_every', 'patience', 'batch_size',
+                     'lr_patience'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (
+                    value < 1):
+                raise ValueError(f"'LookupRecipe' expects {name} to be a "
+                                 f'positive integer, got {value!r}')
+        if not (self.lr > 0 and 0 < self.lr_factor < 1
+                and self.clip_norm >= 0 and self.min_improvement >= 0):
+            raise ValueError(
+                "'LookupRecipe' expects lr > 0, 0 < lr_factor < 1, "
+                'clip_norm >= 0 and min_improvement >= 0, got '
+                f'lr={self.lr!r}, lr_factor={self.lr_factor!r}, '
+                f'clip_norm={self.clip_norm!r}, '
+                f'min_improvement={self.min_improvement!r}')
+
+
+@dataclass
+class LookupResult:
+    """The outcome of training one network on one DictionaryLookup size.
+
+    The accuracies are those of the best evaluation: the one with the
+    highest training accuracy per query node (the first of equals).
+
+    Attributes:
+        k (int): Keys per graph.
+        conv (str): The attention layer's name.
+        heads (int): Attention heads.
+        seed (int): Seed of the graphs, the split, the weights and the
+            batches.
+        train_node_acc (float): Fraction of training queries answered right.
+        train_graph_acc (float): Fraction of training graphs with every
+            query right.
+        test_node_acc (float): As :obj:`train_node_acc`, on the test graphs.
+        test_graph_acc (float): As :obj:`train_graph_acc`, on the test
+            graphs.
+        best_epoch (int): Epoch of the best evaluation.
+        epochs (int): Epochs trained.
+        steps (int): Optimizer steps taken.
+        stop (str): Why training ended: ``'fit'`` (100% training accuracy),
+            ``'patience'`` or ``'max_epochs'``.
+        seconds (float): Training and evaluation time, summed over
+            resumptions.
+        history (dict): One list per entry of ``HISTORY_KEYS``, one value
+            per evaluation; ``loss`` is the mean training loss (with
+            dropout) since the previous evaluation.
+        attention (list): ``[heads][query][key]`` attention of the best
+            model on the first test graph, whose correct keys lie on the
+            diagonal.
+        example_y (list[int]): That graph's targets (its permutation).
+        example_pred (list[int]): The best model's answers on that graph.
+    """
+    k: int
+    conv: str
+    heads: int
+    seed: int
+    train_node_acc: float
+    train_graph_acc: float
+    test_node_acc: float
+    test_graph_acc: float
+    best_epoch: int
+    epochs: int
+    steps: int
+    stop: str
+    seconds: float
+    history: dict[str, list[float]] = field(repr=False)
+    attention: list[list[list[float]]] = field(repr=False)
+    example_y: list[int] = field(repr=False)
+    example_pred: list[int] = field(repr=False)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(self.epochs, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> 'LookupResult':
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: values[key] for key in names})
+
+
+def _permutations(graphs: Union[Tensor, Sequence[Data]]) -> Tensor:
+    if isinstance(graphs, Tensor):
+        return graphs
+    if len(graphs) == 0:
+        raise ValueError("'evaluate_lookup' got no graphs")
+    # A DictionaryLookup graph's targets are its permutation.
+    return torch.stack([graph.y for graph in graphs])
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, batcher: LookupBatcher, perms: Tensor,
+              batch_size: int) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    right_nodes = right_graphs = 0
+    for start in range(0, perms.size(0), batch_size):
+        batch = batcher(perms[start:start + batch_size])
+        logits = model(batch.x, batch.edge_index, batch.query_mask,
+                       batch.batch)
+        right = (logits.argmax(dim=-1) == batch.y).view(-1, batcher.k)
+        right_nodes += int(right.sum())
+        right_graphs += int(right.all(dim=1).sum())
+    model.train(was_training)
+    return right_nodes / perms.numel(), right_graphs / perms.size(0)
+
+
+def evaluate_lookup(model: torch.nn.Module,
+                    graphs: Union[Tensor, Sequence[Data]],
+                    batch_size: int = 1024) -> tuple[float, float]:
+    """Accuracy of a :class:`~pyg_gatv2.models.DictionaryLookupNet` on
+    DictionaryLookup graphs, in evaluation mode (no dropout).
+
+    Args:
+        model (torch.nn.Module): The network.
+        graphs (torch.Tensor or Sequence[Data]): The graphs, as their
+            permutations (``[num_graphs, k]``, e.g.
+            :obj:`DictionaryLookup(k).test_permutations`) or as graphs of
+            :func:`~pyg_gatv2.datasets.dictionary_lookup_graph` (e.g.
+            :obj:`DictionaryLookup(k).test_dataset`).
+        batch_size (int, optional): Graphs per forward pass.
+            (default: :obj:`1024`)
+
+    Returns:
+        tuple[float, float]: The fraction of query nodes answered right and
+        the fraction of graphs with all their queries right.
+    """
+    perms = _permutations(graphs)
+    if perms.dim() != 2 or perms.size(0) == 0:
+        raise ValueError("'evaluate_lookup' expects permutations of shape "
+                         f'[num_graphs, k] with num_graphs >= 1, got '
+                         f'{tuple(perms.shape)}')
+    k = perms.size(1)
+    if getattr(model, 'k', k) != k:
+        raise ValueError(f"'evaluate_lookup' got a model built for "
+                         f'k={model.k} and graphs with k={k}; build the '
+                         "model with the graphs' k")
+    device = next(model.parameters()).device
+    return _evaluate(model, LookupBatcher(k, device), perms, batch_size)
+
+
+def _rng_states(device: torch.device) -> dict[str, Tensor]:
+    states = {'cpu': torch.get_rng_state()}
+    if device.type == 'cuda':
+        states['cuda'] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states['cpu'])
+    if 'cuda' in states:
+        torch.cuda.set_rng_state(states['cuda'], device)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:
+    return {key: value.detach().to('cpu', copy=True)
+            for key, value in model.state_dict().items()}
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    # Written aside and renamed, so that an interruption leaves the previous
+    # checkpoint whole.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + '.part')
+    torch.save(obj, part)
+    os.replace(part, path)
+
+
+def _recipe_settings(recipe: LookupRecipe) -> dict[str, Any]:
+    """The recipe without its epoch cap, which a resumed run may raise."""
+    settings = asdict(recipe)
+    del settings['max_epochs']
+    return settings
+
+
+def _run_settings(model: torch.nn.Module, dataset: DictionaryLookup,
+                  recipe: LookupRecipe, seed: int) -> dict[str, Any]:
+    return {'model': repr(model), 'k': dataset.k, 'dataset': repr(dataset),
+            'dataset_seed': dataset.seed, 'seed': seed,
+            'recipe': _recipe_settings(recipe)}
+
+
+def train_lookup(
+    model: torch.nn.Module,
+    dataset: DictionaryLookup,
+    recipe: Optional[LookupRecipe] = None,
+    *,
+    seed: int = 0,
+    checkpoint_path: Optional[_PathLike] = None,
+    resume: bool = False,
+    on_eval: Optional[Callable[[dict[str, float]], None]] = None,
+    progress: bool = True,
+    desc: Optional[str] = None,
+) -> LookupResult:
+    """Trains a :class:`~pyg_gatv2.models.DictionaryLookupNet` on the
+    training graphs of a :class:`~pyg_gatv2.datasets.DictionaryLookup` with
+    :obj:`recipe` and evaluates it on both splits.
+
+    Each epoch is one pass over the training graphs in a fresh random
+    order, one Adam step per batch on the cross-entropy of the query nodes.
+    Every :obj:`recipe.eval_every` epochs both splits are evaluated without
+    dropout; the training accuracy per query node alone drives the learning
+    rate schedule, the choice of the best evaluation and the stop. At the
+    end the model holds the weights of the best evaluation.
+
+    Args:
+        model (torch.nn.Module): The network, already on its device.
+        dataset (DictionaryLookup): The graphs and their split.
+        recipe (LookupRecipe, optional): The training settings.
+            (default: the authors' recipe, :obj:`LookupRecipe()`)
+        seed (int, optional): Seed of the order of the graphs.
+            (default: :obj:`0`)
+        checkpoint_path (str or os.PathLike, optional): Where the training
+            state is saved after every evaluation. (default: :obj:`None`)
+        resume (bool, optional): Continue from :obj:`checkpoint_path` when
+            it exists; the run then ends as an uninterrupted one would, bit
+            for bit on the CPU. A run that ended at its epoch cap continues
+            up to a higher :obj:`recipe.max_epochs`. (default: :obj:`False`)
+        on_eval (callable, optional): Called with each evaluation's entry
+            of the history. (default: :obj:`None`)
+        progress (bool, optional): Show a progress bar over the epochs.
+            (default: :obj:`True`)
+        desc (str, optional): The progress bar's label.
+            (default: :obj:`None`)
+
+    Returns:
+        LookupResult: Accuracies at the best evaluation, the history and the
+        attention on the first test graph.
+    """
+    recipe = LookupRecipe() if recipe is None else recipe
+    if getattr(model, 'k', dataset.k) != dataset.k:
+        raise ValueError(f"'train_lookup' got a model built for k={model.k} "
+                         f'and a dataset with k={dataset.k}; build the model '
+                         "with the dataset's k")
+    if resume and checkpoint_path is None:
+        raise ValueError("'train_lookup' got resume=True without a "
+                         'checkpoint_path to resume from')
+    device = next(model.parameters()).device
+    batcher = LookupBatcher(dataset.k, device)
+    train_perms = dataset.train_permutations.to(device)
+    test_perms = dataset.test_permutations.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode='max', factor=recipe.lr_factor,
+        patience=recipe.lr_patience, threshold=recipe.min_improvement,
+        threshold_mode='abs')
+    order = torch.Generator().manual_seed(seed)
+    settings = _run_settings(model, dataset, recipe, seed)
+
+    epoch = steps = bad_evals = 0
+    seconds = 0.0
+    history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+    best: dict[str, Any] = {'train_node_acc': -math.inf}
+    best_state = _cpu_state(model)
+    stop = None
+    path = None if checkpoint_path is None else Path(checkpoint_path)
+    if resume and path.exists():
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        if state['settings'] != settings:
+            raise ValueError(
+                f'Cannot resume from {path}: it was written for another '
+                'run; delete it or pass the same model, dataset, recipe and '
+                'seed')
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        order.set_state(state['order'])
+        _set_rng_states(state['rng'], device)
+        epoch, steps, bad_evals = state['epoch'], state['steps'], state[
+            'bad_evals']
+        seconds, history, best = state['seconds'], state['history'], state[
+            'best']
+        best_state, stop = state['best_state'], state['stop']
+        if stop == 'max_epochs' and epoch < recipe.max_epochs:
+            stop = None
+        elif stop is None and epoch >= recipe.max_epochs:
+            stop = 'max_epochs'
+
+    num_train = train_perms.size(0)
+    bar = tqdm(total=recipe.max_epochs, initial=epoch, desc=desc,
+               disable=not progress, leave=False, dynamic_ncols=True)
+    model.train()
+    try:
+        while stop is None:
+            tic = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            loss_steps = 0
+            for _ in range(recipe.eval_every):
+                perm = torch.randperm(num_train, generator=order).to(device)
+                for start in range(0, num_train, recipe.batch_size):
+                    batch = batcher(
+                        train_perms[perm[start:start + recipe.batch_size]])
+                    optimizer.zero_grad()
+                    logits = model(batch.x, batch.edge_index,
+                                   batch.query_mask, batch.batch)
+                    loss = F.cross_entropy(logits, batch.y)
+                    loss.backward()
+                    if recipe.clip_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       recipe.clip_norm)
+                    optimizer.step()
+                    loss_sum += loss.detach()
+                    loss_steps += 1
+                epoch += 1
+                bar.update()
+                if epoch >= recipe.max_epochs:
+                    break
+            steps += loss_steps
+            mean_loss = float(loss_sum) / loss_steps
+            if not math.isfinite(mean_loss):
+                raise TrainingDivergedError(
+                    f"'train_lookup' got a non-finite training loss by "
+                    f'epoch {epoch} (seed {seed}); lower the learning rate '
+                    f'(now {recipe.lr:g}) or clip the gradients harder '
+                    f'(now {recipe.clip_norm:g})')
+            train_node, train_graph = _evaluate(model, batcher, train_perms,
+                                                recipe.batch_size)
+            test_node, test_graph = _evaluate(model, batcher, test_perms,
+                                              recipe.batch_size)
+            entry = {'epoch': epoch, 'steps': steps, 'loss': mean_loss,
+                     'lr': optimizer.param_groups[0]['lr'],
+                     'train_node_acc': train_node,
+                     'train_graph_acc': train_graph,
+                     'test_node_acc': test_node, 'test_graph_acc': test_graph}
+            for key in HISTORY_KEYS:
+                history[key].append(entry[key])
+            if train_node > best['train_node_acc'] + recipe.min_improvement:
+                best = dict(entry)
+                best_state = _cpu_state(model)
+                bad_evals = 0
+            else:
+                bad_evals += 1
+            scheduler.step(train_node)
+            if train_node == 1.0:
+                stop = 'fit'
+            elif bad_evals >= recipe.patience:
+                stop = 'patience'
+            elif epoch >= recipe.max_epochs:
+                stop = 'max_epochs'
+            seconds += time.perf_counter() - tic
+            bar.set_postfix(loss=f'{mean_loss:.4f}', train=f'{train_node:.3f}',
+                            test=f'{test_node:.3f}', refresh=False)
+            if on_eval is not None:
+                on_eval(entry)
+            if path is not None:
+                _save({'settings': settings, 'model': _cpu_state(model),
+                       'optimizer': optimizer.state_dict(),
+                       'scheduler': scheduler.state_dict(),
+                       'order': order.get_state(),
+                       'rng': _rng_states(device), 'epoch': epoch,
+                       'steps': steps, 'bad_evals': bad_evals,
+                       'seconds': seconds, 'history': history, 'best': best,
+                       'best_state': best_state, 'stop': stop}, path)
+    finally:
+        bar.close()
+
+    model.load_state_dict(best_state)
+    example = dataset.test_dataset[0].to(device)
+    attention = model.attention_matrix(example)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        pred = model(example.x, example.edge_index,
+                     example.query_mask).argmax(dim=-1)
+    model.train(was_training)
+    return LookupResult(
+        k=dataset.k, conv=getattr(model, 'conv_name', type(model).__name__),
+        heads=getattr(model, 'heads', 1), seed=seed,
+        train_node_acc=best['train_node_acc'],
+        train_graph_acc=best['train_graph_acc'],
+        test_node_acc=best['test_node_acc'],
+        test_graph_acc=best['test_graph_acc'], best_epoch=best['epoch'],
+        epochs=epoch, steps=steps, stop=stop, seconds=seconds,
+        history=history, attention=attention.cpu().tolist(),
+        example_y=example.y.cpu().tolist(),
+        example_pred=pred.cpu().tolist())
+
+
+@dataclass(frozen=True)
+class LookupRun:
+    """One run of a sweep: a size, a layer, a number of heads and a seed."""
+    k: int
+    conv: str
+    heads: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f'k{self.k}_{self.conv}_h{self.heads}_s{self.seed}'
+
+
+def _run_of(result: dict[str, Any]) -> LookupRun:
+    return LookupRun(result['k'], result['conv'], result['heads'],
+                     result['seed'])
+
+
+def run_lookup_sweep(
+    runs: Sequence[LookupRun],
+    json_path: _PathLike,
+    *,
+    recipe: Optional[LookupRecipe] = None,
+    hidden_channels: int = 128,
+    readout: str = 'linear',
+    dropout: float = 0.5,
+    train_fraction: float = 0.8,
+    max_graphs: int = 32_000,
+    device: Union[str, torch.device] = 'cpu',
+    checkpoint_dir: Optional[_PathLike] = None,
+    resume: bool = False,
+    report: Optional[dict[str, Any]] = None,
+    on_result: Optional[Callable[[LookupResult], None]] = None,
+    progress: bool = False,
+) -> list[LookupResult]:
+    """Trains one network per run and writes every finished run to a JSON
+    report as it ends, so that an interrupted sweep resumes.
+
+    Each run builds ``DictionaryLookup(k, seed=seed)`` and, after
+    :func:`torch.manual_seed` with the same seed, a
+    :class:`~pyg_gatv2.models.DictionaryLookupNet`, which
+    :func:`train_lookup` trains. With :obj:`resume`, the runs already in
+    :obj:`json_path` are kept and not retrained, and a run that was cut
+    short continues from its checkpoint in :obj:`checkpoint_dir`.
+
+    Args:
+        runs (Sequence[LookupRun]): The runs, in order.
+        json_path (str or os.PathLike): The report: :obj:`report`, the
+            settings and one entry per finished run under ``'results'``.
+        recipe (LookupRecipe, optional): The training settings.
+            (default: :obj:`LookupRecipe()`)
+        hidden_channels, readout, dropout: As in
+            :class:`~pyg_gatv2.models.DictionaryLookupNet`.
+        train_fraction, max_graphs: As in
+            :class:`~pyg_gatv2.datasets.DictionaryLookup`.
+        device (str or torch.device, optional): Where to train.
+            (default: ``'cpu'``)
+        checkpoint_dir (str or os.PathLike, optional): Folder of the
+            training state of the run in progress, removed when the run
+            ends. (default: :obj:`None`)
+        resume (bool, optional): Keep the finished runs of
+            :obj:`json_path`, which must have been written with the same
+            settings. (default: :obj:`False`)
+        report (dict, optional): More entries for the report, such as the
+            command. (default: :obj:`None`)
+        on_result (callable, optional): Called with each run's result,
+            those kept from :obj:`json_path` included. (default:
+            :obj:`None`)
+        progress (bool, optional): Show progress bars. (default:
+            :obj:`False`)
+
+    Returns:
+        list[LookupResult]: One result per run, in the order of
+        :obj:`runs`.
+
+    The settings recorded in the report leave out
+    :obj:`recipe.max_epochs`: resuming with a higher cap continues the runs
+    that the lower cap ended, from the checkpoints kept for them.
+    """
+    recipe = LookupRecipe() if recipe is None else recipe
+    runs = list(dict.fromkeys(runs))
+    if not runs:
+        raise ValueError("'run_lookup_sweep' got no runs")
+    device = torch.device(device)
+    json_path = Path(json_path)
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    settings = {'recipe': _recipe_settings(recipe), 'hidden': hidden_channels,
+                'readout': readout, 'dropout': dropout,
+                'train_fraction': train_fraction, 'max_graphs': max_graphs}
+    # Bad settings fail here, before any training.
+    for run in runs:
+        DictionaryLookupNet(run.k, hidden_channels, run.heads, run.conv,
+                            readout, dropout)
+
+    done: dict[LookupRun, LookupResult] = {}
+    if resume and json_path.exists():
+        saved = json.loads(json_path.read_text())
+        if saved.get('settings') != settings:
+            raise ValueError(
+                f'Cannot resume from {json_path}: it was written with other '
+                f"settings ({saved.get('settings')!r}, now {settings!r}); "
+                'run with the same settings, or without resuming or into '
+                'another file')
+        for values in saved['results']:
+            result = LookupResult.from_dict(values)
+            # Runs cut by a lower epoch cap go on from their checkpoint.
+            if not (result.stop == 'max_epochs'
+                    and result.epochs < recipe.max_epochs):
+                done[_run_of(values)] = result
+
+    def write() -> None:
+        kept = [done[run] for run in runs if run in done]
+        kept += [result for run, result in done.items() if run not in runs]
+        body = {**(report or {}), 'settings': settings,
+                'max_epochs': recipe.max_epochs,
+                'results': [result.to_dict() for result in kept]}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        part = json_path.with_name(json_path.name + '.part')
+        part.write_text(json.dumps(body, indent=1) + '\n')
+        os.replace(part, json_path)
+
+    datasets: dict[tuple[int, int], DictionaryLookup] = {}
+    results = []
+    for run in runs:
+        if run not in done:
+            key = (run.k, run.seed)
+            if key not in datasets:
+                datasets.clear()  # one size at a time in memory
+                datasets[key] = DictionaryLookup(
+                    run.k, train_fraction=train_fraction,
+                    max_graphs=max_graphs, seed=run.seed)
+            torch.manual_seed(run.seed)
+            model = DictionaryLookupNet(run.k, hidden_channels, run.heads,
+                                        run.conv, readout, dropout).to(device)
+            checkpoint = None if folder is None else folder / (
+                run.name + '.pt')
+            done[run] = train_lookup(
+                model, datasets[key], recipe, seed=run.seed,
+                checkpoint_path=checkpoint,
+                resume=resume and checkpoint is not None, progress=progress,
+                desc=run.name)
+            write()
+            # A run cut by the epoch cap keeps its state, to go on under a
+            # higher cap.
+            if checkpoint is not None and done[run].stop != 'max_epochs':
+                checkpoint.unlink(missing_ok=True)
+        results.append(done[run])
+        if on_result is not None:
+            on_result(done[run])
+    write()
+    return results
