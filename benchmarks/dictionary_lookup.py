@@ -20,19 +20,28 @@ GAT runs as PyG's ``DenseGATConv`` on the batch's dense adjacency by default
 Before training, the script checks that the two agree with copied weights,
 and that the fast batches equal PyG's collation. Seconds are wall-clock
 training and evaluation time per run.
+
+    python benchmarks/dictionary_lookup.py --threads 1 --step-times
+
+times one training step (1024 graphs) of every layer side by side instead,
+GATv2 on its fused path and by message passing, and writes
+``dictionary_lookup_steps.md``.
 """
 import argparse
+import functools
 import platform
 import statistics
 from pathlib import Path
 
 import torch
-from _common import command_line, markdown_table, write_csv
+import torch.nn.functional as F
+from _common import command_line, markdown_table, median_time, write_csv
 from torch_geometric.data import Batch
 
 import pyg_gatv2
 from pyg_gatv2.datasets import DictionaryLookup
 from pyg_gatv2.lookup import (
+    LookupBatch,
     LookupBatcher,
     LookupRecipe,
     LookupResult,
@@ -76,6 +85,59 @@ def check(gat: str) -> None:
                          ' under the same seed')
     print(f'check: batches equal PyG collation; {gat} = gat to '
           f'{error:.1e}')
+
+
+# Layer name, heads, fused path of GATv2Conv, label.
+STEP_VARIANTS = (
+    ('gat', None, 'GAT, PyG GATConv (message passing)'),
+    ('dense_gat', None, 'GAT, PyG DenseGATConv'),
+    ('gatv2', False, 'GATv2, ours, message passing (fused=False)'),
+    ('gatv2', None, 'GATv2, ours, fused kernel (default)'),
+)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batch: LookupBatch) -> None:
+    optimizer.zero_grad()
+    logits = model(batch.x, batch.edge_index, batch.query_mask, batch.batch)
+    F.cross_entropy(logits, batch.y).backward()
+    optimizer.step()
+
+
+def step_times(ks: list[int], heads: list[int], stem: Path) -> None:
+    """Median time of one training step per layer, side by side."""
+    rows = []
+    for k in ks:
+        perms = torch.rand(1024, k, generator=torch.Generator().manual_seed(
+            k)).argsort(dim=1)
+        batch = LookupBatcher(k)(perms)
+        for num_heads in heads:
+            times = {}
+            for conv, fused, label in STEP_VARIANTS:
+                torch.manual_seed(0)
+                model = DictionaryLookupNet(k, heads=num_heads, conv=conv)
+                if fused is not None:
+                    model.conv.fused = fused
+                optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+                step = functools.partial(train_step, model, optimizer, batch)
+                times[label] = median_time(step, torch.device('cpu'),
+                                           warmup=2, min_repeat=5,
+                                           max_repeat=5)
+            base = times[STEP_VARIANTS[2][2]]
+            for label, seconds in times.items():
+                rows.append({'k': k, 'heads': num_heads, 'layer': label,
+                             'ms per step': f'{1000 * seconds:.0f}',
+                             'vs GATv2 message passing':
+                             f'{base / seconds:.2f}x'})
+                print(markdown_table(rows[-1:], list(rows[0])).splitlines()
+                      [-1], flush=True)
+    text = (f'# DictionaryLookup: one training step\n\nCommand: '
+            f'`{command_line()}` ({torch.get_num_threads()} thread(s); '
+            '1024 graphs per step, forward, backward and Adam; median of 5 '
+            'after 2 warm-up steps).\n\n' +
+            markdown_table(rows, list(rows[0])) + '\n')
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_name(stem.name + '_steps.md').write_text(text)
 
 
 def row(result: LookupResult) -> dict:
@@ -138,15 +200,20 @@ def main() -> None:
     parser.add_argument('--out', type=Path,
                         default=ROOT / 'benchmarks' / 'results')
     parser.add_argument('--resume', action='store_true')
+    parser.add_argument('--step-times', action='store_true',
+                        help='time one training step per layer instead')
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     check(args.gat)
+    stem = args.out / 'dictionary_lookup'
+    if args.step_times:
+        step_times(args.ks, args.heads, stem)
+        return
 
     runs = [LookupRun(k, conv, heads, seed)
             for seed in range(args.seeds) for heads in args.heads
             for k in args.ks for conv in (args.gat, 'gatv2')]
-    stem = args.out / 'dictionary_lookup'
     command = command_line()
     finished: list[LookupResult] = []
 
