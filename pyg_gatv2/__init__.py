@@ -1,8 +1,9 @@
 """pyg_gatv2: a fast, memory-efficient drop-in GATv2Conv for PyG."""
+from pyg_gatv2.checks import get_validation, set_validation, validation
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.datasets import DictionaryLookup, load_planetoid
 from pyg_gatv2.dense import DenseGATv2Conv
-from pyg_gatv2.models import DictionaryLookupNet, GATv2
+from pyg_gatv2.models import GAT, DictionaryLookupNet, GATv2
 from pyg_gatv2.softmax import (
     available_backends,
     get_backend,
@@ -31,8 +32,12 @@ __all__ = [
     'get_backend',
     'set_backend',
     'use_backend',
+    'set_validation',
+    'get_validation',
+    'validation',
     'load_planetoid',
     'GATv2',
+    'GAT',
     'fit',
     'train_node_classifier',
     'TrainResult',

@@ -23,20 +23,12 @@ from torch_geometric.utils import (
 )
 from torch_geometric.utils.sparse import set_sparse_value
 
-from pyg_gatv2.functional import combine_heads, gatv2_logits
+from pyg_gatv2.checks import check_index_range, check_no_nan, is_strict
+from pyg_gatv2.functional import combine_heads, gatv2_logits, self_loop_attr
 from pyg_gatv2.fused.layer import fused_conv_forward, fused_path_blocker
 from pyg_gatv2.softmax import scatter_softmax
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def _has_nan(x: Tensor) -> bool:
-    # A sum is NaN whenever an element is, and costs a fraction of a full
-    # isnan pass over wide input features; the exact test runs only when the
-    # sum is not finite (an infinity or an overflow).
-    if x.numel() == 0 or bool(torch.isfinite(x.sum())):
-        return False
-    return bool(torch.isnan(x).any())
 
 
 class GATv2Conv(MessagePassing):
@@ -251,12 +243,14 @@ class GATv2Conv(MessagePassing):
         else:
             x_r = self.lin_r(x_dst).view(-1, H, C)
 
-        if not torch.compiler.is_compiling():
-            self._check_edges(edge_index, edge_attr, x_l.size(0),
-                              x_r.size(0))
-
+        blocker = 'fused=False'
         if self.fused is not False:
             blocker = fused_path_blocker(self, edge_index)
+        if not torch.compiler.is_compiling():
+            self._check_edges(edge_index, edge_attr, x_l.size(0),
+                              x_r.size(0), fused_path=blocker is None)
+
+        if self.fused is not False:
             if blocker is None:
                 out, attention = fused_conv_forward(
                     self, x_l, x_r, edge_index, edge_attr,
@@ -268,6 +262,15 @@ class GATv2Conv(MessagePassing):
                     f"'{self.__class__.__name__}' was built with fused=True "
                     f"but the fused path does not support {blocker}; build "
                     "it with fused=None to fall back to message passing")
+
+        # torch's scatter_add_ (under PyG's aggregation) gets its gradient
+        # wrong for int32 indices; int64 ones are right.
+        index_dtype = None
+        if (isinstance(edge_index, Tensor) and edge_index.dtype != torch.long
+                and not edge_index.is_sparse
+                and edge_index.layout == torch.strided):
+            index_dtype = edge_index.dtype
+            edge_index = edge_index.long()
 
         # PyG's message passing reads CSR and COO adjacencies, not CSC.
         csc_input = (isinstance(edge_index, Tensor)
@@ -285,12 +288,17 @@ class GATv2Conv(MessagePassing):
                         "to a 'SparseTensor' with edge features; pass "
                         "'edge_index' as a [2, E] tensor instead")
             else:
-                num_nodes = min(x_l.size(0), x_r.size(0))
+                num_loops = min(x_l.size(0), x_r.size(0))
                 edge_index, edge_attr = remove_self_loops(
                     edge_index, edge_attr)
-                edge_index, edge_attr = add_self_loops(
-                    edge_index, edge_attr, fill_value=self.fill_value,
-                    num_nodes=num_nodes)
+                if edge_attr is not None:
+                    edge_attr = torch.cat([
+                        edge_attr,
+                        self_loop_attr(edge_index, edge_attr, num_loops,
+                                       x_r.size(0), self.fill_value)
+                    ])
+                edge_index, _ = add_self_loops(edge_index,
+                                               num_nodes=num_loops)
 
         alpha = self.edge_updater(edge_index, x=(x_l, x_r),
                                   edge_attr=edge_attr)
@@ -305,6 +313,8 @@ class GATv2Conv(MessagePassing):
                 if csc_input:
                     adj = adj.to_sparse_csc()
                 return out, (adj, alpha)
+            if index_dtype is not None:
+                edge_index = edge_index.to(index_dtype)
             return out, (edge_index, alpha)
         return out
 
@@ -368,15 +378,14 @@ class GATv2Conv(MessagePassing):
                     f"'{name}' was built for {lin.in_channels} {role} input "
                     f"features but got {x.size(-1)}; build it with "
                     f"in_channels={x.size(-1)} (or -1 to infer it)")
-            if _has_nan(x):
-                raise ValueError(
-                    f"'{name}' got NaN in its {role} node features; check "
-                    'the data (e.g. torch.isnan(x).nonzero()) or, during '
-                    'training, lower the learning rate')
+            if is_strict():
+                check_no_nan(x, f'its {role} node features', name)
             weight = lin.weight
             if isinstance(weight, torch.nn.parameter.UninitializedParameter):
                 continue
-            if x.dtype != weight.dtype:
+            # Under autocast the projections cast the features themselves.
+            if (x.dtype != weight.dtype
+                    and not torch.is_autocast_enabled(x.device.type)):
                 raise TypeError(
                     f"'{name}' got {role} node features of dtype '{x.dtype}' "
                     f"but its parameters are '{weight.dtype}'; convert one "
@@ -389,7 +398,7 @@ class GATv2Conv(MessagePassing):
                     f"the other (e.g. 'x.to(\"{weight.device}\")')")
 
     def _check_edges(self, edge_index: Adj, edge_attr: OptTensor,
-                     num_src: int, num_dst: int) -> None:
+                     num_src: int, num_dst: int, fused_path: bool) -> None:
         name = self.__class__.__name__
         if isinstance(edge_index, SparseTensor):
             num_edges = edge_index.nnz()
@@ -428,10 +437,14 @@ class GATv2Conv(MessagePassing):
                     f"its parameters are on '{self.att.device}'; move it "
                     f"with 'edge_index.to(\"{self.att.device}\")'")
             num_edges = edge_index.size(1)
-            if num_edges > 0:
+            # The fused path checks the range once per graph, when it builds
+            # the layout; elsewhere the check would wait for the device on
+            # every call of a GPU layer.
+            if is_strict() or (not fused_path
+                               and edge_index.device.type == 'cpu'):
                 if isinstance(edge_index, EdgeIndex):
                     edge_index = edge_index.as_tensor()
-                self._check_index_range(edge_index, num_src, num_dst)
+                check_index_range(edge_index, num_src, num_dst, name)
 
         if edge_attr is None:
             return
@@ -448,34 +461,16 @@ class GATv2Conv(MessagePassing):
                 f"'{name}' expects floating-point 'edge_attr' (got "
                 f"'{edge_attr.dtype}'); convert it with 'edge_attr.float()'")
         dim = edge_attr.size(-1) if edge_attr.dim() == 2 else 1
-        if edge_attr.dim() not in (1, 2) or dim != self.edge_dim:
+        # With edge_dim=-1 the size is taken from the first edge_attr.
+        expected = self.lin_edge.in_channels
+        if edge_attr.dim() not in (1, 2) or expected not in (-1, dim):
             raise ValueError(
                 f"'{name}' was built with edge_dim={self.edge_dim} and "
-                "expects 'edge_attr' of shape [num_edges, "
-                f'{self.edge_dim}] (got {tuple(edge_attr.shape)})')
-        if _has_nan(edge_attr):
-            raise ValueError(
-                f"'{name}' got NaN in 'edge_attr'; check the edge features "
-                '(e.g. torch.isnan(edge_attr).nonzero())')
+                f"expects 'edge_attr' of shape [num_edges, {expected}] (got "
+                f'{tuple(edge_attr.shape)})')
+        if is_strict():
+            check_no_nan(edge_attr, "'edge_attr'", name)
         if edge_attr.size(0) != num_edges:
             raise ValueError(
                 f"'{name}' got 'edge_attr' for {edge_attr.size(0)} edges but "
                 f"'edge_index' has {num_edges}; pass one row per edge")
-
-    def _check_index_range(self, edge_index: Tensor, num_src: int,
-                           num_dst: int) -> None:
-        name = self.__class__.__name__
-        low = int(edge_index.min())
-        if low < 0:
-            raise ValueError(
-                f"'{name}' got a negative node index ({low}) in "
-                "'edge_index'; indices must lie in [0, num_nodes)")
-        for row, role, num in ((0, 'source', num_src),
-                               (1, 'target', num_dst)):
-            high = int(edge_index[row].max())
-            if high >= num:
-                raise ValueError(
-                    f"'{name}' got {role} node index {high} in 'edge_index' "
-                    f'but only {num} {role} nodes in \'x\'; indices must lie '
-                    f'in [0, {num}) (check that edge_index and x belong to '
-                    'the same graph)')

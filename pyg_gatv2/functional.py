@@ -1,8 +1,9 @@
 """GATv2 maths shared by the sparse, dense and fused layers."""
-from typing import Optional
+from typing import Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.utils.loop import compute_loop_attr
 
 
 def gatv2_logits(
@@ -60,3 +61,34 @@ def combine_heads(
     if bias is not None:
         out = out + bias
     return out
+
+
+def self_loop_attr(
+    edge_index: Tensor,
+    edge_attr: Tensor,
+    num_loops: int,
+    num_dst: int,
+    fill_value: Union[float, Tensor, str],
+) -> Tensor:
+    """Edge features of the self-loops ``i -> i``, ``i < num_loops``, that
+    :func:`torch_geometric.utils.add_self_loops` would append to a graph
+    without self-loops: ``fill_value`` itself, or the reduction it names
+    (``'mean'``, ``'add'``, ...) over the features of the node's in-edges.
+
+    Unlike :func:`~torch_geometric.utils.add_self_loops`, it also takes a
+    bipartite graph whose targets outnumber the loops: the in-edges of
+    targets without a loop count for nothing.
+
+    Args:
+        edge_index (torch.Tensor): Edges without self-loops, ``[2, E]``.
+        edge_attr (torch.Tensor): Their features, ``[E, D]``.
+        num_loops (int): Number of self-loops, ``min(num_src, num_dst)``.
+        num_dst (int): Number of target nodes.
+        fill_value (float or torch.Tensor or str): The loop features or the
+            name of the reduction.
+    """
+    # int64 indices: torch's scatter reductions get their gradient wrong
+    # for int32 ones.
+    return compute_loop_attr(edge_index.long(), edge_attr,
+                             max(num_dst, num_loops), False,
+                             fill_value)[:num_loops]

@@ -149,6 +149,7 @@ def scatter_softmax(
     if dtype in (torch.float16, torch.bfloat16):
         src = src.float()
     if backend == 'torch_scatter':
+        index = index.long()  # torch-scatter takes int64 indices only
         src_max = _scatter_max(src.detach(), index, num_nodes, ptr)
     else:
         src_max = _native_max(src.detach(), index, num_nodes)

@@ -1,4 +1,5 @@
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -11,7 +12,14 @@ from torch_geometric.utils import (
     to_torch_csr_tensor,
 )
 
-from pyg_gatv2 import GATv2Conv, available_backends, use_backend
+from pyg_gatv2 import (
+    GATv2Conv,
+    available_backends,
+    get_validation,
+    use_backend,
+    validation,
+)
+from pyg_gatv2.fused import clear_layout_cache
 
 TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-5}
 
@@ -139,6 +147,51 @@ def test_gradcheck(backend):
     with use_backend(backend):
         assert torch.autograd.gradcheck(
             lambda x, e: conv(x, edge_index, e), (x, edge_attr))
+
+
+@pytest.mark.parametrize('fused', [None, False])
+def test_gradcheck_with_int32_indices(fused):
+    conv = GATv2Conv(1, 2, share_weights=True, add_self_loops=False,
+                     bias=False, fused=fused).double()
+    edge_index = torch.tensor([[0, 0, 0], [0, 0, 1]], dtype=torch.int32)
+    x = torch.randn(2, 1, dtype=torch.float64, requires_grad=True)
+    weight = torch.linspace(-1, 1, 4, dtype=torch.float64)
+
+    def loss(x):
+        out, (_, alpha) = conv(x, edge_index, return_attention_weights=True)
+        return (out.flatten() * weight).sum() + alpha.square().sum()
+
+    assert torch.autograd.gradcheck(loss, [x])
+    assert torch.autograd.gradgradcheck(loss, [x])
+
+
+@pytest.mark.parametrize('fused', [None, False])
+def test_self_loop_features_of_a_bipartite_graph(fused):
+    # Two sources, four targets: targets 0 and 1 get a self-loop. PyG's
+    # layer fails here (an index error inside its loop-feature reduction,
+    # which only sizes its output for the loops).
+    ours = GATv2Conv((3, 3), 2, heads=2, edge_dim=2, fill_value='mean',
+                     fused=fused).double()
+    ref = pyg_nn.GATv2Conv((3, 3), 2, heads=2, edge_dim=2,
+                           add_self_loops=False).double()
+    ref.load_state_dict(ours.state_dict())
+    x = (torch.randn(2, 3, dtype=torch.float64),
+         torch.randn(4, 3, dtype=torch.float64))
+    edge_index = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 2, 3, 1, 3]])
+    edge_attr = torch.randn(6, 2, dtype=torch.float64)
+    # By hand: the existing loops 0->0 and 1->1 are dropped; node 0's loop
+    # takes the mean over its one other in-edge (1->0), node 1 has none and
+    # gets zeros; the in-edges of targets 2 and 3 count for nothing.
+    explicit_index = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 2, 3, 3, 0, 1]])
+    explicit_attr = torch.cat([edge_attr[[1, 2, 3, 5]], edge_attr[[1]],
+                               torch.zeros(1, 2, dtype=torch.float64)])
+    out, (index, alpha) = ours(x, edge_index, edge_attr,
+                               return_attention_weights=True)
+    ref_out, (_, ref_alpha) = ref(x, explicit_index, explicit_attr,
+                                  return_attention_weights=True)
+    assert torch.equal(index, explicit_index)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(alpha, ref_alpha)
 
 
 def test_hand_made_graph():
@@ -364,6 +417,12 @@ BAD_INPUTS = {
     'x_not_tensor': (
         dict(x=[[1.0] * 8] * 5),
         TypeError, r"expects 'x' to be a tensor"),
+    'sparse_adjacency_size': (
+        dict(edge_index=torch.eye(6).to_sparse()),
+        ValueError, r'\[num_targets, num_sources\] = \[5, 5\]'),
+}
+# Reported in strict validation only; by default NaN propagates, as in PyG.
+NAN_INPUTS = {
     'x_nan': (
         dict(x=torch.full((5, 8), float('nan'))),
         ValueError, r'NaN in its source node features'),
@@ -371,21 +430,20 @@ BAD_INPUTS = {
         dict(x=torch.full((5, 8), 3e38).index_put_(
             (torch.tensor(2), torch.tensor(5)), torch.tensor(float('nan')))),
         ValueError, r'NaN in its source node features'),
-    'sparse_adjacency_size': (
-        dict(edge_index=torch.eye(6).to_sparse()),
-        ValueError, r'\[num_targets, num_sources\] = \[5, 5\]'),
 }
 
 
-@pytest.mark.parametrize('case', list(BAD_INPUTS))
-def test_bad_input_is_reported(case):
-    override, error, pattern = BAD_INPUTS[case]
+@pytest.mark.parametrize('mode,case', [
+    (mode, case) for mode in ('default', 'strict') for case in BAD_INPUTS
+] + [('strict', case) for case in NAN_INPUTS])
+def test_bad_input_is_reported(mode, case):
+    override, error, pattern = {**BAD_INPUTS, **NAN_INPUTS}[case]
     conv = GATv2Conv(8, 4)
     args = dict(x=torch.randn(5, 8),
                 edge_index=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]),
                 edge_attr=None)
     args.update(override)
-    with pytest.raises(error, match=pattern) as info:
+    with validation(mode), pytest.raises(error, match=pattern) as info:
         conv(**args)
     assert "'GATv2Conv'" in str(info.value)
 
@@ -403,7 +461,8 @@ def test_bad_edge_attr_is_reported(case):
     edge_attr, pattern = EDGE_ATTR_CASES[case]
     conv = GATv2Conv(8, 4, edge_dim=3)
     edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
-    with pytest.raises((ValueError, TypeError), match=pattern):
+    with validation('strict'), pytest.raises((ValueError, TypeError),
+                                             match=pattern):
         conv(torch.randn(5, 8), edge_index, edge_attr)
 
 
@@ -414,7 +473,8 @@ def test_bad_edge_attr_is_reported(case):
 ], ids=['overflowing_sum', 'inf', 'inf_and_minus_inf'])
 def test_features_without_nan_are_not_refused(x):
     conv = GATv2Conv(8, 4, fused=False)
-    out = conv(x, torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]))
+    with validation('strict'):
+        out = conv(x, torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]))
     assert out.shape == (5, 4)
 
 
@@ -423,3 +483,230 @@ def test_device_mismatch_is_reported():
     with pytest.raises(ValueError, match=r"on 'cpu' but its parameters are "
                        r"on 'meta'"):
         conv(torch.randn(5, 8, device='cpu'), torch.tensor([[0], [1]]))
+
+
+def gradient_penalty_grads(conv, x, edge_index, edge_attr=None):
+    """Parameter and input gradients of a gradient penalty: the squared
+    norm of d(output)/dx, which needs second derivatives of the layer."""
+    x = x.detach().requires_grad_()
+    conv.zero_grad()
+    out = conv(x, edge_index, edge_attr)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype)
+    (grad_x, ) = torch.autograd.grad((out.flatten() * weight).sum() +
+                                     out.square().sum(), x,
+                                     create_graph=True)
+    (grad_x.square().sum() + out.sum()).backward()
+    return {name: p.grad for name, p in conv.named_parameters()}, x.grad
+
+
+@pytest.mark.parametrize('fused', [None, True, False])
+@pytest.mark.parametrize('edge_dim,self_loops', [(None, True), (2, True),
+                                                 (2, False)])
+def test_second_derivatives_match_pyg(fused, edge_dim, self_loops):
+    ours, ref = both_layers(5, 3, heads=2, edge_dim=edge_dim,
+                            add_self_loops=self_loops)
+    ours.fused = fused
+    x = torch.randn(10, 5, dtype=torch.float64)
+    edge_index = random_graph(10, num_edges=30)
+    edge_attr = (None if edge_dim is None else torch.randn(
+        30, edge_dim, dtype=torch.float64))
+    ours_grads, ours_x = gradient_penalty_grads(ours, x, edge_index,
+                                                edge_attr)
+    ref_grads, ref_x = gradient_penalty_grads(ref, x, edge_index, edge_attr)
+    assert ours_grads.keys() == ref_grads.keys()
+    for name, expected in ref_grads.items():
+        assert ours_grads[name] is not None, name
+        torch.testing.assert_close(ours_grads[name], expected, msg=name)
+    torch.testing.assert_close(ours_x, ref_x)
+
+
+@pytest.mark.parametrize('edge_dim', [None, 2])
+def test_gradgradcheck_on_the_default_path(edge_dim):
+    conv = GATv2Conv(3, 2, heads=2, edge_dim=edge_dim).double()
+    edge_index = random_graph(6, num_edges=14, seed=3)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    att = conv.att.detach().clone().requires_grad_()
+    inputs = [x, att]
+    if edge_dim is not None:
+        inputs.append(torch.randn(14, edge_dim, dtype=torch.float64,
+                                  requires_grad=True))
+
+    def layer(x, att, edge_attr=None):
+        return torch.func.functional_call(conv, {'att': att},
+                                          (x, edge_index, edge_attr))
+
+    assert torch.autograd.gradcheck(layer, inputs)
+    assert torch.autograd.gradgradcheck(layer, inputs)
+
+
+@pytest.mark.parametrize('fused', [None, False])
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(residual=True, edge_dim=3),
+    dict(concat=False, bias=False, share_weights=True),
+])
+def test_autocast_bfloat16_follows_pyg(fused, kwargs):
+    ours, ref = both_layers(8, 4, heads=2, dtype=torch.float32, **kwargs)
+    ours.fused = fused
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 8, generator=gen)
+    edge_index = random_graph(30, num_edges=120, seed=1)
+    edge_attr = (torch.randn(120, 3, generator=gen)
+                 if 'edge_dim' in kwargs else None)
+    full = ours(x, edge_index, edge_attr)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, (_, alpha) = ours(x, edge_index, edge_attr,
+                               return_attention_weights=True)
+        ref_out, (_, ref_alpha) = ref(x, edge_index, edge_attr,
+                                      return_attention_weights=True)
+    assert out.dtype == ref_out.dtype == torch.float32
+    assert alpha.dtype == ref_alpha.dtype
+    # bfloat16 keeps 8 bits of mantissa: the projections are rounded to
+    # about 0.4%, and the attention is accumulated in float32 from there.
+    scale = full.abs().max().item()
+    torch.testing.assert_close(out, full, atol=0.02 * scale, rtol=0.02)
+    torch.testing.assert_close(out, ref_out, atol=0.01 * scale, rtol=0.01)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in ours.parameters())
+
+
+@pytest.mark.parametrize('fused', [None, False])
+def test_lazy_edge_dim(fused):
+    conv = GATv2Conv(8, 4, heads=2, edge_dim=-1, fused=fused)
+    x = torch.randn(12, 8)
+    edge_index = random_graph(12, num_edges=40)
+    edge_attr = torch.randn(40, 3)
+    out = conv(x, edge_index, edge_attr)
+    assert conv.lin_edge.weight.shape == (8, 3)
+    ref = pyg_nn.GATv2Conv(8, 4, heads=2, edge_dim=3)
+    ref.load_state_dict(conv.state_dict(), strict=True)
+    torch.testing.assert_close(out, ref(x, edge_index, edge_attr))
+    with pytest.raises(ValueError, match=r'edge_dim=-1.*\[num_edges, 3\]'):
+        conv(x, edge_index, torch.randn(40, 2))
+
+
+def test_lazy_edge_dim_in_to_hetero():
+    from torch_geometric.nn import to_hetero
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = GATv2Conv((-1, -1), 4, edge_dim=-1,
+                                  add_self_loops=False)
+
+        def forward(self, x, edge_index, edge_attr):
+            return self.conv(x, edge_index, edge_attr)
+
+    metadata = (['paper', 'author'], [('paper', 'cites', 'paper'),
+                                      ('author', 'writes', 'paper')])
+    model = to_hetero(Net(), metadata)
+    x_dict = {'paper': torch.randn(10, 6), 'author': torch.randn(5, 3)}
+    edge_index_dict = {
+        ('paper', 'cites', 'paper'): random_graph(10, num_edges=20),
+        ('author', 'writes', 'paper'): random_graph(5, 10, num_edges=15),
+    }
+    edge_attr_dict = {
+        ('paper', 'cites', 'paper'): torch.randn(20, 2),
+        ('author', 'writes', 'paper'): torch.randn(15, 7),
+    }
+    out = model(x_dict, edge_index_dict, edge_attr_dict)
+    assert out['paper'].shape == (10, 4)
+    assert torch.isfinite(out['paper']).all()
+    convs = model.conv
+    assert convs['paper__cites__paper'].lin_edge.weight.shape == (4, 2)
+    assert convs['author__writes__paper'].lin_edge.weight.shape == (4, 7)
+
+
+@pytest.mark.parametrize('edit', ['numpy', 'data', 'no_grad'])
+def test_edge_index_edited_in_place_is_never_stale(edit):
+    ours, ref = both_layers(6, 4, heads=2, dtype=torch.float32)
+    x = torch.randn(15, 6)
+    edge_index = random_graph(15, num_edges=50)
+    before = ours(x, edge_index)
+    torch.testing.assert_close(before, ref(x, edge_index))
+    new_src = (edge_index[0] + 3) % 15
+    if edit == 'numpy':
+        edge_index.numpy()[0] = new_src.numpy()
+    elif edit == 'data':
+        edge_index.data[0] = new_src
+    else:
+        with torch.no_grad():
+            edge_index[0] = new_src
+    after = ours(x, edge_index)
+    expected = ref(x, edge_index)
+    assert not torch.allclose(expected, before)
+    torch.testing.assert_close(after, expected)
+
+
+@pytest.mark.parametrize('fused', [None, False])
+def test_nan_features_propagate_as_in_pyg(fused):
+    ours, ref = both_layers(6, 4, heads=2, dtype=torch.float32, edge_dim=2)
+    ours.fused = fused
+    x = torch.randn(15, 6)
+    x[3, 1] = float('nan')
+    edge_index = random_graph(15, num_edges=40)
+    edge_attr = torch.randn(40, 2)
+    edge_attr[7, 0] = float('nan')
+    out = ours(x, edge_index, edge_attr)
+    expected = ref(x, edge_index, edge_attr)
+    assert out.isnan().any()
+    assert torch.equal(out.isnan(), expected.isnan())
+    torch.testing.assert_close(out.nan_to_num(0.0), expected.nan_to_num(0.0))
+
+
+@pytest.mark.parametrize('fused', [None, False])
+def test_strict_validation_rejects_nan(fused):
+    conv = GATv2Conv(6, 4, heads=2, edge_dim=2, fused=fused)
+    x = torch.randn(15, 6)
+    edge_index = random_graph(15, num_edges=40)
+    edge_attr = torch.randn(40, 2)
+    bad_x = x.clone()
+    bad_x[3, 1] = float('nan')
+    bad_attr = edge_attr.clone()
+    bad_attr[5, 0] = float('nan')
+    with validation('strict'):
+        with pytest.raises(ValueError, match='NaN in its source node'):
+            conv(bad_x, edge_index, edge_attr)
+        with pytest.raises(ValueError, match="NaN in 'edge_attr'"):
+            conv(x, edge_index, bad_attr)
+        assert torch.isfinite(conv(x, edge_index, edge_attr)).all()
+    assert get_validation() == 'default'
+
+
+@pytest.mark.parametrize('mode', ['default', 'strict'])
+@pytest.mark.parametrize('fused', [None, False])
+def test_out_of_range_index_is_an_error_in_every_mode(mode, fused):
+    conv = GATv2Conv(6, 4, fused=fused)
+    x = torch.randn(10, 6)
+    edge_index = random_graph(10, num_edges=30)
+    edge_index[1, 4] = 10
+    with validation(mode):
+        with pytest.raises(ValueError, match=r'target node index 10.*\[0, '
+                           r'10\)'):
+            conv(x, edge_index)
+
+
+def test_concurrent_calls_match_serial_calls():
+    torch.manual_seed(0)
+    conv = GATv2Conv(8, 4, heads=2, edge_dim=2)
+    x = torch.randn(200, 8)
+    edge_index = random_graph(200, num_edges=1500)
+    edge_attr = torch.randn(1500, 2)
+
+    def step(seed):
+        inputs = x * (1 + seed)
+        inputs.requires_grad_()
+        out = conv(inputs, edge_index, edge_attr)
+        (grad, ) = torch.autograd.grad(out.square().sum(), inputs)
+        return out.detach(), grad
+
+    seeds = list(range(24))
+    serial = [step(seed) for seed in seeds]
+    clear_layout_cache()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        concurrent = list(pool.map(step, seeds))
+    for (out, grad), (expected_out, expected_grad) in zip(
+            concurrent, serial, strict=True):
+        assert torch.equal(out, expected_out)
+        assert torch.equal(grad, expected_grad)

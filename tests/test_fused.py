@@ -2,6 +2,7 @@ import gc
 import itertools
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from pyg_gatv2 import GATv2Conv
 from pyg_gatv2.fused import (
     available_backends,
     clear_layout_cache,
+    csr,
     edge_layout,
     fused_gatv2_attention,
     get_backend,
@@ -186,6 +188,45 @@ def test_gradcheck(backend, add_self_loops):
 
     inputs = (x_l, x_r, att, et, loop_et if add_self_loops else None)
     assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_double_backward_matches_the_reference(backend):
+    edge_index = random_graph(9, 9, 30, seed=8)
+    x_l, x_r, att, et, loop_et = features(9, 9, 30, 2, 3, torch.float64,
+                                          seed=8)
+    inputs = [x_l, x_r, att, et, loop_et]
+    mask = (torch.rand(39, 2, generator=torch.Generator().manual_seed(9))
+            > 0.3).double() / 0.7
+
+    def second_order(fn):
+        out, alpha = fn()
+        grads = torch.autograd.grad(out.square().sum() + alpha.sum(),
+                                    inputs, create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        return torch.autograd.grad(penalty, inputs)
+
+    actual = second_order(lambda: fused_gatv2_attention(
+        x_l, x_r, att, edge_index, et, loop_edge_term=loop_et,
+        add_self_loops=True, dropout_mask=mask,
+        return_attention_weights=True, backend=backend))
+    expected = second_order(lambda: reference(
+        x_l, x_r, att, edge_index, et, loop_et, True, mask))
+    assert_close_all(actual, expected, torch.float64)
+
+
+def test_a_layout_can_be_passed_for_edge_index():
+    edge_index = random_graph(8, 6, 25)
+    x_l, x_r, att, _, _ = features(8, 6, 25, 2, 3, torch.float64)
+    layout = edge_layout(edge_index, 8, 6, add_self_loops=True)
+    out = fused_gatv2_attention(x_l, x_r, att, layout, add_self_loops=True)
+    expected = fused_gatv2_attention(x_l, x_r, att, edge_index,
+                                     add_self_loops=True)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match=r'layout built for .* \(8, 6, '
+                       r'True\) but was called with \(8, 6, False\)'):
+        fused_gatv2_attention(x_l, x_r, att, layout)
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
@@ -352,6 +393,48 @@ def test_in_place_edit_changes_the_result(backend):
     torch.testing.assert_close(after, expected)
 
 
+@pytest.mark.parametrize('edit', ['numpy', 'data', 'no_grad'])
+def test_layout_cache_sees_edits_that_bypass_the_version_counter(edit):
+    clear_layout_cache()
+    edge_index = random_graph(8, 8, 20)
+    first = edge_layout(edge_index, 8, 8)
+    version = edge_index._version
+    new_dst = (edge_index[1] + 1) % 8
+    if edit == 'numpy':
+        edge_index.numpy()[1] = new_dst.numpy()
+    elif edit == 'data':
+        edge_index.data[1] = new_dst
+    else:
+        with torch.no_grad():
+            edge_index[1] = new_dst
+    assert (edge_index._version == version) == (edit != 'no_grad')
+    second = edge_layout(edge_index, 8, 8)
+    fresh = edge_layout(edge_index.clone(), 8, 8)
+    assert second is not first
+    assert torch.equal(second.dst_ptr, fresh.dst_ptr)
+    assert torch.equal(second.dst_col, fresh.dst_col)
+    # Unchanged since, the tensor finds the new layout again.
+    assert edge_layout(edge_index, 8, 8) is second
+
+
+def test_layout_cache_is_safe_under_threads():
+    clear_layout_cache()
+    graphs = [random_graph(30, 30, 90, seed=seed) for seed in range(12)]
+    expected = [edge_layout(g.clone(), 30, 30, add_self_loops=True)
+                for g in graphs]
+
+    def lookup(i):
+        layout = edge_layout(graphs[i % 12], 30, 30, add_self_loops=True)
+        return i % 12, layout
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lookup, range(400)))
+    for i, layout in results:
+        assert torch.equal(layout.dst_col, expected[i].dst_col)
+        assert torch.equal(layout.dst_eid, expected[i].dst_eid)
+    assert len(csr._cache) <= 8
+
+
 def test_layout_of_inference_tensor_is_not_cached():
     with torch.inference_mode():
         edge_index = random_graph(5, 5, 10)
@@ -372,9 +455,9 @@ def test_backend_selection():
 
 @pytest.mark.parametrize('kwargs,error,match', [
     (dict(edge_index=torch.tensor([[0, 9], [1, 1]])), ValueError,
-     'source node 9'),
+     r'source node index 9 .* \[0, 4\)'),
     (dict(edge_index=torch.tensor([[0, 1], [1, 5]])), ValueError,
-     'destination node 5'),
+     r'target node index 5 .* \[0, 4\)'),
     (dict(edge_index=torch.tensor([[0, -1], [1, 1]])), ValueError,
      'negative'),
     (dict(edge_index=torch.tensor([[0.0, 1.0], [1.0, 1.0]])), TypeError,
@@ -571,7 +654,6 @@ def test_layer_output_can_be_modified_in_place(concat):
 
 
 def test_layout_cache_forgets_freed_tensors():
-    from pyg_gatv2.fused import csr
     clear_layout_cache()
     edge_index = random_graph(8, 8, 20)
     edge_layout(edge_index, 8, 8)

@@ -3,7 +3,7 @@ import torch
 import torch_geometric.nn as pyg_nn
 
 from pyg_gatv2 import GATv2Conv
-from pyg_gatv2.models import GATv2, sparse_feature_dropout
+from pyg_gatv2.models import GAT, GATv2, sparse_feature_dropout
 
 
 def random_graph(num_nodes=30, num_edges=120, num_features=16, seed=0):
@@ -152,3 +152,42 @@ def test_sparse_feature_dropout_leaves_gradients_to_torch():
     ours = sparse_feature_dropout(x, 0.5, training=True)
     torch.manual_seed(2)
     torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.5))
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(jk='cat', out_channels=5),
+    dict(edge_dim=3, residual=True, share_weights=True),
+])
+def test_gat_v2_is_pyg_s_model_on_our_layer(kwargs):
+    x = torch.randn(30, 16)
+    edge_index = torch.randint(0, 30, (2, 100))
+    edge_attr = torch.randn(100, 3) if 'edge_dim' in kwargs else None
+    torch.manual_seed(0)
+    ours = GAT(16, 32, num_layers=3, heads=4, v2=True, **kwargs)
+    torch.manual_seed(0)
+    ref = pyg_nn.models.GAT(16, 32, num_layers=3, heads=4, v2=True,
+                            **kwargs)
+    assert all(type(conv) is GATv2Conv for conv in ours.convs)
+    # The same arguments, keys and, under one seed, the same weights.
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for key, value in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    ours.eval()
+    ref.eval()
+    torch.testing.assert_close(ours(x, edge_index, edge_attr=edge_attr),
+                               ref(x, edge_index, edge_attr=edge_attr))
+
+
+def test_gat_without_v2_keeps_pyg_s_gat_layers():
+    model = GAT(16, 32, num_layers=2, heads=4)
+    assert all(type(conv) is pyg_nn.GATConv for conv in model.convs)
+    with pytest.raises(ValueError, match='pass v2=True'):
+        GAT(16, 32, num_layers=2, fused=True)
+
+
+def test_gat_passes_fused_to_its_layers():
+    model = GAT(-1, 32, num_layers=2, heads=4, v2=True, fused=False)
+    assert [conv.fused for conv in model.convs] == [False, False]
+    out = model(torch.randn(10, 7), torch.randint(0, 10, (2, 30)))
+    assert out.shape == (10, 32)

@@ -16,7 +16,10 @@ Arrays absent in a call (edge term, dropout mask, gradient of alpha) are
 passed as empty arrays with their ``has_*`` flag off, so that each dtype
 compiles once.
 """
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 from typing import Optional, Tuple
 
 import numba
@@ -229,6 +232,25 @@ def _match_torch_threads() -> None:
         torch.set_num_threads(threads)
 
 
+_launch_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _launch() -> Iterator[None]:
+    # numba's 'workqueue' threading layer (the one left where neither OpenMP
+    # nor TBB loads) aborts the process when two threads run parallel
+    # kernels at once; 'omp' and 'tbb' take concurrent calls.
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = None
+    if layer in ('omp', 'tbb'):
+        yield
+    else:
+        with _launch_lock:
+            yield
+
+
 def _num_chunks() -> int:
     # Several ranges per thread even out the work left after the balancing
     # by edge count (the cost per edge varies with cache behaviour).
@@ -261,11 +283,12 @@ def run_forward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
     alpha = xl.new_zeros(layout.num_virtual if want_alpha else 0, H)
     et_np, loop_np = _edge_arrays(et, loop_et, xl)
     mask_np = _np(mask) if mask is not None else np.empty((0, H), et_np.dtype)
-    forward(_np(xl), _np(xr), _np(att), et_np, loop_np, mask_np,
-            layout.dst_ptr.numpy(), layout.dst_col.numpy(),
-            layout.dst_eid.numpy(), layout.bounds('dst', _num_chunks()),
-            layout.num_edges, et_np.dtype.type(slope), et is not None,
-            mask is not None, want_alpha, _np(out), _np(lse), _np(alpha))
+    with _launch():
+        forward(_np(xl), _np(xr), _np(att), et_np, loop_np, mask_np,
+                layout.dst_ptr.numpy(), layout.dst_col.numpy(),
+                layout.dst_eid.numpy(), layout.bounds('dst', _num_chunks()),
+                layout.num_edges, et_np.dtype.type(slope), et is not None,
+                mask is not None, want_alpha, _np(out), _np(lse), _np(alpha))
     return out, lse, alpha if want_alpha else None
 
 
@@ -293,20 +316,21 @@ def run_backward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
     wbuf = np.empty((layout.num_kept, H), dtype)
     dsbuf = np.empty((layout.num_kept, H), dtype)
     eid = layout.dst_eid.numpy()
-    backward_dst(
-        _np(xl), _np(xr), _np(att), et_np, loop_np,
-        _np(mask) if mask is not None else empty2,
-        _np(galpha) if galpha is not None else empty2, _np(grad),
-        _np(lse), _np(delta), layout.dst_ptr.numpy(),
-        layout.dst_col.numpy(), eid, bounds, layout.num_edges, slope,
-        et is not None, mask is not None, galpha is not None, want_det,
-        _np(gxr), get_np, gloop_np, gatt, wbuf, dsbuf)
-    gxl = None
-    if want_dxl:
-        gxl = torch.empty_like(xl)
-        ptr, pos, row = layout.csc
-        backward_src(_np(xl), _np(xr), _np(att), et_np, loop_np, _np(grad),
-                     ptr.numpy(), pos.numpy(), row.numpy(), eid,
-                     layout.bounds('src', _num_chunks()), layout.num_edges,
-                     slope, et is not None, wbuf, dsbuf, _np(gxl))
+    gxl = torch.empty_like(xl) if want_dxl else None
+    with _launch():
+        backward_dst(
+            _np(xl), _np(xr), _np(att), et_np, loop_np,
+            _np(mask) if mask is not None else empty2,
+            _np(galpha) if galpha is not None else empty2, _np(grad),
+            _np(lse), _np(delta), layout.dst_ptr.numpy(),
+            layout.dst_col.numpy(), eid, bounds, layout.num_edges, slope,
+            et is not None, mask is not None, galpha is not None, want_det,
+            _np(gxr), get_np, gloop_np, gatt, wbuf, dsbuf)
+        if want_dxl:
+            ptr, pos, row = layout.csc
+            backward_src(_np(xl), _np(xr), _np(att), et_np, loop_np,
+                         _np(grad), ptr.numpy(), pos.numpy(), row.numpy(),
+                         eid, layout.bounds('src', _num_chunks()),
+                         layout.num_edges, slope, et is not None, wbuf,
+                         dsbuf, _np(gxl))
     return gxl, gxr, torch.from_numpy(gatt.sum(axis=0)), get, gloop

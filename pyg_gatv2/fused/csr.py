@@ -5,9 +5,13 @@ run (CSR) and, for the gradient of the source features, the edges of each
 source node (CSC). Building both costs a sort of the edge list, so the layout
 of an ``edge_index`` is cached across calls: training loops pass the same
 tensor every epoch. An entry is found again only for the very same tensor
-object, unchanged since (same storage, shape, strides and version counter),
-so an in-place edit or a new tensor builds a fresh layout; it is dropped
-when its tensor is freed, and the cache keeps at most a few entries.
+object, and used only after its indices are compared with a copy taken when
+the layout was built, so that no edit can leave a stale layout in use, not
+even one that bypasses autograd's version counter (through ``.data``,
+``.numpy()`` or DLPack). The comparison reads ``2 * num_edges`` integers, a
+small fraction of one kernel pass. An entry is dropped when its tensor is
+freed, and the cache keeps at most a few entries; it is safe to use from
+several threads.
 
 Self-loops can be *implicit*: with ``add_self_loops=True`` the layout drops
 every edge ``i -> i`` of ``edge_index`` and appends one loop per node
@@ -16,18 +20,28 @@ every edge ``i -> i`` of ``edge_index`` and appends one loop per node
 :func:`torch_geometric.utils.add_self_loops` do, without rebuilding the edge
 list on every call.
 """
+import threading
 import weakref
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import check_index_range
+
 __all__ = ['EdgeLayout', 'edge_layout', 'clear_layout_cache']
 
 _CACHE_SIZE = 8
-_cache: 'OrderedDict[tuple, Tuple[weakref.ref, EdgeLayout]]' = OrderedDict()
+# key -> (weak reference to the tensor, copy of its indices, layout)
+_cache: 'OrderedDict[tuple, Tuple[weakref.ref, Tensor, EdgeLayout]]' = (
+    OrderedDict())
+_lock = threading.Lock()
+# Keys of freed tensors whose entries could not be dropped at once: a
+# weak-reference callback can run at any time, also in a thread that holds
+# the lock, so it never waits for it and leaves the key here instead.
+_freed: List[tuple] = []
 
 
 class EdgeLayout:
@@ -42,17 +56,20 @@ class EdgeLayout:
         num_dst (int): Number of destination nodes.
         num_edges (int): Number of columns of the caller's ``edge_index``.
         num_loops (int): Number of implicit self-loops.
+        self_loops (bool): Whether the layout drops the edges ``i -> i`` of
+            ``edge_index`` and adds the implicit self-loops.
         dst_ptr (torch.Tensor): CSR offsets, shape ``[num_dst + 1]``.
         dst_col (torch.Tensor): Source node of each CSR position.
         dst_eid (torch.Tensor): Virtual edge id of each CSR position.
     """
     def __init__(self, num_src: int, num_dst: int, num_edges: int,
-                 num_loops: int, dst_ptr: Tensor, dst_col: Tensor,
-                 dst_eid: Tensor):
+                 num_loops: int, self_loops: bool, dst_ptr: Tensor,
+                 dst_col: Tensor, dst_eid: Tensor):
         self.num_src = num_src
         self.num_dst = num_dst
         self.num_edges = num_edges
         self.num_loops = num_loops
+        self.self_loops = self_loops
         self.dst_ptr = dst_ptr
         self.dst_col = dst_col
         self.dst_eid = dst_eid
@@ -135,21 +152,7 @@ def _check(edge_index: Tensor, num_src: int, num_dst: int,
     if edge_index.dtype not in (torch.long, torch.int):
         raise TypeError(f"'{caller}' expects an integer 'edge_index' "
                         f"(got {edge_index.dtype}); pass a torch.long tensor")
-    if edge_index.numel() == 0:
-        return
-    if int(edge_index.min()) < 0:
-        raise ValueError(f"'{caller}' got negative node indices in "
-                         "'edge_index'")
-    src_max, dst_max = (int(v) for v in edge_index.amax(dim=1))
-    if src_max >= num_src:
-        raise ValueError(f"'{caller}' got 'edge_index' with source node "
-                         f"{src_max} but only {num_src} source nodes; "
-                         f"check 'edge_index' against the node features")
-    if dst_max >= num_dst:
-        raise ValueError(f"'{caller}' got 'edge_index' with destination "
-                         f"node {dst_max} but only {num_dst} destination "
-                         f"nodes; check 'edge_index' against the node "
-                         f"features")
+    check_index_range(edge_index, num_src, num_dst, caller)
 
 
 def _build(edge_index: Tensor, num_src: int, num_dst: int,
@@ -172,8 +175,9 @@ def _build(edge_index: Tensor, num_src: int, num_dst: int,
     # and puts the implicit loop last, as PyG's add_self_loops does.
     perm = torch.argsort(dst, stable=True)
     ptr = _offsets(torch.bincount(dst, minlength=num_dst))
-    return EdgeLayout(num_src, num_dst, num_edges, num_loops, ptr,
-                      src[perm].contiguous(), eid[perm].contiguous())
+    return EdgeLayout(num_src, num_dst, num_edges, num_loops,
+                      add_self_loops, ptr, src[perm].contiguous(),
+                      eid[perm].contiguous())
 
 
 def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
@@ -194,28 +198,53 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
             function that was called. (default: :obj:`'edge_layout'`)
     """
     if not isinstance(edge_index, Tensor) or edge_index.is_inference():
-        # Inference tensors carry no version counter to key a cache on.
+        # Inference tensors cannot be copied outside inference mode.
         return _build(edge_index, num_src, num_dst, add_self_loops, caller)
-    key = (id(edge_index), edge_index.data_ptr(), edge_index._version,
-           tuple(edge_index.shape), tuple(edge_index.stride()),
-           edge_index.dtype, str(edge_index.device), int(num_src),
-           int(num_dst), bool(add_self_loops))
-    hit = _cache.get(key)
-    # The weak reference tells a live tensor from a new one that happens
-    # to reuse the id and the memory of a freed one.
-    if hit is not None and hit[0]() is edge_index:
-        _cache.move_to_end(key)
-        return hit[1]
+    key = (id(edge_index), edge_index.data_ptr(), tuple(edge_index.shape),
+           tuple(edge_index.stride()), edge_index.dtype,
+           str(edge_index.device), int(num_src), int(num_dst),
+           bool(add_self_loops))
+    with _lock:
+        _drop_freed()
+        hit = _cache.get(key)
+    # The weak reference tells a live tensor from a new one that happens to
+    # reuse the id and the memory of a freed one; the copy proves that the
+    # indices did not change since the layout was built.
+    if (hit is not None and hit[0]() is edge_index
+            and torch.equal(hit[1], edge_index)):
+        with _lock:
+            if key in _cache:
+                _cache.move_to_end(key)
+        return hit[2]
     layout = _build(edge_index, num_src, num_dst, add_self_loops, caller)
     # The entry goes when the tensor goes, so that a loop over fresh edge
     # tensors (mini-batches) does not keep their layouts alive.
-    _cache[key] = (weakref.ref(edge_index, lambda _: _cache.pop(key, None)),
-                   layout)
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+    ref = weakref.ref(edge_index, lambda _: _forget(key))
+    with _lock:
+        _cache[key] = (ref, edge_index.detach().clone(), layout)
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
     return layout
+
+
+def _forget(key: tuple) -> None:
+    if _lock.acquire(blocking=False):
+        try:
+            _cache.pop(key, None)
+        finally:
+            _lock.release()
+    else:
+        _freed.append(key)
+
+
+def _drop_freed() -> None:
+    while _freed:
+        _cache.pop(_freed.pop(), None)
 
 
 def clear_layout_cache() -> None:
     """Empties the cache of edge layouts."""
-    _cache.clear()
+    with _lock:
+        _cache.clear()
+        _freed.clear()

@@ -6,7 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import reference
+from . import chunked, reference
 from .csr import EdgeLayout, edge_layout
 
 __all__ = ['fused_gatv2_attention', 'FusedGATv2Attention',
@@ -103,14 +103,17 @@ class FusedGATv2Attention(torch.autograd.Function):
                 mask: Optional[Tensor], layout: EdgeLayout, slope: float,
                 want_alpha: bool, backend: str, chunk_size: int):
         ctx.set_materialize_grads(False)
-        if backend == 'numba':
-            out, lse, alpha = _cpu_module().run_forward(
-                x_l, x_r, att, edge_term, loop_term, mask, layout, slope,
-                want_alpha)
-        else:
-            out, lse, alpha = reference.forward(
-                x_l, x_r, att, edge_term, loop_term, mask, layout, slope,
-                want_alpha, chunk_size)
+        # The inputs arrive in the dtype to compute in; autocast must not
+        # lower the precision of the sums inside.
+        with torch.autocast(x_l.device.type, enabled=False):
+            if backend == 'numba':
+                out, lse, alpha = _cpu_module().run_forward(
+                    x_l, x_r, att, edge_term, loop_term, mask, layout,
+                    slope, want_alpha)
+            else:
+                out, lse, alpha = chunked.forward(
+                    x_l, x_r, att, edge_term, loop_term, mask, layout,
+                    slope, want_alpha, chunk_size)
         ctx.save_for_backward(x_l, x_r, att, edge_term, loop_term, mask,
                               out, lse, alpha)
         ctx.layout, ctx.slope = layout, slope
@@ -120,6 +123,8 @@ class FusedGATv2Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Optional[Tensor],
                  grad_alpha: Optional[Tensor]):
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_out, grad_alpha)
         x_l, x_r, att, et, loop_et, mask, out, lse, alpha = ctx.saved_tensors
         layout = ctx.layout
         if grad_out is None:
@@ -140,11 +145,42 @@ class FusedGATv2Attention(torch.autograd.Function):
                 x_l, x_r, att, et, loop_et, mask, grad_alpha, grad_out, lse,
                 delta, layout, ctx.slope, want_det, want_dxl)
         else:
-            gxl, gxr, gatt, get, gloop = reference.backward(
+            gxl, gxr, gatt, get, gloop = chunked.backward(
                 x_l, x_r, att, et, loop_et, mask, grad_alpha, grad_out, lse,
                 delta, layout, ctx.slope, want_det, ctx.chunk_size)
         return (gxl, gxr, gatt, get, gloop, None, None, None, None, None,
                 None)
+
+
+def _differentiable_backward(ctx, grad_out: Optional[Tensor],
+                             grad_alpha: Optional[Tensor]):
+    """The backward of :class:`FusedGATv2Attention` when autograd records
+    it (``create_graph=True``): the gradients of the edge-wise reference,
+    themselves differentiable, so that second derivatives (gradient
+    penalties, Hessian-vector products) are exact. It keeps per-edge
+    tensors, as the message-passing path does; first-order backward never
+    comes here."""
+    saved = ctx.saved_tensors
+    # A view per input keeps apart inputs that are one tensor (x_l and x_r
+    # with shared weights): the gradient of each is then its own share.
+    inputs = tuple(None if t is None else t.view_as(t) for t in saved[:5])
+    x_l, x_r, att, et, loop_et = inputs
+    mask = saved[5]
+    wanted = [i for i, needed in enumerate(ctx.needs_input_grad[:5])
+              if needed]
+    grads = [None] * 11
+    with torch.autocast(x_l.device.type, enabled=False):
+        out, alpha = reference.attention(x_l, x_r, att, et, loop_et, mask,
+                                         ctx.layout, ctx.slope)
+    pairs = [(t, g) for t, g in ((out, grad_out), (alpha, grad_alpha))
+             if g is not None]
+    if wanted and pairs:
+        values = torch.autograd.grad(
+            [t for t, _ in pairs], [inputs[i] for i in wanted],
+            [g for _, g in pairs], create_graph=True, allow_unused=True)
+        for i, value in zip(wanted, values, strict=True):
+            grads[i] = value
+    return tuple(grads)
 
 
 def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
@@ -180,7 +216,7 @@ def fused_gatv2_attention(
     x_l: Tensor,
     x_r: Tensor,
     att: Tensor,
-    edge_index: Tensor,
+    edge_index: Union[Tensor, EdgeLayout],
     edge_term: Optional[Tensor] = None,
     *,
     loop_edge_term: Optional[Tensor] = None,
@@ -217,8 +253,9 @@ def fused_gatv2_attention(
             ``[num_dst, heads, channels]``.
         att (torch.Tensor): Attention vector ``[heads, channels]`` or
             ``[1, heads, channels]``.
-        edge_index (torch.Tensor): Edges ``[2, num_edges]``. Its sorted
-            layout is cached while the tensor is unchanged.
+        edge_index (torch.Tensor or EdgeLayout): Edges ``[2, num_edges]``,
+            whose sorted layout is cached while the tensor is unchanged, or
+            that layout itself (:func:`pyg_gatv2.fused.edge_layout`).
         edge_term (torch.Tensor, optional): Projected edge features
             ``[num_edges, heads, channels]``. (default: :obj:`None`)
         loop_edge_term (torch.Tensor, optional): Edge term of the implicit
@@ -254,8 +291,19 @@ def fused_gatv2_attention(
     """
     if att.dim() == 3 and att.size(0) == 1:
         att = att.squeeze(0)
-    layout = edge_layout(edge_index, x_l.size(0), x_r.size(0),
-                         add_self_loops, caller=_NAME)
+    if isinstance(edge_index, EdgeLayout):
+        layout = edge_index
+        built_for = (layout.num_src, layout.num_dst, layout.self_loops)
+        called_with = (x_l.size(0), x_r.size(0), bool(add_self_loops))
+        if built_for != called_with:
+            raise ValueError(
+                f"'{_NAME}' got a layout built for (num_src, num_dst, "
+                f"add_self_loops) = {built_for} but was called with "
+                f"{called_with}; build it with 'edge_layout' for these "
+                "inputs")
+    else:
+        layout = edge_layout(edge_index, x_l.size(0), x_r.size(0),
+                             add_self_loops, caller=_NAME)
     if edge_term is not None and loop_edge_term is None:
         loop_edge_term = edge_term.new_zeros(
             (layout.num_loops, ) + tuple(edge_term.shape[1:]))
@@ -265,10 +313,10 @@ def fused_gatv2_attention(
         loop_edge_term = None
     if layout.dst_ptr.device != x_l.device:
         raise TypeError(f"'{_NAME}' expects 'edge_index' on the device of "
-                        f"'x_l' ({x_l.device}); got {edge_index.device}")
+                        f"'x_l' ({x_l.device}); got {layout.dst_ptr.device}")
     backend = _resolve_backend(backend, x_l)
     if chunk_size is None:
-        chunk_size = reference.default_chunk_size(*x_l.shape[1:])
+        chunk_size = chunked.default_chunk_size(*x_l.shape[1:])
     if chunk_size < 1:
         raise ValueError(f"'{_NAME}' expects a positive 'chunk_size' "
                          f"(got {chunk_size})")

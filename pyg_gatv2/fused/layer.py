@@ -18,8 +18,8 @@ from torch_geometric.utils import (
     is_torch_sparse_tensor,
     remove_self_loops,
 )
-from torch_geometric.utils.loop import compute_loop_attr
 
+from ..functional import self_loop_attr
 from .csr import edge_layout
 from .function import fused_gatv2_attention
 
@@ -73,17 +73,21 @@ def fused_conv_forward(
     layout = edge_layout(edge_index, num_src, num_dst, loops,
                          caller=conv.__class__.__name__)
 
+    # The attention runs in the dtype the message-passing path computes it
+    # in: that of the features and 'att' promoted (float32 when autocast
+    # hands bfloat16 or float16 projections to float32 parameters).
+    dtype = torch.promote_types(x_l.dtype, conv.att.dtype)
     edge_term = loop_term = None
     if edge_attr is not None and conv.lin_edge is not None:
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
-        edge_term = conv.lin_edge(edge_attr).view(-1, H, C)
+        edge_term = conv.lin_edge(edge_attr).view(-1, H, C).to(dtype)
         if loops:
             kept_index, kept_attr = remove_self_loops(edge_index, edge_attr)
-            loop_attr = compute_loop_attr(kept_index, kept_attr,
-                                          layout.num_loops, False,
-                                          conv.fill_value)
-            loop_term = conv.lin_edge(loop_attr).view(-1, H, C)
+            loop_attr = self_loop_attr(kept_index, kept_attr,
+                                       layout.num_loops, layout.num_dst,
+                                       conv.fill_value)
+            loop_term = conv.lin_edge(loop_attr).view(-1, H, C).to(dtype)
 
     # Edges in the order of the message-passing path (loops removed, then
     # appended) as virtual edge ids of the layout.
@@ -91,13 +95,14 @@ def fused_conv_forward(
     mask = None
     if conv.training and conv.dropout > 0:
         num = layout.num_kept if loops else layout.num_edges
-        mask = F.dropout(x_l.new_ones(num, H), p=conv.dropout)
+        mask = F.dropout(x_l.new_ones(num, H, dtype=dtype), p=conv.dropout)
         if order is not None:
             mask = mask.new_zeros(layout.num_virtual, H).index_copy_(
                 0, order, mask)
 
     result = fused_gatv2_attention(
-        x_l, x_r, conv.att, edge_index, edge_term, loop_edge_term=loop_term,
+        x_l.to(dtype), x_r.to(dtype), conv.att.to(dtype), layout, edge_term,
+        loop_edge_term=loop_term,
         add_self_loops=loops, negative_slope=conv.negative_slope,
         dropout_mask=mask, return_attention_weights=return_attention_weights)
     out, alpha = result if return_attention_weights else (result, None)

@@ -1,155 +1,42 @@
-"""Pure-PyTorch fused GATv2 attention, chunked over edges (any device).
+"""The fused operator's maths in plain, differentiable PyTorch.
 
-The same computation as the CPU kernels, in plain tensor operations over
-chunks of edges in destination order: no tensor of shape
-``[num_edges, heads, channels]`` is materialised, only chunks of at most
-``chunk_size`` edges, and only per-node statistics are kept for backward,
-where the logits are recomputed chunk by chunk. The chunk-sized tensors live
-in a few workspace buffers allocated once per call and written in place, so
-that the allocator does not hand out (and the system fault in) fresh pages
-for every chunk.
+One tensor per edge, nothing recomputed: the readable statement of what the
+kernels compute, for tests to compare against, and the path that gives the
+fused operator its higher-order gradients (autograd differentiates it as
+many times as asked).
 """
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.utils import softmax
 
+from ..functional import gatv2_logits
 from .csr import EdgeLayout
 
-__all__ = ['forward', 'backward', 'default_chunk_size']
-
-# Elements (edges x heads x channels) per chunk: large enough that the
-# per-chunk Python overhead is small, small enough that the temporaries of a
-# chunk stay a few megabytes.
-_CHUNK_ELEMENTS = 1 << 20
+__all__ = ['attention']
 
 
-def default_chunk_size(heads: int, channels: int) -> int:
-    """The number of edges per chunk for ``heads x channels`` features."""
-    return max(1, _CHUNK_ELEMENTS // (heads * channels))
-
-
-def _rows(t: Tensor, index: Tensor, out: Tensor) -> Tensor:
-    # index_select gathers rows several times faster than t[index] on CPU.
-    return torch.index_select(t, 0, index, out=out[:index.numel()])
-
-
-def _add_edge_rows(z: Tensor, et: Tensor, loop_et: Tensor, eid: Tensor,
-                   num_edges: int, buf: Tensor) -> None:
-    """Adds the edge term (loops after the caller's edges) of the virtual
-    edge ids ``eid`` to ``z``."""
-    if loop_et.size(0) == 0:
-        z += _rows(et, eid, buf)
-    elif et.size(0) == 0:
-        z += _rows(loop_et, eid - num_edges, buf)
-    else:
-        is_loop = eid >= num_edges
-        rows = _rows(et, eid.clamp(max=num_edges - 1), buf)
-        rows[is_loop] = loop_et.index_select(0, eid[is_loop] - num_edges)
-        z += rows
-
-
-def _pre_activation(xl: Tensor, xr: Tensor, et: Optional[Tensor],
-                    loop_et: Optional[Tensor], layout: EdgeLayout, lo: int,
-                    hi: int, work: Tensor) -> Tuple[Tensor, Tensor]:
-    """Source rows ``x_j`` (in ``work[0]``) and ``z = x_j + x_i (+ t)`` (in
-    ``work[1]``), [chunk, H, C], of the CSR positions ``lo:hi``."""
-    xj = _rows(xl, layout.dst_col[lo:hi], work[0])
-    z = _rows(xr, layout.dst_row[lo:hi], work[1])
-    z += xj
-    if et is not None:
-        _add_edge_rows(z, et, loop_et, layout.dst_eid[lo:hi],
-                       layout.num_edges, work[2])
-    return xj, z
-
-
-def _workspace(x: Tensor, count: int, chunk_size: int, num: int) -> Tensor:
-    rows = min(chunk_size, num)
-    return x.new_empty((count, rows) + tuple(x.shape[1:]))
-
-
-def forward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
-            loop_et: Optional[Tensor], mask: Optional[Tensor],
-            layout: EdgeLayout, slope: float, want_alpha: bool,
-            chunk_size: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Returns ``out`` [N_dst, H, C], ``lse`` [N_dst, H] and, if
-    ``want_alpha``, the softmax weights [virtual edges, H]."""
-    H, C = att.shape
-    n, num = layout.num_dst, layout.num_kept
-    row, col, eid = layout.dst_row, layout.dst_col, layout.dst_eid
-    work = _workspace(xl, 3, chunk_size, num)
-    # Pass 1: the logits of all edges ([E, H], cheap), chunk by chunk.
-    logit = xl.new_empty(num, H)
-    for lo in range(0, num, chunk_size):
-        hi = min(lo + chunk_size, num)
-        z = _pre_activation(xl, xr, et, loop_et, layout, lo, hi, work)[1]
-        F.leaky_relu_(z, slope)
-        torch.sum(z.mul_(att), dim=-1, out=logit[lo:hi])
-    m = xl.new_full((n, H), float('-inf'))
-    m.scatter_reduce_(0, row.view(-1, 1).expand(-1, H), logit, 'amax',
-                      include_self=False)
-    total = xl.new_zeros(n, H).index_add_(
-        0, row, (logit - m.index_select(0, row)).exp_())
-    lse = total.log_().add_(m)
-    prob = logit.sub_(lse.index_select(0, row)).exp_()
-    # Pass 2: the weighted sum of source features.
-    weight = prob if mask is None else prob * mask.index_select(0, eid)
-    out = xl.new_zeros(n, H, C)
-    for lo in range(0, num, chunk_size):
-        hi = min(lo + chunk_size, num)
-        msg = _rows(xl, col[lo:hi], work[0])
-        out.index_add_(0, row[lo:hi], msg.mul_(weight[lo:hi].unsqueeze(-1)))
-    alpha = None
-    if want_alpha:
-        alpha = xl.new_zeros(layout.num_virtual, H)
-        alpha.index_copy_(0, eid, prob)
-    return out, lse, alpha
-
-
-def backward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
-             loop_et: Optional[Tensor], mask: Optional[Tensor],
-             galpha: Optional[Tensor], grad: Tensor, lse: Tensor,
-             delta: Tensor, layout: EdgeLayout, slope: float,
-             want_det: bool, chunk_size: int):
-    """Returns the gradients of ``xl``, ``xr``, ``att`` and (if
-    ``want_det``) of the edge term and of the loop edge term."""
-    num = layout.num_kept
-    row, col, eid = layout.dst_row, layout.dst_col, layout.dst_eid
-    gxl, gxr = torch.zeros_like(xl), torch.zeros_like(xr)
-    gatt = torch.zeros_like(att)
-    get = gloop = None
-    if want_det:
-        get, gloop = torch.zeros_like(et), torch.zeros_like(loop_et)
-    work = _workspace(xl, 4, chunk_size, num)
-    positive_buf = torch.empty(work.shape[1:], dtype=torch.bool,
-                               device=xl.device)
-    slopes = torch.stack([att, att * slope])  # LeakyReLU' times att
-    for lo in range(0, num, chunk_size):
-        hi = min(lo + chunk_size, num)
-        r, j, e = row[lo:hi], col[lo:hi], eid[lo:hi]
-        xj, z = _pre_activation(xl, xr, et, loop_et, layout, lo, hi, work)
-        positive = torch.gt(z, 0, out=positive_buf[:hi - lo])
-        act = F.leaky_relu_(z, slope)
-        scratch = work[3][:hi - lo]
-        logit = torch.mul(act, att, out=scratch).sum(dim=-1)
-        prob = logit.sub_(lse.index_select(0, r)).exp_()
-        g = _rows(grad, r, work[2])
-        dprob = torch.mul(g, xj, out=scratch).sum(dim=-1)
-        weight = prob
-        if mask is not None:
-            m = mask.index_select(0, e)
-            weight = prob * m
-            dprob *= m
-        if galpha is not None:
-            dprob += galpha.index_select(0, e)
-        ds = dprob.sub_(delta.index_select(0, r)).mul_(prob).unsqueeze(-1)
-        gatt += act.mul_(ds).sum(dim=0)
-        dz = torch.where(positive, slopes[0], slopes[1], out=xj).mul_(ds)
-        gxr.index_add_(0, r, dz)
-        if want_det:
-            loop = e >= layout.num_edges
-            get.index_copy_(0, e[~loop], dz[~loop])
-            gloop.index_copy_(0, e[loop] - layout.num_edges, dz[loop])
-        gxl.index_add_(0, j, dz.addcmul_(g, weight.unsqueeze(-1)))
-    return gxl, gxr, gatt, get, gloop
+def attention(
+    x_l: Tensor,
+    x_r: Tensor,
+    att: Tensor,
+    edge_term: Optional[Tensor],
+    loop_term: Optional[Tensor],
+    mask: Optional[Tensor],
+    layout: EdgeLayout,
+    slope: float,
+) -> Tuple[Tensor, Tensor]:
+    """Returns ``out`` [N_dst, H, C] and the softmax weights
+    [virtual edges, H] of :func:`pyg_gatv2.fused.fused_gatv2_attention`."""
+    src, dst, eid = layout.dst_col, layout.dst_row, layout.dst_eid
+    term = None
+    if edge_term is not None:
+        term = torch.cat([edge_term, loop_term])[eid]
+    logit = gatv2_logits(x_r[dst], x_l[src], att, slope, term)
+    prob = softmax(logit, dst, num_nodes=layout.num_dst)
+    weight = prob if mask is None else prob * mask[eid]
+    out = x_r.new_zeros(x_r.shape).index_add(
+        0, dst, x_l[src] * weight.unsqueeze(-1))
+    alpha = prob.new_zeros(layout.num_virtual, prob.size(1))
+    return out, alpha.index_copy(0, eid, prob)
