@@ -10,7 +10,8 @@ Runs every (k, heads, layer, seed) with
 so that an interrupted sweep has the cheap and the 1-head runs done. Every
 finished run is written to ``dictionary_lookup.json`` at once, with the
 figure (``dictionary_lookup.png``), the table (``dictionary_lookup.md``)
-and ``dictionary_lookup.csv``; ``--resume`` keeps the finished runs and
+and ``dictionary_lookup.csv`` (``--report-only`` rewrites these three from
+the JSON); ``--resume`` keeps the finished runs and
 continues the one in progress from its checkpoint, and with a higher
 ``--max-epochs`` it continues the runs that the lower cap ended.
 
@@ -29,6 +30,7 @@ GATv2 on its fused path and by message passing, and writes
 """
 import argparse
 import functools
+import json
 import platform
 import statistics
 from pathlib import Path
@@ -181,6 +183,21 @@ def summary(results: list[LookupResult]) -> str:
                                  'seconds per run'])
 
 
+def write_reports(results: list[LookupResult], stem: Path,
+                  command: str) -> None:
+    """The figure, the CSV and the Markdown of the finished runs."""
+    write_csv(stem.with_suffix('.csv'), [row(r) for r in results], COLUMNS)
+    plot_dictionary_lookup(results, stem.with_suffix('.png'))
+    seconds = sum(r.seconds for r in results)
+    text = (f'# DictionaryLookup\n\nCommand: `{command}` ({len(results)} '
+            f'runs, {seconds:.0f} s of training and evaluation in all). '
+            'Accuracies at the evaluation with the best training accuracy '
+            'per query node; mean over seeds, (lowest-highest) with more '
+            'than one.\n\n' + summary(results) + '\n\nEvery run:\n\n' +
+            markdown_table([row(r) for r in results], COLUMNS) + '\n')
+    stem.with_suffix('.md').write_text(text)
+
+
 def main() -> None:
     recipe = LookupRecipe()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -202,11 +219,19 @@ def main() -> None:
     parser.add_argument('--resume', action='store_true')
     parser.add_argument('--step-times', action='store_true',
                         help='time one training step per layer instead')
+    parser.add_argument('--report-only', action='store_true',
+                        help='rewrite the figure, CSV and Markdown from the '
+                        'JSON report, without training')
     args = parser.parse_args()
+    stem = args.out / 'dictionary_lookup'
+    if args.report_only:
+        saved = json.loads(stem.with_suffix('.json').read_text())
+        write_reports([LookupResult.from_dict(r) for r in saved['results']],
+                      stem, saved['command'])
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     check(args.gat)
-    stem = args.out / 'dictionary_lookup'
     if args.step_times:
         step_times(args.ks, args.heads, stem)
         return
@@ -221,9 +246,7 @@ def main() -> None:
         finished.append(result)
         print(markdown_table([row(result)], COLUMNS).splitlines()[-1],
               flush=True)
-        write_csv(stem.with_suffix('.csv'), [row(r) for r in finished],
-                  COLUMNS)
-        plot_dictionary_lookup(finished, stem.with_suffix('.png'))
+        write_reports(finished, stem, command)
 
     print(markdown_table([], COLUMNS), flush=True)
     results = run_lookup_sweep(
@@ -236,20 +259,11 @@ def main() -> None:
                 'versions': {'pyg_gatv2': pyg_gatv2.__version__,
                              'torch': torch.__version__,
                              'python': platform.python_version()}})
+    print('\n' + summary(results))
     seconds = sum(r.seconds for r in results)
-    table = summary(results)
-    text = (f'# DictionaryLookup\n\nCommand: `{command}` ({len(results)} '
-            f'runs, {seconds:.0f} s of training in all, '
-            f'{torch.get_num_threads()} thread(s) on {args.device}). '
-            'Accuracies at the evaluation with the best training accuracy '
-            'per query node; mean over seeds, (lowest-highest) with more '
-            'than one.\n\n' + table + '\n\nEvery run:\n\n' +
-            markdown_table([row(r) for r in results], COLUMNS) + '\n')
-    stem.with_suffix('.md').write_text(text)
-    print('\n' + table)
     print(f'\n{len(results)} runs, {seconds:.0f} s in all, '
-          f'{seconds / max(len(results), 1):.0f} s per run on average; '
-          f'wrote {stem}.{{json,png,md,csv}}')
+          f'{seconds / len(results):.0f} s per run on average; wrote '
+          f'{stem}.{{json,png,md,csv}}')
 
 
 if __name__ == '__main__':

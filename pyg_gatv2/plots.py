@@ -244,7 +244,7 @@ def plot_dictionary_lookup(
                          f'{attention_k} of {missing}; pass them or another '
                          'attention_k')
     path = Path(path)
-    fig = Figure(figsize=(8.4 + 4.6 * len(convs), 4.6),
+    fig = Figure(figsize=(8.4 + 4.6 * len(convs), 5.2),
                  layout='constrained')
     axes = fig.subplots(1, 2 + len(convs),
                         width_ratios=[1.0, 1.0] + [1.1] * len(convs))
