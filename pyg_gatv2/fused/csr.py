@@ -211,7 +211,7 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
     # reuse the id and the memory of a freed one; the copy proves that the
     # indices did not change since the layout was built.
     if (hit is not None and hit[0]() is edge_index
-            and torch.equal(hit[1], edge_index)):
+            and _same_indices(hit[1], edge_index)):
         with _lock:
             if key in _cache:
                 _cache.move_to_end(key)
@@ -226,6 +226,14 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return layout
+
+
+def _same_indices(copy: Tensor, edge_index: Tensor) -> bool:
+    if edge_index.device.type == 'cpu':
+        # One pass in the calling thread: torch.equal would go through the
+        # intra-op thread pool, whose start-up costs more than the pass.
+        return bool(np.array_equal(copy.numpy(), edge_index.numpy()))
+    return torch.equal(copy, edge_index)
 
 
 def _forget(key: tuple) -> None:
