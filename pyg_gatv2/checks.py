@@ -20,14 +20,22 @@ Example:
 """
 import contextlib
 from collections.abc import Iterator
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.typing import SparseTensor
+from torch_geometric.utils import is_torch_sparse_tensor
 
 __all__ = ['set_validation', 'get_validation', 'validation', 'is_strict',
-           'check_index_range', 'check_no_nan']
+           'check_index_range', 'check_no_nan', 'check_node_features',
+           'check_edge_index', 'check_adjacency', 'check_edge_attr']
 
 VALIDATION_MODES = ('default', 'strict')
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_FEATURE_SHAPES = {2: '[num_nodes, num_features]',
+                   3: '[batch_size, num_nodes, num_features]'}
 
 _mode = 'default'
 
@@ -109,3 +117,137 @@ def check_no_nan(x: Tensor, what: str, caller: str) -> None:
             'torch.isnan(t).nonzero()) or, during training, lower the '
             "learning rate (validation is 'strict'; "
             "pyg_gatv2.set_validation('default') lets NaN propagate)")
+
+
+def check_node_features(x: Tensor, lin: torch.nn.Module, caller: str,
+                        role: str = '', dims: Tuple[int, ...] = (2, )
+                        ) -> None:
+    """Checks node features ``x`` against the projection ``lin`` that
+    receives them: shape (``dims`` dimensions), floating-point dtype,
+    feature count, and the dtype and device of the parameters (the dtype
+    not under autocast, where the projection casts); NaN in ``'strict'``
+    validation. ``role`` (``'source'``, ``'target'``) names the features of
+    a bipartite layer in messages."""
+    what = f'{role} node features' if role else 'node features'
+    if x.dim() not in dims:
+        shapes = ' or '.join(_FEATURE_SHAPES[dim] for dim in dims)
+        raise ValueError(
+            f"'{caller}' expects {what} of shape {shapes} (got shape "
+            f'{tuple(x.shape)}); reshape them')
+    if not x.is_floating_point():
+        raise TypeError(
+            f"'{caller}' expects floating-point {what} (got '{x.dtype}'); "
+            "convert them with 'x.float()'")
+    if lin.in_channels > 0 and x.size(-1) != lin.in_channels:
+        features = f'{role} input features' if role else 'input features'
+        raise ValueError(
+            f"'{caller}' was built for {lin.in_channels} {features} but got "
+            f'{x.size(-1)}; build it with in_channels={x.size(-1)} (or -1 '
+            'to infer it)')
+    if is_strict():
+        check_no_nan(x, f'its {what}', caller)
+    weight = lin.weight
+    if isinstance(weight, torch.nn.parameter.UninitializedParameter):
+        return
+    if x.device != weight.device:
+        raise ValueError(
+            f"'{caller}' got {what} on '{x.device}' but its parameters are "
+            f"on '{weight.device}'; move one to the other (e.g. "
+            f"'x.to(\"{weight.device}\")')")
+    if (x.dtype != weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(
+            f"'{caller}' got {what} of dtype '{x.dtype}' but its parameters "
+            f"are '{weight.dtype}'; convert one to the other (e.g. "
+            f"'x.to({weight.dtype})' or 'conv.to({x.dtype})')")
+
+
+def check_edge_index(edge_index: Tensor, caller: str) -> None:
+    """Checks that ``edge_index`` is a ``[2, num_edges]`` integer tensor.
+    """
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(
+            f"'{caller}' expects 'edge_index' to be a [2, E] integer tensor, "
+            'an EdgeIndex or a sparse adjacency (got '
+            f"'{type(edge_index).__name__}')")
+    if edge_index.dtype not in _INT_DTYPES:
+        raise TypeError(
+            f"'{caller}' expects 'edge_index' of an integer dtype (got "
+            f"'{edge_index.dtype}'); convert it with 'edge_index.long()'")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(
+            f"'{caller}' expects 'edge_index' of shape [2, num_edges] (got "
+            f"{tuple(edge_index.shape)}); transpose a [num_edges, 2] list "
+            "with 'edge_index.t()'")
+
+
+def check_adjacency(edge_index, num_src: int, num_dst: int,
+                    device: torch.device, caller: str,
+                    check_range: bool) -> int:
+    """Checks a graph given as ``edge_index`` (a tensor or an
+    :class:`~torch_geometric.EdgeIndex`) or as a sparse adjacency
+    (:mod:`torch.sparse` or :class:`torch_sparse.SparseTensor`) of shape
+    ``[num_dst, num_src]``; returns its number of edges.
+
+    The index range is read (a device synchronisation on a GPU) when
+    ``check_range`` is set and the indices are on the CPU, and always in
+    ``'strict'`` validation.
+    """
+    if isinstance(edge_index, SparseTensor):
+        size = tuple(edge_index.sizes())
+    elif isinstance(edge_index, Tensor) and is_torch_sparse_tensor(
+            edge_index):
+        size = tuple(edge_index.shape)
+    else:
+        check_edge_index(edge_index, caller)
+        if edge_index.device != device:
+            raise ValueError(
+                f"'{caller}' got 'edge_index' on '{edge_index.device}' but "
+                f"its parameters are on '{device}'; move it with "
+                f"'edge_index.to(\"{device}\")'")
+        if is_strict() or (check_range and edge_index.device.type == 'cpu'):
+            if isinstance(edge_index, EdgeIndex):
+                edge_index = edge_index.as_tensor()
+            check_index_range(edge_index, num_src, num_dst, caller)
+        return edge_index.size(1)
+    if size != (num_dst, num_src):
+        raise ValueError(
+            f"'{caller}' got a sparse adjacency of shape {size} but expects "
+            f'[num_targets, num_sources] = [{num_dst}, {num_src}]')
+    if isinstance(edge_index, SparseTensor):
+        return edge_index.nnz()
+    return edge_index._nnz()
+
+
+def check_edge_attr(edge_attr: Tensor, lin_edge: Optional[torch.nn.Module],
+                    edge_dim: Optional[int], num_edges: int,
+                    caller: str) -> None:
+    """Checks edge features against the edge projection ``lin_edge`` (or
+    its absence) and the number of edges; NaN in ``'strict'`` validation.
+    """
+    if lin_edge is None:
+        raise ValueError(
+            f"'{caller}' got 'edge_attr' but was built with edge_dim=None; "
+            'build it with edge_dim=<number of edge features> or do not '
+            "pass 'edge_attr'")
+    if not isinstance(edge_attr, Tensor):
+        raise TypeError(f"'{caller}' expects 'edge_attr' to be a tensor "
+                        f"(got '{type(edge_attr).__name__}')")
+    if not edge_attr.is_floating_point():
+        raise TypeError(
+            f"'{caller}' expects floating-point 'edge_attr' (got "
+            f"'{edge_attr.dtype}'); convert it with 'edge_attr.float()'")
+    dim = edge_attr.size(-1) if edge_attr.dim() == 2 else 1
+    # With edge_dim=-1 the size is taken from the first edge_attr.
+    expected = lin_edge.in_channels
+    if edge_attr.dim() not in (1, 2) or expected not in (-1, dim):
+        raise ValueError(
+            f"'{caller}' was built with edge_dim={edge_dim} and expects "
+            f"'edge_attr' of shape [num_edges, {expected}] (got "
+            f'{tuple(edge_attr.shape)})')
+    if is_strict():
+        check_no_nan(edge_attr, "'edge_attr'", caller)
+    if edge_attr.size(0) != num_edges:
+        raise ValueError(
+            f"'{caller}' got 'edge_attr' for {edge_attr.size(0)} edges but "
+            f"'edge_index' has {num_edges}; pass one row per edge")

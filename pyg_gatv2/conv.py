@@ -1,14 +1,12 @@
-"""GATv2Conv: the drop-in replacement for PyG's GATv2 layer."""
+"""GATv2Conv: the drop-in replacement for PyG's GATv2 layer, and its choice
+between the fused attention operator and message passing."""
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Parameter
 from torch_geometric import EdgeIndex
 from torch_geometric.nn.conv import MessagePassing
-from torch_geometric.nn.dense.linear import Linear
-from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import (
     Adj,
     OptTensor,
@@ -23,12 +21,14 @@ from torch_geometric.utils import (
 )
 from torch_geometric.utils.sparse import set_sparse_value
 
-from pyg_gatv2.checks import check_index_range, check_no_nan, is_strict
+from pyg_gatv2 import checks
 from pyg_gatv2.functional import combine_heads, gatv2_logits, self_loop_attr
-from pyg_gatv2.fused.layer import fused_conv_forward, fused_path_blocker
+from pyg_gatv2.fused import edge_layout, fused_gatv2_attention
+from pyg_gatv2.parameters import init_parameters, reset_parameters
 from pyg_gatv2.softmax import scatter_softmax
 
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_HOOKS = ('propagate', 'message', 'aggregate', 'message_and_aggregate',
+          'edge_update')
 
 
 class GATv2Conv(MessagePassing):
@@ -64,7 +64,7 @@ class GATv2Conv(MessagePassing):
     :mod:`pyg_gatv2.fused`: logits, softmax and aggregation in one
     memory-efficient operator that keeps no per-edge feature tensor for
     backward (numba kernels on CPU, chunked PyTorch elsewhere; see
-    :func:`pyg_gatv2.fused.set_backend`). Calls it does not cover fall back
+    :mod:`pyg_gatv2.backends`). Calls it does not cover fall back
     to message passing automatically: a :class:`torch_sparse.SparseTensor`
     or :class:`torch.sparse` adjacency, :func:`torch.compile` tracing,
     explain mode, :obj:`decomposed_layers > 1`, an :obj:`aggr` other than
@@ -161,48 +161,13 @@ class GATv2Conv(MessagePassing):
             in_src = in_dst = in_channels
         else:
             in_src, in_dst = in_channels
-
-        self.lin_l = Linear(in_src, heads * out_channels, bias=bias,
-                            weight_initializer='glorot')
-        if share_weights:
-            self.lin_r = self.lin_l
-        else:
-            self.lin_r = Linear(in_dst, heads * out_channels, bias=bias,
-                                weight_initializer='glorot')
-
-        self.att = Parameter(torch.empty(1, heads, out_channels))
-
-        if edge_dim is not None:
-            self.lin_edge = Linear(edge_dim, heads * out_channels, bias=False,
-                                   weight_initializer='glorot')
-        else:
-            self.lin_edge = None
-
-        total_out_channels = out_channels * (heads if concat else 1)
-
-        if residual:
-            self.res = Linear(in_dst, total_out_channels, bias=False,
-                              weight_initializer='glorot')
-        else:
-            self.register_parameter('res', None)
-
-        if bias:
-            self.bias = Parameter(torch.empty(total_out_channels))
-        else:
-            self.register_parameter('bias', None)
+        init_parameters(self, in_src, in_dst, edge_dim, bias)
 
         self.reset_parameters()
 
     def reset_parameters(self):
         super().reset_parameters()
-        self.lin_l.reset_parameters()
-        self.lin_r.reset_parameters()
-        if self.lin_edge is not None:
-            self.lin_edge.reset_parameters()
-        if self.res is not None:
-            self.res.reset_parameters()
-        glorot(self.att)
-        zeros(self.bias)
+        reset_parameters(self)
 
     def forward(
         self,
@@ -230,93 +195,184 @@ class GATv2Conv(MessagePassing):
         """
         H, C = self.heads, self.out_channels
         x_src, x_dst = self._split_input(x)
+        blocker = self.fused_path_blocker(edge_index)
         if not torch.compiler.is_compiling():
-            self._check_features(x_src, x_dst)
+            self._check_forward_input(x_src, x_dst, edge_index, edge_attr,
+                                      fused_path=blocker is None)
+        if self.fused and blocker is not None:
+            raise ValueError(
+                f"'{self.__class__.__name__}' was built with fused=True but "
+                f"the fused path does not support {blocker}; build it with "
+                'fused=None to fall back to message passing')
 
         res: Optional[Tensor] = None
         if self.res is not None:
             res = self.res(x_dst)
-
         x_l = self.lin_l(x_src).view(-1, H, C)
         if self.share_weights and x_dst is x_src:
             x_r = x_l
         else:
             x_r = self.lin_r(x_dst).view(-1, H, C)
 
-        blocker = 'fused=False'
-        if self.fused is not False:
-            blocker = fused_path_blocker(self, edge_index)
-        if not torch.compiler.is_compiling():
-            self._check_edges(edge_index, edge_attr, x_l.size(0),
-                              x_r.size(0), fused_path=blocker is None)
+        want_alpha = bool(return_attention_weights)
+        if blocker is None:
+            out, attention = self._fused_attention(x_l, x_r, edge_index,
+                                                   edge_attr, want_alpha)
+        else:
+            out, attention = self._propagate_attention(
+                x_l, x_r, edge_index, edge_attr, want_alpha)
+        out = combine_heads(out, self.concat, res, self.bias)
+        return out if attention is None else (out, attention)
 
-        if self.fused is not False:
-            if blocker is None:
-                out, attention = fused_conv_forward(
-                    self, x_l, x_r, edge_index, edge_attr,
-                    bool(return_attention_weights))
-                out = combine_heads(out, self.concat, res, self.bias)
-                return out if attention is None else (out, attention)
-            if self.fused:
-                raise ValueError(
-                    f"'{self.__class__.__name__}' was built with fused=True "
-                    f"but the fused path does not support {blocker}; build "
-                    "it with fused=None to fall back to message passing")
+    def fused_path_blocker(self, edge_index: Adj) -> Optional[str]:
+        """Why this call cannot run on the fused operator (a phrase for
+        error messages), or :obj:`None` when it can."""
+        if self.fused is False:
+            return 'fused=False'
+        if not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(
+                edge_index):
+            return ('sparse adjacency input (pass edge_index as a [2, E] '
+                    'tensor)')
+        if torch.compiler.is_compiling():
+            return 'torch.compile tracing'
+        if self.explain:
+            return 'explain mode'
+        if self.decomposed_layers > 1:
+            return 'decomposed_layers > 1'
+        if self.aggr not in ('add', 'sum') or self.flow != 'source_to_target':
+            return f"aggr={self.aggr!r} or flow={self.flow!r}"
+        for name in _HOOKS:
+            if (getattr(self, f'_{name}_forward_pre_hooks')
+                    or getattr(self, f'_{name}_forward_hooks')):
+                return f'registered {name} hooks'
+        return None
 
+    def _fused_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Tensor,
+                         edge_attr: OptTensor, want_alpha: bool):
+        """Attention and aggregation on the fused operator.
+
+        Existing self-loops are skipped and one implicit loop per node is
+        added inside the kernels, so the cached layout of the caller's
+        ``edge_index`` serves every call. The dropout mask is drawn as the
+        message-passing path draws it (same shape, same random stream), so
+        both paths agree under one seed. Returns ``[N_dst, H, C]`` and, if
+        asked for, ``(edge_index, alpha)`` as message passing returns them
+        (self-loops removed and appended, alpha after dropout).
+        """
+        H, C = self.heads, self.out_channels
+        raw_index = edge_index
+        if isinstance(edge_index, EdgeIndex):
+            edge_index = edge_index.as_tensor()
+        loops = self.add_self_loops
+        layout = edge_layout(edge_index, x_l.size(0), x_r.size(0), loops,
+                             caller=self.__class__.__name__)
+
+        # The attention runs in the dtype that message passing computes it
+        # in: that of the features and 'att' promoted (float32 when autocast
+        # hands bfloat16 or float16 projections to float32 parameters).
+        dtype = torch.promote_types(x_l.dtype, self.att.dtype)
+        edge_term = loop_term = None
+        if edge_attr is not None and self.lin_edge is not None:
+            if edge_attr.dim() == 1:
+                edge_attr = edge_attr.view(-1, 1)
+            edge_term = self.lin_edge(edge_attr).view(-1, H, C).to(dtype)
+            if loops:
+                kept_index, kept_attr = remove_self_loops(edge_index,
+                                                          edge_attr)
+                loop_attr = self_loop_attr(kept_index, kept_attr,
+                                           layout.num_loops, layout.num_dst,
+                                           self.fill_value)
+                loop_term = self.lin_edge(loop_attr).view(-1, H, C).to(dtype)
+
+        # Edges in the order of message passing (loops removed, then
+        # appended) as virtual edge ids of the layout.
+        order = layout.kept_eid if loops else None
+        mask = None
+        if self.training and self.dropout > 0:
+            num = layout.num_kept if loops else layout.num_edges
+            mask = F.dropout(x_l.new_ones(num, H, dtype=dtype),
+                             p=self.dropout)
+            if order is not None:
+                mask = mask.new_zeros(layout.num_virtual, H).index_copy_(
+                    0, order, mask)
+
+        result = fused_gatv2_attention(
+            x_l.to(dtype), x_r.to(dtype), self.att.to(dtype), layout,
+            edge_term, loop_edge_term=loop_term, add_self_loops=loops,
+            negative_slope=self.negative_slope, dropout_mask=mask,
+            return_attention_weights=want_alpha)
+        out, alpha = result if want_alpha else (result, None)
+        if self.concat and self.res is None and self.bias is None:
+            # The operator keeps its output for backward. Without a bias or
+            # a residual the layer would return a view of it, and an
+            # in-place operation on the layer's output (fine with message
+            # passing) would break backward.
+            out = out.clone()
+        if not want_alpha:
+            return out, None
+        if mask is not None:
+            alpha = alpha * mask
+        if order is not None:
+            alpha = alpha[order]
+            raw_index, _ = remove_self_loops(raw_index)
+            raw_index, _ = add_self_loops(raw_index,
+                                          num_nodes=layout.num_loops)
+        return out, (raw_index, alpha)
+
+    def _propagate_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Adj,
+                             edge_attr: OptTensor, want_alpha: bool):
+        """Attention and aggregation by message passing; returns
+        ``[N_dst, H, C]`` and, if asked for, the attention weights with
+        their edges (or sparse adjacency)."""
         # torch's scatter_add_ (under PyG's aggregation) gets its gradient
         # wrong for int32 indices; int64 ones are right.
         index_dtype = None
         if (isinstance(edge_index, Tensor) and edge_index.dtype != torch.long
-                and not edge_index.is_sparse
                 and edge_index.layout == torch.strided):
             index_dtype = edge_index.dtype
             edge_index = edge_index.long()
-
         # PyG's message passing reads CSR and COO adjacencies, not CSC.
         csc_input = (isinstance(edge_index, Tensor)
                      and edge_index.layout == torch.sparse_csc)
         if csc_input:
             edge_index = edge_index.to_sparse_csr()
-
         if self.add_self_loops:
-            if isinstance(edge_index, SparseTensor):
-                if self.edge_dim is None:
-                    edge_index = torch_sparse.set_diag(edge_index)
-                else:
-                    raise NotImplementedError(
-                        f"'{self.__class__.__name__}' cannot add self-loops "
-                        "to a 'SparseTensor' with edge features; pass "
-                        "'edge_index' as a [2, E] tensor instead")
-            else:
-                num_loops = min(x_l.size(0), x_r.size(0))
-                edge_index, edge_attr = remove_self_loops(
-                    edge_index, edge_attr)
-                if edge_attr is not None:
-                    edge_attr = torch.cat([
-                        edge_attr,
-                        self_loop_attr(edge_index, edge_attr, num_loops,
-                                       x_r.size(0), self.fill_value)
-                    ])
-                edge_index, _ = add_self_loops(edge_index,
-                                               num_nodes=num_loops)
+            edge_index, edge_attr = self._with_self_loops(
+                edge_index, edge_attr, min(x_l.size(0), x_r.size(0)),
+                x_r.size(0))
 
         alpha = self.edge_updater(edge_index, x=(x_l, x_r),
                                   edge_attr=edge_attr)
         out = self.propagate(edge_index, x=(x_l, x_r), alpha=alpha)
-        out = combine_heads(out, self.concat, res, self.bias)
+        if not want_alpha:
+            return out, None
+        if isinstance(edge_index, SparseTensor):
+            return out, edge_index.set_value(alpha, layout='coo')
+        if is_torch_sparse_tensor(edge_index):
+            adj = set_sparse_value(edge_index, alpha)
+            return out, (adj.to_sparse_csc() if csc_input else adj, alpha)
+        if index_dtype is not None:
+            edge_index = edge_index.to(index_dtype)
+        return out, (edge_index, alpha)
 
-        if return_attention_weights:
-            if isinstance(edge_index, SparseTensor):
-                return out, edge_index.set_value(alpha, layout='coo')
-            if is_torch_sparse_tensor(edge_index):
-                adj = set_sparse_value(edge_index, alpha)
-                if csc_input:
-                    adj = adj.to_sparse_csc()
-                return out, (adj, alpha)
-            if index_dtype is not None:
-                edge_index = edge_index.to(index_dtype)
-            return out, (edge_index, alpha)
-        return out
+    def _with_self_loops(self, edge_index: Adj, edge_attr: OptTensor,
+                         num_loops: int, num_dst: int):
+        if isinstance(edge_index, SparseTensor):
+            if self.edge_dim is not None:
+                raise NotImplementedError(
+                    f"'{self.__class__.__name__}' cannot add self-loops to "
+                    "a 'SparseTensor' with edge features; pass 'edge_index' "
+                    'as a [2, E] tensor instead')
+            return torch_sparse.set_diag(edge_index), edge_attr
+        edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
+        if edge_attr is not None:
+            edge_attr = torch.cat([
+                edge_attr,
+                self_loop_attr(edge_index, edge_attr, num_loops, num_dst,
+                               self.fill_value)
+            ])
+        edge_index, _ = add_self_loops(edge_index, num_nodes=num_loops)
+        return edge_index, edge_attr
 
     def edge_update(self, x_j: Tensor, x_i: Tensor, edge_attr: OptTensor,
                     index: Tensor, ptr: OptTensor,
@@ -360,117 +416,19 @@ class GATv2Conv(MessagePassing):
             f"'{name}' expects 'x' to be a tensor or a (source, target) pair "
             f"of tensors (got '{type(x).__name__}')")
 
-    def _check_features(self, x_src: Tensor, x_dst: Tensor) -> None:
+    def _check_forward_input(self, x_src: Tensor, x_dst: Tensor,
+                             edge_index: Adj, edge_attr: OptTensor,
+                             fused_path: bool) -> None:
         name = self.__class__.__name__
         for role, x, lin in (('source', x_src, self.lin_l),
                              ('target', x_dst, self.lin_r)):
-            if x.dim() != 2:
-                raise ValueError(
-                    f"'{name}' expects {role} node features of shape "
-                    f"[num_nodes, num_features] (got shape {tuple(x.shape)}); "
-                    "reshape them to two dimensions")
-            if not x.is_floating_point():
-                raise TypeError(
-                    f"'{name}' expects floating-point {role} node features "
-                    f"(got '{x.dtype}'); convert them with 'x.float()'")
-            if lin.in_channels > 0 and x.size(-1) != lin.in_channels:
-                raise ValueError(
-                    f"'{name}' was built for {lin.in_channels} {role} input "
-                    f"features but got {x.size(-1)}; build it with "
-                    f"in_channels={x.size(-1)} (or -1 to infer it)")
-            if is_strict():
-                check_no_nan(x, f'its {role} node features', name)
-            weight = lin.weight
-            if isinstance(weight, torch.nn.parameter.UninitializedParameter):
-                continue
-            # Under autocast the projections cast the features themselves.
-            if (x.dtype != weight.dtype
-                    and not torch.is_autocast_enabled(x.device.type)):
-                raise TypeError(
-                    f"'{name}' got {role} node features of dtype '{x.dtype}' "
-                    f"but its parameters are '{weight.dtype}'; convert one "
-                    f"to the other (e.g. 'x.to({weight.dtype})' or "
-                    f"'conv.to({x.dtype})')")
-            if x.device != weight.device:
-                raise ValueError(
-                    f"'{name}' got {role} node features on '{x.device}' but "
-                    f"its parameters are on '{weight.device}'; move one to "
-                    f"the other (e.g. 'x.to(\"{weight.device}\")')")
-
-    def _check_edges(self, edge_index: Adj, edge_attr: OptTensor,
-                     num_src: int, num_dst: int, fused_path: bool) -> None:
-        name = self.__class__.__name__
-        if isinstance(edge_index, SparseTensor):
-            num_edges = edge_index.nnz()
-            if edge_index.size(0) != num_dst or edge_index.size(1) != num_src:
-                raise ValueError(
-                    f"'{name}' got a sparse adjacency of size "
-                    f'{tuple(edge_index.sizes())} but expects '
-                    f'[num_targets, num_sources] = [{num_dst}, {num_src}]')
-        elif not isinstance(edge_index, Tensor):
-            raise TypeError(
-                f"'{name}' expects 'edge_index' to be a [2, E] integer "
-                'tensor, an EdgeIndex or a sparse adjacency (got '
-                f"'{type(edge_index).__name__}')")
-        elif is_torch_sparse_tensor(edge_index):
-            num_edges = edge_index._nnz()
-            if edge_index.dim() != 2 or tuple(edge_index.shape) != (num_dst,
-                                                                   num_src):
-                raise ValueError(
-                    f"'{name}' got a sparse adjacency of shape "
-                    f'{tuple(edge_index.shape)} but expects '
-                    f'[num_targets, num_sources] = [{num_dst}, {num_src}]')
-        else:
-            if edge_index.dtype not in _INT_DTYPES:
-                raise TypeError(
-                    f"'{name}' expects 'edge_index' of an integer dtype (got "
-                    f"'{edge_index.dtype}'); convert it with "
-                    "'edge_index.long()'")
-            if edge_index.dim() != 2 or edge_index.size(0) != 2:
-                raise ValueError(
-                    f"'{name}' expects 'edge_index' of shape [2, num_edges] "
-                    f'(got {tuple(edge_index.shape)}); transpose a '
-                    "[num_edges, 2] list with 'edge_index.t()'")
-            if edge_index.device != self.att.device:
-                raise ValueError(
-                    f"'{name}' got 'edge_index' on '{edge_index.device}' but "
-                    f"its parameters are on '{self.att.device}'; move it "
-                    f"with 'edge_index.to(\"{self.att.device}\")'")
-            num_edges = edge_index.size(1)
+            checks.check_node_features(x, lin, name, role)
+        num_edges = checks.check_adjacency(
+            edge_index, x_src.size(0), x_dst.size(0), self.att.device, name,
             # The fused path checks the range once per graph, when it builds
             # the layout; elsewhere the check would wait for the device on
             # every call of a GPU layer.
-            if is_strict() or (not fused_path
-                               and edge_index.device.type == 'cpu'):
-                if isinstance(edge_index, EdgeIndex):
-                    edge_index = edge_index.as_tensor()
-                check_index_range(edge_index, num_src, num_dst, name)
-
-        if edge_attr is None:
-            return
-        if self.lin_edge is None:
-            raise ValueError(
-                f"'{name}' got 'edge_attr' but was built with edge_dim=None; "
-                'build it with edge_dim=<number of edge features> or do not '
-                "pass 'edge_attr'")
-        if not isinstance(edge_attr, Tensor):
-            raise TypeError(f"'{name}' expects 'edge_attr' to be a tensor "
-                            f"(got '{type(edge_attr).__name__}')")
-        if not edge_attr.is_floating_point():
-            raise TypeError(
-                f"'{name}' expects floating-point 'edge_attr' (got "
-                f"'{edge_attr.dtype}'); convert it with 'edge_attr.float()'")
-        dim = edge_attr.size(-1) if edge_attr.dim() == 2 else 1
-        # With edge_dim=-1 the size is taken from the first edge_attr.
-        expected = self.lin_edge.in_channels
-        if edge_attr.dim() not in (1, 2) or expected not in (-1, dim):
-            raise ValueError(
-                f"'{name}' was built with edge_dim={self.edge_dim} and "
-                f"expects 'edge_attr' of shape [num_edges, {expected}] (got "
-                f'{tuple(edge_attr.shape)})')
-        if is_strict():
-            check_no_nan(edge_attr, "'edge_attr'", name)
-        if edge_attr.size(0) != num_edges:
-            raise ValueError(
-                f"'{name}' got 'edge_attr' for {edge_attr.size(0)} edges but "
-                f"'edge_index' has {num_edges}; pass one row per edge")
+            check_range=not fused_path)
+        if edge_attr is not None:
+            checks.check_edge_attr(edge_attr, self.lin_edge, self.edge_dim,
+                                   num_edges, name)

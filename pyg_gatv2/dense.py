@@ -4,14 +4,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Parameter
-from torch.nn.parameter import UninitializedParameter
 from torch.utils.checkpoint import checkpoint
-from torch_geometric.nn.dense.linear import Linear
-from torch_geometric.nn.inits import glorot, zeros
 
+from pyg_gatv2 import checks
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.functional import combine_heads, gatv2_logits
+from pyg_gatv2.parameters import init_parameters, reset_parameters
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
@@ -120,35 +118,12 @@ class DenseGATv2Conv(torch.nn.Module):
         self.memory_budget = _check_budget(self.__class__.__name__,
                                            memory_budget)
 
-        self.lin_l = Linear(in_channels, heads * out_channels, bias=bias,
-                            weight_initializer='glorot')
-        if share_weights:
-            self.lin_r = self.lin_l
-        else:
-            self.lin_r = Linear(in_channels, heads * out_channels, bias=bias,
-                                weight_initializer='glorot')
-        self.att = Parameter(torch.empty(1, heads, out_channels))
-
-        total_out_channels = out_channels * (heads if concat else 1)
-        if residual:
-            self.res = Linear(in_channels, total_out_channels, bias=False,
-                              weight_initializer='glorot')
-        else:
-            self.register_parameter('res', None)
-        if bias:
-            self.bias = Parameter(torch.empty(total_out_channels))
-        else:
-            self.register_parameter('bias', None)
+        init_parameters(self, in_channels, in_channels, None, bias)
 
         self.reset_parameters()
 
     def reset_parameters(self):
-        self.lin_l.reset_parameters()
-        self.lin_r.reset_parameters()
-        if self.res is not None:
-            self.res.reset_parameters()
-        glorot(self.att)
-        zeros(self.bias)
+        reset_parameters(self)
 
     @classmethod
     def from_sparse(
@@ -330,10 +305,6 @@ class DenseGATv2Conv(torch.nn.Module):
             raise ValueError(
                 f"'{name}' expects node features of shape [N, F] or "
                 f'[B, N, F] (got {tuple(x.shape)})')
-        if not x.is_floating_point():
-            raise TypeError(
-                f"'{name}' expects floating-point node features (got "
-                f"'{x.dtype}'); convert them with 'x.float()'")
         if adj.dim() != x.dim() or adj.shape[-2:] != (x.size(-2),
                                                      x.size(-2)):
             expected = '[N, N]' if x.dim() == 2 else '[B, N, N]'
@@ -362,24 +333,14 @@ class DenseGATv2Conv(torch.nn.Module):
                 raise TypeError(
                     f"'{name}' expects a boolean node mask (got "
                     f"'{mask.dtype}'); convert it with 'mask.bool()'")
-        if self.in_channels > 0 and x.size(-1) != self.in_channels:
-            raise ValueError(
-                f"'{name}' was built for {self.in_channels} input features "
-                f'but got {x.size(-1)}; build it with '
-                f'in_channels={x.size(-1)}')
-        weight = self.lin_l.weight
-        for arg, value in (('x', x), ('adj', adj), ('mask', mask)):
-            if value is not None and value.device != weight.device:
+        checks.check_node_features(x, self.lin_l, name, dims=(2, 3))
+        device = self.lin_l.weight.device
+        for arg, value in (('adj', adj), ('mask', mask)):
+            if value is not None and value.device != device:
                 raise ValueError(
                     f"'{name}' got '{arg}' on '{value.device}' but its "
-                    f"parameters are on '{weight.device}'; move it with "
-                    f"'{arg}.to(\"{weight.device}\")'")
-        if (not isinstance(weight, UninitializedParameter)
-                and x.dtype != weight.dtype):
-            raise TypeError(
-                f"'{name}' got node features of dtype '{x.dtype}' but its "
-                f"parameters are '{weight.dtype}'; convert one to the other "
-                f"(e.g. 'x.to({weight.dtype})' or 'conv.to({x.dtype})')")
+                    f"parameters are on '{device}'; move it with "
+                    f"'{arg}.to(\"{device}\")'")
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import check_index_range
+from ..checks import check_edge_index, check_index_range
 
 __all__ = ['EdgeLayout', 'edge_layout', 'clear_layout_cache']
 
@@ -141,23 +141,10 @@ def _offsets(deg: Tensor) -> Tensor:
     return ptr
 
 
-def _check(edge_index: Tensor, num_src: int, num_dst: int,
-           caller: str) -> None:
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"'{caller}' expects 'edge_index' as a tensor "
-                        f"(got {type(edge_index).__name__})")
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"'{caller}' expects 'edge_index' of shape "
-                         f"[2, num_edges] (got {list(edge_index.shape)})")
-    if edge_index.dtype not in (torch.long, torch.int):
-        raise TypeError(f"'{caller}' expects an integer 'edge_index' "
-                        f"(got {edge_index.dtype}); pass a torch.long tensor")
-    check_index_range(edge_index, num_src, num_dst, caller)
-
-
 def _build(edge_index: Tensor, num_src: int, num_dst: int,
            add_self_loops: bool, caller: str) -> EdgeLayout:
-    _check(edge_index, num_src, num_dst, caller)
+    check_edge_index(edge_index, caller)
+    check_index_range(edge_index, num_src, num_dst, caller)
     edge_index = edge_index.long()
     src, dst = edge_index[0], edge_index[1]
     num_edges = src.numel()
