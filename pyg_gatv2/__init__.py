@@ -1,4 +1,10 @@
 """pyg_gatv2: a fast, memory-efficient drop-in GATv2Conv for PyG."""
+from pyg_gatv2.backends import (
+    current_backends,
+    set_fused_backend,
+    set_softmax_backend,
+    use_backends,
+)
 from pyg_gatv2.checks import get_validation, set_validation, validation
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.datasets import DictionaryLookup, load_planetoid
@@ -32,6 +38,10 @@ __all__ = [
     'get_backend',
     'set_backend',
     'use_backend',
+    'set_fused_backend',
+    'set_softmax_backend',
+    'use_backends',
+    'current_backends',
     'set_validation',
     'get_validation',
     'validation',

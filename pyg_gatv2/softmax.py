@@ -8,9 +8,10 @@ Two backends compute the same function:
   :meth:`torch.Tensor.index_add`, always available and traceable by
   :func:`torch.compile`.
 
-The default (``None``) picks ``'torch_scatter'`` when it is importable and
+The default (``'auto'``) picks ``'torch_scatter'`` when it is importable and
 ``'native'`` otherwise; under :func:`torch.compile` it always picks
-``'native'``, because torch-scatter's operators break the graph.
+``'native'``, because torch-scatter's operators break the graph. The choice
+is made in :mod:`pyg_gatv2.backends`.
 """
 import contextlib
 import importlib.util
@@ -20,9 +21,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-BACKENDS = ('torch_scatter', 'native')
+from pyg_gatv2 import backends
 
-_selected: Optional[str] = None
+BACKENDS = ('torch_scatter', 'native')
 
 
 def has_torch_scatter() -> bool:
@@ -31,57 +32,41 @@ def has_torch_scatter() -> bool:
 
 
 def available_backends() -> list[str]:
-    """The backends usable in this environment, fastest first."""
-    return [b for b in BACKENDS if b != 'torch_scatter' or has_torch_scatter()]
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown softmax backend '{backend}'; choose one of "
-                         f'{BACKENDS} or None for automatic selection')
-    if backend == 'torch_scatter' and not has_torch_scatter():
-        raise ValueError(
-            "Softmax backend 'torch_scatter' needs the torch-scatter package; "
-            "install it with 'pip install --no-build-isolation torch-scatter' "
-            "or use backend 'native'")
-    return backend
+    """The backends usable in this environment, fastest first (also
+    :func:`pyg_gatv2.backends.available_softmax_backends`)."""
+    return list(backends.available_softmax_backends())
 
 
 def set_backend(backend: Optional[str]) -> None:
-    """Selects the softmax backend for all layers (:obj:`None`: automatic).
-
-    Args:
-        backend (str, optional): ``'torch_scatter'``, ``'native'`` or
-            :obj:`None`.
-    """
-    global _selected
-    _selected = None if backend is None else _check_backend(backend)
+    """Selects the softmax backend for all layers (:obj:`None`: automatic);
+    the same as :func:`pyg_gatv2.backends.set_softmax_backend`."""
+    backends.set_softmax_backend(backend)
 
 
 def get_backend() -> str:
     """The backend that :func:`scatter_softmax` uses now."""
-    if torch.compiler.is_compiling():
-        return 'native'
-    if _selected is not None:
-        return _selected
-    return 'torch_scatter' if has_torch_scatter() else 'native'
+    return _resolve(None)
 
 
 @contextlib.contextmanager
 def use_backend(backend: Optional[str]) -> Iterator[None]:
-    """Context manager that selects a softmax backend temporarily.
-
-    Example:
-        >>> with use_backend('native'):
-        ...     out = conv(x, edge_index)
-    """
-    global _selected
-    previous = _selected
-    set_backend(backend)
-    try:
+    """Context manager that selects a softmax backend temporarily (:obj:`None`:
+    automatic); the same as ``pyg_gatv2.use_backends(softmax=...)``."""
+    with backends.use_backends(softmax='auto' if backend is None else
+                               backend):
         yield
-    finally:
-        _selected = previous
+
+
+def _resolve(backend: Optional[str]) -> str:
+    if backend is None:
+        if torch.compiler.is_compiling():
+            return 'native'
+        backend = backends.get_softmax_backend()
+    else:
+        backend = backends.check_backend('softmax', backend, 'scatter_softmax')
+    if backend == 'auto':
+        return 'torch_scatter' if has_torch_scatter() else 'native'
+    return backend
 
 
 def _native_max(src: Tensor, index: Tensor, num_nodes: int) -> Tensor:
@@ -144,7 +129,7 @@ def scatter_softmax(
         torch.Tensor: Normalised weights, same shape and dtype as
         :obj:`src`.
     """
-    backend = get_backend() if backend is None else _check_backend(backend)
+    backend = _resolve(backend)
     dtype = src.dtype
     if dtype in (torch.float16, torch.bfloat16):
         src = src.float()

@@ -448,7 +448,8 @@ def test_backend_selection():
     with use_backend('torch'):
         assert get_backend() == 'torch'
     assert get_backend() == 'auto'
-    with pytest.raises(ValueError, match="backend='cuda'"):
+    with pytest.raises(ValueError,
+                       match="got fused backend 'cuda'; choose one of"):
         with use_backend('cuda'):
             pass
 

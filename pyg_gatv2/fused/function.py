@@ -6,6 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import backends
 from . import chunked, reference
 from .csr import EdgeLayout, edge_layout
 
@@ -13,9 +14,6 @@ __all__ = ['fused_gatv2_attention', 'FusedGATv2Attention',
            'available_backends', 'set_backend', 'get_backend', 'use_backend']
 
 _NAME = 'fused_gatv2_attention'
-_BACKENDS = ('auto', 'numba', 'torch')
-
-_selected = 'auto'
 
 
 def _cpu_module():
@@ -28,65 +26,46 @@ def _cpu_module():
 
 
 def available_backends() -> Tuple[str, ...]:
-    """The backends usable on this machine, fastest first."""
-    return ('numba', 'torch') if _cpu_module() is not None else ('torch', )
-
-
-def _check_backend(backend: str, caller: str) -> str:
-    if backend not in _BACKENDS:
-        raise ValueError(f"'{caller}' got backend={backend!r}; choose one of "
-                         f"{', '.join(map(repr, _BACKENDS))}")
-    return backend
+    """The backends usable on this machine, fastest first (also
+    :func:`pyg_gatv2.backends.available_fused_backends`)."""
+    return backends.available_fused_backends()
 
 
 def set_backend(backend: str) -> None:
     """Selects the backend of :func:`fused_gatv2_attention` calls that do
-    not name one, the fused path of :class:`pyg_gatv2.GATv2Conv` included.
+    not name one; the same as :func:`pyg_gatv2.backends.set_fused_backend`.
 
     Args:
         backend (str): ``'auto'``, ``'numba'`` or ``'torch'``.
     """
-    global _selected
-    _selected = _check_backend(backend, 'set_backend')
+    backends.set_fused_backend(backend)
 
 
 def get_backend() -> str:
-    """The backend selected by :func:`set_backend` (``'auto'`` unless
-    set)."""
-    return _selected
+    """The backend selected (``'auto'`` unless set)."""
+    return backends.get_fused_backend()
 
 
 @contextlib.contextmanager
 def use_backend(backend: str) -> Iterator[None]:
-    """Context manager that selects a fused-attention backend temporarily.
-
-    Example:
-        >>> with use_backend('torch'):
-        ...     out = conv(x, edge_index)
-    """
-    previous = _selected
-    set_backend(backend)
-    try:
+    """Context manager that selects a fused-attention backend temporarily;
+    the same as ``pyg_gatv2.use_backends(fused=...)``."""
+    with backends.use_backends(fused=backend):
         yield
-    finally:
-        set_backend(previous)
 
 
 def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
-    backend = _check_backend(_selected if backend is None else backend,
-                             _NAME)
+    backend = backends.check_backend(
+        'fused', backends.get_fused_backend() if backend is None else
+        backend, _NAME)
     numba_ok = (x.device.type == 'cpu'
                 and x.dtype in (torch.float32, torch.float64))
     if backend == 'auto':
         return 'numba' if numba_ok and _cpu_module() is not None else 'torch'
-    if backend == 'numba':
-        if not numba_ok:
-            raise ValueError(
-                f"'{_NAME}' backend 'numba' runs on CPU float32/float64 "
-                f"tensors (got {x.dtype} on {x.device}); use backend='torch'")
-        if _cpu_module() is None:
-            raise ValueError(f"'{_NAME}' backend 'numba' needs the numba "
-                             f"package; install it or use backend='torch'")
+    if backend == 'numba' and not numba_ok:
+        raise ValueError(
+            f"'{_NAME}' backend 'numba' runs on CPU float32/float64 tensors "
+            f"(got {x.dtype} on {x.device}); use backend='torch'")
     return backend
 
 
