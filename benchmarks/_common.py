@@ -1,4 +1,18 @@
-"""Timing, memory and reporting helpers shared by the benchmarks.
+"""The harness shared by the benchmarks: isolation, checks, timing, memory,
+failures and reports.
+
+- :func:`run_isolated` runs a worker function of a benchmark in a fresh
+  Python process, with JSON in and out, so that one measurement does not
+  inherit the allocator state of another and a crash (out of memory) ends
+  the worker, not the benchmark.
+- :func:`compare` checks an output against the reference before anything
+  is timed.
+- :func:`median_time` and :func:`interleaved_medians` time.
+- :func:`peak_memory` measures.
+- :func:`failure` says why a run failed, out of memory as such.
+- :func:`raw_dir`, :func:`command_line`, :func:`markdown_table`,
+  :func:`write_csv` and :func:`write_report` find the data and write the
+  results.
 
 Timings are medians after warm-up runs, with the GPU synchronised around
 each run. Peak memory is the growth above the level before the call: on
@@ -11,13 +25,20 @@ import csv
 import ctypes
 import ctypes.util
 import gc
+import importlib
+import importlib.util
+import json
 import os
 import platform
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +76,102 @@ def command_line() -> str:
     """The command that runs this script with its arguments, for reports."""
     script = os.path.relpath(sys.argv[0])
     return shlex.join(['python', script] + sys.argv[1:])
+
+
+# Isolation: one measurement per process ------------------------------------
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process ended without a result; ``str()`` says why."""
+
+
+def run_isolated(worker: Callable[[dict], dict], spec: dict,
+                 threads: int = 0) -> dict:
+    """``worker(spec)`` in a fresh Python process; returns its result.
+
+    :obj:`worker` is a module-level function of a benchmark script (or of a
+    module beside it), :obj:`spec` and the result are JSON. With
+    :obj:`threads` > 0, torch, OpenMP and numba in the worker use that many
+    threads. Raises :class:`WorkerFailed` when the worker dies: killed
+    (``'out of memory (worker killed by SIGKILL)'``, the kernel's answer
+    to a process that asks for too much) or with an exit code.
+    """
+    module = sys.modules[worker.__module__]
+    target = (module.__file__ if worker.__module__ == '__main__' else
+              worker.__module__)
+    env = dict(os.environ)
+    if threads > 0:
+        for key in ('OMP_NUM_THREADS', 'NUMBA_NUM_THREADS'):
+            env[key] = str(threads)
+    with tempfile.NamedTemporaryFile('r', suffix='.json') as out:
+        proc = subprocess.run(
+            [sys.executable, __file__, target, worker.__name__, out.name],
+            input=json.dumps(dict(spec=spec, threads=threads), default=str),
+            text=True, env=env)
+        if proc.returncode == 0:
+            return json.load(out)
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        prefix = 'out of memory ' if name == 'SIGKILL' else ''
+        raise WorkerFailed(f'{prefix}(worker killed by {name})')
+    raise WorkerFailed(f'error: worker exit code {proc.returncode}')
+
+
+def _worker_main(target: str, name: str, out: str) -> None:
+    """The worker process of :func:`run_isolated`."""
+    if target.endswith('.py'):  # a script: load it, without its main()
+        spec = importlib.util.spec_from_file_location('_benchmark', target)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    request = json.load(sys.stdin)
+    if request['threads'] > 0:
+        torch.set_num_threads(request['threads'])
+    result = getattr(module, name)(request['spec'])
+    with open(out, 'w') as f:
+        json.dump(result, f)
+
+
+# Failures and checks ---------------------------------------------------------
+
+
+def failure(error: BaseException) -> str:
+    """The status of a run that raised :obj:`error`: ``'out of memory'``,
+    or ``'error: <type>: <first line>'``. The full message goes to stderr."""
+    print(f'{type(error).__name__}: {error}', file=sys.stderr)
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return 'out of memory'
+    text = str(error)
+    if 'out of memory' in text.lower() or "can't allocate" in text:
+        return 'out of memory'
+    first_line = text.splitlines()[0] if text else ''
+    return f'error: {type(error).__name__}: {first_line}'
+
+
+@dataclass
+class Comparison:
+    """How an output differs from the reference output."""
+    max_abs: float  # largest absolute difference
+    max_rel: float  # the same over max(1, largest |reference|)
+    ok: bool  # max_rel within the tolerance
+
+
+def compare(got: torch.Tensor, expected: torch.Tensor,
+            tolerance: float) -> Comparison:
+    """Compares :obj:`got` to :obj:`expected`: agreement means a largest
+    difference of at most :obj:`tolerance` times the largest reference
+    entry (or times one, for outputs smaller than one)."""
+    if got.shape != expected.shape:
+        raise ValueError(f'compare got shapes {tuple(got.shape)} and '
+                         f'{tuple(expected.shape)}; they must match')
+    max_abs = (got - expected).abs().max().item() if got.numel() else 0.0
+    scale = max(1.0, expected.abs().max().item() if got.numel() else 0.0)
+    return Comparison(max_abs, max_abs / scale, max_abs <= tolerance * scale)
+
+
+# Timing ---------------------------------------------------------------------
 
 
 def synchronize(device: torch.device) -> None:
@@ -104,6 +221,26 @@ def median_time(
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]],
+                        device: torch.device,
+                        repeats: int) -> dict[str, float]:
+    """Median seconds of each of :obj:`fns` over :obj:`repeats` runs,
+    interleaved run by run so that load on a shared machine hits all alike.
+    Warm them up first."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            tic = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# Memory ---------------------------------------------------------------------
+
+
 def _status_bytes(key: str) -> int:
     with open('/proc/self/status') as f:
         for line in f:
@@ -144,6 +281,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
     return float(max(_status_bytes('VmHWM') - base, 0))
 
 
+# Reports --------------------------------------------------------------------
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A GitHub Markdown table of :obj:`rows` (dicts) over :obj:`columns`."""
     lines = ['| ' + ' | '.join(columns) + ' |',
@@ -162,3 +302,47 @@ def write_csv(path: Path, rows: Sequence[dict],
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_report(stem: Path, markdown: str, rows: Sequence[dict],
+                 columns: Optional[Sequence[str]] = None,
+                 plot: Optional[Callable[[Path], None]] = None) -> None:
+    """Writes ``<stem>.md``, ``<stem>.csv`` and, with :obj:`plot` (called
+    with the path), ``<stem>.png``; says so on stdout."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix('.md').write_text(markdown)
+    write_csv(stem.with_suffix('.csv'), rows, columns)
+    if plot is not None:
+        plot(stem.with_suffix('.png'))
+    print(f"Wrote {stem}.md, .csv{' and .png' if plot else ''}")
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV that :func:`write_csv` wrote, as dicts of strings,
+    without empty cells."""
+    with open(path, newline='') as f:
+        return [{k: v for k, v in row.items() if v != ''}
+                for row in csv.DictReader(f)]
+
+
+def raw_dir(flag: Optional[Path] = None) -> Optional[Path]:
+    """The folder of raw Planetoid files: :obj:`flag` (a ``--raw-dir``),
+    else ``$PYG_GATV2_RAW_DIR`` (the Makefile exports it), else None."""
+    if flag is not None:
+        return Path(flag)
+    env = os.environ.get('PYG_GATV2_RAW_DIR')
+    return Path(env) if env else None
+
+
+def has_raw_files(folder: Optional[Path], name: str) -> bool:
+    """Whether :obj:`folder` holds ``<name>/raw``; says what to do if not."""
+    if folder is not None and (folder / name / 'raw').is_dir():
+        return True
+    where = f'in {folder}' if folder else '(no folder given)'
+    print(f'{name}: raw files not found {where}; pass --raw-dir or set '
+          f'PYG_GATV2_RAW_DIR. {name} skipped.', flush=True)
+    return False
+
+
+if __name__ == '__main__':
+    _worker_main(*sys.argv[1:])

@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py            # default sweep + Cora
     python benchmarks/kernels.py --quick    # Cora + two small graphs
+    python benchmarks/kernels.py --replot   # the figure again, from the CSV
 
 Implementations, side by side in one run:
 
@@ -15,19 +16,18 @@ Implementations, side by side in one run:
   call) instead of implicit loops over the cached layout of the caller's
   edges, to measure that choice.
 
-Every case runs in two fresh subprocesses. The first checks that each
-implementation's output agrees with PyG eager within ``1e-5`` (relative to
-the largest output), then measures the peak memory growth of one training
-step (forward + backward) of each implementation after warm-up, from the
-process's peak resident set (``VmHWM``, reset through
+Every case runs in two fresh processes (``_common.run_isolated``). The first
+checks that each implementation's output agrees with PyG eager within ``1e-5``
+(relative to the largest output), then measures the peak memory growth of one
+training step (forward + backward) of each implementation after warm-up, from
+the process's peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs``; on CUDA the allocator's peak), with glibc's mmap
 threshold pinned so that freed memory leaves the resident set at once. The
 second, with the allocator left as training runs it (the pinned threshold
 turns every freed temporary into page faults on its next use), times the
-forward pass (no autograd) and the training step of what passed,
-interleaving the implementations run by run so that load on a shared
-machine hits all alike, and reports medians. Ratios are against PyG eager
-and PyG compiled.
+forward pass (no autograd) and the training step of what passed, interleaving
+the implementations run by run so that load on a shared machine hits all
+alike, and reports medians. Ratios are against PyG eager and PyG compiled.
 
 The effective bandwidth of the fused forward kernel counts the bytes it
 must move at least once (per edge: one gathered source row of
@@ -36,35 +36,42 @@ target row, its output row and its log-sum-exp) over its run time alone
 (projections excluded), against the bandwidth of a large ``memcpy``
 (``Tensor.copy_``, bytes read plus written).
 
-Writes ``kernels.md`` (the command, the machine, the tables), ``kernels.csv``
-and ``kernels.png`` (time and memory against ``E x heads x channels``) into
+Cora is read from ``--raw-dir`` or ``$PYG_GATV2_RAW_DIR`` (skipped, with a
+note, where neither holds it). Writes ``kernels.md`` (the command, the
+machine, the tables), ``kernels.csv`` and ``kernels.png`` (per case, grouped
+bars of our speed-up and memory saving against PyG eager and compiled) into
 ``--out``, and prints the Markdown.
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import torch
 from _common import (
+    WorkerFailed,
     command_line,
+    compare,
+    failure,
+    has_raw_files,
+    interleaved_medians,
     markdown_table,
+    median_time,
     peak_memory,
     pin_malloc,
-    synchronize,
-    write_csv,
+    raw_dir,
+    read_csv,
+    run_isolated,
+    write_report,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_RAW = ROOT.parent / 'shared' / 'data' / 'planetoid'
 TOLERANCE = 1e-5
 GiB = 2.0**30
 MiB = 2.0**20
@@ -78,8 +85,6 @@ LABELS = {
     'fused_torch': 'ours, fused (torch)',
     'fused_loops': 'ours, fused (numba), explicit loops',
 }
-MARKERS = {'pyg': 'o', 'pyg_compile': 's', 'mp': '.', 'fused_numba': 'D',
-           'fused_torch': 'v', 'fused_loops': 'x'}
 # Bytes per element of one [E, heads, channels] float32 tensor that a step
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
@@ -114,6 +119,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=True,
                         help='include Cora (8 heads x 8 channels)')
+    parser.add_argument('--raw-dir', type=Path, default=None,
+                        help='folder of raw Planetoid files, '
+                        '<dir>/Cora/raw/... (default: $PYG_GATV2_RAW_DIR)')
     parser.add_argument('--impls', type=_impls, default=list(IMPLS),
                         help=f"comma-separated subset of {','.join(IMPLS)}")
     parser.add_argument('--repeats', type=int, default=5,
@@ -134,7 +142,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--name', default=None,
                         help='file stem (default: kernels, kernels_quick '
                         'with --quick)')
-    parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--replot', action='store_true',
+                        help='only redraw <out>/<name>.png from the '
+                        '<name>.csv and the command in <name>.md')
     args = parser.parse_args(argv)
     if args.quick:  # other defaults; flags given still win
         parser.set_defaults(repeats=3, warmup=1)
@@ -183,45 +193,22 @@ def synthetic_cases(args: argparse.Namespace) -> list[dict]:
     ]
 
 
-def cora_case() -> Optional[dict]:
-    raw = os.environ.get('PYG_GATV2_RAW_DIR') or str(SHARED_RAW)
-    if not (Path(raw) / 'Cora' / 'raw').is_dir():
-        print(f'Note: Cora raw files not found in {raw} (set '
-              'PYG_GATV2_RAW_DIR); Cora skipped.')
+def cora_case(args: argparse.Namespace) -> Optional[dict]:
+    folder = raw_dir(args.raw_dir)
+    if not has_raw_files(folder, 'Cora'):
         return None
-    try:
-        from pyg_gatv2 import load_planetoid  # noqa: F401
-    except ImportError:
-        print('Note: pyg_gatv2.load_planetoid is not available; Cora '
-              'skipped.')
-        return None
-    return dict(name='Cora', kind='cora', raw=raw, nodes=2708, edges=10556,
-                features=1433, heads=8, channels=8)
+    return dict(name='Cora', kind='cora', raw=str(folder), nodes=2708,
+                edges=10556, features=1433, heads=8, channels=8)
 
 
 def memcpy_bandwidth(device: torch.device, repeats: int = 5) -> float:
     """Bytes per second of a 256 MiB copy (read plus written), median."""
     src = torch.ones(64 * 2**20, device=device)
     dst = torch.empty_like(src)
-    times = []
-    for _ in range(repeats + 1):
-        synchronize(device)
-        tic = _now()
-        dst.copy_(src)
-        synchronize(device)
-        times.append(_now() - tic)
-    return 2 * src.numel() * 4 / _median(times[1:])
-
-
-def _now() -> float:
-    return time.perf_counter()
-
-
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] +
-                                                      values[mid])
+    seconds = median_time(partial(dst.copy_, src), device, warmup=1,
+                          min_repeat=repeats, max_repeat=repeats,
+                          min_seconds=0.0)
+    return 2 * src.numel() * 4 / seconds
 
 
 # The worker: one case in a fresh process ------------------------------------
@@ -297,120 +284,135 @@ def projected_peak(case: dict, name: str) -> float:
 def run_worker(spec: dict) -> dict:
     """Stage ``'check'`` (correctness, then peak memory, with glibc's mmap
     threshold pinned so that freed memory leaves the resident set) or
-    ``'time'`` (with the allocator as training runs it) of one case."""
+    ``'time'`` (with the allocator as training runs it) of one case, in a
+    process of its own (:func:`_common.run_isolated`)."""
     args = argparse.Namespace(**spec['args'])
     case, stage = spec['case'], spec['stage']
     device = torch.device(args.device)
     if stage == 'check':
         pin_malloc()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from pyg_gatv2.fused import fused_gatv2_attention, use_backend
-
     x, edge_index = build_case(case, args.seed, device)
-    result = dict(case=case, impls={})
-    names = []
-    for name in args.impls:
-        if name in ('fused_numba', 'fused_loops') and device.type != 'cpu':
-            result['impls'][name] = dict(status='n/a (CPU only)')
-        elif projected_peak(case, name) > args.max_memory * GiB:
-            result['impls'][name] = dict(
-                status=f'skipped (projected '
-                f'{projected_peak(case, name) / GiB:.1f} GiB)')
-        else:
-            names.append(name)
-            result['impls'][name] = {}
+    result = dict(case=case, impls=runnable(case, args, device))
+    names = [name for name, entry in result['impls'].items() if not entry]
     ref, impls = make_impls(case, names, device)
+    runs = {name: Run(*impls[name], x, edge_index) for name in names}
+    alive = check(runs, ref, x, edge_index, result['impls'], args, stage,
+                  device)
+    if stage == 'time':
+        for mode, train in (('fwd', False), ('step', True)):
+            medians = interleaved_medians(
+                {name: partial(runs[name], train) for name in alive},
+                device, args.repeats)
+            for name, seconds in medians.items():
+                result['impls'][name][mode] = seconds
+        for name, seconds in kernel_times(ref, x, edge_index, impls, alive,
+                                          args, device).items():
+            result['impls'][name]['kernel_fwd'] = seconds
+    return result
 
-    def run(name: str, train: bool):
-        conv, backend = impls[name]
-        ctx = use_backend(backend) if backend else contextlib.nullcontext()
-        with ctx:
+
+def runnable(case: dict, args: argparse.Namespace,
+             device: torch.device) -> dict[str, dict]:
+    """An empty entry for each implementation to run, a status for the
+    others (CPU-only kernels elsewhere, projected peaks over the limit)."""
+    entries = {}
+    for name in args.impls:
+        peak = projected_peak(case, name)
+        if name in ('fused_numba', 'fused_loops') and device.type != 'cpu':
+            entries[name] = dict(status='n/a (CPU only)')
+        elif peak > args.max_memory * GiB:
+            entries[name] = dict(
+                status=f'skipped (projected {peak / GiB:.1f} GiB)')
+        else:
+            entries[name] = {}
+    return entries
+
+
+class Run:
+    """Calls one implementation: a forward pass without autograd, or a
+    training step (forward and backward); returns the output."""
+    def __init__(self, conv: torch.nn.Module, backend: Optional[str],
+                 x: torch.Tensor, edge_index: torch.Tensor):
+        self.conv, self.backend = conv, backend
+        self.x, self.edge_index = x, edge_index
+
+    def __call__(self, train: bool) -> torch.Tensor:
+        from pyg_gatv2.fused import use_backend
+        with (use_backend(self.backend) if self.backend else
+              contextlib.nullcontext()):
             if not train:
                 with torch.no_grad():
-                    return conv(x, edge_index)
-            for p in conv.parameters():
+                    return self.conv(self.x, self.edge_index)
+            for p in self.conv.parameters():
                 p.grad = None
-            out = conv(x, edge_index)
+            out = self.conv(self.x, self.edge_index)
             out.sum().backward()
             return out
 
-    alive = []
+
+def check(runs: dict[str, Run], ref: torch.nn.Module, x: torch.Tensor,
+          edge_index: torch.Tensor, entries: dict[str, dict],
+          args: argparse.Namespace, stage: str,
+          device: torch.device) -> list[str]:
+    """Warms each implementation up; in the ``'check'`` stage also compares
+    its output with PyG eager's and measures the peak memory of a step.
+    Fills :obj:`entries` and returns the implementations that passed."""
     with torch.no_grad():
         expected = ref(x, edge_index)
-    scale = max(1.0, expected.abs().max().item())
-    for name in names:
-        entry = result['impls'][name]
+    alive = []
+    for name, run in runs.items():
+        entry = entries[name]
         try:
-            got = run(name, False)
+            got = run(False)
             for _ in range(args.warmup):
-                run(name, True)
+                run(True)
             if stage == 'check':
-                entry['error'] = (got - expected).abs().max().item() / scale
+                entry['error'] = compare(got, expected, TOLERANCE).max_rel
                 if entry['error'] > TOLERANCE:
                     entry['status'] = 'MISMATCH'
                     continue
-                entry['peak'] = peak_memory(lambda n=name: run(n, True),
-                                            device)
+                entry['peak'] = peak_memory(partial(run, True), device)
         except Exception as error:  # reported in the table, not raised
-            entry['status'] = _failure(error)
+            entry['status'] = failure(error)
             continue
         entry['status'] = 'ok'
         alive.append(name)
-    if stage == 'check':
-        return result
+    return alive
 
-    # Times, interleaved run by run across the implementations.
-    for mode, train in (('fwd', False), ('step', True)):
-        times = {name: [] for name in alive}
-        for _ in range(args.repeats):
-            for name in alive:
-                synchronize(device)
-                tic = _now()
-                run(name, train)
-                synchronize(device)
-                times[name].append(_now() - tic)
-        for name in alive:
-            result['impls'][name][mode] = _median(times[name])
 
-    # The fused forward operator alone, for its effective bandwidth.
-    H, C = case['heads'], case['channels']
+def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
+                 edge_index: torch.Tensor, impls: dict, alive: list[str],
+                 args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
+    """Median seconds of the fused forward operator alone (projections
+    excluded), per fused backend, for its effective bandwidth."""
+    from pyg_gatv2.fused import fused_gatv2_attention
+
+    H, C = ref.heads, ref.out_channels
+    times = {}
     with torch.no_grad():
         x_l = ref.lin_l(x).view(-1, H, C)
         x_r = ref.lin_r(x).view(-1, H, C)
         for name in alive:
             if name not in ('fused_numba', 'fused_torch'):
                 continue
-            times = []
-            for i in range(args.warmup + args.repeats):
-                synchronize(device)
-                tic = _now()
-                fused_gatv2_attention(x_l, x_r, ref.att, edge_index,
-                                      add_self_loops=True,
-                                      backend=impls[name][1])
-                synchronize(device)
-                if i >= args.warmup:
-                    times.append(_now() - tic)
-            result['impls'][name]['kernel_fwd'] = _median(times)
-    return result
-
-
-def _failure(error: BaseException) -> str:
-    print(f'{type(error).__name__}: {error}', file=sys.stderr)
-    text = str(error).lower()
-    if isinstance(error, MemoryError) or 'memory' in text:
-        return 'out of memory'
-    return f'failed: {type(error).__name__}'
+            times[name] = median_time(
+                partial(fused_gatv2_attention, x_l, x_r, ref.att,
+                        edge_index, add_self_loops=True,
+                        backend=impls[name][1]),
+                device, warmup=args.warmup, min_repeat=args.repeats,
+                max_repeat=args.repeats, min_seconds=0.0)
+    return times
 
 
 def run_case(case: dict, args: argparse.Namespace) -> dict:
     """Checks ``case`` in one fresh process, then times what passed in
     another; returns the merged results."""
-    result = _spawn(case, args, 'check', args.impls)
+    result = _isolated(case, args, 'check', args.impls)
     passed = [name for name, entry in result['impls'].items()
               if entry.get('status') == 'ok']
     if passed:
-        timed = _spawn(case, args, 'time', passed)
+        timed = _isolated(case, args, 'time', passed)
         for name in passed:
             entry = timed['impls'][name]
             if entry.get('status') != 'ok':
@@ -421,30 +423,16 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
     return result
 
 
-def _spawn(case: dict, args: argparse.Namespace, stage: str,
-           impls: list[str]) -> dict:
-    """Runs :func:`run_worker` in a fresh process."""
-    worker_args = {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-    }
-    worker_args['impls'] = impls
-    env = dict(os.environ)
-    if args.threads:
-        env['NUMBA_NUM_THREADS'] = str(args.threads)
-        env['OMP_NUM_THREADS'] = str(args.threads)
-    with tempfile.NamedTemporaryFile('r', suffix='.json') as f:
-        spec = dict(case=case, stage=stage, args=worker_args, out=f.name)
-        proc = subprocess.run(
-            [sys.executable, __file__, '--worker', json.dumps(spec)],
-            env=env)
-        if proc.returncode == 0:
-            return json.load(f)
-    reason = (f'killed by signal {-proc.returncode} (out of memory?)'
-              if proc.returncode < 0 else
-              f'failed (exit code {proc.returncode})')
-    return dict(case=case, impls={name: dict(status=reason)
-                                  for name in impls})
+def _isolated(case: dict, args: argparse.Namespace, stage: str,
+              impls: list[str]) -> dict:
+    """:func:`run_worker` in a fresh process; a dead worker's reason as
+    the status of every implementation it ran."""
+    spec = dict(case=case, stage=stage, args=dict(vars(args), impls=impls))
+    try:
+        return run_isolated(run_worker, spec, threads=args.threads)
+    except WorkerFailed as error:
+        return dict(case=case, impls={name: dict(status=str(error))
+                                      for name in impls})
 
 
 # Reporting -------------------------------------------------------------------
@@ -498,36 +486,93 @@ def rows_of(results: list[dict], bandwidth: float) -> list[dict]:
     return rows
 
 
-def plot(rows: list[dict], path: Path, command: str) -> None:
+OURS = ('mp', 'fused_numba', 'fused_torch', 'fused_loops')
+COLORS = {'mp': 'C0', 'fused_numba': 'C2', 'fused_torch': 'C1',
+          'fused_loops': 'C4'}
+BASELINES = (('pyg', 'PyG eager'), ('pyg_compile', 'PyG compiled'))
+TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+METRICS = (('step_ms', 'training step speed-up\n(PyG time / ours)'),
+           ('peak_mib', 'memory saving\n(PyG peak / ours)'))
+
+
+def ratios(rows: list[dict], key: str,
+           baseline: str) -> dict[str, dict[str, float]]:
+    """case -> implementation -> baseline's :obj:`key` / ours, from rows
+    (of this run or read back from the CSV) where both were measured."""
+    values = {(r['case'], r['impl']): float(r[key]) for r in rows
+              if r.get(key) not in (None, '')}
+    out: dict[str, dict[str, float]] = {}
+    for (case, impl), value in values.items():
+        base = values.get((case, baseline))
+        if impl in OURS and base and value > 0:
+            out.setdefault(case, {})[impl] = base / value
+    return out
+
+
+def plot(rows: list[dict], path: Path, caption: str) -> None:
+    """Per case, grouped bars of our speed-up and memory saving against PyG
+    eager and compiled, on a log scale with PyG at 1."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import (
+        FixedLocator,
+        NullFormatter,
+        StrMethodFormatter,
+    )
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name in IMPLS:
-        points = sorted((r['edge_elements'], float(r['step_ms']),
-                         float(r.get('peak_mib', 'nan'))) for r in rows
-                        if r['impl'] == name and 'step_ms' in r)
-        if not points:
-            continue
-        xs = [p[0] for p in points]
-        style = dict(marker=MARKERS[name], alpha=0.8, label=LABELS[name],
-                     linestyle='--' if name.startswith('pyg') else '-',
-                     fillstyle='none' if name == 'pyg' else 'full')
-        axes[0].plot(xs, [p[1] / 1e3 for p in points], **style)
-        axes[1].plot(xs, [p[2] for p in points], **style)
-    axes[0].set_ylabel('training step (forward + backward), s')
-    axes[1].set_ylabel('peak memory growth of a step, MiB')
-    for ax in axes:
-        ax.set_xscale('log')
-        ax.set_yscale('log')
-        ax.set_xlabel('edges (self-loops included) x heads x channels')
-        ax.grid(True, which='both', alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(command, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    cases = list(dict.fromkeys(r['case'] for r in rows))
+    impls = [i for i in OURS if any(r['impl'] == i for r in rows)]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True,
+                             squeeze=False)
+    width = 0.8 / max(len(impls), 1)
+    for i, (key, what) in enumerate(METRICS):
+        for j, (baseline, name) in enumerate(BASELINES):
+            ax, by_case = axes[i][j], ratios(rows, key, baseline)
+            for k, impl in enumerate(impls):
+                xs = [c + (k - (len(impls) - 1) / 2) * width
+                      for c, case in enumerate(cases)
+                      if impl in by_case.get(case, {})]
+                ys = [by_case[case][impl] for case in cases
+                      if impl in by_case.get(case, {})]
+                bars = ax.bar(xs, ys, width, color=COLORS[impl],
+                              label=LABELS[impl])
+                ax.bar_label(bars, fmt='%.2g', fontsize=6, padding=1)
+            ax.axhline(1.0, color='k', lw=0.8)
+            ax.set_yscale('log')
+            ax.yaxis.set_major_locator(FixedLocator(TICKS))
+            ax.yaxis.set_major_formatter(StrMethodFormatter('{x:g}'))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f'{what.splitlines()[0]} vs {name}', fontsize=10)
+            ax.set_ylabel(what.replace('PyG', name), fontsize=8)
+            ax.grid(True, axis='y', which='both', alpha=0.3)
+            ax.set_xticks(range(len(cases)), [_short(c) for c in cases],
+                          fontsize=8)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc='upper center',
+               ncol=len(impls), fontsize=9, bbox_to_anchor=(0.5, 0.94))
+    fig.suptitle('Above 1: ours faster / smaller than PyG; below 1: slower / '
+                 f'larger.\n{caption}', fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _short(case: str) -> str:
+    """'random N=20000 deg=20 4x32' -> 'N=20000 deg=20\\n4x32'."""
+    return case.removeprefix('random ').replace(' deg', '\ndeg', 1)
+
+
+def replot(stem: Path) -> None:
+    """Redraws ``<stem>.png`` from ``<stem>.csv``, captioned with the
+    command that ``<stem>.md`` says produced the numbers."""
+    markdown = stem.with_suffix('.md').read_text()
+    numbers = next(line for line in markdown.splitlines()
+                   if line.startswith('Command: '))
+    caption = (f'numbers: {numbers.removeprefix("Command: ")}; figure: '
+               f'`{command_line()}`')
+    plot(read_csv(stem.with_suffix('.csv')), stem.with_suffix('.png'),
+         caption)
+    print(f'Wrote {stem}.png')
 
 
 COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'fwd_ms',
@@ -538,11 +583,8 @@ COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'fwd_ms',
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    if args.worker is not None:
-        spec = json.loads(args.worker)
-        result = run_worker(spec)
-        with open(spec['out'], 'w') as f:
-            json.dump(result, f)
+    if args.replot:
+        replot(args.out / args.name)
         return
     command = command_line()
     print(f'Command: `{command}`\n', flush=True)
@@ -552,7 +594,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     bandwidth = memcpy_bandwidth(device)
     cases = synthetic_cases(args)
     if args.cora:
-        cora = cora_case()
+        cora = cora_case(args)
         if cora is not None:
             cases.insert(0, cora)
     results = []
@@ -560,9 +602,20 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, args))
     rows = rows_of(results, bandwidth)
+    text = '\n'.join(header(command, device, bandwidth)) + markdown_table(
+        rows, COLUMNS) + '\n'
+    print(text)
+    columns = list(dict.fromkeys(
+        ['case', 'nodes', 'edges', 'heads', 'channels', 'edge_elements'] +
+        COLUMNS + ['fwd_speedup_vs_compiled', 'kernel_fwd_ms']))
+    write_report(args.out / args.name, text, rows, columns,
+                 partial(plot, rows, caption=f'`{command}`'))
 
+
+def header(command: str, device: torch.device,
+           bandwidth: float) -> list[str]:
     import numba
-    header = [
+    return [
         '# Fused GATv2 attention vs PyG GATv2Conv', '',
         f'Command: `{command}`', '',
         f'Machine: {platform.processor() or platform.machine()}, '
@@ -575,16 +628,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         "step; max_rel_error is the largest difference from PyG eager's "
         'output over its largest entry.', ''
     ]
-    text = '\n'.join(header) + markdown_table(rows, COLUMNS) + '\n'
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f'{args.name}.md').write_text(text)
-    columns = list(dict.fromkeys(
-        ['case', 'nodes', 'edges', 'heads', 'channels', 'edge_elements'] +
-        COLUMNS + ['fwd_speedup_vs_compiled', 'kernel_fwd_ms']))
-    write_csv(args.out / f'{args.name}.csv', rows, columns)
-    plot(rows, args.out / f'{args.name}.png', command)
-    print(f'Wrote {args.out / args.name}.md, .csv and .png')
 
 
 if __name__ == '__main__':
