@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 import torch_geometric
 from _common import command_line, markdown_table, write_csv
+from _common import raw_dir as find_raw_dir
 from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
 
 import pyg_gatv2
@@ -43,7 +44,6 @@ from pyg_gatv2.plots import plot_training_curves
 from pyg_gatv2.train import PAPER_SETTINGS, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_RAW = ROOT.parent / 'shared' / 'data' / 'planetoid'
 RAW_FILES = ('x', 'tx', 'allx', 'y', 'ty', 'ally', 'graph', 'test.index')
 TOLERANCE = 1e-5
 IMPLS = {'pyg_gatv2': GATv2Conv, 'torch_geometric': PyGGATv2Conv}
@@ -81,8 +81,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='early-stopping patience (default: 100)')
     parser.add_argument('--raw-dir', type=Path,
                         help='folder of raw files, <dir>/Cora/raw/... '
-                        '(default: $PYG_GATV2_RAW_DIR, else the shared data '
-                        'folder beside the repository)')
+                        '(default: $PYG_GATV2_RAW_DIR; without either, the '
+                        'files must be in --root)')
     parser.add_argument('--root', type=Path,
                         help='dataset root for processed files (default: a '
                         'temporary folder)')
@@ -106,12 +106,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def raw_files_present(name: str, raw_dir: Path, root: Path) -> bool:
+def raw_files_present(name: str, raw_dir: Optional[Path],
+                      root: Path) -> bool:
     """Whether every raw file of :obj:`name` is in the raw folder or the
     dataset root, so that loading needs no download."""
     files = [f'ind.{name.lower()}.{suffix}' for suffix in RAW_FILES]
     return any(all((folder / name / 'raw' / f).is_file() for f in files)
-               for folder in (raw_dir, root))
+               for folder in (raw_dir, root) if folder is not None)
 
 
 def check_parity(dataset, settings: dict) -> float:
@@ -160,7 +161,8 @@ def result_row(name: str, impl: str, result: TrainResult) -> dict:
     }
 
 
-def run_dataset(name: str, args: argparse.Namespace, raw_dir: Path,
+def run_dataset(name: str, args: argparse.Namespace,
+                raw_dir: Optional[Path],
                 root: Path) -> tuple[list[dict], dict]:
     settings = PAPER_SETTINGS[name]
     dataset = load_planetoid(name, root=root, raw_dir=raw_dir)
@@ -210,8 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    raw_dir = args.raw_dir or Path(os.environ.get('PYG_GATV2_RAW_DIR')
-                                   or SHARED_RAW)
+    raw_dir = find_raw_dir(args.raw_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     temp = tempfile.TemporaryDirectory()
     root = args.root or Path(temp.name)
