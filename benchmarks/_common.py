@@ -25,7 +25,6 @@ import csv
 import ctypes
 import ctypes.util
 import gc
-import importlib
 import importlib.util
 import json
 import os
@@ -90,15 +89,14 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
     """``worker(spec)`` in a fresh Python process; returns its result.
 
     :obj:`worker` is a module-level function of a benchmark script (or of a
-    module beside it), :obj:`spec` and the result are JSON. With
+    module beside it), loaded from its file in the worker; :obj:`spec` and
+    the result are JSON. With
     :obj:`threads` > 0, torch, OpenMP and numba in the worker use that many
     threads. Raises :class:`WorkerFailed` when the worker dies: killed
     (``'out of memory (worker killed by SIGKILL)'``, the kernel's answer
     to a process that asks for too much) or with an exit code.
     """
-    module = sys.modules[worker.__module__]
-    target = (module.__file__ if worker.__module__ == '__main__' else
-              worker.__module__)
+    target = sys.modules[worker.__module__].__file__
     env = dict(os.environ)
     if threads > 0:
         for key in ('OMP_NUM_THREADS', 'NUMBA_NUM_THREADS'):
@@ -119,13 +117,12 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
 
 def _worker_main(target: str, name: str, out: str) -> None:
     """The worker process of :func:`run_isolated`."""
-    if target.endswith('.py'):  # a script: load it, without its main()
-        spec = importlib.util.spec_from_file_location('_benchmark', target)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+    # Loaded by path under another name, so that a script's main() does
+    # not run.
+    spec = importlib.util.spec_from_file_location('_benchmark', target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
     request = json.load(sys.stdin)
     if request['threads'] > 0:
         torch.set_num_threads(request['threads'])
