@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .csr import EdgeLayout
+from .operands import Cotangents, Gradients, Operands
 
 __all__ = ['forward', 'backward', 'default_chunk_size']
 
@@ -35,31 +36,31 @@ def _rows(t: Tensor, index: Tensor, out: Tensor) -> Tensor:
     return torch.index_select(t, 0, index, out=out[:index.numel()])
 
 
-def _add_edge_rows(z: Tensor, et: Tensor, loop_et: Tensor, eid: Tensor,
+def _add_edge_rows(z: Tensor, edge_term: Tensor, loop_term: Tensor, eid: Tensor,
                    num_edges: int, buf: Tensor) -> None:
     """Adds the edge term (loops after the caller's edges) of the virtual
     edge ids ``eid`` to ``z``."""
-    if loop_et.size(0) == 0:
-        z += _rows(et, eid, buf)
-    elif et.size(0) == 0:
-        z += _rows(loop_et, eid - num_edges, buf)
+    if loop_term.size(0) == 0:
+        z += _rows(edge_term, eid, buf)
+    elif edge_term.size(0) == 0:
+        z += _rows(loop_term, eid - num_edges, buf)
     else:
         is_loop = eid >= num_edges
-        rows = _rows(et, eid.clamp(max=num_edges - 1), buf)
-        rows[is_loop] = loop_et.index_select(0, eid[is_loop] - num_edges)
+        rows = _rows(edge_term, eid.clamp(max=num_edges - 1), buf)
+        rows[is_loop] = loop_term.index_select(0, eid[is_loop] - num_edges)
         z += rows
 
 
-def _pre_activation(xl: Tensor, xr: Tensor, et: Optional[Tensor],
-                    loop_et: Optional[Tensor], layout: EdgeLayout, lo: int,
+def _pre_activation(x_l: Tensor, x_r: Tensor, edge_term: Optional[Tensor],
+                    loop_term: Optional[Tensor], layout: EdgeLayout, lo: int,
                     hi: int, work: Tensor) -> Tuple[Tensor, Tensor]:
     """Source rows ``x_j`` (in ``work[0]``) and ``z = x_j + x_i (+ t)`` (in
     ``work[1]``), [chunk, H, C], of the CSR positions ``lo:hi``."""
-    xj = _rows(xl, layout.dst_col[lo:hi], work[0])
-    z = _rows(xr, layout.dst_row[lo:hi], work[1])
+    xj = _rows(x_l, layout.dst_col[lo:hi], work[0])
+    z = _rows(x_r, layout.dst_row[lo:hi], work[1])
     z += xj
-    if et is not None:
-        _add_edge_rows(z, et, loop_et, layout.dst_eid[lo:hi],
+    if edge_term is not None:
+        _add_edge_rows(z, edge_term, loop_term, layout.dst_eid[lo:hi],
                        layout.num_edges, work[2])
     return xj, z
 
@@ -69,87 +70,88 @@ def _workspace(x: Tensor, count: int, chunk_size: int, num: int) -> Tensor:
     return x.new_empty((count, rows) + tuple(x.shape[1:]))
 
 
-def forward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
-            loop_et: Optional[Tensor], mask: Optional[Tensor],
-            layout: EdgeLayout, slope: float, want_alpha: bool,
-            chunk_size: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+def forward(ops: Operands, want_alpha: bool, chunk_size: int
+            ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Returns ``out`` [N_dst, H, C], ``lse`` [N_dst, H] and, if
     ``want_alpha``, the softmax weights [virtual edges, H]."""
+    x_l, x_r, att, edge_term, loop_term, mask, layout, slope = ops
     H, C = att.shape
     n, num = layout.num_dst, layout.num_kept
     row, col, eid = layout.dst_row, layout.dst_col, layout.dst_eid
-    work = _workspace(xl, 3, chunk_size, num)
+    work = _workspace(x_l, 3, chunk_size, num)
     # Pass 1: the logits of all edges ([E, H], cheap), chunk by chunk.
-    logit = xl.new_empty(num, H)
+    logit = x_l.new_empty(num, H)
     for lo in range(0, num, chunk_size):
         hi = min(lo + chunk_size, num)
-        z = _pre_activation(xl, xr, et, loop_et, layout, lo, hi, work)[1]
+        z = _pre_activation(x_l, x_r, edge_term, loop_term, layout, lo, hi,
+                            work)[1]
         F.leaky_relu_(z, slope)
         torch.sum(z.mul_(att), dim=-1, out=logit[lo:hi])
-    m = xl.new_full((n, H), float('-inf'))
+    m = x_l.new_full((n, H), float('-inf'))
     m.scatter_reduce_(0, row.view(-1, 1).expand(-1, H), logit, 'amax',
                       include_self=False)
-    total = xl.new_zeros(n, H).index_add_(
+    total = x_l.new_zeros(n, H).index_add_(
         0, row, (logit - m.index_select(0, row)).exp_())
     lse = total.log_().add_(m)
     prob = logit.sub_(lse.index_select(0, row)).exp_()
     # Pass 2: the weighted sum of source features.
     weight = prob if mask is None else prob * mask.index_select(0, eid)
-    out = xl.new_zeros(n, H, C)
+    out = x_l.new_zeros(n, H, C)
     for lo in range(0, num, chunk_size):
         hi = min(lo + chunk_size, num)
-        msg = _rows(xl, col[lo:hi], work[0])
+        msg = _rows(x_l, col[lo:hi], work[0])
         out.index_add_(0, row[lo:hi], msg.mul_(weight[lo:hi].unsqueeze(-1)))
     alpha = None
     if want_alpha:
-        alpha = xl.new_zeros(layout.num_virtual, H)
+        alpha = x_l.new_zeros(layout.num_virtual, H)
         alpha.index_copy_(0, eid, prob)
     return out, lse, alpha
 
 
-def backward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
-             loop_et: Optional[Tensor], mask: Optional[Tensor],
-             galpha: Optional[Tensor], grad: Tensor, lse: Tensor,
-             delta: Tensor, layout: EdgeLayout, slope: float,
-             want_det: bool, chunk_size: int):
-    """Returns the gradients of ``xl``, ``xr``, ``att`` and (if
-    ``want_det``) of the edge term and of the loop edge term."""
+def backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
+             chunk_size: int) -> Gradients:
+    """The gradients of the operands; those of the edge terms only with
+    ``want_edge_grad``."""
+    x_l, x_r, att, edge_term, loop_term, mask, layout, slope = ops
+    grad_out, grad_alpha, lse, delta = cot
     num = layout.num_kept
     row, col, eid = layout.dst_row, layout.dst_col, layout.dst_eid
-    gxl, gxr = torch.zeros_like(xl), torch.zeros_like(xr)
-    gatt = torch.zeros_like(att)
-    get = gloop = None
-    if want_det:
-        get, gloop = torch.zeros_like(et), torch.zeros_like(loop_et)
-    work = _workspace(xl, 4, chunk_size, num)
+    grad_xl, grad_xr = torch.zeros_like(x_l), torch.zeros_like(x_r)
+    grad_att = torch.zeros_like(att)
+    grad_edge = grad_loop = None
+    if want_edge_grad:
+        grad_edge = torch.zeros_like(edge_term)
+        grad_loop = torch.zeros_like(loop_term)
+    work = _workspace(x_l, 4, chunk_size, num)
     positive_buf = torch.empty(work.shape[1:], dtype=torch.bool,
-                               device=xl.device)
+                               device=x_l.device)
     slopes = torch.stack([att, att * slope])  # LeakyReLU' times att
     for lo in range(0, num, chunk_size):
         hi = min(lo + chunk_size, num)
         r, j, e = row[lo:hi], col[lo:hi], eid[lo:hi]
-        xj, z = _pre_activation(xl, xr, et, loop_et, layout, lo, hi, work)
+        xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, layout, lo,
+                                hi, work)
         positive = torch.gt(z, 0, out=positive_buf[:hi - lo])
         act = F.leaky_relu_(z, slope)
         scratch = work[3][:hi - lo]
         logit = torch.mul(act, att, out=scratch).sum(dim=-1)
         prob = logit.sub_(lse.index_select(0, r)).exp_()
-        g = _rows(grad, r, work[2])
+        g = _rows(grad_out, r, work[2])
         dprob = torch.mul(g, xj, out=scratch).sum(dim=-1)
         weight = prob
         if mask is not None:
             m = mask.index_select(0, e)
             weight = prob * m
             dprob *= m
-        if galpha is not None:
-            dprob += galpha.index_select(0, e)
+        if grad_alpha is not None:
+            dprob += grad_alpha.index_select(0, e)
         ds = dprob.sub_(delta.index_select(0, r)).mul_(prob).unsqueeze(-1)
-        gatt += act.mul_(ds).sum(dim=0)
+        grad_att += act.mul_(ds).sum(dim=0)
         dz = torch.where(positive, slopes[0], slopes[1], out=xj).mul_(ds)
-        gxr.index_add_(0, r, dz)
-        if want_det:
+        grad_xr.index_add_(0, r, dz)
+        if want_edge_grad:
             loop = e >= layout.num_edges
-            get.index_copy_(0, e[~loop], dz[~loop])
-            gloop.index_copy_(0, e[loop] - layout.num_edges, dz[loop])
-        gxl.index_add_(0, j, dz.addcmul_(g, weight.unsqueeze(-1)))
-    return gxl, gxr, gatt, get, gloop
+            grad_edge.index_copy_(0, e[~loop], dz[~loop])
+            grad_loop.index_copy_(0, e[loop] - layout.num_edges, dz[loop])
+        grad_xl.index_add_(0, j, dz.addcmul_(g, weight.unsqueeze(-1)))
+    return Gradients(grad_xl, grad_xr, grad_att, grad_edge, grad_loop)

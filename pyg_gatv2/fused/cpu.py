@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from .csr import EdgeLayout
+from .operands import Cotangents, Gradients, Operands
 
 __all__ = ['run_forward', 'run_backward']
 
@@ -36,10 +36,10 @@ _JIT = dict(parallel=True, fastmath=False, cache=True, nogil=True)
 
 
 @njit(inline='always')
-def _edge_row(et, loop_et, e, h, num_edges):
+def _term_row(edge_term, loop_term, e, h, num_edges):
     if e < num_edges:
-        return et[e, h]
-    return loop_et[e - num_edges, h]
+        return edge_term[e, h]
+    return loop_term[e - num_edges, h]
 
 
 @njit(inline='always')
@@ -52,13 +52,13 @@ def _lrelu(z, slope):
 # serially, in a fixed order: no fastmath is needed for speed.
 
 @njit(inline='always')
-def _score(xj, xi, ev, has_et, a, slope, buf):
-    """``sum_c a[c] * LeakyReLU(xj[c] + xi[c] (+ ev[c]))``."""
+def _score(xj, xi, t, has_edge_term, a, slope, buf):
+    """``sum_c a[c] * LeakyReLU(xj[c] + xi[c] (+ t[c]))``."""
     C = a.size
     for c in range(C):
         z = xj[c] + xi[c]
-        if has_et:
-            z += ev[c]
+        if has_edge_term:
+            z += t[c]
         buf[c] = a[c] * _lrelu(z, slope)
     s = buf.dtype.type(0)
     for c in range(C):
@@ -67,16 +67,16 @@ def _score(xj, xi, ev, has_et, a, slope, buf):
 
 
 @njit(**_JIT)
-def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
-            num_edges, slope, has_et, has_mask, want_alpha, out, lse,
+def forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, bounds,
+            num_edges, slope, has_edge_term, has_mask, want_alpha, out, lse,
             alpha):
     """Writes ``out`` [N_dst, H, C], ``lse`` [N_dst, H] and, if
     ``want_alpha``, the softmax weights into ``alpha`` [virtual edges, H]."""
     H, C = att.shape
     for b in prange(bounds.size - 1):
-        m = np.empty(H, dtype=xl.dtype)
-        total = np.empty(H, dtype=xl.dtype)
-        buf = np.empty(C, dtype=xl.dtype)
+        m = np.empty(H, dtype=x_l.dtype)
+        total = np.empty(H, dtype=x_l.dtype)
+        buf = np.empty(C, dtype=x_l.dtype)
         for i in range(bounds[b], bounds[b + 1]):
             out[i] = 0
             m[:] = -np.inf
@@ -85,11 +85,12 @@ def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
                 j = col[k]
                 e = eid[k]
                 for h in range(H):
-                    xi = xr[i, h]
-                    xj = xl[j, h]
-                    ev = _edge_row(et, loop_et, e, h, num_edges) if has_et \
-                        else xi
-                    s = _score(xj, xi, ev, has_et, att[h], slope, buf)
+                    xi = x_r[i, h]
+                    xj = x_l[j, h]
+                    t = xi
+                    if has_edge_term:
+                        t = _term_row(edge_term, loop_term, e, h, num_edges)
+                    s = _score(xj, xi, t, has_edge_term, att[h], slope, buf)
                     if want_alpha:
                         alpha[e, h] = s
                     o = out[i, h]
@@ -121,47 +122,51 @@ def forward(xl, xr, att, et, loop_et, mask, ptr, col, eid, bounds,
 
 
 @njit(**_JIT)
-def backward_dst(xl, xr, att, et, loop_et, mask, galpha, grad, lse, delta,
-                 ptr, col, eid, bounds, num_edges, slope, has_et, has_mask,
-                 has_galpha, want_det, gxr, get, gloop, gatt, wbuf, dsbuf):
-    """Writes the gradients of ``x_r`` (``gxr``), of the edge terms
-    (``get``, ``gloop``, if ``want_det``) and per-range partial gradients of
-    ``att`` (``gatt`` [ranges, H, C]); fills ``wbuf`` (message weight) and
-    ``dsbuf`` (logit gradient) [CSR position, H] for ``backward_src``.
-    ``delta`` [N_dst, H] holds ``<grad_i, out_i>`` plus, with ``has_galpha``,
-    ``sum_k alpha_k grad_alpha_k``."""
+def backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
+                 grad_out, lse, delta, ptr, col, eid, bounds, num_edges, slope,
+                 has_edge_term, has_mask, has_grad_alpha, want_edge_grad,
+                 grad_xr, grad_edge, grad_loop, grad_att, msg_weight,
+                 grad_logit):
+    """Writes the gradients of ``x_r`` (``grad_xr``), of the edge terms
+    (``grad_edge``, ``grad_loop``, if ``want_edge_grad``) and per-range
+    partial gradients of ``att`` (``grad_att`` [ranges, H, C]); fills
+    ``msg_weight`` (the weight of each message) and ``grad_logit`` (the
+    gradient of each logit), [CSR position, H], for ``backward_src``.
+    ``delta`` [N_dst, H] holds ``<grad_out_i, out_i>`` plus, with
+    ``has_grad_alpha``, ``sum_k alpha_k grad_alpha_k``."""
     H, C = att.shape
     for b in prange(bounds.size - 1):
-        ga = gatt[b]
-        ga[:] = 0
-        act = np.empty(C, dtype=xl.dtype)  # LeakyReLU(z)
-        dact = np.empty(C, dtype=xl.dtype)  # att * LeakyReLU'(z)
-        prod = np.empty(C, dtype=xl.dtype)  # grad_i * x_j
+        grad_att_b = grad_att[b]
+        grad_att_b[:] = 0
+        act = np.empty(C, dtype=x_l.dtype)  # LeakyReLU(z)
+        dact = np.empty(C, dtype=x_l.dtype)  # att * LeakyReLU'(z)
+        prod = np.empty(C, dtype=x_l.dtype)  # grad_out_i * x_j
         for i in range(bounds[b], bounds[b + 1]):
-            gxr[i] = 0
+            grad_xr[i] = 0
             for k in range(ptr[i], ptr[i + 1]):
                 j = col[k]
                 e = eid[k]
                 for h in range(H):
-                    xi = xr[i, h]
-                    xj = xl[j, h]
-                    gi = grad[i, h]
+                    xi = x_r[i, h]
+                    xj = x_l[j, h]
+                    grad_i = grad_out[i, h]
                     ah = att[h]
-                    ev = _edge_row(et, loop_et, e, h, num_edges) if has_et \
-                        else xi
+                    t = xi
+                    if has_edge_term:
+                        t = _term_row(edge_term, loop_term, e, h, num_edges)
                     for c in range(C):
                         z = xj[c] + xi[c]
-                        if has_et:
-                            z += ev[c]
+                        if has_edge_term:
+                            z += t[c]
                         if z > 0:
                             act[c] = z
                             dact[c] = ah[c]
                         else:
                             act[c] = z * slope
                             dact[c] = ah[c] * slope
-                        prod[c] = gi[c] * xj[c]
-                    s = xl.dtype.type(0)
-                    gd = xl.dtype.type(0)
+                        prod[c] = grad_i[c] * xj[c]
+                    s = x_l.dtype.type(0)
+                    gd = x_l.dtype.type(0)
                     for c in range(C):
                         s += ah[c] * act[c]
                         gd += prod[c]
@@ -170,54 +175,57 @@ def backward_dst(xl, xr, att, et, loop_et, mask, galpha, grad, lse, delta,
                     if has_mask:
                         w *= mask[e, h]
                         gd *= mask[e, h]
-                    if has_galpha:
-                        gd += galpha[e, h]
+                    if has_grad_alpha:
+                        gd += grad_alpha[e, h]
                     ds = p * (gd - delta[i, h])
-                    wbuf[k, h] = w
-                    dsbuf[k, h] = ds
-                    gxi = gxr[i, h]
-                    gah = ga[h]
+                    msg_weight[k, h] = w
+                    grad_logit[k, h] = ds
+                    grad_xr_i = grad_xr[i, h]
+                    grad_att_h = grad_att_b[h]
                     for c in range(C):
-                        gxi[c] += ds * dact[c]
-                        gah[c] += ds * act[c]
-                    if want_det:
-                        gev = _edge_row(get, gloop, e, h, num_edges)
+                        grad_xr_i[c] += ds * dact[c]
+                        grad_att_h[c] += ds * act[c]
+                    if want_edge_grad:
+                        grad_t = _term_row(grad_edge, grad_loop, e, h,
+                                           num_edges)
                         for c in range(C):
-                            gev[c] = ds * dact[c]
+                            grad_t[c] = ds * dact[c]
 
 
 @njit(**_JIT)
-def backward_src(xl, xr, att, et, loop_et, grad, ptr, pos, row, eid, bounds,
-                 num_edges, slope, has_et, wbuf, dsbuf, gxl):
-    """Writes the gradient of ``x_l`` (``gxl``), one source node per row:
-    the message term ``w * grad_i`` plus the logit term through the
-    LeakyReLU, recomputed from the features."""
+def backward_src(x_l, x_r, att, edge_term, loop_term, grad_out, ptr, pos, row,
+                 eid, bounds, num_edges, slope, has_edge_term, msg_weight,
+                 grad_logit, grad_xl):
+    """Writes the gradient of ``x_l`` (``grad_xl``), one source node per
+    row: the message term ``w * grad_out_i`` plus the logit term through
+    the LeakyReLU, recomputed from the features."""
     H, C = att.shape
     for b in prange(bounds.size - 1):
         for j in range(bounds[b], bounds[b + 1]):
-            gxl[j] = 0
+            grad_xl[j] = 0
             for q in range(ptr[j], ptr[j + 1]):
                 k = pos[q]
                 i = row[q]
                 e = eid[k]
                 for h in range(H):
-                    w = wbuf[k, h]
-                    ds = dsbuf[k, h]
-                    xi = xr[i, h]
-                    xj = xl[j, h]
-                    gi = grad[i, h]
-                    gj = gxl[j, h]
+                    w = msg_weight[k, h]
+                    ds = grad_logit[k, h]
+                    xi = x_r[i, h]
+                    xj = x_l[j, h]
+                    grad_i = grad_out[i, h]
+                    grad_xl_j = grad_xl[j, h]
                     ah = att[h]
-                    ev = _edge_row(et, loop_et, e, h, num_edges) if has_et \
-                        else xi
+                    t = xi
+                    if has_edge_term:
+                        t = _term_row(edge_term, loop_term, e, h, num_edges)
                     for c in range(C):
                         z = xj[c] + xi[c]
-                        if has_et:
-                            z += ev[c]
+                        if has_edge_term:
+                            z += t[c]
                         d = ds * ah[c]
                         if z <= 0:
                             d *= slope
-                        gj[c] += w * gi[c] + d
+                        grad_xl_j[c] += w * grad_i[c] + d
 
 
 def _match_torch_threads() -> None:
@@ -261,76 +269,83 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _edge_arrays(et: Optional[Tensor], loop_et: Optional[Tensor],
+def _np_or_empty(t: Optional[Tensor], shape: Tuple[int, ...],
+                 dtype: np.dtype) -> np.ndarray:
+    # Absent arrays go to the kernels empty, with their flag off, so that
+    # each dtype compiles once.
+    return np.empty(shape, dtype) if t is None else _np(t)
+
+
+def _edge_arrays(edge_term: Optional[Tensor], loop_term: Optional[Tensor],
                  like: Tensor) -> Tuple[np.ndarray, np.ndarray]:
-    if et is None:
-        empty = np.empty((0, ) + tuple(like.shape[1:]), _np(like).dtype)
-        return empty, empty
-    return _np(et), _np(loop_et)
+    shape = (0, ) + tuple(like.shape[1:])
+    dtype = _np(like).dtype
+    return (_np_or_empty(edge_term, shape, dtype),
+            _np_or_empty(loop_term, shape, dtype))
 
 
-def run_forward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
-                loop_et: Optional[Tensor], mask: Optional[Tensor],
-                layout: EdgeLayout, slope: float, want_alpha: bool
+def run_forward(ops: Operands, want_alpha: bool
                 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Runs :func:`forward` on tensors; returns ``out``, ``lse`` and the
-    softmax weights [virtual edges, H] (or :obj:`None`)."""
+    """Runs :func:`forward`; returns ``out``, ``lse`` and the softmax
+    weights [virtual edges, H] (or :obj:`None`)."""
     _match_torch_threads()
-    H, C = att.shape
-    n = layout.num_dst
-    out = xl.new_empty(n, H, C)
-    lse = xl.new_empty(n, H)
-    alpha = xl.new_zeros(layout.num_virtual if want_alpha else 0, H)
-    et_np, loop_np = _edge_arrays(et, loop_et, xl)
-    mask_np = _np(mask) if mask is not None else np.empty((0, H), et_np.dtype)
+    layout = ops.layout
+    H, C = ops.att.shape
+    out = ops.x_l.new_empty(layout.num_dst, H, C)
+    lse = ops.x_l.new_empty(layout.num_dst, H)
+    alpha = ops.x_l.new_zeros(layout.num_virtual if want_alpha else 0, H)
+    edge_np, loop_np = _edge_arrays(ops.edge_term, ops.loop_term, ops.x_l)
+    dtype = edge_np.dtype
     with _launch():
-        forward(_np(xl), _np(xr), _np(att), et_np, loop_np, mask_np,
+        forward(_np(ops.x_l), _np(ops.x_r), _np(ops.att), edge_np, loop_np,
+                _np_or_empty(ops.dropout_mask, (0, H), dtype),
                 layout.dst_ptr.numpy(), layout.dst_col.numpy(),
                 layout.dst_eid.numpy(), layout.bounds('dst', _num_chunks()),
-                layout.num_edges, et_np.dtype.type(slope), et is not None,
-                mask is not None, want_alpha, _np(out), _np(lse), _np(alpha))
+                layout.num_edges, dtype.type(ops.negative_slope),
+                ops.edge_term is not None, ops.dropout_mask is not None,
+                want_alpha, _np(out), _np(lse), _np(alpha))
     return out, lse, alpha if want_alpha else None
 
 
-def run_backward(xl: Tensor, xr: Tensor, att: Tensor, et: Optional[Tensor],
-                 loop_et: Optional[Tensor], mask: Optional[Tensor],
-                 galpha: Optional[Tensor], grad: Tensor, lse: Tensor,
-                 delta: Tensor, layout: EdgeLayout, slope: float,
-                 want_det: bool, want_dxl: bool):
-    """Runs :func:`backward_dst` and :func:`backward_src` on tensors;
-    returns the gradients of ``xl`` (or :obj:`None`), ``xr``, ``att`` and,
-    if ``want_det``, of the edge term and of the loop edge term."""
+def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
+                 want_src_grad: bool) -> Gradients:
+    """Runs :func:`backward_dst` and, for the gradient of ``x_l``,
+    :func:`backward_src`."""
     _match_torch_threads()
-    H, C = att.shape
-    et_np, loop_np = _edge_arrays(et, loop_et, xl)
-    dtype = et_np.dtype
-    empty2 = np.empty((0, H), dtype)
-    slope = dtype.type(slope)
-    gxr = torch.empty_like(xr)
-    get = gloop = None
-    if want_det:
-        get, gloop = torch.zeros_like(et), torch.zeros_like(loop_et)
-    get_np, gloop_np = _edge_arrays(get, gloop, xl)
+    layout = ops.layout
+    H, C = ops.att.shape
+    edge_np, loop_np = _edge_arrays(ops.edge_term, ops.loop_term, ops.x_l)
+    dtype = edge_np.dtype
+    slope = dtype.type(ops.negative_slope)
+    grad_xr = torch.empty_like(ops.x_r)
+    grad_xl = torch.empty_like(ops.x_l) if want_src_grad else None
+    grad_edge = grad_loop = None
+    if want_edge_grad:
+        grad_edge = torch.zeros_like(ops.edge_term)
+        grad_loop = torch.zeros_like(ops.loop_term)
+    grad_edge_np, grad_loop_np = _edge_arrays(grad_edge, grad_loop, ops.x_l)
     bounds = layout.bounds('dst', _num_chunks())
-    gatt = np.empty((max(bounds.size - 1, 0), H, C), dtype)
-    wbuf = np.empty((layout.num_kept, H), dtype)
-    dsbuf = np.empty((layout.num_kept, H), dtype)
+    grad_att = np.empty((max(bounds.size - 1, 0), H, C), dtype)
+    msg_weight = np.empty((layout.num_kept, H), dtype)
+    grad_logit = np.empty((layout.num_kept, H), dtype)
     eid = layout.dst_eid.numpy()
-    gxl = torch.empty_like(xl) if want_dxl else None
     with _launch():
         backward_dst(
-            _np(xl), _np(xr), _np(att), et_np, loop_np,
-            _np(mask) if mask is not None else empty2,
-            _np(galpha) if galpha is not None else empty2, _np(grad),
-            _np(lse), _np(delta), layout.dst_ptr.numpy(),
+            _np(ops.x_l), _np(ops.x_r), _np(ops.att), edge_np, loop_np,
+            _np_or_empty(ops.dropout_mask, (0, H), dtype),
+            _np_or_empty(cot.grad_alpha, (0, H), dtype), _np(cot.grad_out),
+            _np(cot.lse), _np(cot.delta), layout.dst_ptr.numpy(),
             layout.dst_col.numpy(), eid, bounds, layout.num_edges, slope,
-            et is not None, mask is not None, galpha is not None, want_det,
-            _np(gxr), get_np, gloop_np, gatt, wbuf, dsbuf)
-        if want_dxl:
+            ops.edge_term is not None, ops.dropout_mask is not None,
+            cot.grad_alpha is not None, want_edge_grad, _np(grad_xr),
+            grad_edge_np, grad_loop_np, grad_att, msg_weight, grad_logit)
+        if want_src_grad:
             ptr, pos, row = layout.csc
-            backward_src(_np(xl), _np(xr), _np(att), et_np, loop_np,
-                         _np(grad), ptr.numpy(), pos.numpy(), row.numpy(),
-                         eid, layout.bounds('src', _num_chunks()),
-                         layout.num_edges, slope, et is not None, wbuf,
-                         dsbuf, _np(gxl))
-    return gxl, gxr, torch.from_numpy(gatt.sum(axis=0)), get, gloop
+            backward_src(
+                _np(ops.x_l), _np(ops.x_r), _np(ops.att), edge_np, loop_np,
+                _np(cot.grad_out), ptr.numpy(), pos.numpy(), row.numpy(),
+                eid, layout.bounds('src', _num_chunks()), layout.num_edges,
+                slope, ops.edge_term is not None, msg_weight, grad_logit,
+                _np(grad_xl))
+    return Gradients(grad_xl, grad_xr, torch.from_numpy(grad_att.sum(axis=0)),
+                     grad_edge, grad_loop)

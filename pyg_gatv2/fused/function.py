@@ -9,6 +9,7 @@ from torch import Tensor
 from .. import backends
 from . import chunked, reference
 from .csr import EdgeLayout, edge_layout
+from .operands import Cotangents, Operands
 
 __all__ = ['fused_gatv2_attention', 'FusedGATv2Attention',
            'available_backends', 'set_backend', 'get_backend', 'use_backend']
@@ -82,17 +83,16 @@ class FusedGATv2Attention(torch.autograd.Function):
                 mask: Optional[Tensor], layout: EdgeLayout, slope: float,
                 want_alpha: bool, backend: str, chunk_size: int):
         ctx.set_materialize_grads(False)
+        ops = Operands(x_l, x_r, att, edge_term, loop_term, mask, layout,
+                       slope)
         # The inputs arrive in the dtype to compute in; autocast must not
         # lower the precision of the sums inside.
         with torch.autocast(x_l.device.type, enabled=False):
             if backend == 'numba':
-                out, lse, alpha = _cpu_module().run_forward(
-                    x_l, x_r, att, edge_term, loop_term, mask, layout,
-                    slope, want_alpha)
+                out, lse, alpha = _cpu_module().run_forward(ops, want_alpha)
             else:
-                out, lse, alpha = chunked.forward(
-                    x_l, x_r, att, edge_term, loop_term, mask, layout,
-                    slope, want_alpha, chunk_size)
+                out, lse, alpha = chunked.forward(ops, want_alpha,
+                                                  chunk_size)
         ctx.save_for_backward(x_l, x_r, att, edge_term, loop_term, mask,
                               out, lse, alpha)
         ctx.layout, ctx.slope = layout, slope
@@ -104,8 +104,8 @@ class FusedGATv2Attention(torch.autograd.Function):
                  grad_alpha: Optional[Tensor]):
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_out, grad_alpha)
-        x_l, x_r, att, et, loop_et, mask, out, lse, alpha = ctx.saved_tensors
-        layout = ctx.layout
+        *inputs, out, lse, alpha = ctx.saved_tensors
+        ops = Operands(*inputs, ctx.layout, ctx.slope)
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         grad_out = grad_out.contiguous()
@@ -115,20 +115,19 @@ class FusedGATv2Attention(torch.autograd.Function):
         delta = torch.einsum('nhc,nhc->nh', grad_out, out)
         if grad_alpha is not None:
             grad_alpha = grad_alpha.contiguous()
-            weighted = (alpha * grad_alpha)[layout.dst_eid]
-            delta.index_add_(0, layout.dst_row, weighted)
-        want_dxl, _, _, want_det, want_dloop = ctx.needs_input_grad[:5]
-        want_det = et is not None and (want_det or want_dloop)
+            weighted = (alpha * grad_alpha)[ctx.layout.dst_eid]
+            delta.index_add_(0, ctx.layout.dst_row, weighted)
+        cot = Cotangents(grad_out, grad_alpha, lse, delta)
+        want_src_grad, _, _, want_edge, want_loop = ctx.needs_input_grad[:5]
+        want_edge_grad = ops.edge_term is not None and (want_edge
+                                                        or want_loop)
         if ctx.backend == 'numba':
-            gxl, gxr, gatt, get, gloop = _cpu_module().run_backward(
-                x_l, x_r, att, et, loop_et, mask, grad_alpha, grad_out, lse,
-                delta, layout, ctx.slope, want_det, want_dxl)
+            grads = _cpu_module().run_backward(ops, cot, want_edge_grad,
+                                               want_src_grad)
         else:
-            gxl, gxr, gatt, get, gloop = chunked.backward(
-                x_l, x_r, att, et, loop_et, mask, grad_alpha, grad_out, lse,
-                delta, layout, ctx.slope, want_det, ctx.chunk_size)
-        return (gxl, gxr, gatt, get, gloop, None, None, None, None, None,
-                None)
+            grads = chunked.backward(ops, cot, want_edge_grad,
+                                     ctx.chunk_size)
+        return tuple(grads) + (None, ) * 6
 
 
 def _differentiable_backward(ctx, grad_out: Optional[Tensor],

@@ -1,0 +1,62 @@
+"""The operands and results of the fused attention, as every backend takes
+and returns them."""
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+from .csr import EdgeLayout
+
+__all__ = ['Operands', 'Cotangents', 'Gradients']
+
+
+class Operands(NamedTuple):
+    """The inputs of one fused attention call, contiguous, in one dtype.
+
+    Attributes:
+        x_l: Source features ``[num_src, H, C]``.
+        x_r: Destination features ``[num_dst, H, C]``.
+        att: Attention vector ``[H, C]``.
+        edge_term: Projected edge features ``[num_edges, H, C]``, or
+            :obj:`None`.
+        loop_term: Edge term of the implicit self-loops
+            ``[num_loops, H, C]``; :obj:`None` without ``edge_term``.
+        dropout_mask: Message multipliers ``[virtual edges, H]``, or
+            :obj:`None`.
+        layout: The sorted edges.
+        negative_slope: LeakyReLU slope.
+    """
+    x_l: Tensor
+    x_r: Tensor
+    att: Tensor
+    edge_term: Optional[Tensor]
+    loop_term: Optional[Tensor]
+    dropout_mask: Optional[Tensor]
+    layout: EdgeLayout
+    negative_slope: float
+
+
+class Cotangents(NamedTuple):
+    """What backward receives, with the statistics forward kept.
+
+    Attributes:
+        grad_out: Gradient of the output ``[num_dst, H, C]``.
+        grad_alpha: Gradient of the returned attention weights
+            ``[virtual edges, H]``, or :obj:`None`.
+        lse: Log-sum-exp of the logits per destination and head.
+        delta: ``D_i = <grad_out_i, out_i>`` (plus
+            ``sum_k alpha_k grad_alpha_k``) per destination and head.
+    """
+    grad_out: Tensor
+    grad_alpha: Optional[Tensor]
+    lse: Tensor
+    delta: Tensor
+
+
+class Gradients(NamedTuple):
+    """The gradients of :class:`Operands` that backward computes; each is
+    :obj:`None` where it was not asked for."""
+    x_l: Optional[Tensor]
+    x_r: Tensor
+    att: Tensor
+    edge_term: Optional[Tensor]
+    loop_term: Optional[Tensor]
