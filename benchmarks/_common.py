@@ -21,6 +21,7 @@ peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``).
 The CPU figure is only clean when freed memory goes back to the system at
 once, which :func:`pin_malloc` arranges.
 """
+import argparse
 import csv
 import ctypes
 import ctypes.util
@@ -320,6 +321,25 @@ def read_csv(path: Path) -> list[dict]:
     with open(path, newline='') as f:
         return [{k: v for k, v in row.items() if v != ''}
                 for row in csv.DictReader(f)]
+
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+
+
+def add_common_flags(parser: argparse.ArgumentParser, stem: str) -> None:
+    """The flags every sweep shares: ``--raw-dir``, ``--device``,
+    ``--seed``, ``--out`` and ``--name`` (default :obj:`stem`, and
+    ``<stem>_quick`` with ``--quick``: set it after parsing)."""
+    parser.add_argument('--raw-dir', type=Path, default=None,
+                        help='folder of raw Planetoid files, '
+                        '<dir>/Cora/raw/... (default: $PYG_GATV2_RAW_DIR)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', type=Path, default=RESULTS,
+                        help='folder for the .md, .csv and .png')
+    parser.add_argument('--name', default=None,
+                        help=f'file stem (default: {stem}, {stem}_quick '
+                        'with --quick)')
 
 
 def raw_dir(flag: Optional[Path] = None) -> Optional[Path]:

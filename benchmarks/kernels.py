@@ -56,6 +56,7 @@ from typing import Optional
 import torch
 from _common import (
     WorkerFailed,
+    add_common_flags,
     command_line,
     compare,
     failure,
@@ -71,7 +72,6 @@ from _common import (
     write_report,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 GiB = 2.0**30
 MiB = 2.0**20
@@ -119,9 +119,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=True,
                         help='include Cora (8 heads x 8 channels)')
-    parser.add_argument('--raw-dir', type=Path, default=None,
-                        help='folder of raw Planetoid files, '
-                        '<dir>/Cora/raw/... (default: $PYG_GATV2_RAW_DIR)')
     parser.add_argument('--impls', type=_impls, default=list(IMPLS),
                         help=f"comma-separated subset of {','.join(IMPLS)}")
     parser.add_argument('--repeats', type=int, default=5,
@@ -134,14 +131,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for torch and numba; 0 keeps the '
                         'default (all cores)')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--out', type=Path,
-                        default=ROOT / 'benchmarks' / 'results',
-                        help='folder for the .md, .csv and .png')
-    parser.add_argument('--name', default=None,
-                        help='file stem (default: kernels, kernels_quick '
-                        'with --quick)')
+    add_common_flags(parser, 'kernels')
     parser.add_argument('--replot', action='store_true',
                         help='only redraw <out>/<name>.png from the '
                         '<name>.csv and the command in <name>.md')

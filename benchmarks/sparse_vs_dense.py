@@ -31,12 +31,11 @@ import argparse
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch_geometric
-from _common import command_line
+from _common import add_common_flags, command_line
 from _sparse_dense_cases import IMPLS, plans
 from _sparse_dense_measure import History, run_case
 from _sparse_dense_report import cell, write
@@ -44,8 +43,6 @@ from _sparse_dense_report import cell, write
 import pyg_gatv2
 import pyg_gatv2.fused
 from pyg_gatv2 import get_backend
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -66,9 +63,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="average in-degrees: numbers or 'N/k'")
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=True, help='include the Cora graph')
-    parser.add_argument('--raw-dir', type=Path, default=None,
-                        help='folder of raw Planetoid files, '
-                        '<dir>/Cora/raw/... (default: $PYG_GATV2_RAW_DIR)')
     parser.add_argument('--in-channels', type=int, default=64,
                         help='input features of the random graphs')
     parser.add_argument('--heads', type=int, default=8)
@@ -93,14 +87,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
                         help="'cpu': time by the process's CPU time, which "
                         'other jobs on the machine do not inflate')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--out', type=Path,
-                        default=ROOT / 'benchmarks' / 'results',
-                        help='folder for the .md, .csv and .png')
-    parser.add_argument('--name', default=None,
-                        help='file stem (default: sparse_vs_dense, '
-                        'sparse_vs_dense_quick with --quick)')
+    add_common_flags(parser, 'sparse_vs_dense')
     args = parser.parse_args(argv)
     if args.quick:  # other defaults; flags given still win
         parser.set_defaults(single_sizes=[64, 128, 256], batch_sizes=[8, 16],
