@@ -9,6 +9,7 @@ from pyg_gatv2.checks import get_validation, set_validation, validation
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.datasets import DictionaryLookup, load_planetoid
 from pyg_gatv2.dense import DenseGATv2Conv
+from pyg_gatv2.lookup import LookupResult, evaluate_lookup, train_lookup
 from pyg_gatv2.models import GAT, DictionaryLookupNet, GATv2
 from pyg_gatv2.softmax import (
     available_backends,
@@ -17,13 +18,10 @@ from pyg_gatv2.softmax import (
     set_backend,
     use_backend,
 )
-from pyg_gatv2.train import (
-    LookupResult,
+from pyg_gatv2.training import (
     TrainingDivergedError,
     TrainResult,
-    evaluate_lookup,
     fit,
-    train_lookup,
     train_node_classifier,
 )
 

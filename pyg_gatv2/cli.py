@@ -28,7 +28,7 @@ from pyg_gatv2.lookup import (
 )
 from pyg_gatv2.models import LOOKUP_CONVS, LOOKUP_READOUTS, GATv2
 from pyg_gatv2.plots import plot_dictionary_lookup, plot_training_curves
-from pyg_gatv2.train import (
+from pyg_gatv2.training import (
     PAPER_SETTINGS,
     STOP_CRITERIA,
     SeedResult,

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from pyg_gatv2.lookup import LookupResult
-from pyg_gatv2.train import TrainResult
+from pyg_gatv2.training.results import TrainResult
 
 __all__ = ['plot_dictionary_lookup', 'plot_training_curves']
 
@@ -73,7 +73,7 @@ def plot_training_curves(
 
     Args:
         result (TrainResult): What
-            :func:`~pyg_gatv2.train.train_node_classifier` returned.
+            :func:`~pyg_gatv2.training.train_node_classifier` returned.
         path (str or os.PathLike): The PNG file to write.
         title (str, optional): The figure title; the seed count and test
             accuracy are added below it. (default: :obj:`None`)

@@ -10,7 +10,7 @@ from torch_geometric.data import Data
 
 from pyg_gatv2.datasets import load_planetoid
 from pyg_gatv2.models import GATv2
-from pyg_gatv2.train import (
+from pyg_gatv2.training import (
     EarlyStopping,
     SeedResult,
     TrainingDivergedError,
@@ -18,6 +18,7 @@ from pyg_gatv2.train import (
     evaluate,
     fit,
     resolve_device,
+    train_epoch,
     train_node_classifier,
 )
 
@@ -313,3 +314,40 @@ def test_cora_reaches_the_accuracy_floor(planetoid_raw_dir, tmp_path):
         lambda: GATv2(dataset.num_features, dataset.num_classes),
         dataset[0], seeds=[0], epochs=200)
     assert result.test_acc_mean >= 0.80
+
+
+def test_train_epoch_takes_one_step_per_batch():
+    data = toy_graph()
+    torch.manual_seed(0)
+    model = GATv2(NUM_FEATURES, NUM_CLASSES, dropout=0.0,
+                  attention_dropout=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    halves = [data.clone(), data.clone()]
+    halves[0].train_mask = data.train_mask.clone()
+    halves[0].train_mask[data.train_mask.nonzero()[10:]] = False
+    halves[1].train_mask = data.train_mask & ~halves[0].train_mask
+    before = [p.detach().clone() for p in model.parameters()]
+    # The loss of each batch as train_epoch will see it: the first before
+    # any step, the second after the first step.
+    first = F.cross_entropy(model(data.x, data.edge_index)[
+        halves[0].train_mask], data.y[halves[0].train_mask])
+    loss = train_epoch(model, model, optimizer, halves)
+    after_one = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(before, after_one,
+                                                     strict=True))
+    for p, value in zip(model.parameters(), before, strict=True):
+        p.data.copy_(value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_epoch(model, model, optimizer, halves[:1])
+    second = F.cross_entropy(model(data.x, data.edge_index)[
+        halves[1].train_mask], data.y[halves[1].train_mask])
+    nodes = [int(h.train_mask.sum()) for h in halves]
+    expected = (first * nodes[0] + second * nodes[1]) / sum(nodes)
+    torch.testing.assert_close(loss, expected.detach())
+
+
+def test_old_module_name_still_imports():
+    from pyg_gatv2 import train, training
+    assert train.fit is training.fit
+    assert train.TrainResult is training.TrainResult
+    assert train.train_lookup.__module__ == 'pyg_gatv2.lookup'

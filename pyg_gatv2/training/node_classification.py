@@ -1,0 +1,412 @@
+"""Node classification, full-batch as in the GAT paper: Adam on the
+cross-entropy of the training nodes, early stopping on the validation nodes,
+and the test accuracy read at the best validation epoch. Several seeds run
+in one call.
+
+An epoch is a pass of :func:`train_epoch` over batches (the whole graph is
+one batch), then :func:`evaluate`; the run's state and its checkpoints live
+in :mod:`pyg_gatv2.training.checkpoint`.
+"""
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+from tqdm.auto import tqdm
+
+from .checkpoint import Checkpoints, RunState
+from .early_stopping import EarlyStopping
+from .results import EpochMetrics, SeedResult, TrainResult, diverged
+
+__all__ = ['PAPER_SETTINGS', 'evaluate', 'fit', 'resolve_device',
+           'train_epoch', 'train_node_classifier']
+
+# The GAT paper's transductive settings (Sec. 3.3): 8 heads of 8 features,
+# dropout 0.6 and patience 100 everywhere; PubMed differs in these.
+PAPER_SETTINGS: dict[str, dict[str, Any]] = {
+    'Cora': {'lr': 0.005, 'weight_decay': 5e-4, 'output_heads': 1},
+    'CiteSeer': {'lr': 0.005, 'weight_decay': 5e-4, 'output_heads': 1},
+    'PubMed': {'lr': 0.01, 'weight_decay': 1e-3, 'output_heads': 8},
+}
+_PathLike = Union[str, os.PathLike]
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """Turns ``'auto'`` into ``'cuda'`` when a GPU is available, else
+    ``'cpu'``; checks that a requested GPU exists."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"'resolve_device' got device={device!r}; pass "
+                         "'cpu', 'cuda', 'cuda:<index>' or 'auto'") from err
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError("'resolve_device' got device='cuda' but no CUDA GPU "
+                         "is available; pass 'cpu' or 'auto'")
+    return device
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+def check_data(data: Data) -> None:
+    """Checks that ``data`` has what node classification needs."""
+    for key in ('x', 'edge_index', 'y', 'train_mask', 'val_mask',
+                'test_mask'):
+        if data.get(key) is None:
+            raise ValueError(f"'fit' needs data.{key}; pass a graph with x, "
+                             'edge_index, y and train/val/test masks, such as '
+                             'load_planetoid(...)[0]')
+    for key in ('train_mask', 'val_mask', 'test_mask'):
+        mask = data[key]
+        if mask.dtype != torch.bool or mask.dim() != 1:
+            raise ValueError(
+                f"'fit' needs data.{key} to be a 1-D boolean mask, got "
+                f'{mask.dtype} of shape {tuple(mask.shape)}; for a split with '
+                'several masks pick one column, e.g. mask[:, 0]')
+        if not mask.any():
+            raise ValueError(f"'fit' got an empty data.{key}; every split "
+                             'needs at least one node')
+    if not torch.isfinite(data.x).all():
+        raise ValueError("'fit' got NaN or infinite node features in data.x; "
+                         'clean or impute them before training')
+
+
+def _accuracy(pred: Tensor, y: Tensor, mask: Tensor) -> float:
+    return float((pred[mask] == y[mask]).float().mean())
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Data) -> dict[str, float]:
+    """Accuracies on the three splits and the validation loss, in
+    evaluation mode."""
+    model.eval()
+    out = model(data.x, data.edge_index)
+    pred = out.argmax(dim=-1)
+    return {
+        'train_acc': _accuracy(pred, data.y, data.train_mask),
+        'val_loss': float(F.cross_entropy(out[data.val_mask],
+                                          data.y[data.val_mask])),
+        'val_acc': _accuracy(pred, data.y, data.val_mask),
+        'test_acc': _accuracy(pred, data.y, data.test_mask),
+    }
+
+
+def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer,
+                batches: Iterable[Data]) -> Tensor:
+    """One optimizer step per batch on the cross-entropy of its training
+    nodes (``batch.train_mask``); returns the loss, averaged over the
+    training nodes of all batches. A step whose loss is not finite is
+    skipped; the caller reports the divergence."""
+    model.train()
+    losses = []
+    for batch in batches:
+        optimizer.zero_grad()
+        out = forward_model(batch.x, batch.edge_index)
+        mask = batch.train_mask
+        loss = F.cross_entropy(out[mask], batch.y[mask])
+        if torch.isfinite(loss):
+            loss.backward()
+            optimizer.step()
+        losses.append((loss.detach(), int(mask.sum())))
+    if len(losses) == 1:
+        return losses[0][0]
+    return (sum(loss * nodes for loss, nodes in losses) /
+            sum(nodes for _, nodes in losses))
+
+
+def _check_fit_args(epochs: int, patience: int, state_every: int, lr: float,
+                    weight_decay: float, resume: bool,
+                    state_path: Optional[_PathLike]) -> None:
+    for name, value in (('epochs', epochs), ('patience', patience),
+                        ('state_every', state_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or (
+                value < 1):
+            raise ValueError(f"'fit' got {name}={value!r}; pass a positive "
+                             'integer')
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"'fit' got lr={lr!r}; pass a positive number")
+    if not (isinstance(weight_decay, (int, float))
+            and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"'fit' got weight_decay={weight_decay!r}; pass a "
+                         'non-negative number')
+    if resume and state_path is None:
+        raise ValueError("'fit' got resume=True without a state_path to "
+                         'resume from')
+
+
+def _epoch(run: RunState, forward_model: torch.nn.Module, data: Data,
+           epoch: int, first: bool, seed: Optional[int], lr: float,
+           weight_decay: float) -> EpochMetrics:
+    """Trains and evaluates one epoch (``first``: the first of this call);
+    raises :class:`TrainingDivergedError` on divergence."""
+    try:
+        loss = train_epoch(run.model, forward_model, run.optimizer, [data])
+    except ValueError as err:
+        # The inputs passed the first forward pass, so a layer refusing its
+        # input later means the weights made it non-finite.
+        if first:
+            raise
+        raise diverged('a hidden feature', epoch, seed, lr, weight_decay,
+                       cause=err) from err
+    if not torch.isfinite(loss):
+        raise diverged('the training loss', epoch, seed, lr, weight_decay)
+    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise diverged('a parameter', epoch, seed, lr, weight_decay)
+    try:
+        metrics = EpochMetrics(epoch=epoch, loss=loss.item(),
+                               **evaluate(forward_model, data))
+    except ValueError as err:
+        raise diverged('a hidden feature', epoch, seed, lr, weight_decay,
+                       cause=err) from err
+    if not math.isfinite(metrics.val_loss):
+        raise diverged('the validation loss', epoch, seed, lr, weight_decay)
+    return metrics
+
+
+def fit(
+    model: torch.nn.Module,
+    data: Data,
+    *,
+    epochs: int = 1000,
+    patience: int = 100,
+    lr: float = 0.005,
+    weight_decay: float = 5e-4,
+    stop_on: str = 'loss+acc',
+    seed: Optional[int] = None,
+    forward_model: Optional[torch.nn.Module] = None,
+    best_path: Optional[_PathLike] = None,
+    state_path: Optional[_PathLike] = None,
+    state_every: int = 50,
+    resume: bool = False,
+    metadata: Optional[dict[str, Any]] = None,
+    callback: Optional[Callable[[EpochMetrics], None]] = None,
+    progress: bool = False,
+) -> SeedResult:
+    r"""Trains :obj:`model` full-batch on the nodes of :obj:`data`.
+
+    Each epoch takes one Adam step on the cross-entropy of the training
+    nodes, then evaluates every split. Early stopping (see
+    :class:`EarlyStopping`) picks the best validation epoch; at the end the
+    model holds the weights of that epoch, and the returned test accuracy is
+    the one measured there. :obj:`model` and :obj:`data` must be on the same
+    device; seed :func:`torch.manual_seed` before building the model for a
+    reproducible run (:func:`train_node_classifier` does both).
+
+    Args:
+        model (torch.nn.Module): Maps ``(x, edge_index)`` to class logits.
+        data (torch_geometric.data.Data): A graph with ``x``, ``edge_index``,
+            ``y`` and boolean ``train_mask``, ``val_mask``, ``test_mask``.
+        epochs (int, optional): Most epochs to train. (default: :obj:`1000`)
+        patience (int, optional): Early-stopping patience in epochs.
+            (default: :obj:`100`)
+        lr (float, optional): Adam learning rate. (default: :obj:`0.005`)
+        weight_decay (float, optional): Adam weight decay (L2).
+            (default: :obj:`5e-4`)
+        stop_on (str, optional): Early-stopping criterion, ``'loss+acc'``,
+            ``'loss'`` or ``'acc'`` (see :class:`EarlyStopping`).
+            (default: ``'loss+acc'``)
+        seed (int, optional): The seed the model was built under, recorded in
+            the result and the checkpoints. (default: :obj:`None`)
+        forward_model (torch.nn.Module, optional): What to call for the
+            forward passes, e.g. ``torch.compile(model)``; its parameters must
+            be those of :obj:`model`. (default: :obj:`model`)
+        best_path (str or os.PathLike, optional): Where to save the best
+            model: a dictionary with ``'model'`` (the state dict), the best
+            epoch's metrics, ``'seed'`` and ``'metadata'``, written at every
+            training-state checkpoint and at the end. (default: :obj:`None`)
+        state_path (str or os.PathLike, optional): Where to save the training
+            state every :obj:`state_every` epochs and at the end.
+            (default: :obj:`None`)
+        state_every (int, optional): Epochs between training-state
+            checkpoints. (default: :obj:`50`)
+        resume (bool, optional): Whether to continue from :obj:`state_path`
+            if it exists; a finished run is returned as it was. The
+            checkpoint must have been written with the same settings.
+            (default: :obj:`False`)
+        metadata (dict, optional): Numbers and strings describing the run
+            (hyperparameters, dataset), stored in both checkpoints and
+            compared on resume. (default: :obj:`None`)
+        callback (callable, optional): Called with the
+            :class:`EpochMetrics` of every epoch. (default: :obj:`None`)
+        progress (bool, optional): Whether to show a progress bar over the
+            epochs. (default: :obj:`False`)
+
+    Returns:
+        SeedResult: The best epoch, its metrics and the per-epoch history.
+
+    Raises:
+        TrainingDivergedError: When the loss or a parameter becomes NaN or
+            infinite; the message names the epoch and what to try.
+    """
+    _check_fit_args(epochs, patience, state_every, lr, weight_decay, resume,
+                    state_path)
+    check_data(data)
+    forward_model = model if forward_model is None else forward_model
+    device = data.x.device
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr,
+                                 weight_decay=weight_decay)
+    run = RunState(model, optimizer, EarlyStopping(patience, stop_on))
+    checkpoints = Checkpoints(
+        None if best_path is None else Path(best_path),
+        None if state_path is None else Path(state_path),
+        {'epochs': epochs, 'patience': patience, 'lr': lr,
+         'weight_decay': weight_decay, 'stop_on': stop_on, 'seed': seed,
+         'metadata': dict(metadata or {})}, seed)
+    if resume:
+        checkpoints.restore(run, device)
+
+    bar = tqdm(total=epochs, initial=run.epoch, leave=False, unit='epoch',
+               desc='epochs' if seed is None else f'seed {seed}',
+               disable=not progress or run.finished, dynamic_ncols=True)
+    first = run.epoch + 1
+    try:
+        while not run.finished:
+            epoch = run.epoch + 1
+            tic = time.perf_counter()
+            metrics = _epoch(run, forward_model, data, epoch, epoch == first,
+                             seed, lr, weight_decay)
+            run.record(metrics, time.perf_counter() - tic, epochs)
+            if callback is not None:
+                callback(metrics)
+            bar.update()
+            bar.set_postfix(loss=f'{metrics.loss:.3f}',
+                            val=f'{metrics.val_acc:.3f}',
+                            best=f'{run.best_metrics.val_acc:.3f}')
+            if run.finished or epoch % state_every == 0:
+                checkpoints.save(run, device)
+    finally:
+        bar.close()
+    return run.result(seed)
+
+
+def train_node_classifier(
+    build_model: Callable[[], torch.nn.Module],
+    data: Data,
+    seeds: Sequence[int] = (0, ),
+    *,
+    epochs: int = 1000,
+    patience: int = 100,
+    lr: float = 0.005,
+    weight_decay: float = 5e-4,
+    stop_on: str = 'loss+acc',
+    device: Union[str, torch.device] = 'cpu',
+    compile: bool = False,
+    deterministic: Optional[bool] = None,
+    checkpoint_dir: Optional[_PathLike] = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    metadata: Optional[dict[str, Any]] = None,
+    on_epoch: Optional[Callable[[int, EpochMetrics], None]] = None,
+    on_seed_end: Optional[Callable[[SeedResult], None]] = None,
+    progress: bool = False,
+) -> TrainResult:
+    r"""Trains a fresh model for each seed and summarises the test accuracy.
+
+    For each seed, :func:`torch.manual_seed` is called, then
+    :obj:`build_model` builds the model, which :func:`fit` trains. With
+    :obj:`checkpoint_dir`, each seed writes ``best_seed<seed>.pt`` (the best
+    model) and ``state_seed<seed>.pt`` (the training state) there.
+
+    Args:
+        build_model (callable): Returns a new, freshly initialised model.
+        data (torch_geometric.data.Data): The graph, see :func:`fit`.
+        seeds (sequence of int, optional): One run per seed.
+            (default: :obj:`(0,)`)
+        epochs, patience, lr, weight_decay, stop_on: As in :func:`fit`.
+        device (str or torch.device, optional): ``'cpu'``, ``'cuda'`` or
+            ``'auto'``. (default: ``'cpu'``)
+        compile (bool, optional): Whether to run the forward passes through
+            :func:`torch.compile`. Compiled dropout draws its own random
+            numbers, so runs are then not bit-for-bit reproducible.
+            (default: :obj:`False`)
+        deterministic (bool, optional): Whether to switch on
+            :func:`torch.use_deterministic_algorithms` during training. If
+            :obj:`None`, on for the CPU and off for GPUs, where scatter
+            operations have no deterministic kernels. (default: :obj:`None`)
+        checkpoint_dir (str or os.PathLike, optional): Folder of the
+            checkpoints. (default: :obj:`None`)
+        checkpoint_every (int, optional): Epochs between training-state
+            checkpoints. (default: :obj:`50`)
+        resume (bool, optional): Whether to resume each seed from its
+            training state in :obj:`checkpoint_dir`, where there is one.
+            (default: :obj:`False`)
+        metadata (dict, optional): As in :func:`fit`. (default: :obj:`None`)
+        on_epoch (callable, optional): Called with the seed and the
+            :class:`EpochMetrics` of every epoch. (default: :obj:`None`)
+        on_seed_end (callable, optional): Called with each
+            :class:`SeedResult`. (default: :obj:`None`)
+        progress (bool, optional): Whether to show progress bars over the
+            seeds and the epochs. (default: :obj:`False`)
+
+    Returns:
+        TrainResult: One :class:`SeedResult` per seed, and their summary.
+    """
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                            for s in seeds):
+        raise ValueError(f"'train_node_classifier' got seeds={seeds!r}; pass "
+                         'a non-empty sequence of integers')
+    if resume and checkpoint_dir is None:
+        raise ValueError("'train_node_classifier' got resume=True without a "
+                         'checkpoint_dir to resume from')
+    device = resolve_device(device)
+    if deterministic is None:
+        deterministic = device.type == 'cpu'
+    data = data.to(device)
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+
+    runs = []
+    with _deterministic(deterministic):
+        for seed in tqdm(seeds, desc='seeds', unit='seed',
+                         disable=not progress or len(seeds) == 1,
+                         dynamic_ncols=True):
+            torch.manual_seed(seed)
+            model = build_model().to(device)
+            forward_model = torch.compile(model) if compile else model
+            callback = None
+            if on_epoch is not None:
+                def callback(metrics: EpochMetrics, seed: int = seed) -> None:
+                    on_epoch(seed, metrics)
+            run = fit(
+                model, data, epochs=epochs, patience=patience, lr=lr,
+                weight_decay=weight_decay, stop_on=stop_on, seed=seed,
+                forward_model=forward_model,
+                best_path=None if folder is None else
+                folder / f'best_seed{seed}.pt',
+                state_path=None if folder is None else
+                folder / f'state_seed{seed}.pt',
+                state_every=checkpoint_every, resume=resume,
+                metadata=metadata, callback=callback, progress=progress)
+            runs.append(run)
+            if on_seed_end is not None:
+                on_seed_end(run)
+    return TrainResult(runs)
