@@ -151,8 +151,6 @@ def _versions() -> dict[str, str]:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    cora = PAPER_SETTINGS['Cora']
-    pubmed = PAPER_SETTINGS['PubMed']
     parser = subparsers.add_parser(
         'train', help='train a GATv2 node classifier on a Planetoid graph',
         description=(
@@ -163,7 +161,14 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
             'the mean test accuracy, and writes results.json, curves.png '
             'and checkpoints to --out.'),
         formatter_class=_HelpFormatter)
-    data = parser.add_argument_group('data')
+    _add_train_data(parser.add_argument_group('data'))
+    _add_train_runs(parser.add_argument_group('runs'))
+    _add_train_model(parser.add_argument_group('model'))
+    _add_train_output(parser.add_argument_group('execution and output'))
+    parser.set_defaults(handler=_train)
+
+
+def _add_train_data(data: argparse._ArgumentGroup) -> None:
     data.add_argument('--dataset', type=_dataset, default='Cora',
                       help='Cora, CiteSeer or PubMed (any case)')
     data.add_argument('--root', type=Path, metavar='DIR',
@@ -180,7 +185,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                       "'full': all other nodes train; 'random': drawn "
                       'under --seed')
 
-    runs = parser.add_argument_group('runs')
+
+def _add_train_runs(runs: argparse._ArgumentGroup) -> None:
+    cora, pubmed = PAPER_SETTINGS['Cora'], PAPER_SETTINGS['PubMed']
     runs.add_argument('--seeds', type=_positive_int, default=1, metavar='N',
                       help='number of runs, with seeds --seed, --seed + 1, '
                       '...')
@@ -203,7 +210,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                       f"{cora['weight_decay']}; {pubmed['weight_decay']} on "
                       'PubMed)')
 
-    model = parser.add_argument_group('model')
+
+def _add_train_model(model: argparse._ArgumentGroup) -> None:
+    cora, pubmed = PAPER_SETTINGS['Cora'], PAPER_SETTINGS['PubMed']
     model.add_argument('--layers', type=_positive_int, default=2,
                        help='GATv2Conv layers')
     model.add_argument('--hidden', type=_positive_int, default=8,
@@ -220,7 +229,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                        help='dropout on the attention coefficients '
                        '(default: --dropout)')
 
-    system = parser.add_argument_group('execution and output')
+
+def _add_train_output(system: argparse._ArgumentGroup) -> None:
     _add_device_and_threads(system)
     system.add_argument('--compile', action='store_true',
                         help='run the model through torch.compile (runs are '
@@ -236,7 +246,6 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                         'checkpoints in --out (same flags required); '
                         'finished seeds are not retrained')
     _add_no_progress(system)
-    parser.set_defaults(handler=_train)
 
 
 def _print_seed(run: SeedResult) -> None:
