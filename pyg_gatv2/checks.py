@@ -30,7 +30,8 @@ from torch_geometric.utils import is_torch_sparse_tensor
 
 __all__ = ['set_validation', 'get_validation', 'validation', 'is_strict',
            'check_index_range', 'check_no_nan', 'check_node_features',
-           'check_edge_index', 'check_adjacency', 'check_edge_attr']
+           'check_edge_index', 'check_adjacency', 'check_edge_attr',
+           'check_positive_ints', 'check_probabilities']
 
 VALIDATION_MODES = ('default', 'strict')
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -251,3 +252,21 @@ def check_edge_attr(edge_attr: Tensor, lin_edge: Optional[torch.nn.Module],
         raise ValueError(
             f"'{caller}' got 'edge_attr' for {edge_attr.size(0)} edges but "
             f"'edge_index' has {num_edges}; pass one row per edge")
+
+
+def check_positive_ints(caller: str, **values: object) -> None:
+    """Raises a :class:`ValueError` naming the first of ``values`` that is
+    not a positive integer (``True`` is not an integer here)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"'{caller}' expects {name} to be a positive "
+                             f'integer, got {value!r}')
+
+
+def check_probabilities(caller: str, **values: float) -> None:
+    """Raises a :class:`ValueError` naming the first of ``values`` outside
+    ``[0, 1)`` (a dropout probability)."""
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"'{caller}' expects {name} in [0, 1), got "
+                             f'{value!r}')

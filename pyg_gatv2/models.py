@@ -14,22 +14,9 @@ from torch_geometric.nn.models import GAT as PyGGAT
 from torch_geometric.typing import OptTensor
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
+from pyg_gatv2.checks import check_positive_ints, check_probabilities
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.dense import DenseGATv2Conv
-
-
-def _check_positive_ints(owner: str, **values: object) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"'{owner}' expects {name} to be a positive "
-                             f'integer, got {value!r}')
-
-
-def _check_dropouts(owner: str, **values: float) -> None:
-    for name, value in values.items():
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"'{owner}' expects {name} in [0, 1), got "
-                             f'{value!r}')
 
 
 def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -121,11 +108,11 @@ class GATv2(torch.nn.Module):
     ) -> None:
         super().__init__()
         name = self.__class__.__name__
-        _check_positive_ints(name, in_channels=in_channels,
+        check_positive_ints(name, in_channels=in_channels,
                              out_channels=out_channels,
                              hidden_channels=hidden_channels, heads=heads,
                              output_heads=output_heads, num_layers=num_layers)
-        _check_dropouts(name, dropout=dropout,
+        check_probabilities(name, dropout=dropout,
                         attention_dropout=attention_dropout)
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -311,7 +298,7 @@ class DictionaryLookupNet(torch.nn.Module):
                  dropout: float = 0.5) -> None:
         super().__init__()
         name = self.__class__.__name__
-        _check_positive_ints(name, k=k, hidden_channels=hidden_channels,
+        check_positive_ints(name, k=k, hidden_channels=hidden_channels,
                              heads=heads)
         if hidden_channels % heads != 0:
             raise ValueError(
@@ -324,7 +311,7 @@ class DictionaryLookupNet(torch.nn.Module):
         if readout not in LOOKUP_READOUTS:
             raise ValueError(f"'{name}' got readout={readout!r}; choose one "
                              f"of {', '.join(map(repr, LOOKUP_READOUTS))}")
-        _check_dropouts(name, dropout=dropout)
+        check_probabilities(name, dropout=dropout)
         self.k = k
         self.hidden_channels = hidden_channels
         self.heads = heads

@@ -90,10 +90,12 @@ def test_early_stopping(criterion, best, stop):
     assert copy.state_dict() == stopper.state_dict()
 
 
-@pytest.mark.parametrize('kwargs', [{'patience': 0},
-                                    {'criterion': 'val_acc'}])
-def test_early_stopping_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match="'EarlyStopping' got"):
+@pytest.mark.parametrize('kwargs,match', [
+    ({'patience': 0}, 'patience to be a positive integer, got 0'),
+    ({'criterion': 'val_acc'}, "got criterion='val_acc'; choose one of"),
+])
+def test_early_stopping_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=f"'EarlyStopping' .*{match}"):
         EarlyStopping(**kwargs)
 
 
@@ -265,8 +267,8 @@ def test_nan_loss_is_reported_before_the_step():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    ({'epochs': 0}, 'epochs=0'),
-    ({'patience': 1.5}, 'patience=1.5'),
+    ({'epochs': 0}, 'epochs to be a positive integer, got 0'),
+    ({'patience': 1.5}, 'patience to be a positive integer, got 1.5'),
     ({'lr': 0.0}, 'lr=0.0'),
     ({'lr': math.nan}, 'lr=nan'),
     ({'weight_decay': -1.0}, 'weight_decay=-1.0'),

@@ -2,6 +2,8 @@
 import math
 from typing import Any
 
+from ..checks import check_positive_ints
+
 __all__ = ['EarlyStopping', 'STOP_CRITERIA']
 
 STOP_CRITERIA = ('loss+acc', 'loss', 'acc')
@@ -29,10 +31,7 @@ class EarlyStopping:
     """
     def __init__(self, patience: int = 100,
                  criterion: str = 'loss+acc') -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or (
-                patience < 1):
-            raise ValueError(f"'EarlyStopping' got patience={patience!r}; "
-                             'pass a positive integer')
+        check_positive_ints('EarlyStopping', patience=patience)
         if criterion not in STOP_CRITERIA:
             raise ValueError(f"'EarlyStopping' got criterion={criterion!r}; "
                              f"choose one of {', '.join(STOP_CRITERIA)}")

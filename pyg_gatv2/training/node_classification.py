@@ -21,6 +21,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
+from ..checks import check_positive_ints
 from .checkpoint import Checkpoints, RunState
 from .early_stopping import EarlyStopping
 from .results import EpochMetrics, SeedResult, TrainResult, diverged
@@ -146,12 +147,8 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
 def _check_fit_args(epochs: int, patience: int, state_every: int, lr: float,
                     weight_decay: float, resume: bool,
                     state_path: Optional[_PathLike]) -> None:
-    for name, value in (('epochs', epochs), ('patience', patience),
-                        ('state_every', state_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or (
-                value < 1):
-            raise ValueError(f"'fit' got {name}={value!r}; pass a positive "
-                             'integer')
+    check_positive_ints('fit', epochs=epochs, patience=patience,
+                        state_every=state_every)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"'fit' got lr={lr!r}; pass a positive number")
     if not (isinstance(weight_decay, (int, float))
