@@ -5,9 +5,11 @@ each path has its own choice of implementation:
 
 - **fused** (the default path): the kernels of the fused attention operator
   :func:`pyg_gatv2.fused.fused_gatv2_attention`. ``'numba'``: multi-threaded
-  CPU kernels for float32 and float64; ``'torch'``: PyTorch operations
-  chunked over the edges, on any device and dtype; ``'auto'`` (default):
-  numba where it applies and is installed, else torch.
+  CPU kernels for float32 and float64; ``'triton'``: GPU kernels for CUDA
+  tensors (and CPU tensors under ``TRITON_INTERPRET=1``, Triton's
+  interpreter); ``'torch'``: PyTorch operations chunked over the edges, on
+  any device and dtype; ``'auto'`` (default): numba for CPU tensors and
+  triton for CUDA tensors where they apply and are installed, else torch.
 - **softmax** (the message-passing path: ``fused=False`` and the calls the
   fused path does not cover): the scatter-softmax over each node's incoming
   edges. ``'torch_scatter'``: torch-scatter's reductions; ``'native'``:
@@ -25,15 +27,16 @@ Example:
 """
 import contextlib
 import importlib.util
+import os
 from collections.abc import Iterator
 from typing import Dict, Optional, Tuple
 
 __all__ = ['FUSED_BACKENDS', 'SOFTMAX_BACKENDS', 'set_fused_backend',
            'set_softmax_backend', 'get_fused_backend', 'get_softmax_backend',
            'use_backends', 'current_backends', 'available_fused_backends',
-           'available_softmax_backends', 'check_backend']
+           'available_softmax_backends', 'check_backend', 'triton_runs_here']
 
-FUSED_BACKENDS = ('auto', 'numba', 'torch')
+FUSED_BACKENDS = ('auto', 'numba', 'triton', 'torch')
 SOFTMAX_BACKENDS = ('auto', 'torch_scatter', 'native')
 
 _selected = {'fused': 'auto', 'softmax': 'auto'}
@@ -43,9 +46,21 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def triton_runs_here() -> bool:
+    """Whether Triton kernels can run: triton is installed, and a CUDA GPU
+    is there or ``TRITON_INTERPRET=1`` runs them on the CPU."""
+    if not _installed('triton'):
+        return False
+    import torch
+    return (torch.cuda.is_available()
+            or os.environ.get('TRITON_INTERPRET') == '1')
+
+
 def available_fused_backends() -> Tuple[str, ...]:
     """The fused-kernel backends usable here, fastest first."""
-    return ('numba', 'torch') if _installed('numba') else ('torch', )
+    return tuple(name for name, usable in (
+        ('numba', _installed('numba')), ('triton', triton_runs_here()),
+        ('torch', True)) if usable)
 
 
 def available_softmax_backends() -> Tuple[str, ...]:
@@ -66,12 +81,15 @@ def check_backend(kind: str, name: Optional[str], caller: str) -> str:
     available = (available_fused_backends() if kind == 'fused' else
                  available_softmax_backends())
     if name != 'auto' and name not in available:
-        package = 'numba' if name == 'numba' else 'torch-scatter'
-        install = ('pip install numba' if name == 'numba' else
-                   'pip install --no-build-isolation torch-scatter')
-        raise ValueError(f"'{caller}': the {kind} backend {name!r} needs the "
-                         f"{package} package; install it with '{install}' "
-                         f"or choose one of {available}")
+        needs = {
+            'numba': "the numba package ('pip install numba')",
+            'triton': ("the triton package ('pip install triton') and a "
+                       'CUDA GPU, or TRITON_INTERPRET=1 for CPU tensors'),
+            'torch_scatter': ("the torch-scatter package ('pip install "
+                              "--no-build-isolation torch-scatter')"),
+        }[name]
+        raise ValueError(f"'{caller}': the {kind} backend {name!r} needs "
+                         f'{needs}; or choose one of {available}')
     return name
 
 

@@ -2,6 +2,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton's interpreter runs the Triton kernels on CPU
+# tensors; it must be chosen before the kernels are first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 _SHARED_RAW = Path(__file__).resolve().parents[2] / 'shared' / 'data' / (
     'planetoid')

@@ -34,7 +34,7 @@ def test_setters_persist_until_reset():
                                             'softmax': 'auto'}
 
 
-@pytest.mark.parametrize('kind,name', [('fused', 'triton'),
+@pytest.mark.parametrize('kind,name', [('fused', 'cutlass'),
                                        ('softmax', 'numba')])
 def test_unknown_names_are_reported(kind, name):
     with pytest.raises(ValueError, match=f"got {kind} backend '{name}'; "

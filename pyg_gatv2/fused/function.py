@@ -1,5 +1,6 @@
 """The fused GATv2 attention operator: autograd Function and entry point."""
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Optional, Tuple, Union
 
@@ -55,18 +56,35 @@ def use_backend(backend: str) -> Iterator[None]:
         yield
 
 
+def _gpu_module():
+    from . import gpu
+    return gpu
+
+
 def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
     backend = backends.check_backend(
         'fused', backends.get_fused_backend() if backend is None else
         backend, _NAME)
     numba_ok = (x.device.type == 'cpu'
                 and x.dtype in (torch.float32, torch.float64))
+    triton_ok = (x.device.type == 'cuda'
+                 or (x.device.type == 'cpu'
+                     and os.environ.get('TRITON_INTERPRET') == '1'))
     if backend == 'auto':
-        return 'numba' if numba_ok and _cpu_module() is not None else 'torch'
+        if numba_ok and _cpu_module() is not None:
+            return 'numba'
+        if x.device.type == 'cuda' and backends.triton_runs_here():
+            return 'triton'
+        return 'torch'
     if backend == 'numba' and not numba_ok:
         raise ValueError(
             f"'{_NAME}' backend 'numba' runs on CPU float32/float64 tensors "
             f"(got {x.dtype} on {x.device}); use backend='torch'")
+    if backend == 'triton' and not triton_ok:
+        raise ValueError(
+            f"'{_NAME}' backend 'triton' runs on CUDA tensors, or on CPU "
+            f'tensors under TRITON_INTERPRET=1 (got {x.device}); use '
+            "backend='numba' or 'torch'")
     return backend
 
 
@@ -90,6 +108,8 @@ class FusedGATv2Attention(torch.autograd.Function):
         with torch.autocast(x_l.device.type, enabled=False):
             if backend == 'numba':
                 out, lse, alpha = _cpu_module().run_forward(ops, want_alpha)
+            elif backend == 'triton':
+                out, lse, alpha = _gpu_module().run_forward(ops, want_alpha)
             else:
                 out, lse, alpha = chunked.forward(ops, want_alpha,
                                                   chunk_size)
@@ -112,17 +132,23 @@ class FusedGATv2Attention(torch.autograd.Function):
         # D_i = <grad_i, out_i> turns the softmax backward into a local
         # expression per edge, with no extra pass over the edges. (einsum
         # runs it as a batched dot product, without a [N, H, C] product.)
-        delta = torch.einsum('nhc,nhc->nh', grad_out, out)
+        # It is summed in the dtype of the log-sum-exp: float32 for
+        # half-precision features on the Triton backend.
+        delta = torch.einsum('nhc,nhc->nh', grad_out.to(lse.dtype),
+                             out.to(lse.dtype))
         if grad_alpha is not None:
             grad_alpha = grad_alpha.contiguous()
             weighted = (alpha * grad_alpha)[ctx.layout.dst_eid]
-            delta.index_add_(0, ctx.layout.dst_row, weighted)
+            delta.index_add_(0, ctx.layout.dst_row, weighted.to(lse.dtype))
         cot = Cotangents(grad_out, grad_alpha, lse, delta)
         want_src_grad, _, _, want_edge, want_loop = ctx.needs_input_grad[:5]
         want_edge_grad = ops.edge_term is not None and (want_edge
                                                         or want_loop)
         if ctx.backend == 'numba':
             grads = _cpu_module().run_backward(ops, cot, want_edge_grad,
+                                               want_src_grad)
+        elif ctx.backend == 'triton':
+            grads = _gpu_module().run_backward(ops, cot, want_edge_grad,
                                                want_src_grad)
         else:
             grads = chunked.backward(ops, cot, want_edge_grad,

@@ -1,0 +1,308 @@
+"""Triton kernels of the fused GATv2 attention (GPUs; CPU tensors under
+``TRITON_INTERPRET=1``).
+
+The algorithm of the numba kernels, one program per (node, head):
+
+- ``_forward``: per destination node, its in-edges (CSR order) in blocks of
+  ``BLOCK_E``; the logits of a block are computed on the fly and folded into
+  an online softmax; only ``out`` and the log-sum-exp are written.
+- ``_backward_dst``: per destination node, the logits are recomputed; it
+  writes the gradients of ``x_r`` and of the edge terms, the node's share of
+  the gradient of ``att`` (summed over nodes afterwards, in a fixed order),
+  and per edge and head the message weight and the logit gradient.
+- ``_backward_src``: per source node, its out-edges (CSC order): the
+  gradient of ``x_l``.
+
+Every program writes only rows it owns: no atomics, so results are
+deterministic. Features are read in their storage dtype (float32, bfloat16,
+float16 or float64) and every sum is accumulated in float32 (float64 for
+float64 inputs).
+"""
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .operands import Cotangents, Gradients, Operands
+
+__all__ = ['run_forward', 'run_backward']
+
+_BLOCK_E = 32
+
+
+@triton.jit
+def _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h, c, valid,
+                    H, C, num_edges, HAS_EDGE: tl.constexpr, acc):
+    """Source rows ``x_j`` and ``z = x_j + x_i (+ t)`` of a block of edges,
+    [BLOCK_E, BLOCK_C], in the accumulation dtype."""
+    cmask = c < C
+    vm = valid[:, None] & cmask[None, :]
+    xj = tl.load(x_l + (src[:, None] * H + h) * C + c[None, :], mask=vm,
+                 other=0.0).to(acc)
+    xi = tl.load(x_r + (i * H + h) * C + c, mask=cmask, other=0.0).to(acc)
+    z = xj + xi[None, :]
+    if HAS_EDGE:
+        is_edge = e < num_edges
+        t_edge = tl.load(edge_term + (e[:, None] * H + h) * C + c[None, :],
+                         mask=vm & is_edge[:, None], other=0.0)
+        t_loop = tl.load(
+            loop_term + ((e[:, None] - num_edges) * H + h) * C + c[None, :],
+            mask=vm & ~is_edge[:, None], other=0.0)
+        z += t_edge.to(acc) + t_loop.to(acc)
+    return xj, z
+
+
+@triton.jit
+def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
+             lse, alpha, H, C, num_edges, slope,
+             HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
+             WANT_ALPHA: tl.constexpr, BLOCK_E: tl.constexpr,
+             BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.load(att + h * C + c, mask=cmask, other=0.0).to(ACC)
+    start = tl.load(ptr + i)
+    end = tl.load(ptr + i + 1)
+    m = tl.full((), float('-inf'), ACC)
+    total = tl.zeros((), ACC)
+    acc = tl.zeros((BLOCK_C, ), ACC)
+    for lo in range(start, end, BLOCK_E):
+        k = lo + tl.arange(0, BLOCK_E)
+        valid = k < end
+        src = tl.load(col + k, mask=valid, other=0)
+        e = tl.load(eid + k, mask=valid, other=0)
+        xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h,
+                                c, valid, H, C, num_edges, HAS_EDGE, ACC)
+        act = tl.where(z > 0, z, z * slope)
+        s = tl.sum(act * a[None, :], axis=1)
+        s = tl.where(valid, s, float('-inf'))
+        new_m = tl.maximum(m, tl.max(s, axis=0))
+        # exp(-inf - -inf) would be NaN: a node's first block rescales
+        # nothing.
+        scale = tl.where(new_m == float('-inf'), 0.0, tl.exp(m - new_m))
+        p = tl.where(valid, tl.exp(s - new_m), 0.0)
+        total = total * scale + tl.sum(p, axis=0)
+        if HAS_MASK:
+            p = p * tl.load(mask + e * H + h, mask=valid, other=0.0).to(ACC)
+        acc = acc * scale + tl.sum(p[:, None] * xj, axis=0)
+        m = new_m
+    has_edges = total > 0
+    inv = tl.where(has_edges, 1.0 / total, 0.0)
+    tl.store(out + (i * H + h) * C + c, (acc * inv).to(out.dtype.element_ty),
+             mask=cmask)
+    node_lse = tl.where(has_edges, m + tl.log(total), float('-inf'))
+    tl.store(lse + i * H + h, node_lse)
+    if WANT_ALPHA:
+        for lo in range(start, end, BLOCK_E):
+            k = lo + tl.arange(0, BLOCK_E)
+            valid = k < end
+            src = tl.load(col + k, mask=valid, other=0)
+            e = tl.load(eid + k, mask=valid, other=0)
+            _, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i,
+                                   h, c, valid, H, C, num_edges, HAS_EDGE,
+                                   ACC)
+            act = tl.where(z > 0, z, z * slope)
+            s = tl.sum(act * a[None, :], axis=1)
+            tl.store(alpha + e * H + h,
+                     tl.exp(s - node_lse).to(alpha.dtype.element_ty),
+                     mask=valid)
+
+
+@triton.jit
+def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
+                  grad_out, lse, delta, ptr, col, eid, grad_xr, grad_edge,
+                  grad_loop, grad_att_rows, msg_weight, grad_logit, H, C,
+                  num_edges, slope, HAS_EDGE: tl.constexpr,
+                  HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
+                  WANT_EDGE_GRAD: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.load(att + h * C + c, mask=cmask, other=0.0).to(ACC)
+    g = tl.load(grad_out + (i * H + h) * C + c, mask=cmask,
+                other=0.0).to(ACC)
+    node_lse = tl.load(lse + i * H + h).to(ACC)
+    node_delta = tl.load(delta + i * H + h).to(ACC)
+    start = tl.load(ptr + i)
+    end = tl.load(ptr + i + 1)
+    g_xr = tl.zeros((BLOCK_C, ), ACC)
+    g_att = tl.zeros((BLOCK_C, ), ACC)
+    for lo in range(start, end, BLOCK_E):
+        k = lo + tl.arange(0, BLOCK_E)
+        valid = k < end
+        src = tl.load(col + k, mask=valid, other=0)
+        e = tl.load(eid + k, mask=valid, other=0)
+        xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h,
+                                c, valid, H, C, num_edges, HAS_EDGE, ACC)
+        positive = z > 0
+        act = tl.where(positive, z, z * slope)
+        dact = tl.where(positive, a[None, :], a[None, :] * slope)
+        s = tl.sum(act * a[None, :], axis=1)
+        p = tl.where(valid, tl.exp(s - node_lse), 0.0)
+        gd = tl.sum(g[None, :] * xj, axis=1)
+        w = p
+        if HAS_MASK:
+            drop = tl.load(mask + e * H + h, mask=valid, other=0.0).to(ACC)
+            w = w * drop
+            gd = gd * drop
+        if HAS_GRAD_ALPHA:
+            gd += tl.load(grad_alpha + e * H + h, mask=valid,
+                          other=0.0).to(ACC)
+        ds = p * (gd - node_delta)
+        tl.store(msg_weight + k * H + h, w, mask=valid)
+        tl.store(grad_logit + k * H + h, ds, mask=valid)
+        dz = ds[:, None] * dact
+        g_xr += tl.sum(dz, axis=0)
+        g_att += tl.sum(ds[:, None] * act, axis=0)
+        if WANT_EDGE_GRAD:
+            vm = valid[:, None] & cmask[None, :]
+            is_edge = (e < num_edges)[:, None]
+            tl.store(grad_edge + (e[:, None] * H + h) * C + c[None, :],
+                     dz.to(grad_edge.dtype.element_ty), mask=vm & is_edge)
+            tl.store(
+                grad_loop + ((e[:, None] - num_edges) * H + h) * C
+                + c[None, :], dz.to(grad_loop.dtype.element_ty),
+                mask=vm & ~is_edge)
+    tl.store(grad_xr + (i * H + h) * C + c,
+             g_xr.to(grad_xr.dtype.element_ty), mask=cmask)
+    tl.store(grad_att_rows + (i * H + h) * C + c, g_att, mask=cmask)
+
+
+@triton.jit
+def _backward_src(x_l, x_r, att, edge_term, loop_term, grad_out, ptr, pos,
+                  row, eid, msg_weight, grad_logit, grad_xl, H, C, num_edges,
+                  slope, HAS_EDGE: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    j = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.load(att + h * C + c, mask=cmask, other=0.0).to(ACC)
+    xj = tl.load(x_l + (j * H + h) * C + c, mask=cmask, other=0.0).to(ACC)
+    start = tl.load(ptr + j)
+    end = tl.load(ptr + j + 1)
+    g_xl = tl.zeros((BLOCK_C, ), ACC)
+    for lo in range(start, end, BLOCK_E):
+        q = lo + tl.arange(0, BLOCK_E)
+        valid = q < end
+        k = tl.load(pos + q, mask=valid, other=0)
+        i = tl.load(row + q, mask=valid, other=0)
+        e = tl.load(eid + k, mask=valid, other=0)
+        vm = valid[:, None] & cmask[None, :]
+        xi = tl.load(x_r + (i[:, None] * H + h) * C + c[None, :], mask=vm,
+                     other=0.0).to(ACC)
+        z = xj[None, :] + xi
+        if HAS_EDGE:
+            is_edge = e < num_edges
+            t_edge = tl.load(
+                edge_term + (e[:, None] * H + h) * C + c[None, :],
+                mask=vm & is_edge[:, None], other=0.0)
+            t_loop = tl.load(
+                loop_term + ((e[:, None] - num_edges) * H + h) * C
+                + c[None, :], mask=vm & ~is_edge[:, None], other=0.0)
+            z += t_edge.to(ACC) + t_loop.to(ACC)
+        w = tl.load(msg_weight + k * H + h, mask=valid, other=0.0)
+        ds = tl.load(grad_logit + k * H + h, mask=valid, other=0.0)
+        g = tl.load(grad_out + (i[:, None] * H + h) * C + c[None, :],
+                    mask=vm, other=0.0).to(ACC)
+        d = ds[:, None] * tl.where(z > 0, a[None, :], a[None, :] * slope)
+        g_xl += tl.sum(w[:, None] * g + d, axis=0)
+    tl.store(grad_xl + (j * H + h) * C + c,
+             g_xl.to(grad_xl.dtype.element_ty), mask=cmask)
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _edge_terms(ops: Operands) -> Tuple[Tensor, Tensor]:
+    # Absent terms are passed as the features (never read: HAS_EDGE off).
+    if ops.edge_term is None:
+        return ops.x_l, ops.x_l
+    return ops.edge_term, ops.loop_term
+
+
+def _meta(ops: Operands) -> dict:
+    H, C = ops.att.shape
+    return dict(BLOCK_E=_BLOCK_E, BLOCK_C=triton.next_power_of_2(C),
+                ACC=_acc_dtype(ops.x_l.dtype))
+
+
+def run_forward(ops: Operands, want_alpha: bool
+                ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Runs :func:`_forward`; returns ``out``, ``lse`` and the softmax
+    weights [virtual edges, H] (or :obj:`None`)."""
+    layout = ops.layout
+    H, C = ops.att.shape
+    x = ops.x_l
+    out = x.new_empty(layout.num_dst, H, C)
+    lse = x.new_empty(layout.num_dst, H, dtype=_stats_dtype(x.dtype))
+    alpha = x.new_zeros(layout.num_virtual if want_alpha else 1, H)
+    edge_term, loop_term = _edge_terms(ops)
+    mask = ops.dropout_mask if ops.dropout_mask is not None else x
+    if layout.num_dst > 0:
+        _forward[(layout.num_dst, H)](
+            ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+            layout.dst_ptr, layout.dst_col, layout.dst_eid, out, lse, alpha,
+            H, C, layout.num_edges, ops.negative_slope,
+            HAS_EDGE=ops.edge_term is not None,
+            HAS_MASK=ops.dropout_mask is not None, WANT_ALPHA=want_alpha,
+            **_meta(ops))
+    return out, lse, alpha if want_alpha else None
+
+
+def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
+                 want_src_grad: bool) -> Gradients:
+    """Runs :func:`_backward_dst` and, for the gradient of ``x_l``,
+    :func:`_backward_src`."""
+    layout = ops.layout
+    H, C = ops.att.shape
+    x = ops.x_l
+    stats = _stats_dtype(x.dtype)
+    edge_term, loop_term = _edge_terms(ops)
+    grad_xr = torch.empty_like(ops.x_r)
+    grad_edge = grad_loop = None
+    if want_edge_grad:
+        grad_edge = torch.zeros_like(ops.edge_term)
+        grad_loop = torch.zeros_like(ops.loop_term)
+    grad_att_rows = x.new_zeros(layout.num_dst, H, C, dtype=stats)
+    msg_weight = x.new_empty(max(layout.num_kept, 1), H, dtype=stats)
+    grad_logit = torch.empty_like(msg_weight)
+    mask = ops.dropout_mask if ops.dropout_mask is not None else x
+    grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
+    meta = _meta(ops)
+    if layout.num_dst > 0:
+        _backward_dst[(layout.num_dst, H)](
+            ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+            grad_alpha, cot.grad_out, cot.lse, cot.delta, layout.dst_ptr,
+            layout.dst_col, layout.dst_eid, grad_xr,
+            grad_edge if want_edge_grad else x,
+            grad_loop if want_edge_grad else x, grad_att_rows, msg_weight,
+            grad_logit, H, C, layout.num_edges, ops.negative_slope,
+            HAS_EDGE=ops.edge_term is not None,
+            HAS_MASK=ops.dropout_mask is not None,
+            HAS_GRAD_ALPHA=cot.grad_alpha is not None,
+            WANT_EDGE_GRAD=want_edge_grad, **meta)
+    grad_xl = None
+    if want_src_grad:
+        grad_xl = torch.empty_like(ops.x_l)
+        ptr, pos, row = layout.csc
+        if layout.num_src > 0:
+            _backward_src[(layout.num_src, H)](
+                ops.x_l, ops.x_r, ops.att, edge_term, loop_term,
+                cot.grad_out, ptr, pos, row, layout.dst_eid, msg_weight,
+                grad_logit, grad_xl, H, C, layout.num_edges,
+                ops.negative_slope, HAS_EDGE=ops.edge_term is not None,
+                **meta)
+    grad_att = grad_att_rows.sum(dim=0).to(ops.att.dtype)
+    return Gradients(grad_xl, grad_xr, grad_att, grad_edge, grad_loop)
