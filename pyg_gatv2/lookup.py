@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 
 from pyg_gatv2.datasets.dictionary_lookup import DictionaryLookup
 from pyg_gatv2.models import DictionaryLookupNet
-from pyg_gatv2.train import TrainingDivergedError
+from pyg_gatv2.training.checkpoint import (
+    cpu_state,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from pyg_gatv2.training.results import TrainingDivergedError
 
 __all__ = [
     'LookupBatch',
@@ -289,33 +295,6 @@ def evaluate_lookup(model: torch.nn.Module,
     return _evaluate(model, LookupBatcher(k, device), perms, batch_size)
 
 
-def _rng_states(device: torch.device) -> dict[str, Tensor]:
-    states = {'cpu': torch.get_rng_state()}
-    if device.type == 'cuda':
-        states['cuda'] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _set_rng_states(states: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(states['cpu'])
-    if 'cuda' in states:
-        torch.cuda.set_rng_state(states['cuda'], device)
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, Tensor]:
-    return {key: value.detach().to('cpu', copy=True)
-            for key, value in model.state_dict().items()}
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    # Written aside and renamed, so that an interruption leaves the previous
-    # checkpoint whole.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + '.part')
-    torch.save(obj, part)
-    os.replace(part, path)
-
-
 def _recipe_settings(recipe: LookupRecipe) -> dict[str, Any]:
     """The recipe without its epoch cap, which a resumed run may raise."""
     settings = asdict(recipe)
@@ -401,7 +380,7 @@ def train_lookup(
     seconds = 0.0
     history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
     best: dict[str, Any] = {'train_node_acc': -math.inf}
-    best_state = _cpu_state(model)
+    best_state = cpu_state(model)
     stop = None
     path = None if checkpoint_path is None else Path(checkpoint_path)
     if resume and path.exists():
@@ -415,7 +394,7 @@ def train_lookup(
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         order.set_state(state['order'])
-        _set_rng_states(state['rng'], device)
+        set_rng_state(state['rng'], device)
         epoch, steps, bad_evals = state['epoch'], state['steps'], state[
             'bad_evals']
         seconds, history, best = state['seconds'], state['history'], state[
@@ -476,7 +455,7 @@ def train_lookup(
                 history[key].append(entry[key])
             if train_node > best['train_node_acc'] + recipe.min_improvement:
                 best = dict(entry)
-                best_state = _cpu_state(model)
+                best_state = cpu_state(model)
                 bad_evals = 0
             else:
                 bad_evals += 1
@@ -493,14 +472,16 @@ def train_lookup(
             if on_eval is not None:
                 on_eval(entry)
             if path is not None:
-                _save({'settings': settings, 'model': _cpu_state(model),
-                       'optimizer': optimizer.state_dict(),
-                       'scheduler': scheduler.state_dict(),
-                       'order': order.get_state(),
-                       'rng': _rng_states(device), 'epoch': epoch,
-                       'steps': steps, 'bad_evals': bad_evals,
-                       'seconds': seconds, 'history': history, 'best': best,
-                       'best_state': best_state, 'stop': stop}, path)
+                state = {'settings': settings, 'model': cpu_state(model),
+                         'optimizer': optimizer.state_dict(),
+                         'scheduler': scheduler.state_dict(),
+                         'order': order.get_state(),
+                         'rng': rng_state(device), 'epoch': epoch,
+                         'steps': steps, 'bad_evals': bad_evals,
+                         'seconds': seconds, 'history': history,
+                         'best': best, 'best_state': best_state,
+                         'stop': stop}
+                save_atomic(state, path)
     finally:
         bar.close()
 

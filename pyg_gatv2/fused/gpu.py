@@ -91,10 +91,13 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
         acc = acc * scale + tl.sum(p[:, None] * xj, axis=0)
         m = new_m
     has_edges = total > 0
-    inv = tl.where(has_edges, 1.0 / total, 0.0)
+    # A node without in-edges gets zeros and a log-sum-exp of -inf; the
+    # where() keeps 1/0 and log(0) out of the arithmetic.
+    safe_total = tl.where(has_edges, total, 1.0)
+    inv = tl.where(has_edges, 1.0 / safe_total, 0.0)
     tl.store(out + (i * H + h) * C + c, (acc * inv).to(out.dtype.element_ty),
              mask=cmask)
-    node_lse = tl.where(has_edges, m + tl.log(total), float('-inf'))
+    node_lse = tl.where(has_edges, m + tl.log(safe_total), float('-inf'))
     tl.store(lse + i * H + h, node_lse)
     if WANT_ALPHA:
         for lo in range(start, end, BLOCK_E):

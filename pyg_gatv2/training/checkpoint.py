@@ -20,7 +20,8 @@ from torch import Tensor
 from .early_stopping import EarlyStopping
 from .results import HISTORY_KEYS, EpochMetrics, SeedResult
 
-__all__ = ['RunState', 'Checkpoints']
+__all__ = ['RunState', 'Checkpoints', 'cpu_state', 'rng_state',
+           'set_rng_state', 'save_atomic']
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
@@ -29,20 +30,25 @@ def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
             for k, v in module.state_dict().items()}
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The states of torch's random number generators on the CPU and on
+    ``device``."""
     state = {'cpu': torch.get_rng_state()}
     if device.type == 'cuda':
         state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restores what :func:`rng_state` returned."""
     torch.set_rng_state(state['cpu'])
     if 'cuda' in state:
         torch.cuda.set_rng_state(state['cuda'], device)
 
 
-def _save(obj: dict[str, Any], path: Path) -> None:
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Saves ``obj`` aside and renames it to ``path``, so that an
+    interruption leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + '.part')
     torch.save(obj, part)
@@ -125,16 +131,16 @@ class Checkpoints:
         """Writes the best model and the training state after
         ``run.epoch``."""
         if self.best_path is not None and run.best_metrics is not None:
-            _save({'model': run.best_state, **asdict(run.best_metrics),
+            save_atomic({'model': run.best_state, **asdict(run.best_metrics),
                    'seed': self.seed, 'metadata': self.settings['metadata']},
                   self.best_path)
         if self.state_path is not None:
-            _save({'settings': self.settings, 'epoch': run.epoch,
+            save_atomic({'settings': self.settings, 'epoch': run.epoch,
                    'finished': run.finished, 'seconds': run.seconds,
                    'model': cpu_state(run.model),
                    'optimizer': run.optimizer.state_dict(),
                    'early_stopping': run.stopper.state_dict(),
-                   'rng': _rng_state(device), 'history': run.history,
+                   'rng': rng_state(device), 'history': run.history,
                    'best_model': run.best_state,
                    'best_metrics': (None if run.best_metrics is None else
                                     asdict(run.best_metrics))},
@@ -155,7 +161,7 @@ class Checkpoints:
         run.best_state = state['best_model']
         if state['best_metrics'] is not None:
             run.best_metrics = EpochMetrics(**state['best_metrics'])
-        _set_rng_state(state['rng'], device)
+        set_rng_state(state['rng'], device)
         run.epoch, run.seconds = state['epoch'], state['seconds']
         run.finished = state['finished']
         return True

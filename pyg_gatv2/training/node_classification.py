@@ -66,17 +66,6 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(enabled)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
-
-
 def check_data(data: Data) -> None:
     """Checks that ``data`` has what node classification needs."""
     for key in ('x', 'edge_index', 'y', 'train_mask', 'val_mask',
