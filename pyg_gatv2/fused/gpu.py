@@ -55,6 +55,24 @@ def _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h, c, valid,
 
 
 @triton.jit
+def _in_edges(x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c, a,
+              H, C, num_edges, slope, HAS_EDGE: tl.constexpr,
+              BLOCK_E: tl.constexpr, ACC: tl.constexpr):
+    """The block of in-edges of destination ``i`` from CSR position ``lo``:
+    positions ``k``, which are real (``valid``), virtual edge ids ``e``,
+    source rows ``x_j``, pre-activations ``z``, activations and logits."""
+    k = lo + tl.arange(0, BLOCK_E)
+    valid = k < end
+    src = tl.load(col + k, mask=valid, other=0)
+    e = tl.load(eid + k, mask=valid, other=0)
+    xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h, c,
+                            valid, H, C, num_edges, HAS_EDGE, ACC)
+    act = tl.where(z > 0, z, z * slope)
+    s = tl.sum(act * a[None, :], axis=1)
+    return k, valid, e, xj, z, act, s
+
+
+@triton.jit
 def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
              lse, alpha, H, C, num_edges, slope,
              HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -71,14 +89,9 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
     total = tl.zeros((), ACC)
     acc = tl.zeros((BLOCK_C, ), ACC)
     for lo in range(start, end, BLOCK_E):
-        k = lo + tl.arange(0, BLOCK_E)
-        valid = k < end
-        src = tl.load(col + k, mask=valid, other=0)
-        e = tl.load(eid + k, mask=valid, other=0)
-        xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h,
-                                c, valid, H, C, num_edges, HAS_EDGE, ACC)
-        act = tl.where(z > 0, z, z * slope)
-        s = tl.sum(act * a[None, :], axis=1)
+        k, valid, e, xj, z, act, s = _in_edges(
+            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c, a, H,
+            C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
         s = tl.where(valid, s, float('-inf'))
         new_m = tl.maximum(m, tl.max(s, axis=0))
         # exp(-inf - -inf) would be NaN: a node's first block rescales
@@ -101,15 +114,9 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
     tl.store(lse + i * H + h, node_lse)
     if WANT_ALPHA:
         for lo in range(start, end, BLOCK_E):
-            k = lo + tl.arange(0, BLOCK_E)
-            valid = k < end
-            src = tl.load(col + k, mask=valid, other=0)
-            e = tl.load(eid + k, mask=valid, other=0)
-            _, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i,
-                                   h, c, valid, H, C, num_edges, HAS_EDGE,
-                                   ACC)
-            act = tl.where(z > 0, z, z * slope)
-            s = tl.sum(act * a[None, :], axis=1)
+            k, valid, e, xj, z, act, s = _in_edges(
+                x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c,
+                a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
             tl.store(alpha + e * H + h,
                      tl.exp(s - node_lse).to(alpha.dtype.element_ty),
                      mask=valid)
@@ -137,16 +144,10 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
     g_xr = tl.zeros((BLOCK_C, ), ACC)
     g_att = tl.zeros((BLOCK_C, ), ACC)
     for lo in range(start, end, BLOCK_E):
-        k = lo + tl.arange(0, BLOCK_E)
-        valid = k < end
-        src = tl.load(col + k, mask=valid, other=0)
-        e = tl.load(eid + k, mask=valid, other=0)
-        xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h,
-                                c, valid, H, C, num_edges, HAS_EDGE, ACC)
-        positive = z > 0
-        act = tl.where(positive, z, z * slope)
-        dact = tl.where(positive, a[None, :], a[None, :] * slope)
-        s = tl.sum(act * a[None, :], axis=1)
+        k, valid, e, xj, z, act, s = _in_edges(
+            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c, a, H,
+            C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+        dact = tl.where(z > 0, a[None, :], a[None, :] * slope)
         p = tl.where(valid, tl.exp(s - node_lse), 0.0)
         gd = tl.sum(g[None, :] * xj, axis=1)
         w = p
