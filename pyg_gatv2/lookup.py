@@ -374,137 +374,198 @@ def train_lookup(
         patience=recipe.lr_patience, threshold=recipe.min_improvement,
         threshold_mode='abs')
     order = torch.Generator().manual_seed(seed)
-    settings = _run_settings(model, dataset, recipe, seed)
+    run = _LookupRun(best_state=cpu_state(model))
+    keep = _LookupCheckpoint(
+        None if checkpoint_path is None else Path(checkpoint_path),
+        _run_settings(model, dataset, recipe, seed), model, optimizer,
+        scheduler, order, device)
+    if resume:
+        keep.restore(run, recipe.max_epochs)
 
-    epoch = steps = bad_evals = 0
-    seconds = 0.0
-    history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
-    best: dict[str, Any] = {'train_node_acc': -math.inf}
-    best_state = cpu_state(model)
-    stop = None
-    path = None if checkpoint_path is None else Path(checkpoint_path)
-    if resume and path.exists():
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        if state['settings'] != settings:
-            raise ValueError(
-                f'Cannot resume from {path}: it was written for another '
-                'run; delete it or pass the same model, dataset, recipe and '
-                'seed')
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        order.set_state(state['order'])
-        set_rng_state(state['rng'], device)
-        epoch, steps, bad_evals = state['epoch'], state['steps'], state[
-            'bad_evals']
-        seconds, history, best = state['seconds'], state['history'], state[
-            'best']
-        best_state, stop = state['best_state'], state['stop']
-        if stop == 'max_epochs' and epoch < recipe.max_epochs:
-            stop = None
-        elif stop is None and epoch >= recipe.max_epochs:
-            stop = 'max_epochs'
-
-    num_train = train_perms.size(0)
-    bar = tqdm(total=recipe.max_epochs, initial=epoch, desc=desc,
+    bar = tqdm(total=recipe.max_epochs, initial=run.epoch, desc=desc,
                disable=not progress, leave=False, dynamic_ncols=True)
     model.train()
     try:
-        while stop is None:
+        while run.stop is None:
             tic = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            loss_steps = 0
-            for _ in range(recipe.eval_every):
-                perm = torch.randperm(num_train, generator=order).to(device)
-                for start in range(0, num_train, recipe.batch_size):
-                    batch = batcher(
-                        train_perms[perm[start:start + recipe.batch_size]])
-                    optimizer.zero_grad()
-                    logits = model(batch.x, batch.edge_index,
-                                   batch.query_mask, batch.batch)
-                    loss = F.cross_entropy(logits, batch.y)
-                    loss.backward()
-                    if recipe.clip_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       recipe.clip_norm)
-                    optimizer.step()
-                    loss_sum += loss.detach()
-                    loss_steps += 1
-                epoch += 1
-                bar.update()
-                if epoch >= recipe.max_epochs:
-                    break
-            steps += loss_steps
-            mean_loss = float(loss_sum) / loss_steps
+            mean_loss = _train_epochs(model, optimizer, batcher, train_perms,
+                                      order, recipe, run, bar)
             if not math.isfinite(mean_loss):
                 raise TrainingDivergedError(
                     f"'train_lookup' got a non-finite training loss by "
-                    f'epoch {epoch} (seed {seed}); lower the learning rate '
-                    f'(now {recipe.lr:g}) or clip the gradients harder '
+                    f'epoch {run.epoch} (seed {seed}); lower the learning '
+                    f'rate (now {recipe.lr:g}) or clip the gradients harder '
                     f'(now {recipe.clip_norm:g})')
             train_node, train_graph = _evaluate(model, batcher, train_perms,
                                                 recipe.batch_size)
             test_node, test_graph = _evaluate(model, batcher, test_perms,
                                               recipe.batch_size)
-            entry = {'epoch': epoch, 'steps': steps, 'loss': mean_loss,
+            entry = {'epoch': run.epoch, 'steps': run.steps,
+                     'loss': mean_loss,
                      'lr': optimizer.param_groups[0]['lr'],
                      'train_node_acc': train_node,
                      'train_graph_acc': train_graph,
                      'test_node_acc': test_node, 'test_graph_acc': test_graph}
-            for key in HISTORY_KEYS:
-                history[key].append(entry[key])
-            if train_node > best['train_node_acc'] + recipe.min_improvement:
-                best = dict(entry)
-                best_state = cpu_state(model)
-                bad_evals = 0
-            else:
-                bad_evals += 1
+            run.record(entry, model, recipe)
             scheduler.step(train_node)
-            if train_node == 1.0:
-                stop = 'fit'
-            elif bad_evals >= recipe.patience:
-                stop = 'patience'
-            elif epoch >= recipe.max_epochs:
-                stop = 'max_epochs'
-            seconds += time.perf_counter() - tic
+            run.seconds += time.perf_counter() - tic
             bar.set_postfix(loss=f'{mean_loss:.4f}', train=f'{train_node:.3f}',
                             test=f'{test_node:.3f}', refresh=False)
             if on_eval is not None:
                 on_eval(entry)
-            if path is not None:
-                state = {'settings': settings, 'model': cpu_state(model),
-                         'optimizer': optimizer.state_dict(),
-                         'scheduler': scheduler.state_dict(),
-                         'order': order.get_state(),
-                         'rng': rng_state(device), 'epoch': epoch,
-                         'steps': steps, 'bad_evals': bad_evals,
-                         'seconds': seconds, 'history': history,
-                         'best': best, 'best_state': best_state,
-                         'stop': stop}
-                save_atomic(state, path)
+            keep.save(run)
     finally:
         bar.close()
 
-    model.load_state_dict(best_state)
-    example = dataset.test_dataset[0].to(device)
-    attention = model.attention_matrix(example)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        pred = model(example.x, example.edge_index,
-                     example.query_mask).argmax(dim=-1)
-    model.train(was_training)
-    return LookupResult(
-        k=dataset.k, conv=getattr(model, 'conv_name', type(model).__name__),
-        heads=getattr(model, 'heads', 1), seed=seed,
-        train_node_acc=best['train_node_acc'],
-        train_graph_acc=best['train_graph_acc'],
-        test_node_acc=best['test_node_acc'],
-        test_graph_acc=best['test_graph_acc'], best_epoch=best['epoch'],
-        epochs=epoch, steps=steps, stop=stop, seconds=seconds,
-        history=history, attention=attention.cpu().tolist(),
-        example_y=example.y.cpu().tolist(),
-        example_pred=pred.cpu().tolist())
+    model.load_state_dict(run.best_state)
+    return run.result(model, dataset, seed, device)
+
+
+def _train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  batcher: LookupBatcher, train_perms: Tensor,
+                  order: torch.Generator, recipe: LookupRecipe,
+                  run: '_LookupRun', bar: tqdm) -> float:
+    """The epochs up to the next evaluation (or the cap); returns their
+    mean training loss."""
+    loss_sum = torch.zeros((), device=train_perms.device)
+    loss_steps = 0
+    num_train = train_perms.size(0)
+    for _ in range(recipe.eval_every):
+        perm = torch.randperm(num_train, generator=order).to(
+            train_perms.device)
+        for start in range(0, num_train, recipe.batch_size):
+            batch = batcher(train_perms[perm[start:start + recipe.batch_size]])
+            optimizer.zero_grad()
+            logits = model(batch.x, batch.edge_index, batch.query_mask,
+                           batch.batch)
+            loss = F.cross_entropy(logits, batch.y)
+            loss.backward()
+            if recipe.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                               recipe.clip_norm)
+            optimizer.step()
+            loss_sum += loss.detach()
+            loss_steps += 1
+        run.epoch += 1
+        bar.update()
+        if run.epoch >= recipe.max_epochs:
+            break
+    run.steps += loss_steps
+    return float(loss_sum) / loss_steps
+
+
+@dataclass
+class _LookupRun:
+    """What a DictionaryLookup run carries from one evaluation to the next.
+    """
+    best_state: dict[str, Tensor]
+    epoch: int = 0
+    steps: int = 0
+    bad_evals: int = 0
+    seconds: float = 0.0
+    history: dict[str, list[float]] = field(
+        default_factory=lambda: {key: [] for key in HISTORY_KEYS})
+    best: dict[str, Any] = field(
+        default_factory=lambda: {'train_node_acc': -math.inf})
+    stop: Optional[str] = None
+
+    def record(self, entry: dict[str, float], model: torch.nn.Module,
+               recipe: LookupRecipe) -> None:
+        """Adds an evaluation: the history, the best one so far (on the
+        training accuracy per query node) and whether to stop."""
+        for key in HISTORY_KEYS:
+            self.history[key].append(entry[key])
+        train_node = entry['train_node_acc']
+        if train_node > self.best['train_node_acc'] + recipe.min_improvement:
+            self.best = dict(entry)
+            self.best_state = cpu_state(model)
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+        if train_node == 1.0:
+            self.stop = 'fit'
+        elif self.bad_evals >= recipe.patience:
+            self.stop = 'patience'
+        elif self.epoch >= recipe.max_epochs:
+            self.stop = 'max_epochs'
+
+    def result(self, model: torch.nn.Module, dataset: DictionaryLookup,
+               seed: int, device: torch.device) -> LookupResult:
+        """The outcome, with the attention on the first test graph."""
+        best = self.best
+        example = dataset.test_dataset[0].to(device)
+        attention = model.attention_matrix(example)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            pred = model(example.x, example.edge_index,
+                         example.query_mask).argmax(dim=-1)
+        model.train(was_training)
+        return LookupResult(
+            k=dataset.k,
+            conv=getattr(model, 'conv_name', type(model).__name__),
+            heads=getattr(model, 'heads', 1), seed=seed,
+            train_node_acc=best['train_node_acc'],
+            train_graph_acc=best['train_graph_acc'],
+            test_node_acc=best['test_node_acc'],
+            test_graph_acc=best['test_graph_acc'], best_epoch=best['epoch'],
+            epochs=self.epoch, steps=self.steps, stop=self.stop,
+            seconds=self.seconds, history=self.history,
+            attention=attention.cpu().tolist(),
+            example_y=example.y.cpu().tolist(),
+            example_pred=pred.cpu().tolist())
+
+
+class _LookupCheckpoint:
+    """Saves a run after every evaluation, and resumes it."""
+    def __init__(self, path: Optional[Path], settings: dict[str, Any],
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, order: torch.Generator,
+                 device: torch.device) -> None:
+        self.path = path
+        self.settings = settings
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.order = order
+        self.device = device
+
+    def save(self, run: _LookupRun) -> None:
+        if self.path is None:
+            return
+        save_atomic({
+            'settings': self.settings, 'model': cpu_state(self.model),
+            'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(),
+            'order': self.order.get_state(), 'rng': rng_state(self.device),
+            'epoch': run.epoch, 'steps': run.steps,
+            'bad_evals': run.bad_evals, 'seconds': run.seconds,
+            'history': run.history, 'best': run.best,
+            'best_state': run.best_state, 'stop': run.stop}, self.path)
+
+    def restore(self, run: _LookupRun, max_epochs: int) -> None:
+        """Continues ``run`` from the file, if there is one; a run that
+        ended at a lower epoch cap goes on to ``max_epochs``."""
+        if self.path is None or not self.path.exists():
+            return
+        state = torch.load(self.path, map_location='cpu', weights_only=True)
+        if state['settings'] != self.settings:
+            raise ValueError(
+                f'Cannot resume from {self.path}: it was written for another '
+                'run; delete it or pass the same model, dataset, recipe and '
+                'seed')
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.order.set_state(state['order'])
+        set_rng_state(state['rng'], self.device)
+        for key in ('epoch', 'steps', 'bad_evals', 'seconds', 'history',
+                    'best', 'best_state', 'stop'):
+            setattr(run, key, state[key])
+        if run.stop == 'max_epochs' and run.epoch < max_epochs:
+            run.stop = None
+        elif run.stop is None and run.epoch >= max_epochs:
+            run.stop = 'max_epochs'
 
 
 @dataclass(frozen=True)
