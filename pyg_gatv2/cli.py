@@ -331,7 +331,6 @@ def _lookup_k(text: str) -> int:
 
 
 def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
-    recipe = LookupRecipe()
     parser = subparsers.add_parser(
         'dictionary-lookup',
         help='GAT against GATv2 on the DictionaryLookup task',
@@ -348,7 +347,14 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
             'test accuracy against k, as in Figure 2 of the paper, and the '
             'attention each layer learned on one test graph) to --out.'),
         formatter_class=_HelpFormatter)
-    data = parser.add_argument_group('data')
+    _add_lookup_data(parser.add_argument_group('data'))
+    _add_lookup_runs(parser.add_argument_group('runs'))
+    _add_lookup_model(parser.add_argument_group('model'))
+    _add_lookup_output(parser.add_argument_group('execution and output'))
+    parser.set_defaults(handler=_dictionary_lookup)
+
+
+def _add_lookup_data(data: argparse._ArgumentGroup) -> None:
     data.add_argument('--ks', type=_lookup_k, nargs='+', default=[5, 10, 20],
                       metavar='K', help='numbers of keys per graph')
     data.add_argument('--train-fraction', type=_probability, default=0.8,
@@ -357,7 +363,9 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
                       help='graphs per k: all k! permutations when fewer, '
                       'else a random sample of this size')
 
-    runs = parser.add_argument_group('runs')
+
+def _add_lookup_runs(runs: argparse._ArgumentGroup) -> None:
+    recipe = LookupRecipe()
     runs.add_argument('--convs', nargs='+', choices=LOOKUP_CONVS,
                       default=['gat', 'gatv2'], metavar='CONV',
                       help='attention layers to compare: '
@@ -393,7 +401,8 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
                       default=recipe.clip_norm,
                       help='largest gradient norm (0: no clipping)')
 
-    model = parser.add_argument_group('model')
+
+def _add_lookup_model(model: argparse._ArgumentGroup) -> None:
     model.add_argument('--hidden', type=_positive_int, default=128,
                        help='embedding and layer size, split over the heads')
     model.add_argument('--readout', choices=LOOKUP_READOUTS,
@@ -404,7 +413,8 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument('--dropout', type=_probability, default=0.5,
                        help="dropout on the layer's output, in training")
 
-    system = parser.add_argument_group('execution and output')
+
+def _add_lookup_output(system: argparse._ArgumentGroup) -> None:
     _add_device_and_threads(system)
     system.add_argument('--out', type=Path, default=Path('runs'),
                         metavar='DIR',
@@ -415,7 +425,6 @@ def _add_dictionary_lookup(subparsers: argparse._SubParsersAction) -> None:
                         'dictionary_lookup.json and continue the one cut '
                         'short from its checkpoint (same flags required)')
     _add_no_progress(system)
-    parser.set_defaults(handler=_dictionary_lookup)
 
 
 def _print_lookup_row(result: LookupResult) -> None:

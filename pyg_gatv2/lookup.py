@@ -568,6 +568,32 @@ class _LookupCheckpoint:
             run.stop = 'max_epochs'
 
 
+def _finished_runs(json_path: Path, settings: dict[str, Any],
+                   max_epochs: int) -> dict['LookupRun', LookupResult]:
+    """The runs a sweep report holds, but for those a lower epoch cap cut
+    short, which go on from their checkpoints."""
+    saved = json.loads(json_path.read_text())
+    if saved.get('settings') != settings:
+        raise ValueError(
+            f'Cannot resume from {json_path}: it was written with other '
+            f"settings ({saved.get('settings')!r}, now {settings!r}); run "
+            'with the same settings, or without resuming or into another '
+            'file')
+    done = {}
+    for values in saved['results']:
+        result = LookupResult.from_dict(values)
+        if not (result.stop == 'max_epochs' and result.epochs < max_epochs):
+            done[_run_of(values)] = result
+    return done
+
+
+def _write_sweep(json_path: Path, body: dict[str, Any]) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    part = json_path.with_name(json_path.name + '.part')
+    part.write_text(json.dumps(body, indent=1) + '\n')
+    os.replace(part, json_path)
+
+
 @dataclass(frozen=True)
 class LookupRun:
     """One run of a sweep: a size, a layer, a number of heads and a seed."""
@@ -664,30 +690,14 @@ def run_lookup_sweep(
 
     done: dict[LookupRun, LookupResult] = {}
     if resume and json_path.exists():
-        saved = json.loads(json_path.read_text())
-        if saved.get('settings') != settings:
-            raise ValueError(
-                f'Cannot resume from {json_path}: it was written with other '
-                f"settings ({saved.get('settings')!r}, now {settings!r}); "
-                'run with the same settings, or without resuming or into '
-                'another file')
-        for values in saved['results']:
-            result = LookupResult.from_dict(values)
-            # Runs cut by a lower epoch cap go on from their checkpoint.
-            if not (result.stop == 'max_epochs'
-                    and result.epochs < recipe.max_epochs):
-                done[_run_of(values)] = result
+        done = _finished_runs(json_path, settings, recipe.max_epochs)
 
     def write() -> None:
         kept = [done[run] for run in runs if run in done]
         kept += [result for run, result in done.items() if run not in runs]
-        body = {**(report or {}), 'settings': settings,
-                'max_epochs': recipe.max_epochs,
-                'results': [result.to_dict() for result in kept]}
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        part = json_path.with_name(json_path.name + '.part')
-        part.write_text(json.dumps(body, indent=1) + '\n')
-        os.replace(part, json_path)
+        _write_sweep(json_path, {**(report or {}), 'settings': settings,
+                                 'max_epochs': recipe.max_epochs,
+                                 'results': [r.to_dict() for r in kept]})
 
     datasets: dict[tuple[int, int], DictionaryLookup] = {}
     results = []
