@@ -14,7 +14,11 @@ Implementations, side by side in one run:
 - ``fused_loops``: the numba path with self-loops as explicit edges, added
   to the edge list on every call (so its sorted layout is rebuilt every
   call) instead of implicit loops over the cached layout of the caller's
-  edges, to measure that choice.
+  edges, to measure that choice;
+- ``fused_fresh``: the numba path given a new ``edge_index`` tensor (a copy)
+  on every call, as a neighbour-sampling loader gives one per step, so that
+  its sorted layout is built every call; beside ``fused_numba`` (the cached
+  layout) it shows what building the layout costs.
 
 Every case runs in two fresh processes (``_common.run_isolated``). The first
 checks that each implementation's output agrees with PyG eager within ``1e-5``
@@ -76,7 +80,7 @@ TOLERANCE = 1e-5
 GiB = 2.0**30
 MiB = 2.0**20
 IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_numba', 'fused_torch',
-         'fused_loops')
+         'fused_loops', 'fused_fresh')
 LABELS = {
     'pyg': 'PyG GATv2Conv (eager)',
     'pyg_compile': 'PyG GATv2Conv (torch.compile)',
@@ -84,12 +88,13 @@ LABELS = {
     'fused_numba': 'ours, fused (numba)',
     'fused_torch': 'ours, fused (torch)',
     'fused_loops': 'ours, fused (numba), explicit loops',
+    'fused_fresh': 'ours, fused (numba), new edge_index every call',
 }
 # Bytes per element of one [E, heads, channels] float32 tensor that a step
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
                          'fused_numba': 0, 'fused_torch': 0,
-                         'fused_loops': 0}
+                         'fused_loops': 0, 'fused_fresh': 0}
 # (nodes, average in-degree, heads, channels); the third is the headline.
 DEFAULT_CASES = [
     (10_000, 5, 4, 32),
@@ -239,6 +244,10 @@ def make_impls(case: dict, names: list[str], device: torch.device):
                              fused=True).to(device)
             conv.load_state_dict(ref.state_dict())
             impls[name] = (ExplicitLoops(conv), 'numba')
+        elif name == 'fused_fresh':
+            conv = GATv2Conv(*args, **kwargs, fused=True).to(device)
+            conv.load_state_dict(ref.state_dict())
+            impls[name] = (FreshEdgeIndex(conv), 'numba')
         else:
             fused = name != 'mp'
             conv = GATv2Conv(*args, **kwargs, fused=fused).to(device)
@@ -260,6 +269,17 @@ class ExplicitLoops(torch.nn.Module):
         edge_index, _ = remove_self_loops(edge_index)
         edge_index, _ = add_self_loops(edge_index, num_nodes=x.size(0))
         return self.conv(x, edge_index)
+
+
+class FreshEdgeIndex(torch.nn.Module):
+    """Runs ``conv`` on a copy of ``edge_index``: a tensor the layout cache
+    has not seen, as a mini-batch loader hands one per step."""
+    def __init__(self, conv: torch.nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor):
+        return self.conv(x, edge_index.clone())
 
 
 def projected_peak(case: dict, name: str) -> float:
@@ -308,7 +328,8 @@ def runnable(case: dict, args: argparse.Namespace,
     entries = {}
     for name in args.impls:
         peak = projected_peak(case, name)
-        if name in ('fused_numba', 'fused_loops') and device.type != 'cpu':
+        if (name in ('fused_numba', 'fused_loops', 'fused_fresh')
+                and device.type != 'cpu'):
             entries[name] = dict(status='n/a (CPU only)')
         elif peak > args.max_memory * GiB:
             entries[name] = dict(
@@ -476,9 +497,9 @@ def rows_of(results: list[dict], bandwidth: float) -> list[dict]:
     return rows
 
 
-OURS = ('mp', 'fused_numba', 'fused_torch', 'fused_loops')
+OURS = ('mp', 'fused_numba', 'fused_torch', 'fused_loops', 'fused_fresh')
 COLORS = {'mp': 'C0', 'fused_numba': 'C2', 'fused_torch': 'C1',
-          'fused_loops': 'C4'}
+          'fused_loops': 'C4', 'fused_fresh': 'C5'}
 BASELINES = (('pyg', 'PyG eager'), ('pyg_compile', 'PyG compiled'))
 TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 METRICS = (('step_ms', 'training step speed-up\n(PyG time / ours)'),
