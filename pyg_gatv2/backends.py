@@ -26,6 +26,7 @@ Example:
     {'fused': 'torch', 'softmax': 'auto'}
 """
 import contextlib
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -34,7 +35,8 @@ from typing import Dict, Optional, Tuple
 __all__ = ['FUSED_BACKENDS', 'SOFTMAX_BACKENDS', 'set_fused_backend',
            'set_softmax_backend', 'get_fused_backend', 'get_softmax_backend',
            'use_backends', 'current_backends', 'available_fused_backends',
-           'available_softmax_backends', 'check_backend', 'triton_runs_here']
+           'available_softmax_backends', 'check_backend', 'triton_runs_here',
+           'triton_interpreting']
 
 FUSED_BACKENDS = ('auto', 'numba', 'triton', 'torch')
 SOFTMAX_BACKENDS = ('auto', 'torch_scatter', 'native')
@@ -42,18 +44,26 @@ SOFTMAX_BACKENDS = ('auto', 'torch_scatter', 'native')
 _selected = {'fused': 'auto', 'softmax': 'auto'}
 
 
+@functools.lru_cache(maxsize=None)
 def _installed(package: str) -> bool:
+    # Asked on every call of the fused operator; a package does not appear
+    # or go while the process runs.
     return importlib.util.find_spec(package) is not None
+
+
+def triton_interpreting() -> bool:
+    """Whether ``TRITON_INTERPRET=1`` runs Triton kernels on CPU tensors
+    (Triton's interpreter)."""
+    return os.environ.get('TRITON_INTERPRET') == '1'
 
 
 def triton_runs_here() -> bool:
     """Whether Triton kernels can run: triton is installed, and a CUDA GPU
-    is there or ``TRITON_INTERPRET=1`` runs them on the CPU."""
+    is there or Triton's interpreter runs them on the CPU."""
     if not _installed('triton'):
         return False
     import torch
-    return (torch.cuda.is_available()
-            or os.environ.get('TRITON_INTERPRET') == '1')
+    return torch.cuda.is_available() or triton_interpreting()
 
 
 def available_fused_backends() -> Tuple[str, ...]:
@@ -78,9 +88,11 @@ def check_backend(kind: str, name: Optional[str], caller: str) -> str:
     if name not in names:
         raise ValueError(f"'{caller}' got {kind} backend {name!r}; choose "
                          f"one of {', '.join(map(repr, names))}")
+    if name == 'auto':
+        return name
     available = (available_fused_backends() if kind == 'fused' else
                  available_softmax_backends())
-    if name != 'auto' and name not in available:
+    if name not in available:
         needs = {
             'numba': "the numba package ('pip install numba')",
             'triton': ("the triton package ('pip install triton') and a "
@@ -95,7 +107,8 @@ def check_backend(kind: str, name: Optional[str], caller: str) -> str:
 
 def set_fused_backend(name: str) -> None:
     """Selects the kernels of the fused attention operator (``'auto'``,
-    ``'numba'`` or ``'torch'``), for every call that does not name one."""
+    ``'numba'``, ``'triton'`` or ``'torch'``), for every call that does not
+    name one."""
     _selected['fused'] = check_backend('fused', name, 'set_fused_backend')
 
 
@@ -131,7 +144,7 @@ def use_backends(fused: Optional[str] = None,
             _selected['fused'] = check_backend('fused', fused, 'use_backends')
         if softmax is not None:
             _selected['softmax'] = check_backend('softmax', softmax,
-                                            'use_backends')
+                                                 'use_backends')
         yield
     finally:
         _selected.update(previous)

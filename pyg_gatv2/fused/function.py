@@ -1,6 +1,5 @@
 """The fused GATv2 attention operator: autograd Function and entry point."""
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Optional, Tuple, Union
 
@@ -38,7 +37,7 @@ def set_backend(backend: str) -> None:
     not name one; the same as :func:`pyg_gatv2.backends.set_fused_backend`.
 
     Args:
-        backend (str): ``'auto'``, ``'numba'`` or ``'torch'``.
+        backend (str): ``'auto'``, ``'numba'``, ``'triton'`` or ``'torch'``.
     """
     backends.set_fused_backend(backend)
 
@@ -69,7 +68,7 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
                 and x.dtype in (torch.float32, torch.float64))
     triton_ok = (x.device.type == 'cuda'
                  or (x.device.type == 'cpu'
-                     and os.environ.get('TRITON_INTERPRET') == '1'))
+                     and backends.triton_interpreting()))
     if backend == 'auto':
         if numba_ok and _cpu_module() is not None:
             return 'numba'
@@ -283,9 +282,11 @@ def fused_gatv2_attention(
             the rows of ignored edges ``i -> i`` are zero.
             (default: :obj:`False`)
         backend (str, optional): ``'numba'`` (multi-threaded CPU kernels),
-            ``'torch'`` (chunked PyTorch, any device) or ``'auto'`` (numba
-            for CPU float32/float64 tensors, else torch); :obj:`None` takes
-            the one chosen with :func:`set_backend`. (default: :obj:`None`)
+            ``'triton'`` (CUDA tensors; CPU tensors in Triton's
+            interpreter), ``'torch'`` (chunked PyTorch, any device) or
+            ``'auto'`` (numba for CPU float32/float64 tensors, Triton for
+            CUDA tensors, else torch); :obj:`None` takes the one chosen with
+            :func:`pyg_gatv2.set_fused_backend`. (default: :obj:`None`)
         chunk_size (int, optional): Edges per chunk of the torch backend.
             (default: about :math:`2^{20}` / (heads * channels))
 
