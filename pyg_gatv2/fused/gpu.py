@@ -44,14 +44,23 @@ def _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h, c, valid,
     xi = tl.load(x_r + (i * H + h) * C + c, mask=cmask, other=0.0).to(acc)
     z = xj + xi[None, :]
     if HAS_EDGE:
-        is_edge = e < num_edges
-        t_edge = tl.load(edge_term + (e[:, None] * H + h) * C + c[None, :],
-                         mask=vm & is_edge[:, None], other=0.0)
-        t_loop = tl.load(
-            loop_term + ((e[:, None] - num_edges) * H + h) * C + c[None, :],
-            mask=vm & ~is_edge[:, None], other=0.0)
-        z += t_edge.to(acc) + t_loop.to(acc)
+        z += _edge_term_rows(edge_term, loop_term, e, h, c, vm, H, C,
+                             num_edges, acc)
     return xj, z
+
+
+@triton.jit
+def _edge_term_rows(edge_term, loop_term, e, h, c, vm, H, C, num_edges,
+                    acc):
+    """The edge term of virtual edges ``e`` (the caller's edges, then the
+    implicit loops), [BLOCK_E, BLOCK_C]; zero where ``vm`` is off."""
+    is_edge = (e < num_edges)[:, None]
+    t_edge = tl.load(edge_term + (e[:, None] * H + h) * C + c[None, :],
+                     mask=vm & is_edge, other=0.0)
+    t_loop = tl.load(
+        loop_term + ((e[:, None] - num_edges) * H + h) * C + c[None, :],
+        mask=vm & ~is_edge, other=0.0)
+    return t_edge.to(acc) + t_loop.to(acc)
 
 
 @triton.jit
@@ -203,14 +212,8 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, grad_out, ptr, pos,
                      other=0.0).to(ACC)
         z = xj[None, :] + xi
         if HAS_EDGE:
-            is_edge = e < num_edges
-            t_edge = tl.load(
-                edge_term + (e[:, None] * H + h) * C + c[None, :],
-                mask=vm & is_edge[:, None], other=0.0)
-            t_loop = tl.load(
-                loop_term + ((e[:, None] - num_edges) * H + h) * C
-                + c[None, :], mask=vm & ~is_edge[:, None], other=0.0)
-            z += t_edge.to(ACC) + t_loop.to(ACC)
+            z += _edge_term_rows(edge_term, loop_term, e, h, c, vm, H, C,
+                                 num_edges, ACC)
         w = tl.load(msg_weight + k * H + h, mask=valid, other=0.0)
         ds = tl.load(grad_logit + k * H + h, mask=valid, other=0.0)
         g = tl.load(grad_out + (i[:, None] * H + h) * C + c[None, :],
