@@ -109,11 +109,11 @@ class GATv2(torch.nn.Module):
         super().__init__()
         name = self.__class__.__name__
         check_positive_ints(name, in_channels=in_channels,
-                             out_channels=out_channels,
-                             hidden_channels=hidden_channels, heads=heads,
-                             output_heads=output_heads, num_layers=num_layers)
+                            out_channels=out_channels,
+                            hidden_channels=hidden_channels, heads=heads,
+                            output_heads=output_heads, num_layers=num_layers)
         check_probabilities(name, dropout=dropout,
-                        attention_dropout=attention_dropout)
+                            attention_dropout=attention_dropout)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.hidden_channels = hidden_channels
@@ -299,7 +299,7 @@ class DictionaryLookupNet(torch.nn.Module):
         super().__init__()
         name = self.__class__.__name__
         check_positive_ints(name, k=k, hidden_channels=hidden_channels,
-                             heads=heads)
+                            heads=heads)
         if hidden_channels % heads != 0:
             raise ValueError(
                 f"'{name}' splits hidden_channels={hidden_channels} over "
