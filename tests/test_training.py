@@ -353,3 +353,10 @@ def test_old_module_name_still_imports():
     assert train.fit is training.fit
     assert train.TrainResult is training.TrainResult
     assert train.train_lookup.__module__ == 'pyg_gatv2.lookup'
+
+
+def test_train_epoch_without_batches_is_an_error():
+    model = GATv2(NUM_FEATURES, NUM_CLASSES)
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="'train_epoch' got no batches"):
+        train_epoch(model, model, optimizer, [])

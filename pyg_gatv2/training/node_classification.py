@@ -127,6 +127,9 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
             loss.backward()
             optimizer.step()
         losses.append((loss.detach(), int(mask.sum())))
+    if not losses:
+        raise ValueError("'train_epoch' got no batches; pass the graph as "
+                         'a one-element list, or a non-empty loader')
     if len(losses) == 1:
         return losses[0][0]
     return (sum(loss * nodes for loss, nodes in losses) /
