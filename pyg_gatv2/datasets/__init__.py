@@ -1,8 +1,10 @@
-"""Datasets: the Planetoid citation graphs and the DictionaryLookup task."""
+"""Datasets: the Planetoid citation graphs, the OGB graphs ogbn-arxiv and
+ogbn-products, and the DictionaryLookup task."""
 from pyg_gatv2.datasets.dictionary_lookup import (
     DictionaryLookup,
     dictionary_lookup_graph,
 )
+from pyg_gatv2.datasets.ogb import load_ogb, ogb_accuracy
 from pyg_gatv2.datasets.planetoid import (
     PlanetoidFileError,
     SafePlanetoid,
@@ -15,4 +17,6 @@ __all__: list[str] = [
     'PlanetoidFileError',
     'SafePlanetoid',
     'load_planetoid',
+    'load_ogb',
+    'ogb_accuracy',
 ]
