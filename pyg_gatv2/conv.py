@@ -23,7 +23,7 @@ from torch_geometric.utils.sparse import set_sparse_value
 
 from pyg_gatv2 import checks
 from pyg_gatv2.functional import combine_heads, gatv2_logits, self_loop_attr
-from pyg_gatv2.fused import edge_layout, fused_gatv2_attention
+from pyg_gatv2.fused import EdgeLayout, edge_layout, fused_gatv2_attention
 from pyg_gatv2.parameters import init_parameters, reset_parameters
 from pyg_gatv2.softmax import scatter_softmax
 
@@ -63,11 +63,12 @@ class GATv2Conv(MessagePassing):
     By default the attention runs on the fused path of
     :mod:`pyg_gatv2.fused`: logits, softmax and aggregation in one
     memory-efficient operator that keeps no per-edge feature tensor for
-    backward (numba kernels on CPU, chunked PyTorch elsewhere; see
-    :mod:`pyg_gatv2.backends`). Calls it does not cover fall back
+    backward (numba kernels on CPU, Triton on CUDA, chunked PyTorch
+    elsewhere; see :mod:`pyg_gatv2.backends`). It is a torch custom op, so
+    :func:`torch.compile` keeps it in the compiled graph and
+    :func:`torch.export.export` exports it. Calls it does not cover fall back
     to message passing automatically: a :class:`torch_sparse.SparseTensor`
-    or :class:`torch.sparse` adjacency, :func:`torch.compile` tracing,
-    explain mode, :obj:`decomposed_layers > 1`, an :obj:`aggr` other than
+    or :class:`torch.sparse` adjacency, explain mode, :obj:`decomposed_layers > 1`, an :obj:`aggr` other than
     :obj:`"add"` or :obj:`flow="target_to_source"`, and registered
     message-passing hooks.
 
@@ -233,8 +234,6 @@ class GATv2Conv(MessagePassing):
                 edge_index):
             return ('sparse adjacency input (pass edge_index as a [2, E] '
                     'tensor)')
-        if torch.compiler.is_compiling():
-            return 'torch.compile tracing'
         if self.explain:
             return 'explain mode'
         if self.decomposed_layers > 1:
@@ -258,14 +257,25 @@ class GATv2Conv(MessagePassing):
         both paths agree under one seed. Returns ``[N_dst, H, C]`` and, if
         asked for, ``(edge_index, alpha)`` as message passing returns them
         (self-loops removed and appended, alpha after dropout).
+
+        Under :func:`torch.compile` the layout is the custom op
+        ``pyg_gatv2::edge_layout``, and nothing here waits for data: the
+        dropout mask covers every edge (those that self-loops replace are
+        never read), and only ``edge_attr`` or attention weights with
+        self-loops, whose edge counts depend on the data, break the graph.
         """
         H, C = self.heads, self.out_channels
         raw_index = edge_index
         if isinstance(edge_index, EdgeIndex):
             edge_index = edge_index.as_tensor()
         loops = self.add_self_loops
-        layout = edge_layout(edge_index, x_l.size(0), x_r.size(0), loops,
-                             caller=self.__class__.__name__)
+        num_src, num_dst = x_l.size(0), x_r.size(0)
+        num_loops = min(num_src, num_dst) if loops else 0
+        num_virtual = edge_index.size(1) + num_loops
+        layout = None
+        if not torch.compiler.is_compiling():
+            layout = edge_layout(edge_index, num_src, num_dst, loops,
+                                 caller=self.__class__.__name__)
 
         # The attention runs in the dtype that message passing computes it
         # in: that of the features and 'att' promoted (float32 when autocast
@@ -277,28 +287,32 @@ class GATv2Conv(MessagePassing):
                 edge_attr = edge_attr.view(-1, 1)
             edge_term = self.lin_edge(edge_attr).view(-1, H, C).to(dtype)
             if loops:
-                kept_index, kept_attr = remove_self_loops(edge_index,
-                                                          edge_attr)
-                loop_attr = self_loop_attr(kept_index, kept_attr,
-                                           layout.num_loops, layout.num_dst,
-                                           self.fill_value)
+                loop_attr = self_loop_attr(
+                    *self._without_self_loops(edge_index, edge_attr, layout),
+                    num_loops, num_dst, self.fill_value)
                 loop_term = self.lin_edge(loop_attr).view(-1, H, C).to(dtype)
 
         # Edges in the order of message passing (loops removed, then
         # appended) as virtual edge ids of the layout.
-        order = layout.kept_eid if loops else None
+        order = None
+        if loops and want_alpha:
+            order = (layout.kept_eid if layout is not None else
+                     _kept_edges(edge_index, num_loops))
         mask = None
         if self.training and self.dropout > 0:
-            num = layout.num_kept if loops else layout.num_edges
-            mask = F.dropout(x_l.new_ones(num, H, dtype=dtype),
-                             p=self.dropout)
-            if order is not None:
-                mask = mask.new_zeros(layout.num_virtual, H).index_copy_(
-                    0, order, mask)
+            if layout is None or not loops:
+                mask = F.dropout(x_l.new_ones(num_virtual, H, dtype=dtype),
+                                 p=self.dropout)
+            else:
+                mask = F.dropout(x_l.new_ones(layout.num_kept, H,
+                                              dtype=dtype), p=self.dropout)
+                mask = mask.new_zeros(num_virtual, H).index_copy_(
+                    0, layout.kept_eid, mask)
 
         result = fused_gatv2_attention(
-            x_l.to(dtype), x_r.to(dtype), self.att.to(dtype), layout,
-            edge_term, loop_edge_term=loop_term, add_self_loops=loops,
+            x_l.to(dtype), x_r.to(dtype), self.att.to(dtype),
+            edge_index if layout is None else layout, edge_term,
+            loop_edge_term=loop_term, add_self_loops=loops,
             negative_slope=self.negative_slope, dropout_mask=mask,
             return_attention_weights=want_alpha)
         out, alpha = result if want_alpha else (result, None)
@@ -315,9 +329,19 @@ class GATv2Conv(MessagePassing):
         if order is not None:
             alpha = alpha[order]
             raw_index, _ = remove_self_loops(raw_index)
-            raw_index, _ = add_self_loops(raw_index,
-                                          num_nodes=layout.num_loops)
+            raw_index, _ = add_self_loops(raw_index, num_nodes=num_loops)
         return out, (raw_index, alpha)
+
+    @staticmethod
+    def _without_self_loops(edge_index: Tensor, edge_attr: Tensor,
+                            layout: Optional[EdgeLayout]):
+        """The edges ``j -> i``, ``j != i``, and their features, in their
+        order; read from the layout when there is one, without waiting for
+        the device."""
+        if layout is None:
+            return remove_self_loops(edge_index, edge_attr)
+        kept = layout.kept_eid[:layout.num_kept - layout.num_loops]
+        return edge_index[:, kept], edge_attr[kept]
 
     def _propagate_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Adj,
                              edge_attr: OptTensor, want_alpha: bool):
@@ -432,3 +456,13 @@ class GATv2Conv(MessagePassing):
         if edge_attr is not None:
             checks.check_edge_attr(edge_attr, self.lin_edge, self.edge_dim,
                                    num_edges, name)
+
+
+def _kept_edges(edge_index: Tensor, num_loops: int) -> Tensor:
+    """The virtual edge ids that ``remove_self_loops`` + ``add_self_loops``
+    keep, in their order: the edges ``j -> i``, ``j != i``, then the
+    loops."""
+    num_edges = edge_index.size(1)
+    kept = (edge_index[0] != edge_index[1]).nonzero().view(-1)
+    return torch.cat([kept, torch.arange(num_edges, num_edges + num_loops,
+                                          device=kept.device)])

@@ -3,7 +3,7 @@ import torch
 
 import pyg_gatv2
 from pyg_gatv2 import GATv2Conv, backends, softmax
-from pyg_gatv2.fused import function
+from pyg_gatv2.fused import op
 
 
 def test_both_choices_are_made_in_one_place():
@@ -13,7 +13,7 @@ def test_both_choices_are_made_in_one_place():
         assert pyg_gatv2.current_backends() == {'fused': 'torch',
                                                 'softmax': 'native'}
         # The older per-module names read the same selection.
-        assert function.get_backend() == 'torch'
+        assert op.get_backend() == 'torch'
         assert softmax.get_backend() == 'native'
         with pyg_gatv2.use_backends(softmax='auto'):
             assert pyg_gatv2.current_backends()['fused'] == 'torch'
@@ -45,13 +45,13 @@ def test_unknown_names_are_reported(kind, name):
 
 def test_the_selected_fused_backend_runs(monkeypatch):
     calls = []
-    real = function.chunked.forward
+    real = op.chunked.forward
 
     def spy(*args, **kwargs):
         calls.append('torch')
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(function.chunked, 'forward', spy)
+    monkeypatch.setattr(op.chunked, 'forward', spy)
     conv = GATv2Conv(4, 2, heads=2)
     x = torch.randn(6, 4)
     edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])

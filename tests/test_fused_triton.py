@@ -181,15 +181,15 @@ def test_layer_matches_pyg(device, heads, concat, bipartite, self_loops,
 
 
 def test_auto_picks_triton_only_for_cuda_tensors(monkeypatch):
-    from pyg_gatv2.fused import function
+    from pyg_gatv2.fused import op
     x = torch.randn(3, 1, 2)
-    assert function._resolve_backend(None, x) == 'numba'
+    assert op._resolve_backend(None, x) == 'numba'
     if not torch.cuda.is_available():
         monkeypatch.delenv('TRITON_INTERPRET')
         with pytest.raises(ValueError, match='a CUDA GPU, or '
                            'TRITON_INTERPRET=1 for CPU tensors'):
-            function._resolve_backend('triton', x)
+            op._resolve_backend('triton', x)
     else:
-        assert function._resolve_backend(None, x.cuda()) == 'triton'
+        assert op._resolve_backend(None, x.cuda()) == 'triton'
         with pytest.raises(ValueError, match="'triton' runs on CUDA"):
-            function._resolve_backend('triton', x)
+            op._resolve_backend('triton', x)

@@ -1,7 +1,7 @@
-"""Fused, memory-efficient GATv2 attention (FlashAttention-style)."""
+"""Fused, memory-efficient GATv2 attention (FlashAttention-style), as torch
+custom ops that :func:`torch.compile` and :func:`torch.export.export` see."""
 from .csr import EdgeLayout, clear_layout_cache, edge_layout
-from .function import (
-    FusedGATv2Attention,
+from .op import (
     available_backends,
     fused_gatv2_attention,
     get_backend,
@@ -11,7 +11,6 @@ from .function import (
 
 __all__ = [
     'fused_gatv2_attention',
-    'FusedGATv2Attention',
     'available_backends',
     'set_backend',
     'get_backend',

@@ -8,10 +8,17 @@ tensor every epoch. An entry is found again only for the very same tensor
 object, and used only after its indices are compared with a copy taken when
 the layout was built, so that no edit can leave a stale layout in use, not
 even one that bypasses autograd's version counter (through ``.data``,
-``.numpy()`` or DLPack). The comparison reads ``2 * num_edges`` integers, a
-small fraction of one kernel pass. An entry is dropped when its tensor is
-freed, and the cache keeps at most a few entries; it is safe to use from
+``.numpy()`` or DLPack). On CPU the comparison reads ``2 * num_edges``
+integers, a small fraction of one kernel pass. On a GPU it would make the
+host wait for the device on every call, so there the version counter
+proves the indices unchanged, and the copy is compared only under
+``pyg_gatv2.set_validation('strict')``. An entry is dropped when its tensor
+is freed, and the cache keeps at most a few entries; it is safe to use from
 several threads.
+
+The torch custom ops of :mod:`pyg_gatv2.fused.op` pass a layout as its
+three CSR tensors; :func:`layout_of` finds the :class:`EdgeLayout` that owns
+them again, with what it computed lazily (the CSC, the work bounds).
 
 Self-loops can be *implicit*: with ``add_self_loops=True`` the layout drops
 every edge ``i -> i`` of ``edge_index`` and appends one loop per node
@@ -29,14 +36,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import checks
 from ..checks import check_edge_index, check_index_range
 
-__all__ = ['EdgeLayout', 'edge_layout', 'clear_layout_cache']
+__all__ = ['EdgeLayout', 'edge_layout', 'layout_of', 'clear_layout_cache']
 
 _CACHE_SIZE = 8
-# key -> (weak reference to the tensor, copy of its indices, layout)
-_cache: 'OrderedDict[tuple, Tuple[weakref.ref, Tensor, EdgeLayout]]' = (
+# key -> (weak reference to the tensor, copy of its indices, its version
+# counter, layout)
+_cache: 'OrderedDict[tuple, Tuple[weakref.ref, Tensor, int, EdgeLayout]]' = (
     OrderedDict())
+# The attribute of ``dst_ptr`` that refers (weakly) to its layout.
+_OWNER = '_pyg_gatv2_layout'
 _lock = threading.Lock()
 # Keys of freed tensors whose entries could not be dropped at once: a
 # weak-reference callback can run at any time, also in a thread that holds
@@ -61,22 +72,30 @@ class EdgeLayout:
         dst_ptr (torch.Tensor): CSR offsets, shape ``[num_dst + 1]``.
         dst_col (torch.Tensor): Source node of each CSR position.
         dst_eid (torch.Tensor): Virtual edge id of each CSR position.
+
+    ``dst_col`` and ``dst_eid`` may be given with ``num_virtual`` entries,
+    the edges ``i -> i`` that the self-loops replace after the
+    ``num_kept`` CSR positions: their sizes then do not depend on the data,
+    which is how the custom ops pass them (:attr:`csr_tensors`).
     """
     def __init__(self, num_src: int, num_dst: int, num_edges: int,
                  num_loops: int, self_loops: bool, dst_ptr: Tensor,
-                 dst_col: Tensor, dst_eid: Tensor):
+                 dst_col: Tensor, dst_eid: Tensor,
+                 num_kept: Optional[int] = None):
         self.num_src = num_src
         self.num_dst = num_dst
         self.num_edges = num_edges
         self.num_loops = num_loops
         self.self_loops = self_loops
         self.dst_ptr = dst_ptr
-        self.dst_col = dst_col
-        self.dst_eid = dst_eid
+        self.csr_tensors = (dst_ptr, dst_col, dst_eid)
+        self.dst_col = dst_col[:num_kept]
+        self.dst_eid = dst_eid[:num_kept]
         self._dst_row: Optional[Tensor] = None
         self._kept_eid: Optional[Tensor] = None
         self._csc: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._bounds: Dict[tuple, np.ndarray] = {}
+        setattr(dst_ptr, _OWNER, weakref.ref(self))
 
     @property
     def num_virtual(self) -> int:
@@ -113,8 +132,7 @@ class EdgeLayout:
         positions of its out-edges and their destination nodes."""
         if self._csc is None:
             pos = torch.argsort(self.dst_col, stable=True)
-            deg = torch.bincount(self.dst_col, minlength=self.num_src)
-            ptr = _offsets(deg)
+            ptr = _offsets(_degrees(self.dst_col, self.num_src))
             self._csc = (ptr, pos, self.dst_row[pos])
         return self._csc
 
@@ -135,6 +153,16 @@ class EdgeLayout:
         return self._bounds[key]
 
 
+def _degrees(index: Tensor, size: int) -> Tensor:
+    """How often each of ``0 .. size - 1`` occurs in ``index`` (whose
+    range is checked)."""
+    if index.device.type == 'cpu':
+        return torch.bincount(index, minlength=size)
+    # bincount reads the maximum back to the host to size its output.
+    return torch.zeros(size, dtype=torch.long, device=index.device
+                       ).index_add_(0, index, torch.ones_like(index))
+
+
 def _offsets(deg: Tensor) -> Tensor:
     ptr = deg.new_zeros(deg.numel() + 1)
     torch.cumsum(deg, dim=0, out=ptr[1:])
@@ -148,23 +176,22 @@ def _build(edge_index: Tensor, num_src: int, num_dst: int,
     edge_index = edge_index.long()
     src, dst = edge_index[0], edge_index[1]
     num_edges = src.numel()
-    eid = torch.arange(num_edges, device=src.device)
-    num_loops = 0
+    num_loops = min(num_src, num_dst) if add_self_loops else 0
+    eid = torch.arange(num_edges + num_loops, device=src.device)
     if add_self_loops:
-        keep = src != dst
-        src, dst, eid = src[keep], dst[keep], eid[keep]
-        num_loops = min(num_src, num_dst)
-        loop = torch.arange(num_loops, device=src.device)
+        loop = eid[num_edges:] - num_edges
+        # The edges i -> i that the loops replace sort under the key num_dst,
+        # after the last CSR position.
         src = torch.cat([src, loop])
-        dst = torch.cat([dst, loop])
-        eid = torch.cat([eid, loop + num_edges])
+        dst = torch.cat([dst.masked_fill(src[:num_edges] == dst, num_dst),
+                         loop])
     # A stable sort keeps the caller's order among the in-edges of a node
     # and puts the implicit loop last, as PyG's add_self_loops does.
     perm = torch.argsort(dst, stable=True)
-    ptr = _offsets(torch.bincount(dst, minlength=num_dst))
+    ptr = _offsets(_degrees(dst, num_dst + 1)[:num_dst])
     return EdgeLayout(num_src, num_dst, num_edges, num_loops,
-                      add_self_loops, ptr, src[perm].contiguous(),
-                      eid[perm].contiguous())
+                      add_self_loops, ptr, src[perm], eid[perm],
+                      num_kept=int(ptr[-1]))
 
 
 def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
@@ -198,29 +225,61 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
     # reuse the id and the memory of a freed one; the copy proves that the
     # indices did not change since the layout was built.
     if (hit is not None and hit[0]() is edge_index
-            and _same_indices(hit[1], edge_index)):
+            and _same_indices(hit[1], hit[2], edge_index)):
         with _lock:
             if key in _cache:
                 _cache.move_to_end(key)
-        return hit[2]
+        return hit[3]
     layout = _build(edge_index, num_src, num_dst, add_self_loops, caller)
     # The entry goes when the tensor goes, so that a loop over fresh edge
     # tensors (mini-batches) does not keep their layouts alive.
     ref = weakref.ref(edge_index, lambda _: _forget(key))
     with _lock:
-        _cache[key] = (ref, edge_index.detach().clone(), layout)
+        _cache[key] = (ref, edge_index.detach().clone(), edge_index._version,
+                       layout)
         _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return layout
 
 
-def _same_indices(copy: Tensor, edge_index: Tensor) -> bool:
+def _same_indices(copy: Tensor, version: int, edge_index: Tensor) -> bool:
     if edge_index.device.type == 'cpu':
         # One pass in the calling thread: torch.equal would go through the
         # intra-op thread pool, whose start-up costs more than the pass.
         return bool(np.array_equal(copy.numpy(), edge_index.numpy()))
-    return torch.equal(copy, edge_index)
+    if edge_index._version != version:
+        return False
+    # The comparison waits for the device: only when asked for.
+    return not checks.is_strict() or torch.equal(copy, edge_index)
+
+
+def layout_of(dst_ptr: Tensor, dst_col: Tensor, dst_eid: Tensor,
+              num_src: int, num_edges: int, self_loops: bool) -> EdgeLayout:
+    """The :class:`EdgeLayout` whose :attr:`~EdgeLayout.csr_tensors` these
+    are: the one that built them while it lives, else a new one around
+    them.
+
+    Args:
+        dst_ptr (torch.Tensor): CSR offsets ``[num_dst + 1]``.
+        dst_col (torch.Tensor): Source node of each CSR position.
+        dst_eid (torch.Tensor): Virtual edge id of each CSR position.
+        num_src (int): Number of source nodes.
+        num_edges (int): Number of columns of the caller's ``edge_index``.
+        self_loops (bool): Whether the layout has the implicit self-loops.
+    """
+    owner = getattr(dst_ptr, _OWNER, None)
+    layout = owner() if owner is not None else None
+    if (layout is not None and layout.csr_tensors[1] is dst_col
+            and layout.csr_tensors[2] is dst_eid
+            and layout.num_src == num_src and layout.num_edges == num_edges
+            and layout.self_loops == self_loops):
+        return layout
+    num_dst = dst_ptr.numel() - 1
+    num_loops = min(num_src, num_dst) if self_loops else 0
+    num_kept = int(dst_ptr[-1]) if self_loops else None
+    return EdgeLayout(num_src, num_dst, num_edges, num_loops, self_loops,
+                      dst_ptr, dst_col, dst_eid, num_kept=num_kept)
 
 
 def _forget(key: tuple) -> None:

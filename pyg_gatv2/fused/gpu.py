@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .operands import Cotangents, Gradients, Operands
+from .operands import Cotangents, Gradients, Operands, stats_dtype
 
 __all__ = ['run_forward', 'run_backward']
 
@@ -228,10 +228,6 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _edge_terms(ops: Operands) -> Tuple[Tensor, Tensor]:
     # Absent terms are passed as the features (never read: HAS_EDGE off).
     if ops.edge_term is None:
@@ -253,7 +249,7 @@ def run_forward(ops: Operands, want_alpha: bool
     H, C = ops.att.shape
     x = ops.x_l
     out = x.new_empty(layout.num_dst, H, C)
-    lse = x.new_empty(layout.num_dst, H, dtype=_stats_dtype(x.dtype))
+    lse = x.new_empty(layout.num_dst, H, dtype=stats_dtype(x.dtype))
     alpha = x.new_zeros(layout.num_virtual if want_alpha else 1, H)
     edge_term, loop_term = _edge_terms(ops)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
@@ -275,7 +271,7 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
-    stats = _stats_dtype(x.dtype)
+    stats = stats_dtype(x.dtype)
     edge_term, loop_term = _edge_terms(ops)
     grad_xr = torch.empty_like(ops.x_r)
     grad_edge = grad_loop = None

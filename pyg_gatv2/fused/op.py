@@ -1,4 +1,19 @@
-"""The fused GATv2 attention operator: autograd Function and entry point."""
+"""The fused GATv2 attention operator: torch custom ops and the entry point.
+
+The operator is registered with :mod:`torch.library` in the ``pyg_gatv2``
+namespace, so that :func:`torch.compile` and :func:`torch.export.export`
+see it as one node, with fake-tensor implementations for tracing and its
+own autograd formula:
+
+- ``pyg_gatv2::edge_layout`` sorts (and caches) the edges, once per graph;
+- ``pyg_gatv2::gatv2_attention`` runs the forward pass and keeps only the
+  output and the log-sum-exp per node and head;
+- ``pyg_gatv2::gatv2_attention_backward`` recomputes the logits.
+
+Each runs the kernels of the backend chosen for the features' device and
+dtype when it runs, not when it is traced: numba on CPU, Triton on CUDA,
+chunked PyTorch elsewhere (:mod:`pyg_gatv2.backends`).
+"""
 import contextlib
 from collections.abc import Iterator
 from typing import Optional, Tuple, Union
@@ -8,10 +23,10 @@ from torch import Tensor
 
 from .. import backends
 from . import chunked, reference
-from .csr import EdgeLayout, edge_layout
-from .operands import Cotangents, Operands
+from .csr import EdgeLayout, edge_layout, layout_of
+from .operands import Cotangents, Gradients, Operands, stats_dtype
 
-__all__ = ['fused_gatv2_attention', 'FusedGATv2Attention',
+__all__ = ['fused_gatv2_attention',
            'available_backends', 'set_backend', 'get_backend', 'use_backend']
 
 _NAME = 'fused_gatv2_attention'
@@ -87,94 +102,217 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
     return backend
 
 
-class FusedGATv2Attention(torch.autograd.Function):
-    r"""GATv2 attention over destination-sorted edges, memory-efficient.
+def _run_forward(backend: str, ops: Operands, want_alpha: bool,
+                 chunk_size: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    if backend == 'numba':
+        return _cpu_module().run_forward(ops, want_alpha)
+    if backend == 'triton':
+        return _gpu_module().run_forward(ops, want_alpha)
+    return chunked.forward(ops, want_alpha, chunk_size)
 
-    Forward keeps only ``out`` and the log-sum-exp of the logits per
-    destination node and head; backward recomputes the logits. See
-    :func:`fused_gatv2_attention` for the arguments.
-    """
-    @staticmethod
-    def forward(ctx, x_l: Tensor, x_r: Tensor, att: Tensor,
-                edge_term: Optional[Tensor], loop_term: Optional[Tensor],
-                mask: Optional[Tensor], layout: EdgeLayout, slope: float,
-                want_alpha: bool, backend: str, chunk_size: int):
-        ctx.set_materialize_grads(False)
-        ops = Operands(x_l, x_r, att, edge_term, loop_term, mask, layout,
-                       slope)
-        # The inputs arrive in the dtype to compute in; autocast must not
-        # lower the precision of the sums inside.
-        with torch.autocast(x_l.device.type, enabled=False):
-            if backend == 'numba':
-                out, lse, alpha = _cpu_module().run_forward(ops, want_alpha)
-            elif backend == 'triton':
-                out, lse, alpha = _gpu_module().run_forward(ops, want_alpha)
-            else:
-                out, lse, alpha = chunked.forward(ops, want_alpha,
-                                                  chunk_size)
-        ctx.save_for_backward(x_l, x_r, att, edge_term, loop_term, mask,
-                              out, lse, alpha)
-        ctx.layout, ctx.slope = layout, slope
-        ctx.backend, ctx.chunk_size = backend, chunk_size
-        return out, alpha
 
-    @staticmethod
-    def backward(ctx, grad_out: Optional[Tensor],
-                 grad_alpha: Optional[Tensor]):
-        if torch.is_grad_enabled():
-            return _differentiable_backward(ctx, grad_out, grad_alpha)
-        *inputs, out, lse, alpha = ctx.saved_tensors
-        ops = Operands(*inputs, ctx.layout, ctx.slope)
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        grad_out = grad_out.contiguous()
-        # D_i = <grad_i, out_i> turns the softmax backward into a local
-        # expression per edge, with no extra pass over the edges. (einsum
-        # runs it as a batched dot product, without a [N, H, C] product.)
-        # It is summed in the dtype of the log-sum-exp: float32 for
-        # half-precision features on the Triton backend.
-        delta = torch.einsum('nhc,nhc->nh', grad_out.to(lse.dtype),
-                             out.to(lse.dtype))
-        if grad_alpha is not None:
-            grad_alpha = grad_alpha.contiguous()
-            weighted = (alpha * grad_alpha)[ctx.layout.dst_eid]
-            delta.index_add_(0, ctx.layout.dst_row, weighted.to(lse.dtype))
-        cot = Cotangents(grad_out, grad_alpha, lse, delta)
-        want_src_grad, _, _, want_edge, want_loop = ctx.needs_input_grad[:5]
-        want_edge_grad = ops.edge_term is not None and (want_edge
-                                                        or want_loop)
-        if ctx.backend == 'numba':
-            grads = _cpu_module().run_backward(ops, cot, want_edge_grad,
-                                               want_src_grad)
-        elif ctx.backend == 'triton':
-            grads = _gpu_module().run_backward(ops, cot, want_edge_grad,
-                                               want_src_grad)
-        else:
-            grads = chunked.backward(ops, cot, want_edge_grad,
-                                     ctx.chunk_size)
-        return tuple(grads) + (None, ) * 6
+def _run_backward(backend: str, ops: Operands, cot: Cotangents,
+                  want_edge_grad: bool, want_src_grad: bool,
+                  chunk_size: int) -> Gradients:
+    if backend == 'numba':
+        return _cpu_module().run_backward(ops, cot, want_edge_grad,
+                                          want_src_grad)
+    if backend == 'triton':
+        return _gpu_module().run_backward(ops, cot, want_edge_grad,
+                                          want_src_grad)
+    return chunked.backward(ops, cot, want_edge_grad, chunk_size)
+
+
+def _num_loops(num_src: int, num_dst: int, self_loops: bool) -> int:
+    return min(num_src, num_dst) if self_loops else 0
+
+
+def _absent(like: Tensor) -> Tensor:
+    # Custom ops return tensors, not None: an empty one stands for "none".
+    return like.new_empty(0)
+
+
+@torch.library.custom_op('pyg_gatv2::edge_layout', mutates_args=())
+def _edge_layout_op(edge_index: Tensor, num_src: int, num_dst: int,
+                    add_self_loops: bool, caller: str
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The :attr:`~pyg_gatv2.fused.EdgeLayout.csr_tensors` of the cached
+    layout of ``edge_index`` (:func:`pyg_gatv2.fused.edge_layout`): the
+    layout as compiled graphs and exported programs see it, with sizes that
+    do not depend on the data. Its indices are checked when it is built."""
+    layout = edge_layout(edge_index, num_src, num_dst, add_self_loops,
+                         caller=caller)
+    return layout.csr_tensors
+
+
+@_edge_layout_op.register_fake
+def _(edge_index, num_src, num_dst, add_self_loops, caller):
+    num_virtual = edge_index.size(1) + _num_loops(num_src, num_dst,
+                                                  add_self_loops)
+    index = dict(dtype=torch.long, device=edge_index.device)
+    return (torch.empty(num_dst + 1, **index),
+            torch.empty(num_virtual, **index),
+            torch.empty(num_virtual, **index))
+
+
+@torch.library.custom_op('pyg_gatv2::gatv2_attention', mutates_args=())
+def _attention_op(
+    x_l: Tensor, x_r: Tensor, att: Tensor, dst_ptr: Tensor, dst_col: Tensor,
+    dst_eid: Tensor, edge_term: Optional[Tensor], loop_term: Optional[Tensor],
+    dropout_mask: Optional[Tensor], num_edges: int, self_loops: bool,
+    negative_slope: float, want_alpha: bool, backend: Optional[str],
+    chunk_size: Optional[int]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``out`` [N_dst, H, C], the log-sum-exp [N_dst, H] (float32, or
+    float64 for float64 features) and the softmax weights [virtual edges, H]
+    (empty unless ``want_alpha``) of :func:`fused_gatv2_attention`, on the
+    backend chosen for the features' device and dtype."""
+    layout = layout_of(dst_ptr, dst_col, dst_eid, x_l.size(0), num_edges,
+                       self_loops)
+    ops = Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask, layout,
+                   negative_slope)
+    backend = _resolve_backend(backend, x_l)
+    if chunk_size is None:
+        chunk_size = chunked.default_chunk_size(*att.shape)
+    # The inputs arrive in the dtype to compute in; autocast must not lower
+    # the precision of the sums inside.
+    with torch.autocast(x_l.device.type, enabled=False):
+        out, lse, alpha = _run_forward(backend, ops, want_alpha, chunk_size)
+    return (out, lse.to(stats_dtype(x_l.dtype)),
+            _absent(x_l).view(0, att.size(0)) if alpha is None else alpha)
+
+
+@_attention_op.register_fake
+def _(x_l, x_r, att, dst_ptr, dst_col, dst_eid, edge_term, loop_term,
+      dropout_mask, num_edges, self_loops, negative_slope, want_alpha,
+      backend, chunk_size):
+    num_virtual = num_edges + _num_loops(x_l.size(0), x_r.size(0),
+                                         self_loops)
+    return (x_r.new_empty(x_r.shape),
+            x_r.new_empty(x_r.shape[:2], dtype=stats_dtype(x_l.dtype)),
+            x_l.new_empty(num_virtual if want_alpha else 0, att.size(0)))
+
+
+@torch.library.custom_op('pyg_gatv2::gatv2_attention_backward',
+                         mutates_args=())
+def _attention_backward_op(
+    grad_out: Tensor, grad_alpha: Optional[Tensor], x_l: Tensor,
+    x_r: Tensor, att: Tensor, dst_ptr: Tensor, dst_col: Tensor,
+    dst_eid: Tensor, edge_term: Optional[Tensor], loop_term: Optional[Tensor],
+    dropout_mask: Optional[Tensor], out: Tensor, lse: Tensor, alpha: Tensor,
+    num_edges: int, self_loops: bool, negative_slope: float,
+    backend: Optional[str], chunk_size: Optional[int], want_src_grad: bool,
+    want_edge_grad: bool
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of ``x_l`` (empty unless ``want_src_grad``), ``x_r``,
+    ``att`` and the edge terms (empty unless ``want_edge_grad``): a pass by
+    destination and, for ``x_l``, one by source, recomputing the logits."""
+    layout = layout_of(dst_ptr, dst_col, dst_eid, x_l.size(0), num_edges,
+                       self_loops)
+    ops = Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask, layout,
+                   negative_slope)
+    backend = _resolve_backend(backend, x_l)
+    if chunk_size is None:
+        chunk_size = chunked.default_chunk_size(*att.shape)
+    grad_out = grad_out.contiguous()
+    # D_i = <grad_i, out_i> turns the softmax backward into a local
+    # expression per edge, with no extra pass over the edges. (einsum runs
+    # it as a batched dot product, without a [N, H, C] product.) It is
+    # summed in the dtype of the log-sum-exp.
+    delta = torch.einsum('nhc,nhc->nh', grad_out.to(lse.dtype),
+                         out.to(lse.dtype))
+    if grad_alpha is not None:
+        grad_alpha = grad_alpha.contiguous()
+        weighted = (alpha * grad_alpha)[layout.dst_eid]
+        delta.index_add_(0, layout.dst_row, weighted.to(lse.dtype))
+    cot = Cotangents(grad_out, grad_alpha, lse, delta)
+    with torch.autocast(x_l.device.type, enabled=False):
+        grads = _run_backward(backend, ops, cot, want_edge_grad,
+                              want_src_grad, chunk_size)
+    return (grads.x_l if want_src_grad else _absent(x_l), grads.x_r,
+            grads.att,
+            grads.edge_term if want_edge_grad else _absent(x_l),
+            grads.loop_term if want_edge_grad else _absent(x_l))
+
+
+@_attention_backward_op.register_fake
+def _(grad_out, grad_alpha, x_l, x_r, att, dst_ptr, dst_col, dst_eid,
+      edge_term, loop_term, dropout_mask, out, lse, alpha, num_edges,
+      self_loops, negative_slope, backend, chunk_size, want_src_grad,
+      want_edge_grad):
+    return (torch.empty_like(x_l) if want_src_grad else _absent(x_l),
+            torch.empty_like(x_r), torch.empty_like(att),
+            torch.empty_like(edge_term) if want_edge_grad else _absent(x_l),
+            torch.empty_like(loop_term) if want_edge_grad else _absent(x_l))
+
+
+# The positions of the differentiable inputs of 'pyg_gatv2::gatv2_attention'
+# and of the arguments that follow the tensors.
+_X_L, _X_R, _ATT, _EDGE, _LOOP, _MASK = 0, 1, 2, 6, 7, 8
+_NUM_TENSORS = 9
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.set_materialize_grads(False)
+    out, lse, alpha = output
+    ctx.save_for_backward(*inputs[:_NUM_TENSORS], out, lse, alpha)
+    (ctx.num_edges, ctx.self_loops, ctx.negative_slope, _, ctx.backend,
+     ctx.chunk_size) = inputs[_NUM_TENSORS:]
+
+
+def _backward(ctx, grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
+              grad_alpha: Optional[Tensor]):
+    if grad_alpha is not None and grad_alpha.numel() == 0:
+        grad_alpha = None
+    if torch.is_grad_enabled():
+        return _differentiable_backward(ctx, grad_out, grad_alpha)
+    saved = ctx.saved_tensors
+    tensors, (out, lse, alpha) = saved[:_NUM_TENSORS], saved[_NUM_TENSORS:]
+    needs = ctx.needs_input_grad
+    grads: list = [None] * (_NUM_TENSORS + 6)
+    if grad_out is None and grad_alpha is None:
+        return tuple(grads)
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    want_src_grad = needs[_X_L]
+    want_edge_grad = (tensors[_EDGE] is not None
+                      and (needs[_EDGE] or needs[_LOOP]))
+    values = torch.ops.pyg_gatv2.gatv2_attention_backward(
+        grad_out, grad_alpha, *tensors, out, lse, alpha, ctx.num_edges,
+        ctx.self_loops, ctx.negative_slope, ctx.backend, ctx.chunk_size,
+        want_src_grad, want_edge_grad)
+    for i, value, wanted in zip(
+            (_X_L, _X_R, _ATT, _EDGE, _LOOP), values,
+            (want_src_grad, needs[_X_R], needs[_ATT], want_edge_grad,
+             want_edge_grad), strict=True):
+        grads[i] = value if wanted else None
+    return tuple(grads)
 
 
 def _differentiable_backward(ctx, grad_out: Optional[Tensor],
                              grad_alpha: Optional[Tensor]):
-    """The backward of :class:`FusedGATv2Attention` when autograd records
+    """The backward of ``pyg_gatv2::gatv2_attention`` when autograd records
     it (``create_graph=True``): the gradients of the edge-wise reference,
     themselves differentiable, so that second derivatives (gradient
     penalties, Hessian-vector products) are exact. It keeps per-edge
     tensors, as the message-passing path does; first-order backward never
     comes here."""
     saved = ctx.saved_tensors
+    x_l, x_r, att, dst_ptr, dst_col, dst_eid, et, loop_et, mask = (
+        saved[:_NUM_TENSORS])
+    layout = layout_of(dst_ptr, dst_col, dst_eid, x_l.size(0),
+                       ctx.num_edges, ctx.self_loops)
     # A view per input keeps apart inputs that are one tensor (x_l and x_r
     # with shared weights): the gradient of each is then its own share.
-    inputs = tuple(None if t is None else t.view_as(t) for t in saved[:5])
-    x_l, x_r, att, et, loop_et = inputs
-    mask = saved[5]
-    wanted = [i for i, needed in enumerate(ctx.needs_input_grad[:5])
-              if needed]
-    grads = [None] * 11
+    positions = (_X_L, _X_R, _ATT, _EDGE, _LOOP)
+    inputs = {i: None if saved[i] is None else saved[i].view_as(saved[i])
+              for i in positions}
+    wanted = [i for i in positions if ctx.needs_input_grad[i]]
+    grads: list = [None] * (_NUM_TENSORS + 6)
     with torch.autocast(x_l.device.type, enabled=False):
-        out, alpha = reference.attention(x_l, x_r, att, et, loop_et, mask,
-                                         ctx.layout, ctx.slope)
+        out, alpha = reference.attention(
+            inputs[_X_L], inputs[_X_R], inputs[_ATT], inputs[_EDGE],
+            inputs[_LOOP], mask, layout, ctx.negative_slope)
     pairs = [(t, g) for t, g in ((out, grad_out), (alpha, grad_alpha))
              if g is not None]
     if wanted and pairs:
@@ -186,9 +324,13 @@ def _differentiable_backward(ctx, grad_out: Optional[Tensor],
     return tuple(grads)
 
 
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
                   edge_term: Optional[Tensor], loop_term: Optional[Tensor],
-                  mask: Optional[Tensor], layout: EdgeLayout) -> None:
+                  mask: Optional[Tensor], num_edges: int,
+                  num_loops: int) -> None:
     if x_l.dim() != 3 or x_r.dim() != 3 or x_l.shape[1:] != x_r.shape[1:]:
         raise ValueError(f"'{_NAME}' expects 'x_l' [num_src, heads, "
                          f"channels] and 'x_r' [num_dst, heads, channels] "
@@ -198,9 +340,9 @@ def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
         raise ValueError(f"'{_NAME}' expects 'att' of shape [{H}, {C}] or "
                          f"[1, {H}, {C}] (got {list(att.shape)})")
     expected = {
-        'edge_term': (edge_term, (layout.num_edges, H, C)),
-        'loop_edge_term': (loop_term, (layout.num_loops, H, C)),
-        'dropout_mask': (mask, (layout.num_virtual, H)),
+        'edge_term': (edge_term, (num_edges, H, C)),
+        'loop_edge_term': (loop_term, (num_loops, H, C)),
+        'dropout_mask': (mask, (num_edges + num_loops, H)),
     }
     for name, (t, shape) in expected.items():
         if t is not None and tuple(t.shape) != shape:
@@ -296,44 +438,51 @@ def fused_gatv2_attention(
     """
     if att.dim() == 3 and att.size(0) == 1:
         att = att.squeeze(0)
+    num_src, num_dst = x_l.size(0), x_r.size(0)
     if isinstance(edge_index, EdgeLayout):
         layout = edge_index
         built_for = (layout.num_src, layout.num_dst, layout.self_loops)
-        called_with = (x_l.size(0), x_r.size(0), bool(add_self_loops))
+        called_with = (num_src, num_dst, bool(add_self_loops))
         if built_for != called_with:
             raise ValueError(
                 f"'{_NAME}' got a layout built for (num_src, num_dst, "
                 f"add_self_loops) = {built_for} but was called with "
                 f"{called_with}; build it with 'edge_layout' for these "
                 "inputs")
+        num_edges = layout.num_edges
+        csr = layout.csr_tensors
+    elif torch.compiler.is_compiling():
+        num_edges = edge_index.size(1)
+        csr = torch.ops.pyg_gatv2.edge_layout(edge_index, num_src, num_dst,
+                                              bool(add_self_loops), _NAME)
     else:
-        layout = edge_layout(edge_index, x_l.size(0), x_r.size(0),
-                             add_self_loops, caller=_NAME)
+        layout = edge_layout(edge_index, num_src, num_dst, add_self_loops,
+                             caller=_NAME)
+        num_edges = layout.num_edges
+        csr = layout.csr_tensors
+    num_loops = _num_loops(num_src, num_dst, bool(add_self_loops))
     if edge_term is not None and loop_edge_term is None:
         loop_edge_term = edge_term.new_zeros(
-            (layout.num_loops, ) + tuple(edge_term.shape[1:]))
+            (num_loops, ) + tuple(edge_term.shape[1:]))
     _check_shapes(x_l, x_r, att, edge_term, loop_edge_term, dropout_mask,
-                  layout)
+                  num_edges, num_loops)
     if edge_term is None:
         loop_edge_term = None
-    if layout.dst_ptr.device != x_l.device:
+    if csr[0].device != x_l.device:
         raise TypeError(f"'{_NAME}' expects 'edge_index' on the device of "
-                        f"'x_l' ({x_l.device}); got {layout.dst_ptr.device}")
-    backend = _resolve_backend(backend, x_l)
-    if chunk_size is None:
-        chunk_size = chunked.default_chunk_size(*x_l.shape[1:])
-    if chunk_size < 1:
+                        f"'x_l' ({x_l.device}); got {csr[0].device}")
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"'{_NAME}' expects a positive 'chunk_size' "
                          f"(got {chunk_size})")
 
     def dense(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.contiguous()
 
-    out, alpha = FusedGATv2Attention.apply(
-        dense(x_l), dense(x_r), dense(att), dense(edge_term),
-        dense(loop_edge_term), dense(dropout_mask), layout,
-        float(negative_slope), bool(return_attention_weights), backend,
-        chunk_size)
+    out, _, alpha = torch.ops.pyg_gatv2.gatv2_attention(
+        dense(x_l), dense(x_r), dense(att), *csr, dense(edge_term),
+        dense(loop_edge_term), dense(dropout_mask), num_edges,
+        bool(add_self_loops), float(negative_slope),
+        bool(return_attention_weights), backend, chunk_size)
     if return_attention_weights:
         return out, alpha
     return out

@@ -2,11 +2,12 @@
 and returns them."""
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 from .csr import EdgeLayout
 
-__all__ = ['Operands', 'Cotangents', 'Gradients']
+__all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype']
 
 
 class Operands(NamedTuple):
@@ -60,3 +61,9 @@ class Gradients(NamedTuple):
     att: Tensor
     edge_term: Optional[Tensor]
     loop_term: Optional[Tensor]
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the per-node statistics (log-sum-exp, D_i) and of the
+    sums inside the kernels: float64 for float64 features, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
