@@ -13,6 +13,7 @@ from torch_geometric.utils import (
 )
 
 from pyg_gatv2 import (
+    GATv2,
     GATv2Conv,
     available_backends,
     get_validation,
@@ -290,19 +291,85 @@ def test_sparse_attention_weights_hold_alpha(kind):
         torch.testing.assert_close(sparse_alpha, ref_alpha)
 
 
-@pytest.mark.slow
-def test_compile_without_graph_breaks():
+def two_layer_model():
+    torch.manual_seed(0)
+    return GATv2(8, 3, hidden_channels=4, heads=2, dropout=0.0,
+                 attention_dropout=0.0)
+
+
+def graph_targets(graphs):
+    return [str(node.target) for g in graphs for node in g.graph.nodes]
+
+
+def test_compiled_model_keeps_the_fused_path():
+    """torch.compile(model) on a 2-layer model with self-loops: one graph,
+    the fused op in it for each layer and no message passing, and the
+    output and gradients of eager mode."""
     torch._dynamo.reset()
-    conv = GATv2Conv(8, 4, heads=2, add_self_loops=False)
+    model = two_layer_model()
     x = torch.randn(20, 8)
     edge_index = random_graph(20, num_edges=60)
-    expected = conv(x, edge_index)
-    compiled = torch.compile(conv, fullgraph=True)
-    out = compiled(x, edge_index)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    explanation = torch._dynamo.explain(conv)(x, edge_index)
+    explanation = torch._dynamo.explain(model)(x, edge_index)
     assert explanation.graph_break_count == 0
     assert explanation.graph_count == 1
+    targets = graph_targets(explanation.graphs)
+    assert targets.count('pyg_gatv2.gatv2_attention') == 2
+    assert not any('scatter' in t for t in targets)
+
+    expected = model(x, edge_index)
+    expected.pow(2).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out = torch.compile(model)(x, edge_index)
+    torch.testing.assert_close(out, expected)
+    out.pow(2).sum().backward()
+    for p, grad in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, grad)
+
+
+@pytest.mark.parametrize('kwargs,inputs', [
+    (dict(edge_dim=2), 'edge_attr'),
+    (dict(edge_dim=2, fill_value='max'), 'edge_attr'),
+    (dict(concat=False, share_weights=True), 'plain'),
+    (dict(in_channels=(8, 5)), 'bipartite'),
+    (dict(), 'attention'),
+    (dict(add_self_loops=False), 'attention'),
+])
+def test_compiled_layer_matches_eager(kwargs, inputs):
+    """Options whose edge counts depend on the data (edge features or
+    attention weights with self-loops) may break the graph, never the
+    answer."""
+    torch._dynamo.reset()
+    in_channels = kwargs.pop('in_channels', 8)
+    conv = GATv2Conv(in_channels, 4, heads=2, **kwargs)
+    x = torch.randn(12, 8)
+    edge_index = random_graph(12, num_edges=40)
+    args, options = (x, edge_index), {}
+    if inputs == 'edge_attr':
+        options['edge_attr'] = torch.randn(40, 2)
+    elif inputs == 'bipartite':
+        args = ((x, torch.randn(9, 5)), random_graph(12, 9, num_edges=40))
+    elif inputs == 'attention':
+        options['return_attention_weights'] = True
+    expected = conv(*args, **options)
+    got = torch.compile(conv)(*args, **options)
+    if inputs == 'attention':
+        (got, (got_index, got_alpha)) = got
+        (expected, (index, alpha)) = expected
+        assert torch.equal(got_index, index)
+        torch.testing.assert_close(got_alpha, alpha)
+    torch.testing.assert_close(got, expected)
+
+
+def test_exported_model_runs_on_other_graphs():
+    model = two_layer_model().eval()
+    x = torch.randn(20, 8)
+    program = torch.export.export(model, (x, random_graph(20,
+                                                         num_edges=60)))
+    assert graph_targets([program]).count(
+        'pyg_gatv2.gatv2_attention.default') == 2
+    other = random_graph(20, num_edges=60, seed=5)
+    torch.testing.assert_close(program.module()(x, other), model(x, other))
 
 
 @pytest.mark.parametrize('edge_dim', [None, 3])
