@@ -13,7 +13,10 @@ figure (``dictionary_lookup.png``), the table (``dictionary_lookup.md``)
 and ``dictionary_lookup.csv`` (``--report-only`` rewrites these three from
 the JSON); ``--resume`` keeps the finished runs and
 continues the one in progress from its checkpoint, and with a higher
-``--max-epochs`` it continues the runs that the lower cap ended.
+``--max-epochs`` it continues the runs that the lower cap ended. A sweep
+built up by several resumed commands (say, ``--ks 10 --heads 1 --layers
+gatv2`` first) lists every command in the report, and the table names the
+runs that their epoch cap cut short.
 
 GAT runs as PyG's ``DenseGATConv`` on the batch's dense adjacency by default
 (``--gat dense_gat``): the same function as the authors' ``GATConv`` with
@@ -189,11 +192,19 @@ def write_reports(results: list[LookupResult], stem: Path,
     write_csv(stem.with_suffix('.csv'), [row(r) for r in results], COLUMNS)
     plot_dictionary_lookup(results, stem.with_suffix('.png'))
     seconds = sum(r.seconds for r in results)
+    cut = [f'k={r.k} {LOOKUP_LAYERS[r.conv]} {r.heads} head(s) seed '
+           f'{r.seed} at {r.epochs} epochs'
+           for r in results if r.stop == 'max_epochs']
     text = (f'# DictionaryLookup\n\nCommand: `{command}` ({len(results)} '
             f'runs, {seconds:.0f} s of training and evaluation in all). '
-            'Accuracies at the evaluation with the best training accuracy '
-            'per query node; mean over seeds, (lowest-highest) with more '
-            'than one.\n\n' + summary(results) + '\n\nEvery run:\n\n' +
+            'Accuracies at the best evaluation by the training numbers '
+            '(the last one that raised the training accuracy per query '
+            'node, or kept it and lowered the training loss); mean over '
+            'seeds, (lowest-highest) with more than one.\n\n' +
+            ('Cut short by the epoch cap (stop: max_epochs), so not '
+             'finished by the stopping rule: ' + '; '.join(cut) + '.\n\n'
+             if cut else '') +
+            summary(results) + '\n\nEvery run:\n\n' +
             markdown_table([row(r) for r in results], COLUMNS) + '\n')
     stem.with_suffix('.md').write_text(text)
 
@@ -203,6 +214,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--ks', type=int, nargs='+', default=[5, 10, 20])
     parser.add_argument('--heads', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--layers', nargs='+', choices=('gat', 'gatv2'),
+                        default=['gat', 'gatv2'],
+                        help='which of GAT (as --gat says) and GATv2 to run')
     parser.add_argument('--seeds', type=int, default=3,
                         help='seeds 0 .. N-1')
     parser.add_argument('--gat', choices=('dense_gat', 'gat'),
@@ -236,10 +250,17 @@ def main() -> None:
         step_times(args.ks, args.heads, stem)
         return
 
+    convs = [args.gat if layer == 'gat' else layer for layer in args.layers]
     runs = [LookupRun(k, conv, heads, seed)
             for seed in range(args.seeds) for heads in args.heads
-            for k in args.ks for conv in (args.gat, 'gatv2')]
-    command = command_line()
+            for k in args.ks for conv in convs]
+    json_path = stem.with_suffix('.json')
+    commands = []
+    if args.resume and json_path.exists():
+        saved = json.loads(json_path.read_text())
+        commands = saved.get('commands', [saved['command']])
+    commands.append(command_line())
+    command = '`; `'.join(commands)
     finished: list[LookupResult] = []
 
     def report(result: LookupResult) -> None:
@@ -254,7 +275,8 @@ def main() -> None:
         recipe=LookupRecipe(max_epochs=args.max_epochs), device=args.device,
         checkpoint_dir=args.out / 'dictionary_lookup_checkpoints',
         resume=args.resume, on_result=report,
-        report={'command': command, 'threads': torch.get_num_threads(),
+        report={'command': command, 'commands': commands,
+                'threads': torch.get_num_threads(),
                 'device': args.device,
                 'versions': {'pyg_gatv2': pyg_gatv2.__version__,
                              'torch': torch.__version__,

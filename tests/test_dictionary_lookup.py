@@ -340,11 +340,11 @@ def test_net_rejects_ids_of_another_k(small):
 # Training.
 
 
-def test_recipe_defaults_are_the_authors():
+def test_recipe_defaults_are_the_authors_but_the_monitor():
     assert LookupRecipe() == LookupRecipe(
         max_epochs=50_000, eval_every=10, patience=20, min_improvement=1e-4,
-        batch_size=1024, lr=0.001, lr_factor=0.5, lr_patience=10,
-        clip_norm=1.0)
+        monitor='accuracy_then_loss', batch_size=1024, lr=0.001,
+        lr_factor=0.5, lr_patience=10, clip_norm=1.0)
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -352,10 +352,30 @@ def test_recipe_defaults_are_the_authors():
     (dict(eval_every=1.5), 'eval_every'),
     (dict(lr=0.0), 'lr > 0'),
     (dict(lr_factor=1.0), 'lr_factor'),
+    (dict(monitor='test_accuracy'), 'monitor'),
 ])
 def test_recipe_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LookupRecipe(**kwargs)
+
+
+BEST = {'train_node_acc': 0.9, 'train_loss': 0.2}
+
+
+@pytest.mark.parametrize('accuracy, loss, then_loss, accuracy_only', [
+    (0.9002, 0.3, True, True),      # higher accuracy, whatever the loss
+    (0.90005, 0.3, False, False),   # a rise below min_improvement
+    (0.9, 0.1998, True, False),     # same accuracy, lower loss
+    (0.90005, 0.1998, True, False),
+    (0.9, 0.19995, False, False),   # a fall below min_improvement
+    (0.8999, 0.1, False, False),    # lower accuracy, however low the loss
+])
+def test_what_improves(accuracy, loss, then_loss, accuracy_only):
+    entry = {'train_node_acc': accuracy, 'train_loss': loss,
+             'test_node_acc': 1.0}
+    assert LookupRecipe().improves(entry, BEST) is then_loss
+    assert LookupRecipe(monitor='accuracy').improves(
+        entry, BEST) is accuracy_only
 
 
 def test_train_lookup_rejects_bad_calls(small, tmp_path):
@@ -382,8 +402,8 @@ def test_gatv2_fits_what_gat_cannot(seed):
     # With k = 6, all 720 permutations, of which 504 train: GATv2 fits
     # them in 50-90 epochs of one step.
     dataset = DictionaryLookup(6, seed=seed)
-    gatv2, fit, _ = train(dataset, 'gatv2', seed, max_epochs=300)
-    assert fit.stop == 'fit'
+    gatv2, fit, _ = train(dataset, 'gatv2', seed, max_epochs=100)
+    assert fit.stop == 'max_epochs' and fit.best_epoch == 100
     assert fit.train_node_acc == fit.train_graph_acc == 1.0
     assert fit.test_node_acc >= 0.95
     gat, static, _ = train(dataset, 'dense_gat', seed, max_epochs=100)
@@ -398,9 +418,56 @@ def test_gatv2_fits_what_gat_cannot(seed):
             result.test_node_acc, result.test_graph_acc)
 
 
+def test_training_goes_on_past_a_perfect_fit(small):
+    # At 100% training accuracy the margins are still thin: a stop there
+    # (the 'accuracy' monitor) leaves held-out pairs wrong, while training
+    # on as long as the training loss falls gets them right.
+    _, fit, _ = train(small, 'gatv2', max_epochs=200, monitor='accuracy')
+    _, on, _ = train(small, 'gatv2', max_epochs=200)
+    assert fit.stop == 'fit' and fit.train_node_acc == 1.0
+    evals = len(fit.history['epoch'])
+    for key in ('train_loss', 'train_node_acc', 'test_node_acc', 'lr'):
+        assert on.history[key][:evals] == fit.history[key]
+    assert on.epochs > fit.epochs and on.train_node_acc == 1.0
+    assert on.history['train_loss'][-1] < fit.history['train_loss'][-1] / 10
+    assert fit.test_node_acc < 0.97 and on.test_node_acc == 1.0
+
+
+def test_training_numbers_alone_select_and_stop(small):
+    recipe = dict(max_epochs=400, eval_every=5, patience=3, lr_patience=1)
+    _, result, entries = train(small, 'gatv2', **recipe)
+    history = result.history
+    assert [e['epoch'] for e in entries] == history['epoch']
+    assert result.stop == 'patience' and result.train_node_acc == 1.0
+    # The best evaluation is the last that improved on the training numbers
+    # of the best before it, whatever the test accuracy did; the run stops
+    # after `patience` evaluations without improvement.
+    best, improved = {'train_node_acc': -1.0, 'train_loss': math.inf}, []
+    for entry in entries:
+        improved.append(LookupRecipe(**recipe).improves(entry, best))
+        if improved[-1]:
+            best = entry
+    assert result.best_epoch == best['epoch']
+    assert result.test_node_acc == best['test_node_acc']
+    assert improved[-4:] == [True, False, False, False]
+    # The loss kept improving after the accuracy reached 100%.
+    first_fit = history['train_node_acc'].index(1.0)
+    assert best['epoch'] > history['epoch'][first_fit]
+    # The learning rate halves after `lr_patience` + 1 evaluations without
+    # improvement, and only then.
+    lrs, bad = history['lr'], 0
+    for i in range(1, len(entries)):
+        bad = 0 if improved[i - 1] else bad + 1
+        halved = math.isclose(lrs[i], lrs[i - 1] / 2)
+        assert halved == (bad == 2), i
+        if halved:
+            bad = 0
+
+
 def test_training_accuracy_alone_selects_and_stops(small):
     _, result, entries = train(small, 'dense_gat', max_epochs=400,
-                               eval_every=5, patience=3, lr_patience=1)
+                               eval_every=5, patience=3, lr_patience=1,
+                               monitor='accuracy')
     history = result.history
     assert [e['epoch'] for e in entries] == history['epoch']
     assert history['epoch'] == list(range(5, result.epochs + 1, 5))
