@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import torch
+from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from pyg_gatv2 import __version__
-from pyg_gatv2.datasets import load_planetoid
+from pyg_gatv2.datasets import load_ogb, load_planetoid
+from pyg_gatv2.datasets.ogb import OGB_NAMES
+from pyg_gatv2.datasets.planetoid import _default_root
 from pyg_gatv2.lookup import (
     LookupRecipe,
     LookupResult,
@@ -35,6 +38,18 @@ from pyg_gatv2.training import (
     TrainingDivergedError,
     resolve_device,
     train_node_classifier,
+)
+from pyg_gatv2.training.distributed import (
+    DEFAULT_TIMEOUT,
+    DistributedError,
+    is_main,
+    main_first,
+    process_group,
+    world,
+)
+from pyg_gatv2.training.sampling import (
+    SamplingUnavailableError,
+    check_sampling,
 )
 
 PROG = 'pyg-gatv2'
@@ -77,6 +92,14 @@ def _int(text: str) -> int:
             f'expected an integer, got {text!r}') from None
 
 
+def _nonnegative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f'expected a non-negative integer, got {text!r}')
+    return value
+
+
 def _float(text: str, low: float, high: float, low_open: bool,
            what: str) -> float:
     try:
@@ -102,12 +125,21 @@ def _probability(text: str) -> float:
 
 
 def _dataset(text: str) -> str:
-    names = {name.lower(): name for name in PAPER_SETTINGS}
+    names = {name.lower(): name for name in (*PAPER_SETTINGS, *OGB_NAMES)}
     if text.lower() not in names:
         raise argparse.ArgumentTypeError(
             f"unknown dataset {text!r}; choose one of "
-            f"{', '.join(PAPER_SETTINGS)} (any case)")
+            f"{', '.join(names.values())} (any case)")
     return names[text.lower()]
+
+
+def _fan_out(text: str) -> int:
+    value = _int(text)
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(
+            f'expected a positive number of neighbours (or -1 for all), got '
+            f'{text!r}')
+    return value
 
 
 def _device(text: str) -> str:
@@ -152,17 +184,25 @@ def _versions() -> dict[str, str]:
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        'train', help='train a GATv2 node classifier on a Planetoid graph',
+        'train', help='train a GATv2 node classifier on a Planetoid or OGB '
+        'graph',
         description=(
             'Train a GATv2 node classifier on Cora, CiteSeer or PubMed with '
             "the GAT paper's transductive recipe (full-batch Adam, early "
             'stopping on the validation nodes, test accuracy at the best '
-            'validation epoch), once per seed. Prints one line per seed and '
-            'the mean test accuracy, and writes results.json, curves.png '
-            'and checkpoints to --out.'),
+            'validation epoch), or on ogbn-arxiv or ogbn-products with their '
+            'official split, once per seed; full-batch, or in mini-batches '
+            'of sampled neighbourhoods with --batch-size. Under torchrun '
+            '(torchrun --nproc-per-node N -m pyg_gatv2 train ...) the '
+            'processes train data-parallel, each on its share of the '
+            'training nodes. Prints one line per seed and the mean test '
+            'accuracy, and writes results.json, curves.png and checkpoints '
+            'to --out.'),
         formatter_class=_HelpFormatter)
     _add_train_data(parser.add_argument_group('data'))
     _add_train_runs(parser.add_argument_group('runs'))
+    _add_train_batches(parser.add_argument_group(
+        'mini-batches and processes'))
     _add_train_model(parser.add_argument_group('model'))
     _add_train_output(parser.add_argument_group('execution and output'))
     parser.set_defaults(handler=_train)
@@ -170,20 +210,47 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_train_data(data: argparse._ArgumentGroup) -> None:
     data.add_argument('--dataset', type=_dataset, default='Cora',
-                      help='Cora, CiteSeer or PubMed (any case)')
+                      help='Cora, CiteSeer, PubMed, ogbn-arxiv or '
+                      'ogbn-products (any case; the OGB graphs are '
+                      'downloaded into --root on first use)')
     data.add_argument('--root', type=Path, metavar='DIR',
                       help='dataset folder in Planetoid layout '
-                      '(DIR/Cora/raw, DIR/Cora/processed); default '
-                      '$PYG_GATV2_ROOT, else ~/.cache/pyg_gatv2')
+                      '(DIR/Cora/raw, DIR/Cora/processed) or OGB layout '
+                      '(DIR/ogbn_arxiv/...); default $PYG_GATV2_ROOT, else '
+                      '~/.cache/pyg_gatv2')
     data.add_argument('--raw-dir', type=Path, metavar='DIR',
                       help='read-only folder of raw files '
                       '(DIR/Cora/raw/ind.cora.*) to copy from instead of '
                       'downloading; default $PYG_GATV2_RAW_DIR')
     data.add_argument('--split', choices=('public', 'full', 'random'),
-                      default='public',
-                      help="'public': the paper's 20 labels per class; "
-                      "'full': all other nodes train; 'random': drawn "
-                      'under --seed')
+                      help="Planetoid only: 'public' (the default): the "
+                      "paper's 20 labels per class; 'full': all other nodes "
+                      "train; 'random': drawn under --seed (OGB graphs have "
+                      'their official split)')
+
+
+def _add_train_batches(batches: argparse._ArgumentGroup) -> None:
+    batches.add_argument(
+        '--batch-size', type=_positive_int, metavar='B',
+        help='train in mini-batches of B training nodes per process, each '
+        'with its sampled neighbourhood (PyG NeighborLoader; needs the '
+        "sampling extra: pip install --no-build-isolation "
+        "'pyg-gatv2[sampling]'); default: full-batch")
+    batches.add_argument(
+        '--num-neighbors', type=_fan_out, nargs='+', metavar='K',
+        help='neighbours sampled per node at each hop, one per layer (-1: '
+        'all), with --batch-size (default: 10 per hop for each layer)')
+    batches.add_argument(
+        '--num-workers', type=_nonnegative_int, default=0, metavar='N',
+        help='processes that sample mini-batches ahead of '
+        'training, with --batch-size')
+    batches.add_argument(
+        '--dist-timeout', type=_positive_float, default=DEFAULT_TIMEOUT,
+        metavar='SECONDS',
+        help='under torchrun: seconds a process waits for the others '
+        'before it stops with an error naming the processes that fell '
+        'behind (a process that died or hangs never hangs the others for '
+        'longer)')
 
 
 def _add_train_runs(runs: argparse._ArgumentGroup) -> None:
@@ -256,8 +323,48 @@ def _print_seed(run: SeedResult) -> None:
     sys.stdout.flush()
 
 
+def _load_graph(args: argparse.Namespace) -> tuple[Data, int, int]:
+    """The graph of --dataset, its number of features and of classes."""
+    if args.dataset in OGB_NAMES:
+        for flag, value in (('--split', args.split),
+                            ('--raw-dir', args.raw_dir)):
+            if value is not None:
+                raise ValueError(f'{flag} applies to the Planetoid graphs; '
+                                 f'{args.dataset} has its official split and '
+                                 'is read from (or downloaded into) --root')
+        data = load_ogb(args.dataset,
+                        _default_root() if args.root is None else args.root)
+        return data, data.num_features, data.num_classes
+    torch.manual_seed(args.seed)  # draws the 'random' split
+    dataset = load_planetoid(args.dataset, root=args.root,
+                             raw_dir=args.raw_dir, split=args.split or 'public')
+    return dataset[0], dataset.num_features, dataset.num_classes
+
+
+def _check_batch_flags(args: argparse.Namespace) -> None:
+    if args.batch_size is None:
+        for flag, value in (('--num-neighbors', args.num_neighbors),
+                            ('--num-workers', args.num_workers)):
+            if value:
+                raise ValueError(f'{flag} samples mini-batches and needs '
+                                 '--batch-size')
+        return
+    if (args.num_neighbors is not None
+            and len(args.num_neighbors) != args.layers):
+        raise ValueError(
+            f'--num-neighbors has {len(args.num_neighbors)} hops for '
+            f'{args.layers} layers; give one fan-out per layer')
+    check_sampling()
+
+
 def _train(args: argparse.Namespace) -> int:
-    paper = PAPER_SETTINGS[args.dataset]
+    _check_batch_flags(args)
+    with process_group(_set_up_execution(args), args.dist_timeout) as device:
+        return _train_in_group(args, device)
+
+
+def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
+    paper = PAPER_SETTINGS.get(args.dataset, PAPER_SETTINGS['Cora'])
     lr = paper['lr'] if args.lr is None else args.lr
     weight_decay = (paper['weight_decay'] if args.weight_decay is None else
                     args.weight_decay)
@@ -266,15 +373,12 @@ def _train(args: argparse.Namespace) -> int:
     attention_dropout = (args.dropout if args.attention_dropout is None else
                          args.attention_dropout)
     out = Path('runs') / args.dataset if args.out is None else args.out
-    device = _set_up_execution(args)
-
-    torch.manual_seed(args.seed)  # draws the 'random' split
-    dataset = load_planetoid(args.dataset, root=args.root,
-                             raw_dir=args.raw_dir, split=args.split)
-    data = dataset[0]
+    # One process prepares the dataset files, then the others read them.
+    with main_first():
+        data, num_features, num_classes = _load_graph(args)
     model_config = {
-        'in_channels': dataset.num_features,
-        'out_channels': dataset.num_classes,
+        'in_channels': num_features,
+        'out_channels': num_classes,
         'hidden_channels': args.hidden,
         'heads': args.heads,
         'output_heads': output_heads,
@@ -282,26 +386,35 @@ def _train(args: argparse.Namespace) -> int:
         'dropout': args.dropout,
         'attention_dropout': attention_dropout,
     }
-    metadata = {'dataset': args.dataset, 'split': args.split,
+    split = ('official' if args.dataset in OGB_NAMES else
+             args.split or 'public')
+    metadata = {'dataset': args.dataset, 'split': split,
                 'model': 'GATv2', **model_config}
     progress = _show_progress(args)
     result = train_node_classifier(
         lambda: GATv2(**model_config), data,
         seeds=range(args.seed, args.seed + args.seeds), epochs=args.epochs,
         patience=args.patience, lr=lr, weight_decay=weight_decay,
-        stop_on=args.stop_on, device=device, compile=args.compile,
+        stop_on=args.stop_on, batch_size=args.batch_size,
+        num_neighbors=args.num_neighbors, num_workers=args.num_workers,
+        device=device, compile=args.compile,
         checkpoint_dir=out / 'checkpoints',
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         metadata=metadata,
-        on_seed_end=_print_seed,
+        on_seed_end=_print_seed if is_main() else None,
         progress=progress)
+    if not is_main():
+        return 0
 
     report = {
         'command': shlex.join([PROG, *args.argv]),
         'dataset': args.dataset,
-        'settings': {'split': args.split, 'epochs': args.epochs,
+        'settings': {'split': split, 'epochs': args.epochs,
                      'patience': args.patience, 'stop_on': args.stop_on,
                      'lr': lr, 'weight_decay': weight_decay,
+                     'batch_size': args.batch_size,
+                     'num_neighbors': args.num_neighbors,
+                     'processes': world()[1],
                      'device': str(device), 'compile': args.compile,
                      'threads': torch.get_num_threads()},
         'model': model_config,
@@ -314,7 +427,7 @@ def _train(args: argparse.Namespace) -> int:
     seeds = len(result.runs)
     png_path = plot_training_curves(
         result, out / 'curves.png',
-        title=f'GATv2 on {args.dataset} ({args.split} split)')
+        title=f'GATv2 on {args.dataset} ({split} split)')
     print(f'Wrote {json_path}, {png_path} and {out / "checkpoints"}')
     print(f'Test accuracy: {result.test_acc_mean:.3f} +- '
           f'{result.test_acc_std:.3f} over {seeds} seed'
@@ -387,16 +500,17 @@ def _add_lookup_runs(runs: argparse._ArgumentGroup) -> None:
                       help='epochs between evaluations')
     runs.add_argument('--patience', type=_positive_int,
                       default=recipe.patience,
-                      help='evaluations without a better training accuracy '
-                      'before stopping')
+                      help='evaluations without improvement (a higher '
+                      'training accuracy, or the same and a lower training '
+                      'loss) before stopping')
     runs.add_argument('--batch-size', type=_positive_int,
                       default=recipe.batch_size, help='graphs per step')
     runs.add_argument('--lr', type=_positive_float, default=recipe.lr,
                       help='initial Adam learning rate')
     runs.add_argument('--lr-patience', type=_positive_int,
                       default=recipe.lr_patience,
-                      help='evaluations without a better training accuracy '
-                      'before the learning rate is halved')
+                      help='evaluations without improvement before the '
+                      'learning rate is halved')
     runs.add_argument('--clip-norm', type=_nonnegative_float,
                       default=recipe.clip_norm,
                       help='largest gradient norm (0: no clipping)')
@@ -503,7 +617,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = argv  # for the reports
     try:
         return args.handler(args)
-    except (ValueError, OSError, TrainingDivergedError) as err:
+    except (ValueError, OSError, TrainingDivergedError,
+            SamplingUnavailableError, DistributedError) as err:
         message = ' '.join(str(err).split())
         print(f'{PROG}: error: {message}', file=sys.stderr)
         return 1
