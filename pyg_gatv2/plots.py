@@ -200,7 +200,9 @@ def plot_dictionary_lookup(
     The first two panels show the training and the test accuracy per query
     node against :math:`k`, one line per layer and number of heads (the
     mean over seeds; with several seeds, bars span the lowest to the highest
-    seed), with chance level :math:`1/k`. One heatmap per layer follows, for
+    seed), with chance level :math:`1/k`; an open marker says that the
+    epoch cap ended at least one of its runs before the stopping rule did
+    (``stop == 'max_epochs'``). One heatmap per layer follows, for
     its run with the fewest heads and the lowest seed: the attention of
     every query (row) over every key (column) on the first test graph of
     size :obj:`attention_k`, the correct keys outlined on the diagonal (each
@@ -252,18 +254,27 @@ def plot_dictionary_lookup(
                     key=lambda g: (_LOOKUP_FAMILY.get(g[0], g[0]), g[1]))
     for ax, split in zip(axes[:2], ('train', 'test'), strict=True):
         for conv, heads in groups:
-            x, mean, low, high = [], [], [], []
+            x, mean, low, high, cut = [], [], [], [], []
             for k in ks:
-                accs = [getattr(r, f'{split}_node_acc') for r in results
+                runs = [r for r in results
                         if (r.conv, r.heads, r.k) == (conv, heads, k)]
+                accs = [getattr(r, f'{split}_node_acc') for r in runs]
                 if accs:
                     x.append(k)
                     mean.append(float(np.mean(accs)))
                     low.append(mean[-1] - min(accs))
                     high.append(max(accs) - mean[-1])
+                    cut.append(any(r.stop == 'max_epochs' for r in runs))
+            style = _lookup_style(conv, heads)
             ax.errorbar(x, mean, yerr=[low, high], capsize=3, lw=1.5,
                         ms=5, label=_lookup_label(conv, heads, convs),
-                        **_lookup_style(conv, heads))
+                        **style)
+            cut = np.array(cut, dtype=bool)
+            ax.plot(np.array(x)[cut], np.array(mean)[cut], ls='none', ms=5,
+                    marker=style['marker'], mec=style['color'], mfc='white')
+        if any(r.stop == 'max_epochs' for r in results):
+            ax.plot([], [], ls='none', marker='o', mec='0.3', mfc='white',
+                    label='cut by the epoch cap')
         grid = np.linspace(ks[0], ks[-1], 200) if len(ks) > 1 else np.array(
             ks, dtype=float)
         ax.plot(grid, 1.0 / grid, ':', color='0.4', label='chance (1/k)')

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -555,6 +556,26 @@ def test_plot_layout_and_bad_results(tmp_path):
         plot_dictionary_lookup([], tmp_path / 'b.png')
     with pytest.raises(ValueError, match='attention_k=7'):
         plot_dictionary_lookup(results, tmp_path / 'b.png', attention_k=7)
+
+
+def test_plot_marks_runs_cut_by_the_epoch_cap(tmp_path):
+    results = [
+        LookupResult(k=k, conv=conv, heads=1, seed=0, train_node_acc=0.6,
+                     train_graph_acc=0.0, test_node_acc=0.4,
+                     test_graph_acc=0.0, best_epoch=10, epochs=10, steps=10,
+                     stop='patience', seconds=1.0, history={},
+                     attention=[torch.eye(k).tolist()],
+                     example_y=list(range(k)), example_pred=list(range(k)))
+        for k in (3, 4) for conv in ('gat', 'gatv2')
+    ]
+    cut = [dataclasses.replace(r, stop='max_epochs') if r.k == 4 else r
+           for r in results]
+    images = [matplotlib.image.imread(plot_dictionary_lookup(
+        runs, tmp_path / f'{i}.png')) for i, runs in enumerate(
+            (results, results, cut))]
+    assert (images[0] == images[1]).all()
+    assert images[2].shape == images[0].shape
+    assert not (images[2] == images[0]).all()
 
 
 # Command line.
