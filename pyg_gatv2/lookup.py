@@ -138,10 +138,11 @@ class LookupRecipe:
 
     * :obj:`'accuracy_then_loss'`: a training accuracy per query node
       higher by more than :obj:`min_improvement`, or one at least as high
-      with a mean training loss per query node lower by more than
-      :obj:`min_improvement`. Training goes on past 100% training accuracy
-      while the loss falls, which widens the margins that the held-out
-      pairs need.
+      with a mean training loss per query node lower by more than the
+      fraction :obj:`min_loss_improvement`. Training goes on past 100%
+      training accuracy while the loss falls, which widens the margins that
+      the held-out pairs need. The fall is relative because the loss of a
+      fitted network shrinks by orders of magnitude.
     * :obj:`'accuracy'`: a training accuracy per query node higher by more
       than :obj:`min_improvement`; training stops at 100%.
 
@@ -150,9 +151,12 @@ class LookupRecipe:
         eval_every (int): Epochs between evaluations.
         patience (int): Evaluations without improvement before stopping.
         min_improvement (float): The least rise of the training accuracy per
-            query node, or fall of the training loss, that counts as an
-            improvement (the authors' threshold).
+            query node that counts as an improvement (the authors'
+            threshold).
         monitor (str): What counts as an improvement, see above.
+        min_loss_improvement (float): The least relative fall of the
+            training loss that counts as an improvement under
+            :obj:`'accuracy_then_loss'`.
         batch_size (int): Graphs per optimizer step.
         lr (float): Adam's initial learning rate.
         lr_factor (float): Factor of each learning rate reduction.
@@ -165,6 +169,7 @@ class LookupRecipe:
     patience: int = 20
     min_improvement: float = 1e-4
     monitor: str = 'accuracy_then_loss'
+    min_loss_improvement: float = 0.01
     batch_size: int = 1024
     lr: float = 0.001
     lr_factor: float = 0.5
@@ -180,13 +185,16 @@ class LookupRecipe:
                 raise ValueError(f"'LookupRecipe' expects {name} to be a "
                                  f'positive integer, got {value!r}')
         if not (self.lr > 0 and 0 < self.lr_factor < 1
-                and self.clip_norm >= 0 and self.min_improvement >= 0):
+                and self.clip_norm >= 0 and self.min_improvement >= 0
+                and 0 <= self.min_loss_improvement < 1):
             raise ValueError(
                 "'LookupRecipe' expects lr > 0, 0 < lr_factor < 1, "
-                'clip_norm >= 0 and min_improvement >= 0, got '
-                f'lr={self.lr!r}, lr_factor={self.lr_factor!r}, '
+                'clip_norm >= 0, min_improvement >= 0 and '
+                f'0 <= min_loss_improvement < 1, got lr={self.lr!r}, '
+                f'lr_factor={self.lr_factor!r}, '
                 f'clip_norm={self.clip_norm!r}, '
-                f'min_improvement={self.min_improvement!r}')
+                f'min_improvement={self.min_improvement!r}, '
+                f'min_loss_improvement={self.min_loss_improvement!r}')
         if self.monitor not in MONITORS:
             raise ValueError(f"'LookupRecipe' expects monitor to be one of "
                              f'{MONITORS}, got {self.monitor!r}')
@@ -201,8 +209,8 @@ class LookupRecipe:
             return True
         return (self.monitor == 'accuracy_then_loss'
                 and accuracy >= best_accuracy
-                and entry['train_loss'] < best['train_loss']
-                - self.min_improvement)
+                and entry['train_loss'] < best['train_loss'] * (
+                    1 - self.min_loss_improvement))
 
 
 @dataclass

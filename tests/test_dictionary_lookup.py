@@ -344,7 +344,8 @@ def test_net_rejects_ids_of_another_k(small):
 def test_recipe_defaults_are_the_authors_but_the_monitor():
     assert LookupRecipe() == LookupRecipe(
         max_epochs=50_000, eval_every=10, patience=20, min_improvement=1e-4,
-        monitor='accuracy_then_loss', batch_size=1024, lr=0.001,
+        monitor='accuracy_then_loss', min_loss_improvement=0.01,
+        batch_size=1024, lr=0.001,
         lr_factor=0.5, lr_patience=10, clip_norm=1.0)
 
 
@@ -354,6 +355,7 @@ def test_recipe_defaults_are_the_authors_but_the_monitor():
     (dict(lr=0.0), 'lr > 0'),
     (dict(lr_factor=1.0), 'lr_factor'),
     (dict(monitor='test_accuracy'), 'monitor'),
+    (dict(min_loss_improvement=1.0), 'min_loss_improvement'),
 ])
 def test_recipe_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -366,9 +368,9 @@ BEST = {'train_node_acc': 0.9, 'train_loss': 0.2}
 @pytest.mark.parametrize('accuracy, loss, then_loss, accuracy_only', [
     (0.9002, 0.3, True, True),      # higher accuracy, whatever the loss
     (0.90005, 0.3, False, False),   # a rise below min_improvement
-    (0.9, 0.1998, True, False),     # same accuracy, lower loss
-    (0.90005, 0.1998, True, False),
-    (0.9, 0.19995, False, False),   # a fall below min_improvement
+    (0.9, 0.197, True, False),      # same accuracy, loss 1.5% lower
+    (0.90005, 0.197, True, False),
+    (0.9, 0.199, False, False),     # a fall below min_loss_improvement
     (0.8999, 0.1, False, False),    # lower accuracy, however low the loss
 ])
 def test_what_improves(accuracy, loss, then_loss, accuracy_only):
@@ -435,7 +437,8 @@ def test_training_goes_on_past_a_perfect_fit(small):
 
 
 def test_training_numbers_alone_select_and_stop(small):
-    recipe = dict(max_epochs=400, eval_every=5, patience=3, lr_patience=1)
+    recipe = dict(max_epochs=400, eval_every=5, patience=3, lr_patience=1,
+                  min_loss_improvement=0.1)
     _, result, entries = train(small, 'gatv2', **recipe)
     history = result.history
     assert [e['epoch'] for e in entries] == history['epoch']
