@@ -24,9 +24,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -e '.[test]'
-	# torch-scatter has no wheel for this torch: build it against the
-	# installed torch instead of a fresh one in an isolated environment.
+	# torch-scatter and torch-sparse (the extras scatter and sampling) have
+	# no wheels for this torch: build them against the installed torch
+	# instead of a fresh one in an isolated environment, torch-scatter first
+	# (about 10 and 14 minutes on two cores; pip caches the built wheels).
 	$(BIN)/python -m pip install --no-build-isolation 'torch-scatter>=2.1'
+	$(BIN)/python -m pip install --no-build-isolation 'torch-sparse>=0.6.18'
 	touch $@
 
 train: $(STAMP)

@@ -1,6 +1,8 @@
-"""Training GATv2 node classifiers: the loop, early stopping, checkpoints
-and the result records."""
+"""Training GATv2 node classifiers: the loop, early stopping, checkpoints,
+the result records, mini-batches of sampled neighbourhoods and
+multi-process (DDP) training."""
 from .checkpoint import Checkpoints, RunState
+from .distributed import DistributedError, process_group
 from .early_stopping import STOP_CRITERIA, EarlyStopping
 from .node_classification import (
     PAPER_SETTINGS,
@@ -17,6 +19,7 @@ from .results import (
     TrainingDivergedError,
     TrainResult,
 )
+from .sampling import FullBatch, NeighborBatches, SamplingUnavailableError
 
 __all__ = [
     'EarlyStopping',
@@ -34,4 +37,9 @@ __all__ = [
     'RunState',
     'STOP_CRITERIA',
     'HISTORY_KEYS',
+    'DistributedError',
+    'FullBatch',
+    'NeighborBatches',
+    'SamplingUnavailableError',
+    'process_group',
 ]

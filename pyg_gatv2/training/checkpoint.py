@@ -7,7 +7,9 @@
   uninterrupted one gives, bit for bit on the CPU.
 
 Both are written aside and renamed, so that an interruption leaves the
-previous checkpoint intact.
+previous checkpoint intact. In a run of several processes (see
+:mod:`pyg_gatv2.training.distributed`) process 0 writes them, with the
+random number generators of every process, and every process reads them.
 """
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,6 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .distributed import all_gather_objects, is_main, world
 from .early_stopping import EarlyStopping
 from .results import HISTORY_KEYS, EpochMetrics, SeedResult
 
@@ -129,7 +132,10 @@ class Checkpoints:
 
     def save(self, run: RunState, device: torch.device) -> None:
         """Writes the best model and the training state after
-        ``run.epoch``."""
+        ``run.epoch``; called by every process of a multi-process run."""
+        rngs = all_gather_objects(rng_state(device))
+        if not is_main():
+            return
         if self.best_path is not None and run.best_metrics is not None:
             save_atomic({'model': run.best_state, **asdict(run.best_metrics),
                    'seed': self.seed, 'metadata': self.settings['metadata']},
@@ -140,7 +146,8 @@ class Checkpoints:
                    'model': cpu_state(run.model),
                    'optimizer': run.optimizer.state_dict(),
                    'early_stopping': run.stopper.state_dict(),
-                   'rng': rng_state(device), 'history': run.history,
+                   'rng': rngs[0], 'history': run.history,
+                   **({'rng_by_rank': rngs} if len(rngs) > 1 else {}),
                    'best_model': run.best_state,
                    'best_metrics': (None if run.best_metrics is None else
                                     asdict(run.best_metrics))},
@@ -161,7 +168,9 @@ class Checkpoints:
         run.best_state = state['best_model']
         if state['best_metrics'] is not None:
             run.best_metrics = EpochMetrics(**state['best_metrics'])
-        set_rng_state(state['rng'], device)
+        rank = world()[0]
+        set_rng_state(state['rng_by_rank'][rank] if rank else state['rng'],
+                      device)
         run.epoch, run.seconds = state['epoch'], state['seconds']
         run.finished = state['finished']
         return True

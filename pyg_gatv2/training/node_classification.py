@@ -23,8 +23,12 @@ from tqdm.auto import tqdm
 
 from ..checks import check_positive_ints
 from .checkpoint import Checkpoints, RunState
+from .distributed import all_reduce_sum, heartbeat, is_main, world, wrap
 from .early_stopping import EarlyStopping
 from .results import EpochMetrics, SeedResult, TrainResult, diverged
+from .sampling import FullBatch, NeighborBatches
+
+BatchSource = Union[FullBatch, NeighborBatches]
 
 __all__ = ['PAPER_SETTINGS', 'evaluate', 'fit', 'resolve_device',
            'train_epoch', 'train_node_classifier']
@@ -113,27 +117,48 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer,
                 batches: Iterable[Data]) -> Tensor:
     """One optimizer step per batch on the cross-entropy of its training
-    nodes (``batch.train_mask``); returns the loss, averaged over the
-    training nodes of all batches. A step whose loss is not finite is
-    skipped; the caller reports the divergence."""
+    nodes (``batch.train_mask``), multiplied by ``batch.loss_scale`` where
+    the batch has one (see :mod:`pyg_gatv2.training.sampling`); returns the
+    loss averaged over the training nodes of all batches, and of all
+    processes under :mod:`torch.distributed`.
+
+    Every process runs the backward pass, so that the gradients' all-reduce
+    of :class:`~torch.nn.parallel.DistributedDataParallel` always completes;
+    a step whose gradients are not finite is skipped (on every process
+    alike, as they hold the same gradients), and the caller reports the
+    divergence."""
     model.train()
-    losses = []
-    for batch in batches:
+    forward_model.train()
+    total = torch.zeros((), dtype=torch.float64)
+    nodes = steps = 0
+    for step, batch in enumerate(batches, start=1):
+        heartbeat(step=f'{step}, forward')
         optimizer.zero_grad()
         out = forward_model(batch.x, batch.edge_index)
         mask = batch.train_mask
         loss = F.cross_entropy(out[mask], batch.y[mask])
-        if torch.isfinite(loss):
-            loss.backward()
+        heartbeat(step=f'{step}, gradients')
+        (loss * batch.get('loss_scale', 1.0)).backward()
+        if _finite_gradients(model):
             optimizer.step()
-        losses.append((loss.detach(), int(mask.sum())))
-    if not losses:
+        count = int(mask.sum())
+        total = total + loss.detach().cpu().double() * count
+        nodes, steps = nodes + count, step
+    if not steps:
         raise ValueError("'train_epoch' got no batches; pass the graph as "
                          'a one-element list, or a non-empty loader')
-    if len(losses) == 1:
-        return losses[0][0]
-    return (sum(loss * nodes for loss, nodes in losses) /
-            sum(nodes for _, nodes in losses))
+    if steps == 1 and world()[1] == 1:
+        return loss.detach()
+    total, nodes = all_reduce_sum(
+        torch.stack([total, torch.tensor(nodes, dtype=torch.float64)]))
+    return (total / nodes).to(loss.dtype)
+
+
+def _finite_gradients(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def _check_fit_args(epochs: int, patience: int, state_every: int, lr: float,
@@ -152,13 +177,17 @@ def _check_fit_args(epochs: int, patience: int, state_every: int, lr: float,
                          'resume from')
 
 
-def _epoch(run: RunState, forward_model: torch.nn.Module, data: Data,
-           epoch: int, first: bool, seed: Optional[int], lr: float,
+def _epoch(run: RunState, train_model: torch.nn.Module,
+           forward_model: torch.nn.Module, data: Data,
+           batches: Iterable[Data], epoch: int, first: bool,
+           seed: Optional[int], lr: float,
            weight_decay: float) -> EpochMetrics:
-    """Trains and evaluates one epoch (``first``: the first of this call);
+    """Trains (through ``train_model``) and evaluates (through
+    ``forward_model``) one epoch (``first``: the first of this call);
     raises :class:`TrainingDivergedError` on divergence."""
+    heartbeat(epoch=epoch)
     try:
-        loss = train_epoch(run.model, forward_model, run.optimizer, [data])
+        loss = train_epoch(run.model, train_model, run.optimizer, batches)
     except ValueError as err:
         # The inputs passed the first forward pass, so a layer refusing its
         # input later means the weights made it non-finite.
@@ -192,6 +221,7 @@ def fit(
     stop_on: str = 'loss+acc',
     seed: Optional[int] = None,
     forward_model: Optional[torch.nn.Module] = None,
+    batches: Optional[BatchSource] = None,
     best_path: Optional[_PathLike] = None,
     state_path: Optional[_PathLike] = None,
     state_every: int = 50,
@@ -200,15 +230,25 @@ def fit(
     callback: Optional[Callable[[EpochMetrics], None]] = None,
     progress: bool = False,
 ) -> SeedResult:
-    r"""Trains :obj:`model` full-batch on the nodes of :obj:`data`.
+    r"""Trains :obj:`model` on the nodes of :obj:`data`, full-batch or in
+    mini-batches, in one process or several.
 
-    Each epoch takes one Adam step on the cross-entropy of the training
-    nodes, then evaluates every split. Early stopping (see
+    Each epoch takes one Adam step per batch of :obj:`batches` on the
+    cross-entropy of its training nodes (full-batch: one step on all of
+    them), then evaluates every split on the whole graph. Early stopping (see
     :class:`EarlyStopping`) picks the best validation epoch; at the end the
     model holds the weights of that epoch, and the returned test accuracy is
     the one measured there. :obj:`model` and :obj:`data` must be on the same
     device; seed :func:`torch.manual_seed` before building the model for a
     reproducible run (:func:`train_node_classifier` does both).
+
+    Under a :mod:`torch.distributed` process group (see
+    :mod:`pyg_gatv2.training.distributed`) every process calls :func:`fit`
+    with the same arguments: the training steps run through
+    :class:`~torch.nn.parallel.DistributedDataParallel`, each process on its
+    share of the training nodes; every process evaluates the whole graph
+    with the same weights, so all take the same decisions; process 0 alone
+    writes the checkpoints and shows the progress bar.
 
     Args:
         model (torch.nn.Module): Maps ``(x, edge_index)`` to class logits.
@@ -228,6 +268,9 @@ def fit(
         forward_model (torch.nn.Module, optional): What to call for the
             forward passes, e.g. ``torch.compile(model)``; its parameters must
             be those of :obj:`model`. (default: :obj:`model`)
+        batches (FullBatch or NeighborBatches, optional): What each epoch
+            trains on (see :mod:`pyg_gatv2.training.sampling`); its batches
+            are on :obj:`data`'s device. (default: :obj:`FullBatch(data)`)
         best_path (str or os.PathLike, optional): Where to save the best
             model: a dictionary with ``'model'`` (the state dict), the best
             epoch's metrics, ``'seed'`` and ``'metadata'``, written at every
@@ -243,7 +286,8 @@ def fit(
             (default: :obj:`False`)
         metadata (dict, optional): Numbers and strings describing the run
             (hyperparameters, dataset), stored in both checkpoints and
-            compared on resume. (default: :obj:`None`)
+            compared on resume, with the settings of :obj:`batches`.
+            (default: :obj:`None`)
         callback (callable, optional): Called with the
             :class:`EpochMetrics` of every epoch. (default: :obj:`None`)
         progress (bool, optional): Whether to show a progress bar over the
@@ -260,6 +304,7 @@ def fit(
                     state_path)
     check_data(data)
     forward_model = model if forward_model is None else forward_model
+    batches = FullBatch(data) if batches is None else batches
     device = data.x.device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr,
                                  weight_decay=weight_decay)
@@ -269,20 +314,24 @@ def fit(
         None if state_path is None else Path(state_path),
         {'epochs': epochs, 'patience': patience, 'lr': lr,
          'weight_decay': weight_decay, 'stop_on': stop_on, 'seed': seed,
-         'metadata': dict(metadata or {})}, seed)
+         'metadata': dict(metadata or {}), **batches.settings}, seed)
     if resume:
         checkpoints.restore(run, device)
 
     bar = tqdm(total=epochs, initial=run.epoch, leave=False, unit='epoch',
                desc='epochs' if seed is None else f'seed {seed}',
-               disable=not progress or run.finished, dynamic_ncols=True)
+               disable=not progress or run.finished or not is_main(),
+               dynamic_ncols=True)
+    train_model = wrap(forward_model, device)
     first = run.epoch + 1
     try:
         while not run.finished:
             epoch = run.epoch + 1
             tic = time.perf_counter()
-            metrics = _epoch(run, forward_model, data, epoch, epoch == first,
-                             seed, lr, weight_decay)
+            metrics = _epoch(run, train_model, forward_model, data,
+                             batches.batches(0 if seed is None else seed,
+                                             epoch),
+                             epoch, epoch == first, seed, lr, weight_decay)
             run.record(metrics, time.perf_counter() - tic, epochs)
             if callback is not None:
                 callback(metrics)
@@ -307,6 +356,9 @@ def train_node_classifier(
     lr: float = 0.005,
     weight_decay: float = 5e-4,
     stop_on: str = 'loss+acc',
+    batch_size: Optional[int] = None,
+    num_neighbors: Optional[Sequence[int]] = None,
+    num_workers: int = 0,
     device: Union[str, torch.device] = 'cpu',
     compile: bool = False,
     deterministic: Optional[bool] = None,
@@ -325,12 +377,27 @@ def train_node_classifier(
     :obj:`checkpoint_dir`, each seed writes ``best_seed<seed>.pt`` (the best
     model) and ``state_seed<seed>.pt`` (the training state) there.
 
+    With :obj:`batch_size`, each epoch trains on mini-batches of training
+    nodes with their sampled neighbourhoods (see
+    :class:`~pyg_gatv2.training.sampling.NeighborBatches`, which needs
+    torch-sparse or pyg-lib); without, on the whole graph. Under a
+    :mod:`torch.distributed` process group every process calls this with
+    the same arguments (see :func:`fit`).
+
     Args:
         build_model (callable): Returns a new, freshly initialised model.
         data (torch_geometric.data.Data): The graph, see :func:`fit`.
         seeds (sequence of int, optional): One run per seed.
             (default: :obj:`(0,)`)
         epochs, patience, lr, weight_decay, stop_on: As in :func:`fit`.
+        batch_size (int, optional): Seed nodes per mini-batch and process;
+            :obj:`None` trains full-batch. (default: :obj:`None`)
+        num_neighbors (sequence of int, optional): Neighbours sampled per
+            node at each hop, one entry per layer; needs
+            :obj:`batch_size`. (default: :obj:`[10] * 2`, ten per hop for two
+            layers)
+        num_workers (int, optional): Processes that sample mini-batches
+            ahead of training. (default: :obj:`0`)
         device (str or torch.device, optional): ``'cpu'``, ``'cuda'`` or
             ``'auto'``. (default: ``'cpu'``)
         compile (bool, optional): Whether to run the forward passes through
@@ -367,16 +434,26 @@ def train_node_classifier(
     if resume and checkpoint_dir is None:
         raise ValueError("'train_node_classifier' got resume=True without a "
                          'checkpoint_dir to resume from')
+    if batch_size is None and num_neighbors is not None:
+        raise ValueError("'train_node_classifier' got num_neighbors without "
+                         'batch_size; pass batch_size=... to train in '
+                         'mini-batches')
     device = resolve_device(device)
     if deterministic is None:
         deterministic = device.type == 'cpu'
+    batches = None
+    if batch_size is not None:
+        batches = NeighborBatches(
+            data.cpu(), [10, 10] if num_neighbors is None else num_neighbors,
+            batch_size, device=device, num_workers=num_workers)
     data = data.to(device)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
 
     runs = []
     with _deterministic(deterministic):
         for seed in tqdm(seeds, desc='seeds', unit='seed',
-                         disable=not progress or len(seeds) == 1,
+                         disable=(not progress or len(seeds) == 1
+                                  or not is_main()),
                          dynamic_ncols=True):
             torch.manual_seed(seed)
             model = build_model().to(device)
@@ -388,7 +465,7 @@ def train_node_classifier(
             run = fit(
                 model, data, epochs=epochs, patience=patience, lr=lr,
                 weight_decay=weight_decay, stop_on=stop_on, seed=seed,
-                forward_model=forward_model,
+                forward_model=forward_model, batches=batches,
                 best_path=None if folder is None else
                 folder / f'best_seed{seed}.pt',
                 state_path=None if folder is None else
