@@ -11,6 +11,10 @@ Implementations, side by side in one run:
 - ``mp``: :class:`pyg_gatv2.GATv2Conv` with ``fused=False`` (message passing);
 - ``fused_numba``: :class:`pyg_gatv2.GATv2Conv`, fused path, numba kernels;
 - ``fused_torch``: the same, chunked PyTorch fallback;
+- ``fused_triton``: the same, Triton kernels (CUDA only: on CPU, Triton's
+  interpreter is far too slow to time);
+- ``fused_compile``: :class:`pyg_gatv2.GATv2Conv` under :func:`torch.compile`,
+  its fused op in the compiled graph on the device's default backend;
 - ``fused_loops``: the numba path with self-loops as explicit edges, added
   to the edge list on every call (so its sorted layout is rebuilt every
   call) instead of implicit loops over the cached layout of the caller's
@@ -77,16 +81,23 @@ from _common import (
 )
 
 TOLERANCE = 1e-5
+# dtype name -> (dtype, tolerance of the output check against PyG eager in
+# the same dtype, bytes per element)
+DTYPES = {'float32': (torch.float32, TOLERANCE, 4),
+          'bfloat16': (torch.bfloat16, 2e-2, 2),
+          'float16': (torch.float16, 5e-3, 2)}
 GiB = 2.0**30
 MiB = 2.0**20
 IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_numba', 'fused_torch',
-         'fused_loops', 'fused_fresh')
+         'fused_triton', 'fused_compile', 'fused_loops', 'fused_fresh')
 LABELS = {
     'pyg': 'PyG GATv2Conv (eager)',
     'pyg_compile': 'PyG GATv2Conv (torch.compile)',
     'mp': 'ours, message passing',
     'fused_numba': 'ours, fused (numba)',
     'fused_torch': 'ours, fused (torch)',
+    'fused_triton': 'ours, fused (Triton)',
+    'fused_compile': 'ours, fused, torch.compile',
     'fused_loops': 'ours, fused (numba), explicit loops',
     'fused_fresh': 'ours, fused (numba), new edge_index every call',
 }
@@ -94,6 +105,7 @@ LABELS = {
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
                          'fused_numba': 0, 'fused_torch': 0,
+                         'fused_triton': 0, 'fused_compile': 0,
                          'fused_loops': 0, 'fused_fresh': 0}
 # (nodes, average in-degree, heads, channels); the third is the headline.
 DEFAULT_CASES = [
@@ -133,6 +145,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--max-memory', type=float, default=8.0,
                         help='skip an implementation whose projected peak '
                         'exceeds this many GiB (reported as skipped)')
+    parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32',
+                        help='dtype of the features and weights (numba '
+                        'runs float32 and float64 only)')
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for torch and numba; 0 keeps the '
                         'default (all cores)')
@@ -209,20 +224,22 @@ def memcpy_bandwidth(device: torch.device, repeats: int = 5) -> float:
 # The worker: one case in a fresh process ------------------------------------
 
 
-def build_case(case: dict, seed: int, device: torch.device):
+def build_case(case: dict, seed: int, device: torch.device,
+               dtype: torch.dtype = torch.float32):
     if case['kind'] == 'cora':
         from pyg_gatv2 import load_planetoid
         with tempfile.TemporaryDirectory() as root:
             data = load_planetoid('Cora', root=root, raw_dir=case['raw'])[0]
-        return data.x.to(device), data.edge_index.to(device)
+        return data.x.to(device, dtype), data.edge_index.to(device)
     gen = torch.Generator().manual_seed(seed)
     n = case['nodes']
     x = torch.randn(n, case['features'], generator=gen)
     edge_index = torch.randint(0, n, (2, case['edges']), generator=gen)
-    return x.to(device), edge_index.to(device)
+    return x.to(device, dtype), edge_index.to(device)
 
 
-def make_impls(case: dict, names: list[str], device: torch.device):
+def make_impls(case: dict, names: list[str], device: torch.device,
+               dtype: torch.dtype = torch.float32):
     """PyG's layer, and name -> (module, fused backend or None) for each
     implementation, all with PyG's weights."""
     import torch_geometric.nn as pyg_nn
@@ -232,7 +249,7 @@ def make_impls(case: dict, names: list[str], device: torch.device):
     torch.manual_seed(0)
     args = (case['features'], case['channels'])
     kwargs = dict(heads=case['heads'])
-    ref = pyg_nn.GATv2Conv(*args, **kwargs).to(device)
+    ref = pyg_nn.GATv2Conv(*args, **kwargs).to(device, dtype)
     impls = {}
     for name in names:
         if name == 'pyg':
@@ -241,18 +258,23 @@ def make_impls(case: dict, names: list[str], device: torch.device):
             impls[name] = (torch.compile(ref, dynamic=False), None)
         elif name == 'fused_loops':
             conv = GATv2Conv(*args, **kwargs, add_self_loops=False,
-                             fused=True).to(device)
+                             fused=True).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
             impls[name] = (ExplicitLoops(conv), 'numba')
         elif name == 'fused_fresh':
-            conv = GATv2Conv(*args, **kwargs, fused=True).to(device)
+            conv = GATv2Conv(*args, **kwargs, fused=True).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
             impls[name] = (FreshEdgeIndex(conv), 'numba')
+        elif name == 'fused_compile':
+            conv = GATv2Conv(*args, **kwargs, fused=True).to(device, dtype)
+            conv.load_state_dict(ref.state_dict())
+            impls[name] = (torch.compile(conv, dynamic=False), None)
         else:
             fused = name != 'mp'
-            conv = GATv2Conv(*args, **kwargs, fused=fused).to(device)
+            conv = GATv2Conv(*args, **kwargs, fused=fused).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
-            backend = name.split('_')[1] if fused else None  # numba, torch
+            # numba, torch, triton
+            backend = name.split('_')[1] if fused else None
             impls[name] = (conv, backend)
     return ref, impls
 
@@ -301,10 +323,11 @@ def run_worker(spec: dict) -> dict:
     device = torch.device(args.device)
     if stage == 'check':
         pin_malloc()
-    x, edge_index = build_case(case, args.seed, device)
+    dtype = DTYPES[args.dtype][0]
+    x, edge_index = build_case(case, args.seed, device, dtype)
     result = dict(case=case, impls=runnable(case, args, device))
     names = [name for name, entry in result['impls'].items() if not entry]
-    ref, impls = make_impls(case, names, device)
+    ref, impls = make_impls(case, names, device, dtype)
     runs = {name: Run(*impls[name], x, edge_index) for name in names}
     alive = check(runs, ref, x, edge_index, result['impls'], args, stage,
                   device)
@@ -331,6 +354,11 @@ def runnable(case: dict, args: argparse.Namespace,
         if (name in ('fused_numba', 'fused_loops', 'fused_fresh')
                 and device.type != 'cpu'):
             entries[name] = dict(status='n/a (CPU only)')
+        elif (name in ('fused_numba', 'fused_loops', 'fused_fresh')
+              and args.dtype not in ('float32', 'float64')):
+            entries[name] = dict(status=f'n/a ({args.dtype})')
+        elif name == 'fused_triton' and device.type != 'cuda':
+            entries[name] = dict(status='n/a (CUDA only)')
         elif peak > args.max_memory * GiB:
             entries[name] = dict(
                 status=f'skipped (projected {peak / GiB:.1f} GiB)')
@@ -378,8 +406,10 @@ def check(runs: dict[str, Run], ref: torch.nn.Module, x: torch.Tensor,
             for _ in range(args.warmup):
                 run(True)
             if stage == 'check':
-                entry['error'] = compare(got, expected, TOLERANCE).max_rel
-                if entry['error'] > TOLERANCE:
+                tolerance = DTYPES[args.dtype][1]
+                entry['error'] = compare(got.float(), expected.float(),
+                                         tolerance).max_rel
+                if entry['error'] > tolerance:
                     entry['status'] = 'MISMATCH'
                     continue
                 entry['peak'] = peak_memory(partial(run, True), device)
@@ -405,7 +435,7 @@ def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
         x_l = ref.lin_l(x).view(-1, H, C)
         x_r = ref.lin_r(x).view(-1, H, C)
         for name in alive:
-            if name not in ('fused_numba', 'fused_torch'):
+            if name not in ('fused_numba', 'fused_torch', 'fused_triton'):
                 continue
             times[name] = median_time(
                 partial(fused_gatv2_attention, x_l, x_r, ref.att,
@@ -454,15 +484,17 @@ def edge_elements(case: dict) -> int:
     return (case['edges'] + case['nodes']) * case['heads'] * case['channels']
 
 
-def fused_bytes(case: dict) -> float:
-    """Bytes the fused forward must move at least once (float32)."""
+def fused_bytes(case: dict, size: int = 4) -> float:
+    """Bytes the fused forward must move at least once, with features of
+    :obj:`size` bytes (the log-sum-exp in float32, indices in int64)."""
     H, C = case['heads'], case['channels']
     edges = case['edges'] + case['nodes']
-    return edges * (H * C * 4 + 16) + case['nodes'] * (2 * H * C * 4 +
-                                                       H * 4 + 8)
+    return edges * (H * C * size + 16) + case['nodes'] * (
+        2 * H * C * size + H * 4 + 8)
 
 
-def rows_of(results: list[dict], bandwidth: float) -> list[dict]:
+def rows_of(results: list[dict], bandwidth: float,
+            size: int = 4) -> list[dict]:
     rows = []
     for res in results:
         case, impls = res['case'], res['impls']
@@ -489,7 +521,7 @@ def rows_of(results: list[dict], bandwidth: float) -> list[dict]:
                     row['peak_vs_eager'] = (
                         f"{entry['peak'] / base['pyg']['peak']:.3f}")
             if 'kernel_fwd' in entry:
-                gbps = fused_bytes(case) / entry['kernel_fwd']
+                gbps = fused_bytes(case, size) / entry['kernel_fwd']
                 row['kernel_fwd_ms'] = f"{entry['kernel_fwd'] * 1e3:.1f}"
                 row['kernel_gb_s'] = f'{gbps / 1e9:.2f}'
                 row['kernel_vs_memcpy'] = f'{gbps / bandwidth:.2f}'
@@ -497,9 +529,11 @@ def rows_of(results: list[dict], bandwidth: float) -> list[dict]:
     return rows
 
 
-OURS = ('mp', 'fused_numba', 'fused_torch', 'fused_loops', 'fused_fresh')
+OURS = ('mp', 'fused_numba', 'fused_torch', 'fused_triton', 'fused_compile',
+        'fused_loops', 'fused_fresh')
 COLORS = {'mp': 'C0', 'fused_numba': 'C2', 'fused_torch': 'C1',
-          'fused_loops': 'C4', 'fused_fresh': 'C5'}
+          'fused_triton': 'C3', 'fused_compile': 'C6', 'fused_loops': 'C4',
+          'fused_fresh': 'C5'}
 BASELINES = (('pyg', 'PyG eager'), ('pyg_compile', 'PyG compiled'))
 TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 METRICS = (('step_ms', 'training step speed-up\n(PyG time / ours)'),
@@ -612,7 +646,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     for case in cases:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, args))
-    rows = rows_of(results, bandwidth)
+    rows = rows_of(results, bandwidth, DTYPES[args.dtype][2])
     text = '\n'.join(header(command, device, bandwidth)) + markdown_table(
         rows, COLUMNS) + '\n'
     print(text)
