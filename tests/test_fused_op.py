@@ -157,3 +157,42 @@ def test_backend_is_chosen_when_the_op_runs(backend, monkeypatch):
     with use_backend(backend):
         model(ops['x_l'], ops['x_r'], ops['att'], edge_index, None)
     assert calls == [backend]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='needs a CUDA GPU')
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_steady_state_training_step_does_not_wait_for_the_gpu():
+    """Once the layout of an edge_index is cached, a training step of the
+    layer queues its work without a host synchronisation."""
+    from pyg_gatv2 import GATv2Conv
+    conv = GATv2Conv(16, 8, heads=4).cuda()
+    x = torch.randn(300, 16, device='cuda')
+    edge_index = graph(300, 300, 3000).cuda()
+    conv(x, edge_index).sum().backward()  # builds and caches the layout
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        conv(x, edge_index).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_compiled_model_on_the_gpu_runs_triton():
+    from pyg_gatv2 import GATv2
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GATv2(16, 4, hidden_channels=8, heads=4, dropout=0.0,
+                  attention_dropout=0.0).cuda()
+    x = torch.randn(300, 16, device='cuda')
+    edge_index = graph(300, 300, 3000).cuda()
+    explanation = torch._dynamo.explain(model)(x, edge_index)
+    assert explanation.graph_break_count == 0
+    expected = model(x, edge_index)
+    torch.testing.assert_close(torch.compile(model)(x, edge_index),
+                               expected)
