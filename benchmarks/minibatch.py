@@ -1,0 +1,589 @@
+"""Mini-batch GATv2 training with NeighborLoader on a graph too large for
+full-batch PyG: our GATv2Conv against PyG's in the same loop, with 1 and 2
+processes (torchrun, DDP on gloo over 127.0.0.1).
+
+    python benchmarks/minibatch.py            # about 10 minutes on 2 cores
+    python benchmarks/minibatch.py --quick    # tiny graph, a few steps
+
+The graph is a seeded stochastic block model with one block per class:
+each node draws ``--degree / 2`` partners, a ``--homophily`` share of them
+from its own block and the rest uniformly, and the edges are made undirected.
+PyG's :func:`~torch_geometric.utils.stochastic_blockmodel_graph` draws a
+Bernoulli per node pair, which at hundreds of thousands of nodes is out of
+reach. Features are Planetoid-like bags of words: ``--words`` ones per node
+in ``--features`` columns, each a word of its class's topic with
+probability ``--topic`` and any word otherwise, rows scaled to sum to one.
+
+Full-batch memory is estimated, not run: PyG's ``GATv2Conv`` materialises
+tensors of ``edges x heads x channels`` several times, so the peak memory
+of a full-batch training step of the 2-layer PyG model is measured on
+smaller graphs of the same generator (in fresh processes, allocator pinned:
+``_common.run_isolated``, ``_common.peak_memory``) and scaled by the number
+of edges (self-loops included).
+
+Each run of ``torchrun --nproc-per-node P`` trains a 2-layer GATv2
+(:class:`pyg_gatv2.models.GATv2`) built twice from one seed, once with
+:class:`pyg_gatv2.GATv2Conv` and once with
+:class:`torch_geometric.nn.GATv2Conv`, each in
+:class:`~torch.nn.parallel.DistributedDataParallel` with its own Adam. Each
+rank samples its own share of the training nodes with
+:class:`~torch_geometric.loader.NeighborLoader` (in the rank's process, no
+loader workers). Every step draws one batch and trains both models on it
+(``_common.interleaved_medians``: sampling, ours, PyG, in turn), so both
+layers see the same subgraphs; the loss is taken on the seed nodes only.
+Before any timing, both models' outputs on the first batch are compared in
+eval mode (they share weights). Sampling time (drawing the batch, then a
+barrier across ranks so that no rank's wait lands in a model time) is
+reported apart from model time (forward, backward, gradient all-reduce,
+optimizer step). Seconds per epoch are extrapolated from the median step:
+median x ceil(training nodes per rank / batch size). Seeds per second are
+the seed nodes of all ranks per step over the median step. After timing,
+each rank pins glibc's allocator (``_common.pin_malloc``) and measures the
+peak memory growth of a training step (``_common.peak_memory``, the largest
+over ``--memory-steps`` batches and over the ranks).
+
+``--threads`` is the number of CPU threads of a run in all: one process
+uses all of them, two processes half each. Runs alternate between process
+counts for ``--rounds`` rounds; the report gives the medians over rounds.
+Writes ``minibatch.md`` and ``minibatch.csv`` into ``--out``.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from _common import (
+    RESULTS,
+    WorkerFailed,
+    command_line,
+    compare,
+    interleaved_medians,
+    markdown_table,
+    peak_memory,
+    pin_malloc,
+    run_isolated,
+    write_report,
+)
+from torch_geometric.data import Data
+from torch_geometric.utils import remove_self_loops, to_undirected
+
+GiB = 2.0**30
+MiB = 2.0**20
+TOLERANCE = 1e-5
+LAYERS = {'ours': 'pyg_gatv2.GATv2Conv', 'pyg': 'torch_geometric GATv2Conv'}
+QUICK = dict(nodes=3000, degree=8, features=32, classes=4, words=4,
+             batch_size=64, num_neighbors=[5, 5], steps=3, warmup=1,
+             memory_steps=1, rounds=1, estimate_nodes=[1000])
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='a tiny graph, a few steps, one round')
+    graph = parser.add_argument_group('the synthetic graph')
+    graph.add_argument('--nodes', type=int, default=600_000)
+    graph.add_argument('--degree', type=int, default=16,
+                       help='average number of neighbours')
+    graph.add_argument('--classes', type=int, default=10,
+                       help='classes, one block of the model each')
+    graph.add_argument('--homophily', type=float, default=0.8,
+                       help='share of edges inside a block')
+    graph.add_argument('--features', type=int, default=128)
+    graph.add_argument('--words', type=int, default=8,
+                       help='nonzero features per node')
+    graph.add_argument('--topic', type=float, default=0.5,
+                       help='chance that a word comes from the class topic')
+    graph.add_argument('--train-fraction', type=float, default=0.2,
+                       help='share of the nodes that are training seeds')
+    model = parser.add_argument_group('the model and the loader')
+    model.add_argument('--heads', type=int, default=4)
+    model.add_argument('--hidden', type=int, default=32,
+                       help='channels per head of the first layer')
+    model.add_argument('--dropout', type=float, default=0.6,
+                       help='feature and attention dropout')
+    model.add_argument('--lr', type=float, default=0.005)
+    model.add_argument('--batch-size', type=int, default=1024,
+                       help='seed nodes per step and rank')
+    model.add_argument('--num-neighbors', type=int, nargs='+',
+                       default=[25, 10], help='fan-out per layer')
+    run = parser.add_argument_group('the measurement')
+    run.add_argument('--procs', type=int, nargs='+', default=[1, 2],
+                     help='process counts to run (torchrun)')
+    run.add_argument('--threads', type=int, default=2,
+                     help='CPU threads per run in all, split over its ranks')
+    run.add_argument('--steps', type=int, default=5,
+                     help='timed steps per run')
+    run.add_argument('--warmup', type=int, default=1,
+                     help='untimed steps first (numba compilation)')
+    run.add_argument('--memory-steps', type=int, default=2,
+                     help='batches whose step peak memory is measured')
+    run.add_argument('--rounds', type=int, default=2,
+                     help='runs per process count, alternating')
+    run.add_argument('--estimate-nodes', type=int, nargs='+',
+                     default=[10_000, 20_000],
+                     help='graph sizes at which full-batch PyG memory is '
+                     'measured for the estimate')
+    run.add_argument('--timeout', type=float, default=900,
+                     help='seconds before a torchrun run is killed')
+    run.add_argument('--seed', type=int, default=0)
+    run.add_argument('--out', type=Path, default=RESULTS,
+                     help='folder for the .md and .csv')
+    run.add_argument('--name', default=None,
+                     help='file stem (default: minibatch, minibatch_quick '
+                     'with --quick)')
+    parser.add_argument('--rank-worker', type=Path, default=None,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:  # other defaults; flags given still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    if args.name is None:
+        args.name = 'minibatch' + ('_quick' if args.quick else '')
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser,
+               args: argparse.Namespace) -> None:
+    for key in ('nodes', 'degree', 'classes', 'features', 'words', 'heads',
+                'hidden', 'batch_size', 'threads', 'steps', 'memory_steps',
+                'rounds'):
+        if getattr(args, key) < 1:
+            parser.error(f'--{key.replace("_", "-")} must be at least 1')
+    for key in ('homophily', 'topic', 'train_fraction', 'dropout'):
+        if not 0.0 <= getattr(args, key) <= 1.0:
+            parser.error(f'--{key.replace("_", "-")} must lie in [0, 1]')
+    if any(p < 1 for p in args.procs) or any(
+            n < 1 for n in args.num_neighbors + args.estimate_nodes):
+        parser.error('--procs, --num-neighbors and --estimate-nodes take '
+                     'positive integers')
+    if any(args.threads % p for p in args.procs):
+        parser.error(f'--threads {args.threads} must divide evenly among '
+                     f'the ranks of every --procs {args.procs}')
+    if args.classes > args.features:
+        parser.error('--classes must not exceed --features: each class '
+                     'needs a topic word')
+    train = int(args.train_fraction * args.nodes)
+    if train < max(args.procs) * args.batch_size:
+        parser.error(f'{train} training nodes give some rank of '
+                     f'--procs {max(args.procs)} less than one batch of '
+                     f'{args.batch_size}; raise --nodes or --train-fraction')
+
+
+# The graph ------------------------------------------------------------------
+
+
+def synthetic_graph(nodes: int, degree: int, classes: int, features: int,
+                    words: int, homophily: float, topic: float,
+                    train_fraction: float, seed: int) -> Data:
+    """The seeded stochastic block model with bag-of-words features that
+    the module docstring describes; ``train_idx`` holds the seeds."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(nodes).remainder(classes)[torch.randperm(
+        nodes, generator=gen)]
+    # Nodes sorted by block, and where each block starts in that order.
+    members = torch.argsort(y, stable=True)
+    sizes = torch.bincount(y, minlength=classes)
+    starts = torch.cumsum(sizes, 0) - sizes
+
+    num_pairs = nodes * degree // 2
+    src = torch.randint(nodes, (num_pairs, ), generator=gen)
+    inside = torch.rand(num_pairs, generator=gen) < homophily
+    block = y[src]
+    offset = (torch.rand(num_pairs, generator=gen) * sizes[block]).long()
+    dst = torch.where(inside, members[starts[block] + offset],
+                      torch.randint(nodes, (num_pairs, ), generator=gen))
+    edge_index, _ = remove_self_loops(torch.stack([src, dst]))
+    edge_index = to_undirected(edge_index, num_nodes=nodes)
+
+    # Class c's topic: the columns congruent to c modulo the classes.
+    per_class = features // classes
+    topic_word = (y.unsqueeze(1) + classes * torch.randint(
+        per_class, (nodes, words), generator=gen))
+    any_word = torch.randint(features, (nodes, words), generator=gen)
+    from_topic = torch.rand(nodes, words, generator=gen) < topic
+    word = torch.where(from_topic, topic_word, any_word)
+    x = torch.zeros(nodes, features)
+    x.scatter_(1, word, 1.0)
+    x /= x.sum(dim=1, keepdim=True)
+
+    train_idx = torch.randperm(nodes, generator=gen)[:int(train_fraction *
+                                                          nodes)]
+    return Data(x=x, y=y, edge_index=edge_index, train_idx=train_idx)
+
+
+def graph_spec(args: argparse.Namespace, nodes: int) -> dict:
+    return dict(nodes=nodes, degree=args.degree, classes=args.classes,
+                features=args.features, words=args.words,
+                homophily=args.homophily, topic=args.topic,
+                train_fraction=args.train_fraction, seed=args.seed)
+
+
+def build_model(conv_name: str, spec: dict) -> torch.nn.Module:
+    """The 2-layer GATv2 with our layer (``'ours'``) or PyG's (``'pyg'``);
+    one seed gives both the same weights."""
+    import torch_geometric.nn
+
+    import pyg_gatv2
+    from pyg_gatv2.models import GATv2
+    conv = (pyg_gatv2.GATv2Conv if conv_name == 'ours' else
+            torch_geometric.nn.GATv2Conv)
+    torch.manual_seed(spec['seed'])
+    return GATv2(spec['features'], spec['classes'],
+                 hidden_channels=spec['hidden'], heads=spec['heads'],
+                 num_layers=2, dropout=spec['dropout'],
+                 attention_dropout=spec['dropout'], conv=conv)
+
+
+# Full-batch memory estimate -------------------------------------------------
+
+
+def fullbatch_memory_worker(spec: dict) -> dict:
+    """Peak memory of one full-batch training step of the PyG model on a
+    graph of ``spec['graph']['nodes']`` nodes (run by run_isolated)."""
+    pin_malloc()
+    data = synthetic_graph(**spec['graph'])
+    model = build_model('pyg', spec)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec['lr'])
+    train = data.train_idx
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(data.x, data.edge_index)
+        F.cross_entropy(out[train], data.y[train]).backward()
+        optimizer.step()
+
+    step()  # Adam's state, and the gradients' first allocation
+    return dict(nodes=data.num_nodes, edges=data.num_edges,
+                peak=peak_memory(step, torch.device('cpu')))
+
+
+def estimate_fullbatch(args: argparse.Namespace, base: dict,
+                       full: Data) -> dict:
+    """Measures full-batch PyG memory at ``--estimate-nodes`` and scales the
+    largest to :obj:`full` by edges, self-loops included."""
+    points = []
+    for nodes in args.estimate_nodes:
+        result = run_isolated(fullbatch_memory_worker,
+                              dict(base, graph=graph_spec(args, nodes)),
+                              threads=args.threads)
+        result['per_edge'] = result['peak'] / (result['edges'] +
+                                               result['nodes'])
+        points.append(result)
+        print(f"full-batch PyG step at N={result['nodes']}, "
+              f"E={result['edges']}: {result['peak'] / MiB:.0f} MiB, "
+              f"{result['per_edge']:.0f} bytes per edge", flush=True)
+    largest = max(points, key=lambda p: p['nodes'])
+    estimate = largest['per_edge'] * (full.num_edges + full.num_nodes)
+    return dict(points=points, bytes=estimate)
+
+
+# One torchrun rank ----------------------------------------------------------
+
+
+def rank_main(spec_path: Path) -> None:
+    """A rank of a torchrun run: trains both models, gathers the results
+    of all ranks and has rank 0 write them."""
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec['threads_per_rank'])
+    dist.init_process_group(
+        'gloo', timeout=timedelta(seconds=spec['collective_timeout']))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        result = train_rank(spec, rank, world)
+        results = [None] * world
+        dist.all_gather_object(results, result)
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(spec['result']).write_text(json.dumps(results))
+
+
+def train_rank(spec: dict, rank: int, world: int) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
+    from torch_geometric.loader import NeighborLoader
+
+    graph = torch.load(spec['graph_file'])
+    data = Data(x=graph['x'], y=graph['y'], edge_index=graph['edge_index'])
+    shard = graph['train_idx'].tensor_split(world)[rank]
+    models = {name: DistributedDataParallel(build_model(name, spec))
+              for name in LAYERS}
+    optimizers = {name: torch.optim.Adam(model.parameters(), lr=spec['lr'])
+                  for name, model in models.items()}
+    torch.manual_seed(spec['seed'] + 1 + rank)  # each rank's own shuffle
+    # pyg-lib, the sampler PyG prefers, is not on PyPI: torch-sparse's it is.
+    warnings.filterwarnings('ignore', message=".*without a 'pyg-lib'")
+    loader = NeighborLoader(data, num_neighbors=spec['num_neighbors'],
+                            batch_size=spec['batch_size'], input_nodes=shard,
+                            shuffle=True)
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+    state = dict(batch=next(stream), edges=[], nodes=[])
+    check = agreement(models, state['batch'])
+
+    def sample() -> None:
+        state['batch'] = batch = next(stream)
+        state['edges'].append(batch.num_edges)
+        state['nodes'].append(batch.num_nodes)
+        if world > 1:
+            dist.barrier()
+
+    def step_of(name: str):
+        model, optimizer = models[name], optimizers[name]
+
+        def step() -> None:
+            batch = state['batch']
+            optimizer.zero_grad(set_to_none=True)
+            out = model(batch.x, batch.edge_index)[:batch.batch_size]
+            loss = F.cross_entropy(out, batch.y[:batch.batch_size])
+            loss.backward()
+            optimizer.step()
+        return step
+
+    fns = {'sampling': sample, **{name: step_of(name) for name in LAYERS}}
+    for _ in range(spec['warmup']):
+        for fn in fns.values():
+            fn()
+    cpu = torch.device('cpu')
+    state['edges'].clear()
+    state['nodes'].clear()
+    medians = interleaved_medians(fns, cpu, spec['steps'])
+    result = dict(medians=medians, check=check,
+                  edges=statistics.mean(state['edges']),
+                  nodes=statistics.mean(state['nodes']),
+                  steps_per_epoch=math.ceil(shard.numel() /
+                                            spec['batch_size']))
+    if spec['memory']:
+        pin_malloc()
+        peaks: dict[str, float] = {name: 0.0 for name in LAYERS}
+        for _ in range(spec['memory_steps']):
+            sample()
+            for name in LAYERS:
+                peaks[name] = max(peaks[name],
+                                  peak_memory(fns[name], cpu))
+        result['peak'] = peaks
+    return result
+
+
+def agreement(models: dict, batch: Data) -> float:
+    """The largest relative difference between the two models' outputs on
+    :obj:`batch` in eval mode; raises if beyond the tolerance."""
+    outputs = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            model.eval()
+            outputs[name] = model.module(batch.x, batch.edge_index)
+            model.train()
+    result = compare(outputs['ours'], outputs['pyg'], TOLERANCE)
+    if not result.ok:
+        raise RuntimeError(
+            f'the two models disagree on the first batch (largest relative '
+            f'difference {result.max_rel:.2e} > {TOLERANCE}); fix the layer '
+            'before timing it')
+    return result.max_rel
+
+
+# Launching torchrun ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def launch(procs: int, spec: dict, timeout: float) -> list[dict]:
+    """Runs this script's ranks under ``torchrun --nproc-per-node procs``;
+    returns each rank's result. Raises :class:`WorkerFailed` if a rank
+    fails or the run outlasts :obj:`timeout` seconds."""
+    threads = spec['threads_per_rank']
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               NUMBA_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory() as folder:
+        spec_path = Path(folder) / 'spec.json'
+        spec = dict(spec, result=str(Path(folder) / 'result.json'))
+        spec_path.write_text(json.dumps(spec))
+        command = [
+            sys.executable, '-m', 'torch.distributed.run',
+            '--nproc-per-node', str(procs), '--master-addr', '127.0.0.1',
+            '--master-port', str(free_port()),
+            str(Path(__file__).resolve()), '--rank-worker', str(spec_path)
+        ]
+        # A session of its own, so that a timeout ends the ranks too.
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise WorkerFailed(f'timed out after {timeout:.0f} s') from None
+        if code != 0:
+            raise WorkerFailed(f'error: torchrun exit code {code}')
+        return json.loads(Path(spec['result']).read_text())
+
+
+# The report -----------------------------------------------------------------
+
+
+def summarize(procs: int, threads: int, runs: list[list[dict]],
+              batch_size: int) -> list[dict]:
+    """One row per layer from the runs (each a list of rank results) of
+    one process count: medians over runs of the slowest rank's medians."""
+    def over_runs(key: str) -> float:
+        return statistics.median(
+            max(rank['medians'][key] for rank in ranks) for ranks in runs)
+
+    sampling = over_runs('sampling')
+    model = {name: over_runs(name) for name in LAYERS}
+    first = runs[0]
+    steps = max(rank['steps_per_epoch'] for rank in first)
+    rows = []
+    for name, label in LAYERS.items():
+        step = sampling + model[name]
+        peak = max(rank['peak'][name] for rank in first)
+        rows.append(dict(
+            processes=procs, threads_per_rank=threads, layer=label,
+            sampled_edges=f"{statistics.mean(r['edges'] for r in first):.0f}",
+            sampling_ms=f'{sampling * 1e3:.1f}',
+            model_ms=f'{model[name] * 1e3:.1f}',
+            model_s_per_epoch=f'{model[name] * steps:.1f}',
+            s_per_epoch=f'{step * steps:.1f}',
+            seeds_per_s=f'{procs * batch_size / step:.0f}',
+            peak_mib=f'{peak / MiB:.1f}',
+            model_speedup=f"{model['pyg'] / model[name]:.2f}",
+            memory_ratio=f"{peak / max(r['peak']['pyg'] for r in first):.3f}",
+            max_rel_diff=f"{max(r['check'] for r in first):.1e}",
+            steps_per_epoch=steps))
+    return rows
+
+
+COLUMNS = ['processes', 'threads_per_rank', 'layer', 'sampled_edges',
+           'sampling_ms', 'model_ms', 'model_s_per_epoch', 's_per_epoch',
+           'seeds_per_s', 'peak_mib', 'model_speedup', 'memory_ratio',
+           'max_rel_diff']
+
+
+def report(args: argparse.Namespace, full: Data, estimate: dict,
+           rows: list[dict], failures: list[str], seconds: float,
+           load: tuple[float, float]) -> str:
+    points = ', '.join(
+        f"{p['per_edge']:.0f} B/edge at N={p['nodes']}"
+        for p in estimate['points'])
+    train = full.train_idx.numel()
+    lines = [
+        f'Synthetic stochastic block model: N={full.num_nodes}, '
+        f'E={full.num_edges} (undirected, both directions), '
+        f'{args.classes} classes, homophily {args.homophily}, '
+        f'{args.features} bag-of-words features ({args.words} words per '
+        f'node); {train} training nodes. 2-layer GATv2, '
+        f'{args.heads}x{args.hidden} hidden, dropout {args.dropout}, Adam. '
+        f'NeighborLoader, batch {args.batch_size} seeds per rank, fan-out '
+        f"{' '.join(map(str, args.num_neighbors))}.",
+        '',
+        f"Full-batch PyG training step, estimated: "
+        f"{estimate['bytes'] / GiB:.1f} GiB above the graph itself "
+        f'(measured {points}; scaled by edges + self-loops).',
+        '',
+        f'{args.threads} CPU threads per run: 1 process x {args.threads} '
+        f'threads, or P processes x {args.threads} / P threads (DDP, gloo, '
+        f'127.0.0.1). Times are medians of {args.steps} interleaved steps '
+        f'(after {args.warmup} warm-up steps) per run, the slowest rank, '
+        f'then the median over {args.rounds} runs per process count, '
+        'alternating. Sampling: drawing a batch (and a barrier across '
+        'ranks); model: forward, backward, all-reduce, Adam step. Seconds '
+        'per epoch are extrapolated: median step x steps per epoch '
+        '(training nodes per rank / batch). seeds/s counts all ranks. Peak '
+        f'memory: the largest growth of one training step over '
+        f'{args.memory_steps} batches and the ranks, allocator pinned. '
+        'model_speedup: PyG model time / this model time; memory_ratio: '
+        "this peak / PyG's peak; max_rel_diff: the two models' outputs on "
+        'the first batch, same weights, eval mode.',
+        '',
+        markdown_table(rows, COLUMNS),
+    ]
+    if failures:
+        lines += ['', 'Failed runs: ' + '; '.join(failures)]
+    lines += ['', f'Wall time {seconds / 60:.1f} min; load average (1 min) '
+              f'{load[0]:.1f} at the start and {load[1]:.1f} at the end on '
+              f'{os.cpu_count()} cores. `{command_line()}`', '']
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.rank_worker is not None:
+        rank_main(args.rank_worker)
+        return
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+    base = dict(features=args.features, classes=args.classes,
+                hidden=args.hidden, heads=args.heads, dropout=args.dropout,
+                lr=args.lr, seed=args.seed)
+    tic = time.perf_counter()
+    full = synthetic_graph(**graph_spec(args, args.nodes))
+    print(f'graph: N={full.num_nodes}, E={full.num_edges}, built in '
+          f'{time.perf_counter() - tic:.1f} s', flush=True)
+    estimate = estimate_fullbatch(args, base, full)
+    print(f"full-batch PyG training step, estimated: "
+          f"{estimate['bytes'] / GiB:.1f} GiB", flush=True)
+
+    runs: dict[int, list[list[dict]]] = {p: [] for p in args.procs}
+    failures = []
+    with tempfile.TemporaryDirectory() as folder:
+        graph_file = Path(folder) / 'graph.pt'
+        torch.save(dict(x=full.x, y=full.y, edge_index=full.edge_index,
+                        train_idx=full.train_idx), graph_file)
+        for round_ in range(args.rounds):
+            for procs in args.procs:
+                spec = dict(
+                    base, graph_file=str(graph_file),
+                    threads_per_rank=args.threads // procs,
+                    batch_size=args.batch_size,
+                    num_neighbors=args.num_neighbors, steps=args.steps,
+                    warmup=args.warmup, memory_steps=args.memory_steps,
+                    memory=not runs[procs], collective_timeout=args.timeout)
+                print(f'round {round_ + 1}/{args.rounds}: {procs} '
+                      'process(es)', flush=True)
+                try:
+                    result = launch(procs, spec, args.timeout)
+                except WorkerFailed as err:
+                    failures.append(f'{procs} processes, round '
+                                    f'{round_ + 1}: {err}')
+                    print(failures[-1], flush=True)
+                    continue
+                runs[procs].append(result)
+
+    rows = []
+    for procs in args.procs:
+        if runs[procs]:
+            rows += summarize(procs, args.threads // procs, runs[procs],
+                              args.batch_size)
+    markdown = report(args, full, estimate, rows, failures,
+                      time.perf_counter() - start,
+                      (load, os.getloadavg()[0]))
+    print(markdown)
+    write_report(args.out / args.name, markdown, rows, COLUMNS)
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,95 @@
+"""benchmarks/minibatch.py: its synthetic graph, its flags and a --quick run
+end to end under torchrun (no timing asserted)."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.utils import contains_self_loops, homophily, is_undirected
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+import minibatch  # noqa: E402
+from _common import read_csv  # noqa: E402
+
+GRAPH = dict(nodes=4000, degree=10, classes=5, features=40, words=6,
+             homophily=0.8, topic=0.5, train_fraction=0.25, seed=3)
+
+
+def test_synthetic_graph_is_seeded_and_shaped_as_asked():
+    data = minibatch.synthetic_graph(**GRAPH)
+    again = minibatch.synthetic_graph(**GRAPH)
+    for key in ('x', 'y', 'edge_index', 'train_idx'):
+        assert torch.equal(data[key], again[key])
+    other = minibatch.synthetic_graph(**dict(GRAPH, seed=4))
+    assert not torch.equal(data.edge_index, other.edge_index)
+
+    assert data.num_nodes == 4000
+    assert is_undirected(data.edge_index)
+    assert not contains_self_loops(data.edge_index)
+    # About degree x nodes directed edges, fewer by the duplicates dropped.
+    assert 0.95 * 40_000 < data.num_edges <= 40_000
+    # 80% of the partners come from the own block, and a fifth of the
+    # uniform rest lands there too: 0.8 + 0.2 / 5 = 0.84.
+    assert homophily(data.edge_index, data.y) == pytest.approx(0.84,
+                                                               abs=0.02)
+    assert torch.bincount(data.y).tolist() == [800] * 5
+    # Bags of words: at most 6 ones per row, scaled to sum to one.
+    assert torch.allclose(data.x.sum(1), torch.ones(4000))
+    assert ((data.x > 0).sum(1) <= 6).all()
+    # Half the words come from the class topic: columns = class mod 5.
+    words = data.x.nonzero()
+    on_topic = (words[:, 1] % 5 == data.y[words[:, 0]]).float().mean()
+    assert on_topic > 0.5
+    assert data.train_idx.unique().numel() == 1000
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--threads', '3'], 'must divide evenly'),
+    (['--homophily', '1.5'], '--homophily must lie in'),
+    (['--nodes', '1000'], 'less than one batch'),
+    (['--classes', '200'], '--classes must not exceed --features'),
+    (['--procs', '0'], 'positive integers'),
+])
+def test_bad_flags_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        minibatch.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_quick_flags_give_way_to_explicit_ones():
+    args = minibatch.parse_args(['--quick', '--steps', '7'])
+    assert args.steps == 7 and args.nodes == minibatch.QUICK['nodes']
+    assert args.name == 'minibatch_quick'
+
+
+def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
+    pytest.importorskip(
+        'torch_sparse', reason='NeighborLoader needs torch-sparse; install '
+        "it with pip install 'pyg-gatv2[sampling]'")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'minibatch.py'), '--quick',
+         '--out', str(tmp_path)], capture_output=True, text=True,
+        timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = read_csv(tmp_path / 'minibatch_quick.csv')
+    ours, pyg = minibatch.LAYERS['ours'], minibatch.LAYERS['pyg']
+    assert [(r['processes'], r['threads_per_rank'], r['layer'])
+            for r in rows] == [('1', '2', ours), ('1', '2', pyg),
+                               ('2', '1', ours), ('2', '1', pyg)]
+    for row in rows:
+        for key in ('sampling_ms', 'model_ms', 's_per_epoch',
+                    'model_s_per_epoch', 'seeds_per_s', 'sampled_edges'):
+            assert float(row[key]) > 0, (key, row)
+        peak = float(row['peak_mib'])
+        assert math.isfinite(peak) and peak >= 0
+        assert float(row['max_rel_diff']) <= minibatch.TOLERANCE
+    for procs in ('1', '2'):
+        pyg_row = next(r for r in rows
+                       if r['processes'] == procs and r['layer'] == pyg)
+        assert float(pyg_row['model_speedup']) == 1.0
+    markdown = (tmp_path / 'minibatch_quick.md').read_text()
+    assert 'benchmarks/minibatch.py --quick' in markdown
+    assert 'Full-batch PyG training step, estimated' in markdown
