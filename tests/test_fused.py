@@ -718,3 +718,15 @@ def test_first_numba_call_keeps_torch_s_thread_count():
     result = subprocess.run([sys.executable, '-c', script], check=True,
                             capture_output=True, text=True)
     assert result.stdout.split() == ['1', '1']
+
+
+@pytest.mark.parametrize('num_keys,size', [(1, 0), (5, 1), (7, 100),
+                                           (1000, 50)])
+def test_bucket_order_is_a_stable_sort(num_keys, size):
+    from pyg_gatv2.fused.cpu import bucket_order
+    keys = torch.randint(0, num_keys, (size, ),
+                         generator=torch.Generator().manual_seed(size))
+    ptr, order = bucket_order(keys, num_keys)
+    assert torch.equal(order, torch.argsort(keys, stable=True))
+    assert torch.equal(ptr.diff(), torch.bincount(keys, minlength=num_keys))
+    assert ptr[0] == 0

@@ -12,6 +12,10 @@ every thread writes only rows it owns and no atomics are needed:
   weight and the logit gradient) for the next pass.
 - ``backward_src``: per source node (CSC order), the gradient of ``x_l``.
 
+The CSR and CSC layouts themselves are sorted here too, by
+:func:`bucket_order`: a counting sort, linear in the edges, in place of a
+comparison sort.
+
 Arrays absent in a call (edge term, dropout mask, gradient of alpha) are
 passed as empty arrays with their ``has_*`` flag off, so that each dtype
 compiles once.
@@ -30,9 +34,33 @@ from torch import Tensor
 
 from .operands import Cotangents, Gradients, Operands
 
-__all__ = ['run_forward', 'run_backward']
+__all__ = ['run_forward', 'run_backward', 'bucket_order']
 
 _JIT = dict(parallel=True, fastmath=False, cache=True, nogil=True)
+
+
+@njit(cache=True, nogil=True)
+def _counting_sort(keys, ptr, order):
+    for k in keys:
+        ptr[k + 1] += 1
+    for i in range(ptr.size - 1):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    for i in range(keys.size):
+        k = keys[i]
+        order[fill[k]] = i
+        fill[k] += 1
+
+
+def bucket_order(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
+    """Sorts CPU int64 ``keys`` in ``0 .. num_keys - 1`` (checked by the
+    caller) by counting: returns the offsets of each key's run
+    ``[num_keys + 1]`` and the stable order, ``torch.argsort(keys,
+    stable=True)``, in time linear in ``keys.numel() + num_keys``."""
+    ptr = torch.zeros(num_keys + 1, dtype=torch.long)
+    order = torch.empty_like(keys)
+    _counting_sort(keys.numpy(), ptr.numpy(), order.numpy())
+    return ptr, order
 
 
 @njit(inline='always')

@@ -131,8 +131,7 @@ class EdgeLayout:
         """``(src_ptr, src_pos, src_row)``: for each source node, the CSR
         positions of its out-edges and their destination nodes."""
         if self._csc is None:
-            pos = torch.argsort(self.dst_col, stable=True)
-            ptr = _offsets(_degrees(self.dst_col, self.num_src))
+            ptr, pos = _sort(self.dst_col, self.num_src)
             self._csc = (ptr, pos, self.dst_row[pos])
         return self._csc
 
@@ -153,14 +152,21 @@ class EdgeLayout:
         return self._bounds[key]
 
 
-def _degrees(index: Tensor, size: int) -> Tensor:
-    """How often each of ``0 .. size - 1`` occurs in ``index`` (whose
-    range is checked)."""
-    if index.device.type == 'cpu':
-        return torch.bincount(index, minlength=size)
-    # bincount reads the maximum back to the host to size its output.
-    return torch.zeros(size, dtype=torch.long, device=index.device
-                       ).index_add_(0, index, torch.ones_like(index))
+def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
+    """The offsets of the runs of ``0 .. num_keys - 1`` in ``keys`` sorted
+    (whose range is checked), and the stable order that sorts them."""
+    if keys.device.type == 'cpu':
+        try:
+            from .cpu import bucket_order
+        except ImportError:  # numba cannot be imported
+            pass
+        else:
+            return bucket_order(keys, num_keys)
+    # Not bincount: it reads the maximum back to the host to size its
+    # output.
+    deg = torch.zeros(num_keys, dtype=torch.long, device=keys.device
+                      ).index_add_(0, keys, torch.ones_like(keys))
+    return _offsets(deg), torch.argsort(keys, stable=True)
 
 
 def _offsets(deg: Tensor) -> Tensor:
@@ -187,8 +193,8 @@ def _build(edge_index: Tensor, num_src: int, num_dst: int,
                          loop])
     # A stable sort keeps the caller's order among the in-edges of a node
     # and puts the implicit loop last, as PyG's add_self_loops does.
-    perm = torch.argsort(dst, stable=True)
-    ptr = _offsets(_degrees(dst, num_dst + 1)[:num_dst])
+    ptr, perm = _sort(dst, num_dst + 1)
+    ptr = ptr[:num_dst + 1]
     return EdgeLayout(num_src, num_dst, num_edges, num_loops,
                       add_self_loops, ptr, src[perm], eid[perm],
                       num_kept=int(ptr[-1]))
