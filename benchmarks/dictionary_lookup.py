@@ -209,6 +209,12 @@ def write_reports(results: list[LookupResult], stem: Path,
     stem.with_suffix('.md').write_text(text)
 
 
+def saved_results(json_path: Path) -> list[LookupResult]:
+    """Every run of the JSON report, those of earlier commands included."""
+    saved = json.loads(json_path.read_text())
+    return [LookupResult.from_dict(r) for r in saved['results']]
+
+
 def main() -> None:
     recipe = LookupRecipe()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -240,8 +246,8 @@ def main() -> None:
     stem = args.out / 'dictionary_lookup'
     if args.report_only:
         saved = json.loads(stem.with_suffix('.json').read_text())
-        write_reports([LookupResult.from_dict(r) for r in saved['results']],
-                      stem, saved['command'])
+        write_reports(saved_results(stem.with_suffix('.json')), stem,
+                      saved['command'])
         return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -261,17 +267,17 @@ def main() -> None:
         commands = saved.get('commands', [saved['command']])
     commands.append(command_line())
     command = '`; `'.join(commands)
-    finished: list[LookupResult] = []
 
     def report(result: LookupResult) -> None:
-        finished.append(result)
         print(markdown_table([row(result)], COLUMNS).splitlines()[-1],
               flush=True)
-        write_reports(finished, stem, command)
+        # The report holds this run by now, and the runs of earlier
+        # commands that this one does not repeat.
+        write_reports(saved_results(json_path), stem, command)
 
     print(markdown_table([], COLUMNS), flush=True)
     results = run_lookup_sweep(
-        runs, stem.with_suffix('.json'),
+        runs, json_path,
         recipe=LookupRecipe(max_epochs=args.max_epochs), device=args.device,
         checkpoint_dir=args.out / 'dictionary_lookup_checkpoints',
         resume=args.resume, on_result=report,

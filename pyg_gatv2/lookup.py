@@ -625,10 +625,10 @@ class _LookupCheckpoint:
             run.stop = 'max_epochs'
 
 
-def _finished_runs(json_path: Path, settings: dict[str, Any],
-                   max_epochs: int) -> dict['LookupRun', LookupResult]:
-    """The runs a sweep report holds, but for those a lower epoch cap cut
-    short, which go on from their checkpoints."""
+def _finished_runs(json_path: Path, settings: dict[str, Any]
+                   ) -> dict['LookupRun', LookupResult]:
+    """The runs a sweep report holds, those cut short by an epoch cap
+    included."""
     saved = json.loads(json_path.read_text())
     if saved.get('settings') != settings:
         raise ValueError(
@@ -636,12 +636,8 @@ def _finished_runs(json_path: Path, settings: dict[str, Any],
             f"settings ({saved.get('settings')!r}, now {settings!r}); run "
             'with the same settings, or without resuming or into another '
             'file')
-    done = {}
-    for values in saved['results']:
-        result = LookupResult.from_dict(values)
-        if not (result.stop == 'max_epochs' and result.epochs < max_epochs):
-            done[_run_of(values)] = result
-    return done
+    return {_run_of(values): LookupResult.from_dict(values)
+            for values in saved['results']}
 
 
 def _write_sweep(json_path: Path, body: dict[str, Any]) -> None:
@@ -747,7 +743,13 @@ def run_lookup_sweep(
 
     done: dict[LookupRun, LookupResult] = {}
     if resume and json_path.exists():
-        done = _finished_runs(json_path, settings, recipe.max_epochs)
+        done = _finished_runs(json_path, settings)
+
+    def to_train(run: LookupRun) -> bool:
+        # A run that a lower epoch cap ended goes on from its checkpoint; it
+        # stays in the report until then.
+        return run not in done or (done[run].stop == 'max_epochs'
+                                   and done[run].epochs < recipe.max_epochs)
 
     def write() -> None:
         kept = [done[run] for run in runs if run in done]
@@ -759,7 +761,7 @@ def run_lookup_sweep(
     datasets: dict[tuple[int, int], DictionaryLookup] = {}
     results = []
     for run in runs:
-        if run not in done:
+        if to_train(run):
             key = (run.k, run.seed)
             if key not in datasets:
                 datasets.clear()  # one size at a time in memory

@@ -538,6 +538,29 @@ def test_sweep_keeps_finished_runs(tmp_path):
                          resume=True)
 
 
+def test_sweep_keeps_runs_cut_by_a_lower_cap(tmp_path):
+    json_path, folder = tmp_path / 'sweep.json', tmp_path / 'checkpoints'
+    first, second = LookupRun(3, 'gatv2', 1, 0), LookupRun(4, 'gatv2', 1, 0)
+
+    def sweep(runs, max_epochs):
+        return run_lookup_sweep(
+            runs, json_path, recipe=LookupRecipe(max_epochs=max_epochs,
+                                                 eval_every=2),
+            hidden_channels=8, checkpoint_dir=folder, resume=True)
+
+    cut = sweep([first], 4)[0]
+    assert cut.stop == 'max_epochs' and cut.epochs == 4
+    assert (folder / (first.name + '.pt')).exists()
+    # A later command with a higher cap and other runs keeps the cut run
+    # in the report, as it was.
+    sweep([second], 6)
+    saved = json.loads(json_path.read_text())['results']
+    assert [(r['k'], r['epochs']) for r in saved] == [(4, 6), (3, 4)]
+    assert LookupResult.from_dict(saved[1]) == cut
+    # Naming it under the higher cap continues it from its checkpoint.
+    assert sweep([first, second], 6)[0].epochs == 6
+
+
 def test_plot_layout_and_bad_results(tmp_path):
     results = [
         LookupResult(k=k, conv=conv, heads=heads, seed=seed,
