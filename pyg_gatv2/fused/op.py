@@ -127,6 +127,22 @@ def _num_loops(num_src: int, num_dst: int, self_loops: bool) -> int:
     return min(num_src, num_dst) if self_loops else 0
 
 
+def _operands(x_l: Tensor, x_r: Tensor, att: Tensor,
+              csr: Tuple[Tensor, Tensor, Tensor], edge_term: Optional[Tensor],
+              loop_term: Optional[Tensor], dropout_mask: Optional[Tensor],
+              num_edges: int, self_loops: bool, negative_slope: float,
+              backend: Optional[str], chunk_size: Optional[int]
+              ) -> Tuple[Operands, str, int]:
+    """What the kernels take, from the arguments of the ops: the operands
+    with their layout, the backend for these tensors, the chunk size."""
+    layout = layout_of(*csr, x_l.size(0), num_edges, self_loops)
+    ops = Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask, layout,
+                   negative_slope)
+    if chunk_size is None:
+        chunk_size = chunked.default_chunk_size(*att.shape)
+    return ops, _resolve_backend(backend, x_l), chunk_size
+
+
 def _absent(like: Tensor) -> Tensor:
     # Custom ops return tensors, not None: an empty one stands for "none".
     return like.new_empty(0)
@@ -167,13 +183,10 @@ def _attention_op(
     float64 for float64 features) and the softmax weights [virtual edges, H]
     (empty unless ``want_alpha``) of :func:`fused_gatv2_attention`, on the
     backend chosen for the features' device and dtype."""
-    layout = layout_of(dst_ptr, dst_col, dst_eid, x_l.size(0), num_edges,
-                       self_loops)
-    ops = Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask, layout,
-                   negative_slope)
-    backend = _resolve_backend(backend, x_l)
-    if chunk_size is None:
-        chunk_size = chunked.default_chunk_size(*att.shape)
+    ops, backend, chunk_size = _operands(
+        x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term, loop_term,
+        dropout_mask, num_edges, self_loops, negative_slope, backend,
+        chunk_size)
     # The inputs arrive in the dtype to compute in; autocast must not lower
     # the precision of the sums inside.
     with torch.autocast(x_l.device.type, enabled=False):
@@ -207,13 +220,10 @@ def _attention_backward_op(
     """The gradients of ``x_l`` (empty unless ``want_src_grad``), ``x_r``,
     ``att`` and the edge terms (empty unless ``want_edge_grad``): a pass by
     destination and, for ``x_l``, one by source, recomputing the logits."""
-    layout = layout_of(dst_ptr, dst_col, dst_eid, x_l.size(0), num_edges,
-                       self_loops)
-    ops = Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask, layout,
-                   negative_slope)
-    backend = _resolve_backend(backend, x_l)
-    if chunk_size is None:
-        chunk_size = chunked.default_chunk_size(*att.shape)
+    ops, backend, chunk_size = _operands(
+        x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term, loop_term,
+        dropout_mask, num_edges, self_loops, negative_slope, backend,
+        chunk_size)
     grad_out = grad_out.contiguous()
     # D_i = <grad_i, out_i> turns the softmax backward into a local
     # expression per edge, with no extra pass over the edges. (einsum runs
@@ -223,8 +233,8 @@ def _attention_backward_op(
                          out.to(lse.dtype))
     if grad_alpha is not None:
         grad_alpha = grad_alpha.contiguous()
-        weighted = (alpha * grad_alpha)[layout.dst_eid]
-        delta.index_add_(0, layout.dst_row, weighted.to(lse.dtype))
+        weighted = (alpha * grad_alpha)[ops.layout.dst_eid]
+        delta.index_add_(0, ops.layout.dst_row, weighted.to(lse.dtype))
     cot = Cotangents(grad_out, grad_alpha, lse, delta)
     with torch.autocast(x_l.device.type, enabled=False):
         grads = _run_backward(backend, ops, cot, want_edge_grad,
