@@ -110,7 +110,12 @@ def test_missing_data_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('flags,message', [
-    (['--dataset', 'ogbn-arxiv'], "unknown dataset 'ogbn-arxiv'"),
+    (['--dataset', 'ogbn-mag'], "unknown dataset 'ogbn-mag'"),
+    (['--batch-size', '0'], "--batch-size: expected a positive integer"),
+    (['--num-neighbors', '0'], 'expected a positive number of neighbours '
+     "(or -1 for all), got '0'"),
+    (['--num-workers', '-1'], "expected a non-negative integer, got '-1'"),
+    (['--dist-timeout', '0'], "--dist-timeout: expected a positive number"),
     (['--seeds', '0'], "--seeds: expected a positive integer, got '0'"),
     (['--epochs', '1.5'], "expected a positive integer, got '1.5'"),
     (['--lr', '-1'], "--lr: expected a positive number, got '-1'"),
@@ -149,7 +154,9 @@ def test_help_documents_every_flag():
                  '--weight-decay', '--layers', '--hidden', '--heads',
                  '--output-heads', '--dropout', '--attention-dropout',
                  '--device', '--threads', '--compile', '--out',
-                 '--checkpoint-every', '--resume', '--no-progress'):
+                 '--checkpoint-every', '--resume', '--no-progress',
+                 '--batch-size', '--num-neighbors', '--num-workers',
+                 '--dist-timeout'):
         assert flag in text
     for action in train_parser._actions:
         assert action.help, action.option_strings
@@ -164,3 +171,55 @@ def test_python_m_runs_the_command_line(cora_flags, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert FINAL_LINE.fullmatch(proc.stdout.splitlines()[-1])
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--num-neighbors', '5', '5'], '--num-neighbors samples mini-batches '
+     'and needs --batch-size'),
+    (['--num-workers', '2'], '--num-workers samples mini-batches'),
+    (['--batch-size', '8', '--num-neighbors', '5'], '--num-neighbors has 1 '
+     'hops for 2 layers; give one fan-out per layer'),
+    (['--dataset', 'ogbn-arxiv', '--split', 'random'], '--split applies to '
+     'the Planetoid graphs; ogbn-arxiv has its official split'),
+])
+def test_inconsistent_flags_are_one_line(flags, message, tmp_path, capsys):
+    assert main(['train', *flags, '--out', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert err.startswith(f'pyg-gatv2: error: {message}')
+
+
+def test_mini_batches_from_the_command_line(cora_flags, tmp_path, capsys):
+    out = tmp_path / 'out'
+    flags = [*cora_flags, '--epochs', '3', '--batch-size', '64',
+             '--num-neighbors', '5', '5', '--hidden', '4', '--heads', '2']
+    assert train(flags, out) == 0
+    assert FINAL_LINE.fullmatch(capsys.readouterr().out.splitlines()[-1])
+    report = json.loads((out / 'results.json').read_text())
+    assert report['settings']['batch_size'] == 64
+    assert report['settings']['num_neighbors'] == [5, 5]
+    assert report['settings']['processes'] == 1
+    state = torch.load(out / 'checkpoints' / 'state_seed0.pt',
+                       weights_only=True)
+    assert state['settings']['batch_size'] == 64
+    assert train([*flags, '--resume'], out) == 0
+    again = json.loads((out / 'results.json').read_text())
+    assert without_seconds(again) == without_seconds(report)
+
+
+def test_ogb_graph_from_the_command_line(tmp_path, capsys):
+    from test_datasets_ogb import write_ogb
+
+    write_ogb(tmp_path / 'ogb' / 'ogbn_arxiv', 'ogbn-arxiv')
+    out = tmp_path / 'out'
+    assert main(['train', '--dataset', 'ogbn-arxiv', '--root',
+                 str(tmp_path / 'ogb'), '--epochs', '3', '--hidden', '4',
+                 '--heads', '2', '--device', 'cpu', '--no-progress',
+                 '--out', str(out)]) == 0
+    assert FINAL_LINE.fullmatch(capsys.readouterr().out.splitlines()[-1])
+    report = json.loads((out / 'results.json').read_text())
+    assert report['dataset'] == 'ogbn-arxiv'
+    assert report['settings']['split'] == 'official'
+    assert report['model']['out_channels'] == 40
+    # OGB's evaluator agrees with the trainer's accuracy.
+    assert report['ogb_test_acc'] == [report['runs'][0]['test_acc']]

@@ -120,35 +120,40 @@ def _lost_message(err: RuntimeError, timeout: float) -> str:
     behind = [f'rank {other} at {where or "its start"}'
               for other in range(size) if other != rank
               for where in [_heartbeat_position(other)] if where != mine]
-    who = ('' if not behind else
-           f" ({'; '.join(behind)}, while rank {rank} was at {mine})")
+    if behind:
+        where = f" ({'; '.join(behind)}, while rank {rank} was at {mine})"
+    elif mine is not None:
+        where = f' (every rank last reported {mine})'
+    else:
+        where = ''
     cause = ' '.join(str(err).split())
     return (f'rank {rank} of {size} lost the other processes: a process died, '
-            f'or did not answer for {timeout:g} s (--dist-timeout){who}. '
+            f'or did not answer for {timeout:g} s (--dist-timeout){where}. '
             f'The error: {cause[:300]}')
 
 
-_position = {'epoch': None, 'step': None}
+_position = {'epoch': None, 'stage': None}
 
 
 def heartbeat(epoch: Optional[int] = None,
-              step: Optional[str] = None) -> None:
+              stage: Optional[str] = None) -> None:
     """Records in the rendezvous store where this process is: a new
-    :obj:`epoch` (which clears the step), or a :obj:`step` of it (e.g.
-    ``'2, forward'``), so that a failure can name the processes that fell
-    behind. Does nothing without a process group."""
+    :obj:`epoch` (which clears the stage), or a :obj:`stage` of it (e.g.
+    ``'step 2: forward'``, ``'evaluation'``), so that a failure can name
+    the processes that fell behind. Does nothing without a process group.
+    """
     rank, size = world()
     if size == 1:
         return
     if epoch is not None:
-        _position.update(epoch=epoch, step=None)
-    if step is not None:
-        _position['step'] = step
+        _position.update(epoch=epoch, stage=None)
+    if stage is not None:
+        _position['stage'] = stage
     store = _store()
     if store is not None:
         where = f"epoch {_position['epoch']}"
-        if _position['step'] is not None:
-            where += f", step {_position['step']}"
+        if _position['stage'] is not None:
+            where += f", {_position['stage']}"
         store.set(f'{_HEARTBEAT_KEY}{rank}', where)
 
 

@@ -132,12 +132,12 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
     total = torch.zeros((), dtype=torch.float64)
     nodes = steps = 0
     for step, batch in enumerate(batches, start=1):
-        heartbeat(step=f'{step}, forward')
+        heartbeat(stage=f'step {step}: forward')
         optimizer.zero_grad()
         out = forward_model(batch.x, batch.edge_index)
         mask = batch.train_mask
         loss = F.cross_entropy(out[mask], batch.y[mask])
-        heartbeat(step=f'{step}, gradients')
+        heartbeat(stage=f'step {step}: gradients')
         (loss * batch.get('loss_scale', 1.0)).backward()
         if _finite_gradients(model):
             optimizer.step()
@@ -199,6 +199,7 @@ def _epoch(run: RunState, train_model: torch.nn.Module,
         raise diverged('the training loss', epoch, seed, lr, weight_decay)
     if not all(torch.isfinite(p).all() for p in run.model.parameters()):
         raise diverged('a parameter', epoch, seed, lr, weight_decay)
+    heartbeat(stage='evaluation')
     try:
         metrics = EpochMetrics(epoch=epoch, loss=loss.item(),
                                **evaluate(forward_model, data))
@@ -340,6 +341,7 @@ def fit(
                             val=f'{metrics.val_acc:.3f}',
                             best=f'{run.best_metrics.val_acc:.3f}')
             if run.finished or epoch % state_every == 0:
+                heartbeat(stage='checkpoint')
                 checkpoints.save(run, device)
     finally:
         bar.close()

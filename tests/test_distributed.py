@@ -1,0 +1,261 @@
+"""Data-parallel training in two processes on gloo over the loopback
+interface: with torch.multiprocessing for the trainer's API, and with
+torchrun for the command line, including a process that dies or hangs."""
+import contextlib
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_training import (
+    NUM_CLASSES,
+    NUM_FEATURES,
+    assert_same_state,
+    same_runs,
+    toy_graph,
+)
+
+from pyg_gatv2.models import GATv2
+from pyg_gatv2.training import (
+    FullBatch,
+    NeighborBatches,
+    train_epoch,
+    train_node_classifier,
+)
+from pyg_gatv2.training.checkpoint import cpu_state
+from pyg_gatv2.training.distributed import wrap
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def steps_without_dropout(batches_of_epoch) -> tuple[dict, list[float]]:
+    """:data:`STEPS` epochs of Adam from the weights of seed 0; returns the
+    weights and the losses."""
+    torch.manual_seed(0)
+    model = GATv2(NUM_FEATURES, NUM_CLASSES, dropout=0.0,
+                  attention_dropout=0.0)
+    train_model = wrap(model, torch.device('cpu'))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = [train_epoch(model, train_model, optimizer,
+                          batches_of_epoch(epoch)).item()
+              for epoch in range(1, STEPS + 1)]
+    return cpu_state(model), losses
+
+
+def worker(rank: int, port: int, out: Path) -> None:
+    """One of two processes: full-batch steps, mini-batch steps, and a
+    mini-batch run interrupted and resumed; writes what it got to
+    ``out``."""
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    data = toy_graph()
+    got = {'full': steps_without_dropout(
+        lambda epoch: FullBatch(data).batches(0, epoch))}
+    batches = NeighborBatches(data, [4, 4], batch_size=4)
+    torch.manual_seed(rank)  # the weights must still start equal
+    model = GATv2(NUM_FEATURES, NUM_CLASSES)
+    train_model = wrap(model, torch.device('cpu'))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for epoch in range(1, STEPS + 1):
+        train_epoch(model, train_model, optimizer,
+                    batches.batches(seed=0, epoch=epoch))
+    got['sampled'] = cpu_state(model)
+
+    def build():
+        return GATv2(NUM_FEATURES, NUM_CLASSES)
+
+    kwargs = dict(seeds=[0], epochs=6, patience=6, batch_size=8,
+                  num_neighbors=[4, 4], checkpoint_every=2)
+    got['reference'] = train_node_classifier(
+        build, data, checkpoint_dir=out / 'ref', **kwargs)
+
+    def interrupt(seed, metrics):
+        if metrics.epoch == 3:
+            raise KeyboardInterrupt
+
+    try:
+        train_node_classifier(build, data, checkpoint_dir=out / 'run',
+                              on_epoch=interrupt, **kwargs)
+    except KeyboardInterrupt:
+        pass
+    got['resumed'] = train_node_classifier(
+        build, data, checkpoint_dir=out / 'run', resume=True, **kwargs)
+    torch.save(got, out / f'rank{rank}.pt')
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp('ddp')
+    context = mp.get_context('spawn')
+    port = free_port()
+    procs = [context.Process(target=worker, args=(rank, port, out))
+             for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    deadline = time.monotonic() + 240
+    for proc in procs:
+        proc.join(max(1.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    return [torch.load(out / f'rank{rank}.pt', weights_only=False)
+            for rank in range(2)]
+
+
+def test_two_ranks_over_the_global_batch_equal_one_process(two_ranks):
+    # Each rank takes half of the training nodes; the mean of their
+    # gradients, each scaled by its share, is the gradient of one process.
+    data = toy_graph()
+    state, losses = steps_without_dropout(
+        lambda epoch: FullBatch(data).batches(0, epoch))
+    for rank_state, rank_losses in (got['full'] for got in two_ranks):
+        for key in state:
+            torch.testing.assert_close(rank_state[key], state[key],
+                                       rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(rank_losses, losses, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_parameters_are_identical_across_ranks(two_ranks):
+    # Different seeds, subgraphs and dropout masks on each rank, the same
+    # weights after every step.
+    assert_same_state(two_ranks[0]['sampled'], two_ranks[1]['sampled'])
+    assert_same_state(two_ranks[0]['full'][0], two_ranks[1]['full'][0])
+    assert two_ranks[0]['reference'].runs[0].history == (
+        two_ranks[1]['reference'].runs[0].history)
+
+
+def test_resume_under_ddp_gives_the_uninterrupted_result(two_ranks):
+    for got in two_ranks:
+        same_runs(got['resumed'], got['reference'])
+
+
+def torchrun(flags, out, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1'}
+    return subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+         '--nproc-per-node', '2', '-m', 'pyg_gatv2', 'train', *flags,
+         '--out', str(out)],
+        cwd=out.parent, env=env, text=True, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def cora_flags(planetoid_raw_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp('planetoid')
+    return ['--dataset', 'cora', '--raw-dir', str(planetoid_raw_dir),
+            '--root', str(root), '--device', 'cpu', '--no-progress',
+            '--threads', '1', '--batch-size', '32', '--num-neighbors', '5',
+            '5', '--hidden', '4', '--heads', '2']
+
+
+def test_torchrun_trains_with_one_reporting_rank(cora_flags, tmp_path):
+    out = tmp_path / 'out'
+    launcher = torchrun([*cora_flags, '--epochs', '3'], out,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr
+    # Rank 0 alone reports and writes.
+    assert stdout.count('Seed 0: test ') == 1
+    assert stdout.count('Test accuracy: ') == 1
+    report = json.loads((out / 'results.json').read_text())
+    assert report['settings']['processes'] == 2
+    assert report['settings']['batch_size'] == 32
+    assert report['runs'][0]['history']['epoch'] == [1, 2, 3]
+    state = torch.load(out / 'checkpoints' / 'state_seed0.pt',
+                       weights_only=True)
+    assert state['settings']['world_size'] == 2
+    assert len(state['rng_by_rank']) == 2
+
+
+def worker_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The process id of torchrun's worker of ``rank``."""
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            ppid = int(stat.read_text().rsplit(')', 1)[1].split()[1])
+            environ = (stat.parent / 'environ').read_bytes().split(b'\0')
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher.pid and f'RANK={rank}'.encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f'no worker of rank {rank}')
+
+
+def start_long_run(cora_flags, out, timeout):
+    """A run that would take minutes, once both ranks are training."""
+    log = out.parent / 'log.txt'
+    launcher = torchrun(
+        [*cora_flags, '--epochs', '100000', '--patience', '100000',
+         '--checkpoint-every', '1', '--dist-timeout', str(timeout)], out,
+        stdout=subprocess.DEVNULL, stderr=log.open('w'))
+    state = out / 'checkpoints' / 'state_seed0.pt'
+    deadline = time.monotonic() + 180
+    while not state.exists() and launcher.poll() is None:
+        assert time.monotonic() < deadline, 'training did not start'
+        time.sleep(0.2)
+    assert launcher.poll() is None, log.read_text()
+    return launcher, log
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='finds the workers through /proc')
+def test_a_killed_rank_stops_the_run(cora_flags, tmp_path):
+    launcher, log = start_long_run(cora_flags, tmp_path / 'out', timeout=30)
+    os.kill(worker_pid(launcher, 1), signal.SIGKILL)
+    tic = time.monotonic()
+    try:
+        code = launcher.wait(timeout=60)
+    finally:
+        launcher.kill()
+    assert code != 0
+    assert time.monotonic() - tic < 60
+    text = log.read_text()
+    assert re.search(r'rank\s*:\s*1\b', text), text[-2000:]
+    assert 'Signal 9 (SIGKILL)' in text
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='finds the workers through /proc')
+def test_a_hung_rank_is_named_within_the_timeout(cora_flags, tmp_path):
+    launcher, log = start_long_run(cora_flags, tmp_path / 'out', timeout=5)
+    hung = worker_pid(launcher, 1)
+    os.kill(hung, signal.SIGSTOP)
+    tic = time.monotonic()
+    try:
+        while 'lost the other processes' not in log.read_text():
+            assert time.monotonic() - tic < 60, log.read_text()[-2000:]
+            time.sleep(0.2)
+        waited = time.monotonic() - tic
+        os.kill(hung, signal.SIGCONT)  # so that torchrun can end it
+        code = launcher.wait(timeout=60)
+    finally:
+        launcher.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert code != 0
+    assert 5 <= waited < 30
+    message = next(line for line in log.read_text().splitlines()
+                   if 'lost the other processes' in line)
+    assert message.startswith('pyg-gatv2: error: rank 0 of 2 lost the other '
+                              'processes: a process died, or did not answer '
+                              'for 5 s (--dist-timeout) (rank 1 at epoch ')
