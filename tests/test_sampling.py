@@ -10,6 +10,7 @@ from pyg_gatv2.training import (
     FullBatch,
     NeighborBatches,
     SamplingUnavailableError,
+    fit,
     sampling,
     train_node_classifier,
 )
@@ -83,6 +84,17 @@ def test_without_a_sampler_mini_batches_are_a_clear_error(monkeypatch,
     assert err.startswith('pyg-gatv2: error: Mini-batch training samples '
                           "neighbours with PyG's NeighborLoader")
     assert hint in err
+
+
+def test_trainer_bad_batch_arguments():
+    def build():
+        return GATv2(NUM_FEATURES, NUM_CLASSES)
+
+    with pytest.raises(ValueError, match='num_neighbors or num_workers '
+                       'without batch_size'):
+        train_node_classifier(build, toy_graph(), num_neighbors=[5, 5])
+    with pytest.raises(ValueError, match=r"'fit' got batches=\[Data"):
+        fit(build(), toy_graph(), batches=[toy_graph()])
 
 
 @pytest.mark.parametrize('kwargs,match', [

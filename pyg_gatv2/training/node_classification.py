@@ -306,6 +306,10 @@ def fit(
     check_data(data)
     forward_model = model if forward_model is None else forward_model
     batches = FullBatch(data) if batches is None else batches
+    if not isinstance(batches, (FullBatch, NeighborBatches)):
+        raise ValueError(f"'fit' got batches={batches!r}; pass "
+                         'FullBatch(data) or NeighborBatches(data, ...) '
+                         'from pyg_gatv2.training')
     device = data.x.device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr,
                                  weight_decay=weight_decay)
@@ -436,10 +440,10 @@ def train_node_classifier(
     if resume and checkpoint_dir is None:
         raise ValueError("'train_node_classifier' got resume=True without a "
                          'checkpoint_dir to resume from')
-    if batch_size is None and num_neighbors is not None:
-        raise ValueError("'train_node_classifier' got num_neighbors without "
-                         'batch_size; pass batch_size=... to train in '
-                         'mini-batches')
+    if batch_size is None and (num_neighbors is not None or num_workers):
+        raise ValueError("'train_node_classifier' got num_neighbors or "
+                         'num_workers without batch_size; pass '
+                         'batch_size=... to train in mini-batches')
     device = resolve_device(device)
     if deterministic is None:
         deterministic = device.type == 'cpu'
