@@ -65,6 +65,7 @@ def test_quick_flags_give_way_to_explicit_ones():
     assert args.name == 'minibatch_quick'
 
 
+@pytest.mark.slow  # seven Python processes: about 30 s on a quiet machine
 def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
     pytest.importorskip(
         'torch_sparse', reason='NeighborLoader needs torch-sparse; install '
