@@ -65,6 +65,39 @@ def test_quick_flags_give_way_to_explicit_ones():
     assert args.name == 'minibatch_quick'
 
 
+def rank_result(sampling, ours, pyg, peak_ours, peak_pyg):
+    return dict(medians=dict(sampling=sampling, ours=ours, pyg=pyg),
+                check=1e-7, edges=100.0, nodes=90.0, steps_per_epoch=10,
+                peak=dict(ours=peak_ours, pyg=peak_pyg))
+
+
+def test_summarize_takes_the_slowest_rank_and_the_median_run():
+    mib = minibatch.MiB
+    runs = [[rank_result(0.1, 1.0, 3.0, 2 * mib, 8 * mib),
+             rank_result(0.2, 2.0, 4.0, 4 * mib, 6 * mib)],
+            [rank_result(0.1, 9.0, 9.0, 0, 0),
+             rank_result(0.1, 9.0, 9.0, 0, 0)],
+            [rank_result(0.3, 1.0, 2.0, 0, 0),
+             rank_result(0.1, 1.0, 2.0, 0, 0)]]
+    ours, pyg = minibatch.summarize(2, 1, runs, batch_size=50)
+    # Slowest ranks: sampling 0.2, 0.1, 0.3 -> 0.2; ours 2, 9, 1 -> 2;
+    # PyG 4, 9, 2 -> 4. Memory from the first run, the largest rank.
+    assert ours['sampling_ms'] == pyg['sampling_ms'] == '200.0'
+    assert (ours['model_ms'], pyg['model_ms']) == ('2000.0', '4000.0')
+    assert ours['model_s_per_epoch'] == '20.0'
+    assert ours['s_per_epoch'] == '22.0'
+    assert ours['seeds_per_s'] == f'{2 * 50 / 2.2:.0f}'
+    assert (ours['model_speedup'], pyg['model_speedup']) == ('2.00', '1.00')
+    assert (ours['peak_mib'], pyg['peak_mib']) == ('4.0', '8.0')
+    assert (ours['memory_ratio'], pyg['memory_ratio']) == ('0.500', '1.000')
+
+
+def test_summarize_without_a_pyg_peak_gives_no_ratio():
+    rows = minibatch.summarize(1, 2, [[rank_result(0.1, 1.0, 2.0, 0, 0)]],
+                               batch_size=8)
+    assert [row['memory_ratio'] for row in rows] == ['n/a', 'n/a']
+
+
 @pytest.mark.slow  # seven Python processes: about 30 s on a quiet machine
 def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
     pytest.importorskip(
@@ -87,6 +120,8 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
         peak = float(row['peak_mib'])
         assert math.isfinite(peak) and peak >= 0
         assert float(row['max_rel_diff']) <= minibatch.TOLERANCE
+        assert row['memory_ratio'] == 'n/a' or float(
+            row['memory_ratio']) >= 0
     for procs in ('1', '2'):
         pyg_row = next(r for r in rows
                        if r['processes'] == procs and r['layer'] == pyg)
