@@ -270,8 +270,10 @@ def plot_dictionary_lookup(
                         ms=5, label=_lookup_label(conv, heads, convs),
                         **style)
             cut = np.array(cut, dtype=bool)
+            # Above the errorbar's filled markers (zorder 2.1).
             ax.plot(np.array(x)[cut], np.array(mean)[cut], ls='none', ms=5,
-                    marker=style['marker'], mec=style['color'], mfc='white')
+                    marker=style['marker'], mec=style['color'], mfc='white',
+                    zorder=3)
         if any(r.stop == 'max_epochs' for r in results):
             ax.plot([], [], ls='none', marker='o', mec='0.3', mfc='white',
                     label='cut by the epoch cap')
