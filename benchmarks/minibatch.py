@@ -465,6 +465,7 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
         ratio = f"{peak / peaks['pyg']:.3f}" if peaks['pyg'] > 0 else 'n/a'
         rows.append(dict(
             processes=procs, threads_per_rank=threads, layer=label,
+            sampled_nodes=f"{statistics.mean(r['nodes'] for r in first):.0f}",
             sampled_edges=f"{statistics.mean(r['edges'] for r in first):.0f}",
             sampling_ms=f'{sampling * 1e3:.1f}',
             model_ms=f'{model[name] * 1e3:.1f}',
@@ -479,7 +480,8 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
     return rows
 
 
-COLUMNS = ['processes', 'threads_per_rank', 'layer', 'sampled_edges',
+COLUMNS = ['processes', 'threads_per_rank', 'layer', 'sampled_nodes',
+           'sampled_edges',
            'sampling_ms', 'model_ms', 'model_s_per_epoch', 's_per_epoch',
            'seeds_per_s', 'peak_mib', 'model_speedup', 'memory_ratio',
            'max_rel_diff']

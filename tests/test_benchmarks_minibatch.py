@@ -83,6 +83,7 @@ def test_summarize_takes_the_slowest_rank_and_the_median_run():
     # Slowest ranks: sampling 0.2, 0.1, 0.3 -> 0.2; ours 2, 9, 1 -> 2;
     # PyG 4, 9, 2 -> 4. Memory from the first run, the largest rank.
     assert ours['sampling_ms'] == pyg['sampling_ms'] == '200.0'
+    assert (ours['sampled_nodes'], ours['sampled_edges']) == ('90', '100')
     assert (ours['model_ms'], pyg['model_ms']) == ('2000.0', '4000.0')
     assert ours['model_s_per_epoch'] == '20.0'
     assert ours['s_per_epoch'] == '22.0'
@@ -115,7 +116,8 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
                                ('2', '1', ours), ('2', '1', pyg)]
     for row in rows:
         for key in ('sampling_ms', 'model_ms', 's_per_epoch',
-                    'model_s_per_epoch', 'seeds_per_s', 'sampled_edges'):
+                    'model_s_per_epoch', 'seeds_per_s', 'sampled_nodes',
+                    'sampled_edges'):
             assert float(row[key]) > 0, (key, row)
         peak = float(row['peak_mib'])
         assert math.isfinite(peak) and peak >= 0
