@@ -46,8 +46,10 @@ _CACHE_SIZE = 8
 # counter, layout)
 _cache: 'OrderedDict[tuple, Tuple[weakref.ref, Tensor, int, EdgeLayout]]' = (
     OrderedDict())
-# The attribute of ``dst_ptr`` that refers (weakly) to its layout.
-_OWNER = '_pyg_gatv2_layout'
+# The live layouts by the memory of their CSR tensors, so that layout_of
+# finds a layout from aliases of them too (autograd saves detached ones).
+_owners: 'weakref.WeakValueDictionary[tuple, EdgeLayout]' = (
+    weakref.WeakValueDictionary())
 _lock = threading.Lock()
 # Keys of freed tensors whose entries could not be dropped at once: a
 # weak-reference callback can run at any time, also in a thread that holds
@@ -95,7 +97,7 @@ class EdgeLayout:
         self._kept_eid: Optional[Tensor] = None
         self._csc: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._bounds: Dict[tuple, np.ndarray] = {}
-        setattr(dst_ptr, _OWNER, weakref.ref(self))
+        _owners[_memory(*self.csr_tensors)] = self
 
     @property
     def num_virtual(self) -> int:
@@ -167,6 +169,12 @@ def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
     deg = torch.zeros(num_keys, dtype=torch.long, device=keys.device
                       ).index_add_(0, keys, torch.ones_like(keys))
     return _offsets(deg), torch.argsort(keys, stable=True)
+
+
+def _memory(*tensors: Tensor) -> tuple:
+    # A live layout keeps its tensors, so their memory is not reused while
+    # the entry stands.
+    return tuple((t.device, t.data_ptr(), t.numel()) for t in tensors)
 
 
 def _offsets(deg: Tensor) -> Tensor:
@@ -274,11 +282,9 @@ def layout_of(dst_ptr: Tensor, dst_col: Tensor, dst_eid: Tensor,
         num_edges (int): Number of columns of the caller's ``edge_index``.
         self_loops (bool): Whether the layout has the implicit self-loops.
     """
-    owner = getattr(dst_ptr, _OWNER, None)
-    layout = owner() if owner is not None else None
-    if (layout is not None and layout.csr_tensors[1] is dst_col
-            and layout.csr_tensors[2] is dst_eid
-            and layout.num_src == num_src and layout.num_edges == num_edges
+    layout = _owners.get(_memory(dst_ptr, dst_col, dst_eid))
+    if (layout is not None and layout.num_src == num_src
+            and layout.num_edges == num_edges
             and layout.self_loops == self_loops):
         return layout
     num_dst = dst_ptr.numel() - 1
