@@ -68,9 +68,9 @@ class GATv2Conv(MessagePassing):
     :func:`torch.compile` keeps it in the compiled graph and
     :func:`torch.export.export` exports it. Calls it does not cover fall back
     to message passing automatically: a :class:`torch_sparse.SparseTensor`
-    or :class:`torch.sparse` adjacency, explain mode, :obj:`decomposed_layers > 1`, an :obj:`aggr` other than
-    :obj:`"add"` or :obj:`flow="target_to_source"`, and registered
-    message-passing hooks.
+    or :class:`torch.sparse` adjacency, explain mode,
+    :obj:`decomposed_layers > 1`, an :obj:`aggr` other than :obj:`"add"` or
+    :obj:`flow="target_to_source"`, and registered message-passing hooks.
 
     Args:
         in_channels (int or tuple): Size of each input sample, or :obj:`-1` to
