@@ -11,7 +11,7 @@ without one it runs as a single process, through the same code.
 Every collective waits at most the process group's timeout. When a process
 dies or stops answering, the others fail in their next collective, and
 :func:`process_group` turns that failure into a :class:`DistributedError`
-that names this process and the processes that fell behind, read from a
+that names this process and where every other process last was, read from a
 heartbeat each process leaves in the rendezvous store at every step.
 """
 import contextlib
@@ -117,15 +117,15 @@ def _collective_failure(err: RuntimeError) -> bool:
 def _lost_message(err: RuntimeError, timeout: float) -> str:
     rank, size = world()
     mine = _heartbeat_position(rank)
-    behind = [f'rank {other} at {where or "its start"}'
+    # Every other rank with where it last reported: the one that stopped
+    # answering may have reported the same place as this one.
+    others = [f'rank {other} at {where or "its start"}'
               for other in range(size) if other != rank
-              for where in [_heartbeat_position(other)] if where != mine]
-    if behind:
-        where = f" ({'; '.join(behind)}, while rank {rank} was at {mine})"
-    elif mine is not None:
-        where = f' (every rank last reported {mine})'
-    else:
-        where = ''
+              for where in [_heartbeat_position(other)]]
+    where = ''
+    if others:
+        where = (f" ({'; '.join(others)}, while rank {rank} was at "
+                 f"{mine or 'its start'})")
     cause = ' '.join(str(err).split())
     return (f'rank {rank} of {size} lost the other processes: a process died, '
             f'or did not answer for {timeout:g} s (--dist-timeout){where}. '
@@ -140,7 +140,7 @@ def heartbeat(epoch: Optional[int] = None,
     """Records in the rendezvous store where this process is: a new
     :obj:`epoch` (which clears the stage), or a :obj:`stage` of it (e.g.
     ``'step 2: forward'``, ``'evaluation'``), so that a failure can name
-    the processes that fell behind. Does nothing without a process group.
+    where each process was. Does nothing without a process group.
     """
     rank, size = world()
     if size == 1:
