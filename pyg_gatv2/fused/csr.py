@@ -196,9 +196,8 @@ def _build(edge_index: Tensor, num_src: int, num_dst: int,
         loop = eid[num_edges:] - num_edges
         # The edges i -> i that the loops replace sort under the key num_dst,
         # after the last CSR position.
+        dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])
         src = torch.cat([src, loop])
-        dst = torch.cat([dst.masked_fill(src[:num_edges] == dst, num_dst),
-                         loop])
     # A stable sort keeps the caller's order among the in-edges of a node
     # and puts the implicit loop last, as PyG's add_self_loops does.
     ptr, perm = _sort(dst, num_dst + 1)
