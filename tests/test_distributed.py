@@ -3,6 +3,7 @@ interface: with torch.multiprocessing for the trainer's API, and with
 torchrun for the command line, including a process that dies or hangs."""
 import contextlib
 import datetime
+import faulthandler
 import json
 import os
 import re
@@ -37,6 +38,8 @@ from pyg_gatv2.training.distributed import wrap
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
+# Seconds a worker of the two-process fixture may take (about 10 to 30).
+WORKER_TIMEOUT = 240
 
 
 def free_port() -> int:
@@ -63,6 +66,9 @@ def worker(rank: int, port: int, out: Path) -> None:
     """One of two processes: full-batch steps, mini-batch steps, and a
     mini-batch run interrupted and resumed; writes what it got to
     ``out``."""
+    # A process that stops short of the end prints where each of its
+    # threads was and exits with an error, instead of being killed mute.
+    faulthandler.dump_traceback_later(WORKER_TIMEOUT, exit=True)
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
                             rank=rank, world_size=2,
@@ -100,7 +106,9 @@ def worker(rank: int, port: int, out: Path) -> None:
     got['resumed'] = train_node_classifier(
         build, data, checkpoint_dir=out / 'run', resume=True, **kwargs)
     torch.save(got, out / f'rank{rank}.pt')
+    dist.barrier()  # the store of rank 0 outlives every other rank's work
     dist.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope='module')
@@ -112,7 +120,7 @@ def two_ranks(tmp_path_factory):
              for rank in range(2)]
     for proc in procs:
         proc.start()
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + WORKER_TIMEOUT + 60
     for proc in procs:
         proc.join(max(1.0, deadline - time.monotonic()))
     for proc in procs:
