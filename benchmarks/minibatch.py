@@ -120,6 +120,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                        help='seed nodes per step and rank')
     model.add_argument('--num-neighbors', type=int, nargs='+',
                        default=[25, 10], help='fan-out per layer')
+    model.add_argument('--whole-subgraph', action='store_true',
+                       help='every layer computes every sampled node, '
+                       "instead of only those the seeds' outputs need")
     run = parser.add_argument_group('the measurement')
     run.add_argument('--procs', type=int, nargs='+', default=[1, 2],
                      help='process counts to run (torchrun)')
@@ -337,7 +340,11 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
 
     stream = batches()
     state = dict(batch=next(stream), edges=[], nodes=[])
-    check = agreement(models, state['batch'])
+    # Both models compute only what the seeds' outputs need
+    # (GATv2.forward's num_seeds), unless told otherwise.
+    seeds = ((lambda batch: {'num_seeds': batch.batch_size})
+             if spec['trim'] else (lambda batch: {}))
+    check = agreement(models, state['batch'], seeds(state['batch']))
 
     def sample() -> None:
         state['batch'] = batch = next(stream)
@@ -352,7 +359,8 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
         def step() -> None:
             batch = state['batch']
             optimizer.zero_grad(set_to_none=True)
-            out = model(batch.x, batch.edge_index)[:batch.batch_size]
+            out = model(batch.x, batch.edge_index,
+                        **seeds(batch))[:batch.batch_size]
             loss = F.cross_entropy(out, batch.y[:batch.batch_size])
             loss.backward()
             optimizer.step()
@@ -383,14 +391,15 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     return result
 
 
-def agreement(models: dict, batch: Data) -> float:
+def agreement(models: dict, batch: Data, kwargs: dict) -> float:
     """The largest relative difference between the two models' outputs on
     :obj:`batch` in eval mode; raises if beyond the tolerance."""
     outputs = {}
     with torch.no_grad():
         for name, model in models.items():
             model.eval()
-            outputs[name] = model.module(batch.x, batch.edge_index)
+            outputs[name] = model.module(batch.x, batch.edge_index,
+                                         **kwargs)
             model.train()
     result = compare(outputs['ours'], outputs['pyg'], TOLERANCE)
     if not result.ok:
@@ -502,7 +511,11 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         f'node); {train} training nodes. 2-layer GATv2, '
         f'{args.heads}x{args.hidden} hidden, dropout {args.dropout}, Adam. '
         f'NeighborLoader, batch {args.batch_size} seeds per rank, fan-out '
-        f"{' '.join(map(str, args.num_neighbors))}.",
+        f"{' '.join(map(str, args.num_neighbors))}; "
+        + ('every layer computes every sampled node.'
+           if args.whole_subgraph else
+           "each layer computes only the nodes the seeds' outputs need "
+           '(GATv2.forward with num_seeds; both models).'),
         '',
         f"Full-batch PyG training step, estimated: "
         f"{estimate['bytes'] / GiB:.1f} GiB above the graph itself "
@@ -564,6 +577,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     threads_per_rank=args.threads // procs,
                     batch_size=args.batch_size,
                     num_neighbors=args.num_neighbors, steps=args.steps,
+                    trim=not args.whole_subgraph,
                     warmup=args.warmup, memory_steps=args.memory_steps,
                     memory=not runs[procs], collective_timeout=args.timeout)
                 print(f'round {round_ + 1}/{args.rounds}: {procs} '

@@ -1,7 +1,7 @@
 """Networks built from the GATv2 layers."""
 
 from collections.abc import Callable
-from typing import Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,43 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return x * scale.view_as(x)
 
 
+def seed_prefixes(edge_index: Tensor, num_seeds: int, num_layers: int,
+                  num_nodes: int) -> List[int]:
+    r"""How many of the first nodes each layer of a
+    :obj:`num_layers`-layer network must compute so that the first
+    :obj:`num_seeds` nodes get their outputs.
+
+    Returns :math:`[n_0, \ldots, n_L]` with :math:`n_0` = :obj:`num_seeds`
+    and :math:`n_{k+1}` the smallest prefix that holds the first
+    :math:`n_k` nodes and the sources of every edge into them: the layer
+    :math:`k` steps below the output reads nodes :math:`[0, n_{k+1})` and
+    writes :math:`[0, n_k)`. On a subgraph of
+    :class:`~torch_geometric.loader.NeighborLoader`, which numbers the seeds
+    first and then the nodes of each hop in turn, :math:`n_k` is about the
+    nodes within :math:`k` hops of the seeds. No order is assumed: on any
+    numbering the prefixes hold every node the seeds depend on.
+
+    Args:
+        edge_index (torch.Tensor): Edges as (source, target) rows.
+        num_seeds (int): The nodes whose outputs are wanted: the first ones.
+        num_layers (int): Layers of the network.
+        num_nodes (int): Nodes of the graph.
+    """
+    if (isinstance(num_seeds, bool) or not isinstance(num_seeds, int)
+            or not 0 < num_seeds <= num_nodes):
+        raise ValueError(f"got num_seeds={num_seeds!r} for a graph of "
+                         f'{num_nodes} nodes; pass the number of seed nodes '
+                         'that come first, as NeighborLoader batches give '
+                         "it in 'batch.batch_size'")
+    src, dst = edge_index[0], edge_index[1]
+    prefixes = [num_seeds]
+    for _ in range(num_layers):
+        into = src[dst < prefixes[-1]]
+        reach = int(into.max()) + 1 if into.numel() else 0
+        prefixes.append(max(prefixes[-1], reach))
+    return prefixes
+
+
 class GATv2(torch.nn.Module):
     r"""A GATv2 node classifier: a stack of :class:`GATv2Conv` layers as in
     the `"How Attentive are Graph Attention Networks?"
@@ -92,7 +129,8 @@ class GATv2(torch.nn.Module):
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})`,
           edge indices :math:`(2, |\mathcal{E}|)`
-        - **output:** logits :math:`(|\mathcal{V}|, C)`
+        - **output:** logits :math:`(|\mathcal{V}|, C)`, or
+          :math:`(\text{num\_seeds}, C)` with :obj:`num_seeds`
     """
     def __init__(
         self,
@@ -139,13 +177,41 @@ class GATv2(torch.nn.Module):
         for conv in self.convs:
             conv.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Returns the class logits of every node."""
-        x = sparse_feature_dropout(x, self.dropout, self.training)
-        for conv in self.convs[:-1]:
-            x = F.elu(conv(x, edge_index))
-            x = F.dropout(x, p=self.dropout, training=self.training)
-        return self.convs[-1](x, edge_index)
+    def forward(self, x: Tensor, edge_index: Tensor,
+                num_seeds: Optional[int] = None) -> Tensor:
+        r"""Returns the class logits of every node, or with
+        :obj:`num_seeds` of the first :obj:`num_seeds` nodes only.
+
+        With :obj:`num_seeds` (a mini-batch of
+        :class:`~torch_geometric.loader.NeighborLoader`, whose seed nodes
+        come first), each layer computes only the nodes that the seeds'
+        logits depend on, as PyG's ``trim_to_layer`` does: the last layer
+        only the seeds, the one before only the seeds and their sampled
+        neighbours, and so on (see :func:`seed_prefixes`). The seeds' logits
+        are those of the whole subgraph; dropout draws masks for the nodes
+        computed only.
+        """
+        if num_seeds is None:
+            x = sparse_feature_dropout(x, self.dropout, self.training)
+            for conv in self.convs[:-1]:
+                x = F.elu(conv(x, edge_index))
+                x = F.dropout(x, p=self.dropout, training=self.training)
+            return self.convs[-1](x, edge_index)
+
+        prefixes = seed_prefixes(edge_index, num_seeds, len(self.convs),
+                                 x.size(0))
+        x = sparse_feature_dropout(x[:prefixes[-1]], self.dropout,
+                                   self.training)
+        for layer, conv in enumerate(self.convs):
+            # Layer `layer` reads the nodes `layer` hops further out than
+            # the ones it writes.
+            num_dst = prefixes[len(self.convs) - 1 - layer]
+            edges = edge_index[:, edge_index[1] < num_dst]
+            x = conv((x, x[:num_dst]), edges)
+            if layer < len(self.convs) - 1:
+                x = F.elu(x)
+                x = F.dropout(x, p=self.dropout, training=self.training)
+        return x
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '

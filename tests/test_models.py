@@ -3,7 +3,12 @@ import torch
 import torch_geometric.nn as pyg_nn
 
 from pyg_gatv2 import GATv2Conv
-from pyg_gatv2.models import GAT, GATv2, sparse_feature_dropout
+from pyg_gatv2.models import (
+    GAT,
+    GATv2,
+    seed_prefixes,
+    sparse_feature_dropout,
+)
 
 
 def random_graph(num_nodes=30, num_edges=120, num_features=16, seed=0):
@@ -72,6 +77,45 @@ def test_dropout_acts_in_training_only():
     no_dropout = GATv2(16, 5, dropout=0.0, attention_dropout=0.0)
     torch.testing.assert_close(no_dropout(x, edge_index),
                                no_dropout.eval()(x, edge_index))
+
+
+def test_seed_prefixes_hold_every_node_the_seeds_depend_on():
+    # 0 <- 1 <- 3, 0 <- 2, 4 <- 5: two layers from seed 0 need nodes 0-3.
+    edge_index = torch.tensor([[1, 2, 3, 5], [0, 0, 1, 4]])
+    assert seed_prefixes(edge_index, 1, 2, 6) == [1, 3, 4]
+    assert seed_prefixes(edge_index, 1, 3, 6) == [1, 3, 4, 4]
+    # A source numbered after later nodes widens the prefix to it.
+    edge_index = torch.tensor([[4], [0]])
+    assert seed_prefixes(edge_index, 2, 1, 5) == [2, 5]
+    # No edges into the seeds: the seeds alone.
+    assert seed_prefixes(torch.tensor([[0], [3]]), 2, 2, 5) == [2, 2, 2]
+
+
+@pytest.mark.parametrize('num_seeds', [0, 31, 2.0, True])
+def test_seed_prefixes_bad_num_seeds(num_seeds):
+    x, edge_index = random_graph()
+    with pytest.raises(ValueError, match='pass the number of seed nodes'):
+        GATv2(16, 5)(x, edge_index, num_seeds=num_seeds)
+
+
+@pytest.mark.parametrize('conv', [GATv2Conv, pyg_nn.GATv2Conv])
+@pytest.mark.parametrize('num_layers', [1, 2, 3])
+def test_seed_outputs_and_gradients_equal_the_whole_graph_s(conv,
+                                                            num_layers):
+    x, edge_index = random_graph(num_nodes=60, num_edges=150)
+    x = x.double()
+    torch.manual_seed(0)
+    model = GATv2(16, 5, hidden_channels=4, heads=2, num_layers=num_layers,
+                  dropout=0.0, attention_dropout=0.0, conv=conv).double()
+    whole = model(x, edge_index)[:7]
+    grads = torch.autograd.grad(whole.square().sum(), model.parameters())
+    seeds = model(x, edge_index, num_seeds=7)
+    assert seeds.shape == (7, 5)
+    torch.testing.assert_close(seeds, whole)
+    for got, want in zip(
+            torch.autograd.grad(seeds.square().sum(), model.parameters()),
+            grads, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_reset_parameters_draws_new_weights():

@@ -12,6 +12,7 @@ from pyg_gatv2.training import (
     SamplingUnavailableError,
     fit,
     sampling,
+    train_epoch,
     train_node_classifier,
 )
 from pyg_gatv2.training.sampling import seed_batches
@@ -122,6 +123,7 @@ def test_neighbor_batches_take_the_loss_on_their_seeds():
         seeds = train[positions]
         # The seeds come first, and only they carry the loss.
         assert torch.equal(batch.n_id[:seeds.numel()], seeds)
+        assert batch.num_seeds == seeds.numel()
         assert torch.equal(batch.train_mask,
                            torch.arange(batch.num_nodes) < seeds.numel())
         assert torch.equal(batch.x, data.x[batch.n_id])
@@ -133,6 +135,45 @@ def test_neighbor_batches_take_the_loss_on_their_seeds():
             assert (src, dst) in edges
         assert degree(batch.edge_index[1], batch.num_nodes).max() <= max(
             fan_out)
+
+
+class SeedRecorder(GATv2):
+    def forward(self, x, edge_index, num_seeds=None):
+        self.calls.append((x.size(0), num_seeds))
+        return super().forward(x, edge_index, num_seeds=num_seeds)
+
+
+class WholeGraphOnly(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = GATv2(NUM_FEATURES, NUM_CLASSES)
+
+    def forward(self, x, edge_index):
+        return self.model(x, edge_index)
+
+
+def test_mini_batches_pass_their_seed_count_to_models_that_take_it():
+    data = toy_graph()
+    batches = list(NeighborBatches(data, [3, 2], batch_size=8).batches(0, 1))
+    torch.manual_seed(0)
+    model = SeedRecorder(NUM_FEATURES, NUM_CLASSES)
+    model.calls = []
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss = train_epoch(model, model, optimizer, batches)
+    assert model.calls == [(batch.num_nodes, batch.num_seeds)
+                           for batch in batches]
+    # A model without num_seeds computes every node, to the same seeds'
+    # outputs.
+    whole = WholeGraphOnly()
+    whole.model.load_state_dict(model.state_dict())
+    whole.eval(), model.eval()
+    batch = batches[0]
+    torch.testing.assert_close(
+        model(batch.x, batch.edge_index, num_seeds=batch.num_seeds),
+        whole(batch.x, batch.edge_index)[:batch.num_seeds])
+    optimizer = torch.optim.Adam(whole.parameters(), lr=0.01)
+    assert torch.isfinite(train_epoch(whole, whole, optimizer, batches))
+    assert torch.isfinite(loss)
 
 
 def test_mini_batch_resume_gives_the_uninterrupted_result(tmp_path):

@@ -8,6 +8,7 @@ one batch), then :func:`evaluate`; the run's state and its checkpoints live
 in :mod:`pyg_gatv2.training.checkpoint`.
 """
 import contextlib
+import inspect
 import math
 import os
 import time
@@ -118,7 +119,9 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
                 batches: Iterable[Data]) -> Tensor:
     """One optimizer step per batch on the cross-entropy of its training
     nodes (``batch.train_mask``), multiplied by ``batch.loss_scale`` where
-    the batch has one (see :mod:`pyg_gatv2.training.sampling`); returns the
+    the batch has one (see :mod:`pyg_gatv2.training.sampling`). A batch
+    with ``num_seeds`` passes it to a model whose forward takes it, which
+    then returns the seeds' outputs only. Returns the
     loss averaged over the training nodes of all batches, and of all
     processes under :mod:`torch.distributed`.
 
@@ -134,9 +137,11 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
     for step, batch in enumerate(batches, start=1):
         heartbeat(stage=f'step {step}: forward')
         optimizer.zero_grad()
-        out = forward_model(batch.x, batch.edge_index)
-        mask = batch.train_mask
-        loss = F.cross_entropy(out[mask], batch.y[mask])
+        out = forward_model(batch.x, batch.edge_index,
+                            **_seed_kwargs(model, batch))
+        # The output covers the first nodes: all, or the seeds.
+        mask = batch.train_mask[:out.size(0)]
+        loss = F.cross_entropy(out[mask], batch.y[:out.size(0)][mask])
         heartbeat(stage=f'step {step}: gradients')
         (loss * batch.get('loss_scale', 1.0)).backward()
         if _finite_gradients(model):
@@ -152,6 +157,16 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
     total, nodes = all_reduce_sum(
         torch.stack([total, torch.tensor(nodes, dtype=torch.float64)]))
     return (total / nodes).to(loss.dtype)
+
+
+def _seed_kwargs(model: torch.nn.Module, batch: Data) -> dict[str, int]:
+    """``num_seeds`` for a mini-batch whose seed nodes come first, where the
+    model's forward takes it (as :meth:`pyg_gatv2.models.GATv2.forward`
+    does, to compute only what the seeds need)."""
+    if ('num_seeds' not in batch or 'num_seeds'
+            not in inspect.signature(model.forward).parameters):
+        return {}
+    return {'num_seeds': batch.num_seeds}
 
 
 def _finite_gradients(model: torch.nn.Module) -> bool:

@@ -154,13 +154,17 @@ class NeighborBatches:
 
     Each batch is the subgraph around at most :obj:`batch_size` seed nodes
     (:obj:`num_neighbors[i]` neighbours sampled per node at hop
-    :math:`i + 1`); the seeds come first, and ``train_mask`` marks them, so
-    the loss is taken on the seeds only while every layer runs on the whole
-    subgraph. The epoch's order comes from :func:`seed_batches`, so that a
-    resumed run sees the batches an uninterrupted one would; the sampling
-    of neighbours draws from torch's generator, which the checkpoints keep.
+    :math:`i + 1`); the seeds come first, ``num_seeds`` counts them and
+    ``train_mask`` marks them, so the loss is taken on the seeds only. A
+    model whose forward takes ``num_seeds`` (as
+    :class:`~pyg_gatv2.models.GATv2` does) gets it, and computes at each
+    layer only the nodes the seeds depend on; another runs every layer on
+    the whole subgraph. The epoch's order comes from :func:`seed_batches`,
+    so that a resumed run sees the batches an uninterrupted one would; the
+    sampling of neighbours draws from torch's generator, which the
+    checkpoints keep.
     A batch holds ``x``, ``y``, ``edge_index``, ``n_id`` (each node's index
-    in the graph), ``train_mask`` and ``loss_scale``.
+    in the graph), ``num_seeds``, ``train_mask`` and ``loss_scale``.
 
     Args:
         data (torch_geometric.data.Data): The graph, on the CPU.
@@ -225,7 +229,7 @@ class NeighborBatches:
         for batch, total in zip(self.loader, totals, strict=True):
             seeds = batch.batch_size
             batch = Data(x=batch.x, y=batch.y, edge_index=batch.edge_index,
-                         n_id=batch.n_id,
+                         n_id=batch.n_id, num_seeds=seeds,
                          train_mask=torch.arange(batch.num_nodes) < seeds)
             batch.loss_scale = seeds * size / total
             yield batch.to(self.device)
