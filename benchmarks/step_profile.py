@@ -1,0 +1,379 @@
+"""Where one training step of the fused GATv2Conv goes, pass by pass.
+
+    python benchmarks/step_profile.py            # three cases, 2 threads
+    python benchmarks/step_profile.py --quick    # one tiny graph, no Cora
+
+Per case, in a fresh process (``_common.run_isolated``), on CPU in
+float32, with ``--threads`` threads for torch and numba, after checking
+that our layer's output agrees with PyG's within ``1e-5`` of its largest
+entry and that the parts below reproduce our step's output and gradients
+(a case that fails is reported, not timed), these are timed, interleaved
+run by run after warm-up, and reported as medians:
+
+- ``pyg_step``: a training step (forward, backward of ``out.sum()``) of
+  :class:`torch_geometric.nn.GATv2Conv`, for context;
+- ``step``: the same step of :class:`pyg_gatv2.GATv2Conv` (fused path,
+  numba kernels) with PyG's weights, on the same ``edge_index`` tensor every
+  call, so that its layout comes from the cache;
+- ``projections``: ``lin_l`` and ``lin_r`` on ``x`` and their weight
+  gradients, through autograd, as the step runs them;
+- ``forward``: the fused forward kernel alone (``cpu.run_forward`` on the
+  operands the step hands it, no attention weights);
+- ``backward_dst``: the backward pass by destination alone
+  (``cpu.run_backward`` without the gradient of ``x_l``);
+- ``backward_src``: the backward pass by source, the time of
+  ``cpu.run_backward`` with the gradient of ``x_l`` less ``backward_dst``
+  (a difference of medians: noisy on a loaded machine);
+- ``rest``: ``step`` less the four parts above, which are all of the
+  cached step's kernels and GEMMs: autograd, allocations, the checks and
+  the cache lookup of the layout, the bias, ``D_i = <grad_out_i, out_i>``,
+  Python;
+- ``layout``: what a new ``edge_index`` adds, as a loader hands one per
+  step: the layout of a copy (the copy counted in) built on a cache miss,
+  CSR and the CSC the backward needs, with their work ranges. Not a part
+  of the cached step.
+
+Bytes and FLOPs. With ``N`` nodes, ``E' = E + N`` edges (self-loops
+implicit, one per node; the few edges ``i -> i`` of a random graph, which
+the layout drops, are counted), ``H`` heads of ``C`` channels, ``F`` input
+features, float32 features and statistics and int64 indices, each fused
+pass must read or write at least once:
+
+- ``forward``: per edge, the source row of ``x_l`` (``4HC`` bytes) and the
+  CSR source and edge id (16); per node, the rows of ``x_r`` and ``out``
+  (``8HC``), the log-sum-exp (``4H``) and the CSR offset (8). This is
+  ``fused_bytes`` of ``benchmarks/kernels.py``.
+- ``backward_dst``: per edge, the source row of ``x_l`` (``4HC``), the CSR
+  source and edge id (16), and the message weight and logit gradient it
+  writes for the next pass (``8H``); per node, the rows of ``x_r``,
+  ``grad_out`` and ``grad_x_r`` (``12HC``), the log-sum-exp and ``D``
+  (``8H``) and the CSR offset (8).
+- ``backward_src``: per edge, the rows of ``x_r`` and ``grad_out`` of its
+  destination (``8HC``), the message weight and logit gradient
+  (``8H``), the CSC position and destination (16); per node, the rows of
+  ``x_l`` and ``grad_x_l`` (``8HC``) and the CSC offset (8).
+
+The bandwidth of a pass is its bytes over its median time, also as a
+fraction of a large ``memcpy`` (bytes read plus written,
+``kernels.memcpy_bandwidth``) measured in the same run. FLOPs per edge,
+head and channel: forward 6 (add, LeakyReLU, times ``att``, sum; the
+weighted message added), backward_dst 11, backward_src 6; projections
+``8 N F HC`` (two GEMMs and their two weight gradients). Exponentials and
+per-node work are not counted.
+
+Cora is read from ``--raw-dir`` or ``$PYG_GATV2_RAW_DIR`` (skipped, with
+a note, where neither holds it). Writes ``step_profile.md`` (the command,
+the machine, the table) and ``step_profile.csv`` (``--name``;
+``step_profile_quick`` with ``--quick``) into ``--out`` and prints the
+Markdown.
+"""
+import argparse
+import os
+import platform
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Optional
+
+import torch
+from _common import (
+    WorkerFailed,
+    add_common_flags,
+    command_line,
+    compare,
+    interleaved_medians,
+    markdown_table,
+    run_isolated,
+    write_report,
+)
+from kernels import (
+    Run,
+    build_case,
+    cora_case,
+    fused_bytes,
+    make_impls,
+    memcpy_bandwidth,
+)
+
+TOLERANCE = 1e-5
+# (nodes, average in-degree, input features, heads, channels)
+CASES = [(20_000, 20, 64, 4, 32), (200_000, 5, 64, 4, 32)]
+QUICK_CASES = [(2_000, 5, 16, 2, 8)]
+# The parts of the cached step, whose times with 'rest' add up to it.
+PARTS = ('projections', 'forward', 'backward_dst', 'backward_src')
+ROWS = ('pyg_step', 'step') + PARTS + ('rest', 'layout')
+# FLOPs per edge, head and channel of each fused pass.
+FLOPS_PER_EDGE = {'forward': 6, 'backward_dst': 11, 'backward_src': 6}
+COLUMNS = ['case', 'part', 'status', 'ms', 'of_step', 'in_step',
+           'model_mb', 'gb_s', 'vs_memcpy', 'gflop', 'gflop_s',
+           'max_rel_error']
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='one tiny graph, 5 repeats, no Cora')
+    parser.add_argument('--repeats', type=int, default=7,
+                        help='timed runs of each part (default: 7)')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed runs of each part first (default: 2)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='CPU threads for torch and numba; 0 keeps '
+                        'their defaults (default: 2)')
+    parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
+                        default=None, help='include Cora, 8 heads x 8 '
+                        '(default: yes, no with --quick)')
+    add_common_flags(parser, 'step_profile')
+    args = parser.parse_args(argv)
+    if args.quick:  # other defaults; flags given still win
+        parser.set_defaults(repeats=5, warmup=1)
+        args = parser.parse_args(argv)
+    if args.device != 'cpu':
+        parser.error(f'--device {args.device}: this profile times the numba '
+                     'CPU kernels; use --device cpu')
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
+        parser.error('--repeats must be positive, --warmup and --threads '
+                     'not negative')
+    if args.cora is None:
+        args.cora = not args.quick
+    if args.name is None:
+        args.name = 'step_profile' + ('_quick' if args.quick else '')
+    return args
+
+
+def cases_of(args: argparse.Namespace) -> list[dict]:
+    """The random graphs, and Cora second where asked for and found."""
+    cases = [
+        dict(name=f'random N={n} deg={d} F={f} {h}x{c}', kind='random',
+             nodes=n, edges=n * d, features=f, heads=h, channels=c)
+        for n, d, f, h, c in (QUICK_CASES if args.quick else CASES)
+    ]
+    cora = cora_case(args) if args.cora else None
+    if cora is not None:
+        cases.insert(1, cora)
+    return cases
+
+
+# The worker: one case in a fresh process ------------------------------------
+
+
+class StepParts:
+    """The parts of our layer's training step, each alone, on what the step
+    hands them: ``x``, the layer's weights, the cached layout of
+    ``edge_index``, the projections and the gradient of ``out.sum()``."""
+    def __init__(self, conv: torch.nn.Module, x: torch.Tensor,
+                 edge_index: torch.Tensor):
+        from pyg_gatv2.fused import cpu, edge_layout
+        from pyg_gatv2.fused.operands import Cotangents, Operands
+
+        H, C = conv.heads, conv.out_channels
+        self.conv, self.x, self.edge_index = conv, x, edge_index
+        self.lins = (conv.lin_l, conv.lin_r)
+        n = x.size(0)
+        with torch.no_grad():
+            x_l, x_r = (lin(x).view(n, H, C) for lin in self.lins)
+        layout = edge_layout(edge_index, n, n, conv.add_self_loops)
+        self.ops = Operands(x_l, x_r, conv.att.detach().view(H, C), None,
+                            None, None, layout, conv.negative_slope)
+        self.out, lse, _ = cpu.run_forward(self.ops, False)
+        grad_out = torch.ones_like(self.out)
+        delta = torch.einsum('nhc,nhc->nh', grad_out, self.out)
+        self.cot = Cotangents(grad_out, None, lse, delta)
+        self.grads = cpu.run_backward(self.ops, self.cot, False, True)
+        self.chunks = cpu._num_chunks()
+
+    def fns(self) -> dict[str, Callable[[], object]]:
+        """Name -> the part; ``backward`` runs both backward passes."""
+        from pyg_gatv2.fused import cpu
+        return dict(
+            projections=self.projections, layout=self.new_layout,
+            forward=partial(cpu.run_forward, self.ops, False),
+            backward_dst=partial(cpu.run_backward, self.ops, self.cot,
+                                 False, False),
+            backward=partial(cpu.run_backward, self.ops, self.cot, False,
+                             True))
+
+    def projections(self) -> None:
+        """Forward and backward of ``lin_l(x)`` and ``lin_r(x)``, with the
+        gradients the fused backward gives ``x_l`` and ``x_r``."""
+        for lin in self.lins:
+            for p in lin.parameters():
+                p.grad = None
+        grads = (self.grads.x_l, self.grads.x_r)
+        torch.autograd.backward([lin(self.x) for lin in self.lins],
+                                [g.view(self.x.size(0), -1) for g in grads])
+
+    def new_layout(self) -> None:
+        """Builds the layout of a copy of ``edge_index`` (a cache miss)
+        with the CSC and the work ranges that the kernels ask for."""
+        from pyg_gatv2.fused import edge_layout
+        n = self.x.size(0)
+        layout = edge_layout(self.edge_index.clone(), n, n,
+                             self.conv.add_self_loops)
+        for by in ('dst', 'src'):  # 'src' builds the CSC
+            layout.bounds(by, self.chunks)
+
+
+def parts_error(parts: StepParts, step: Run) -> float:
+    """The largest relative difference between what the parts compute and
+    what one training step of the layer gives: its output and the
+    gradients of ``att``, ``lin_l`` and ``lin_r`` (the last two through the
+    fused backward's gradients of ``x_l`` and ``x_r``)."""
+    conv = parts.conv
+    out = step(True).detach()
+    expected = [out, conv.att.grad.view_as(parts.grads.att)] + [
+        lin.weight.grad.clone() for lin in parts.lins]
+    parts.projections()
+    got = [parts.out.flatten(1) + conv.bias.detach(), parts.grads.att] + [
+        lin.weight.grad for lin in parts.lins]
+    return max(compare(g, e, TOLERANCE).max_rel
+               for g, e in zip(got, expected, strict=True))
+
+
+def run_worker(spec: dict) -> dict:
+    """Checks one case, then times the steps and the parts (seconds)."""
+    case = spec['case']
+    device = torch.device('cpu')
+    x, edge_index = build_case(case, spec['seed'], device)
+    ref, impls = make_impls(case, ['pyg', 'fused_numba'], device)
+    steps = {'pyg_step': Run(ref, None, x, edge_index),
+             'step': Run(*impls['fused_numba'], x, edge_index)}
+    error = compare(steps['step'](False), steps['pyg_step'](False),
+                    TOLERANCE).max_rel
+    result = dict(case=case, max_rel_error=error)
+    if error > TOLERANCE:
+        return dict(result, status='MISMATCH (ours vs PyG)')
+    parts = StepParts(impls['fused_numba'][0], x, edge_index)
+    result['parts_error'] = parts_error(parts, steps['step'])
+    if result['parts_error'] > TOLERANCE:
+        return dict(result, status='MISMATCH (parts vs step)')
+    fns = {name: partial(run, True) for name, run in steps.items()}
+    fns.update(parts.fns())
+    for fn in fns.values():
+        for _ in range(spec['warmup']):
+            fn()
+    times = interleaved_medians(fns, device, spec['repeats'])
+    return dict(result, status='ok', times=times)
+
+
+def run_case(case: dict, args: argparse.Namespace) -> dict:
+    spec = dict(case=case, seed=args.seed, repeats=args.repeats,
+                warmup=args.warmup)
+    try:
+        return run_isolated(run_worker, spec, threads=args.threads)
+    except WorkerFailed as error:
+        return dict(case=case, status=str(error))
+
+
+# Reporting -------------------------------------------------------------------
+
+
+def pass_bytes(case: dict) -> dict[str, float]:
+    """Bytes each fused pass must move at least once: the model of the
+    module's docstring, float32 features."""
+    H, C = case['heads'], case['channels']
+    edges, nodes = case['edges'] + case['nodes'], case['nodes']
+    row, stats = 4 * H * C, 4 * H
+    return {
+        'forward': fused_bytes(case),
+        'backward_dst': (edges * (row + 16 + 2 * stats) +
+                         nodes * (3 * row + 2 * stats + 8)),
+        'backward_src': (edges * (2 * row + 2 * stats + 16) +
+                         nodes * (2 * row + 8)),
+    }
+
+
+def flops(case: dict) -> dict[str, float]:
+    """FLOPs of the projections and of each fused pass (docstring)."""
+    H, C = case['heads'], case['channels']
+    edges = case['edges'] + case['nodes']
+    counts = {part: per_edge * edges * H * C
+              for part, per_edge in FLOPS_PER_EDGE.items()}
+    counts['projections'] = 8 * case['nodes'] * case['features'] * H * C
+    return counts
+
+
+def times_of(medians: dict[str, float]) -> dict[str, float]:
+    """Seconds per row of :data:`ROWS` from the worker's medians."""
+    times = dict(medians)
+    times['backward_src'] = times.pop('backward') - times['backward_dst']
+    times['rest'] = times['step'] - sum(times[part] for part in PARTS)
+    return times
+
+
+def rows_of(result: dict, bandwidth: float) -> list[dict]:
+    """The table rows of one case: one per part, or one saying why the case
+    was not timed."""
+    case = result['case']
+    base = dict(case=case['name'], nodes=case['nodes'], edges=case['edges'],
+                features=case['features'], heads=case['heads'],
+                channels=case['channels'], status=result['status'])
+    error = ({'max_rel_error': f"{result['max_rel_error']:.1e}"}
+             if 'max_rel_error' in result else {})
+    if result['status'] != 'ok':
+        return [dict(base, part='step', **error)]
+    times = times_of(result['times'])
+    moved, counted = pass_bytes(case), flops(case)
+    rows = []
+    for part in ROWS:
+        seconds = times[part]
+        row = dict(base, part=part, ms=f'{seconds * 1e3:.3f}',
+                   of_step=f"{seconds / times['step']:.3f}",
+                   in_step='yes' if part in PARTS + ('rest', ) else '')
+        if part == 'step':
+            row.update(error)
+        if part in moved:
+            row['model_mb'] = f'{moved[part] / 1e6:.1f}'
+        if part in counted:
+            row['gflop'] = f'{counted[part] / 1e9:.3f}'
+        if seconds > 0 and part in moved:
+            row['gb_s'] = f'{moved[part] / seconds / 1e9:.2f}'
+            row['vs_memcpy'] = f'{moved[part] / seconds / bandwidth:.2f}'
+        if seconds > 0 and part in counted:
+            row['gflop_s'] = f'{counted[part] / seconds / 1e9:.2f}'
+        rows.append(row)
+    return rows
+
+
+def header(command: str, threads: int, bandwidth: float,
+           repeats: int) -> list[str]:
+    import numba
+    return [
+        '# One training step of the fused GATv2Conv, pass by pass', '',
+        f'Command: `{command}`', '',
+        f'Machine: {platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} CPUs, torch {torch.__version__}, numba '
+        f'{numba.__version__}, {threads} threads, float32 on CPU. memcpy '
+        f'bandwidth: {bandwidth / 1e9:.1f} GB/s.', '',
+        f'Medians of {repeats} interleaved runs after warm-up. of_step: the '
+        "row's time over our step's; the rows with in_step add up to the "
+        "step (rest is what the others leave); pyg_step is PyG's step and "
+        'layout what a new edge_index adds, neither a part. model_mb: the '
+        'bytes the pass must move at least once (the model in the '
+        "script's docstring); gb_s those over its time, vs_memcpy as a "
+        "fraction of memcpy's. max_rel_error: our output against PyG's.",
+        '',
+    ]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    command = command_line()
+    print(f'Command: `{command}`\n', flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bandwidth = memcpy_bandwidth(torch.device('cpu'))
+    rows = []
+    for case in cases_of(args):
+        print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
+        rows += rows_of(run_case(case, args), bandwidth)
+    text = '\n'.join(header(command, torch.get_num_threads(), bandwidth,
+                            args.repeats)) + markdown_table(rows, COLUMNS)
+    print(text)
+    columns = COLUMNS[:2] + ['nodes', 'edges', 'features', 'heads',
+                             'channels'] + COLUMNS[2:]
+    write_report(args.out / args.name, text + '\n', rows, columns)
+
+
+if __name__ == '__main__':
+    main()

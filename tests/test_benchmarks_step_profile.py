@@ -1,0 +1,110 @@
+"""benchmarks/step_profile.py: its byte and FLOP model, how it splits the
+step into rows, its flags, and a --quick run end to end (no timing
+asserted)."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+import step_profile  # noqa: E402
+from _common import read_csv  # noqa: E402
+
+# One edge and one node, so E' = 2 with the self-loop; rows of
+# 2 x 3 floats (24 bytes), two float32 statistics per node or edge (8).
+CASE = dict(name='hand', kind='random', nodes=1, edges=1, features=5,
+            heads=2, channels=3)
+
+
+def test_bytes_and_flops_of_a_hand_sized_case():
+    assert step_profile.pass_bytes(CASE) == {
+        # 2 x (x_l row + two indices) + x_r, out rows + lse + offset
+        'forward': 2 * (24 + 16) + (48 + 8 + 8),
+        # ... + per edge two statistics written; per node grad_out,
+        # grad_x_r rows and D read
+        'backward_dst': 2 * (24 + 16 + 16) + (72 + 16 + 8),
+        # per edge x_r, grad_out rows, two statistics, two indices; per
+        # node x_l, grad_x_l rows, offset
+        'backward_src': 2 * (48 + 16 + 16) + (48 + 8),
+    }
+    assert step_profile.flops(CASE) == {
+        'forward': 6 * 2 * 6, 'backward_dst': 11 * 2 * 6,
+        'backward_src': 6 * 2 * 6, 'projections': 8 * 1 * 5 * 6}
+
+
+def test_rows_split_the_step_into_parts_and_the_rest():
+    times = dict(pyg_step=0.030, step=0.010, projections=0.001,
+                 layout=0.002, forward=0.002, backward_dst=0.003,
+                 backward=0.005)
+    result = dict(case=CASE, status='ok', max_rel_error=2e-7, times=times)
+    rows = step_profile.rows_of(result, bandwidth=1e9)
+    by_part = {row['part']: row for row in rows}
+    assert [row['part'] for row in rows] == list(step_profile.ROWS)
+    expected_ms = dict(pyg_step='30.000', step='10.000', projections='1.000',
+                       forward='2.000', backward_dst='3.000',
+                       backward_src='2.000', rest='2.000', layout='2.000')
+    assert {part: row['ms'] for part, row in by_part.items()} == expected_ms
+    assert by_part['pyg_step']['of_step'] == '3.000'
+    assert by_part['rest']['of_step'] == '0.200'
+    assert [row['part'] for row in rows if row['in_step']] == [
+        'projections', 'forward', 'backward_dst', 'backward_src', 'rest']
+    assert by_part['step']['max_rel_error'] == '2.0e-07'
+    # 144 bytes in 2 ms: 72,000 B/s, of a 1 GB/s memcpy.
+    forward = by_part['forward']
+    assert (forward['gb_s'], forward['vs_memcpy']) == ('0.00', '0.00')
+    assert forward['gflop_s'] == f'{72 / 0.002 / 1e9:.2f}'
+    assert 'gb_s' not in by_part['projections']
+    assert 'gflop' not in by_part['layout']
+
+
+def test_a_case_not_timed_is_one_row_that_says_why():
+    rows = step_profile.rows_of(
+        dict(case=CASE, status='MISMATCH (ours vs PyG)', max_rel_error=1e-3),
+        bandwidth=1e9)
+    assert len(rows) == 1
+    assert rows[0]['status'] == 'MISMATCH (ours vs PyG)'
+    assert rows[0]['max_rel_error'] == '1.0e-03' and 'ms' not in rows[0]
+
+
+def test_quick_defaults_give_way_to_explicit_flags(capsys):
+    args = step_profile.parse_args(['--quick'])
+    assert (args.repeats, args.warmup, args.cora) == (5, 1, False)
+    assert args.name == 'step_profile_quick' and args.threads == 2
+    args = step_profile.parse_args(['--quick', '--repeats', '9', '--cora'])
+    assert (args.repeats, args.cora) == (9, True)
+    args = step_profile.parse_args([])
+    assert (args.repeats, args.cora, args.name) == (7, True, 'step_profile')
+    with pytest.raises(SystemExit):
+        step_profile.parse_args(['--device', 'cuda'])
+    assert 'numba CPU kernels' in capsys.readouterr().err
+
+
+def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'step_profile.py'), '--quick',
+         '--threads', '1', '--out', str(tmp_path)], capture_output=True,
+        text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    csv_path = tmp_path / 'step_profile_quick.csv'
+    with open(csv_path, newline='') as f:
+        assert set(step_profile.COLUMNS) <= set(next(csv.reader(f)))
+    rows = read_csv(csv_path)
+    assert [row['part'] for row in rows] == list(step_profile.ROWS)
+    assert {row['status'] for row in rows} == {'ok'}
+    by_part = {row['part']: row for row in rows}
+    step = float(by_part['step']['ms'])
+    parts = sum(float(row['ms']) for row in rows if row.get('in_step'))
+    assert parts == pytest.approx(step, rel=1e-3, abs=0.01)
+    for part in step_profile.PARTS + ('rest', 'layout'):
+        assert 0 <= float(by_part[part]['of_step']) <= 1, by_part[part]
+    assert float(by_part['step']['max_rel_error']) <= step_profile.TOLERANCE
+    for part in ('forward', 'backward_dst', 'backward_src'):
+        row = by_part[part]
+        assert float(row['model_mb']) > 0 and float(row['gflop']) > 0
+    markdown = (tmp_path / 'step_profile_quick.md').read_text()
+    assert 'benchmarks/step_profile.py --quick --threads 1' in markdown
+    assert 'memcpy bandwidth' in markdown
+    assert markdown in proc.stdout
