@@ -203,8 +203,8 @@ class GATv2(torch.nn.Module):
         x = sparse_feature_dropout(x[:prefixes[-1]], self.dropout,
                                    self.training)
         for layer, conv in enumerate(self.convs):
-            # Layer `layer` reads the nodes `layer` hops further out than
-            # the ones it writes.
+            # Each layer reads one prefix and writes the next smaller one:
+            # the nodes one hop nearer the seeds.
             num_dst = prefixes[len(self.convs) - 1 - layer]
             edges = edge_index[:, edge_index[1] < num_dst]
             x = conv((x, x[:num_dst]), edges)
