@@ -191,23 +191,21 @@ class GATv2(torch.nn.Module):
         are those of the whole subgraph; dropout draws masks for the nodes
         computed only.
         """
-        if num_seeds is None:
-            x = sparse_feature_dropout(x, self.dropout, self.training)
-            for conv in self.convs[:-1]:
-                x = F.elu(conv(x, edge_index))
-                x = F.dropout(x, p=self.dropout, training=self.training)
-            return self.convs[-1](x, edge_index)
-
-        prefixes = seed_prefixes(edge_index, num_seeds, len(self.convs),
-                                 x.size(0))
-        x = sparse_feature_dropout(x[:prefixes[-1]], self.dropout,
-                                   self.training)
+        prefixes = None
+        if num_seeds is not None:
+            prefixes = seed_prefixes(edge_index, num_seeds, len(self.convs),
+                                     x.size(0))
+            x = x[:prefixes[-1]]
+        x = sparse_feature_dropout(x, self.dropout, self.training)
         for layer, conv in enumerate(self.convs):
-            # Each layer reads one prefix and writes the next smaller one:
-            # the nodes one hop nearer the seeds.
-            num_dst = prefixes[len(self.convs) - 1 - layer]
-            edges = edge_index[:, edge_index[1] < num_dst]
-            x = conv((x, x[:num_dst]), edges)
+            if prefixes is None:
+                x = conv(x, edge_index)
+            else:
+                # Each layer reads one prefix and writes the next smaller
+                # one: the nodes one hop nearer the seeds.
+                num_dst = prefixes[len(self.convs) - 1 - layer]
+                x = conv((x, x[:num_dst]),
+                         edge_index[:, edge_index[1] < num_dst])
             if layer < len(self.convs) - 1:
                 x = F.elu(x)
                 x = F.dropout(x, p=self.dropout, training=self.training)
