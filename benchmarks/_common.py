@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -76,6 +76,14 @@ def command_line() -> str:
     """The command that runs this script with its arguments, for reports."""
     script = os.path.relpath(sys.argv[0])
     return shlex.join(['python', script] + sys.argv[1:])
+
+
+def machine(threads: int, device: Union[str, torch.device]) -> str:
+    """The machine and the versions behind a report, for its header."""
+    import numba
+    return (f'{platform.processor() or platform.machine()}, '
+            f'{os.cpu_count()} CPUs, torch {torch.__version__}, numba '
+            f'{numba.__version__}, {threads} threads, device {device}')
 
 
 # Isolation: one measurement per process ------------------------------------

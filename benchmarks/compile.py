@@ -25,8 +25,6 @@ step (forward, backward), interleaved run by run, and reports medians.
 Writes ``compile.md`` and ``compile.csv`` into ``--out``.
 """
 import argparse
-import os
-import platform
 import sys
 from functools import partial
 from typing import Optional
@@ -39,6 +37,7 @@ from _common import (
     compare,
     failure,
     interleaved_medians,
+    machine,
     markdown_table,
     peak_memory,
     pin_malloc,
@@ -201,13 +200,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(f'benchmark worker failed: {error}')
     rows = rows_of(check, timed)
     edges = args.nodes * args.degree
+    threads = args.threads or torch.get_num_threads()
     text = '\n'.join([
         '# A 2-layer GATv2 under torch.compile', '',
         f'Command: `{command}`', '',
-        f'Machine: {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} CPUs, torch {torch.__version__}, '
-        f'{args.threads or torch.get_num_threads()} threads, device '
-        f'{args.device}.', '',
+        f'Machine: {machine(threads, args.device)}.', '',
         f'Model: `pyg_gatv2.GATv2`, {args.features} inputs, {args.heads} '
         f'heads x {args.channels}, ELU, 1 head x {args.classes}, '
         f'self-loops, no dropout; random graph of {args.nodes} nodes and '

@@ -53,8 +53,6 @@ bars of our speed-up and memory saving against PyG eager and compiled) into
 import argparse
 import contextlib
 import math
-import os
-import platform
 import sys
 import tempfile
 from functools import partial
@@ -70,6 +68,7 @@ from _common import (
     failure,
     has_raw_files,
     interleaved_medians,
+    machine,
     markdown_table,
     median_time,
     peak_memory,
@@ -659,14 +658,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def header(command: str, device: torch.device,
            bandwidth: float) -> list[str]:
-    import numba
     return [
         '# Fused GATv2 attention vs PyG GATv2Conv', '',
         f'Command: `{command}`', '',
-        f'Machine: {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} CPUs, torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads), numba {numba.__version__}, '
-        f'device {device}. memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s.',
+        f'Machine: {machine(torch.get_num_threads(), device)}. memcpy '
+        f'bandwidth: {bandwidth / 1e9:.1f} GB/s.',
         '',
         'Times are medians of interleaved runs after warm-up; speedups are '
         'PyG time / our time; peak is the memory growth of one training '

@@ -68,8 +68,6 @@ the machine, the table) and ``step_profile.csv`` (``--name``;
 Markdown.
 """
 import argparse
-import os
-import platform
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -82,6 +80,7 @@ from _common import (
     command_line,
     compare,
     interleaved_medians,
+    machine,
     markdown_table,
     run_isolated,
     write_report,
@@ -337,14 +336,11 @@ def rows_of(result: dict, bandwidth: float) -> list[dict]:
 
 def header(command: str, threads: int, bandwidth: float,
            repeats: int) -> list[str]:
-    import numba
     return [
         '# One training step of the fused GATv2Conv, pass by pass', '',
         f'Command: `{command}`', '',
-        f'Machine: {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} CPUs, torch {torch.__version__}, numba '
-        f'{numba.__version__}, {threads} threads, float32 on CPU. memcpy '
-        f'bandwidth: {bandwidth / 1e9:.1f} GB/s.', '',
+        f"Machine: {machine(threads, 'cpu')}, float32. memcpy bandwidth: "
+        f'{bandwidth / 1e9:.1f} GB/s.', '',
         f'Medians of {repeats} interleaved runs after warm-up. of_step: the '
         "row's time over our step's; the rows with in_step add up to the "
         "step (rest is what the others leave); pyg_step is PyG's step and "
