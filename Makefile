@@ -19,10 +19,11 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml pyg_gatv2/fused/_cpp_kernels.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
+	# Builds the C++ kernels (pyg_gatv2/fused/_cpp_kernels.cpp) in place.
 	$(BIN)/python -m pip install -e '.[test]'
 	# torch-scatter and torch-sparse (the extras scatter and sampling) have
 	# no wheels for this torch: build them against the installed torch

@@ -9,19 +9,23 @@ Implementations, side by side in one run:
 - ``pyg``: :class:`torch_geometric.nn.GATv2Conv`, eager;
 - ``pyg_compile``: the same layer under :func:`torch.compile`;
 - ``mp``: :class:`pyg_gatv2.GATv2Conv` with ``fused=False`` (message passing);
-- ``fused_numba``: :class:`pyg_gatv2.GATv2Conv`, fused path, numba kernels;
+- ``fused_cpp``: :class:`pyg_gatv2.GATv2Conv`, fused path, C++ kernels (the
+  default on CPU where they are built);
+- ``fused_numba``: the same, numba kernels;
 - ``fused_torch``: the same, chunked PyTorch fallback;
 - ``fused_triton``: the same, Triton kernels (CUDA only: on CPU, Triton's
   interpreter is far too slow to time);
 - ``fused_compile``: :class:`pyg_gatv2.GATv2Conv` under :func:`torch.compile`,
   its fused op in the compiled graph on the device's default backend;
-- ``fused_loops``: the numba path with self-loops as explicit edges, added
+- ``fused_loops``: the fused path on the default backend (C++ on CPU where
+  built, Triton on CUDA) with self-loops as explicit edges, added
   to the edge list on every call (so its sorted layout is rebuilt every
   call) instead of implicit loops over the cached layout of the caller's
   edges, to measure that choice;
-- ``fused_fresh``: the numba path given a new ``edge_index`` tensor (a copy)
-  on every call, as a neighbour-sampling loader gives one per step, so that
-  its sorted layout is built every call; beside ``fused_numba`` (the cached
+- ``fused_fresh``: the fused path on the default backend given a new
+  ``edge_index`` tensor (a copy) on every call, as a neighbour-sampling
+  loader gives one per step, so that its sorted layout is built every call;
+  beside ``fused_cpp`` (the cached
   layout) it shows what building the layout costs.
 
 Every case runs in two fresh processes (``_common.run_isolated``). The first
@@ -87,23 +91,25 @@ DTYPES = {'float32': (torch.float32, TOLERANCE, 4),
           'float16': (torch.float16, 5e-3, 2)}
 GiB = 2.0**30
 MiB = 2.0**20
-IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_numba', 'fused_torch',
-         'fused_triton', 'fused_compile', 'fused_loops', 'fused_fresh')
+IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_cpp', 'fused_numba',
+         'fused_torch', 'fused_triton', 'fused_compile', 'fused_loops',
+         'fused_fresh')
 LABELS = {
     'pyg': 'PyG GATv2Conv (eager)',
     'pyg_compile': 'PyG GATv2Conv (torch.compile)',
     'mp': 'ours, message passing',
+    'fused_cpp': 'ours, fused (C++)',
     'fused_numba': 'ours, fused (numba)',
     'fused_torch': 'ours, fused (torch)',
     'fused_triton': 'ours, fused (Triton)',
     'fused_compile': 'ours, fused, torch.compile',
-    'fused_loops': 'ours, fused (numba), explicit loops',
-    'fused_fresh': 'ours, fused (numba), new edge_index every call',
+    'fused_loops': 'ours, fused, explicit loops',
+    'fused_fresh': 'ours, fused, new edge_index every call',
 }
 # Bytes per element of one [E, heads, channels] float32 tensor that a step
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
-                         'fused_numba': 0, 'fused_torch': 0,
+                         'fused_cpp': 0, 'fused_numba': 0, 'fused_torch': 0,
                          'fused_triton': 0, 'fused_compile': 0,
                          'fused_loops': 0, 'fused_fresh': 0}
 # (nodes, average in-degree, heads, channels); the third is the headline.
@@ -145,8 +151,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='skip an implementation whose projected peak '
                         'exceeds this many GiB (reported as skipped)')
     parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32',
-                        help='dtype of the features and weights (numba '
-                        'runs float32 and float64 only)')
+                        help='dtype of the features and weights (C++ and '
+                        'numba run float32 and float64 only)')
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for torch and numba; 0 keeps the '
                         'default (all cores)')
@@ -259,11 +265,11 @@ def make_impls(case: dict, names: list[str], device: torch.device,
             conv = GATv2Conv(*args, **kwargs, add_self_loops=False,
                              fused=True).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
-            impls[name] = (ExplicitLoops(conv), 'numba')
+            impls[name] = (ExplicitLoops(conv), None)
         elif name == 'fused_fresh':
             conv = GATv2Conv(*args, **kwargs, fused=True).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
-            impls[name] = (FreshEdgeIndex(conv), 'numba')
+            impls[name] = (FreshEdgeIndex(conv), None)
         elif name == 'fused_compile':
             conv = GATv2Conv(*args, **kwargs, fused=True).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
@@ -272,7 +278,7 @@ def make_impls(case: dict, names: list[str], device: torch.device,
             fused = name != 'mp'
             conv = GATv2Conv(*args, **kwargs, fused=fused).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
-            # numba, torch, triton
+            # cpp, numba, torch, triton
             backend = name.split('_')[1] if fused else None
             impls[name] = (conv, backend)
     return ref, impls
@@ -350,10 +356,9 @@ def runnable(case: dict, args: argparse.Namespace,
     entries = {}
     for name in args.impls:
         peak = projected_peak(case, name)
-        if (name in ('fused_numba', 'fused_loops', 'fused_fresh')
-                and device.type != 'cpu'):
+        if name in ('fused_cpp', 'fused_numba') and device.type != 'cpu':
             entries[name] = dict(status='n/a (CPU only)')
-        elif (name in ('fused_numba', 'fused_loops', 'fused_fresh')
+        elif (name in ('fused_cpp', 'fused_numba')
               and args.dtype not in ('float32', 'float64')):
             entries[name] = dict(status=f'n/a ({args.dtype})')
         elif name == 'fused_triton' and device.type != 'cuda':
@@ -434,7 +439,8 @@ def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
         x_l = ref.lin_l(x).view(-1, H, C)
         x_r = ref.lin_r(x).view(-1, H, C)
         for name in alive:
-            if name not in ('fused_numba', 'fused_torch', 'fused_triton'):
+            if name not in ('fused_cpp', 'fused_numba', 'fused_torch',
+                            'fused_triton'):
                 continue
             times[name] = median_time(
                 partial(fused_gatv2_attention, x_l, x_r, ref.att,
@@ -528,11 +534,11 @@ def rows_of(results: list[dict], bandwidth: float,
     return rows
 
 
-OURS = ('mp', 'fused_numba', 'fused_torch', 'fused_triton', 'fused_compile',
-        'fused_loops', 'fused_fresh')
-COLORS = {'mp': 'C0', 'fused_numba': 'C2', 'fused_torch': 'C1',
-          'fused_triton': 'C3', 'fused_compile': 'C6', 'fused_loops': 'C4',
-          'fused_fresh': 'C5'}
+OURS = ('mp', 'fused_cpp', 'fused_numba', 'fused_torch', 'fused_triton',
+        'fused_compile', 'fused_loops', 'fused_fresh')
+COLORS = {'mp': 'C0', 'fused_cpp': 'C8', 'fused_numba': 'C2',
+          'fused_torch': 'C1', 'fused_triton': 'C3', 'fused_compile': 'C6',
+          'fused_loops': 'C4', 'fused_fresh': 'C5'}
 BASELINES = (('pyg', 'PyG eager'), ('pyg_compile', 'PyG compiled'))
 TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 METRICS = (('step_ms', 'training step speed-up\n(PyG time / ours)'),

@@ -4,7 +4,8 @@
     python benchmarks/step_profile.py --quick    # one tiny graph, no Cora
 
 Per case, in a fresh process (``_common.run_isolated``), on CPU in
-float32, with ``--threads`` threads for torch and numba, after checking
+float32, with ``--threads`` threads, on the CPU kernels of ``--backend``
+(``cpp``, the default where built, or ``numba``), after checking
 that our layer's output agrees with PyG's within ``1e-5`` of its largest
 entry and that the parts below reproduce our step's output and gradients
 (a case that fails is reported, not timed), these are timed, interleaved
@@ -13,16 +14,16 @@ run by run after warm-up, and reported as medians:
 - ``pyg_step``: a training step (forward, backward of ``out.sum()``) of
   :class:`torch_geometric.nn.GATv2Conv`, for context;
 - ``step``: the same step of :class:`pyg_gatv2.GATv2Conv` (fused path,
-  numba kernels) with PyG's weights, on the same ``edge_index`` tensor every
-  call, so that its layout comes from the cache;
+  the kernels of ``--backend``) with PyG's weights, on the same
+  ``edge_index`` tensor every call, so that its layout comes from the cache;
 - ``projections``: ``lin_l`` and ``lin_r`` on ``x`` and their weight
   gradients, through autograd, as the step runs them;
-- ``forward``: the fused forward kernel alone (``cpu.run_forward`` on the
+- ``forward``: the fused forward kernel alone (``run_forward`` on the
   operands the step hands it, no attention weights);
 - ``backward_dst``: the backward pass by destination alone
-  (``cpu.run_backward`` without the gradient of ``x_l``);
+  (``run_backward`` without the gradient of ``x_l``);
 - ``backward_src``: the backward pass by source, the time of
-  ``cpu.run_backward`` with the gradient of ``x_l`` less ``backward_dst``
+  ``run_backward`` with the gradient of ``x_l`` less ``backward_dst``
   (a difference of medians: noisy on a loaded machine);
 - ``rest``: ``step`` less the four parts above, which are all of the
   cached step's kernels and GEMMs: autograd, allocations, the checks and
@@ -117,8 +118,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=2,
                         help='untimed runs of each part first (default: 2)')
     parser.add_argument('--threads', type=int, default=2,
-                        help='CPU threads for torch and numba; 0 keeps '
-                        'their defaults (default: 2)')
+                        help='CPU threads for torch and the kernels; 0 '
+                        'keeps their defaults (default: 2)')
+    parser.add_argument('--backend', choices=('cpp', 'numba'), default=None,
+                        help='the CPU kernels to profile (default: cpp '
+                        'where it is built, else numba)')
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=None, help='include Cora, 8 heads x 8 '
                         '(default: yes, no with --quick)')
@@ -128,13 +132,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.set_defaults(repeats=5, warmup=1)
         args = parser.parse_args(argv)
     if args.device != 'cpu':
-        parser.error(f'--device {args.device}: this profile times the numba '
-                     'CPU kernels; use --device cpu')
+        parser.error(f'--device {args.device}: this profile times the CPU '
+                     'kernels; use --device cpu')
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         parser.error('--repeats must be positive, --warmup and --threads '
                      'not negative')
     if args.cora is None:
         args.cora = not args.quick
+    if args.backend is None:
+        from pyg_gatv2.backends import cpp_kernels_built
+        args.backend = 'cpp' if cpp_kernels_built() else 'numba'
     if args.name is None:
         args.name = 'step_profile' + ('_quick' if args.quick else '')
     return args
@@ -156,15 +163,25 @@ def cases_of(args: argparse.Namespace) -> list[dict]:
 # The worker: one case in a fresh process ------------------------------------
 
 
+def kernel_module(backend: str):
+    """The module of the CPU kernels of ``backend``."""
+    if backend == 'cpp':
+        from pyg_gatv2.fused import cpp
+        return cpp
+    from pyg_gatv2.fused import cpu
+    return cpu
+
+
 class StepParts:
     """The parts of our layer's training step, each alone, on what the step
     hands them: ``x``, the layer's weights, the cached layout of
     ``edge_index``, the projections and the gradient of ``out.sum()``."""
     def __init__(self, conv: torch.nn.Module, x: torch.Tensor,
-                 edge_index: torch.Tensor):
-        from pyg_gatv2.fused import cpu, edge_layout
+                 edge_index: torch.Tensor, backend: str):
+        from pyg_gatv2.fused import edge_layout
         from pyg_gatv2.fused.operands import Cotangents, Operands
 
+        self.kernels = kernels = kernel_module(backend)
         H, C = conv.heads, conv.out_channels
         self.conv, self.x, self.edge_index = conv, x, edge_index
         self.lins = (conv.lin_l, conv.lin_r)
@@ -174,22 +191,22 @@ class StepParts:
         layout = edge_layout(edge_index, n, n, conv.add_self_loops)
         self.ops = Operands(x_l, x_r, conv.att.detach().view(H, C), None,
                             None, None, layout, conv.negative_slope)
-        self.out, lse, _ = cpu.run_forward(self.ops, False)
+        self.out, lse, _ = kernels.run_forward(self.ops, False)
         grad_out = torch.ones_like(self.out)
         delta = torch.einsum('nhc,nhc->nh', grad_out, self.out)
         self.cot = Cotangents(grad_out, None, lse, delta)
-        self.grads = cpu.run_backward(self.ops, self.cot, False, True)
-        self.chunks = cpu._num_chunks()
+        self.grads = kernels.run_backward(self.ops, self.cot, False, True)
+        self.chunks = kernels._num_chunks()
 
     def fns(self) -> dict[str, Callable[[], object]]:
         """Name -> the part; ``backward`` runs both backward passes."""
-        from pyg_gatv2.fused import cpu
+        kernels = self.kernels
         return dict(
             projections=self.projections, layout=self.new_layout,
-            forward=partial(cpu.run_forward, self.ops, False),
-            backward_dst=partial(cpu.run_backward, self.ops, self.cot,
+            forward=partial(kernels.run_forward, self.ops, False),
+            backward_dst=partial(kernels.run_backward, self.ops, self.cot,
                                  False, False),
-            backward=partial(cpu.run_backward, self.ops, self.cot, False,
+            backward=partial(kernels.run_backward, self.ops, self.cot, False,
                              True))
 
     def projections(self) -> None:
@@ -234,15 +251,16 @@ def run_worker(spec: dict) -> dict:
     case = spec['case']
     device = torch.device('cpu')
     x, edge_index = build_case(case, spec['seed'], device)
-    ref, impls = make_impls(case, ['pyg', 'fused_numba'], device)
+    ours = f"fused_{spec['backend']}"
+    ref, impls = make_impls(case, ['pyg', ours], device)
     steps = {'pyg_step': Run(ref, None, x, edge_index),
-             'step': Run(*impls['fused_numba'], x, edge_index)}
+             'step': Run(*impls[ours], x, edge_index)}
     error = compare(steps['step'](False), steps['pyg_step'](False),
                     TOLERANCE).max_rel
     result = dict(case=case, max_rel_error=error)
     if error > TOLERANCE:
         return dict(result, status='MISMATCH (ours vs PyG)')
-    parts = StepParts(impls['fused_numba'][0], x, edge_index)
+    parts = StepParts(impls[ours][0], x, edge_index, spec['backend'])
     result['parts_error'] = parts_error(parts, steps['step'])
     if result['parts_error'] > TOLERANCE:
         return dict(result, status='MISMATCH (parts vs step)')
@@ -257,7 +275,7 @@ def run_worker(spec: dict) -> dict:
 
 def run_case(case: dict, args: argparse.Namespace) -> dict:
     spec = dict(case=case, seed=args.seed, repeats=args.repeats,
-                warmup=args.warmup)
+                warmup=args.warmup, backend=args.backend)
     try:
         return run_isolated(run_worker, spec, threads=args.threads)
     except WorkerFailed as error:
@@ -334,13 +352,13 @@ def rows_of(result: dict, bandwidth: float) -> list[dict]:
     return rows
 
 
-def header(command: str, threads: int, bandwidth: float,
-           repeats: int) -> list[str]:
+def header(command: str, threads: int, bandwidth: float, repeats: int,
+           backend: str) -> list[str]:
     return [
         '# One training step of the fused GATv2Conv, pass by pass', '',
         f'Command: `{command}`', '',
-        f"Machine: {machine(threads, 'cpu')}, float32. memcpy bandwidth: "
-        f'{bandwidth / 1e9:.1f} GB/s.', '',
+        f"Machine: {machine(threads, 'cpu')}, float32, {backend} kernels. "
+        f'memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s.', '',
         f'Medians of {repeats} interleaved runs after warm-up. of_step: the '
         "row's time over our step's; the rows with in_step add up to the "
         "step (rest is what the others leave); pyg_step is PyG's step and "
@@ -364,7 +382,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         rows += rows_of(run_case(case, args), bandwidth)
     text = '\n'.join(header(command, torch.get_num_threads(), bandwidth,
-                            args.repeats)) + markdown_table(rows, COLUMNS)
+                            args.repeats, args.backend)) + markdown_table(
+                                rows, COLUMNS)
     print(text)
     columns = COLUMNS[:2] + ['nodes', 'edges', 'features', 'heads',
                              'channels'] + COLUMNS[2:]

@@ -4,12 +4,14 @@
 each path has its own choice of implementation:
 
 - **fused** (the default path): the kernels of the fused attention operator
-  :func:`pyg_gatv2.fused.fused_gatv2_attention`. ``'numba'``: multi-threaded
-  CPU kernels for float32 and float64; ``'triton'``: GPU kernels for CUDA
-  tensors (and CPU tensors under ``TRITON_INTERPRET=1``, Triton's
-  interpreter); ``'torch'``: PyTorch operations chunked over the edges, on
-  any device and dtype; ``'auto'`` (default): numba for CPU tensors and
-  triton for CUDA tensors where they apply and are installed, else torch.
+  :func:`pyg_gatv2.fused.fused_gatv2_attention`. ``'cpp'``: multi-threaded
+  C++ CPU kernels for float32 and float64, compiled when the package is
+  installed; ``'numba'``: the same kernels in numba, compiled on first use;
+  ``'triton'``: GPU kernels for CUDA tensors (and CPU tensors under
+  ``TRITON_INTERPRET=1``, Triton's interpreter); ``'torch'``: PyTorch
+  operations chunked over the edges, on any device and dtype; ``'auto'``
+  (default): cpp (else numba) for CPU tensors and triton for CUDA tensors
+  where they apply and are installed, else torch.
 - **softmax** (the message-passing path: ``fused=False`` and the calls the
   fused path does not cover): the scatter-softmax over each node's incoming
   edges. ``'torch_scatter'``: torch-scatter's reductions; ``'native'``:
@@ -35,10 +37,10 @@ from typing import Dict, Optional, Tuple
 __all__ = ['FUSED_BACKENDS', 'SOFTMAX_BACKENDS', 'set_fused_backend',
            'set_softmax_backend', 'get_fused_backend', 'get_softmax_backend',
            'use_backends', 'current_backends', 'available_fused_backends',
-           'available_softmax_backends', 'check_backend', 'triton_runs_here',
-           'triton_interpreting']
+           'available_softmax_backends', 'check_backend', 'cpp_kernels_built',
+           'triton_runs_here', 'triton_interpreting']
 
-FUSED_BACKENDS = ('auto', 'numba', 'triton', 'torch')
+FUSED_BACKENDS = ('auto', 'cpp', 'numba', 'triton', 'torch')
 SOFTMAX_BACKENDS = ('auto', 'torch_scatter', 'native')
 
 _selected = {'fused': 'auto', 'softmax': 'auto'}
@@ -66,11 +68,19 @@ def triton_runs_here() -> bool:
     return torch.cuda.is_available() or triton_interpreting()
 
 
+@functools.lru_cache(maxsize=None)
+def cpp_kernels_built() -> bool:
+    """Whether the C++ kernels were built when the package was installed
+    (they need a C++ compiler with OpenMP)."""
+    from .fused import cpp
+    return cpp.load() is not None
+
+
 def available_fused_backends() -> Tuple[str, ...]:
     """The fused-kernel backends usable here, fastest first."""
     return tuple(name for name, usable in (
-        ('numba', _installed('numba')), ('triton', triton_runs_here()),
-        ('torch', True)) if usable)
+        ('cpp', cpp_kernels_built()), ('numba', _installed('numba')),
+        ('triton', triton_runs_here()), ('torch', True)) if usable)
 
 
 def available_softmax_backends() -> Tuple[str, ...]:
@@ -94,6 +104,9 @@ def check_backend(kind: str, name: Optional[str], caller: str) -> str:
                  available_softmax_backends())
     if name not in available:
         needs = {
+            'cpp': ('the C++ kernels, built when the package is installed '
+                    "with a C++ compiler that has OpenMP ('pip install -e "
+                    ".')"),
             'numba': "the numba package ('pip install numba')",
             'triton': ("the triton package ('pip install triton') and a "
                        'CUDA GPU, or TRITON_INTERPRET=1 for CPU tensors'),
@@ -107,8 +120,8 @@ def check_backend(kind: str, name: Optional[str], caller: str) -> str:
 
 def set_fused_backend(name: str) -> None:
     """Selects the kernels of the fused attention operator (``'auto'``,
-    ``'numba'``, ``'triton'`` or ``'torch'``), for every call that does not
-    name one."""
+    ``'cpp'``, ``'numba'``, ``'triton'`` or ``'torch'``), for every call that
+    does not name one."""
     _selected['fused'] = check_backend('fused', name, 'set_fused_backend')
 
 

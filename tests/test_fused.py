@@ -1,5 +1,6 @@
 import gc
 import itertools
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -153,21 +154,87 @@ def test_torch_backend_chunks(backend):
             backend='torch', chunk_size=7)
 
 
-def test_backends_agree_on_a_larger_graph():
-    if 'numba' not in BACKENDS:
-        pytest.skip('numba is not installed')
+@pytest.mark.parametrize('channels', [16, 37])
+def test_backends_agree_on_a_larger_graph(channels):
+    # 37 channels: the C++ kernels' sums over lanes of 16 with a remainder.
+    if len(BACKENDS) < 2:
+        pytest.skip('only the torch backend is installed')
     edge_index = random_graph(300, 200, 5000, seed=3)
-    x_l, x_r, att, et, loop_et = features(300, 200, 5000, 4, 16,
+    x_l, x_r, att, et, loop_et = features(300, 200, 5000, 4, channels,
                                           torch.float32, seed=3)
+    mask = (torch.rand(5000 + 200, 4,
+                       generator=torch.Generator().manual_seed(4)) > 0.3) / 0.7
     inputs = [x_l, x_r, att, et, loop_et]
     results = [
         outputs_and_grads(
             lambda b=b: fused_gatv2_attention(
                 x_l, x_r, att, edge_index, et, loop_edge_term=loop_et,
-                add_self_loops=True, return_attention_weights=True,
-                backend=b), inputs) for b in ('numba', 'torch')
+                add_self_loops=True, dropout_mask=mask,
+                return_attention_weights=True, backend=b), inputs)
+        for b in BACKENDS
     ]
-    assert_close_all(results[0], results[1], torch.float32)
+    for result in results[:-1]:
+        assert_close_all(result, results[-1], torch.float32)
+
+
+@pytest.mark.skipif('cpp' not in BACKENDS, reason='the C++ kernels are not '
+                    'built')
+def test_cpp_kernels_give_the_same_bits_for_any_thread_count():
+    # Each thread owns whole rows, so only the partial sums of the gradient
+    # of att, one per range of rows, depend on the number of ranges.
+    edge_index = random_graph(400, 300, 6000, seed=5)
+    inputs = features(400, 300, 6000, 2, 24, torch.float32, seed=5)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(outputs_and_grads(
+                lambda: fused_gatv2_attention(
+                    *inputs[:3], edge_index, inputs[3],
+                    loop_edge_term=inputs[4],
+                    add_self_loops=True, return_attention_weights=True,
+                    backend='cpp'), inputs))
+    finally:
+        torch.set_num_threads(previous)
+    for i, (a, b) in enumerate(zip(*results, strict=True)):
+        if i == 4:  # the gradient of att
+            assert_close_all([a], [b], torch.float32)
+        else:
+            assert torch.equal(a, b), i
+
+
+def test_cpp_backend_that_was_not_built_is_reported(monkeypatch):
+    from pyg_gatv2 import backends
+    from pyg_gatv2.fused import cpp
+    monkeypatch.setattr(cpp, 'library_path', lambda: None)
+    cpp.load.cache_clear()
+    backends.cpp_kernels_built.cache_clear()
+    try:
+        assert 'cpp' not in available_backends()
+        x = torch.randn(4, 1, 2)
+        with pytest.raises(ValueError, match=re.escape(
+                "backend 'cpp' needs the C++ kernels, built when the "
+                'package is installed')):
+            fused_gatv2_attention(x, x, torch.randn(1, 2),
+                                  torch.tensor([[0], [1]]), backend='cpp')
+        assert fused_gatv2_attention(x, x, torch.randn(1, 2),
+                                     torch.tensor([[0], [1]])).shape == (
+                                         4, 1, 2)
+    finally:
+        monkeypatch.undo()
+        cpp.load.cache_clear()
+        backends.cpp_kernels_built.cache_clear()
+
+
+def test_cpp_kernels_are_built_where_the_package_was_installed():
+    # make setup builds them; a build that failed would silently leave the
+    # slower numba kernels in place.
+    from pyg_gatv2.fused import cpp
+    assert cpp.library_path() is not None, (
+        'pyg_gatv2/fused/_cpp_kernels.*.so is missing: rebuild it with '
+        "'pip install -e .' (it needs a C++ compiler with OpenMP)")
+    assert 'cpp' in BACKENDS
 
 
 @pytest.mark.parametrize('backend', BACKENDS)

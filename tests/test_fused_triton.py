@@ -183,7 +183,7 @@ def test_layer_matches_pyg(device, heads, concat, bipartite, self_loops,
 def test_auto_picks_triton_only_for_cuda_tensors(monkeypatch):
     from pyg_gatv2.fused import op
     x = torch.randn(3, 1, 2)
-    assert op._resolve_backend(None, x) == 'numba'
+    assert op._resolve_backend(None, x) in ('cpp', 'numba')
     if not torch.cuda.is_available():
         monkeypatch.delenv('TRITON_INTERPRET')
         with pytest.raises(ValueError, match='a CUDA GPU, or '

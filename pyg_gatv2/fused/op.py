@@ -11,8 +11,8 @@ own autograd formula:
 - ``pyg_gatv2::gatv2_attention_backward`` recomputes the logits.
 
 Each runs the kernels of the backend chosen for the features' device and
-dtype when it runs, not when it is traced: numba on CPU, Triton on CUDA,
-chunked PyTorch elsewhere (:mod:`pyg_gatv2.backends`).
+dtype when it runs, not when it is traced: C++ (or numba) on CPU, Triton on
+CUDA, chunked PyTorch elsewhere (:mod:`pyg_gatv2.backends`).
 """
 import contextlib
 from collections.abc import Iterator
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from . import chunked, reference
+from . import chunked, cpp, reference
 from .csr import EdgeLayout, edge_layout, layout_of
 from .operands import Cotangents, Gradients, Operands, stats_dtype
 
@@ -52,7 +52,8 @@ def set_backend(backend: str) -> None:
     not name one; the same as :func:`pyg_gatv2.backends.set_fused_backend`.
 
     Args:
-        backend (str): ``'auto'``, ``'numba'``, ``'triton'`` or ``'torch'``.
+        backend (str): ``'auto'``, ``'cpp'``, ``'numba'``, ``'triton'`` or
+            ``'torch'``.
     """
     backends.set_fused_backend(backend)
 
@@ -79,31 +80,35 @@ def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
     backend = backends.check_backend(
         'fused', backends.get_fused_backend() if backend is None else
         backend, _NAME)
-    numba_ok = (x.device.type == 'cpu'
-                and x.dtype in (torch.float32, torch.float64))
+    cpu_ok = (x.device.type == 'cpu'
+              and x.dtype in (torch.float32, torch.float64))
     triton_ok = (x.device.type == 'cuda'
                  or (x.device.type == 'cpu'
                      and backends.triton_interpreting()))
     if backend == 'auto':
-        if numba_ok and _cpu_module() is not None:
+        if cpu_ok and backends.cpp_kernels_built():
+            return 'cpp'
+        if cpu_ok and _cpu_module() is not None:
             return 'numba'
         if x.device.type == 'cuda' and backends.triton_runs_here():
             return 'triton'
         return 'torch'
-    if backend == 'numba' and not numba_ok:
+    if backend in ('cpp', 'numba') and not cpu_ok:
         raise ValueError(
-            f"'{_NAME}' backend 'numba' runs on CPU float32/float64 tensors "
-            f"(got {x.dtype} on {x.device}); use backend='torch'")
+            f"'{_NAME}' backend {backend!r} runs on CPU float32/float64 "
+            f"tensors (got {x.dtype} on {x.device}); use backend='torch'")
     if backend == 'triton' and not triton_ok:
         raise ValueError(
             f"'{_NAME}' backend 'triton' runs on CUDA tensors, or on CPU "
             f'tensors under TRITON_INTERPRET=1 (got {x.device}); use '
-            "backend='numba' or 'torch'")
+            "backend='cpp', 'numba' or 'torch'")
     return backend
 
 
 def _run_forward(backend: str, ops: Operands, want_alpha: bool,
                  chunk_size: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    if backend == 'cpp':
+        return cpp.run_forward(ops, want_alpha)
     if backend == 'numba':
         return _cpu_module().run_forward(ops, want_alpha)
     if backend == 'triton':
@@ -114,6 +119,8 @@ def _run_forward(backend: str, ops: Operands, want_alpha: bool,
 def _run_backward(backend: str, ops: Operands, cot: Cotangents,
                   want_edge_grad: bool, want_src_grad: bool,
                   chunk_size: int) -> Gradients:
+    if backend == 'cpp':
+        return cpp.run_backward(ops, cot, want_edge_grad, want_src_grad)
     if backend == 'numba':
         return _cpu_module().run_backward(ops, cot, want_edge_grad,
                                           want_src_grad)
@@ -433,11 +440,12 @@ def fused_gatv2_attention(
             ``[num_edges + num_loops, heads]``, ordered as ``dropout_mask``;
             the rows of ignored edges ``i -> i`` are zero.
             (default: :obj:`False`)
-        backend (str, optional): ``'numba'`` (multi-threaded CPU kernels),
-            ``'triton'`` (CUDA tensors; CPU tensors in Triton's
-            interpreter), ``'torch'`` (chunked PyTorch, any device) or
-            ``'auto'`` (numba for CPU float32/float64 tensors, Triton for
-            CUDA tensors, else torch); :obj:`None` takes the one chosen with
+        backend (str, optional): ``'cpp'`` (multi-threaded C++ CPU
+            kernels), ``'numba'`` (the same in numba), ``'triton'`` (CUDA
+            tensors; CPU tensors in Triton's interpreter), ``'torch'``
+            (chunked PyTorch, any device) or ``'auto'`` (cpp, else numba,
+            for CPU float32/float64 tensors, Triton for CUDA tensors, else
+            torch); :obj:`None` takes the one chosen with
             :func:`pyg_gatv2.set_fused_backend`. (default: :obj:`None`)
         chunk_size (int, optional): Edges per chunk of the torch backend.
             (default: about :math:`2^{20}` / (heads * channels))
