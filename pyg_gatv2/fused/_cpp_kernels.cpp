@@ -1,11 +1,12 @@
 // Multi-threaded CPU kernels of the fused GATv2 attention (C++ and OpenMP).
 //
-// The same three passes as the numba kernels of cpu.py, with the same
-// arguments, loaded through ctypes by cpp.py:
+// The three passes of the numba kernels of cpu.py, with their arguments,
+// loaded through ctypes by cpp.py:
 //
 // - forward: per destination node i (CSR order) the logits of its in-edges
-//   are computed on the fly and folded into an online softmax; only out and
-//   the log-sum-exp per node and head are written.
+//   are computed into a small per-thread buffer, then their softmax and the
+//   weighted sum of the source rows (read again, now from the cache); only
+//   out and the log-sum-exp per node and head are written.
 // - backward_dst: per destination node, logits are recomputed; writes the
 //   gradients of x_r, of the edge terms, per-range partial gradients of att,
 //   and per CSR position and head the message weight and the logit
@@ -13,28 +14,28 @@
 // - backward_src: per source node (CSC order), the gradient of x_l.
 //
 // Each thread owns whole ranges of rows (the bounds, balanced by edge
-// count), so no atomics are needed and every result is the same for any
-// number of threads. Rows are [heads * channels] contiguous values; the
+// count), so no atomics are needed and every result but the gradient of att
+// (summed per range) is the same for any number of threads. Rows are [heads * channels] contiguous values; the
 // channel loops run over them elementwise, which the compiler vectorises.
 // Sums over channels run in LANES running partial sums, then a fixed tree,
 // then the remainder: one fixed order for every build, as exact as a serial
-// sum (no -ffast-math). The next edge's feature rows are prefetched while
-// the current one is computed: the gathers are the cost of these passes.
+// sum (no -ffast-math). The feature rows of the edge AHEAD positions on
+// are prefetched while the current one is computed: the gathers of random
+// rows are what these passes wait for.
 //
 // Absent arrays (edge terms, dropout mask, gradient of alpha) come as null
-// pointers with their flag off.
+// pointers.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace {
 
-constexpr int LANES = 16;
-#ifndef PREFETCH_AHEAD
-#define PREFETCH_AHEAD 1
-#endif
+constexpr int LANES = 8;
 // How many edges ahead the feature rows are prefetched.
-constexpr int64_t AHEAD = PREFETCH_AHEAD;
+constexpr int64_t AHEAD = 2;
 
 template <typename T>
 inline T lrelu(T z, T slope) { return z > T(0) ? z : z * slope; }
@@ -113,20 +114,22 @@ void forward(const T* x_l, const T* x_r, const T* att, const T* edge_term,
   const T inf = std::numeric_limits<T>::infinity();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
   for (int64_t b = 0; b < num_ranges; ++b) {
-    T* m = new T[2 * H];
+    int64_t max_degree = 0;
+    for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
+      max_degree = std::max(max_degree, ptr[i + 1] - ptr[i]);
+    // The logits, then the softmax numerators, of one node's in-edges.
+    std::vector<T> weights(max_degree * H + 2 * H);
+    T* m = weights.data() + max_degree * H;
     T* total = m + H;
     const int64_t last = ptr[bounds[b + 1]];
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i) {
       const T* xi = x_r + i * HC;
-      T* o = out + i * HC;
-      #pragma omp simd
-      for (int64_t f = 0; f < HC; ++f) o[f] = T(0);
+      const int64_t start = ptr[i], end = ptr[i + 1];
       for (int64_t h = 0; h < H; ++h) {
         m[h] = -inf;
         total[h] = T(0);
       }
-      const int64_t end = ptr[i + 1];
-      for (int64_t k = ptr[i]; k < end; ++k) {
+      for (int64_t k = start; k < end; ++k) {
         const T* xj = x_l + col[k] * HC;
         if (k + AHEAD < last)
           prefetch_row(x_l + col[k + AHEAD] * HC, HC * sizeof(T));
@@ -134,22 +137,31 @@ void forward(const T* x_l, const T* x_r, const T* att, const T* edge_term,
         const T* t = edge_term
                          ? term_row(edge_term, loop_term, e, num_edges, HC)
                          : nullptr;
+        T* w = weights.data() + (k - start) * H;
         for (int64_t h = 0; h < H; ++h) {
-          const T* xjh = xj + h * C;
+          w[h] = score(xj + h * C, xi + h * C, t ? t + h * C : nullptr,
+                       att + h * C, C, slope);
+          m[h] = std::max(m[h], w[h]);
+        }
+      }
+      for (int64_t k = start; k < end; ++k) {
+        T* w = weights.data() + (k - start) * H;
+        for (int64_t h = 0; h < H; ++h) {
+          w[h] = std::exp(w[h] - m[h]);
+          total[h] += w[h];
+        }
+      }
+      T* o = out + i * HC;
+      #pragma omp simd
+      for (int64_t f = 0; f < HC; ++f) o[f] = T(0);
+      for (int64_t k = start; k < end; ++k) {
+        const T* xj = x_l + col[k] * HC;
+        const T* w = weights.data() + (k - start) * H;
+        const T* dropout = mask ? mask + eid[k] * H : nullptr;
+        for (int64_t h = 0; h < H; ++h) {
+          const T p = dropout ? w[h] * dropout[h] : w[h];
           T* oh = o + h * C;
-          const T s = score(xjh, xi + h * C, t ? t + h * C : nullptr,
-                            att + h * C, C, slope);
-          if (want_alpha) alpha[e * H + h] = s;
-          if (s > m[h]) {
-            const T scale = std::exp(m[h] - s);
-            total[h] *= scale;
-            #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) oh[c] *= scale;
-            m[h] = s;
-          }
-          T p = std::exp(s - m[h]);
-          total[h] += p;
-          if (mask) p *= mask[e * H + h];
+          const T* xjh = xj + h * C;
           #pragma omp simd
           for (int64_t c = 0; c < C; ++c) oh[c] += p * xjh[c];
         }
@@ -166,14 +178,13 @@ void forward(const T* x_l, const T* x_r, const T* att, const T* edge_term,
         }
       }
       if (want_alpha) {
-        for (int64_t k = ptr[i]; k < end; ++k) {
+        for (int64_t k = start; k < end; ++k) {
+          const T* w = weights.data() + (k - start) * H;
           const int64_t e = eid[k];
-          for (int64_t h = 0; h < H; ++h)
-            alpha[e * H + h] = std::exp(alpha[e * H + h] - lse[i * H + h]);
+          for (int64_t h = 0; h < H; ++h) alpha[e * H + h] = w[h] / total[h];
         }
       }
     }
-    delete[] m;
   }
 }
 
