@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pyg_gatv2.backends import cpp_kernels_built
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
 import step_profile  # noqa: E402
@@ -79,7 +81,10 @@ def test_quick_defaults_give_way_to_explicit_flags(capsys):
     assert (args.repeats, args.cora, args.name) == (7, True, 'step_profile')
     with pytest.raises(SystemExit):
         step_profile.parse_args(['--device', 'cuda'])
-    assert 'numba CPU kernels' in capsys.readouterr().err
+    assert 'times the CPU kernels' in capsys.readouterr().err
+    assert step_profile.parse_args([]).backend == (
+        'cpp' if cpp_kernels_built() else 'numba')
+    assert step_profile.parse_args(['--backend', 'numba']).backend == 'numba'
 
 
 def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
@@ -107,4 +112,5 @@ def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     markdown = (tmp_path / 'step_profile_quick.md').read_text()
     assert 'benchmarks/step_profile.py --quick --threads 1' in markdown
     assert 'memcpy bandwidth' in markdown
+    assert f'float32, {step_profile.parse_args([]).backend} kernels' in markdown
     assert markdown in proc.stdout

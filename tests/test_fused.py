@@ -1,5 +1,6 @@
 import gc
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -225,6 +226,27 @@ def test_cpp_backend_that_was_not_built_is_reported(monkeypatch):
         monkeypatch.undo()
         cpp.load.cache_clear()
         backends.cpp_kernels_built.cache_clear()
+
+
+@pytest.mark.skipif('cpp' not in BACKENDS or sys.platform != 'linux',
+                    reason='the C++ kernels are not built; /proc is Linux')
+def test_cpp_kernels_share_torch_s_openmp_runtime():
+    # The library asks for libgomp.so.1, which torch has loaded already:
+    # one thread pool, not a second one competing with torch's for cores.
+    script = (
+        'import json, torch\n'
+        'from pyg_gatv2.fused import fused_gatv2_attention\n'
+        'x = torch.randn(6, 1, 3)\n'
+        'edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])\n'
+        "fused_gatv2_attention(x, x, torch.randn(1, 3), edge_index, "
+        "backend='cpp')\n"
+        "print(json.dumps(sorted({line.split()[-1] for line in "
+        "open('/proc/self/maps') if 'libgomp' in line or 'libiomp' in "
+        'line})))\n')
+    result = subprocess.run([sys.executable, '-c', script], check=True,
+                            capture_output=True, text=True)
+    runtimes = json.loads(result.stdout)
+    assert len(runtimes) == 1, runtimes
 
 
 def test_cpp_kernels_are_built_where_the_package_was_installed():
