@@ -85,8 +85,8 @@ def test_summarize_takes_the_slowest_rank_and_the_median_run():
     assert ours['sampling_ms'] == pyg['sampling_ms'] == '200.0'
     assert (ours['sampled_nodes'], ours['sampled_edges']) == ('90', '100')
     assert (ours['model_ms'], pyg['model_ms']) == ('2000.0', '4000.0')
-    assert ours['model_s_per_epoch'] == '20.0'
-    assert ours['s_per_epoch'] == '22.0'
+    assert ours['model_s_per_epoch'] == '20.000'
+    assert ours['s_per_epoch'] == '22.000'
     assert ours['seeds_per_s'] == f'{2 * 50 / 2.2:.0f}'
     assert (ours['model_speedup'], pyg['model_speedup']) == ('2.00', '1.00')
     assert (ours['peak_mib'], pyg['peak_mib']) == ('4.0', '8.0')
