@@ -53,12 +53,36 @@ inline T fold(T* part) {
   return part[0];
 }
 
-// The edge term row of virtual edge e: the caller's edge or a self-loop.
-template <typename T>
-inline const T* term_row(const T* edge_term, const T* loop_term, int64_t e,
-                         int64_t num_edges, int64_t HC) {
+// The edge term row of virtual edge e (or of its gradient): the caller's
+// edge or a self-loop.
+template <typename Pointer>
+inline Pointer term_row(Pointer edge_term, Pointer loop_term, int64_t e,
+                        int64_t num_edges, int64_t HC) {
   return e < num_edges ? edge_term + e * HC
                        : loop_term + (e - num_edges) * HC;
+}
+
+// What one CSR position k reads: its virtual edge id, its source row and
+// its edge term row (null without edge terms). The source row of position
+// k + AHEAD, if it is before last, is prefetched.
+template <typename T>
+struct EdgeRows {
+  int64_t e;
+  const T* xj;
+  const T* t;
+};
+
+template <typename T>
+inline EdgeRows<T> edge_rows(const T* x_l, const T* edge_term,
+                             const T* loop_term, const int64_t* col,
+                             const int64_t* eid, int64_t k, int64_t last,
+                             int64_t num_edges, int64_t HC) {
+  if (k + AHEAD < last)
+    prefetch_row(x_l + col[k + AHEAD] * HC, HC * sizeof(T));
+  const int64_t e = eid[k];
+  const T* t = edge_term ? term_row(edge_term, loop_term, e, num_edges, HC)
+                         : nullptr;
+  return {e, x_l + col[k] * HC, t};
 }
 
 // sum_c a[c] * LeakyReLU(xj[c] + xi[c] (+ t[c])) over C channels.
@@ -130,13 +154,10 @@ void forward(const T* x_l, const T* x_r, const T* att, const T* edge_term,
         total[h] = T(0);
       }
       for (int64_t k = start; k < end; ++k) {
-        const T* xj = x_l + col[k] * HC;
-        if (k + AHEAD < last)
-          prefetch_row(x_l + col[k + AHEAD] * HC, HC * sizeof(T));
-        const int64_t e = eid[k];
-        const T* t = edge_term
-                         ? term_row(edge_term, loop_term, e, num_edges, HC)
-                         : nullptr;
+        const EdgeRows<T> rows = edge_rows(x_l, edge_term, loop_term, col,
+                                           eid, k, last, num_edges, HC);
+        const T* xj = rows.xj;
+        const T* t = rows.t;
         T* w = weights.data() + (k - start) * H;
         for (int64_t h = 0; h < H; ++h) {
           w[h] = score(xj + h * C, xi + h * C, t ? t + h * C : nullptr,
@@ -204,7 +225,9 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
     T* grad_att_b = grad_att + b * HC;
     #pragma omp simd
     for (int64_t f = 0; f < HC; ++f) grad_att_b[f] = T(0);
-    T* act = new T[2 * C];  // LeakyReLU(z), then att * LeakyReLU'(z)
+    // LeakyReLU(z), then att * LeakyReLU'(z), of one edge and head.
+    std::vector<T> buffer(2 * C);
+    T* act = buffer.data();
     T* dact = act + C;
     const int64_t last = ptr[bounds[b + 1]];
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i) {
@@ -215,16 +238,11 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
       for (int64_t f = 0; f < HC; ++f) gxi[f] = T(0);
       const int64_t end = ptr[i + 1];
       for (int64_t k = ptr[i]; k < end; ++k) {
-        const T* xj = x_l + col[k] * HC;
-        if (k + AHEAD < last)
-          prefetch_row(x_l + col[k + AHEAD] * HC, HC * sizeof(T));
-        const int64_t e = eid[k];
-        const T* t = edge_term
-                         ? term_row(edge_term, loop_term, e, num_edges, HC)
-                         : nullptr;
-        T* gt = grad_edge ? const_cast<T*>(term_row<T>(
-                                grad_edge, grad_loop, e, num_edges, HC))
-                          : nullptr;
+        const auto [e, xj, t] = edge_rows(x_l, edge_term, loop_term, col, eid,
+                                          k, last, num_edges, HC);
+        T* gt = grad_edge
+                    ? term_row(grad_edge, grad_loop, e, num_edges, HC)
+                    : nullptr;
         for (int64_t h = 0; h < H; ++h) {
           const T* xjh = xj + h * C;
           const T* xih = xi + h * C;
@@ -265,7 +283,6 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
         }
       }
     }
-    delete[] act;
   }
 }
 

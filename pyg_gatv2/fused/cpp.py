@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .operands import Cotangents, Gradients, Operands
+from .operands import Cotangents, Gradients, Operands, gradient_buffers
 
 __all__ = ['load', 'library_path', 'run_forward', 'run_backward']
 
@@ -122,12 +122,8 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     H, C = ops.att.shape
     dtype = ops.x_l.dtype
     threads = torch.get_num_threads()
-    grad_xr = torch.empty_like(ops.x_r)
-    grad_xl = torch.empty_like(ops.x_l) if want_src_grad else None
-    grad_edge = grad_loop = None
-    if want_edge_grad:
-        grad_edge = torch.zeros_like(ops.edge_term)
-        grad_loop = torch.zeros_like(ops.loop_term)
+    grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
+        ops, want_edge_grad, want_src_grad)
     bounds = layout.bounds('dst', _num_chunks())
     grad_att = ops.x_l.new_empty(_num_ranges(bounds), H, C)
     msg_weight = ops.x_l.new_empty(layout.num_kept, H)

@@ -32,7 +32,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from .operands import Cotangents, Gradients, Operands
+from .operands import Cotangents, Gradients, Operands, gradient_buffers
 
 __all__ = ['run_forward', 'run_backward', 'bucket_order']
 
@@ -345,12 +345,8 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     edge_np, loop_np = _edge_arrays(ops.edge_term, ops.loop_term, ops.x_l)
     dtype = edge_np.dtype
     slope = dtype.type(ops.negative_slope)
-    grad_xr = torch.empty_like(ops.x_r)
-    grad_xl = torch.empty_like(ops.x_l) if want_src_grad else None
-    grad_edge = grad_loop = None
-    if want_edge_grad:
-        grad_edge = torch.zeros_like(ops.edge_term)
-        grad_loop = torch.zeros_like(ops.loop_term)
+    grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
+        ops, want_edge_grad, want_src_grad)
     grad_edge_np, grad_loop_np = _edge_arrays(grad_edge, grad_loop, ops.x_l)
     bounds = layout.bounds('dst', _num_chunks())
     grad_att = np.empty((max(bounds.size - 1, 0), H, C), dtype)

@@ -1,13 +1,14 @@
 """The operands and results of the fused attention, as every backend takes
 and returns them."""
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .csr import EdgeLayout
 
-__all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype']
+__all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype',
+           'gradient_buffers']
 
 
 class Operands(NamedTuple):
@@ -67,3 +68,18 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the per-node statistics (log-sum-exp, D_i) and of the
     sums inside the kernels: float64 for float64 features, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gradient_buffers(ops: Operands, want_edge_grad: bool, want_src_grad: bool
+                     ) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor],
+                                Optional[Tensor]]:
+    """The gradients of ``x_l`` (or :obj:`None`), ``x_r`` and the edge and
+    loop terms (or :obj:`None`), for a CPU kernel to fill. Those of the
+    edge terms start at zero: the kernels skip the edges ``i -> i`` that
+    self-loops replace."""
+    grad_xl = torch.empty_like(ops.x_l) if want_src_grad else None
+    grad_edge = grad_loop = None
+    if want_edge_grad:
+        grad_edge = torch.zeros_like(ops.edge_term)
+        grad_loop = torch.zeros_like(ops.loop_term)
+    return grad_xl, torch.empty_like(ops.x_r), grad_edge, grad_loop
