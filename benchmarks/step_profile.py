@@ -139,9 +139,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                      'not negative')
     if args.cora is None:
         args.cora = not args.quick
+    from pyg_gatv2.backends import cpp_kernels_built
     if args.backend is None:
-        from pyg_gatv2.backends import cpp_kernels_built
         args.backend = 'cpp' if cpp_kernels_built() else 'numba'
+    elif args.backend == 'cpp' and not cpp_kernels_built():
+        parser.error('--backend cpp: the C++ kernels were not built; '
+                     "reinstall with a C++ compiler ('pip install -e .') or "
+                     'use --backend numba')
     if args.name is None:
         args.name = 'step_profile' + ('_quick' if args.quick else '')
     return args

@@ -87,6 +87,16 @@ def test_quick_defaults_give_way_to_explicit_flags(capsys):
     assert step_profile.parse_args(['--backend', 'numba']).backend == 'numba'
 
 
+def test_cpp_backend_not_built_is_a_clear_error(monkeypatch, capsys):
+    from pyg_gatv2 import backends
+    monkeypatch.setattr(backends, 'cpp_kernels_built', lambda: False)
+    assert step_profile.parse_args([]).backend == 'numba'
+    with pytest.raises(SystemExit):
+        step_profile.parse_args(['--backend', 'cpp'])
+    assert '--backend cpp: the C++ kernels were not built' in (
+        capsys.readouterr().err)
+
+
 def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / 'step_profile.py'), '--quick',

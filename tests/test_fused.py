@@ -157,7 +157,7 @@ def test_torch_backend_chunks(backend):
 
 @pytest.mark.parametrize('channels', [16, 37])
 def test_backends_agree_on_a_larger_graph(channels):
-    # 37 channels: the C++ kernels' sums over lanes of 16 with a remainder.
+    # 37 channels: the C++ kernels' sums over lanes of 8 with a remainder.
     if len(BACKENDS) < 2:
         pytest.skip('only the torch backend is installed')
     edge_index = random_graph(300, 200, 5000, seed=3)

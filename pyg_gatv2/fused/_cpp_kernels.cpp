@@ -15,8 +15,9 @@
 //
 // Each thread owns whole ranges of rows (the bounds, balanced by edge
 // count), so no atomics are needed and every result but the gradient of att
-// (summed per range) is the same for any number of threads. Rows are [heads * channels] contiguous values; the
-// channel loops run over them elementwise, which the compiler vectorises.
+// (summed per range) is the same for any number of threads. Rows are
+// [heads * channels] contiguous values; the channel loops run over them
+// elementwise, which the compiler vectorises.
 // Sums over channels run in LANES running partial sums, then a fixed tree,
 // then the remainder: one fixed order for every build, as exact as a serial
 // sum (no -ffast-math). The feature rows of the edge AHEAD positions on

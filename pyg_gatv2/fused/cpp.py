@@ -5,8 +5,8 @@ destination, backward by source), compiled from ``_cpp_kernels.cpp`` with
 OpenMP when the package is installed (``setup.py``) and called here through
 :mod:`ctypes` on the tensors' memory, with no copies. The arguments, the
 results and the work ranges are those of the numba kernels; the loops over
-channels are vectorised by the compiler, and the next edge's feature rows
-are prefetched while the current one is computed.
+channels are vectorised by the compiler, and the feature rows of the edge
+two positions on are prefetched while the current one is computed.
 
 The library is optional: where it was not built (no C++ compiler at install
 time) :func:`load` returns :obj:`None` and the ``'auto'`` backend runs the
@@ -53,15 +53,13 @@ def load() -> Optional[ctypes.CDLL]:
     lib = ctypes.CDLL(str(path))
     P, I64, I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix, real in (('f32', ctypes.c_float), ('f64', ctypes.c_double)):
-        getattr(lib, f'gatv2_forward_{suffix}').argtypes = (
-            [P] * 10 + [I64] * 4 + [real, I32, I32] + [P] * 3)
-        getattr(lib, f'gatv2_backward_dst_{suffix}').argtypes = (
-            [P] * 14 + [I64] * 4 + [real, I32] + [P] * 6)
-        getattr(lib, f'gatv2_backward_src_{suffix}').argtypes = (
-            [P] * 11 + [I64] * 4 + [real, P, P, I32, P])
-    for fn in lib.__dict__.values():
-        if isinstance(fn, ctypes._CFuncPtr):
-            fn.restype = None
+        # The signatures of _cpp_kernels.cpp's GATV2_ENTRY_POINTS.
+        for name, argtypes in (
+                ('forward', [P] * 10 + [I64] * 4 + [real, I32, I32] + [P] * 3),
+                ('backward_dst', [P] * 14 + [I64] * 4 + [real, I32] + [P] * 6),
+                ('backward_src', [P] * 11 + [I64] * 4 + [real, P, P, I32, P])):
+            fn = getattr(lib, f'gatv2_{name}_{suffix}')
+            fn.argtypes, fn.restype = argtypes, None
     return lib
 
 
