@@ -108,3 +108,47 @@ def test_kernels_figure_ratios():
             dict(case='c', impl='mp', status='MISMATCH')]
     assert ratios(rows, 'step_ms', 'pyg') == {'c': {'fused_numba': 2.5}}
     assert ratios(rows, 'step_ms', 'pyg_compile') == {}
+
+
+def _kernels_check(reference, run):
+    import argparse
+
+    from kernels import check
+    entries = {'ours': {}}
+    args = argparse.Namespace(warmup=1, dtype='float32')
+    alive = check({'ours': run}, reference, None, None, entries, args,
+                  'check', torch.device('cpu'))
+    return alive, entries['ours']
+
+
+def test_kernels_check_without_pyg_reference_says_unchecked():
+    from kernels import rows_of
+
+    def reference(x, edge_index):
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate')
+
+    lin = torch.nn.Linear(4, 4)
+    alive, entry = _kernels_check(reference,
+                                  lambda train: lin(torch.ones(3, 4)))
+    assert alive == ['ours']
+    assert entry['status'] == 'ok' and 'error' not in entry
+    assert entry['unchecked'] == 'PyG eager out of memory'
+    case = dict(name='c', nodes=3, edges=1, heads=1, channels=4)
+    row, = rows_of([dict(case=case, impls={'ours': entry})], 1.0)
+    assert row['max_rel_error'] == 'unchecked (PyG eager out of memory)'
+
+
+def test_kernels_check_raises_other_reference_failures():
+    def reference(x, edge_index):
+        raise ValueError('bad input')
+
+    with pytest.raises(ValueError, match='bad input'):
+        _kernels_check(reference, lambda train: None)
+
+
+def test_kernels_check_reports_a_failed_implementation():
+    def run(train):
+        raise torch.OutOfMemoryError('CUDA out of memory.')
+
+    alive, entry = _kernels_check(lambda x, e: torch.zeros(3, 4), run)
+    assert alive == [] and entry['status'] == 'out of memory'

@@ -56,10 +56,10 @@ def reference(x_l, x_r, att, edge_index, edge_term=None, loop_term=None,
     """Edge-wise PyTorch with PyG's softmax, explicit self-loop edges; the
     attention weights in the operator's order (edges, then loops)."""
     num_edges = edge_index.size(1)
-    vid = torch.arange(num_edges)
+    vid = torch.arange(num_edges, device=edge_index.device)
     if add_self_loops:
         num_loops = min(x_l.size(0), x_r.size(0))
-        loops = torch.arange(num_loops)
+        loops = torch.arange(num_loops, device=edge_index.device)
         keep = (edge_index[0] != edge_index[1]).nonzero().view(-1)
         edge_index = torch.cat([edge_index[:, keep], loops.repeat(2, 1)], 1)
         vid = torch.cat([keep, loops + num_edges])
@@ -84,8 +84,11 @@ def outputs_and_grads(fn, inputs, seed=1):
     weighs every output and attention entry differently."""
     out, alpha = fn()
     gen = torch.Generator().manual_seed(seed)
-    w_out = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-    w_alpha = torch.randn(alpha.shape, generator=gen, dtype=out.dtype)
+    # Drawn on the CPU, so that every device gets the same weights.
+    w_out = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(
+        out.device)
+    w_alpha = torch.randn(alpha.shape, generator=gen, dtype=out.dtype).to(
+        out.device)
     loss = (out * w_out).sum() + (alpha * w_alpha).sum()
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     return [out, alpha] + list(grads)

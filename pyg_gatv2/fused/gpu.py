@@ -30,6 +30,7 @@ from .operands import Cotangents, Gradients, Operands, stats_dtype
 __all__ = ['run_forward', 'run_backward']
 
 _BLOCK_E = 32
+_NUM_WARPS = 4
 
 
 @triton.jit
@@ -238,7 +239,7 @@ def _edge_terms(ops: Operands) -> Tuple[Tensor, Tensor]:
 def _meta(ops: Operands) -> dict:
     H, C = ops.att.shape
     return dict(BLOCK_E=_BLOCK_E, BLOCK_C=triton.next_power_of_2(C),
-                ACC=_acc_dtype(ops.x_l.dtype))
+                ACC=_acc_dtype(ops.x_l.dtype), num_warps=_NUM_WARPS)
 
 
 def run_forward(ops: Operands, want_alpha: bool
