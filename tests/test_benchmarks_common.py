@@ -152,3 +152,17 @@ def test_kernels_check_reports_a_failed_implementation():
 
     alive, entry = _kernels_check(lambda x, e: torch.zeros(3, 4), run)
     assert alive == [] and entry['status'] == 'out of memory'
+
+
+def test_kernels_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
+    from kernels import fused_bytes, rows_of
+    case = dict(name='c', nodes=10, edges=40, heads=2, channels=4)
+    seconds = fused_bytes(case) / 5e9  # a kernel moving 5 GB/s
+    impls = {'fused_cpp': dict(status='ok', kernel_fwd=seconds)}
+    paired, = rows_of([dict(case=case, impls=impls, memcpy=20e9)], 10e9)
+    assert paired['memcpy_gb_s'] == '20.0'
+    assert paired['kernel_vs_memcpy'] == '0.25'
+    # Results without a paired copy fall back to the run's.
+    alone, = rows_of([dict(case=case, impls=impls)], 10e9)
+    assert (alone['memcpy_gb_s'], alone['kernel_vs_memcpy']) == ('10.0',
+                                                                 '0.50')
