@@ -225,14 +225,20 @@ MEMCPY = 'memcpy'
 MEMCPY_BYTES = 2 * 256 * 2**20
 
 
+def memcpy(device: torch.device):
+    """The copy of :data:`MEMCPY_BYTES` (256 MiB read, 256 MiB written) on
+    :obj:`device`, as a call."""
+    # Half the bytes are read: MEMCPY_BYTES / 2 of 4-byte floats.
+    src = torch.ones(MEMCPY_BYTES // 8, device=device)
+    return partial(torch.empty_like(src).copy_, src)
+
+
 def memcpy_bandwidth(device: torch.device, repeats: int = 5) -> float:
     """Bytes per second of a 256 MiB copy (read plus written), median."""
-    src = torch.ones(MEMCPY_BYTES // 8, device=device)
-    dst = torch.empty_like(src)
-    seconds = median_time(partial(dst.copy_, src), device, warmup=1,
+    seconds = median_time(memcpy(device), device, warmup=1,
                           min_repeat=repeats, max_repeat=repeats,
                           min_seconds=0.0)
-    return 2 * src.numel() * 4 / seconds
+    return MEMCPY_BYTES / seconds
 
 
 # The worker: one case in a fresh process ------------------------------------
@@ -478,15 +484,13 @@ def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
              ('fused_cpp', 'fused_numba', 'fused_torch', 'fused_triton')]
     if not names:
         return {}
-    src = torch.ones(MEMCPY_BYTES // 8, device=device)
-    dst = torch.empty_like(src)
     with torch.no_grad():
         x_l = ref.lin_l(x).view(-1, H, C)
         x_r = ref.lin_r(x).view(-1, H, C)
         fns = {name: partial(fused_gatv2_attention, x_l, x_r, ref.att,
                              edge_index, add_self_loops=True,
                              backend=impls[name][1]) for name in names}
-        fns[MEMCPY] = partial(dst.copy_, src)
+        fns[MEMCPY] = memcpy(device)
         for _ in range(args.warmup):
             for fn in fns.values():
                 fn()

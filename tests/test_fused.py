@@ -231,24 +231,33 @@ def test_cpp_backend_that_was_not_built_is_reported(monkeypatch):
         backends.cpp_kernels_built.cache_clear()
 
 
+def first_fused_call_in_a_fresh_process(backend, before='', after=''):
+    """Runs ``before``, then a first, tiny fused attention call on
+    ``backend``, then ``after`` (Python statements) in a fresh Python
+    process; returns what it printed."""
+    script = (
+        'import torch\n'
+        'from pyg_gatv2.fused import fused_gatv2_attention\n'
+        f'{before}'
+        'x = torch.randn(6, 1, 3)\n'
+        'edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])\n'
+        'fused_gatv2_attention(x, x, torch.randn(1, 3), edge_index, '
+        f'backend={backend!r})\n'
+        f'{after}')
+    return subprocess.run([sys.executable, '-c', script], check=True,
+                          capture_output=True, text=True).stdout
+
+
 @pytest.mark.skipif('cpp' not in BACKENDS or sys.platform != 'linux',
                     reason='the C++ kernels are not built; /proc is Linux')
 def test_cpp_kernels_share_torch_s_openmp_runtime():
     # The library asks for libgomp.so.1, which torch has loaded already:
     # one thread pool, not a second one competing with torch's for cores.
-    script = (
-        'import json, torch\n'
-        'from pyg_gatv2.fused import fused_gatv2_attention\n'
-        'x = torch.randn(6, 1, 3)\n'
-        'edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])\n'
-        "fused_gatv2_attention(x, x, torch.randn(1, 3), edge_index, "
-        "backend='cpp')\n"
+    runtimes = json.loads(first_fused_call_in_a_fresh_process(
+        'cpp', after="import json\n"
         "print(json.dumps(sorted({line.split()[-1] for line in "
         "open('/proc/self/maps') if 'libgomp' in line or 'libiomp' in "
-        'line})))\n')
-    result = subprocess.run([sys.executable, '-c', script], check=True,
-                            capture_output=True, text=True)
-    runtimes = json.loads(result.stdout)
+        'line})))\n'))
     assert len(runtimes) == 1, runtimes
 
 
@@ -798,18 +807,11 @@ def test_numba_kernels_use_torch_s_thread_count():
 def test_first_numba_call_keeps_torch_s_thread_count():
     # Starting numba's OpenMP pool resets the count that torch shares with it;
     # only a fresh process shows whether the first call restores it.
-    script = (
-        'import torch, numba\n'
-        'from pyg_gatv2.fused import fused_gatv2_attention\n'
-        'torch.set_num_threads(1)\n'
-        'x = torch.randn(6, 1, 3)\n'
-        'edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])\n'
-        "fused_gatv2_attention(x, x, torch.randn(1, 3), edge_index, "
-        "backend='numba')\n"
+    printed = first_fused_call_in_a_fresh_process(
+        'numba', before='torch.set_num_threads(1)\n',
+        after='import numba\n'
         'print(torch.get_num_threads(), numba.get_num_threads())\n')
-    result = subprocess.run([sys.executable, '-c', script], check=True,
-                            capture_output=True, text=True)
-    assert result.stdout.split() == ['1', '1']
+    assert printed.split() == ['1', '1']
 
 
 @pytest.mark.parametrize('num_keys,size', [(1, 0), (5, 1), (7, 100),

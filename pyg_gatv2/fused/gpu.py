@@ -25,7 +25,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .operands import Cotangents, Gradients, Operands, stats_dtype
+from .operands import (
+    Cotangents,
+    Gradients,
+    Operands,
+    gradient_buffers,
+    stats_dtype,
+)
 
 __all__ = ['run_forward', 'run_backward']
 
@@ -274,11 +280,8 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     x = ops.x_l
     stats = stats_dtype(x.dtype)
     edge_term, loop_term = _edge_terms(ops)
-    grad_xr = torch.empty_like(ops.x_r)
-    grad_edge = grad_loop = None
-    if want_edge_grad:
-        grad_edge = torch.zeros_like(ops.edge_term)
-        grad_loop = torch.zeros_like(ops.loop_term)
+    grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
+        ops, want_edge_grad, want_src_grad)
     grad_att_rows = x.new_zeros(layout.num_dst, H, C, dtype=stats)
     msg_weight = x.new_empty(max(layout.num_kept, 1), H, dtype=stats)
     grad_logit = torch.empty_like(msg_weight)
@@ -297,9 +300,7 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
             HAS_MASK=ops.dropout_mask is not None,
             HAS_GRAD_ALPHA=cot.grad_alpha is not None,
             WANT_EDGE_GRAD=want_edge_grad, **meta)
-    grad_xl = None
     if want_src_grad:
-        grad_xl = torch.empty_like(ops.x_l)
         ptr, pos, row = layout.csc
         if layout.num_src > 0:
             _backward_src[(layout.num_src, H)](

@@ -74,9 +74,9 @@ def gradient_buffers(ops: Operands, want_edge_grad: bool, want_src_grad: bool
                      ) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor],
                                 Optional[Tensor]]:
     """The gradients of ``x_l`` (or :obj:`None`), ``x_r`` and the edge and
-    loop terms (or :obj:`None`), for a CPU kernel to fill. Those of the
-    edge terms start at zero: the kernels skip the edges ``i -> i`` that
-    self-loops replace."""
+    loop terms (or :obj:`None`), for a backend's kernels to fill. Those of
+    the edge terms start at zero: the kernels skip the edges ``i -> i``
+    that self-loops replace."""
     grad_xl = torch.empty_like(ops.x_l) if want_src_grad else None
     grad_edge = grad_loop = None
     if want_edge_grad:
