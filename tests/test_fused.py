@@ -183,11 +183,60 @@ def test_backends_agree_on_a_larger_graph(channels):
 
 @pytest.mark.skipif('cpp' not in BACKENDS, reason='the C++ kernels are not '
                     'built')
-def test_cpp_kernels_give_the_same_bits_for_any_thread_count():
+@pytest.mark.parametrize('heads', [1, 2, 4, 8])
+@pytest.mark.parametrize('channels', [8, 16, 32, 64])
+def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
+    # Against the float64 kernels, which take the shape at run time and
+    # match the reference within 1e-10 (test_matches_reference).
+    from pyg_gatv2.fused import cpp
+    assert cpp.fixed_shape(heads, channels)
+    edge_index = random_graph(17, 11, 60, seed=heads + channels)
+    edge_index[:, :4] = torch.arange(4).repeat(2, 1)  # existing self-loops
+    inputs = features(17, 11, 60, heads, channels, torch.float64)
+    mask = (torch.rand(60 + 11, heads, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(2)) > 0.3) / 0.7
+
+    gen = torch.Generator().manual_seed(3)
+    w_out = torch.randn(11, heads, channels, generator=gen,
+                        dtype=torch.float64)
+    w_alpha = torch.randn(60 + 11, heads, generator=gen, dtype=torch.float64)
+
+    def run(dtype, edge_terms):
+        args = [t.detach().to(dtype).requires_grad_() for t in inputs]
+        et, loop_et = args[3:] if edge_terms else (None, None)
+        out, alpha = fused_gatv2_attention(
+            *args[:3], edge_index, et, loop_edge_term=loop_et,
+            add_self_loops=True, dropout_mask=mask.to(dtype),
+            return_attention_weights=True, backend='cpp')
+        loss = ((out * w_out.to(dtype)).sum() +
+                (alpha * w_alpha.to(dtype)).sum())
+        wrt = args if edge_terms else args[:3]
+        return [out, alpha] + list(torch.autograd.grad(loss, wrt))
+
+    for edge_terms in (False, True):
+        expected = run(torch.float64, edge_terms)
+        actual = [t.double() for t in run(torch.float32, edge_terms)]
+        assert_close_all(actual, expected, torch.float32)
+
+
+@pytest.mark.skipif('cpp' not in BACKENDS, reason='the C++ kernels are not '
+                    'built')
+def test_cpp_kernels_take_other_shapes_at_run_time():
+    from pyg_gatv2.fused import cpp
+    assert not any(cpp.fixed_shape(h, c)
+                   for h, c in ((3, 32), (4, 24), (16, 8), (0, 0)))
+
+
+@pytest.mark.skipif('cpp' not in BACKENDS, reason='the C++ kernels are not '
+                    'built')
+@pytest.mark.parametrize('channels', [24, 32])
+def test_cpp_kernels_give_the_same_bits_for_any_thread_count(channels):
     # Each thread owns whole rows, so only the partial sums of the gradient
-    # of att, one per range of rows, depend on the number of ranges.
+    # of att, one per range of rows, depend on the number of ranges. 2 x 24
+    # runs the kernels that take the shape at run time, 2 x 32 those with
+    # the shape fixed.
     edge_index = random_graph(400, 300, 6000, seed=5)
-    inputs = features(400, 300, 6000, 2, 24, torch.float32, seed=5)
+    inputs = features(400, 300, 6000, 2, channels, torch.float32, seed=5)
     previous = torch.get_num_threads()
     results = []
     try:

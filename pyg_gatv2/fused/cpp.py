@@ -6,7 +6,9 @@ OpenMP when the package is installed (``setup.py``) and called here through
 :mod:`ctypes` on the tensors' memory, with no copies. The arguments, the
 results and the work ranges are those of the numba kernels; the loops over
 channels are vectorised by the compiler, and the feature rows of the edge
-two positions on are prefetched while the current one is computed.
+two positions on are prefetched while the current one is computed. The
+float32 kernels are also compiled for the common shapes of heads x
+channels (:func:`fixed_shape`), whose loops the compiler then unrolls.
 
 The library is optional: where it was not built (no C++ compiler at install
 time) :func:`load` returns :obj:`None` and the ``'auto'`` backend runs the
@@ -24,7 +26,8 @@ from torch import Tensor
 
 from .operands import Cotangents, Gradients, Operands, gradient_buffers
 
-__all__ = ['load', 'library_path', 'run_forward', 'run_backward']
+__all__ = ['load', 'library_path', 'fixed_shape', 'run_forward',
+           'run_backward']
 
 _STEM = '_cpp_kernels'
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
@@ -60,7 +63,17 @@ def load() -> Optional[ctypes.CDLL]:
                 ('backward_src', [P] * 11 + [I64] * 4 + [real, P, P, I32, P])):
             fn = getattr(lib, f'gatv2_{name}_{suffix}')
             fn.argtypes, fn.restype = argtypes, None
+    lib.gatv2_fixed_shape.argtypes = [I64, I64]
+    lib.gatv2_fixed_shape.restype = I32
     return lib
+
+
+def fixed_shape(heads: int, channels: int) -> bool:
+    """Whether the float32 kernels run ``heads`` x ``channels`` with the
+    shape fixed at compile time (1, 2, 4 or 8 heads of 8, 16, 32 or 64
+    channels); other shapes run kernels that take it at run time."""
+    lib = load()
+    return lib is not None and bool(lib.gatv2_fixed_shape(heads, channels))
 
 
 def _entry(name: str, dtype: torch.dtype):
