@@ -7,10 +7,13 @@
 //   are computed into a small per-thread buffer, then their softmax and the
 //   weighted sum of the source rows (read again, now from the cache); only
 //   out and the log-sum-exp per node and head are written.
-// - backward_dst: per destination node, logits are recomputed; writes the
-//   gradients of x_r, of the edge terms, per-range partial gradients of att,
-//   and per CSR position and head the message weight and the logit
-//   gradient for the next pass.
+// - backward_dst: per destination node, the logits of its in-edges are
+//   recomputed into a per-thread buffer, with the gradients of their
+//   weights; then their exponentials in one vector pass; then, from the
+//   source rows read again from the cache, the gradients of x_r, of the
+//   edge terms and per-range partial gradients of att. Writes per CSR
+//   position and head the message weight and the logit gradient for the
+//   next pass.
 // - backward_src: per source node (CSC order), the gradient of x_l.
 //
 // Each thread owns whole ranges of rows (the bounds, balanced by edge
@@ -283,60 +286,82 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
     T* grad_att_b = grad_att + b * HC;
     #pragma omp simd
     for (int64_t f = 0; f < HC; ++f) grad_att_b[f] = T(0);
-    // LeakyReLU(z), then att * LeakyReLU'(z), of one edge and head.
-    std::vector<T> buffer(2 * C);
-    T* act = buffer.data();
-    T* dact = act + C;
+    int64_t max_degree = 0;
+    for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
+      max_degree = std::max(max_degree, ptr[i + 1] - ptr[i]);
+    // Per in-edge and head of one node: the logit less the log-sum-exp,
+    // then its exponential; the gradient of the message weight.
+    std::vector<T> buffer(2 * max_degree * H);
+    T* prob = buffer.data();
+    T* grad_weight = prob + max_degree * H;
     const int64_t last = ptr[bounds[b + 1]];
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i) {
       const T* xi = x_r + i * HC;
       const T* gi = grad_out + i * HC;
       T* gxi = grad_xr + i * HC;
-      #pragma omp simd
-      for (int64_t f = 0; f < HC; ++f) gxi[f] = T(0);
-      const int64_t end = ptr[i + 1];
-      for (int64_t k = ptr[i]; k < end; ++k) {
-        const auto [e, xj, t] = edge_rows(x_l, edge_term, loop_term, col, eid,
-                                          k, last, num_edges, HC);
-        T* gt = grad_edge
-                    ? term_row(grad_edge, grad_loop, e, num_edges, HC)
-                    : nullptr;
+      const int64_t start = ptr[i], end = ptr[i + 1];
+      // The logits and the gradients of the weights of all in-edges, then
+      // the weights in one vector pass, then the gradients of the logits.
+      for (int64_t k = start; k < end; ++k) {
+        const EdgeRows<T> rows = edge_rows(x_l, edge_term, loop_term, col,
+                                           eid, k, last, num_edges, HC);
+        T* p = prob + (k - start) * H;
+        T* gw = grad_weight + (k - start) * H;
         for (int64_t h = 0; h < H; ++h) {
-          const T* xjh = xj + h * C;
-          const T* xih = xi + h * C;
-          const T* ah = att + h * C;
-          const T* th = t ? t + h * C : nullptr;
-          #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            T z = xjh[c] + xih[c];
-            if (th) z += th[c];
-            const bool pos = z > T(0);
-            act[c] = pos ? z : z * slope;
-            dact[c] = pos ? ah[c] : ah[c] * slope;
-          }
-          const T s = dot(ah, act, C);
-          T gd = dot(gi + h * C, xjh, C);
-          const T p = exp_one(s - lse[i * H + h]);
+          p[h] = score(rows.xj + h * C, xi + h * C,
+                       rows.t ? rows.t + h * C : nullptr, att + h * C, C,
+                       slope) - lse[i * H + h];
+          gw[h] = dot(gi + h * C, rows.xj + h * C, C);
+        }
+      }
+      exp_all(prob, (end - start) * H);
+      for (int64_t k = start; k < end; ++k) {
+        const int64_t e = eid[k];
+        for (int64_t h = 0; h < H; ++h) {
+          const T p = prob[(k - start) * H + h];
+          T gd = grad_weight[(k - start) * H + h];
           T w = p;
           if (mask) {
             w *= mask[e * H + h];
             gd *= mask[e * H + h];
           }
           if (grad_alpha) gd += grad_alpha[e * H + h];
-          const T ds = p * (gd - delta[i * H + h]);
           msg_weight[k * H + h] = w;
-          grad_logit[k * H + h] = ds;
+          grad_logit[k * H + h] = p * (gd - delta[i * H + h]);
+        }
+      }
+      // The gradients of x_r, of att and of the edge terms, with the
+      // LeakyReLU recomputed from the source rows, now in the cache.
+      #pragma omp simd
+      for (int64_t f = 0; f < HC; ++f) gxi[f] = T(0);
+      for (int64_t k = start; k < end; ++k) {
+        const int64_t e = eid[k];
+        const T* xj = x_l + col[k] * HC;
+        const T* t = edge_term
+                         ? term_row(edge_term, loop_term, e, num_edges, HC)
+                         : nullptr;
+        T* gt = grad_edge
+                    ? term_row(grad_edge, grad_loop, e, num_edges, HC)
+                    : nullptr;
+        for (int64_t h = 0; h < H; ++h) {
+          const T ds = grad_logit[k * H + h];
+          const T* xjh = xj + h * C;
+          const T* xih = xi + h * C;
+          const T* ah = att + h * C;
+          const T* th = t ? t + h * C : nullptr;
           T* gxih = gxi + h * C;
           T* gah = grad_att_b + h * C;
+          T* gth = gt ? gt + h * C : nullptr;
           #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            gxih[c] += ds * dact[c];
-            gah[c] += ds * act[c];
-          }
-          if (gt) {
-            T* gth = gt + h * C;
-            #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) gth[c] = ds * dact[c];
+            T z = xjh[c] + xih[c];
+            if (th) z += th[c];
+            const bool pos = z > T(0);
+            const T act = pos ? z : z * slope;
+            const T dact = pos ? ah[c] : ah[c] * slope;
+            gxih[c] += ds * dact;
+            gah[c] += ds * act;
+            if (gth) gth[c] = ds * dact;
           }
         }
       }
