@@ -28,7 +28,8 @@ from _common import (  # noqa: E402
 import pyg_gatv2  # noqa: E402
 from pyg_gatv2 import GATv2Conv  # noqa: E402
 from pyg_gatv2.checks import check_index_range, check_no_nan  # noqa: E402
-from pyg_gatv2.fused import csr  # noqa: E402
+from pyg_gatv2.backends import cpp_kernels_built  # noqa: E402
+from pyg_gatv2.fused import csr, use_backend  # noqa: E402
 
 
 def main() -> None:
@@ -44,9 +45,18 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads; 0 keeps the default')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--backend', choices=('cpp', 'numba'), default=None,
+                        help='CPU kernels of the fused path (default: cpp '
+                        'where built, else numba)')
     parser.add_argument('--out', type=Path, default=RESULTS,
                         help='folder for validation_cost.md and .csv')
     args = parser.parse_args()
+    if args.backend is None:
+        args.backend = 'cpp' if cpp_kernels_built() else 'numba'
+    elif args.backend == 'cpp' and not cpp_kernels_built():
+        parser.error('--backend cpp: the C++ kernels were not built; '
+                     "reinstall the package with a C++ compiler (pip "
+                     "install -e .) or use --backend numba")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -59,10 +69,11 @@ def main() -> None:
 
     def step() -> None:
         conv.zero_grad(set_to_none=True)
-        conv(x, edge_index).sum().backward()
+        with use_backend(args.backend):
+            conv(x, edge_index).sum().backward()
 
     def proof() -> None:
-        csr._same_indices(copy, edge_index)
+        csr._same_indices(copy, edge_index._version, edge_index)
 
     def strict_checks() -> None:
         check_index_range(edge_index, args.nodes, args.nodes, 'GATv2Conv')
@@ -95,9 +106,9 @@ def main() -> None:
              share=f"{median['strict_checks'] / median['default']:.4f}"),
     ]
     header = (f'N={args.nodes}, E={args.edges}, {args.features} in, '
-              f'{args.heads}x{args.channels}, self-loops, fused numba, '
-              f'{torch.get_num_threads()} threads; medians of {args.rounds} '
-              'interleaved rounds')
+              f'{args.heads}x{args.channels}, self-loops, fused '
+              f'{args.backend}, {torch.get_num_threads()} threads; medians '
+              f'of {args.rounds} interleaved rounds')
     markdown = (f'{header}\n\n'
                 f"{markdown_table(rows, ['measure', 'ms', 'share'])}\n\n"
                 f'`{command_line()}`\n')
