@@ -344,6 +344,47 @@ def test_gradcheck(backend, add_self_loops):
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
+def test_only_the_cpp_backend_drops_the_output_for_backward(backend):
+    # The C++ kernels sum D_i over the edges, so the output [N, H, C] need
+    # not stay alive until backward; the other backends take D_i from it.
+    edge_index = random_graph(30, 30, 200)
+    x_l, x_r, att, _, _ = features(30, 30, 200, 2, 8, torch.float64)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fused_gatv2_attention(x_l, x_r, att, edge_index,
+                                    add_self_loops=True, backend=backend)
+    kept = any(t.data_ptr() == out.data_ptr() for t in saved)
+    assert kept == (backend != 'cpp')
+
+
+@pytest.mark.skipif(not {'cpp', 'numba'} <= set(BACKENDS),
+                    reason='needs the C++ and numba kernels')
+@pytest.mark.parametrize('forward,backward', [('cpp', 'numba'),
+                                              ('numba', 'cpp')])
+def test_backward_runs_on_the_backend_forward_ran_on(forward, backward):
+    edge_index = random_graph(30, 30, 200)
+    inputs = features(30, 30, 200, 2, 8, torch.float64)[:3]
+
+    def ours():
+        with use_backend(forward):
+            out, alpha = fused_gatv2_attention(
+                *inputs, edge_index, add_self_loops=True,
+                return_attention_weights=True)
+        return out, alpha
+
+    with use_backend(backward):
+        actual = outputs_and_grads(ours, inputs)
+    expected = outputs_and_grads(
+        lambda: reference(*inputs, edge_index, add_self_loops=True), inputs)
+    assert_close_all(actual, expected, torch.float64)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_double_backward_matches_the_reference(backend):
     edge_index = random_graph(9, 9, 30, seed=8)
     x_l, x_r, att, et, loop_et = features(9, 9, 30, 2, 3, torch.float64,

@@ -13,7 +13,10 @@
 //   source rows read again from the cache, the gradients of x_r, of the
 //   edge terms and per-range partial gradients of att. Writes per CSR
 //   position and head the message weight and the logit gradient for the
-//   next pass.
+//   next pass. D_i = <grad_out_i, out_i> (+ sum_k alpha_k grad_alpha_k),
+//   when delta is null, is summed over the in-edges as sum_k alpha_k
+//   dL/dalpha_k, from what the first pass computed, so that the forward
+//   output need not be kept for backward.
 // - backward_src: per source node (CSC order), the gradient of x_l.
 //
 // Each thread owns whole ranges of rows (the bounds, balanced by edge
@@ -290,10 +293,12 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
       max_degree = std::max(max_degree, ptr[i + 1] - ptr[i]);
     // Per in-edge and head of one node: the logit less the log-sum-exp,
-    // then its exponential; the gradient of the message weight.
-    std::vector<T> buffer(2 * max_degree * H);
+    // then its exponential; the gradient of the message weight. Per head:
+    // D_i.
+    std::vector<T> buffer(2 * max_degree * H + H);
     T* prob = buffer.data();
     T* grad_weight = prob + max_degree * H;
+    T* node_delta = grad_weight + max_degree * H;
     const int64_t last = ptr[bounds[b + 1]];
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i) {
       const T* xi = x_r + i * HC;
@@ -315,11 +320,13 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
         }
       }
       exp_all(prob, (end - start) * H);
+      for (int64_t h = 0; h < H; ++h)
+        node_delta[h] = delta ? delta[i * H + h] : T(0);
       for (int64_t k = start; k < end; ++k) {
         const int64_t e = eid[k];
         for (int64_t h = 0; h < H; ++h) {
           const T p = prob[(k - start) * H + h];
-          T gd = grad_weight[(k - start) * H + h];
+          T& gd = grad_weight[(k - start) * H + h];
           T w = p;
           if (mask) {
             w *= mask[e * H + h];
@@ -327,9 +334,14 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
           }
           if (grad_alpha) gd += grad_alpha[e * H + h];
           msg_weight[k * H + h] = w;
-          grad_logit[k * H + h] = p * (gd - delta[i * H + h]);
+          if (!delta) node_delta[h] += p * gd;
         }
       }
+      for (int64_t k = start; k < end; ++k)
+        for (int64_t h = 0; h < H; ++h)
+          grad_logit[k * H + h] = prob[(k - start) * H + h] *
+                                  (grad_weight[(k - start) * H + h] -
+                                   node_delta[h]);
       // The gradients of x_r, of att and of the edge terms, with the
       // LeakyReLU recomputed from the source rows, now in the cache.
       #pragma omp simd

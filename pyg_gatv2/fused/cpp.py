@@ -139,8 +139,10 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     grad_att = ops.x_l.new_empty(_num_ranges(bounds), H, C)
     msg_weight = ops.x_l.new_empty(layout.num_kept, H)
     grad_logit = ops.x_l.new_empty(layout.num_kept, H)
-    grad_out, lse, delta = (t.to(dtype).contiguous() for t in (
-        cot.grad_out, cot.lse, cot.delta))
+    grad_out, lse = (t.to(dtype).contiguous() for t in (cot.grad_out,
+                                                        cot.lse))
+    # Without delta the kernel sums D_i over each node's in-edges.
+    delta = None if cot.delta is None else cot.delta.to(dtype).contiguous()
     grad_alpha = (None if cot.grad_alpha is None else
                   cot.grad_alpha.to(dtype).contiguous())
     _entry('backward_dst', dtype)(

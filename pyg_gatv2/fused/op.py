@@ -219,8 +219,8 @@ def _attention_backward_op(
     grad_out: Tensor, grad_alpha: Optional[Tensor], x_l: Tensor,
     x_r: Tensor, att: Tensor, dst_ptr: Tensor, dst_col: Tensor,
     dst_eid: Tensor, edge_term: Optional[Tensor], loop_term: Optional[Tensor],
-    dropout_mask: Optional[Tensor], out: Tensor, lse: Tensor, alpha: Tensor,
-    num_edges: int, self_loops: bool, negative_slope: float,
+    dropout_mask: Optional[Tensor], out: Optional[Tensor], lse: Tensor,
+    alpha: Tensor, num_edges: int, self_loops: bool, negative_slope: float,
     backend: Optional[str], chunk_size: Optional[int], want_src_grad: bool,
     want_edge_grad: bool
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -232,16 +232,27 @@ def _attention_backward_op(
         dropout_mask, num_edges, self_loops, negative_slope, backend,
         chunk_size)
     grad_out = grad_out.contiguous()
-    # D_i = <grad_i, out_i> turns the softmax backward into a local
-    # expression per edge, with no extra pass over the edges. (einsum runs
-    # it as a batched dot product, without a [N, H, C] product.) It is
-    # summed in the dtype of the log-sum-exp.
-    delta = torch.einsum('nhc,nhc->nh', grad_out.to(lse.dtype),
-                         out.to(lse.dtype))
     if grad_alpha is not None:
         grad_alpha = grad_alpha.contiguous()
-        weighted = (alpha * grad_alpha)[ops.layout.dst_eid]
-        delta.index_add_(0, ops.layout.dst_row, weighted.to(lse.dtype))
+    if out is None:
+        # Forward did not keep its output (the C++ kernels): they sum D_i
+        # over the in-edges of each node themselves.
+        if backend != 'cpp':
+            raise RuntimeError(
+                f"'{_NAME}': backward on backend {backend!r} needs the "
+                "forward output, which forward on backend 'cpp' did not "
+                'keep')
+        delta = None
+    else:
+        # D_i = <grad_i, out_i> turns the softmax backward into a local
+        # expression per edge, with no extra pass over the edges. (einsum
+        # runs it as a batched dot product, without a [N, H, C] product.)
+        # It is summed in the dtype of the log-sum-exp.
+        delta = torch.einsum('nhc,nhc->nh', grad_out.to(lse.dtype),
+                             out.to(lse.dtype))
+        if grad_alpha is not None:
+            weighted = (alpha * grad_alpha)[ops.layout.dst_eid]
+            delta.index_add_(0, ops.layout.dst_row, weighted.to(lse.dtype))
     cot = Cotangents(grad_out, grad_alpha, lse, delta)
     with torch.autocast(x_l.device.type, enabled=False):
         grads = _run_backward(backend, ops, cot, want_edge_grad,
@@ -272,9 +283,13 @@ _NUM_TENSORS = 9
 def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
     out, lse, alpha = output
-    ctx.save_for_backward(*inputs[:_NUM_TENSORS], out, lse, alpha)
-    (ctx.num_edges, ctx.self_loops, ctx.negative_slope, _, ctx.backend,
+    (ctx.num_edges, ctx.self_loops, ctx.negative_slope, _, backend,
      ctx.chunk_size) = inputs[_NUM_TENSORS:]
+    # Backward runs on the backend that forward ran on. The C++ kernels
+    # need not keep the output: they sum D_i over the edges.
+    ctx.backend = _resolve_backend(backend, inputs[_X_L])
+    ctx.save_for_backward(*inputs[:_NUM_TENSORS],
+                          None if ctx.backend == 'cpp' else out, lse, alpha)
 
 
 def _backward(ctx, grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
@@ -290,7 +305,7 @@ def _backward(ctx, grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
     if grad_out is None and grad_alpha is None:
         return tuple(grads)
     if grad_out is None:
-        grad_out = torch.zeros_like(out)
+        grad_out = torch.zeros_like(tensors[_X_R])
     want_src_grad = needs[_X_L]
     want_edge_grad = (tensors[_EDGE] is not None
                       and (needs[_EDGE] or needs[_LOOP]))

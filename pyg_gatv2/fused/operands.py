@@ -46,12 +46,13 @@ class Cotangents(NamedTuple):
             ``[virtual edges, H]``, or :obj:`None`.
         lse: Log-sum-exp of the logits per destination and head.
         delta: ``D_i = <grad_out_i, out_i>`` (plus
-            ``sum_k alpha_k grad_alpha_k``) per destination and head.
+            ``sum_k alpha_k grad_alpha_k``) per destination and head, or
+            :obj:`None` for the C++ kernels to sum it over the edges.
     """
     grad_out: Tensor
     grad_alpha: Optional[Tensor]
     lse: Tensor
-    delta: Tensor
+    delta: Optional[Tensor]
 
 
 class Gradients(NamedTuple):
