@@ -350,6 +350,29 @@ def add_common_flags(parser: argparse.ArgumentParser, stem: str) -> None:
                         'with --quick)')
 
 
+def add_cpu_backend_flag(parser: argparse.ArgumentParser,
+                         help: str) -> None:
+    """``--backend``: the CPU kernels to run, ``cpp`` or ``numba`` (default
+    :obj:`None`; :func:`cpu_backend` resolves it)."""
+    parser.add_argument('--backend', choices=('cpp', 'numba'), default=None,
+                        help=help)
+
+
+def cpu_backend(parser: argparse.ArgumentParser,
+                backend: Optional[str]) -> str:
+    """The CPU kernels of ``--backend``: as given, else ``'cpp'`` where the
+    C++ kernels were built and ``'numba'`` where not; a parser error for
+    ``cpp`` where they were not built."""
+    from pyg_gatv2.backends import cpp_kernels_built
+    if backend is None:
+        return 'cpp' if cpp_kernels_built() else 'numba'
+    if backend == 'cpp' and not cpp_kernels_built():
+        parser.error('--backend cpp: the C++ kernels were not built; '
+                     "reinstall with a C++ compiler ('pip install -e .') or "
+                     'use --backend numba')
+    return backend
+
+
 def raw_dir(flag: Optional[Path] = None) -> Optional[Path]:
     """The folder of raw Planetoid files: :obj:`flag` (a ``--raw-dir``),
     else ``$PYG_GATV2_RAW_DIR`` (the Makefile exports it), else None."""

@@ -27,8 +27,9 @@ run by run after warm-up, and reported as medians:
   (a difference of medians: noisy on a loaded machine);
 - ``rest``: ``step`` less the four parts above, which are all of the
   cached step's kernels and GEMMs: autograd, allocations, the checks and
-  the cache lookup of the layout, the bias, ``D_i = <grad_out_i, out_i>``,
-  Python;
+  the cache lookup of the layout, the bias, with the numba kernels
+  ``D_i = <grad_out_i, out_i>`` (the C++ backward pass by destination sums
+  it itself), Python;
 - ``layout``: what a new ``edge_index`` adds, as a loader hands one per
   step: the layout of a copy (the copy counted in) built on a cache miss,
   CSR and the CSC the backward needs, with their work ranges. Not a part
@@ -78,8 +79,10 @@ import torch
 from _common import (
     WorkerFailed,
     add_common_flags,
+    add_cpu_backend_flag,
     command_line,
     compare,
+    cpu_backend,
     interleaved_medians,
     machine,
     markdown_table,
@@ -120,9 +123,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads for torch and the kernels; 0 '
                         'keeps their defaults (default: 2)')
-    parser.add_argument('--backend', choices=('cpp', 'numba'), default=None,
-                        help='the CPU kernels to profile (default: cpp '
-                        'where it is built, else numba)')
+    add_cpu_backend_flag(parser, 'the CPU kernels to profile (default: '
+                         'cpp where it is built, else numba)')
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=None, help='include Cora, 8 heads x 8 '
                         '(default: yes, no with --quick)')
@@ -139,13 +141,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                      'not negative')
     if args.cora is None:
         args.cora = not args.quick
-    from pyg_gatv2.backends import cpp_kernels_built
-    if args.backend is None:
-        args.backend = 'cpp' if cpp_kernels_built() else 'numba'
-    elif args.backend == 'cpp' and not cpp_kernels_built():
-        parser.error('--backend cpp: the C++ kernels were not built; '
-                     "reinstall with a C++ compiler ('pip install -e .') or "
-                     'use --backend numba')
+    args.backend = cpu_backend(parser, args.backend)
     if args.name is None:
         args.name = 'step_profile' + ('_quick' if args.quick else '')
     return args
@@ -197,7 +193,10 @@ class StepParts:
                             None, None, layout, conv.negative_slope)
         self.out, lse, _ = kernels.run_forward(self.ops, False)
         grad_out = torch.ones_like(self.out)
-        delta = torch.einsum('nhc,nhc->nh', grad_out, self.out)
+        # As the step hands them: the C++ kernels sum D_i over the edges
+        # themselves, the numba ones take it from the output.
+        delta = (None if backend == 'cpp' else
+                 torch.einsum('nhc,nhc->nh', grad_out, self.out))
         self.cot = Cotangents(grad_out, None, lse, delta)
         self.grads = kernels.run_backward(self.ops, self.cot, False, True)
         self.chunks = kernels._num_chunks()

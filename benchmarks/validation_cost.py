@@ -19,7 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS,
+    add_cpu_backend_flag,
     command_line,
+    cpu_backend,
     interleaved_medians,
     markdown_table,
     write_report,
@@ -28,7 +30,6 @@ from _common import (  # noqa: E402
 import pyg_gatv2  # noqa: E402
 from pyg_gatv2 import GATv2Conv  # noqa: E402
 from pyg_gatv2.checks import check_index_range, check_no_nan  # noqa: E402
-from pyg_gatv2.backends import cpp_kernels_built  # noqa: E402
 from pyg_gatv2.fused import csr, use_backend  # noqa: E402
 
 
@@ -45,18 +46,12 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads; 0 keeps the default')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--backend', choices=('cpp', 'numba'), default=None,
-                        help='CPU kernels of the fused path (default: cpp '
-                        'where built, else numba)')
+    add_cpu_backend_flag(parser, 'CPU kernels of the fused path (default: '
+                         'cpp where built, else numba)')
     parser.add_argument('--out', type=Path, default=RESULTS,
                         help='folder for validation_cost.md and .csv')
     args = parser.parse_args()
-    if args.backend is None:
-        args.backend = 'cpp' if cpp_kernels_built() else 'numba'
-    elif args.backend == 'cpp' and not cpp_kernels_built():
-        parser.error('--backend cpp: the C++ kernels were not built; '
-                     "reinstall the package with a C++ compiler (pip "
-                     "install -e .) or use --backend numba")
+    args.backend = cpu_backend(parser, args.backend)
     if args.threads:
         torch.set_num_threads(args.threads)
 
