@@ -92,11 +92,16 @@ inline void exp_all(double* w, int64_t n) {
   for (int64_t f = 0; f < n; ++f) w[f] = std::exp(w[f]);
 }
 
-inline float exp_one(float x) { return exp_poly(x); }
-inline double exp_one(double x) { return std::exp(x); }
-
 template <typename T>
 inline T lrelu(T z, T slope) { return z > T(0) ? z : z * slope; }
+
+// The largest in-degree of the nodes [begin, end) of the CSR offsets ptr.
+inline int64_t max_degree(const int64_t* ptr, int64_t begin, int64_t end) {
+  int64_t degree = 0;
+  for (int64_t i = begin; i < end; ++i)
+    degree = std::max(degree, ptr[i + 1] - ptr[i]);
+  return degree;
+}
 
 inline void prefetch_row(const void* row, int64_t bytes) {
   const char* p = static_cast<const char*>(row);
@@ -200,12 +205,10 @@ void forward(const T* x_l, const T* x_r, const T* att, const T* edge_term,
   const T inf = std::numeric_limits<T>::infinity();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
   for (int64_t b = 0; b < num_ranges; ++b) {
-    int64_t max_degree = 0;
-    for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
-      max_degree = std::max(max_degree, ptr[i + 1] - ptr[i]);
+    const int64_t widest = max_degree(ptr, bounds[b], bounds[b + 1]);
     // The logits, then the softmax numerators, of one node's in-edges.
-    std::vector<T> weights(max_degree * H + 2 * H);
-    T* m = weights.data() + max_degree * H;
+    std::vector<T> weights(widest * H + 2 * H);
+    T* m = weights.data() + widest * H;
     T* total = m + H;
     const int64_t last = ptr[bounds[b + 1]];
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i) {
@@ -289,16 +292,14 @@ void backward_dst(const T* x_l, const T* x_r, const T* att,
     T* grad_att_b = grad_att + b * HC;
     #pragma omp simd
     for (int64_t f = 0; f < HC; ++f) grad_att_b[f] = T(0);
-    int64_t max_degree = 0;
-    for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
-      max_degree = std::max(max_degree, ptr[i + 1] - ptr[i]);
+    const int64_t widest = max_degree(ptr, bounds[b], bounds[b + 1]);
     // Per in-edge and head of one node: the logit less the log-sum-exp,
     // then its exponential; the gradient of the message weight. Per head:
     // D_i.
-    std::vector<T> buffer(2 * max_degree * H + H);
+    std::vector<T> buffer(2 * widest * H + H);
     T* prob = buffer.data();
-    T* grad_weight = prob + max_degree * H;
-    T* node_delta = grad_weight + max_degree * H;
+    T* grad_weight = prob + widest * H;
+    T* node_delta = grad_weight + widest * H;
     const int64_t last = ptr[bounds[b + 1]];
     for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i) {
       const T* xi = x_r + i * HC;
