@@ -1,27 +1,28 @@
 """Builds the C++ kernels of the fused attention (``pyg_gatv2/fused/
-_cpp_kernels.cpp``) with OpenMP; everything else is in setup.cfg.
+_kernels/``) with OpenMP; everything else is in setup.cfg.
 
-The library is loaded through ctypes (``pyg_gatv2.fused.cpp``), not
-imported, so it needs neither torch nor Python headers to build. It is
+The library is loaded through ctypes (``pyg_gatv2/fused/cpp_library.py``),
+not imported, so it needs neither torch nor Python headers to build. It is
 optional: without a C++ compiler with OpenMP the package installs without
-it and runs the numba kernels. It is compiled for the CPU it is built on
-(``-march=native``); set ``PYG_GATV2_MARCH`` (for example to
-``x86-64-v3``) to build for other machines.
+it and the fused path runs its PyTorch backend. The library is compiled
+for the x86-64 baseline and holds the kernels once more for AVX2 and for
+AVX-512, picked at run time by what the CPU supports: a wheel built on one
+machine runs on any other of the same platform.
 """
-import os
-
 from setuptools import Extension, setup
 
-MARCH = os.environ.get('PYG_GATV2_MARCH', 'native')
+KERNELS = 'pyg_gatv2/fused/_kernels'
 
 setup(ext_modules=[
     Extension(
-        'pyg_gatv2.fused._cpp_kernels',
-        sources=['pyg_gatv2/fused/_cpp_kernels.cpp'],
+        'pyg_gatv2.fused._cpp',
+        sources=[f'{KERNELS}/gatv2.cpp'],
+        depends=[f'{KERNELS}/gatv2.h', f'{KERNELS}/kernels.inc'],
         language='c++',
         # No -ffast-math: every sum keeps the order the source gives it.
-        extra_compile_args=['-std=c++17', '-O3', f'-march={MARCH}',
-                            '-fopenmp', '-fno-math-errno'],
+        # No -march: the CPU levels are chosen inside, at run time.
+        extra_compile_args=['-std=c++17', '-O3', '-fopenmp',
+                            '-fno-math-errno'],
         extra_link_args=['-fopenmp'],
         optional=True,
     )

@@ -1,17 +1,19 @@
-"""Which implementations run: the fused kernels and the softmax, chosen here.
+"""Which implementations run: the kernels of the fused attention and the
+softmax of message passing, chosen in one place.
 
 :class:`pyg_gatv2.GATv2Conv` computes attention on one of two paths, and
 each path has its own choice of implementation:
 
-- **fused** (the default path): the kernels of the fused attention operator
-  :func:`pyg_gatv2.fused.fused_gatv2_attention`. ``'cpp'``: multi-threaded
-  C++ CPU kernels for float32 and float64, compiled when the package is
-  installed; ``'numba'``: the same kernels in numba, compiled on first use;
-  ``'triton'``: GPU kernels for CUDA tensors (and CPU tensors under
-  ``TRITON_INTERPRET=1``, Triton's interpreter); ``'torch'``: PyTorch
-  operations chunked over the edges, on any device and dtype; ``'auto'``
-  (default): cpp (else numba) for CPU tensors and triton for CUDA tensors
-  where they apply and are installed, else torch.
+- **fused** (the default path): the backends of the fused attention
+  operator :func:`pyg_gatv2.fused.fused_gatv2_attention`, one module each
+  in :mod:`pyg_gatv2.fused.backends`. ``'cpp'``: multi-threaded C++ CPU
+  kernels for float32 and float64, compiled when the package is installed,
+  for several CPU levels (:func:`cpu_capability`); ``'triton'``: GPU
+  kernels for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``,
+  Triton's interpreter); ``'torch'``: PyTorch operations chunked over the
+  edges, on any device and dtype; ``'auto'`` (default): the first of these
+  that runs the features' device and dtype here (Triton only for CUDA
+  tensors).
 - **softmax** (the message-passing path: ``fused=False`` and the calls the
   fused path does not cover): the scatter-softmax over each node's incoming
   edges. ``'torch_scatter'``: torch-scatter's reductions; ``'native'``:
@@ -19,145 +21,118 @@ each path has its own choice of implementation:
   torch-scatter where it is installed, native under :func:`torch.compile`
   and otherwise.
 
+:func:`set_backends` chooses for every later call and :func:`use_backends`
+for a block; :func:`current_backends` says what is chosen and
+:func:`describe_backends` what can run here, and why not.
+
 Example:
     >>> import pyg_gatv2
-    >>> pyg_gatv2.set_fused_backend('torch')        # from now on
-    >>> with pyg_gatv2.use_backends(fused='numba', softmax='native'):
-    ...     out = conv(x, edge_index)                 # just for this block
+    >>> pyg_gatv2.set_backends(fused='torch')
+    >>> with pyg_gatv2.use_backends(fused='cpp', softmax='native'):
+    ...     pyg_gatv2.current_backends()
+    {'fused': 'cpp', 'softmax': 'native'}
     >>> pyg_gatv2.current_backends()
     {'fused': 'torch', 'softmax': 'auto'}
+    >>> pyg_gatv2.set_backends(fused='auto')
 """
 import contextlib
-import functools
-import importlib.util
-import os
 from collections.abc import Iterator
 from typing import Dict, Optional, Tuple
 
-__all__ = ['FUSED_BACKENDS', 'SOFTMAX_BACKENDS', 'set_fused_backend',
-           'set_softmax_backend', 'get_fused_backend', 'get_softmax_backend',
-           'use_backends', 'current_backends', 'available_fused_backends',
-           'available_softmax_backends', 'check_backend', 'cpp_kernels_built',
-           'triton_runs_here', 'triton_interpreting']
+from . import softmax
+from .fused import backends as fused_backends
+from .fused import cpp_library
 
-FUSED_BACKENDS = ('auto', 'cpp', 'numba', 'triton', 'torch')
-SOFTMAX_BACKENDS = ('auto', 'torch_scatter', 'native')
-
-_selected = {'fused': 'auto', 'softmax': 'auto'}
+__all__ = ['set_backends', 'use_backends', 'current_backends',
+           'available_backends', 'describe_backends', 'cpu_capability']
 
 
-@functools.lru_cache(maxsize=None)
-def _installed(package: str) -> bool:
-    # Asked on every call of the fused operator; a package does not appear
-    # or go while the process runs.
-    return importlib.util.find_spec(package) is not None
+def set_backends(fused: Optional[str] = None,
+                 softmax: Optional[str] = None) -> None:
+    """Chooses the backends of every later call; an argument left
+    :obj:`None` keeps the current choice.
+
+    Args:
+        fused (str, optional): ``'auto'``, ``'cpp'``, ``'triton'`` or
+            ``'torch'``. (default: :obj:`None`)
+        softmax (str, optional): ``'auto'``, ``'torch_scatter'`` or
+            ``'native'``. (default: :obj:`None`)
+
+    Raises:
+        ValueError: for an unknown name, or a backend that cannot run on
+            this machine (saying why); neither choice changes then.
+    """
+    _choose(fused, softmax, 'set_backends')
 
 
-def triton_interpreting() -> bool:
-    """Whether ``TRITON_INTERPRET=1`` runs Triton kernels on CPU tensors
-    (Triton's interpreter)."""
-    return os.environ.get('TRITON_INTERPRET') == '1'
+def _choose(fused: Optional[str], softmax_name: Optional[str],
+            caller: str) -> None:
+    previous = current_backends()
+    try:
+        if fused is not None:
+            fused_backends.choose(fused, caller)
+        if softmax_name is not None:
+            softmax.choose(softmax_name, caller)
+    except ValueError:
+        _restore(previous)
+        raise
 
 
-def triton_runs_here() -> bool:
-    """Whether Triton kernels can run: triton is installed, and a CUDA GPU
-    is there or Triton's interpreter runs them on the CPU."""
-    if not _installed('triton'):
-        return False
-    import torch
-    return torch.cuda.is_available() or triton_interpreting()
-
-
-@functools.lru_cache(maxsize=None)
-def cpp_kernels_built() -> bool:
-    """Whether the C++ kernels were built when the package was installed
-    (they need a C++ compiler with OpenMP)."""
-    from .fused import cpp
-    return cpp.load() is not None
-
-
-def available_fused_backends() -> Tuple[str, ...]:
-    """The fused-kernel backends usable here, fastest first."""
-    return tuple(name for name, usable in (
-        ('cpp', cpp_kernels_built()), ('numba', _installed('numba')),
-        ('triton', triton_runs_here()), ('torch', True)) if usable)
-
-
-def available_softmax_backends() -> Tuple[str, ...]:
-    """The softmax backends usable here, fastest first."""
-    return (('torch_scatter', 'native') if _installed('torch_scatter') else
-            ('native', ))
-
-
-def check_backend(kind: str, name: Optional[str], caller: str) -> str:
-    """Returns the backend ``name`` of ``kind`` (``'fused'`` or ``'softmax'``;
-    :obj:`None` is ``'auto'``), or raises a :class:`ValueError` naming the
-    choices when it is unknown or its package is missing."""
-    names = FUSED_BACKENDS if kind == 'fused' else SOFTMAX_BACKENDS
-    name = 'auto' if name is None else name
-    if name not in names:
-        raise ValueError(f"'{caller}' got {kind} backend {name!r}; choose "
-                         f"one of {', '.join(map(repr, names))}")
-    if name == 'auto':
-        return name
-    available = (available_fused_backends() if kind == 'fused' else
-                 available_softmax_backends())
-    if name not in available:
-        needs = {
-            'cpp': ('the C++ kernels, built when the package is installed '
-                    "with a C++ compiler that has OpenMP ('pip install -e "
-                    ".')"),
-            'numba': "the numba package ('pip install numba')",
-            'triton': ("the triton package ('pip install triton') and a "
-                       'CUDA GPU, or TRITON_INTERPRET=1 for CPU tensors'),
-            'torch_scatter': ("the torch-scatter package ('pip install "
-                              "--no-build-isolation torch-scatter')"),
-        }[name]
-        raise ValueError(f"'{caller}': the {kind} backend {name!r} needs "
-                         f'{needs}; or choose one of {available}')
-    return name
-
-
-def set_fused_backend(name: str) -> None:
-    """Selects the kernels of the fused attention operator (``'auto'``,
-    ``'cpp'``, ``'numba'``, ``'triton'`` or ``'torch'``), for every call that
-    does not name one."""
-    _selected['fused'] = check_backend('fused', name, 'set_fused_backend')
-
-
-def set_softmax_backend(name: Optional[str]) -> None:
-    """Selects the softmax of the message-passing path (``'auto'`` or
-    :obj:`None`, ``'torch_scatter'`` or ``'native'``)."""
-    _selected['softmax'] = check_backend('softmax', name, 'set_softmax_backend')
-
-
-def get_fused_backend() -> str:
-    """The fused-kernel backend selected (``'auto'`` unless set)."""
-    return _selected['fused']
-
-
-def get_softmax_backend() -> str:
-    """The softmax backend selected (``'auto'`` unless set)."""
-    return _selected['softmax']
-
-
-def current_backends() -> Dict[str, str]:
-    """Both selections, ``{'fused': ..., 'softmax': ...}``."""
-    return dict(_selected)
+def _restore(choices: Dict[str, str]) -> None:
+    fused_backends.choose(choices['fused'], 'use_backends')
+    softmax.choose(choices['softmax'], 'use_backends')
 
 
 @contextlib.contextmanager
 def use_backends(fused: Optional[str] = None,
                  softmax: Optional[str] = None) -> Iterator[None]:
-    """Context manager that selects backends for the block; an argument
-    left :obj:`None` keeps the current selection."""
-    previous = dict(_selected)
+    """Context manager that chooses backends for the block, as
+    :func:`set_backends` does, and restores the previous choices after."""
+    previous = current_backends()
+    _choose(fused, softmax, 'use_backends')
     try:
-        if fused is not None:
-            _selected['fused'] = check_backend('fused', fused, 'use_backends')
-        if softmax is not None:
-            _selected['softmax'] = check_backend('softmax', softmax,
-                                                 'use_backends')
         yield
     finally:
-        _selected.update(previous)
+        _restore(previous)
+
+
+def current_backends() -> Dict[str, str]:
+    """The choices, ``{'fused': ..., 'softmax': ...}`` (``'auto'`` unless
+    chosen)."""
+    return {'fused': fused_backends.chosen(), 'softmax': softmax.chosen()}
+
+
+def available_backends() -> Dict[str, Tuple[str, ...]]:
+    """The backends that can run on this machine, fastest first:
+    ``{'fused': ..., 'softmax': ...}`` (each fused backend for its own
+    devices and dtypes)."""
+    return {'fused': fused_backends.available(),
+            'softmax': softmax.available()}
+
+
+def cpu_capability() -> Optional[str]:
+    """The CPU level the C++ kernels run (``'avx512'``, ``'avx2'`` or
+    ``'default'``; the best this CPU runs unless
+    ``PYG_GATV2_CPU_CAPABILITY`` names another), or :obj:`None` where they
+    were not built."""
+    return cpp_library.capability()
+
+
+def describe_backends() -> str:
+    """A few lines on every fused backend: what it is, what it runs, and
+    whether it can run here or why not; then the CPU level and the softmax
+    backends."""
+    lines = []
+    for backend in fused_backends.registry().values():
+        reason = backend.unavailable_reason()
+        state = 'available' if reason is None else f'unavailable: {reason}'
+        dtypes = ', '.join(str(t).removeprefix('torch.')
+                           for t in backend.dtypes)
+        lines.append(f'fused {backend.name!r}: {backend.summary}; '
+                     f"{'/'.join(backend.devices)}, {dtypes}; {state}")
+    capability = cpu_capability()
+    if capability is not None:
+        lines.append(f'C++ kernels: CPU level {capability!r} (this CPU '
+                     f"runs {', '.join(cpp_library.capabilities())})")
+    lines.append('softmax: ' + ', '.join(available_backends()['softmax']))
+    return '\n'.join(lines)

@@ -63,7 +63,7 @@ class GATv2Conv(MessagePassing):
     By default the attention runs on the fused path of
     :mod:`pyg_gatv2.fused`: logits, softmax and aggregation in one
     memory-efficient operator that keeps no per-edge feature tensor for
-    backward (numba kernels on CPU, Triton on CUDA, chunked PyTorch
+    backward (C++ kernels on CPU, Triton on CUDA, chunked PyTorch
     elsewhere; see :mod:`pyg_gatv2.backends`). It is a torch custom op, so
     :func:`torch.compile` keeps it in the compiled graph and
     :func:`torch.export.export` exports it. Calls it does not cover fall back

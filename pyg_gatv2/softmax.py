@@ -10,62 +10,65 @@ Two backends compute the same function:
 
 The default (``'auto'``) picks ``'torch_scatter'`` when it is importable and
 ``'native'`` otherwise; under :func:`torch.compile` it always picks
-``'native'``, because torch-scatter's operators break the graph. The choice
-is made in :mod:`pyg_gatv2.backends`.
+``'native'``, because torch-scatter's operators break the graph. Users
+choose through :mod:`pyg_gatv2.backends`.
 """
-import contextlib
 import importlib.util
-from collections.abc import Iterator
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from pyg_gatv2 import backends
+__all__ = ['BACKENDS', 'scatter_softmax', 'available', 'choose', 'chosen']
 
 BACKENDS = ('torch_scatter', 'native')
 
+# The backend of calls that name none: 'auto' or a name.
+_chosen = 'auto'
 
-def has_torch_scatter() -> bool:
-    """Whether the :mod:`torch_scatter` package can be imported."""
+
+def _has_torch_scatter() -> bool:
     return importlib.util.find_spec('torch_scatter') is not None
 
 
-def available_backends() -> list[str]:
-    """The backends usable in this environment, fastest first (also
-    :func:`pyg_gatv2.backends.available_softmax_backends`)."""
-    return list(backends.available_softmax_backends())
+def available() -> tuple[str, ...]:
+    """The backends usable here, fastest first."""
+    return BACKENDS if _has_torch_scatter() else ('native', )
 
 
-def set_backend(backend: Optional[str]) -> None:
-    """Selects the softmax backend for all layers (:obj:`None`: automatic);
-    the same as :func:`pyg_gatv2.backends.set_softmax_backend`."""
-    backends.set_softmax_backend(backend)
+def _check(name: str, caller: str) -> str:
+    if name != 'auto' and name not in BACKENDS:
+        raise ValueError(f"'{caller}' got softmax backend {name!r}; choose "
+                         f"one of {', '.join(map(repr, ('auto', ) + BACKENDS))}")
+    if name == 'torch_scatter' and not _has_torch_scatter():
+        raise ValueError(f"'{caller}': the softmax backend 'torch_scatter' "
+                         'cannot run here: the torch-scatter package is not '
+                         'installed (pip install --no-build-isolation '
+                         'torch-scatter)')
+    return name
 
 
-def get_backend() -> str:
-    """The backend that :func:`scatter_softmax` uses now."""
-    return _resolve(None)
+def choose(name: str, caller: str) -> None:
+    """Makes ``name`` (``'auto'``, ``'torch_scatter'`` or ``'native'``) the
+    backend of calls that name none; a :class:`ValueError` says why not."""
+    global _chosen
+    _chosen = _check(name, caller)
 
 
-@contextlib.contextmanager
-def use_backend(backend: Optional[str]) -> Iterator[None]:
-    """Context manager that selects a softmax backend temporarily (:obj:`None`:
-    automatic); the same as ``pyg_gatv2.use_backends(softmax=...)``."""
-    with backends.use_backends(softmax='auto' if backend is None else
-                               backend):
-        yield
+def chosen() -> str:
+    """The backend of calls that name none (``'auto'`` unless chosen)."""
+    return _chosen
 
 
 def _resolve(backend: Optional[str]) -> str:
     if backend is None:
         if torch.compiler.is_compiling():
             return 'native'
-        backend = backends.get_softmax_backend()
+        backend = _chosen
     else:
-        backend = backends.check_backend('softmax', backend, 'scatter_softmax')
+        backend = _check(backend, 'scatter_softmax')
     if backend == 'auto':
-        return 'torch_scatter' if has_torch_scatter() else 'native'
+        return 'torch_scatter' if _has_torch_scatter() else 'native'
     return backend
 
 
@@ -122,8 +125,9 @@ def scatter_softmax(
         ptr (torch.Tensor, optional): CSR pointer ``[num_nodes + 1]`` when
             :obj:`index` is sorted; lets torch-scatter use segment
             reductions. (default: :obj:`None`)
-        backend (str, optional): ``'torch_scatter'``, ``'native'`` or
-            :obj:`None` for :func:`get_backend`. (default: :obj:`None`)
+        backend (str, optional): ``'torch_scatter'``, ``'native'``,
+            ``'auto'``, or :obj:`None` for the backend chosen with
+            :func:`pyg_gatv2.set_backends`. (default: :obj:`None`)
 
     Returns:
         torch.Tensor: Normalised weights, same shape and dtype as

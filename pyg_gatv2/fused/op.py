@@ -11,143 +11,41 @@ own autograd formula:
 - ``pyg_gatv2::gatv2_attention_backward`` recomputes the logits.
 
 Each runs the kernels of the backend chosen for the features' device and
-dtype when it runs, not when it is traced: C++ (or numba) on CPU, Triton on
-CUDA, chunked PyTorch elsewhere (:mod:`pyg_gatv2.backends`).
+dtype when it runs, not when it is traced (:mod:`pyg_gatv2.fused.backends`:
+C++ on CPU, Triton on CUDA, chunked PyTorch elsewhere).
 """
-import contextlib
-from collections.abc import Iterator
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .. import backends
-from . import chunked, cpp, reference
-from .csr import EdgeLayout, edge_layout, layout_of
-from .operands import Cotangents, Gradients, Operands, stats_dtype
+from . import backends, reference
+from .layout import EdgeLayout, edge_layout, layout_of
+from .operands import Cotangents, Operands, stats_dtype
 
-__all__ = ['fused_gatv2_attention',
-           'available_backends', 'set_backend', 'get_backend', 'use_backend']
+__all__ = ['fused_gatv2_attention']
 
 _NAME = 'fused_gatv2_attention'
-
-
-def _cpu_module():
-    """The numba kernels, or :obj:`None` where numba cannot be imported."""
-    try:
-        from . import cpu
-    except ImportError:
-        return None
-    return cpu
-
-
-def available_backends() -> Tuple[str, ...]:
-    """The backends usable on this machine, fastest first (also
-    :func:`pyg_gatv2.backends.available_fused_backends`)."""
-    return backends.available_fused_backends()
-
-
-def set_backend(backend: str) -> None:
-    """Selects the backend of :func:`fused_gatv2_attention` calls that do
-    not name one; the same as :func:`pyg_gatv2.backends.set_fused_backend`.
-
-    Args:
-        backend (str): ``'auto'``, ``'cpp'``, ``'numba'``, ``'triton'`` or
-            ``'torch'``.
-    """
-    backends.set_fused_backend(backend)
-
-
-def get_backend() -> str:
-    """The backend selected (``'auto'`` unless set)."""
-    return backends.get_fused_backend()
-
-
-@contextlib.contextmanager
-def use_backend(backend: str) -> Iterator[None]:
-    """Context manager that selects a fused-attention backend temporarily;
-    the same as ``pyg_gatv2.use_backends(fused=...)``."""
-    with backends.use_backends(fused=backend):
-        yield
-
-
-def _gpu_module():
-    from . import gpu
-    return gpu
-
-
-def _resolve_backend(backend: Optional[str], x: Tensor) -> str:
-    backend = backends.check_backend(
-        'fused', backends.get_fused_backend() if backend is None else
-        backend, _NAME)
-    cpu_ok = (x.device.type == 'cpu'
-              and x.dtype in (torch.float32, torch.float64))
-    triton_ok = (x.device.type == 'cuda'
-                 or (x.device.type == 'cpu'
-                     and backends.triton_interpreting()))
-    if backend == 'auto':
-        if cpu_ok and backends.cpp_kernels_built():
-            return 'cpp'
-        if cpu_ok and _cpu_module() is not None:
-            return 'numba'
-        if x.device.type == 'cuda' and backends.triton_runs_here():
-            return 'triton'
-        return 'torch'
-    if backend in ('cpp', 'numba') and not cpu_ok:
-        raise ValueError(
-            f"'{_NAME}' backend {backend!r} runs on CPU float32/float64 "
-            f"tensors (got {x.dtype} on {x.device}); use backend='torch'")
-    if backend == 'triton' and not triton_ok:
-        raise ValueError(
-            f"'{_NAME}' backend 'triton' runs on CUDA tensors, or on CPU "
-            f'tensors under TRITON_INTERPRET=1 (got {x.device}); use '
-            "backend='cpp', 'numba' or 'torch'")
-    return backend
-
-
-def _run_forward(backend: str, ops: Operands, want_alpha: bool,
-                 chunk_size: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    if backend == 'cpp':
-        return cpp.run_forward(ops, want_alpha)
-    if backend == 'numba':
-        return _cpu_module().run_forward(ops, want_alpha)
-    if backend == 'triton':
-        return _gpu_module().run_forward(ops, want_alpha)
-    return chunked.forward(ops, want_alpha, chunk_size)
-
-
-def _run_backward(backend: str, ops: Operands, cot: Cotangents,
-                  want_edge_grad: bool, want_src_grad: bool,
-                  chunk_size: int) -> Gradients:
-    if backend == 'cpp':
-        return cpp.run_backward(ops, cot, want_edge_grad, want_src_grad)
-    if backend == 'numba':
-        return _cpu_module().run_backward(ops, cot, want_edge_grad,
-                                          want_src_grad)
-    if backend == 'triton':
-        return _gpu_module().run_backward(ops, cot, want_edge_grad,
-                                          want_src_grad)
-    return chunked.backward(ops, cot, want_edge_grad, chunk_size)
 
 
 def _num_loops(num_src: int, num_dst: int, self_loops: bool) -> int:
     return min(num_src, num_dst) if self_loops else 0
 
 
+def _backend(name: Optional[str], x: Tensor) -> backends.Backend:
+    return backends.select(name, x.device, x.dtype, _NAME)
+
+
 def _operands(x_l: Tensor, x_r: Tensor, att: Tensor,
               csr: Tuple[Tensor, Tensor, Tensor], edge_term: Optional[Tensor],
               loop_term: Optional[Tensor], dropout_mask: Optional[Tensor],
               num_edges: int, self_loops: bool, negative_slope: float,
-              backend: Optional[str], chunk_size: Optional[int]
-              ) -> Tuple[Operands, str, int]:
+              chunk_size: Optional[int]) -> Operands:
     """What the kernels take, from the arguments of the ops: the operands
-    with their layout, the backend for these tensors, the chunk size."""
+    with their layout."""
     layout = layout_of(*csr, x_l.size(0), num_edges, self_loops)
-    ops = Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask, layout,
-                   negative_slope)
-    if chunk_size is None:
-        chunk_size = chunked.default_chunk_size(*att.shape)
-    return ops, _resolve_backend(backend, x_l), chunk_size
+    return Operands(x_l, x_r, att, edge_term, loop_term, dropout_mask,
+                    layout, negative_slope, chunk_size)
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -190,14 +88,13 @@ def _attention_op(
     float64 for float64 features) and the softmax weights [virtual edges, H]
     (empty unless ``want_alpha``) of :func:`fused_gatv2_attention`, on the
     backend chosen for the features' device and dtype."""
-    ops, backend, chunk_size = _operands(
-        x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term, loop_term,
-        dropout_mask, num_edges, self_loops, negative_slope, backend,
-        chunk_size)
+    ops = _operands(x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term,
+                    loop_term, dropout_mask, num_edges, self_loops,
+                    negative_slope, chunk_size)
     # The inputs arrive in the dtype to compute in; autocast must not lower
     # the precision of the sums inside.
     with torch.autocast(x_l.device.type, enabled=False):
-        out, lse, alpha = _run_forward(backend, ops, want_alpha, chunk_size)
+        out, lse, alpha = _backend(backend, x_l).forward(ops, want_alpha)
     return (out, lse.to(stats_dtype(x_l.dtype)),
             _absent(x_l).view(0, att.size(0)) if alpha is None else alpha)
 
@@ -227,21 +124,20 @@ def _attention_backward_op(
     """The gradients of ``x_l`` (empty unless ``want_src_grad``), ``x_r``,
     ``att`` and the edge terms (empty unless ``want_edge_grad``): a pass by
     destination and, for ``x_l``, one by source, recomputing the logits."""
-    ops, backend, chunk_size = _operands(
-        x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term, loop_term,
-        dropout_mask, num_edges, self_loops, negative_slope, backend,
-        chunk_size)
+    ops = _operands(x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term,
+                    loop_term, dropout_mask, num_edges, self_loops,
+                    negative_slope, chunk_size)
+    kernels = _backend(backend, x_l)
     grad_out = grad_out.contiguous()
     if grad_alpha is not None:
         grad_alpha = grad_alpha.contiguous()
     if out is None:
-        # Forward did not keep its output (the C++ kernels): they sum D_i
-        # over the in-edges of each node themselves.
-        if backend != 'cpp':
+        # Forward did not keep its output: these kernels sum D_i over the
+        # in-edges of each node themselves.
+        if kernels.needs_output:
             raise RuntimeError(
-                f"'{_NAME}': backward on backend {backend!r} needs the "
-                "forward output, which forward on backend 'cpp' did not "
-                'keep')
+                f"'{_NAME}': backward on backend {kernels.name!r} needs "
+                'the forward output, which forward did not keep')
         delta = None
     else:
         # D_i = <grad_i, out_i> turns the softmax backward into a local
@@ -255,8 +151,7 @@ def _attention_backward_op(
             delta.index_add_(0, ops.layout.dst_row, weighted.to(lse.dtype))
     cot = Cotangents(grad_out, grad_alpha, lse, delta)
     with torch.autocast(x_l.device.type, enabled=False):
-        grads = _run_backward(backend, ops, cot, want_edge_grad,
-                              want_src_grad, chunk_size)
+        grads = kernels.backward(ops, cot, want_edge_grad, want_src_grad)
     return (grads.x_l if want_src_grad else _absent(x_l), grads.x_r,
             grads.att,
             grads.edge_term if want_edge_grad else _absent(x_l),
@@ -285,11 +180,12 @@ def _setup_context(ctx, inputs, output) -> None:
     out, lse, alpha = output
     (ctx.num_edges, ctx.self_loops, ctx.negative_slope, _, backend,
      ctx.chunk_size) = inputs[_NUM_TENSORS:]
-    # Backward runs on the backend that forward ran on. The C++ kernels
-    # need not keep the output: they sum D_i over the edges.
-    ctx.backend = _resolve_backend(backend, inputs[_X_L])
+    # Backward runs on the backend that forward ran on. Backends whose
+    # backward sums D_i over the edges need not keep the output.
+    kernels = _backend(backend, inputs[_X_L])
+    ctx.backend = kernels.name
     ctx.save_for_backward(*inputs[:_NUM_TENSORS],
-                          None if ctx.backend == 'cpp' else out, lse, alpha)
+                          out if kernels.needs_output else None, lse, alpha)
 
 
 def _backward(ctx, grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
@@ -456,12 +352,12 @@ def fused_gatv2_attention(
             the rows of ignored edges ``i -> i`` are zero.
             (default: :obj:`False`)
         backend (str, optional): ``'cpp'`` (multi-threaded C++ CPU
-            kernels), ``'numba'`` (the same in numba), ``'triton'`` (CUDA
-            tensors; CPU tensors in Triton's interpreter), ``'torch'``
-            (chunked PyTorch, any device) or ``'auto'`` (cpp, else numba,
-            for CPU float32/float64 tensors, Triton for CUDA tensors, else
-            torch); :obj:`None` takes the one chosen with
-            :func:`pyg_gatv2.set_fused_backend`. (default: :obj:`None`)
+            kernels), ``'triton'`` (CUDA tensors; CPU tensors in Triton's
+            interpreter), ``'torch'`` (chunked PyTorch, any device) or
+            ``'auto'`` (the first of these that runs the features' device
+            and dtype; see :mod:`pyg_gatv2.fused.backends`); :obj:`None`
+            takes the one chosen with :func:`pyg_gatv2.set_backends`.
+            (default: :obj:`None`)
         chunk_size (int, optional): Edges per chunk of the torch backend.
             (default: about :math:`2^{20}` / (heads * channels))
 

@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .csr import EdgeLayout
+from .layout import EdgeLayout
 
 __all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype',
            'gradient_buffers']
@@ -26,6 +26,8 @@ class Operands(NamedTuple):
             :obj:`None`.
         layout: The sorted edges.
         negative_slope: LeakyReLU slope.
+        chunk_size: Edges per chunk of the torch backend, or :obj:`None`
+            for its default; the kernels of other backends ignore it.
     """
     x_l: Tensor
     x_r: Tensor
@@ -35,6 +37,7 @@ class Operands(NamedTuple):
     dropout_mask: Optional[Tensor]
     layout: EdgeLayout
     negative_slope: float
+    chunk_size: Optional[int] = None
 
 
 class Cotangents(NamedTuple):

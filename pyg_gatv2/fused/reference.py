@@ -12,7 +12,7 @@ from torch import Tensor
 from torch_geometric.utils import softmax
 
 from ..functional import gatv2_logits
-from .csr import EdgeLayout
+from .layout import EdgeLayout
 
 __all__ = ['attention']
 

@@ -5,7 +5,7 @@ in one call.
 
 An epoch is a pass of :func:`train_epoch` over batches (the whole graph is
 one batch), then :func:`evaluate`; the run's state and its checkpoints live
-in :mod:`pyg_gatv2.training.checkpoint`.
+in :mod:`pyg_gatv2.experiments.training.checkpoint`.
 """
 import contextlib
 import inspect
@@ -22,7 +22,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ..checks import check_positive_ints
+from pyg_gatv2.checks import check_positive_ints
 from .checkpoint import Checkpoints, RunState
 from .distributed import all_reduce_sum, heartbeat, is_main, world, wrap
 from .early_stopping import EarlyStopping
@@ -119,7 +119,7 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
                 batches: Iterable[Data]) -> Tensor:
     """One optimizer step per batch on the cross-entropy of its training
     nodes (``batch.train_mask``), multiplied by ``batch.loss_scale`` where
-    the batch has one (see :mod:`pyg_gatv2.training.sampling`). A batch
+    the batch has one (see :mod:`pyg_gatv2.experiments.training.sampling`). A batch
     with ``num_seeds`` passes it to a model whose forward takes it, which
     then returns the seeds' outputs only. Returns the
     loss averaged over the training nodes of all batches, and of all
@@ -259,7 +259,7 @@ def fit(
     reproducible run (:func:`train_node_classifier` does both).
 
     Under a :mod:`torch.distributed` process group (see
-    :mod:`pyg_gatv2.training.distributed`) every process calls :func:`fit`
+    :mod:`pyg_gatv2.experiments.training.distributed`) every process calls :func:`fit`
     with the same arguments: the training steps run through
     :class:`~torch.nn.parallel.DistributedDataParallel`, each process on its
     share of the training nodes; every process evaluates the whole graph
@@ -285,7 +285,7 @@ def fit(
             forward passes, e.g. ``torch.compile(model)``; its parameters must
             be those of :obj:`model`. (default: :obj:`model`)
         batches (FullBatch or NeighborBatches, optional): What each epoch
-            trains on (see :mod:`pyg_gatv2.training.sampling`); its batches
+            trains on (see :mod:`pyg_gatv2.experiments.training.sampling`); its batches
             are on :obj:`data`'s device. (default: :obj:`FullBatch(data)`)
         best_path (str or os.PathLike, optional): Where to save the best
             model: a dictionary with ``'model'`` (the state dict), the best
@@ -324,7 +324,7 @@ def fit(
     if not isinstance(batches, (FullBatch, NeighborBatches)):
         raise ValueError(f"'fit' got batches={batches!r}; pass "
                          'FullBatch(data) or NeighborBatches(data, ...) '
-                         'from pyg_gatv2.training')
+                         'from pyg_gatv2.experiments.training')
     device = data.x.device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr,
                                  weight_decay=weight_decay)
@@ -400,7 +400,7 @@ def train_node_classifier(
 
     With :obj:`batch_size`, each epoch trains on mini-batches of training
     nodes with their sampled neighbourhoods (see
-    :class:`~pyg_gatv2.training.sampling.NeighborBatches`, which needs
+    :class:`~pyg_gatv2.experiments.training.sampling.NeighborBatches`, which needs
     torch-sparse or pyg-lib); without, on the whole graph. Under a
     :mod:`torch.distributed` process group every process calls this with
     the same arguments (see :func:`fit`).

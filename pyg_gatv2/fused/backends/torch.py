@@ -1,6 +1,7 @@
-"""Pure-PyTorch fused GATv2 attention, chunked over edges (any device).
+"""The torch backend: the fused attention in PyTorch operations, chunked
+over the edges, on any device and dtype.
 
-The same computation as the CPU kernels, in plain tensor operations over
+The same computation as the C++ kernels, in plain tensor operations over
 chunks of edges in destination order: no tensor of shape
 ``[num_edges, heads, channels]`` is materialised, only chunks of at most
 ``chunk_size`` edges, and only per-node statistics are kept for backward,
@@ -15,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .csr import EdgeLayout
-from .operands import Cotangents, Gradients, Operands
+from ..layout import EdgeLayout
+from ..operands import Cotangents, Gradients, Operands
+from . import Backend
 
-__all__ = ['forward', 'backward', 'default_chunk_size']
+__all__ = ['BACKEND', 'forward', 'backward', 'default_chunk_size']
 
 # Elements (edges x heads x channels) per chunk: large enough that the
 # per-chunk Python overhead is small, small enough that the temporaries of a
@@ -74,7 +76,7 @@ def forward(ops: Operands, want_alpha: bool, chunk_size: int
             ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Returns ``out`` [N_dst, H, C], ``lse`` [N_dst, H] and, if
     ``want_alpha``, the softmax weights [virtual edges, H]."""
-    x_l, x_r, att, edge_term, loop_term, mask, layout, slope = ops
+    x_l, x_r, att, edge_term, loop_term, mask, layout, slope = ops[:8]
     H, C = att.shape
     n, num = layout.num_dst, layout.num_kept
     row, col, eid = layout.dst_row, layout.dst_col, layout.dst_eid
@@ -112,7 +114,7 @@ def backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
              chunk_size: int) -> Gradients:
     """The gradients of the operands; those of the edge terms only with
     ``want_edge_grad``."""
-    x_l, x_r, att, edge_term, loop_term, mask, layout, slope = ops
+    x_l, x_r, att, edge_term, loop_term, mask, layout, slope = ops[:8]
     grad_out, grad_alpha, lse, delta = cot
     num = layout.num_kept
     row, col, eid = layout.dst_row, layout.dst_col, layout.dst_eid
@@ -155,3 +157,30 @@ def backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
             grad_loop.index_copy_(0, e[loop] - layout.num_edges, dz[loop])
         grad_xl.index_add_(0, j, dz.addcmul_(g, weight.unsqueeze(-1)))
     return Gradients(grad_xl, grad_xr, grad_att, grad_edge, grad_loop)
+
+
+class TorchBackend(Backend):
+    name = 'torch'
+    summary = 'PyTorch operations chunked over the edges (any device)'
+    devices = ('cpu', 'cuda', 'mps', 'xpu')
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+    def runs_on(self, device: torch.device) -> bool:
+        return True
+
+    def forward(self, ops: Operands, want_alpha: bool
+                ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        return forward(ops, want_alpha, _chunk_size(ops))
+
+    def backward(self, ops: Operands, cot: Cotangents, want_edge_grad: bool,
+                 want_src_grad: bool) -> Gradients:
+        return backward(ops, cot, want_edge_grad, _chunk_size(ops))
+
+
+def _chunk_size(ops: Operands) -> int:
+    if ops.chunk_size is not None:
+        return ops.chunk_size
+    return default_chunk_size(*ops.att.shape)
+
+
+BACKEND = TorchBackend()

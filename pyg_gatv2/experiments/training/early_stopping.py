@@ -2,7 +2,7 @@
 import math
 from typing import Any
 
-from ..checks import check_positive_ints
+from pyg_gatv2.checks import check_positive_ints
 
 __all__ = ['EarlyStopping', 'STOP_CRITERIA']
 

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from .. import checks
 from ..checks import check_edge_index, check_index_range
+from . import cpp_library
 
 __all__ = ['EdgeLayout', 'edge_layout', 'layout_of', 'clear_layout_cache']
 
@@ -156,14 +157,11 @@ class EdgeLayout:
 
 def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
     """The offsets of the runs of ``0 .. num_keys - 1`` in ``keys`` sorted
-    (whose range is checked), and the stable order that sorts them."""
-    if keys.device.type == 'cpu':
-        try:
-            from .cpu import bucket_order
-        except ImportError:  # numba cannot be imported
-            pass
-        else:
-            return bucket_order(keys, num_keys)
+    (whose range is checked), and the stable order that sorts them: by
+    counting in the C++ library on CPU, in time linear in the keys, else
+    with torch's stable sort."""
+    if keys.device.type == 'cpu' and cpp_library.load() is not None:
+        return cpp_library.counting_sort(keys, num_keys)
     # Not bincount: it reads the maximum back to the host to size its
     # output.
     deg = torch.zeros(num_keys, dtype=torch.long, device=keys.device

@@ -37,15 +37,15 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from pyg_gatv2.datasets.dictionary_lookup import DictionaryLookup
-from pyg_gatv2.models import DictionaryLookupNet
-from pyg_gatv2.training.checkpoint import (
+from pyg_gatv2.experiments.datasets.dictionary_lookup import DictionaryLookup
+from pyg_gatv2.experiments.lookup_model import DictionaryLookupNet
+from pyg_gatv2.experiments.training.checkpoint import (
     cpu_state,
     rng_state,
     save_atomic,
     set_rng_state,
 )
-from pyg_gatv2.training.results import TrainingDivergedError
+from pyg_gatv2.experiments.training.results import TrainingDivergedError
 
 __all__ = [
     'LookupBatch',
@@ -80,7 +80,7 @@ class LookupBatcher:
     permutations.
 
     The result equals :meth:`torch_geometric.data.Batch.from_data_list` on
-    the graphs of :func:`~pyg_gatv2.datasets.dictionary_lookup_graph`. The
+    the graphs of :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`. The
     ``edge_index``, ``query_mask`` and ``batch`` tensors depend only on the
     number of graphs and are built once per batch size, on :obj:`device`.
 
@@ -315,7 +315,7 @@ def _evaluate(model: torch.nn.Module, batcher: LookupBatcher, perms: Tensor,
 def evaluate_lookup(model: torch.nn.Module,
                     graphs: Union[Tensor, Sequence[Data]],
                     batch_size: int = 1024) -> tuple[float, float]:
-    """Accuracy of a :class:`~pyg_gatv2.models.DictionaryLookupNet` on
+    """Accuracy of a :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` on
     DictionaryLookup graphs, in evaluation mode (no dropout).
 
     Args:
@@ -323,7 +323,7 @@ def evaluate_lookup(model: torch.nn.Module,
         graphs (torch.Tensor or Sequence[Data]): The graphs, as their
             permutations (``[num_graphs, k]``, e.g.
             :obj:`DictionaryLookup(k).test_permutations`) or as graphs of
-            :func:`~pyg_gatv2.datasets.dictionary_lookup_graph` (e.g.
+            :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph` (e.g.
             :obj:`DictionaryLookup(k).test_dataset`).
         batch_size (int, optional): Graphs per forward pass.
             (default: :obj:`1024`)
@@ -372,8 +372,8 @@ def train_lookup(
     progress: bool = True,
     desc: Optional[str] = None,
 ) -> LookupResult:
-    """Trains a :class:`~pyg_gatv2.models.DictionaryLookupNet` on the
-    training graphs of a :class:`~pyg_gatv2.datasets.DictionaryLookup` with
+    """Trains a :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` on the
+    training graphs of a :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup` with
     :obj:`recipe` and evaluates it on both splits.
 
     Each epoch is one pass over the training graphs in a fresh random
@@ -687,7 +687,7 @@ def run_lookup_sweep(
 
     Each run builds ``DictionaryLookup(k, seed=seed)`` and, after
     :func:`torch.manual_seed` with the same seed, a
-    :class:`~pyg_gatv2.models.DictionaryLookupNet`, which
+    :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet`, which
     :func:`train_lookup` trains. With :obj:`resume`, the runs already in
     :obj:`json_path` are kept and not retrained, and a run that was cut
     short continues from its checkpoint in :obj:`checkpoint_dir`.
@@ -699,9 +699,9 @@ def run_lookup_sweep(
         recipe (LookupRecipe, optional): The training settings.
             (default: :obj:`LookupRecipe()`)
         hidden_channels, readout, dropout: As in
-            :class:`~pyg_gatv2.models.DictionaryLookupNet`.
+            :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet`.
         train_fraction, max_graphs: As in
-            :class:`~pyg_gatv2.datasets.DictionaryLookup`.
+            :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup`.
         device (str or torch.device, optional): Where to train.
             (default: ``'cpu'``)
         checkpoint_dir (str or os.PathLike, optional): Folder of the

@@ -20,18 +20,19 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from pyg_gatv2 import __version__
-from pyg_gatv2.datasets import load_ogb, load_planetoid, ogb_accuracy
-from pyg_gatv2.datasets.ogb import OGB_NAMES
-from pyg_gatv2.datasets.planetoid import _default_root
-from pyg_gatv2.lookup import (
+from pyg_gatv2.experiments.datasets import load_ogb, load_planetoid, ogb_accuracy
+from pyg_gatv2.experiments.datasets.ogb import OGB_NAMES
+from pyg_gatv2.experiments.datasets.planetoid import _default_root
+from pyg_gatv2.experiments.lookup import (
     LookupRecipe,
     LookupResult,
     LookupRun,
     run_lookup_sweep,
 )
-from pyg_gatv2.models import LOOKUP_CONVS, LOOKUP_READOUTS, GATv2
-from pyg_gatv2.plots import plot_dictionary_lookup, plot_training_curves
-from pyg_gatv2.training import (
+from pyg_gatv2.experiments.lookup_model import LOOKUP_CONVS, LOOKUP_READOUTS
+from pyg_gatv2.models import GATv2
+from pyg_gatv2.experiments.plots import plot_dictionary_lookup, plot_training_curves
+from pyg_gatv2.experiments.training import (
     PAPER_SETTINGS,
     STOP_CRITERIA,
     SeedResult,
@@ -40,7 +41,7 @@ from pyg_gatv2.training import (
     resolve_device,
     train_node_classifier,
 )
-from pyg_gatv2.training.distributed import (
+from pyg_gatv2.experiments.training.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
     is_main,
@@ -48,7 +49,7 @@ from pyg_gatv2.training.distributed import (
     process_group,
     world,
 )
-from pyg_gatv2.training.sampling import (
+from pyg_gatv2.experiments.training.sampling import (
     SamplingUnavailableError,
     check_sampling,
 )

@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pyg_gatv2.lookup import LookupResult
-from pyg_gatv2.training.results import TrainResult
+from pyg_gatv2.experiments.lookup import LookupResult
+from pyg_gatv2.experiments.training.results import TrainResult
 
 __all__ = ['plot_dictionary_lookup', 'plot_training_curves']
 
@@ -73,7 +73,7 @@ def plot_training_curves(
 
     Args:
         result (TrainResult): What
-            :func:`~pyg_gatv2.training.train_node_classifier` returned.
+            :func:`~pyg_gatv2.experiments.training.train_node_classifier` returned.
         path (str or os.PathLike): The PNG file to write.
         title (str, optional): The figure title; the seed count and test
             accuracy are added below it. (default: :obj:`None`)
@@ -211,7 +211,7 @@ def plot_dictionary_lookup(
 
     Args:
         results (Sequence[LookupResult]): What
-            :func:`~pyg_gatv2.lookup.train_lookup` returned, for one or more
+            :func:`~pyg_gatv2.experiments.lookup.train_lookup` returned, for one or more
             layers, heads, sizes and seeds.
         path (str or os.PathLike): The PNG file to write.
         attention_k (int, optional): The size whose attention to show.

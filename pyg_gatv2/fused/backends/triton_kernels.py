@@ -1,7 +1,8 @@
-"""Triton kernels of the fused GATv2 attention (GPUs; CPU tensors under
-``TRITON_INTERPRET=1``).
+"""The Triton kernels of the fused GATv2 attention and their launches (GPUs;
+CPU tensors under ``TRITON_INTERPRET=1``). Imported by the triton backend
+only when it runs, since it imports triton.
 
-The algorithm of the numba kernels, one program per (node, head):
+The algorithm of the C++ kernels, one program per (node, head):
 
 - ``_forward``: per destination node, its in-edges (CSR order) in blocks of
   ``BLOCK_E``; the logits of a block are computed on the fly and folded into
@@ -25,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .operands import (
+from ..operands import (
     Cotangents,
     Gradients,
     Operands,

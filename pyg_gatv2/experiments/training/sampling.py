@@ -3,7 +3,7 @@ subgraphs sampled around mini-batches of training nodes
 (:class:`NeighborBatches`, through PyG's
 :class:`~torch_geometric.loader.NeighborLoader`).
 
-Both hand :func:`~pyg_gatv2.training.train_epoch` batches whose
+Both hand :func:`~pyg_gatv2.experiments.training.train_epoch` batches whose
 ``train_mask`` marks the nodes the loss is taken on and whose
 ``loss_scale`` weighs that loss so that, under data-parallel training, the
 gradient averaged over the processes is the gradient of the mean loss over
@@ -20,7 +20,7 @@ import torch_geometric.typing
 from torch import Tensor
 from torch_geometric.data import Data
 
-from ..checks import check_positive_ints
+from pyg_gatv2.checks import check_positive_ints
 from .distributed import world
 
 __all__ = ['FullBatch', 'NeighborBatches', 'SamplingUnavailableError',

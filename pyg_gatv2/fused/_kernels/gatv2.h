@@ -1,0 +1,138 @@
+// The C interface of the CPU kernels of the fused GATv2 attention.
+//
+// Every pass takes one record of named fields (Gatv2Args), mirrored field
+// for field by a ctypes.Structure in pyg_gatv2/fused/backends/cpp.py. The
+// library reports its ABI version and the name and offset of every field
+// (gatv2_args_layout), which the Python side compares with its own record
+// when it loads the library: a library built from other sources is refused
+// with an error, never called with a record it reads differently.
+//
+// Floating-point arrays hold float32 or float64 values (the field dtype);
+// index arrays hold int64. Absent optional arrays are null pointers.
+#ifndef PYG_GATV2_GATV2_H_
+#define PYG_GATV2_GATV2_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Raised whenever a field of Gatv2Args or Gatv2SortArgs is added, removed,
+// moved or changes type, or an entry point changes what it reads or writes.
+#define GATV2_ABI_VERSION 1
+
+enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
+
+// What the entry points return.
+enum Gatv2Status {
+  GATV2_OK = 0,
+  GATV2_BAD_DTYPE = 1,      // dtype is neither GATV2_FLOAT32 nor FLOAT64
+  GATV2_MISSING_ARRAY = 2,  // a required array is a null pointer
+  GATV2_BAD_SIZE = 3,       // a size or count is negative or zero
+  GATV2_BAD_INDEX = 4,      // a sort key outside [0, num_keys)
+};
+
+// The fields of Gatv2Args, in order: X(type, name). The struct, and the
+// layout that gatv2_args_layout reports, are both made from this list.
+#define GATV2_ARGS_FIELDS(X)                                                 \
+  /* The problem: dtype of the features, shape, edges, LeakyReLU slope. */  \
+  X(int64_t, dtype)                                                          \
+  X(int64_t, heads)                                                          \
+  X(int64_t, channels)                                                       \
+  X(int64_t, num_edges)                                                      \
+  X(double, negative_slope)                                                  \
+  X(int64_t, num_threads)                                                    \
+  /* Inputs: [num_src, H, C], [num_dst, H, C], [H, C]; the edge terms    */  \
+  /* [num_edges, H, C] and [num_loops, H, C]; the dropout mask           */  \
+  /* [virtual edges, H]. */                                                  \
+  X(const void*, x_l)                                                        \
+  X(const void*, x_r)                                                        \
+  X(const void*, att)                                                        \
+  X(const void*, edge_term)                                                  \
+  X(const void*, loop_term)                                                  \
+  X(const void*, dropout_mask)                                               \
+  /* The edges by destination: CSR offsets [num_dst + 1], source node and  */\
+  /* virtual edge id per CSR position, and the bounds of the work ranges   */\
+  /* [num_dst_ranges + 1]. */                                                \
+  X(const int64_t*, dst_ptr)                                                 \
+  X(const int64_t*, dst_col)                                                 \
+  X(const int64_t*, dst_eid)                                                 \
+  X(const int64_t*, dst_bounds)                                              \
+  X(int64_t, num_dst_ranges)                                                 \
+  /* The edges by source (backward_src): CSC offsets [num_src + 1], the    */\
+  /* CSR position and destination of each, and the work ranges. */           \
+  X(const int64_t*, src_ptr)                                                 \
+  X(const int64_t*, src_pos)                                                 \
+  X(const int64_t*, src_row)                                                 \
+  X(const int64_t*, src_bounds)                                              \
+  X(int64_t, num_src_ranges)                                                 \
+  /* forward writes out [num_dst, H, C], lse [num_dst, H] and, if not null, */\
+  /* alpha [virtual edges, H]. */                                            \
+  X(void*, out)                                                              \
+  X(void*, lse)                                                              \
+  X(void*, alpha)                                                            \
+  /* backward_dst reads grad_out, lse, grad_alpha (or null) and delta (or  */\
+  /* null: it sums D_i itself); writes grad_x_r, grad_edge and grad_loop   */\
+  /* (or null), grad_att [num_dst_ranges, H, C], and per CSR position and  */\
+  /* head msg_weight and grad_logit, which backward_src reads to write     */\
+  /* grad_x_l. */                                                            \
+  X(const void*, grad_out)                                                   \
+  X(const void*, grad_alpha)                                                 \
+  X(const void*, delta)                                                      \
+  X(void*, grad_x_l)                                                         \
+  X(void*, grad_x_r)                                                         \
+  X(void*, grad_edge)                                                        \
+  X(void*, grad_loop)                                                        \
+  X(void*, grad_att)                                                         \
+  X(void*, msg_weight)                                                       \
+  X(void*, grad_logit)
+
+#define GATV2_DECLARE_FIELD(type, name) type name;
+typedef struct Gatv2Args {
+  GATV2_ARGS_FIELDS(GATV2_DECLARE_FIELD)
+} Gatv2Args;
+
+// A counting sort of keys in [0, num_keys): offsets [num_keys + 1] of each
+// key's run, and the stable order that sorts the keys.
+#define GATV2_SORT_FIELDS(X)                                                 \
+  X(const int64_t*, keys)                                                    \
+  X(int64_t, num_items)                                                      \
+  X(int64_t, num_keys)                                                       \
+  X(int64_t*, ptr)                                                           \
+  X(int64_t*, order)
+
+typedef struct Gatv2SortArgs {
+  GATV2_SORT_FIELDS(GATV2_DECLARE_FIELD)
+} Gatv2SortArgs;
+#undef GATV2_DECLARE_FIELD
+
+int64_t gatv2_abi_version(void);
+// "name:offset:size,..." for every field of Gatv2Args, then ";" and the
+// same for Gatv2SortArgs.
+const char* gatv2_args_layout(void);
+
+// The CPU levels the kernels are compiled for, best first
+// ("avx512,avx2,default" on x86-64), those this CPU runs, and the one in
+// use (at load: the best this CPU runs).
+const char* gatv2_capabilities(void);
+const char* gatv2_supported_capabilities(void);
+const char* gatv2_capability(void);
+// Selects a level by name; 0 on success, -1 for an unknown name, -2 for a
+// level this CPU cannot run.
+int gatv2_set_capability(const char* name);
+
+// Whether float32 kernels run heads x channels with the shape fixed at
+// compile time.
+int gatv2_fixed_shape(int64_t heads, int64_t channels);
+
+int gatv2_forward(const Gatv2Args* args);
+int gatv2_backward_dst(const Gatv2Args* args);
+int gatv2_backward_src(const Gatv2Args* args);
+int gatv2_counting_sort(const Gatv2SortArgs* args);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // PYG_GATV2_GATV2_H_

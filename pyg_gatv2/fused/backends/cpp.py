@@ -1,0 +1,111 @@
+"""The C++ backend: multi-threaded CPU kernels for float32 and float64.
+
+The passes of the library that :mod:`pyg_gatv2.fused.cpp_library` loads,
+on the tensors' memory, with no copies. The CPU level it runs is
+:func:`pyg_gatv2.fused.cpp_library.capability`.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import cpp_library
+from ..cpp_library import call, pointer
+from ..operands import Cotangents, Gradients, Operands, gradient_buffers
+from . import Backend
+
+__all__ = ['BACKEND']
+
+
+def _num_chunks() -> int:
+    # Several ranges per thread even out the work left after the balancing
+    # by edge count; OpenMP hands them out dynamically.
+    return 8 * torch.get_num_threads()
+
+
+def _record(ops: Operands) -> cpp_library.Args:
+    """The fields every pass reads: the problem, the inputs and the edges
+    by destination."""
+    layout = ops.layout
+    H, C = ops.att.shape
+    bounds = layout.bounds('dst', _num_chunks())
+    return cpp_library.Args(
+        dtype=cpp_library.DTYPES[ops.x_l.dtype], heads=H, channels=C,
+        num_edges=layout.num_edges, negative_slope=ops.negative_slope,
+        num_threads=torch.get_num_threads(), x_l=pointer(ops.x_l),
+        x_r=pointer(ops.x_r), att=pointer(ops.att), edge_term=pointer(ops.edge_term),
+        loop_term=pointer(ops.loop_term),
+        dropout_mask=pointer(ops.dropout_mask), dst_ptr=pointer(layout.dst_ptr),
+        dst_col=pointer(layout.dst_col), dst_eid=pointer(layout.dst_eid),
+        dst_bounds=pointer(bounds), num_dst_ranges=max(bounds.size - 1, 0))
+
+
+class CppBackend(Backend):
+    name = 'cpp'
+    summary = 'multi-threaded C++ CPU kernels (OpenMP)'
+    devices = ('cpu', )
+    dtypes = (torch.float32, torch.float64)
+    needs_output = False
+
+    def unavailable_reason(self) -> Optional[str]:
+        if cpp_library.load() is None:
+            return ('the C++ kernels were not built (no C++ compiler with '
+                    "OpenMP when the package was installed): reinstall "
+                    "with one ('pip install .')")
+        return None
+
+    def forward(self, ops: Operands, want_alpha: bool
+                ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        layout = ops.layout
+        H, C = ops.att.shape
+        out = ops.x_l.new_empty(layout.num_dst, H, C)
+        lse = ops.x_l.new_empty(layout.num_dst, H)
+        alpha = (ops.x_l.new_zeros(layout.num_virtual, H) if want_alpha
+                 else None)
+        record = _record(ops)
+        record.out, record.lse, record.alpha = (pointer(out), pointer(lse),
+                                                pointer(alpha))
+        call('gatv2_forward', record)
+        return out, lse, alpha
+
+    def backward(self, ops: Operands, cot: Cotangents, want_edge_grad: bool,
+                 want_src_grad: bool) -> Gradients:
+        layout = ops.layout
+        H, C = ops.att.shape
+        dtype = ops.x_l.dtype
+        grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
+            ops, want_edge_grad, want_src_grad)
+        record = _record(ops)
+        grad_att = ops.x_l.new_empty(record.num_dst_ranges, H, C)
+        msg_weight = ops.x_l.new_empty(layout.num_kept, H)
+        grad_logit = ops.x_l.new_empty(layout.num_kept, H)
+        # Kept alive until the kernels return: the record holds only their
+        # addresses.
+        grad_out, lse = (t.to(dtype).contiguous()
+                         for t in (cot.grad_out, cot.lse))
+        # Without delta the kernel sums D_i over each node's in-edges.
+        delta = (None if cot.delta is None else
+                 cot.delta.to(dtype).contiguous())
+        grad_alpha = (None if cot.grad_alpha is None else
+                      cot.grad_alpha.to(dtype).contiguous())
+        record.grad_out, record.lse = pointer(grad_out), pointer(lse)
+        record.delta, record.grad_alpha = pointer(delta), pointer(grad_alpha)
+        record.grad_x_r, record.grad_att = pointer(grad_xr), pointer(grad_att)
+        record.grad_edge, record.grad_loop = (pointer(grad_edge),
+                                              pointer(grad_loop))
+        record.msg_weight = pointer(msg_weight)
+        record.grad_logit = pointer(grad_logit)
+        call('gatv2_backward_dst', record)
+        if want_src_grad:
+            src_ptr, src_pos, src_row = layout.csc
+            bounds = layout.bounds('src', _num_chunks())
+            record.src_ptr, record.src_pos = pointer(src_ptr), pointer(src_pos)
+            record.src_row, record.src_bounds = pointer(src_row), pointer(bounds)
+            record.num_src_ranges = max(bounds.size - 1, 0)
+            record.grad_x_l = pointer(grad_xl)
+            call('gatv2_backward_src', record)
+        return Gradients(grad_xl, grad_xr, grad_att.sum(0), grad_edge,
+                         grad_loop)
+
+
+BACKEND = CppBackend()

@@ -1,0 +1,222 @@
+"""The compiled C++ library of the fused attention: its loading, its
+argument records, its CPU levels and its counting sort.
+
+The kernels (``pyg_gatv2/fused/_kernels/``) are compiled with OpenMP into
+one library when the package is installed (``setup.py``) and loaded here
+through :mod:`ctypes`, so that they depend on neither torch's nor Python's
+headers; :mod:`pyg_gatv2.fused.backends.cpp` runs its passes. Each pass takes one record of named fields, :class:`Args`, the
+mirror of ``Gatv2Args`` in ``gatv2.h``; the library reports its ABI
+version and where each field lies, and a library that does not match this
+module is refused when it loads.
+
+The library holds the kernels compiled for several CPU levels (``default``,
+``avx2``, ``avx512`` on x86-64) and runs the best one this CPU supports;
+``PYG_GATV2_CPU_CAPABILITY`` names another, as PyTorch's
+``ATEN_CPU_CAPABILITY`` does. :func:`capability` says which one runs.
+
+Without a C++ compiler at install time the library is absent: the C++
+backend then reports itself unavailable and ``'auto'`` runs the torch
+backend, and edge layouts are sorted by torch.
+"""
+import ctypes
+import functools
+import importlib.machinery
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ['Args', 'SortArgs', 'LibraryMismatch', 'ABI_VERSION',
+           'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load', 'capability',
+           'capabilities', 'fixed_shape', 'pointer', 'call', 'counting_sort']
+
+ABI_VERSION = 1
+CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
+# A library to load instead of the one built beside this module: a build
+# with sanitizers (make sanitize), or one built elsewhere.
+LIBRARY_ENV = 'PYG_GATV2_CPP_LIBRARY'
+_STEM = '_cpp'
+# The dtype codes of gatv2.h.
+DTYPES = {torch.float32: 0, torch.float64: 1}
+_STATUS = {1: 'an unsupported dtype', 2: 'a required array missing',
+           3: 'a negative or zero size', 4: 'a sort key out of range'}
+# One zeroed element whose address stands for arrays that are present but
+# empty: their own data pointer may be null, which means "absent".
+_EMPTY = np.zeros(1, dtype=np.float64)
+
+_P, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+
+
+class Args(ctypes.Structure):
+    """The argument record of every pass (``Gatv2Args`` in ``gatv2.h``,
+    which documents the fields)."""
+    _fields_ = [
+        ('dtype', _I64), ('heads', _I64), ('channels', _I64),
+        ('num_edges', _I64), ('negative_slope', _F64), ('num_threads', _I64),
+        ('x_l', _P), ('x_r', _P), ('att', _P), ('edge_term', _P),
+        ('loop_term', _P), ('dropout_mask', _P),
+        ('dst_ptr', _P), ('dst_col', _P), ('dst_eid', _P),
+        ('dst_bounds', _P), ('num_dst_ranges', _I64),
+        ('src_ptr', _P), ('src_pos', _P), ('src_row', _P),
+        ('src_bounds', _P), ('num_src_ranges', _I64),
+        ('out', _P), ('lse', _P), ('alpha', _P),
+        ('grad_out', _P), ('grad_alpha', _P), ('delta', _P),
+        ('grad_x_l', _P), ('grad_x_r', _P), ('grad_edge', _P),
+        ('grad_loop', _P), ('grad_att', _P), ('msg_weight', _P),
+        ('grad_logit', _P),
+    ]
+
+
+class SortArgs(ctypes.Structure):
+    """The record of the counting sort (``Gatv2SortArgs``)."""
+    _fields_ = [('keys', _P), ('num_items', _I64), ('num_keys', _I64),
+                ('ptr', _P), ('order', _P)]
+
+
+def _layout(record) -> str:
+    return ''.join(f'{name}:{getattr(record, name).offset}:'
+                   f'{getattr(record, name).size},'
+                   for name, _ in record._fields_)
+
+
+class LibraryMismatch(RuntimeError):
+    """The built library does not match this module (an old build)."""
+
+
+def library_path() -> Optional[Path]:
+    """The kernel library: the file ``PYG_GATV2_CPP_LIBRARY`` names, else
+    the one built next to this module, or :obj:`None`."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f'{LIBRARY_ENV}={override!r}: no such '
+                                    'file; unset it to load the kernels '
+                                    'built with the package')
+        return path
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / (_STEM + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> Optional[ctypes.CDLL]:
+    """The kernel library with its entry points typed and the CPU level of
+    ``PYG_GATV2_CPU_CAPABILITY`` selected, or :obj:`None` where it was not
+    built. Raises :class:`LibraryMismatch` for a library built from other
+    sources, and a :class:`ValueError` for a level it cannot run."""
+    path = library_path()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    typed = {
+        'gatv2_abi_version': ([], _I64),
+        'gatv2_args_layout': ([], ctypes.c_char_p),
+        'gatv2_capabilities': ([], ctypes.c_char_p),
+        'gatv2_supported_capabilities': ([], ctypes.c_char_p),
+        'gatv2_capability': ([], ctypes.c_char_p),
+        'gatv2_set_capability': ([ctypes.c_char_p], ctypes.c_int),
+        'gatv2_fixed_shape': ([_I64, _I64], ctypes.c_int),
+        'gatv2_forward': ([ctypes.POINTER(Args)], ctypes.c_int),
+        'gatv2_backward_dst': ([ctypes.POINTER(Args)], ctypes.c_int),
+        'gatv2_backward_src': ([ctypes.POINTER(Args)], ctypes.c_int),
+        'gatv2_counting_sort': ([ctypes.POINTER(SortArgs)], ctypes.c_int),
+    }
+    rebuild = ("rebuild it from this package's sources: 'pip install .' "
+               "(or 'make setup' in a checkout)")
+    try:
+        for name, (argtypes, restype) in typed.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, restype
+    except AttributeError as error:
+        raise LibraryMismatch(f'the C++ kernels at {path} lack an entry '
+                              f'point ({error}); {rebuild}') from None
+    version = lib.gatv2_abi_version()
+    layout = lib.gatv2_args_layout().decode()
+    expected = f'{_layout(Args)};{_layout(SortArgs)}'
+    if version != ABI_VERSION or layout != expected:
+        raise LibraryMismatch(
+            f'the C++ kernels at {path} were built for ABI version {version} '
+            f'with argument records {layout!r}; this package needs version '
+            f'{ABI_VERSION} with {expected!r}: {rebuild}')
+    _select_capability(lib, os.environ.get(CAPABILITY_ENV))
+    return lib
+
+
+def _select_capability(lib: ctypes.CDLL, name: Optional[str]) -> None:
+    if not name:
+        return
+    status = lib.gatv2_set_capability(name.encode())
+    if status == 0:
+        return
+    built = lib.gatv2_capabilities().decode()
+    runs = lib.gatv2_supported_capabilities().decode()
+    problem = ('is not one the kernels were built for' if status == -1 else
+               'needs instructions this CPU does not have')
+    raise ValueError(f'{CAPABILITY_ENV}={name!r} {problem}; choose one of '
+                     f'{runs!r} on this CPU (built: {built!r}), or unset it '
+                     'to take the best')
+
+
+def capability() -> Optional[str]:
+    """The CPU level the kernels run (``'avx512'``, ``'avx2'`` or
+    ``'default'``), or :obj:`None` where they were not built."""
+    lib = load()
+    return None if lib is None else lib.gatv2_capability().decode()
+
+
+def capabilities() -> Tuple[str, ...]:
+    """The CPU levels this CPU can run, best first (empty where the kernels
+    were not built)."""
+    lib = load()
+    if lib is None:
+        return ()
+    return tuple(lib.gatv2_supported_capabilities().decode().split(','))
+
+
+def fixed_shape(heads: int, channels: int) -> bool:
+    """Whether the float32 kernels run ``heads`` x ``channels`` with the
+    shape fixed at compile time (1, 2, 4 or 8 heads of 8, 16, 32 or 64
+    channels); other shapes run kernels that take it at run time."""
+    lib = load()
+    return lib is not None and bool(lib.gatv2_fixed_shape(heads, channels))
+
+
+def pointer(t) -> Optional[int]:
+    """The address of a tensor's or array's data for a record field;
+    :obj:`None` (null) for an absent one."""
+    if t is None:
+        return None
+    address = t.data_ptr() if isinstance(t, Tensor) else t.ctypes.data
+    return address or _EMPTY.ctypes.data
+
+
+def call(entry: str, record) -> None:
+    """Runs the entry point ``entry`` on ``record``; a refusal (a record
+    that breaks the interface) raises a :class:`RuntimeError`."""
+    lib = load()
+    status = getattr(lib, entry)(ctypes.byref(record))
+    if status != 0:
+        raise RuntimeError(f"the C++ kernel '{entry}' refused its arguments "
+                           f'({_STATUS.get(status, status)}): a bug in '
+                           'pyg_gatv2, please report it')
+
+
+def counting_sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
+    """Sorts CPU int64 ``keys`` in ``0 .. num_keys - 1`` by counting:
+    returns the offsets of each key's run ``[num_keys + 1]`` and the stable
+    order, ``torch.argsort(keys, stable=True)``, in time linear in
+    ``keys.numel() + num_keys``."""
+    keys = keys.contiguous()
+    ptr = torch.empty(num_keys + 1, dtype=torch.long)
+    order = torch.empty_like(keys)
+    call('gatv2_counting_sort', SortArgs(
+        keys=pointer(keys), num_items=keys.numel(), num_keys=num_keys,
+        ptr=pointer(ptr), order=pointer(order)))
+    return ptr, order
