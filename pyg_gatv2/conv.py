@@ -264,7 +264,6 @@ class GATv2Conv(MessagePassing):
         never read), and only ``edge_attr`` or attention weights with
         self-loops, whose edge counts depend on the data, break the graph.
         """
-        H, C = self.heads, self.out_channels
         raw_index = edge_index
         if isinstance(edge_index, EdgeIndex):
             edge_index = edge_index.as_tensor()
@@ -283,14 +282,8 @@ class GATv2Conv(MessagePassing):
         dtype = torch.promote_types(x_l.dtype, self.att.dtype)
         edge_term = loop_term = None
         if edge_attr is not None and self.lin_edge is not None:
-            if edge_attr.dim() == 1:
-                edge_attr = edge_attr.view(-1, 1)
-            edge_term = self.lin_edge(edge_attr).view(-1, H, C).to(dtype)
-            if loops:
-                loop_attr = self_loop_attr(
-                    *self._without_self_loops(edge_index, edge_attr, layout),
-                    num_loops, num_dst, self.fill_value)
-                loop_term = self.lin_edge(loop_attr).view(-1, H, C).to(dtype)
+            edge_term, loop_term = self._edge_terms(
+                edge_index, edge_attr, layout, (num_loops, num_dst), dtype)
 
         # Edges in the order of message passing (loops removed, then
         # appended) as virtual edge ids of the layout.
@@ -300,14 +293,7 @@ class GATv2Conv(MessagePassing):
                      _kept_edges(edge_index, num_loops))
         mask = None
         if self.training and self.dropout > 0:
-            if layout is None or not loops:
-                mask = F.dropout(x_l.new_ones(num_virtual, H, dtype=dtype),
-                                 p=self.dropout)
-            else:
-                mask = F.dropout(x_l.new_ones(layout.num_kept, H,
-                                              dtype=dtype), p=self.dropout)
-                mask = mask.new_zeros(num_virtual, H).index_copy_(
-                    0, layout.kept_eid, mask)
+            mask = self._dropout_mask(x_l, layout, num_virtual, dtype)
 
         result = fused_gatv2_attention(
             x_l.to(dtype), x_r.to(dtype), self.att.to(dtype),
@@ -331,6 +317,37 @@ class GATv2Conv(MessagePassing):
             raw_index, _ = remove_self_loops(raw_index)
             raw_index, _ = add_self_loops(raw_index, num_nodes=num_loops)
         return out, (raw_index, alpha)
+
+    def _edge_terms(self, edge_index: Tensor, edge_attr: Tensor,
+                    layout: Optional[EdgeLayout], sizes: tuple[int, int],
+                    dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+        """The projected edge features ``[E, H, C]`` and, with self-loops,
+        those of the loops, filled as :obj:`fill_value` says (``sizes``:
+        the number of loops and of destination nodes)."""
+        H, C = self.heads, self.out_channels
+        if edge_attr.dim() == 1:
+            edge_attr = edge_attr.view(-1, 1)
+        edge_term = self.lin_edge(edge_attr).view(-1, H, C).to(dtype)
+        if not self.add_self_loops:
+            return edge_term, None
+        loop_attr = self_loop_attr(
+            *self._without_self_loops(edge_index, edge_attr, layout),
+            *sizes, self.fill_value)
+        return edge_term, self.lin_edge(loop_attr).view(-1, H, C).to(dtype)
+
+    def _dropout_mask(self, x: Tensor, layout: Optional[EdgeLayout],
+                      num_virtual: int, dtype: torch.dtype) -> Tensor:
+        """The dropout mask of the attention weights ``[virtual edges, H]``,
+        drawn as message passing draws its dropout: over the edges it
+        attends over, in their order (the loops last)."""
+        H = self.heads
+        if layout is None or not self.add_self_loops:
+            return F.dropout(x.new_ones(num_virtual, H, dtype=dtype),
+                             p=self.dropout)
+        mask = F.dropout(x.new_ones(layout.num_kept, H, dtype=dtype),
+                         p=self.dropout)
+        return mask.new_zeros(num_virtual, H).index_copy_(
+            0, layout.kept_eid, mask)
 
     @staticmethod
     def _without_self_loops(edge_index: Tensor, edge_attr: Tensor,

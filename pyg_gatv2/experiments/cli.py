@@ -13,28 +13,38 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import torch
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from pyg_gatv2 import __version__
-from pyg_gatv2.experiments.datasets import load_ogb, load_planetoid, ogb_accuracy
+from pyg_gatv2.experiments.datasets import (
+    load_ogb,
+    load_planetoid,
+    ogb_accuracy,
+)
 from pyg_gatv2.experiments.datasets.ogb import OGB_NAMES
 from pyg_gatv2.experiments.datasets.planetoid import _default_root
 from pyg_gatv2.experiments.lookup import (
     LookupRecipe,
     LookupResult,
     LookupRun,
+    SweepSetup,
     run_lookup_sweep,
 )
 from pyg_gatv2.experiments.lookup_model import LOOKUP_CONVS, LOOKUP_READOUTS
-from pyg_gatv2.models import GATv2
-from pyg_gatv2.experiments.plots import plot_dictionary_lookup, plot_training_curves
+from pyg_gatv2.experiments.plots import (
+    plot_dictionary_lookup,
+    plot_training_curves,
+)
 from pyg_gatv2.experiments.training import (
     PAPER_SETTINGS,
     STOP_CRITERIA,
+    Checkpointing,
+    Recipe,
+    Sampling,
     SeedResult,
     TrainingDivergedError,
     TrainResult,
@@ -53,6 +63,7 @@ from pyg_gatv2.experiments.training.sampling import (
     SamplingUnavailableError,
     check_sampling,
 )
+from pyg_gatv2.models import GATv2
 
 PROG = 'pyg-gatv2'
 
@@ -365,55 +376,71 @@ def _train(args: argparse.Namespace) -> int:
         return _train_in_group(args, device)
 
 
-def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
+def _recipe_and_model(args: argparse.Namespace, num_features: int,
+                      num_classes: int) -> tuple[Recipe, dict[str, Any]]:
+    """The training recipe and the model's arguments of the flags, with the
+    GAT paper's settings of the dataset where a flag is left unset."""
     paper = PAPER_SETTINGS.get(args.dataset, PAPER_SETTINGS['Cora'])
-    lr = paper['lr'] if args.lr is None else args.lr
-    weight_decay = (paper['weight_decay'] if args.weight_decay is None else
-                    args.weight_decay)
-    output_heads = (paper['output_heads'] if args.output_heads is None else
-                    args.output_heads)
-    attention_dropout = (args.dropout if args.attention_dropout is None else
-                         args.attention_dropout)
-    out = Path('runs') / args.dataset if args.out is None else args.out
-    # One process prepares the dataset files, then the others read them.
-    with main_first():
-        data, num_features, num_classes = _load_graph(args)
+    recipe = Recipe(
+        epochs=args.epochs, patience=args.patience,
+        lr=paper['lr'] if args.lr is None else args.lr,
+        weight_decay=(paper['weight_decay'] if args.weight_decay is None else
+                      args.weight_decay),
+        stop_on=args.stop_on)
     model_config = {
         'in_channels': num_features,
         'out_channels': num_classes,
         'hidden_channels': args.hidden,
         'heads': args.heads,
-        'output_heads': output_heads,
+        'output_heads': (paper['output_heads'] if args.output_heads is None
+                         else args.output_heads),
         'num_layers': args.layers,
         'dropout': args.dropout,
-        'attention_dropout': attention_dropout,
+        'attention_dropout': (args.dropout if args.attention_dropout is None
+                              else args.attention_dropout),
     }
+    return recipe, model_config
+
+
+def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
+    out = Path('runs') / args.dataset if args.out is None else args.out
+    # One process prepares the dataset files, then the others read them.
+    with main_first():
+        data, num_features, num_classes = _load_graph(args)
+    recipe, model_config = _recipe_and_model(args, num_features, num_classes)
     split = ('official' if args.dataset in OGB_NAMES else
              args.split or 'public')
-    metadata = {'dataset': args.dataset, 'split': split,
-                'model': 'GATv2', **model_config}
-    progress = _show_progress(args)
+    sampling = None
+    if args.batch_size is not None:
+        sampling = Sampling(args.batch_size,
+                            args.num_neighbors or [10] * args.layers,
+                            args.num_workers)
     result = train_node_classifier(
         lambda: GATv2(**model_config), data,
-        seeds=range(args.seed, args.seed + args.seeds), epochs=args.epochs,
-        patience=args.patience, lr=lr, weight_decay=weight_decay,
-        stop_on=args.stop_on, batch_size=args.batch_size,
-        num_neighbors=args.num_neighbors, num_workers=args.num_workers,
+        range(args.seed, args.seed + args.seeds), recipe, sampling=sampling,
         device=device, compile=args.compile,
-        checkpoint_dir=out / 'checkpoints',
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
-        metadata=metadata,
+        checkpoints=Checkpointing(out / 'checkpoints', args.checkpoint_every,
+                                  args.resume),
+        metadata={'dataset': args.dataset, 'split': split,
+                  'model': 'GATv2', **model_config},
         on_seed_end=_print_seed if is_main() else None,
-        progress=progress)
-    if not is_main():
-        return 0
+        progress=_show_progress(args))
+    if is_main():
+        _report_training(args, out, data, (recipe, model_config, split),
+                         result, device)
+    return 0
 
+
+def _report_training(args: argparse.Namespace, out: Path, data: Data,
+                     setup: tuple[Recipe, dict[str, Any], str],
+                     result: TrainResult, device: torch.device) -> None:
+    """Writes results.json and the curves of a training run, and prints
+    the test accuracy."""
+    recipe, model_config, split = setup
     report = {
         'command': shlex.join([PROG, *args.argv]),
         'dataset': args.dataset,
-        'settings': {'split': split, 'epochs': args.epochs,
-                     'patience': args.patience, 'stop_on': args.stop_on,
-                     'lr': lr, 'weight_decay': weight_decay,
+        'settings': {'split': split, **recipe.settings(),
                      'batch_size': args.batch_size,
                      'num_neighbors': args.num_neighbors,
                      'processes': world()[1],
@@ -438,7 +465,6 @@ def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
     print(f'Test accuracy: {result.test_acc_mean:.3f} +- '
           f'{result.test_acc_std:.3f} over {seeds} seed'
           f"{'s' if seeds > 1 else ''}")
-    return 0
 
 
 def _ogb_test_accuracies(name: str, data: Data, model_config: dict,
@@ -596,11 +622,13 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
           f"{'test graph':>10} {'epochs':>6} {'stop':<10} {'seconds':>8}")
     sys.stdout.flush()
     json_path = args.out / 'dictionary_lookup.json'
+    setup = SweepSetup(recipe, hidden_channels=args.hidden,
+                       readout=args.readout, dropout=args.dropout,
+                       train_fraction=args.train_fraction,
+                       max_graphs=args.max_graphs)
     results = run_lookup_sweep(
-        runs, json_path, recipe=recipe, hidden_channels=args.hidden,
-        readout=args.readout, dropout=args.dropout,
-        train_fraction=args.train_fraction, max_graphs=args.max_graphs,
-        device=device, checkpoint_dir=args.out / 'checkpoints',
+        runs, json_path, setup, device=device,
+        checkpoint_dir=args.out / 'checkpoints',
         resume=args.resume,
         report={'command': shlex.join([PROG, *args.argv]),
                 'task': 'DictionaryLookup', 'device': str(device),

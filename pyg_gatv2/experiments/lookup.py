@@ -39,12 +39,7 @@ from tqdm.auto import tqdm
 
 from pyg_gatv2.experiments.datasets.dictionary_lookup import DictionaryLookup
 from pyg_gatv2.experiments.lookup_model import DictionaryLookupNet
-from pyg_gatv2.experiments.training.checkpoint import (
-    cpu_state,
-    rng_state,
-    save_atomic,
-    set_rng_state,
-)
+from pyg_gatv2.experiments.training.checkpoint import Checkpoints, RunState
 from pyg_gatv2.experiments.training.results import TrainingDivergedError
 
 __all__ = [
@@ -53,13 +48,14 @@ __all__ = [
     'LookupRecipe',
     'LookupResult',
     'LookupRun',
+    'SweepSetup',
     'evaluate_lookup',
     'run_lookup_sweep',
     'train_lookup',
 ]
 
 _PathLike = Union[str, os.PathLike]
-HISTORY_KEYS = ('epoch', 'steps', 'loss', 'lr', 'train_loss',
+LOOKUP_HISTORY_KEYS = ('epoch', 'steps', 'loss', 'lr', 'train_loss',
                 'train_node_acc', 'train_graph_acc', 'test_node_acc',
                 'test_graph_acc')
 MONITORS = ('accuracy_then_loss', 'accuracy')
@@ -240,7 +236,7 @@ class LookupResult:
             accuracy).
         seconds (float): Training and evaluation time, summed over
             resumptions.
-        history (dict): One list per entry of ``HISTORY_KEYS``, one value
+        history (dict): One list per entry of ``LOOKUP_HISTORY_KEYS``, one value
             per evaluation; ``loss`` is the mean training loss (with
             dropout) since the previous evaluation, ``train_loss`` the mean
             loss per training query without dropout at the evaluation.
@@ -416,87 +412,145 @@ def train_lookup(
         raise ValueError("'train_lookup' got resume=True without a "
                          'checkpoint_path to resume from')
     device = next(model.parameters()).device
-    batcher = LookupBatcher(dataset.k, device)
-    train_perms = dataset.train_permutations.to(device)
-    test_perms = dataset.test_permutations.to(device)
+    data = _LookupData(LookupBatcher(dataset.k, device),
+                       dataset.train_permutations.to(device),
+                       dataset.test_permutations.to(device))
+    run = _new_run(model, recipe, seed)
+    keep = Checkpoints(
+        None, None if checkpoint_path is None else Path(checkpoint_path),
+        _run_settings(model, dataset, recipe, seed), seed)
+    if resume and keep.restore(run, device):
+        # A run that ended at a lower epoch cap goes on to this one.
+        if run.stop == 'max_epochs' and run.epoch < recipe.max_epochs:
+            run.stop = None
+        elif run.stop is None and run.epoch >= recipe.max_epochs:
+            run.stop = 'max_epochs'
+    bar = tqdm(total=recipe.max_epochs, initial=run.epoch, desc=desc,
+               disable=not progress, leave=False, dynamic_ncols=True)
+    model.train()
+    try:
+        while not run.finished:
+            entry = _train_and_evaluate(run, data, recipe, seed, bar)
+            if on_eval is not None:
+                on_eval(entry)
+            keep.save(run, device)
+    finally:
+        bar.close()
+    model.load_state_dict(run.best_state)
+    return _result(run, model, dataset, seed, device)
+
+
+class _LookupData(NamedTuple):
+    batcher: LookupBatcher
+    train_perms: Tensor
+    test_perms: Tensor
+
+
+class _Plateau:
+    """The count of evaluations that improved on the best one (which the
+    learning rate scheduler is stepped with), and of those since the last
+    that did (which the stop watches)."""
+    def __init__(self) -> None:
+        self.improvements = 0
+        self.bad_evals = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {'improvements': self.improvements,
+                'bad_evals': self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.improvements = state['improvements']
+        self.bad_evals = state['bad_evals']
+
+
+def _new_run(model: torch.nn.Module, recipe: LookupRecipe,
+             seed: int) -> RunState:
+    """A fresh run: Adam, the scheduler, the plateau count and the
+    generator of the order of the graphs."""
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     # The scheduler is stepped with the count of improvements, so that it
     # reduces the learning rate on the same rule as the stop.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode='max', factor=recipe.lr_factor,
         patience=recipe.lr_patience, threshold=0, threshold_mode='abs')
-    order = torch.Generator().manual_seed(seed)
-    run = _LookupRun(best_state=cpu_state(model))
-    keep = _LookupCheckpoint(
-        None if checkpoint_path is None else Path(checkpoint_path),
-        _run_settings(model, dataset, recipe, seed), model, optimizer,
-        scheduler, order, device)
-    if resume:
-        keep.restore(run, recipe.max_epochs)
-
-    bar = tqdm(total=recipe.max_epochs, initial=run.epoch, desc=desc,
-               disable=not progress, leave=False, dynamic_ncols=True)
-    model.train()
-    try:
-        while run.stop is None:
-            tic = time.perf_counter()
-            mean_loss = _train_epochs(model, optimizer, batcher, train_perms,
-                                      order, recipe, run, bar)
-            if not math.isfinite(mean_loss):
-                raise TrainingDivergedError(
-                    f"'train_lookup' got a non-finite training loss by "
-                    f'epoch {run.epoch} (seed {seed}); lower the learning '
-                    f'rate (now {recipe.lr:g}) or clip the gradients harder '
-                    f'(now {recipe.clip_norm:g})')
-            train_node, train_graph, train_loss = _evaluate(
-                model, batcher, train_perms, recipe.batch_size)
-            test_node, test_graph, _ = _evaluate(model, batcher, test_perms,
-                                                 recipe.batch_size)
-            entry = {'epoch': run.epoch, 'steps': run.steps,
-                     'loss': mean_loss,
-                     'lr': optimizer.param_groups[0]['lr'],
-                     'train_loss': train_loss,
-                     'train_node_acc': train_node,
-                     'train_graph_acc': train_graph,
-                     'test_node_acc': test_node, 'test_graph_acc': test_graph}
-            run.record(entry, model, recipe)
-            scheduler.step(run.improvements)
-            run.seconds += time.perf_counter() - tic
-            bar.set_postfix(loss=f'{mean_loss:.4f}', train=f'{train_node:.3f}',
-                            test=f'{test_node:.3f}', refresh=False)
-            if on_eval is not None:
-                on_eval(entry)
-            keep.save(run)
-    finally:
-        bar.close()
-
-    model.load_state_dict(run.best_state)
-    return run.result(model, dataset, seed, device)
+    return RunState(model, optimizer, LOOKUP_HISTORY_KEYS, helpers={
+        'scheduler': scheduler, 'plateau': _Plateau(),
+        'order': torch.Generator().manual_seed(seed)})
 
 
-def _train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  batcher: LookupBatcher, train_perms: Tensor,
-                  order: torch.Generator, recipe: LookupRecipe,
-                  run: '_LookupRun', bar: tqdm) -> float:
+def _train_and_evaluate(run: RunState, data: _LookupData,
+                        recipe: LookupRecipe, seed: int,
+                        bar: tqdm) -> dict[str, float]:
+    """Trains up to the next evaluation, evaluates both splits and records
+    the evaluation in ``run``; returns its entry of the history."""
+    tic = time.perf_counter()
+    mean_loss = _train_epochs(run, data, recipe, bar)
+    if not math.isfinite(mean_loss):
+        raise TrainingDivergedError(
+            f"'train_lookup' got a non-finite training loss by epoch "
+            f'{run.epoch} (seed {seed}); lower the learning rate (now '
+            f'{recipe.lr:g}) or clip the gradients harder (now '
+            f'{recipe.clip_norm:g})')
+    train_node, train_graph, train_loss = _evaluate(
+        run.model, data.batcher, data.train_perms, recipe.batch_size)
+    test_node, test_graph, _ = _evaluate(run.model, data.batcher,
+                                         data.test_perms, recipe.batch_size)
+    entry = {'epoch': run.epoch, 'steps': run.steps, 'loss': mean_loss,
+             'lr': run.optimizer.param_groups[0]['lr'],
+             'train_loss': train_loss, 'train_node_acc': train_node,
+             'train_graph_acc': train_graph, 'test_node_acc': test_node,
+             'test_graph_acc': test_graph}
+    _record(run, entry, recipe)
+    run.helpers['scheduler'].step(run.helpers['plateau'].improvements)
+    run.seconds += time.perf_counter() - tic
+    bar.set_postfix(loss=f'{mean_loss:.4f}', train=f'{train_node:.3f}',
+                    test=f'{test_node:.3f}', refresh=False)
+    return entry
+
+
+def _record(run: RunState, entry: dict[str, float],
+            recipe: LookupRecipe) -> None:
+    """Adds an evaluation: the history, the best one so far (on the
+    training numbers, see :class:`LookupRecipe`) and whether to stop."""
+    plateau = run.helpers['plateau']
+    best = run.best or {'train_node_acc': -math.inf, 'train_loss': math.inf}
+    is_best = recipe.improves(entry, best)
+    run.record(entry, is_best)
+    if is_best:
+        plateau.improvements += 1
+        plateau.bad_evals = 0
+    else:
+        plateau.bad_evals += 1
+    if recipe.monitor == 'accuracy' and entry['train_node_acc'] == 1.0:
+        run.stop = 'fit'
+    elif plateau.bad_evals >= recipe.patience:
+        run.stop = 'patience'
+    elif run.epoch >= recipe.max_epochs:
+        run.stop = 'max_epochs'
+
+
+def _train_epochs(run: RunState, data: _LookupData, recipe: LookupRecipe,
+                  bar: tqdm) -> float:
     """The epochs up to the next evaluation (or the cap); returns their
     mean training loss."""
-    loss_sum = torch.zeros((), device=train_perms.device)
+    loss_sum = torch.zeros((), device=data.train_perms.device)
     loss_steps = 0
-    num_train = train_perms.size(0)
+    num_train = data.train_perms.size(0)
     for _ in range(recipe.eval_every):
-        perm = torch.randperm(num_train, generator=order).to(
-            train_perms.device)
+        perm = torch.randperm(num_train, generator=run.helpers['order']).to(
+            data.train_perms.device)
         for start in range(0, num_train, recipe.batch_size):
-            batch = batcher(train_perms[perm[start:start + recipe.batch_size]])
-            optimizer.zero_grad()
-            logits = model(batch.x, batch.edge_index, batch.query_mask,
-                           batch.batch)
+            batch = data.batcher(
+                data.train_perms[perm[start:start + recipe.batch_size]])
+            run.optimizer.zero_grad()
+            logits = run.model(batch.x, batch.edge_index, batch.query_mask,
+                               batch.batch)
             loss = F.cross_entropy(logits, batch.y)
             loss.backward()
             if recipe.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(),
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(),
                                                recipe.clip_norm)
-            optimizer.step()
+            run.optimizer.step()
             loss_sum += loss.detach()
             loss_steps += 1
         run.epoch += 1
@@ -507,122 +561,30 @@ def _train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return float(loss_sum) / loss_steps
 
 
-@dataclass
-class _LookupRun:
-    """What a DictionaryLookup run carries from one evaluation to the next.
-    """
-    best_state: dict[str, Tensor]
-    epoch: int = 0
-    steps: int = 0
-    improvements: int = 0
-    bad_evals: int = 0
-    seconds: float = 0.0
-    history: dict[str, list[float]] = field(
-        default_factory=lambda: {key: [] for key in HISTORY_KEYS})
-    best: dict[str, Any] = field(
-        default_factory=lambda: {'train_node_acc': -math.inf,
-                                 'train_loss': math.inf})
-    stop: Optional[str] = None
-
-    def record(self, entry: dict[str, float], model: torch.nn.Module,
-               recipe: LookupRecipe) -> None:
-        """Adds an evaluation: the history, the best one so far (on the
-        training numbers, see :class:`LookupRecipe`) and whether to stop.
-        """
-        for key in HISTORY_KEYS:
-            self.history[key].append(entry[key])
-        if recipe.improves(entry, self.best):
-            self.best = dict(entry)
-            self.best_state = cpu_state(model)
-            self.improvements += 1
-            self.bad_evals = 0
-        else:
-            self.bad_evals += 1
-        if recipe.monitor == 'accuracy' and entry['train_node_acc'] == 1.0:
-            self.stop = 'fit'
-        elif self.bad_evals >= recipe.patience:
-            self.stop = 'patience'
-        elif self.epoch >= recipe.max_epochs:
-            self.stop = 'max_epochs'
-
-    def result(self, model: torch.nn.Module, dataset: DictionaryLookup,
-               seed: int, device: torch.device) -> LookupResult:
-        """The outcome, with the attention on the first test graph."""
-        best = self.best
-        example = dataset.test_dataset[0].to(device)
-        attention = model.attention_matrix(example)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            pred = model(example.x, example.edge_index,
-                         example.query_mask).argmax(dim=-1)
-        model.train(was_training)
-        return LookupResult(
-            k=dataset.k,
-            conv=getattr(model, 'conv_name', type(model).__name__),
-            heads=getattr(model, 'heads', 1), seed=seed,
-            train_node_acc=best['train_node_acc'],
-            train_graph_acc=best['train_graph_acc'],
-            test_node_acc=best['test_node_acc'],
-            test_graph_acc=best['test_graph_acc'], best_epoch=best['epoch'],
-            epochs=self.epoch, steps=self.steps, stop=self.stop,
-            seconds=self.seconds, history=self.history,
-            attention=attention.cpu().tolist(),
-            example_y=example.y.cpu().tolist(),
-            example_pred=pred.cpu().tolist())
-
-
-class _LookupCheckpoint:
-    """Saves a run after every evaluation, and resumes it."""
-    def __init__(self, path: Optional[Path], settings: dict[str, Any],
-                 model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, order: torch.Generator,
-                 device: torch.device) -> None:
-        self.path = path
-        self.settings = settings
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.order = order
-        self.device = device
-
-    def save(self, run: _LookupRun) -> None:
-        if self.path is None:
-            return
-        save_atomic({
-            'settings': self.settings, 'model': cpu_state(self.model),
-            'optimizer': self.optimizer.state_dict(),
-            'scheduler': self.scheduler.state_dict(),
-            'order': self.order.get_state(), 'rng': rng_state(self.device),
-            'epoch': run.epoch, 'steps': run.steps,
-            'improvements': run.improvements,
-            'bad_evals': run.bad_evals, 'seconds': run.seconds,
-            'history': run.history, 'best': run.best,
-            'best_state': run.best_state, 'stop': run.stop}, self.path)
-
-    def restore(self, run: _LookupRun, max_epochs: int) -> None:
-        """Continues ``run`` from the file, if there is one; a run that
-        ended at a lower epoch cap goes on to ``max_epochs``."""
-        if self.path is None or not self.path.exists():
-            return
-        state = torch.load(self.path, map_location='cpu', weights_only=True)
-        if state['settings'] != self.settings:
-            raise ValueError(
-                f'Cannot resume from {self.path}: it was written for another '
-                'run; delete it or pass the same model, dataset, recipe and '
-                'seed')
-        self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.scheduler.load_state_dict(state['scheduler'])
-        self.order.set_state(state['order'])
-        set_rng_state(state['rng'], self.device)
-        for key in ('epoch', 'steps', 'improvements', 'bad_evals',
-                    'seconds', 'history', 'best', 'best_state', 'stop'):
-            setattr(run, key, state[key])
-        if run.stop == 'max_epochs' and run.epoch < max_epochs:
-            run.stop = None
-        elif run.stop is None and run.epoch >= max_epochs:
-            run.stop = 'max_epochs'
+def _result(run: RunState, model: torch.nn.Module,
+            dataset: DictionaryLookup, seed: int,
+            device: torch.device) -> LookupResult:
+    """The outcome, with the attention on the first test graph."""
+    best = run.best
+    example = dataset.test_dataset[0].to(device)
+    attention = model.attention_matrix(example)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        pred = model(example.x, example.edge_index,
+                     example.query_mask).argmax(dim=-1)
+    model.train(was_training)
+    return LookupResult(
+        k=dataset.k, conv=getattr(model, 'conv_name', type(model).__name__),
+        heads=getattr(model, 'heads', 1), seed=seed,
+        train_node_acc=best['train_node_acc'],
+        train_graph_acc=best['train_graph_acc'],
+        test_node_acc=best['test_node_acc'],
+        test_graph_acc=best['test_graph_acc'], best_epoch=best['epoch'],
+        epochs=run.epoch, steps=run.steps, stop=run.stop,
+        seconds=run.seconds, history=run.history,
+        attention=attention.cpu().tolist(),
+        example_y=example.y.cpu().tolist(), example_pred=pred.cpu().tolist())
 
 
 def _finished_runs(json_path: Path, settings: dict[str, Any]
@@ -665,16 +627,48 @@ def _run_of(result: dict[str, Any]) -> LookupRun:
                      result['seed'])
 
 
+@dataclass(frozen=True)
+class SweepSetup:
+    """What every run of a sweep shares: the training recipe, the network
+    and the dataset settings.
+
+    Attributes:
+        recipe (LookupRecipe): The training settings.
+        hidden_channels, readout, dropout: As in
+            :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet`.
+        train_fraction, max_graphs: As in
+            :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup`.
+    """
+    recipe: LookupRecipe = field(default_factory=LookupRecipe)
+    hidden_channels: int = 128
+    readout: str = 'linear'
+    dropout: float = 0.5
+    train_fraction: float = 0.8
+    max_graphs: int = 32_000
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a report records, without the epoch cap, which a
+        resumed sweep may raise."""
+        return {'recipe': _recipe_settings(self.recipe),
+                'hidden': self.hidden_channels, 'readout': self.readout,
+                'dropout': self.dropout,
+                'train_fraction': self.train_fraction,
+                'max_graphs': self.max_graphs}
+
+    def network(self, run: LookupRun) -> DictionaryLookupNet:
+        return DictionaryLookupNet(run.k, self.hidden_channels, run.heads,
+                                   run.conv, self.readout, self.dropout)
+
+    def dataset(self, run: LookupRun) -> DictionaryLookup:
+        return DictionaryLookup(run.k, train_fraction=self.train_fraction,
+                                max_graphs=self.max_graphs, seed=run.seed)
+
+
 def run_lookup_sweep(
     runs: Sequence[LookupRun],
     json_path: _PathLike,
+    setup: Optional[SweepSetup] = None,
     *,
-    recipe: Optional[LookupRecipe] = None,
-    hidden_channels: int = 128,
-    readout: str = 'linear',
-    dropout: float = 0.5,
-    train_fraction: float = 0.8,
-    max_graphs: int = 32_000,
     device: Union[str, torch.device] = 'cpu',
     checkpoint_dir: Optional[_PathLike] = None,
     resume: bool = False,
@@ -696,12 +690,8 @@ def run_lookup_sweep(
         runs (Sequence[LookupRun]): The runs, in order.
         json_path (str or os.PathLike): The report: :obj:`report`, the
             settings and one entry per finished run under ``'results'``.
-        recipe (LookupRecipe, optional): The training settings.
-            (default: :obj:`LookupRecipe()`)
-        hidden_channels, readout, dropout: As in
-            :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet`.
-        train_fraction, max_graphs: As in
-            :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup`.
+        setup (SweepSetup, optional): The recipe, network and dataset
+            settings of every run. (default: :obj:`SweepSetup()`)
         device (str or torch.device, optional): Where to train.
             (default: ``'cpu'``)
         checkpoint_dir (str or os.PathLike, optional): Folder of the
@@ -726,65 +716,72 @@ def run_lookup_sweep(
     :obj:`recipe.max_epochs`: resuming with a higher cap continues the runs
     that the lower cap ended, from the checkpoints kept for them.
     """
-    recipe = LookupRecipe() if recipe is None else recipe
+    setup = SweepSetup() if setup is None else setup
     runs = list(dict.fromkeys(runs))
     if not runs:
         raise ValueError("'run_lookup_sweep' got no runs")
-    device = torch.device(device)
-    json_path = Path(json_path)
+    for run in runs:  # bad settings fail here, before any training
+        setup.network(run)
+    sweep = _Sweep(runs, Path(json_path), setup, report or {})
+    if resume and sweep.json_path.exists():
+        sweep.done = _finished_runs(sweep.json_path, setup.settings())
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    settings = {'recipe': _recipe_settings(recipe), 'hidden': hidden_channels,
-                'readout': readout, 'dropout': dropout,
-                'train_fraction': train_fraction, 'max_graphs': max_graphs}
-    # Bad settings fail here, before any training.
-    for run in runs:
-        DictionaryLookupNet(run.k, hidden_channels, run.heads, run.conv,
-                            readout, dropout)
-
-    done: dict[LookupRun, LookupResult] = {}
-    if resume and json_path.exists():
-        done = _finished_runs(json_path, settings)
-
-    def to_train(run: LookupRun) -> bool:
-        # A run that a lower epoch cap ended goes on from its checkpoint; it
-        # stays in the report until then.
-        return run not in done or (done[run].stop == 'max_epochs'
-                                   and done[run].epochs < recipe.max_epochs)
-
-    def write() -> None:
-        kept = [done[run] for run in runs if run in done]
-        kept += [result for run, result in done.items() if run not in runs]
-        _write_sweep(json_path, {**(report or {}), 'settings': settings,
-                                 'max_epochs': recipe.max_epochs,
-                                 'results': [r.to_dict() for r in kept]})
-
     datasets: dict[tuple[int, int], DictionaryLookup] = {}
     results = []
     for run in runs:
-        if to_train(run):
-            key = (run.k, run.seed)
-            if key not in datasets:
+        if sweep.to_train(run):
+            if (run.k, run.seed) not in datasets:
                 datasets.clear()  # one size at a time in memory
-                datasets[key] = DictionaryLookup(
-                    run.k, train_fraction=train_fraction,
-                    max_graphs=max_graphs, seed=run.seed)
-            torch.manual_seed(run.seed)
-            model = DictionaryLookupNet(run.k, hidden_channels, run.heads,
-                                        run.conv, readout, dropout).to(device)
+                datasets[run.k, run.seed] = setup.dataset(run)
             checkpoint = None if folder is None else folder / (
                 run.name + '.pt')
-            done[run] = train_lookup(
-                model, datasets[key], recipe, seed=run.seed,
-                checkpoint_path=checkpoint,
-                resume=resume and checkpoint is not None, progress=progress,
-                desc=run.name)
-            write()
-            # A run cut by the epoch cap keeps its state, to go on under a
-            # higher cap.
-            if checkpoint is not None and done[run].stop != 'max_epochs':
-                checkpoint.unlink(missing_ok=True)
-        results.append(done[run])
+            sweep.train(run, datasets[run.k, run.seed], torch.device(device),
+                        checkpoint, resume, progress)
+        results.append(sweep.done[run])
         if on_result is not None:
-            on_result(done[run])
-    write()
+            on_result(sweep.done[run])
+    sweep.write()
     return results
+
+
+class _Sweep:
+    """The runs of a sweep that are done, and its report."""
+    def __init__(self, runs: list[LookupRun], json_path: Path,
+                 setup: SweepSetup, report: dict[str, Any]) -> None:
+        self.runs = runs
+        self.json_path = json_path
+        self.setup = setup
+        self.report = report
+        self.done: dict[LookupRun, LookupResult] = {}
+
+    def to_train(self, run: LookupRun) -> bool:
+        # A run that a lower epoch cap ended goes on from its checkpoint; it
+        # stays in the report until then.
+        done = self.done.get(run)
+        return done is None or (done.stop == 'max_epochs' and done.epochs
+                                < self.setup.recipe.max_epochs)
+
+    def train(self, run: LookupRun, dataset: DictionaryLookup,
+              device: torch.device, checkpoint: Optional[Path], resume: bool,
+              progress: bool) -> None:
+        torch.manual_seed(run.seed)
+        model = self.setup.network(run).to(device)
+        self.done[run] = train_lookup(
+            model, dataset, self.setup.recipe, seed=run.seed,
+            checkpoint_path=checkpoint,
+            resume=resume and checkpoint is not None, progress=progress,
+            desc=run.name)
+        self.write()
+        # A run cut by the epoch cap keeps its state, to go on under a
+        # higher cap.
+        if checkpoint is not None and self.done[run].stop != 'max_epochs':
+            checkpoint.unlink(missing_ok=True)
+
+    def write(self) -> None:
+        kept = [self.done[run] for run in self.runs if run in self.done]
+        kept += [result for run, result in self.done.items()
+                 if run not in self.runs]
+        _write_sweep(self.json_path, {
+            **self.report, 'settings': self.setup.settings(),
+            'max_epochs': self.setup.recipe.max_epochs,
+            'results': [r.to_dict() for r in kept]})

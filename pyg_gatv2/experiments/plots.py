@@ -227,6 +227,32 @@ def plot_dictionary_lookup(
                          'least one network first')
     ks = sorted({r.k for r in results})
     convs = list(dict.fromkeys(r.conv for r in results))
+    shown = _attention_runs(results, convs, ks, attention_k)
+    path = Path(path)
+    fig = Figure(figsize=(8.4 + 4.6 * len(convs), 5.2),
+                 layout='constrained')
+    axes = fig.subplots(1, 2 + len(convs),
+                        width_ratios=[1.0, 1.0] + [1.1] * len(convs))
+    for ax, split in zip(axes[:2], ('train', 'test'), strict=True):
+        _draw_accuracy(ax, results, split, convs, ks)
+    axes[1].legend(loc='center right', fontsize=7.5, frameon=False)
+    for ax, conv in zip(axes[2:], convs, strict=True):
+        result = shown[conv]
+        _draw_attention(fig, ax, result,
+                        _lookup_label(conv, result.heads, convs))
+    if title is not None:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _attention_runs(results: Sequence[LookupResult], convs: list[str],
+                    ks: list[int], attention_k: Optional[int]
+                    ) -> dict[str, LookupResult]:
+    """The run whose attention each layer's heatmap shows: of size
+    ``attention_k`` (by default 10, else the largest every layer has), the
+    fewest heads and the lowest seed."""
     if attention_k is None:
         shared = set.intersection(*({r.k for r in results if r.conv == conv}
                                     for conv in convs))
@@ -245,55 +271,45 @@ def plot_dictionary_lookup(
         raise ValueError(f"'plot_dictionary_lookup' has no result for k="
                          f'{attention_k} of {missing}; pass them or another '
                          'attention_k')
-    path = Path(path)
-    fig = Figure(figsize=(8.4 + 4.6 * len(convs), 5.2),
-                 layout='constrained')
-    axes = fig.subplots(1, 2 + len(convs),
-                        width_ratios=[1.0, 1.0] + [1.1] * len(convs))
+    return shown
+
+
+def _draw_accuracy(ax, results: Sequence[LookupResult], split: str,
+                   convs: list[str], ks: list[int]) -> None:
+    """One line per layer and number of heads of the ``split`` accuracy
+    against k: the mean over seeds, bars from the lowest to the highest,
+    open markers where the epoch cap cut a run."""
     groups = sorted({(r.conv, r.heads) for r in results},
                     key=lambda g: (_LOOKUP_FAMILY.get(g[0], g[0]), g[1]))
-    for ax, split in zip(axes[:2], ('train', 'test'), strict=True):
-        for conv, heads in groups:
-            x, mean, low, high, cut = [], [], [], [], []
-            for k in ks:
-                runs = [r for r in results
-                        if (r.conv, r.heads, r.k) == (conv, heads, k)]
-                accs = [getattr(r, f'{split}_node_acc') for r in runs]
-                if accs:
-                    x.append(k)
-                    mean.append(float(np.mean(accs)))
-                    low.append(mean[-1] - min(accs))
-                    high.append(max(accs) - mean[-1])
-                    cut.append(any(r.stop == 'max_epochs' for r in runs))
-            style = _lookup_style(conv, heads)
-            ax.errorbar(x, mean, yerr=[low, high], capsize=3, lw=1.5,
-                        ms=5, label=_lookup_label(conv, heads, convs),
-                        **style)
-            cut = np.array(cut, dtype=bool)
-            # Above the errorbar's filled markers (zorder 2.1).
-            ax.plot(np.array(x)[cut], np.array(mean)[cut], ls='none', ms=5,
-                    marker=style['marker'], mec=style['color'], mfc='white',
-                    zorder=3)
-        if any(r.stop == 'max_epochs' for r in results):
-            ax.plot([], [], ls='none', marker='o', mec='0.3', mfc='white',
-                    label='cut by the epoch cap')
-        grid = np.linspace(ks[0], ks[-1], 200) if len(ks) > 1 else np.array(
-            ks, dtype=float)
-        ax.plot(grid, 1.0 / grid, ':', color='0.4', label='chance (1/k)')
-        ax.set_xticks(ks)
-        ax.set_ylim(0.0, 1.03)
-        ax.set_xlabel('k (keys per graph)')
-        ax.set_ylabel('accuracy per query node')
-        ax.set_title(f'{split.capitalize()} accuracy', fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[1].legend(loc='center right', fontsize=7.5, frameon=False)
-
-    for ax, conv in zip(axes[2:], convs, strict=True):
-        result = shown[conv]
-        _draw_attention(fig, ax, result,
-                        _lookup_label(conv, result.heads, convs))
-    if title is not None:
-        fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    for conv, heads in groups:
+        x, mean, low, high, cut = [], [], [], [], []
+        for k in ks:
+            runs = [r for r in results
+                    if (r.conv, r.heads, r.k) == (conv, heads, k)]
+            accs = [getattr(r, f'{split}_node_acc') for r in runs]
+            if accs:
+                x.append(k)
+                mean.append(float(np.mean(accs)))
+                low.append(mean[-1] - min(accs))
+                high.append(max(accs) - mean[-1])
+                cut.append(any(r.stop == 'max_epochs' for r in runs))
+        style = _lookup_style(conv, heads)
+        ax.errorbar(x, mean, yerr=[low, high], capsize=3, lw=1.5, ms=5,
+                    label=_lookup_label(conv, heads, convs), **style)
+        cut = np.array(cut, dtype=bool)
+        # Above the errorbar's filled markers (zorder 2.1).
+        ax.plot(np.array(x)[cut], np.array(mean)[cut], ls='none', ms=5,
+                marker=style['marker'], mec=style['color'], mfc='white',
+                zorder=3)
+    if any(r.stop == 'max_epochs' for r in results):
+        ax.plot([], [], ls='none', marker='o', mec='0.3', mfc='white',
+                label='cut by the epoch cap')
+    grid = np.linspace(ks[0], ks[-1], 200) if len(ks) > 1 else np.array(
+        ks, dtype=float)
+    ax.plot(grid, 1.0 / grid, ':', color='0.4', label='chance (1/k)')
+    ax.set_xticks(ks)
+    ax.set_ylim(0.0, 1.03)
+    ax.set_xlabel('k (keys per graph)')
+    ax.set_ylabel('accuracy per query node')
+    ax.set_title(f'{split.capitalize()} accuracy', fontsize=10)
+    ax.grid(alpha=0.3)

@@ -4,10 +4,11 @@ argument records, its CPU levels and its counting sort.
 The kernels (``pyg_gatv2/fused/_kernels/``) are compiled with OpenMP into
 one library when the package is installed (``setup.py``) and loaded here
 through :mod:`ctypes`, so that they depend on neither torch's nor Python's
-headers; :mod:`pyg_gatv2.fused.backends.cpp` runs its passes. Each pass takes one record of named fields, :class:`Args`, the
-mirror of ``Gatv2Args`` in ``gatv2.h``; the library reports its ABI
-version and where each field lies, and a library that does not match this
-module is refused when it loads.
+headers; :mod:`pyg_gatv2.fused.backends.cpp` runs its passes. Each pass
+takes one record of named fields, :class:`Args`, the mirror of
+``Gatv2Args`` in ``gatv2.h``; the library reports its ABI version and
+where each field lies, and a library that does not match this module is
+refused when it loads.
 
 The library holds the kernels compiled for several CPU levels (``default``,
 ``avx2``, ``avx512`` on x86-64) and runs the best one this CPU supports;
@@ -30,8 +31,9 @@ import torch
 from torch import Tensor
 
 __all__ = ['Args', 'SortArgs', 'LibraryMismatch', 'ABI_VERSION',
-           'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load', 'capability',
-           'capabilities', 'fixed_shape', 'pointer', 'call', 'counting_sort']
+           'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load',
+           'capability', 'capabilities', 'fixed_shape', 'pointer', 'call',
+           'counting_sort']
 
 ABI_VERSION = 1
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'

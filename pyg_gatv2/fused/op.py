@@ -14,7 +14,7 @@ Each runs the kernels of the backend chosen for the features' device and
 dtype when it runs, not when it is traced (:mod:`pyg_gatv2.fused.backends`:
 C++ on CPU, Triton on CUDA, chunked PyTorch elsewhere).
 """
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -169,23 +169,55 @@ def _(grad_out, grad_alpha, x_l, x_r, att, dst_ptr, dst_col, dst_eid,
             torch.empty_like(loop_term) if want_edge_grad else _absent(x_l))
 
 
-# The positions of the differentiable inputs of 'pyg_gatv2::gatv2_attention'
-# and of the arguments that follow the tensors.
-_X_L, _X_R, _ATT, _EDGE, _LOOP, _MASK = 0, 1, 2, 6, 7, 8
+class _Inputs(NamedTuple):
+    """The inputs of ``pyg_gatv2::gatv2_attention``, by name: a custom
+    op's schema takes its tensors one by one."""
+    x_l: Tensor
+    x_r: Tensor
+    att: Tensor
+    dst_ptr: Tensor
+    dst_col: Tensor
+    dst_eid: Tensor
+    edge_term: Optional[Tensor]
+    loop_term: Optional[Tensor]
+    dropout_mask: Optional[Tensor]
+    num_edges: int
+    self_loops: bool
+    negative_slope: float
+    want_alpha: bool
+    backend: Optional[str]
+    chunk_size: Optional[int]
+
+
 _NUM_TENSORS = 9
+# The inputs that have gradients.
+_DIFFERENTIABLE = ('x_l', 'x_r', 'att', 'edge_term', 'loop_term')
 
 
 def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
+    args = _Inputs(*inputs)
     out, lse, alpha = output
-    (ctx.num_edges, ctx.self_loops, ctx.negative_slope, _, backend,
-     ctx.chunk_size) = inputs[_NUM_TENSORS:]
+    ctx.num_edges, ctx.self_loops = args.num_edges, args.self_loops
+    ctx.negative_slope, ctx.chunk_size = args.negative_slope, args.chunk_size
     # Backward runs on the backend that forward ran on. Backends whose
     # backward sums D_i over the edges need not keep the output.
-    kernels = _backend(backend, inputs[_X_L])
+    kernels = _backend(args.backend, args.x_l)
     ctx.backend = kernels.name
-    ctx.save_for_backward(*inputs[:_NUM_TENSORS],
+    ctx.save_for_backward(*args[:_NUM_TENSORS],
                           out if kernels.needs_output else None, lse, alpha)
+
+
+def _needs(ctx) -> dict[str, bool]:
+    """Which differentiable inputs want a gradient, by name."""
+    return {name: ctx.needs_input_grad[_Inputs._fields.index(name)]
+            for name in _DIFFERENTIABLE}
+
+
+def _gradients(values: dict[str, Optional[Tensor]]) -> tuple:
+    """The gradients of every input of the op, in order: ``values`` by
+    name, :obj:`None` for the rest."""
+    return tuple(values.get(name) for name in _Inputs._fields)
 
 
 def _backward(ctx, grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
@@ -194,27 +226,24 @@ def _backward(ctx, grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
         grad_alpha = None
     if torch.is_grad_enabled():
         return _differentiable_backward(ctx, grad_out, grad_alpha)
+    if grad_out is None and grad_alpha is None:
+        return _gradients({})
     saved = ctx.saved_tensors
     tensors, (out, lse, alpha) = saved[:_NUM_TENSORS], saved[_NUM_TENSORS:]
-    needs = ctx.needs_input_grad
-    grads: list = [None] * (_NUM_TENSORS + 6)
-    if grad_out is None and grad_alpha is None:
-        return tuple(grads)
+    args = _Inputs(*tensors, *(None, ) * 6)
+    needs = _needs(ctx)
     if grad_out is None:
-        grad_out = torch.zeros_like(tensors[_X_R])
-    want_src_grad = needs[_X_L]
-    want_edge_grad = (tensors[_EDGE] is not None
-                      and (needs[_EDGE] or needs[_LOOP]))
+        grad_out = torch.zeros_like(args.x_r)
+    want = {'x_l': needs['x_l'], 'x_r': needs['x_r'], 'att': needs['att']}
+    want['edge_term'] = want['loop_term'] = (
+        args.edge_term is not None
+        and (needs['edge_term'] or needs['loop_term']))
     values = torch.ops.pyg_gatv2.gatv2_attention_backward(
         grad_out, grad_alpha, *tensors, out, lse, alpha, ctx.num_edges,
         ctx.self_loops, ctx.negative_slope, ctx.backend, ctx.chunk_size,
-        want_src_grad, want_edge_grad)
-    for i, value, wanted in zip(
-            (_X_L, _X_R, _ATT, _EDGE, _LOOP), values,
-            (want_src_grad, needs[_X_R], needs[_ATT], want_edge_grad,
-             want_edge_grad), strict=True):
-        grads[i] = value if wanted else None
-    return tuple(grads)
+        want['x_l'], want['edge_term'])
+    return _gradients({name: value for name, value in zip(
+        _DIFFERENTIABLE, values, strict=True) if want[name]})
 
 
 def _differentiable_backward(ctx, grad_out: Optional[Tensor],
@@ -225,31 +254,28 @@ def _differentiable_backward(ctx, grad_out: Optional[Tensor],
     penalties, Hessian-vector products) are exact. It keeps per-edge
     tensors, as the message-passing path does; first-order backward never
     comes here."""
-    saved = ctx.saved_tensors
-    x_l, x_r, att, dst_ptr, dst_col, dst_eid, et, loop_et, mask = (
-        saved[:_NUM_TENSORS])
-    layout = layout_of(dst_ptr, dst_col, dst_eid, x_l.size(0),
-                       ctx.num_edges, ctx.self_loops)
+    args = _Inputs(*ctx.saved_tensors[:_NUM_TENSORS], *(None, ) * 6)
+    layout = layout_of(args.dst_ptr, args.dst_col, args.dst_eid,
+                       args.x_l.size(0), ctx.num_edges, ctx.self_loops)
     # A view per input keeps apart inputs that are one tensor (x_l and x_r
     # with shared weights): the gradient of each is then its own share.
-    positions = (_X_L, _X_R, _ATT, _EDGE, _LOOP)
-    inputs = {i: None if saved[i] is None else saved[i].view_as(saved[i])
-              for i in positions}
-    wanted = [i for i in positions if ctx.needs_input_grad[i]]
-    grads: list = [None] * (_NUM_TENSORS + 6)
-    with torch.autocast(x_l.device.type, enabled=False):
+    inputs = {name: None if getattr(args, name) is None else
+              getattr(args, name).view_as(getattr(args, name))
+              for name in _DIFFERENTIABLE}
+    wanted = [name for name, need in _needs(ctx).items() if need]
+    with torch.autocast(args.x_l.device.type, enabled=False):
         out, alpha = reference.attention(
-            inputs[_X_L], inputs[_X_R], inputs[_ATT], inputs[_EDGE],
-            inputs[_LOOP], mask, layout, ctx.negative_slope)
+            inputs['x_l'], inputs['x_r'], inputs['att'],
+            inputs['edge_term'], inputs['loop_term'], args.dropout_mask,
+            layout, ctx.negative_slope)
     pairs = [(t, g) for t, g in ((out, grad_out), (alpha, grad_alpha))
              if g is not None]
-    if wanted and pairs:
-        values = torch.autograd.grad(
-            [t for t, _ in pairs], [inputs[i] for i in wanted],
-            [g for _, g in pairs], create_graph=True, allow_unused=True)
-        for i, value in zip(wanted, values, strict=True):
-            grads[i] = value
-    return tuple(grads)
+    if not (wanted and pairs):
+        return _gradients({})
+    values = torch.autograd.grad(
+        [t for t, _ in pairs], [inputs[name] for name in wanted],
+        [g for _, g in pairs], create_graph=True, allow_unused=True)
+    return _gradients(dict(zip(wanted, values, strict=True)))
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -283,6 +309,30 @@ def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
             raise TypeError(f"'{_NAME}' expects '{name}' with the dtype and "
                             f"device of 'x_l' ({x_l.dtype}, {x_l.device}); "
                             f"got {t.dtype}, {t.device}")
+
+
+def _layout_tensors(edge_index: Union[Tensor, EdgeLayout], num_src: int,
+                    num_dst: int, add_self_loops: bool
+                    ) -> Tuple[int, Tuple[Tensor, Tensor, Tensor]]:
+    """The number of caller's edges and the CSR tensors of the layout of
+    ``edge_index`` (an :class:`EdgeLayout` itself, checked to fit)."""
+    if isinstance(edge_index, EdgeLayout):
+        layout = edge_index
+        built_for = (layout.num_src, layout.num_dst, layout.self_loops)
+        called_with = (num_src, num_dst, add_self_loops)
+        if built_for != called_with:
+            raise ValueError(
+                f"'{_NAME}' got a layout built for (num_src, num_dst, "
+                f"add_self_loops) = {built_for} but was called with "
+                f"{called_with}; build it with 'edge_layout' for these "
+                'inputs')
+        return layout.num_edges, layout.csr_tensors
+    if torch.compiler.is_compiling():
+        return edge_index.size(1), torch.ops.pyg_gatv2.edge_layout(
+            edge_index, num_src, num_dst, add_self_loops, _NAME)
+    layout = edge_layout(edge_index, num_src, num_dst, add_self_loops,
+                         caller=_NAME)
+    return layout.num_edges, layout.csr_tensors
 
 
 def fused_gatv2_attention(
@@ -368,27 +418,8 @@ def fused_gatv2_attention(
     if att.dim() == 3 and att.size(0) == 1:
         att = att.squeeze(0)
     num_src, num_dst = x_l.size(0), x_r.size(0)
-    if isinstance(edge_index, EdgeLayout):
-        layout = edge_index
-        built_for = (layout.num_src, layout.num_dst, layout.self_loops)
-        called_with = (num_src, num_dst, bool(add_self_loops))
-        if built_for != called_with:
-            raise ValueError(
-                f"'{_NAME}' got a layout built for (num_src, num_dst, "
-                f"add_self_loops) = {built_for} but was called with "
-                f"{called_with}; build it with 'edge_layout' for these "
-                "inputs")
-        num_edges = layout.num_edges
-        csr = layout.csr_tensors
-    elif torch.compiler.is_compiling():
-        num_edges = edge_index.size(1)
-        csr = torch.ops.pyg_gatv2.edge_layout(edge_index, num_src, num_dst,
-                                              bool(add_self_loops), _NAME)
-    else:
-        layout = edge_layout(edge_index, num_src, num_dst, add_self_loops,
-                             caller=_NAME)
-        num_edges = layout.num_edges
-        csr = layout.csr_tensors
+    num_edges, csr = _layout_tensors(edge_index, num_src, num_dst,
+                                     bool(add_self_loops))
     num_loops = _num_loops(num_src, num_dst, bool(add_self_loops))
     if edge_term is not None and loop_edge_term is None:
         loop_edge_term = edge_term.new_zeros(

@@ -19,43 +19,23 @@ and :class:`~ogb.nodeproppred.Evaluator`, and four changes:
   names the file and how to replace it.
 """
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
-from torch_geometric.data.storage import GlobalStorage
 from torch_geometric.utils import index_to_mask, to_undirected
+
+from .ogb_files import SPLIT_FILES, OGBFileError, import_ogb, refetch_hint
 
 __all__ = ['OGBFileError', 'OGB_NAMES', 'load_ogb', 'ogb_accuracy']
 
 OGB_NAMES = ('ogbn-arxiv', 'ogbn-products')
-_SPLIT_FILES = ('train', 'valid', 'test')
-# What a PyG processed file holds besides tensors, dicts and tuples.
-_PYG_GLOBALS = [DataEdgeAttr, DataTensorAttr, GlobalStorage]
 
 _PathLike = Union[str, os.PathLike]
 _ArrayLike = Union[Tensor, np.ndarray]
-
-
-class OGBFileError(OSError):
-    """An OGB file is missing, corrupt or inconsistent, or cannot be
-    downloaded; the message names the file and how to obtain a good copy."""
-
-
-def _import_ogb() -> Any:
-    try:
-        import ogb.nodeproppred
-    except ImportError as err:
-        raise ImportError(
-            "the OGB datasets need the 'ogb' package; install it with "
-            "pip install 'ogb>=1.3.6'") from err
-    return ogb.nodeproppred
 
 
 def _check_name(name: str) -> str:
@@ -63,158 +43,6 @@ def _check_name(name: str) -> str:
         raise ValueError(f'Unknown OGB dataset {name!r}; choose one of '
                          f"{', '.join(map(repr, OGB_NAMES))}")
     return name.lower()
-
-
-def _meta_info(name: str) -> Any:
-    """The row of ``ogb``'s ``master.csv`` for :obj:`name` (a
-    :class:`pandas.Series`), as
-    :class:`~ogb.nodeproppred.PygNodePropPredDataset` reads it."""
-    import pandas as pd  # a dependency of ogb
-    path = Path(_import_ogb().__file__).parent / 'master.csv'
-    master = pd.read_csv(path, index_col=0, keep_default_na=False)
-    return master[name]
-
-
-def _dataset_folder(root: Path, name: str) -> Path:
-    # As PygNodePropPredDataset: an older '<dir>_pyg' download wins.
-    folder = root / name.replace('-', '_')
-    pyg_folder = folder.with_name(folder.name + '_pyg')
-    return pyg_folder if pyg_folder.exists() else folder
-
-
-def _refetch_hint(folder: Path, url: str) -> str:
-    return (f'delete {folder} and load again to download it, or download '
-            f'{url} yourself and unzip it so that its top folder becomes '
-            f'{folder}')
-
-
-def _read_gz_csv(path: Path) -> np.ndarray:
-    import pandas as pd
-    return pd.read_csv(path, compression='gzip', header=None).values
-
-
-def _raw_paths(folder: Path, meta: Any) -> list[Path]:
-    """The raw files that ogb's processing reads."""
-    extra = meta['additional node files']
-    names = ['edge', 'node-feat', 'node-label', 'num-node-list',
-             'num-edge-list'] + ([] if extra == 'None' else extra.split(','))
-    return [folder / 'raw' / f'{n}.csv.gz' for n in names]
-
-
-def _check_present(folder: Path, meta: Any, url: str) -> None:
-    """Raises unless :obj:`folder` holds every file of a download."""
-    marker = folder / f"RELEASE_v{meta['version']}.txt"
-    if not marker.is_file():
-        raise OGBFileError(
-            f'{marker}: missing, so {folder} holds another release of '
-            f'{meta.name} or an incomplete download; '
-            f'{_refetch_hint(folder, url)}')
-    split = folder / 'split' / meta['split']
-    needed = _raw_paths(folder, meta)
-    if not (split / 'split_dict.pt').is_file():
-        needed += [split / f'{part}.csv.gz' for part in _SPLIT_FILES]
-    for path in needed:
-        if not path.is_file():
-            raise OGBFileError(f'{path}: missing; '
-                               f'{_refetch_hint(folder, url)}')
-
-
-def _first_bad_file(
-        paths: list[Path]) -> tuple[Optional[Path], Optional[Exception]]:
-    """The first of :obj:`paths` that cannot be read as a gzipped CSV, and
-    why; ``(None, None)`` if all can."""
-    for path in paths:
-        try:
-            _read_gz_csv(path)
-        except Exception as err:  # any failure of gzip, zlib or pandas
-            return path, err
-    return None, None
-
-
-def _dataset_class() -> type:
-    """A :class:`~ogb.nodeproppred.PygNodePropPredDataset` that checks its
-    files, downloads without asking and loads with ``weights_only``."""
-    base = _import_ogb().PygNodePropPredDataset
-
-    class _CheckedNodePropPredDataset(base):
-        def __init__(self, name: str, root: Path) -> None:
-            meta = _meta_info(name)
-            self._url = meta['url']
-            folder = _dataset_folder(root, name)
-            if folder.is_dir():
-                # Else ogb would ask on stdin whether to delete the folder,
-                # and PyG would download over a folder that lacks a file.
-                _check_present(folder, meta, self._url)
-            processed = folder / 'processed' / 'geometric_data_processed.pt'
-            had_processed = processed.is_file()
-            try:
-                with torch.serialization.safe_globals(_PYG_GLOBALS):
-                    super().__init__(name, os.fspath(root))
-            except OGBFileError:
-                raise
-            except Exception as err:
-                if not had_processed:
-                    raise
-                raise OGBFileError(
-                    f'{processed}: cannot be loaded ({type(err).__name__}: '
-                    f'{err}); delete {processed.parent} to process the raw '
-                    'files again') from err
-
-        def download(self) -> None:
-            root = Path(self.root)
-            scratch = Path(tempfile.mkdtemp(prefix='.download-',
-                                            dir=self.original_root))
-            try:
-                from ogb.utils.url import download_url, extract_zip
-                extract_zip(download_url(self._url, os.fspath(scratch)),
-                            os.fspath(scratch))
-                unzipped = scratch / self.download_name
-                if not unzipped.is_dir():
-                    raise OGBFileError(f'the archive has no top folder '
-                                       f'{self.download_name}/')
-                shutil.rmtree(root)
-                shutil.move(os.fspath(unzipped), os.fspath(root))
-            except Exception as err:
-                shutil.rmtree(root, ignore_errors=True)
-                raise OGBFileError(
-                    f'{self._url}: download failed ({type(err).__name__}: '
-                    f'{err}); without network, download it elsewhere and '
-                    f'unzip it so that its top folder becomes {root}') from err
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-
-        def process(self) -> None:
-            paths = _raw_paths(Path(self.root), self.meta_info)
-            hint = _refetch_hint(Path(self.root), self._url)
-            try:
-                super().process()
-            except Exception as err:
-                bad, why = _first_bad_file(paths)
-                if bad is not None:
-                    raise OGBFileError(
-                        f'{bad}: not a readable gzipped CSV file '
-                        f'({type(why).__name__}: {why}): the file is '
-                        f'truncated or corrupt; {hint}') from err
-                raise OGBFileError(
-                    f'{self.raw_dir}: the raw files of {self.name} do not '
-                    f'fit together ({type(err).__name__}: {err}); '
-                    f'{hint}') from err
-
-        def official_split(self) -> dict[str, Tensor]:
-            folder = Path(self.root) / 'split' / self.meta_info['split']
-            paths = [folder / f'{part}.csv.gz' for part in _SPLIT_FILES]
-            hint = _refetch_hint(Path(self.root), self._url)
-            try:
-                return self.get_idx_split()
-            except Exception as err:
-                bad, why = _first_bad_file(paths)
-                what = (f'{bad}: not a readable gzipped CSV file '
-                        f'({type(why).__name__}: {why})') if bad else (
-                            f'{folder}: the split cannot be read '
-                            f'({type(err).__name__}: {err})')
-                raise OGBFileError(f'{what}; {hint}') from err
-
-    return _CheckedNodePropPredDataset
 
 
 def _check_loaded(data: Data, split: dict[str, Tensor], num_classes: int,
@@ -239,19 +67,19 @@ def _check_loaded(data: Data, split: dict[str, Tensor], num_classes: int,
                                  or edge_index.max() >= n):
         problem = f'edges name nodes outside 0..{n - 1}'
     else:
-        for part in _SPLIT_FILES:
+        for part in SPLIT_FILES:
             index = split[part]
             if index.numel() and (index.min() < 0 or index.max() >= n):
                 problem = f'the {part} split names nodes outside 0..{n - 1}'
                 break
         else:
             counts = sum(index_to_mask(split[p], n).long()
-                         for p in _SPLIT_FILES)
+                         for p in SPLIT_FILES)
             if counts.max() > 1:
                 problem = 'the train, valid and test splits overlap'
     if problem is not None:
         raise OGBFileError(f'{folder}: {problem}, so its files do not '
-                           f'belong together; {_refetch_hint(folder, url)}')
+                           f'belong together; {refetch_hint(folder, url)}')
 
 
 def load_ogb(name: str, root: _PathLike) -> Data:
@@ -289,7 +117,9 @@ def load_ogb(name: str, root: _PathLike) -> Data:
     name = _check_name(name)
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    dataset = _dataset_class()(name, root)
+    import_ogb()  # a clear error without the package
+    from .ogb_dataset import CheckedNodePropPredDataset
+    dataset = CheckedNodePropPredDataset(name, root)
     split = dataset.official_split()
     graph = dataset[0]
     data = Data(x=graph.x, y=graph.y.view(-1), edge_index=graph.edge_index,
@@ -339,5 +169,5 @@ def ogb_accuracy(name: str, y_true: _ArrayLike, y_pred: _ArrayLike) -> float:
                          'node')
     if true.shape[0] == 0:
         raise ValueError('ogb_accuracy got no labels; pass at least one node')
-    evaluator = _import_ogb().Evaluator(name)
+    evaluator = import_ogb().Evaluator(name)
     return float(evaluator.eval({'y_true': true, 'y_pred': pred})['acc'])

@@ -6,6 +6,10 @@ from .distributed import DistributedError, process_group
 from .early_stopping import STOP_CRITERIA, EarlyStopping
 from .node_classification import (
     PAPER_SETTINGS,
+    CheckpointFiles,
+    Checkpointing,
+    Recipe,
+    Sampling,
     evaluate,
     fit,
     resolve_device,
@@ -25,6 +29,10 @@ __all__ = [
     'EarlyStopping',
     'EpochMetrics',
     'PAPER_SETTINGS',
+    'Recipe',
+    'Sampling',
+    'CheckpointFiles',
+    'Checkpointing',
     'SeedResult',
     'TrainResult',
     'TrainingDivergedError',

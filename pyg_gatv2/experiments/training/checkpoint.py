@@ -12,7 +12,8 @@ previous checkpoint intact. In a run of several processes (see
 random number generators of every process, and every process reads them.
 """
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,8 +21,6 @@ import torch
 from torch import Tensor
 
 from .distributed import all_gather_objects, is_main, world
-from .early_stopping import EarlyStopping
-from .results import HISTORY_KEYS, EpochMetrics, SeedResult
 
 __all__ = ['RunState', 'Checkpoints', 'cpu_state', 'rng_state',
            'set_rng_state', 'save_atomic']
@@ -60,57 +59,87 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 @dataclass
 class RunState:
-    """Everything a run carries from one epoch to the next.
+    """Everything a training run carries from one evaluation to the next:
+    the one record of both experiments' runs (node classification and
+    DictionaryLookup), which :class:`Checkpoints` saves and restores.
 
     Attributes:
         model: The model being trained.
         optimizer: Its optimizer.
-        stopper: The early stopping.
-        history: One list per metric of :class:`EpochMetrics`.
-        best_state: The model's weights at the best epoch (on the CPU).
-        best_metrics: The metrics of the best epoch so far.
+        history_keys: The entries of an evaluation that the history keeps.
+        helpers: Objects whose state the run carries too, by name: anything
+            with ``state_dict``/``load_state_dict`` (early stopping, a
+            learning rate scheduler) or a :class:`torch.Generator`.
+        history: One list per key of :attr:`history_keys`.
+        best_state: The model's weights at the best evaluation (on the CPU).
+        best: The entry of the best evaluation so far, or :obj:`None`.
         epoch: The last epoch done.
+        steps: Optimizer steps so far.
         seconds: Training time so far.
-        finished: Whether early stopping or the epoch limit ended the run.
+        stop: Why the run ended (for example ``'patience'`` or
+            ``'max_epochs'``), or :obj:`None` while it goes on.
     """
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    stopper: EarlyStopping
-    history: dict[str, list[float]] = field(
-        default_factory=lambda: {key: [] for key in HISTORY_KEYS})
+    history_keys: Sequence[str]
+    helpers: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list[Any]] = field(default_factory=dict)
     best_state: Optional[dict[str, Tensor]] = None
-    best_metrics: Optional[EpochMetrics] = None
+    best: Optional[dict[str, Any]] = None
     epoch: int = 0
+    steps: int = 0
     seconds: float = 0.0
-    finished: bool = False
+    stop: Optional[str] = None
 
     def __post_init__(self) -> None:
+        self.history = {key: [] for key in self.history_keys}
         if self.best_state is None:
             self.best_state = cpu_state(self.model)
 
-    def record(self, metrics: EpochMetrics, seconds: float,
-               max_epochs: int) -> None:
-        """Adds an epoch: its metrics, time, and the early-stopping step."""
-        for key, value in asdict(metrics).items():
-            self.history[key].append(value)
-        self.seconds += seconds
-        self.epoch = metrics.epoch
-        if self.stopper.step(metrics.epoch, metrics.val_loss,
-                             metrics.val_acc):
-            self.best_state = cpu_state(self.model)
-            self.best_metrics = metrics
-        self.finished = (self.stopper.should_stop
-                         or metrics.epoch == max_epochs)
+    @property
+    def finished(self) -> bool:
+        return self.stop is not None
 
-    def result(self, seed: Optional[int]) -> SeedResult:
-        """Loads the best weights into the model; returns the outcome."""
-        self.model.load_state_dict(self.best_state)
-        best = self.best_metrics
-        return SeedResult(seed=seed, best_epoch=best.epoch,
-                          val_acc=best.val_acc, val_loss=best.val_loss,
-                          test_acc=best.test_acc,
-                          epochs=len(self.history['epoch']),
-                          seconds=self.seconds, history=self.history)
+    def record(self, entry: dict[str, Any], is_best: bool) -> None:
+        """Adds an evaluation to the history; keeps it and the model's
+        weights if it is the best so far."""
+        for key in self.history_keys:
+            self.history[key].append(entry[key])
+        if is_best:
+            self.best = dict(entry)
+            self.best_state = cpu_state(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a training-state checkpoint holds of the run."""
+        return {'model': cpu_state(self.model),
+                'optimizer': self.optimizer.state_dict(),
+                'helpers': {name: _state_of(helper)
+                            for name, helper in self.helpers.items()},
+                'history': self.history, 'best_state': self.best_state,
+                'best': self.best, 'epoch': self.epoch, 'steps': self.steps,
+                'seconds': self.seconds, 'stop': self.stop}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        for name, helper in self.helpers.items():
+            _load_state(helper, state['helpers'][name])
+        for key in ('history', 'best_state', 'best', 'epoch', 'steps',
+                    'seconds', 'stop'):
+            setattr(self, key, state[key])
+
+
+def _state_of(helper: Any) -> Any:
+    if isinstance(helper, torch.Generator):
+        return helper.get_state()
+    return helper.state_dict()
+
+
+def _load_state(helper: Any, state: Any) -> None:
+    if isinstance(helper, torch.Generator):
+        helper.set_state(state)
+    else:
+        helper.load_state_dict(state)
 
 
 class Checkpoints:
@@ -136,22 +165,16 @@ class Checkpoints:
         rngs = all_gather_objects(rng_state(device))
         if not is_main():
             return
-        if self.best_path is not None and run.best_metrics is not None:
-            save_atomic({'model': run.best_state, **asdict(run.best_metrics),
-                   'seed': self.seed, 'metadata': self.settings['metadata']},
-                  self.best_path)
+        if self.best_path is not None and run.best is not None:
+            save_atomic({'model': run.best_state, **run.best,
+                         'seed': self.seed,
+                         'metadata': self.settings.get('metadata', {})},
+                        self.best_path)
         if self.state_path is not None:
-            save_atomic({'settings': self.settings, 'epoch': run.epoch,
-                   'finished': run.finished, 'seconds': run.seconds,
-                   'model': cpu_state(run.model),
-                   'optimizer': run.optimizer.state_dict(),
-                   'early_stopping': run.stopper.state_dict(),
-                   'rng': rngs[0], 'history': run.history,
-                   **({'rng_by_rank': rngs} if len(rngs) > 1 else {}),
-                   'best_model': run.best_state,
-                   'best_metrics': (None if run.best_metrics is None else
-                                    asdict(run.best_metrics))},
-                  self.state_path)
+            save_atomic({'settings': self.settings, **run.state_dict(),
+                         'rng': rngs[0],
+                         **({'rng_by_rank': rngs} if len(rngs) > 1 else {})},
+                        self.state_path)
 
     def restore(self, run: RunState, device: torch.device) -> bool:
         """Continues ``run`` from the training state, if there is one;
@@ -160,19 +183,11 @@ class Checkpoints:
             return False
         state = torch.load(self.state_path, weights_only=True,
                            map_location='cpu')
-        self._check_settings(state['settings'])
-        run.model.load_state_dict(state['model'])
-        run.optimizer.load_state_dict(state['optimizer'])
-        run.stopper.load_state_dict(state['early_stopping'])
-        run.history = state['history']
-        run.best_state = state['best_model']
-        if state['best_metrics'] is not None:
-            run.best_metrics = EpochMetrics(**state['best_metrics'])
+        self._check_settings(state.get('settings', {}))
+        run.load_state_dict(state)
         rank = world()[0]
         set_rng_state(state['rng_by_rank'][rank] if rank else state['rng'],
                       device)
-        run.epoch, run.seconds = state['epoch'], state['seconds']
-        run.finished = state['finished']
         return True
 
     def _check_settings(self, saved: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -23,16 +24,24 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from pyg_gatv2.checks import check_positive_ints
+
 from .checkpoint import Checkpoints, RunState
 from .distributed import all_reduce_sum, heartbeat, is_main, world, wrap
-from .early_stopping import EarlyStopping
-from .results import EpochMetrics, SeedResult, TrainResult, diverged
+from .early_stopping import STOP_CRITERIA, EarlyStopping
+from .results import (
+    HISTORY_KEYS,
+    EpochMetrics,
+    SeedResult,
+    TrainResult,
+    diverged,
+)
 from .sampling import FullBatch, NeighborBatches
 
 BatchSource = Union[FullBatch, NeighborBatches]
 
-__all__ = ['PAPER_SETTINGS', 'evaluate', 'fit', 'resolve_device',
-           'train_epoch', 'train_node_classifier']
+__all__ = ['PAPER_SETTINGS', 'Recipe', 'CheckpointFiles', 'Checkpointing',
+           'Sampling', 'evaluate', 'fit', 'resolve_device', 'train_epoch',
+           'train_node_classifier']
 
 # The GAT paper's transductive settings (Sec. 3.3): 8 heads of 8 features,
 # dropout 0.6 and patience 100 everywhere; PubMed differs in these.
@@ -176,30 +185,136 @@ def _finite_gradients(model: torch.nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
-def _check_fit_args(epochs: int, patience: int, state_every: int, lr: float,
-                    weight_decay: float, resume: bool,
-                    state_path: Optional[_PathLike]) -> None:
-    check_positive_ints('fit', epochs=epochs, patience=patience,
-                        state_every=state_every)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"'fit' got lr={lr!r}; pass a positive number")
-    if not (isinstance(weight_decay, (int, float))
-            and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"'fit' got weight_decay={weight_decay!r}; pass a "
-                         'non-negative number')
-    if resume and state_path is None:
-        raise ValueError("'fit' got resume=True without a state_path to "
-                         'resume from')
+@dataclass(frozen=True)
+class Recipe:
+    """How a node classifier is trained: Adam on the cross-entropy of the
+    training nodes with early stopping on the validation nodes. The
+    defaults are the GAT paper's for Cora and CiteSeer.
+
+    Attributes:
+        epochs (int): Most epochs to train.
+        patience (int): Early-stopping patience in epochs.
+        lr (float): Adam learning rate.
+        weight_decay (float): Adam weight decay (L2).
+        stop_on (str): Early-stopping criterion, ``'loss+acc'``, ``'loss'``
+            or ``'acc'`` (see :class:`EarlyStopping`).
+    """
+    epochs: int = 1000
+    patience: int = 100
+    lr: float = 0.005
+    weight_decay: float = 5e-4
+    stop_on: str = 'loss+acc'
+
+    def __post_init__(self) -> None:
+        check_positive_ints('Recipe', epochs=self.epochs,
+                            patience=self.patience)
+        for name, low in (('lr', 'positive'),
+                          ('weight_decay', 'non-negative')):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)
+                    and (value > 0 if low == 'positive' else value >= 0)):
+                raise ValueError(f"'Recipe' got {name}={value!r}; pass a "
+                                 f'{low} number')
+        if self.stop_on not in STOP_CRITERIA:
+            raise ValueError(f"'Recipe' got stop_on={self.stop_on!r}; "
+                             f"choose one of {', '.join(STOP_CRITERIA)}")
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _epoch(run: RunState, train_model: torch.nn.Module,
-           forward_model: torch.nn.Module, data: Data,
-           batches: Iterable[Data], epoch: int, first: bool,
-           seed: Optional[int], lr: float,
-           weight_decay: float) -> EpochMetrics:
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """Where :func:`fit` keeps one run's checkpoints (see
+    :mod:`pyg_gatv2.experiments.training.checkpoint`).
+
+    Attributes:
+        best_path (str or os.PathLike, optional): The best model: a
+            dictionary with ``'model'`` (the state dict), the best epoch's
+            metrics, ``'seed'`` and ``'metadata'``, written at every
+            training-state checkpoint and at the end.
+        state_path (str or os.PathLike, optional): The training state,
+            written every :attr:`every` epochs and at the end.
+        every (int): Epochs between training-state checkpoints.
+        resume (bool): Whether to continue from :attr:`state_path` if it
+            exists; a finished run is returned as it was. The checkpoint
+            must have been written with the same settings.
+    """
+    best_path: Optional[_PathLike] = None
+    state_path: Optional[_PathLike] = None
+    every: int = 50
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_ints('CheckpointFiles', every=self.every)
+        if self.resume and self.state_path is None:
+            raise ValueError("'CheckpointFiles' got resume=True without a "
+                             'state_path to resume from')
+
+    def of(self, settings: dict[str, Any],
+           seed: Optional[int]) -> Checkpoints:
+        return Checkpoints(
+            None if self.best_path is None else Path(self.best_path),
+            None if self.state_path is None else Path(self.state_path),
+            settings, seed)
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where :func:`train_node_classifier` keeps its checkpoints: for each
+    seed, ``best_seed<seed>.pt`` (the best model) and
+    ``state_seed<seed>.pt`` (the training state) in :attr:`folder`.
+
+    Attributes:
+        folder (str or os.PathLike): The folder.
+        every (int): Epochs between training-state checkpoints.
+        resume (bool): Whether to resume each seed from its training state,
+            where there is one.
+    """
+    folder: _PathLike
+    every: int = 50
+    resume: bool = False
+
+    def files(self, seed: int) -> CheckpointFiles:
+        folder = Path(self.folder)
+        return CheckpointFiles(folder / f'best_seed{seed}.pt',
+                               folder / f'state_seed{seed}.pt', self.every,
+                               self.resume)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Mini-batches of training nodes with their sampled neighbourhoods
+    (see :class:`~pyg_gatv2.experiments.training.sampling.NeighborBatches`,
+    which needs torch-sparse or pyg-lib).
+
+    Attributes:
+        batch_size (int): Seed nodes per mini-batch and process.
+        num_neighbors (sequence of int): Neighbours sampled per node at each
+            hop, one entry per layer.
+        num_workers (int): Processes that sample mini-batches ahead of
+            training.
+    """
+    batch_size: int
+    num_neighbors: Sequence[int] = (10, 10)
+    num_workers: int = 0
+
+    def batches(self, data: Data, device: torch.device) -> NeighborBatches:
+        return NeighborBatches(data.cpu(), list(self.num_neighbors),
+                               self.batch_size, device=device,
+                               num_workers=self.num_workers)
+
+
+def _epoch(run: RunState, models: tuple[torch.nn.Module, torch.nn.Module],
+           data: Data, batches: Iterable[Data], first: bool,
+           seed: Optional[int], recipe: Recipe) -> EpochMetrics:
     """Trains (through ``train_model``) and evaluates (through
-    ``forward_model``) one epoch (``first``: the first of this call);
-    raises :class:`TrainingDivergedError` on divergence."""
+    ``forward_model``), ``models`` being the two, epoch ``run.epoch + 1``
+    (``first``: the first of this call); raises
+    :class:`TrainingDivergedError` on divergence."""
+    train_model, forward_model = models
+    epoch = run.epoch + 1
+    args = (epoch, seed, recipe.lr, recipe.weight_decay)
     heartbeat(epoch=epoch)
     try:
         loss = train_epoch(run.model, train_model, run.optimizer, batches)
@@ -208,40 +323,57 @@ def _epoch(run: RunState, train_model: torch.nn.Module,
         # input later means the weights made it non-finite.
         if first:
             raise
-        raise diverged('a hidden feature', epoch, seed, lr, weight_decay,
-                       cause=err) from err
+        raise diverged('a hidden feature', *args, cause=err) from err
     if not torch.isfinite(loss):
-        raise diverged('the training loss', epoch, seed, lr, weight_decay)
+        raise diverged('the training loss', *args)
     if not all(torch.isfinite(p).all() for p in run.model.parameters()):
-        raise diverged('a parameter', epoch, seed, lr, weight_decay)
+        raise diverged('a parameter', *args)
     heartbeat(stage='evaluation')
     try:
         metrics = EpochMetrics(epoch=epoch, loss=loss.item(),
                                **evaluate(forward_model, data))
     except ValueError as err:
-        raise diverged('a hidden feature', epoch, seed, lr, weight_decay,
-                       cause=err) from err
+        raise diverged('a hidden feature', *args, cause=err) from err
     if not math.isfinite(metrics.val_loss):
-        raise diverged('the validation loss', epoch, seed, lr, weight_decay)
+        raise diverged('the validation loss', *args)
     return metrics
+
+
+def _record(run: RunState, metrics: EpochMetrics, seconds: float,
+            recipe: Recipe) -> None:
+    """Adds an epoch to ``run``: its metrics, the early-stopping step and
+    whether the run ends."""
+    stopper = run.helpers['early_stopping']
+    is_best = stopper.step(metrics.epoch, metrics.val_loss, metrics.val_acc)
+    run.record(asdict(metrics), is_best)
+    run.epoch = metrics.epoch
+    run.seconds += seconds
+    if stopper.should_stop:
+        run.stop = 'patience'
+    elif metrics.epoch >= recipe.epochs:
+        run.stop = 'max_epochs'
+
+
+def _seed_result(run: RunState, seed: Optional[int]) -> SeedResult:
+    """Loads the best weights into the model; returns the outcome."""
+    run.model.load_state_dict(run.best_state)
+    best = run.best
+    return SeedResult(seed=seed, best_epoch=best['epoch'],
+                      val_acc=best['val_acc'], val_loss=best['val_loss'],
+                      test_acc=best['test_acc'],
+                      epochs=len(run.history['epoch']), seconds=run.seconds,
+                      history=run.history)
 
 
 def fit(
     model: torch.nn.Module,
     data: Data,
+    recipe: Optional[Recipe] = None,
     *,
-    epochs: int = 1000,
-    patience: int = 100,
-    lr: float = 0.005,
-    weight_decay: float = 5e-4,
-    stop_on: str = 'loss+acc',
     seed: Optional[int] = None,
     forward_model: Optional[torch.nn.Module] = None,
     batches: Optional[BatchSource] = None,
-    best_path: Optional[_PathLike] = None,
-    state_path: Optional[_PathLike] = None,
-    state_every: int = 50,
-    resume: bool = False,
+    checkpoints: Optional[CheckpointFiles] = None,
     metadata: Optional[dict[str, Any]] = None,
     callback: Optional[Callable[[EpochMetrics], None]] = None,
     progress: bool = False,
@@ -270,15 +402,8 @@ def fit(
         model (torch.nn.Module): Maps ``(x, edge_index)`` to class logits.
         data (torch_geometric.data.Data): A graph with ``x``, ``edge_index``,
             ``y`` and boolean ``train_mask``, ``val_mask``, ``test_mask``.
-        epochs (int, optional): Most epochs to train. (default: :obj:`1000`)
-        patience (int, optional): Early-stopping patience in epochs.
-            (default: :obj:`100`)
-        lr (float, optional): Adam learning rate. (default: :obj:`0.005`)
-        weight_decay (float, optional): Adam weight decay (L2).
-            (default: :obj:`5e-4`)
-        stop_on (str, optional): Early-stopping criterion, ``'loss+acc'``,
-            ``'loss'`` or ``'acc'`` (see :class:`EarlyStopping`).
-            (default: ``'loss+acc'``)
+        recipe (Recipe, optional): The epochs, early stopping and optimizer.
+            (default: :obj:`Recipe()`, the GAT paper's)
         seed (int, optional): The seed the model was built under, recorded in
             the result and the checkpoints. (default: :obj:`None`)
         forward_model (torch.nn.Module, optional): What to call for the
@@ -287,19 +412,9 @@ def fit(
         batches (FullBatch or NeighborBatches, optional): What each epoch
             trains on (see :mod:`pyg_gatv2.experiments.training.sampling`); its batches
             are on :obj:`data`'s device. (default: :obj:`FullBatch(data)`)
-        best_path (str or os.PathLike, optional): Where to save the best
-            model: a dictionary with ``'model'`` (the state dict), the best
-            epoch's metrics, ``'seed'`` and ``'metadata'``, written at every
-            training-state checkpoint and at the end. (default: :obj:`None`)
-        state_path (str or os.PathLike, optional): Where to save the training
-            state every :obj:`state_every` epochs and at the end.
-            (default: :obj:`None`)
-        state_every (int, optional): Epochs between training-state
-            checkpoints. (default: :obj:`50`)
-        resume (bool, optional): Whether to continue from :obj:`state_path`
-            if it exists; a finished run is returned as it was. The
-            checkpoint must have been written with the same settings.
-            (default: :obj:`False`)
+        checkpoints (CheckpointFiles, optional): Where to keep the best
+            model and the training state, and whether to resume from it.
+            (default: :obj:`None`, no checkpoints)
         metadata (dict, optional): Numbers and strings describing the run
             (hyperparameters, dataset), stored in both checkpoints and
             compared on resume, with the settings of :obj:`batches`.
@@ -316,76 +431,63 @@ def fit(
         TrainingDivergedError: When the loss or a parameter becomes NaN or
             infinite; the message names the epoch and what to try.
     """
-    _check_fit_args(epochs, patience, state_every, lr, weight_decay, resume,
-                    state_path)
     check_data(data)
+    recipe = Recipe() if recipe is None else recipe
     forward_model = model if forward_model is None else forward_model
     batches = FullBatch(data) if batches is None else batches
     if not isinstance(batches, (FullBatch, NeighborBatches)):
         raise ValueError(f"'fit' got batches={batches!r}; pass "
                          'FullBatch(data) or NeighborBatches(data, ...) '
                          'from pyg_gatv2.experiments.training')
+    checkpoints = CheckpointFiles() if checkpoints is None else checkpoints
     device = data.x.device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr,
-                                 weight_decay=weight_decay)
-    run = RunState(model, optimizer, EarlyStopping(patience, stop_on))
-    checkpoints = Checkpoints(
-        None if best_path is None else Path(best_path),
-        None if state_path is None else Path(state_path),
-        {'epochs': epochs, 'patience': patience, 'lr': lr,
-         'weight_decay': weight_decay, 'stop_on': stop_on, 'seed': seed,
-         'metadata': dict(metadata or {}), **batches.settings}, seed)
-    if resume:
-        checkpoints.restore(run, device)
-
-    bar = tqdm(total=epochs, initial=run.epoch, leave=False, unit='epoch',
-               desc='epochs' if seed is None else f'seed {seed}',
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr,
+                                 weight_decay=recipe.weight_decay)
+    run = RunState(model, optimizer, HISTORY_KEYS, helpers={
+        'early_stopping': EarlyStopping(recipe.patience, recipe.stop_on)})
+    keep = checkpoints.of({**recipe.settings(), 'seed': seed,
+                           'metadata': dict(metadata or {}),
+                           **batches.settings}, seed)
+    if checkpoints.resume:
+        keep.restore(run, device)
+    bar = tqdm(total=recipe.epochs, initial=run.epoch, leave=False,
+               unit='epoch', desc='epochs' if seed is None else f'seed {seed}',
                disable=not progress or run.finished or not is_main(),
                dynamic_ncols=True)
-    train_model = wrap(forward_model, device)
+    models = (wrap(forward_model, device), forward_model)
     first = run.epoch + 1
     try:
         while not run.finished:
-            epoch = run.epoch + 1
             tic = time.perf_counter()
-            metrics = _epoch(run, train_model, forward_model, data,
-                             batches.batches(0 if seed is None else seed,
-                                             epoch),
-                             epoch, epoch == first, seed, lr, weight_decay)
-            run.record(metrics, time.perf_counter() - tic, epochs)
+            metrics = _epoch(run, models, data, batches.batches(
+                0 if seed is None else seed, run.epoch + 1),
+                run.epoch + 1 == first, seed, recipe)
+            _record(run, metrics, time.perf_counter() - tic, recipe)
             if callback is not None:
                 callback(metrics)
             bar.update()
             bar.set_postfix(loss=f'{metrics.loss:.3f}',
                             val=f'{metrics.val_acc:.3f}',
-                            best=f'{run.best_metrics.val_acc:.3f}')
-            if run.finished or epoch % state_every == 0:
+                            best=f"{run.best['val_acc']:.3f}")
+            if run.finished or run.epoch % checkpoints.every == 0:
                 heartbeat(stage='checkpoint')
-                checkpoints.save(run, device)
+                keep.save(run, device)
     finally:
         bar.close()
-    return run.result(seed)
+    return _seed_result(run, seed)
 
 
 def train_node_classifier(
     build_model: Callable[[], torch.nn.Module],
     data: Data,
     seeds: Sequence[int] = (0, ),
+    recipe: Optional[Recipe] = None,
     *,
-    epochs: int = 1000,
-    patience: int = 100,
-    lr: float = 0.005,
-    weight_decay: float = 5e-4,
-    stop_on: str = 'loss+acc',
-    batch_size: Optional[int] = None,
-    num_neighbors: Optional[Sequence[int]] = None,
-    num_workers: int = 0,
+    sampling: Optional[Sampling] = None,
     device: Union[str, torch.device] = 'cpu',
     compile: bool = False,
     deterministic: Optional[bool] = None,
-    checkpoint_dir: Optional[_PathLike] = None,
-    checkpoint_every: int = 50,
-    resume: bool = False,
+    checkpoints: Optional[Checkpointing] = None,
     metadata: Optional[dict[str, Any]] = None,
     on_epoch: Optional[Callable[[int, EpochMetrics], None]] = None,
     on_seed_end: Optional[Callable[[SeedResult], None]] = None,
@@ -395,13 +497,12 @@ def train_node_classifier(
 
     For each seed, :func:`torch.manual_seed` is called, then
     :obj:`build_model` builds the model, which :func:`fit` trains. With
-    :obj:`checkpoint_dir`, each seed writes ``best_seed<seed>.pt`` (the best
-    model) and ``state_seed<seed>.pt`` (the training state) there.
+    :obj:`checkpoints`, each seed writes ``best_seed<seed>.pt`` (the best
+    model) and ``state_seed<seed>.pt`` (the training state) in its folder.
 
-    With :obj:`batch_size`, each epoch trains on mini-batches of training
-    nodes with their sampled neighbourhoods (see
-    :class:`~pyg_gatv2.experiments.training.sampling.NeighborBatches`, which needs
-    torch-sparse or pyg-lib); without, on the whole graph. Under a
+    With :obj:`sampling`, each epoch trains on mini-batches of training
+    nodes with their sampled neighbourhoods; without, on the whole
+    graph. Under a
     :mod:`torch.distributed` process group every process calls this with
     the same arguments (see :func:`fit`).
 
@@ -410,15 +511,10 @@ def train_node_classifier(
         data (torch_geometric.data.Data): The graph, see :func:`fit`.
         seeds (sequence of int, optional): One run per seed.
             (default: :obj:`(0,)`)
-        epochs, patience, lr, weight_decay, stop_on: As in :func:`fit`.
-        batch_size (int, optional): Seed nodes per mini-batch and process;
-            :obj:`None` trains full-batch. (default: :obj:`None`)
-        num_neighbors (sequence of int, optional): Neighbours sampled per
-            node at each hop, one entry per layer; needs
-            :obj:`batch_size`. (default: :obj:`[10] * 2`, ten per hop for two
-            layers)
-        num_workers (int, optional): Processes that sample mini-batches
-            ahead of training. (default: :obj:`0`)
+        recipe (Recipe, optional): As in :func:`fit`.
+            (default: :obj:`Recipe()`)
+        sampling (Sampling, optional): The mini-batches; :obj:`None` trains
+            full-batch. (default: :obj:`None`)
         device (str or torch.device, optional): ``'cpu'``, ``'cuda'`` or
             ``'auto'``. (default: ``'cpu'``)
         compile (bool, optional): Whether to run the forward passes through
@@ -429,13 +525,9 @@ def train_node_classifier(
             :func:`torch.use_deterministic_algorithms` during training. If
             :obj:`None`, on for the CPU and off for GPUs, where scatter
             operations have no deterministic kernels. (default: :obj:`None`)
-        checkpoint_dir (str or os.PathLike, optional): Folder of the
-            checkpoints. (default: :obj:`None`)
-        checkpoint_every (int, optional): Epochs between training-state
-            checkpoints. (default: :obj:`50`)
-        resume (bool, optional): Whether to resume each seed from its
-            training state in :obj:`checkpoint_dir`, where there is one.
-            (default: :obj:`False`)
+        checkpoints (Checkpointing, optional): The folder of the
+            checkpoints, how often, and whether to resume.
+            (default: :obj:`None`, no checkpoints)
         metadata (dict, optional): As in :func:`fit`. (default: :obj:`None`)
         on_epoch (callable, optional): Called with the seed and the
             :class:`EpochMetrics` of every epoch. (default: :obj:`None`)
@@ -452,24 +544,11 @@ def train_node_classifier(
                             for s in seeds):
         raise ValueError(f"'train_node_classifier' got seeds={seeds!r}; pass "
                          'a non-empty sequence of integers')
-    if resume and checkpoint_dir is None:
-        raise ValueError("'train_node_classifier' got resume=True without a "
-                         'checkpoint_dir to resume from')
-    if batch_size is None and (num_neighbors is not None or num_workers):
-        raise ValueError("'train_node_classifier' got num_neighbors or "
-                         'num_workers without batch_size; pass '
-                         'batch_size=... to train in mini-batches')
     device = resolve_device(device)
     if deterministic is None:
         deterministic = device.type == 'cpu'
-    batches = None
-    if batch_size is not None:
-        batches = NeighborBatches(
-            data.cpu(), [10, 10] if num_neighbors is None else num_neighbors,
-            batch_size, device=device, num_workers=num_workers)
+    batches = None if sampling is None else sampling.batches(data, device)
     data = data.to(device)
-    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-
     runs = []
     with _deterministic(deterministic):
         for seed in tqdm(seeds, desc='seeds', unit='seed',
@@ -478,21 +557,16 @@ def train_node_classifier(
                          dynamic_ncols=True):
             torch.manual_seed(seed)
             model = build_model().to(device)
-            forward_model = torch.compile(model) if compile else model
             callback = None
             if on_epoch is not None:
                 def callback(metrics: EpochMetrics, seed: int = seed) -> None:
                     on_epoch(seed, metrics)
-            run = fit(
-                model, data, epochs=epochs, patience=patience, lr=lr,
-                weight_decay=weight_decay, stop_on=stop_on, seed=seed,
-                forward_model=forward_model, batches=batches,
-                best_path=None if folder is None else
-                folder / f'best_seed{seed}.pt',
-                state_path=None if folder is None else
-                folder / f'state_seed{seed}.pt',
-                state_every=checkpoint_every, resume=resume,
-                metadata=metadata, callback=callback, progress=progress)
+            run = fit(model, data, recipe, seed=seed,
+                      forward_model=torch.compile(model) if compile else model,
+                      batches=batches,
+                      checkpoints=(None if checkpoints is None else
+                                   checkpoints.files(seed)),
+                      metadata=metadata, callback=callback, progress=progress)
             runs.append(run)
             if on_seed_end is not None:
                 on_seed_end(run)

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from pyg_gatv2.checks import check_positive_ints
+
 from .distributed import world
 
 __all__ = ['FullBatch', 'NeighborBatches', 'SamplingUnavailableError',

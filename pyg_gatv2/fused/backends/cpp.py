@@ -33,11 +33,12 @@ def _record(ops: Operands) -> cpp_library.Args:
         dtype=cpp_library.DTYPES[ops.x_l.dtype], heads=H, channels=C,
         num_edges=layout.num_edges, negative_slope=ops.negative_slope,
         num_threads=torch.get_num_threads(), x_l=pointer(ops.x_l),
-        x_r=pointer(ops.x_r), att=pointer(ops.att), edge_term=pointer(ops.edge_term),
-        loop_term=pointer(ops.loop_term),
-        dropout_mask=pointer(ops.dropout_mask), dst_ptr=pointer(layout.dst_ptr),
-        dst_col=pointer(layout.dst_col), dst_eid=pointer(layout.dst_eid),
-        dst_bounds=pointer(bounds), num_dst_ranges=max(bounds.size - 1, 0))
+        x_r=pointer(ops.x_r), att=pointer(ops.att),
+        edge_term=pointer(ops.edge_term), loop_term=pointer(ops.loop_term),
+        dropout_mask=pointer(ops.dropout_mask),
+        dst_ptr=pointer(layout.dst_ptr), dst_col=pointer(layout.dst_col),
+        dst_eid=pointer(layout.dst_eid), dst_bounds=pointer(bounds),
+        num_dst_ranges=max(bounds.size - 1, 0))
 
 
 class CppBackend(Backend):
@@ -99,8 +100,10 @@ class CppBackend(Backend):
         if want_src_grad:
             src_ptr, src_pos, src_row = layout.csc
             bounds = layout.bounds('src', _num_chunks())
-            record.src_ptr, record.src_pos = pointer(src_ptr), pointer(src_pos)
-            record.src_row, record.src_bounds = pointer(src_row), pointer(bounds)
+            record.src_ptr = pointer(src_ptr)
+            record.src_pos = pointer(src_pos)
+            record.src_row = pointer(src_row)
+            record.src_bounds = pointer(bounds)
             record.num_src_ranges = max(bounds.size - 1, 0)
             record.grad_x_l = pointer(grad_xl)
             call('gatv2_backward_src', record)
