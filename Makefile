@@ -1,13 +1,23 @@
 # Set-up and entry points. `make train` and `make test` each build the
-# virtual environment first, so both work on a fresh machine with Python 3.11.
+# virtual environment they need first, so both work on a fresh machine with
+# Python 3.11: `make train` installs only what training needs, `make test`
+# everything the tests need.
 
 PYTHON ?= python3
+CXX ?= g++
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 # The CPU build of torch that the package is tested with. An unpinned torch
 # pulls the newest CUDA build, several gigabytes.
 TORCH_VERSION ?= 2.13.0
+KERNELS := $(wildcard pyg_gatv2/fused/_kernels/*)
+TRAIN_STAMP := $(VENV)/.train-installed
+TEST_STAMP := $(VENV)/.test-installed
+# The C++ kernels built with AddressSanitizer and UndefinedBehaviorSanitizer.
+SANITIZED := build/sanitize/_cpp_sanitized.so
+# The tests that run the C++ kernels, run again on the sanitized build.
+SANITIZE_TESTS := tests/test_fused_backends_cpp.py tests/test_fused_layout.py \
+	tests/test_fused_op.py tests/test_fused_cpp_library.py
 # Raw Planetoid files for offline runs (the shared data folder on the
 # project's machines); left alone when the folder does not exist.
 RAW_DIR ?= $(wildcard ../shared/data/planetoid)
@@ -15,36 +25,74 @@ ifneq ($(RAW_DIR),)
 export PYG_GATV2_RAW_DIR ?= $(abspath $(RAW_DIR))
 endif
 
-.PHONY: setup train test bench lint clean
+.PHONY: setup setup-train train test test-fast sanitize mutations bench \
+	lint clean
 
-setup: $(STAMP)
+setup: $(TEST_STAMP)
+setup-train: $(TRAIN_STAMP)
 
-$(STAMP): setup.cfg setup.py pyproject.toml pyg_gatv2/fused/_cpp_kernels.cpp
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+
+# torch, then the package with the train extra; pip builds the C++ kernels
+# (pyg_gatv2/fused/_kernels/) in place.
+$(TRAIN_STAMP): setup.cfg setup.py pyproject.toml $(KERNELS) | $(BIN)/python
 	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
-	# Builds the C++ kernels (pyg_gatv2/fused/_cpp_kernels.cpp) in place.
+	$(BIN)/python -m pip install -e '.[train]'
+	touch $@
+
+# The test extra, then torch-scatter and torch-sparse (the extras scatter
+# and sampling), which have no wheels for this torch: built against the
+# installed torch instead of a fresh one in an isolated environment,
+# torch-scatter first (about 10 and 14 minutes on two cores; pip caches
+# the built wheels).
+$(TEST_STAMP): $(TRAIN_STAMP)
 	$(BIN)/python -m pip install -e '.[test]'
-	# torch-scatter and torch-sparse (the extras scatter and sampling) have
-	# no wheels for this torch: build them against the installed torch
-	# instead of a fresh one in an isolated environment, torch-scatter first
-	# (about 10 and 14 minutes on two cores; pip caches the built wheels).
 	$(BIN)/python -m pip install --no-build-isolation 'torch-scatter>=2.1'
 	$(BIN)/python -m pip install --no-build-isolation 'torch-sparse>=0.6.18'
 	touch $@
 
-train: $(STAMP)
+train: $(TRAIN_STAMP)
 	$(BIN)/pyg-gatv2 train --dataset Cora --seeds 10
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
+	$(MAKE) sanitize
 
-bench: $(STAMP)
+# Everything but the cases marked slow: a few minutes.
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest tests -m 'not slow'
+
+$(SANITIZED): $(KERNELS)
+	mkdir -p $(@D)
+	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer \
+		-fsanitize=address,undefined -fno-sanitize-recover=all \
+		-fopenmp -fno-math-errno -fPIC -shared \
+		pyg_gatv2/fused/_kernels/gatv2.cpp -o $@
+
+# Python is not built with AddressSanitizer, so its runtime is preloaded
+# (with libstdc++, whose exceptions it intercepts); leaks are not checked
+# (the interpreter keeps its own memory to the end).
+sanitize: $(TEST_STAMP) $(SANITIZED)
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) \
+		$$($(CXX) -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
+	UBSAN_OPTIONS=print_stacktrace=1 \
+	PYG_GATV2_CPP_LIBRARY=$(abspath $(SANITIZED)) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+
+# Deliberate faults in copies of the kernels, each of which a test must
+# catch (tests/mutations.py).
+mutations: $(TEST_STAMP)
+	$(BIN)/python tests/mutations.py
+
+bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/kernels.py
 	$(BIN)/python benchmarks/sparse_vs_dense.py
 	$(BIN)/python benchmarks/accuracy.py
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check pyg_gatv2 tests examples benchmarks
 
 clean:

@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from pyg_gatv2 import DictionaryLookup, DictionaryLookupNet
-from pyg_gatv2.lookup import LookupRecipe, train_lookup
+from pyg_gatv2.experiments import DictionaryLookup, DictionaryLookupNet
+from pyg_gatv2.experiments.lookup import LookupRecipe, train_lookup
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument('--k', type=int, default=10, help='keys per graph')

@@ -11,7 +11,8 @@ Cora's raw files are taken from $PYG_GATV2_RAW_DIR when it is set, else
 downloaded once into $PYG_GATV2_ROOT (default ~/.cache/pyg_gatv2). For
 several seeds, results files and curves, use ``pyg-gatv2 train``.
 """
-from pyg_gatv2 import GATv2, load_planetoid, train_node_classifier
+from pyg_gatv2 import GATv2
+from pyg_gatv2.experiments import load_planetoid, train_node_classifier
 
 dataset = load_planetoid('Cora')
 data = dataset[0]
