@@ -15,7 +15,7 @@ ifneq ($(RAW_DIR),)
 export PYG_GATV2_RAW_DIR ?= $(abspath $(RAW_DIR))
 endif
 
-.PHONY: setup train test bench lint clean
+.PHONY: setup train test mutations bench lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+	$(BIN)/python tests/mutations.py
+
+# Deliberate faults in copies of the kernels, the layout and the layer,
+# each of which a test must catch (tests/mutations.py).
+mutations: $(STAMP)
+	$(BIN)/python tests/mutations.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernels.py
