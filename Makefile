@@ -59,6 +59,7 @@ train: $(TRAIN_STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
 	$(MAKE) sanitize
+	$(BIN)/python tests/mutations.py
 
 # Everything but the cases marked slow: a few minutes.
 test-fast: $(TEST_STAMP)
@@ -82,8 +83,8 @@ sanitize: $(TEST_STAMP) $(SANITIZED)
 	PYG_GATV2_CPP_LIBRARY=$(abspath $(SANITIZED)) \
 		$(BIN)/python -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 
-# Deliberate faults in copies of the kernels, each of which a test must
-# catch (tests/mutations.py).
+# Deliberate faults in copies of the kernels, the layout and the layer,
+# each of which a test must catch (tests/mutations.py).
 mutations: $(TEST_STAMP)
 	$(BIN)/python tests/mutations.py
 

@@ -2,13 +2,15 @@
 failures and reports.
 
 - :func:`run_isolated` runs a worker function of a benchmark in a fresh
-  Python process, with JSON in and out, so that one measurement does not
-  inherit the allocator state of another and a crash (out of memory) ends
-  the worker, not the benchmark.
-- :func:`compare` checks an output against the reference before anything
-  is timed.
+  Python process, with JSON in and out and a time limit, so that one
+  measurement does not inherit the allocator state of another and a crash
+  (out of memory) or a hang ends the worker, not the benchmark.
+- :func:`compare` checks an output against the reference;
+  :func:`training_step` and :func:`compare_steps` check a training step,
+  its output and the gradient of every parameter, before anything is
+  timed.
 - :func:`median_time` and :func:`interleaved_medians` time.
-- :func:`peak_memory` measures.
+- :func:`peak_memory` and :func:`step_memory` measure.
 - :func:`failure` says why a run failed, out of memory as such.
 - :func:`raw_dir`, :func:`command_line`, :func:`markdown_table`,
   :func:`write_csv` and :func:`write_report` find the data and write the
@@ -19,7 +21,9 @@ each run. Peak memory is the growth above the level before the call: on
 CUDA from the caching allocator's statistics, on CPU from the process's
 peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``).
 The CPU figure is only clean when freed memory goes back to the system at
-once, which :func:`pin_malloc` arranges.
+once, which :func:`pin_malloc` arranges. What a call keeps after it
+returns (a cache) is the growth of the allocated bytes (CUDA) or of the
+resident set (CPU) that remains once garbage is collected.
 """
 import argparse
 import csv
@@ -28,6 +32,7 @@ import ctypes.util
 import gc
 import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -39,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Optional, Union
 
@@ -79,11 +85,15 @@ def command_line() -> str:
 
 
 def machine(threads: int, device: Union[str, torch.device]) -> str:
-    """The machine and the versions behind a report, for its header."""
-    import numba
+    """The machine and the versions behind a report, for its header; numba's
+    only where it is installed."""
+    try:
+        numba = f", numba {metadata.version('numba')}"
+    except metadata.PackageNotFoundError:
+        numba = ''
     return (f'{platform.processor() or platform.machine()}, '
-            f'{os.cpu_count()} CPUs, torch {torch.__version__}, numba '
-            f'{numba.__version__}, {threads} threads, device {device}')
+            f'{os.cpu_count()} CPUs, torch {torch.__version__}{numba}, '
+            f'{threads} threads, device {device}')
 
 
 # Isolation: one measurement per process ------------------------------------
@@ -93,8 +103,14 @@ class WorkerFailed(RuntimeError):
     """A worker process ended without a result; ``str()`` says why."""
 
 
+# Seconds a worker process may run before it is killed: far more than the
+# largest default case of any benchmark takes, so that only a hang meets it.
+WORKER_TIMEOUT = 3600.0
+
+
 def run_isolated(worker: Callable[[dict], dict], spec: dict,
-                 threads: int = 0) -> dict:
+                 threads: int = 0,
+                 timeout: float = WORKER_TIMEOUT) -> dict:
     """``worker(spec)`` in a fresh Python process; returns its result.
 
     :obj:`worker` is a module-level function of a benchmark script (or of a
@@ -103,7 +119,9 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
     :obj:`threads` > 0, torch, OpenMP and numba in the worker use that many
     threads. Raises :class:`WorkerFailed` when the worker dies: killed
     (``'out of memory (worker killed by SIGKILL)'``, the kernel's answer
-    to a process that asks for too much) or with an exit code.
+    to a process that asks for too much), with an exit code, or still
+    running after :obj:`timeout` seconds (``'timed out after N s'``), when
+    it is killed with every process it started.
     """
     target = sys.modules[worker.__module__].__file__
     env = dict(os.environ)
@@ -111,10 +129,22 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
         for key in ('OMP_NUM_THREADS', 'NUMBA_NUM_THREADS'):
             env[key] = str(threads)
     with tempfile.NamedTemporaryFile('r', suffix='.json') as out:
-        proc = subprocess.run(
+        # A session of its own, so that killing it ends what it started
+        # too (torch.compile's compile workers).
+        proc = subprocess.Popen(
             [sys.executable, __file__, target, worker.__name__, out.name],
-            input=json.dumps(dict(spec=spec, threads=threads), default=str),
-            text=True, env=env)
+            stdin=subprocess.PIPE, text=True, env=env,
+            start_new_session=True)
+        try:
+            proc.communicate(
+                json.dumps(dict(spec=spec, threads=threads), default=str),
+                timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_session(proc)
+            raise WorkerFailed(f'timed out after {timeout:g} s') from None
+        except BaseException:  # Ctrl-C: the worker is outside its reach
+            kill_session(proc)
+            raise
         if proc.returncode == 0:
             return json.load(out)
     if proc.returncode < 0:
@@ -122,6 +152,25 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
         prefix = 'out of memory ' if name == 'SIGKILL' else ''
         raise WorkerFailed(f'{prefix}(worker killed by {name})')
     raise WorkerFailed(f'error: worker exit code {proc.returncode}')
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """Kills :obj:`proc`, started with ``start_new_session=True``, and every
+    process of its session; waits for it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended on its own meanwhile
+        pass
+    proc.wait()
+
+
+def add_timeout_flag(parser: argparse.ArgumentParser) -> None:
+    """``--timeout``: seconds before a worker process is killed and its
+    case reported as timed out (default :data:`WORKER_TIMEOUT`)."""
+    parser.add_argument('--timeout', type=float, default=WORKER_TIMEOUT,
+                        help='seconds before a worker process is killed '
+                        f'and reported as timed out (default: '
+                        f'{WORKER_TIMEOUT:g})')
 
 
 def _worker_main(target: str, name: str, out: str) -> None:
@@ -158,7 +207,7 @@ def failure(error: BaseException) -> str:
 
 @dataclass
 class Comparison:
-    """How an output differs from the reference output."""
+    """How a tensor differs from the reference tensor."""
     max_abs: float  # largest absolute difference
     max_rel: float  # the same over max(1, largest |reference|)
     ok: bool  # max_rel within the tolerance
@@ -168,13 +217,147 @@ def compare(got: torch.Tensor, expected: torch.Tensor,
             tolerance: float) -> Comparison:
     """Compares :obj:`got` to :obj:`expected`: agreement means a largest
     difference of at most :obj:`tolerance` times the largest reference
-    entry (or times one, for outputs smaller than one)."""
+    entry (or times one, for tensors smaller than one)."""
     if got.shape != expected.shape:
         raise ValueError(f'compare got shapes {tuple(got.shape)} and '
                          f'{tuple(expected.shape)}; they must match')
     max_abs = (got - expected).abs().max().item() if got.numel() else 0.0
     scale = max(1.0, expected.abs().max().item() if got.numel() else 0.0)
     return Comparison(max_abs, max_abs / scale, max_abs <= tolerance * scale)
+
+
+# The tolerance of a float32 step's gradients against the reference's,
+# relative to each gradient's largest entry (or to one, as :func:`compare`
+# does): looser than the 1e-5 of the outputs, because the gradient of att
+# sums a term over every edge, and its float32 rounding grows with the
+# edges. Measured on CPU (C++ kernels, 4 heads x 32, against PyG eager):
+# 3.6e-6 at 420,000 edges and 9.4e-6 at 1.2 million; against a float64
+# step, 1.2e-5 at 4.1 million, the size of the largest case checked (the
+# GPU case of gpu_checks.sh). The other gradients stayed under 1e-6.
+GRAD_TOLERANCE = 3e-5
+
+# The seed of the loss weights of every checked step, so that an
+# implementation and its reference get the same loss.
+LOSS_SEED = 0
+
+
+def loss_weights(shape: Sequence[int], device: Union[str, torch.device],
+                 seed: int = LOSS_SEED) -> torch.Tensor:
+    """The weights of a checked step's loss ``(out * weights).sum()``: one
+    standard normal draw per output entry (float32, seeded), so that the
+    gradient reaching each output entry differs and a backward pass that
+    mixes entries up cannot match by symmetry, as it can under
+    ``out.sum()``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=gen).to(device)
+
+
+@dataclass
+class StepResult:
+    """What one training step computes: its output and, by name, the
+    gradient of every tensor it was asked about that requires one."""
+    output: torch.Tensor
+    grads: dict[str, torch.Tensor]
+
+
+def training_step(forward: Callable[[], torch.Tensor],
+                  leaves: dict[str, torch.Tensor],
+                  seed: int = LOSS_SEED) -> StepResult:
+    """Runs ``forward()`` and the backward pass of ``(out *
+    loss_weights).sum()`` (:func:`loss_weights`, in float32); returns the
+    output and the gradients of those of :obj:`leaves` (parameters by
+    name, inputs) that require one. Their ``.grad`` is cleared before and
+    after, so that the step's gradients are its own and none lingers."""
+    wanted = {name: t for name, t in leaves.items() if t.requires_grad}
+    for tensor in wanted.values():
+        tensor.grad = None
+    out = forward()
+    weights = loss_weights(out.shape, out.device, seed)
+    (out.float() * weights).sum().backward()
+    grads = {name: (torch.zeros_like(t) if t.grad is None else
+                    t.grad.detach().clone())
+             for name, t in wanted.items()}
+    for tensor in wanted.values():
+        tensor.grad = None
+    return StepResult(out.detach().clone(), grads)
+
+
+OUTPUT = 'output'
+
+
+@dataclass
+class StepCheck:
+    """How a training step differs from the reference step: the relative
+    error (:func:`compare`) of each tensor, :data:`OUTPUT` first, then
+    the gradients by name; and those beyond their tolerance."""
+    errors: dict[str, float]
+    failed: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def output_error(self) -> float:
+        return self.errors[OUTPUT]
+
+    @property
+    def worst_grad(self) -> tuple[str, float]:
+        """The gradient that differs most, and its error (NaN counts as
+        the largest); ``('', 0.0)`` for a step without gradients."""
+        grads = [(name, error) for name, error in self.errors.items()
+                 if name != OUTPUT]
+        return max(grads, key=lambda item: _severity(item[1]),
+                   default=('', 0.0))
+
+    @property
+    def worst_failed(self) -> tuple[str, float]:
+        """The tensor beyond its tolerance that differs most, and its
+        error; ``('', 0.0)`` when none is."""
+        return max(((name, self.errors[name]) for name in self.failed),
+                   key=lambda item: _severity(item[1]), default=('', 0.0))
+
+    @property
+    def status(self) -> str:
+        """``'ok'``, or ``'MISMATCH (<tensor>: <error>)'`` naming the
+        tensor of :attr:`worst_failed`."""
+        if self.ok:
+            return 'ok'
+        name, error = self.worst_failed
+        return f'MISMATCH ({name}: {error:.1e})'
+
+
+def _severity(error: float) -> float:
+    return math.inf if math.isnan(error) else error
+
+
+def compare_steps(got: StepResult, expected: StepResult, tolerance: float,
+                  grad_tolerance: Optional[float] = None) -> StepCheck:
+    """Compares a training step with the reference step (:func:`compare`,
+    in float32): the output within :obj:`tolerance`, every gradient within
+    :obj:`grad_tolerance` (default :obj:`tolerance`), each of its largest
+    entry or of one where that is smaller. The floor matters for a gradient
+    whose terms cancel to almost nothing (the second layer's ``lin_r`` in
+    the mini-batch model gets 1e-8 from terms of order one): it is rounding
+    noise, different in two correct implementations, and only an error
+    against the scale of its terms says something. Both steps must have
+    gradients of the same names."""
+    if set(got.grads) != set(expected.grads):
+        raise ValueError(
+            f'compare_steps got gradients of {sorted(got.grads)} and '
+            f'{sorted(expected.grads)}; they must name the same tensors')
+    if grad_tolerance is None:
+        grad_tolerance = tolerance
+    pairs = [(OUTPUT, got.output, expected.output, tolerance)] + [
+        (name, got.grads[name], expected.grads[name], grad_tolerance)
+        for name in expected.grads]
+    errors, failed = {}, []
+    for name, mine, theirs, limit in pairs:
+        result = compare(mine.float(), theirs.float(), limit)
+        errors[name] = result.max_rel
+        if not result.ok:
+            failed.append(name)
+    return StepCheck(errors, failed)
 
 
 # Timing ---------------------------------------------------------------------
@@ -266,10 +449,19 @@ def cpu_memory_supported() -> bool:
     return True
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory of one call of :obj:`fn` above the level before it, in
-    bytes (NaN where it cannot be measured). Whatever :obj:`fn` returns is
-    dropped before the call ends, so run warm-up calls first."""
+@dataclass
+class Memory:
+    """The memory of one call, in bytes above the level before it."""
+    peak: float  # the largest growth while it ran
+    kept: float  # the growth still held after it returned
+
+
+def step_memory(fn: Callable[[], object], device: torch.device) -> Memory:
+    """The peak memory of one call of :obj:`fn` above the level before it,
+    and what it keeps: the growth that remains after it returned and
+    garbage was collected (NaN for both where they cannot be measured).
+    Whatever :obj:`fn` returns is dropped before the call ends, so run
+    warm-up calls first."""
     gc.collect()
     if device.type == 'cuda':
         synchronize(device)
@@ -277,14 +469,24 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - base)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        gc.collect()
+        return Memory(float(peak),
+                      float(torch.cuda.memory_allocated(device) - base))
     if not cpu_memory_supported():
-        return float('nan')
+        return Memory(math.nan, math.nan)
     base = _status_bytes('VmRSS')
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM to the current resident set
     fn()
-    return float(max(_status_bytes('VmHWM') - base, 0))
+    peak = max(_status_bytes('VmHWM') - base, 0)
+    gc.collect()
+    return Memory(float(peak), float(_status_bytes('VmRSS') - base))
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """The :attr:`Memory.peak` of :func:`step_memory`."""
+    return step_memory(fn, device).peak
 
 
 # Reports --------------------------------------------------------------------

@@ -6,22 +6,31 @@ The model is :class:`pyg_gatv2.GATv2` (two layers with self-loops: 4 heads
 of 32 features, ELU, then one head of ``--classes`` features), built once
 with our layer and once with :class:`torch_geometric.nn.GATv2Conv` with the
 same weights, on a random graph (``--nodes``, ``--degree`` edges per node
-on average, ``--features`` inputs). Dropout is off, so that the compiled
-models can be checked against eager mode: outputs within ``1e-5`` of the
-largest entry, and the graph breaks that ``torch._dynamo.explain`` counts.
+on average, ``--features`` inputs). Dropout is off, so that every model
+can be checked against PyG's in eager mode: one training step of each, on
+the same inputs, with the same loss, ``(out * w).sum()`` for a fixed random
+``w`` (``_common.training_step``), must give the same output and the same
+gradient of every parameter (within ``1e-5`` of the output's largest
+entry and ``3e-5`` of each gradient's, or of one where that is smaller:
+``_common.compare_steps``, ``_common.GRAD_TOLERANCE``); one that does
+not is reported as ``MISMATCH (<tensor>: <error>)`` and not timed.
+``torch._dynamo.explain`` counts the graph breaks.
 
-Implementations, side by side in one process per stage
-(``_common.run_isolated``):
+Implementations, each stage in a process of its own
+(``_common.run_isolated``, killed after ``--timeout`` seconds):
 
 - ``pyg`` / ``pyg_compile``: the model with PyG's layer, eager and under
   ``torch.compile``;
 - ``fused`` / ``fused_compile``: with our layer, eager and under
-  ``torch.compile`` (the fused op, numba on CPU, Triton on CUDA).
+  ``torch.compile`` (the fused op, C++ or numba on CPU, Triton on CUDA).
 
-The first stage checks the outputs, counts the graph breaks and measures
-the peak memory growth of one training step (as ``benchmarks/kernels.py``
-does, with glibc's mmap threshold pinned); the second times the training
-step (forward, backward), interleaved run by run, and reports medians.
+The first stage checks the steps, counts the graph breaks and measures
+the memory of one training step as ``benchmarks/kernels.py`` does (glibc's
+mmap threshold pinned): the peak growth above the level before the step
+with our layout cache emptied, so that the layout the step builds and
+keeps between steps counts, and the part of it still held after the step
+(kept). The second times the training step (forward, backward) of the
+models that passed, interleaved run by run, and reports medians.
 Writes ``compile.md`` and ``compile.csv`` into ``--out``.
 """
 import argparse
@@ -31,17 +40,20 @@ from typing import Optional
 
 import torch
 from _common import (
+    GRAD_TOLERANCE,
     WorkerFailed,
     add_common_flags,
+    add_timeout_flag,
     command_line,
-    compare,
+    compare_steps,
     failure,
     interleaved_medians,
     machine,
     markdown_table,
-    peak_memory,
     pin_malloc,
     run_isolated,
+    step_memory,
+    training_step,
     write_report,
 )
 
@@ -54,9 +66,10 @@ LABELS = {
 }
 TOLERANCE = 1e-5
 MiB = 2.0**20
-COLUMNS = ['implementation', 'graph_breaks', 'max_rel_error', 'step_ms',
-           'vs_fused_eager', 'speedup_vs_pyg', 'speedup_vs_pyg_compile',
-           'peak_mib']
+COLUMNS = ['implementation', 'status', 'graph_breaks', 'max_rel_error',
+           'grad_max_rel_error', 'worst_grad', 'step_ms', 'vs_fused_eager',
+           'speedup_vs_pyg', 'speedup_vs_pyg_compile', 'peak_mib',
+           'kept_mib']
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -77,6 +90,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         'defaults)')
     parser.add_argument('--impls', default=','.join(IMPLS),
                         help=f"comma-separated subset of {','.join(IMPLS)}")
+    add_timeout_flag(parser)
     add_common_flags(parser, 'compile')
     args = parser.parse_args(argv)
     args.name = args.name or 'compile'
@@ -122,66 +136,105 @@ def step(model: torch.nn.Module, x: torch.Tensor,
 
 
 def run_worker(spec: dict) -> dict:
-    """Stage ``'check'`` (outputs, graph breaks, peak memory, with glibc's
-    mmap threshold pinned) or ``'time'`` (training steps)."""
+    """Stage ``'check'`` (steps against PyG eager's, graph breaks, memory,
+    with glibc's mmap threshold pinned) or ``'time'`` (training steps)."""
     device = torch.device(spec['device'])
     if spec['stage'] == 'check':
         pin_malloc()
     x, edge_index, models, eager = build(spec, device)
-    with torch.no_grad():
-        expected = eager['pyg'](x, edge_index)
+    if spec['stage'] == 'check':
+        return check_models(models, eager, x, edge_index, device)
+    results: dict[str, dict] = {}
+    for name, model in models.items():
+        try:
+            for _ in range(2):
+                step(model, x, edge_index)
+            results[name] = dict(status='ok')
+        except Exception as error:  # noqa: BLE001 - reported, not hidden
+            results[name] = dict(status=failure(error))
+    alive = {name: partial(step, models[name], x, edge_index)
+             for name in models if results[name]['status'] == 'ok'}
+    for name, seconds in interleaved_medians(
+            alive, device, spec['repeats']).items():
+        results[name]['step'] = seconds
+    return results
+
+
+def check_models(models: dict[str, torch.nn.Module],
+                 eager: dict[str, torch.nn.Module], x: torch.Tensor,
+                 edge_index: torch.Tensor,
+                 device: torch.device) -> dict[str, dict]:
+    """Per model: its graph breaks, the comparison of one training step
+    with PyG eager's (output and the gradient of every parameter), and
+    for those that agree the memory of a step (after two warm-up steps)
+    with our layout cache emptied first: its peak growth and what it
+    keeps. ``status`` is ``'ok'``, a ``'MISMATCH (...)'`` or a failure."""
+    from pyg_gatv2.fused import clear_layout_cache
+
+    def check_step(model: torch.nn.Module, base: torch.nn.Module):
+        return training_step(partial(model, x, edge_index),
+                             dict(base.named_parameters()))
+
+    expected = check_step(eager['pyg'], eager['pyg'])
     results: dict[str, dict] = {}
     for name, model in models.items():
         entry = results[name] = {}
         try:
-            if spec['stage'] == 'check':
-                base = eager[name.split('_')[0]]
-                torch._dynamo.reset()
-                explained = torch._dynamo.explain(base)(x, edge_index)
-                entry['graph_breaks'] = explained.graph_break_count
-                torch._dynamo.reset()
-            with torch.no_grad():
-                got = model(x, edge_index)
-            entry['max_rel_error'] = compare(got, expected,
-                                             TOLERANCE).max_rel
+            # The eager model under the compiled one: the same parameters.
+            base = eager[name.split('_')[0]]
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(base)(x, edge_index)
+            entry['graph_breaks'] = explained.graph_break_count
+            torch._dynamo.reset()
+            checked = compare_steps(check_step(model, base), expected,
+                                    TOLERANCE, GRAD_TOLERANCE)
+            entry['max_rel_error'] = checked.output_error
+            entry['worst_grad'], entry['grad_max_rel_error'] = (
+                checked.worst_grad)
+            entry['status'] = checked.status
+            if not checked.ok:
+                continue
             for _ in range(2):
                 step(model, x, edge_index)
-            if spec['stage'] == 'check':
-                entry['peak'] = peak_memory(
-                    partial(step, model, x, edge_index), device)
+            clear_layout_cache()
+            memory = step_memory(partial(step, model, x, edge_index),
+                                 device)
+            entry['peak'], entry['kept'] = memory.peak, memory.kept
         except Exception as error:  # noqa: BLE001 - reported, not hidden
             entry['status'] = failure(error)
-    if spec['stage'] == 'time':
-        alive = {name: partial(step, models[name], x, edge_index)
-                 for name in models if 'status' not in results[name]}
-        for name, seconds in interleaved_medians(
-                alive, device, spec['repeats']).items():
-            results[name]['step'] = seconds
     return results
 
 
 def rows_of(check: dict, timed: dict) -> list[dict]:
-    def ratio(name: str, base: str) -> str:
-        if 'step' not in timed.get(base, {}) or 'step' not in timed[name]:
+    """One row per model; times and ratios only for models that passed the
+    check and were timed (the time stage runs only those, so ratios are
+    against baselines that passed too)."""
+    def ratio(numerator: str, denominator: str) -> str:
+        if not all('step' in timed.get(name, {})
+                   for name in (numerator, denominator)):
             return ''
-        return f"{timed[base]['step'] / timed[name]['step']:.2f}x"
+        return (f"{timed[numerator]['step'] / timed[denominator]['step']:.2f}"
+                'x')
 
     rows = []
     for name, entry in check.items():
-        status = entry.get('status') or timed[name].get('status')
-        row = dict(implementation=LABELS[name],
-                   graph_breaks=entry.get('graph_breaks', ''),
-                   max_rel_error=f"{entry['max_rel_error']:.1e}"
-                   if 'max_rel_error' in entry else '',
-                   step_ms=status or f"{timed[name]['step'] * 1e3:.0f}",
-                   vs_fused_eager='' if status else (
-                       f"{timed[name]['step'] / timed['fused']['step']:.2f}x"
-                       if 'step' in timed.get('fused', {}) else ''),
-                   speedup_vs_pyg='' if status else ratio(name, 'pyg'),
-                   speedup_vs_pyg_compile='' if status else ratio(
-                       name, 'pyg_compile'),
-                   peak_mib=f"{entry['peak'] / MiB:.0f}"
-                   if 'peak' in entry else '')
+        status = entry.get('status', '')
+        if status == 'ok':
+            status = timed.get(name, {}).get('status', 'not timed')
+        row = dict(implementation=LABELS[name], status=status,
+                   graph_breaks=entry.get('graph_breaks', ''))
+        if 'max_rel_error' in entry:
+            row['max_rel_error'] = f"{entry['max_rel_error']:.1e}"
+            row['grad_max_rel_error'] = f"{entry['grad_max_rel_error']:.1e}"
+            row['worst_grad'] = entry['worst_grad']
+        if 'peak' in entry:
+            row['peak_mib'] = f"{entry['peak'] / MiB:.1f}"
+            row['kept_mib'] = f"{entry['kept'] / MiB:.1f}"
+        if status == 'ok' and 'step' in timed[name]:
+            row.update(step_ms=f"{timed[name]['step'] * 1e3:.0f}",
+                       vs_fused_eager=ratio(name, 'fused'),
+                       speedup_vs_pyg=ratio('pyg', name),
+                       speedup_vs_pyg_compile=ratio('pyg_compile', name))
         rows.append(row)
     return rows
 
@@ -193,9 +246,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     spec = dict(vars(args), out=str(args.out), raw_dir=None)
     try:
         check = run_isolated(run_worker, dict(spec, stage='check'),
-                             args.threads)
-        timed = run_isolated(run_worker, dict(spec, stage='time'),
-                             args.threads)
+                             args.threads, args.timeout)
+        passed = [name for name in args.impls
+                  if check[name].get('status') == 'ok']
+        timed = run_isolated(
+            run_worker, dict(spec, stage='time', impls=passed),
+            args.threads, args.timeout) if passed else {}
     except WorkerFailed as error:
         sys.exit(f'benchmark worker failed: {error}')
     rows = rows_of(check, timed)
@@ -209,10 +265,28 @@ def main(argv: Optional[list[str]] = None) -> None:
         f'heads x {args.channels}, ELU, 1 head x {args.classes}, '
         f'self-loops, no dropout; random graph of {args.nodes} nodes and '
         f'{edges} edges. One training step: forward, backward. Medians of '
-        f'{args.repeats} interleaved runs after two warm-up steps; '
-        "max_rel_error is the largest difference from PyG eager's output "
-        'over its largest entry; peak is the memory growth of one step; '
-        'vs_fused_eager is the step time over that of our eager model.', '',
+        f'{args.repeats} interleaved runs after two warm-up steps, of the '
+        'models that passed the check; vs_fused_eager is the step time over '
+        'that of our eager model.', '',
+        'Check, before any timing: one training step of each model and of '
+        'the PyG model in eager mode, same weights, same inputs, loss '
+        '(out * w).sum() with w fixed standard normal draws, one per output '
+        "entry. max_rel_error is the largest difference from PyG eager's "
+        'output over its largest entry (or over 1, if smaller); '
+        'grad_max_rel_error is the largest difference of a gradient from '
+        "PyG's over that gradient's largest entry (or over 1), for the "
+        'gradient of a parameter that differs most, worst_grad. A model beyond '
+        f'{TOLERANCE:g} in the output or {GRAD_TOLERANCE:g} in a gradient '
+        'is MISMATCH (<tensor>: <error>), not timed.', '',
+        'Memory (on CPU the resident set, glibc pinned to return freed '
+        'memory at once; on CUDA the allocated bytes): peak_mib is the '
+        'largest growth during one training step above the level before '
+        'it, with our layout cache emptied first, so that it counts the '
+        'layout of edge_index that our layer builds in the step and keeps '
+        'between steps (with the copy of edge_index that proves cache '
+        "hits); PyG's keeps nothing. kept_mib is the part of that growth "
+        'still held after the step returned and garbage was collected '
+        '(measured).', '',
     ]) + markdown_table(rows, COLUMNS) + '\n'
     print(text)
     write_report(args.out / args.name, text, rows, COLUMNS)

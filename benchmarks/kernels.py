@@ -28,18 +28,30 @@ Implementations, side by side in one run:
   beside ``fused_cpp`` (the cached
   layout) it shows what building the layout costs.
 
-Every case runs in two fresh processes (``_common.run_isolated``). The first
-checks that each implementation's output agrees with PyG eager within ``1e-5``
-(relative to the largest output), then measures the peak memory growth of one
-training step (forward + backward) of each implementation after warm-up, from
-the process's peak resident set (``VmHWM``, reset through
-``/proc/self/clear_refs``; on CUDA the allocator's peak), with glibc's mmap
-threshold pinned so that freed memory leaves the resident set at once. The
-second, with the allocator left as training runs it (the pinned threshold
-turns every freed temporary into page faults on its next use), times the
-forward pass (no autograd) and the training step of what passed, interleaving
-the implementations run by run so that load on a shared machine hits all
-alike, and reports medians. Ratios are against PyG eager and PyG compiled.
+Every case runs in two fresh processes (``_common.run_isolated``, each
+killed after ``--timeout`` seconds). The first checks each implementation
+against PyG eager: one training step of each, with the same weights, on
+the same inputs, with the same loss, ``(out * w).sum()`` for a fixed
+random ``w`` (``_common.training_step``), must give the same output and
+the same gradient of every parameter within the dtype's tolerance
+(in float32, ``1e-5`` of the output's largest entry and ``3e-5`` of each
+gradient's, or of one where that is smaller; ``_common.compare_steps``).
+An implementation that fails is reported as ``MISMATCH (<tensor>:
+<error>)`` and neither timed nor measured. The first process then measures
+the memory of one training step of each implementation that passed, after
+warm-up, from the process's peak resident set (``VmHWM``, reset through
+``/proc/self/clear_refs``; on CUDA the allocator's peak), with glibc's
+mmap threshold pinned so that freed memory leaves the resident set at
+once. Our layout cache is emptied first, so that the measured step builds
+the sorted layout of ``edge_index`` and keeps it, with the copy of
+``edge_index`` that proves later cache hits: the peak counts what our
+layer keeps between steps (PyG's keeps nothing). The
+second process, with the allocator left as training runs it (the pinned
+threshold turns every freed temporary into page faults on its next use),
+times the forward pass (no autograd) and the training step of what passed,
+interleaving the implementations run by run so that load on a shared
+machine hits all alike, and reports medians. Ratios are against PyG eager
+and PyG compiled, for implementations that passed the check only.
 
 The effective bandwidth of the fused forward kernel counts the bytes it
 must move at least once (per edge: one gathered source row of
@@ -68,10 +80,13 @@ from typing import Optional
 
 import torch
 from _common import (
+    GRAD_TOLERANCE,
+    StepResult,
     WorkerFailed,
     add_common_flags,
+    add_timeout_flag,
     command_line,
-    compare,
+    compare_steps,
     failure,
     has_raw_files,
     interleaved_medians,
@@ -83,15 +98,22 @@ from _common import (
     raw_dir,
     read_csv,
     run_isolated,
+    step_memory,
+    training_step,
     write_report,
 )
 
 TOLERANCE = 1e-5
-# dtype name -> (dtype, tolerance of the output check against PyG eager in
-# the same dtype, bytes per element)
-DTYPES = {'float32': (torch.float32, TOLERANCE, 4),
-          'bfloat16': (torch.bfloat16, 2e-2, 2),
-          'float16': (torch.float16, 5e-3, 2)}
+# dtype name -> (dtype, tolerances of the check of a step's output and of
+# its gradients against PyG eager in the same dtype, bytes per element).
+# The gradients of 16-bit steps differ more than their outputs: measured
+# on CPU (N=20000, 420,000 edges with the loops, 4 heads x 32), the largest
+# gradient difference from PyG eager was 3.2e-2 in bfloat16 and 4.1e-3 in
+# float16 for the torch backend, and 1.6e-2 and 1.6e-3 for our message
+# passing, PyG's algorithm.
+DTYPES = {'float32': (torch.float32, TOLERANCE, GRAD_TOLERANCE, 4),
+          'bfloat16': (torch.bfloat16, 2e-2, 5e-2, 2),
+          'float16': (torch.float16, 5e-3, 1e-2, 2)}
 GiB = 2.0**30
 MiB = 2.0**20
 IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_cpp', 'fused_numba',
@@ -159,6 +181,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for torch and numba; 0 keeps the '
                         'default (all cores)')
+    add_timeout_flag(parser)
     add_common_flags(parser, 'kernels')
     parser.add_argument('--replot', action='store_true',
                         help='only redraw <out>/<name>.png from the '
@@ -268,7 +291,8 @@ def make_impls(case: dict, names: list[str], device: torch.device,
 
     torch.manual_seed(0)
     args = (case['features'], case['channels'])
-    kwargs = dict(heads=case['heads'])
+    # No dropout (the default, named here): the check compares steps.
+    kwargs = dict(heads=case['heads'], dropout=0.0)
     ref = pyg_nn.GATv2Conv(*args, **kwargs).to(device, dtype)
     impls = {}
     for name in names:
@@ -322,6 +346,16 @@ class FreshEdgeIndex(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor):
         return self.conv(x, edge_index.clone())
+
+
+def layer_of(module: torch.nn.Module) -> torch.nn.Module:
+    """The layer inside an implementation's module (under
+    :func:`torch.compile`, :class:`ExplicitLoops` or
+    :class:`FreshEdgeIndex`), whose parameters have PyG's names."""
+    module = getattr(module, '_orig_mod', module)
+    if isinstance(module, (ExplicitLoops, FreshEdgeIndex)):
+        return module.conv
+    return module
 
 
 def projected_peak(case: dict, name: str) -> float:
@@ -396,10 +430,14 @@ class Run:
         self.conv, self.backend = conv, backend
         self.x, self.edge_index = x, edge_index
 
-    def __call__(self, train: bool) -> torch.Tensor:
+    def backend_used(self):
+        """The context that selects this implementation's backend."""
         from pyg_gatv2.fused import use_backend
-        with (use_backend(self.backend) if self.backend else
-              contextlib.nullcontext()):
+        return (use_backend(self.backend) if self.backend else
+                contextlib.nullcontext())
+
+    def __call__(self, train: bool) -> torch.Tensor:
+        with self.backend_used():
             if not train:
                 with torch.no_grad():
                     return self.conv(self.x, self.edge_index)
@@ -409,48 +447,59 @@ class Run:
             out.sum().backward()
             return out
 
+    def step(self) -> StepResult:
+        """The training step of the check (:func:`_common.training_step`):
+        the output and the gradients of the layer's parameters, by PyG's
+        names, and of ``x`` where it requires one."""
+        leaves = dict(layer_of(self.conv).named_parameters(), x=self.x)
+        with self.backend_used():
+            return training_step(
+                partial(self.conv, self.x, self.edge_index), leaves)
+
 
 def check(runs: dict[str, Run], ref: torch.nn.Module, x: torch.Tensor,
           edge_index: torch.Tensor, entries: dict[str, dict],
           args: argparse.Namespace, stage: str,
           device: torch.device) -> list[str]:
-    """Warms each implementation up; in the ``'check'`` stage also compares
-    its output with PyG eager's and measures the peak memory of a step.
-    Fills :obj:`entries` and returns the implementations that passed.
+    """Warms each implementation up; in the ``'check'`` stage first
+    compares one training step of it with PyG eager's, its output and the
+    gradient of every parameter (:func:`_common.compare_steps`), and
+    afterwards measures the memory of a step (:func:`memory_of`). Fills
+    :obj:`entries` and returns the implementations that passed.
 
-    Where PyG's own forward pass runs out of memory (the largest graphs on
-    a GPU), the outputs cannot be compared: each entry then says so in
-    ``'unchecked'`` instead of giving an ``'error'``.
+    Where PyG's own step runs out of memory (the largest graphs on a GPU),
+    neither outputs nor gradients can be compared: each entry then says so
+    in ``'unchecked'`` instead of giving errors.
     """
     expected, unchecked = None, None
     if stage == 'check':
         try:
-            with torch.no_grad():
-                expected = ref(x, edge_index)
+            expected = Run(ref, None, x, edge_index).step()
         except Exception as error:
             if failure(error) != 'out of memory':
                 raise
             unchecked = 'PyG eager out of memory'
             release(device)
+    tolerance, grad_tolerance = DTYPES[args.dtype][1:3]
     alive = []
     for name, run in runs.items():
         entry = entries[name]
         try:
-            got = run(False)
+            if stage == 'check' and expected is None:
+                entry['unchecked'] = unchecked
+            elif stage == 'check':
+                checked = compare_steps(run.step(), expected, tolerance,
+                                        grad_tolerance)
+                entry['error'] = checked.output_error
+                entry['grad_name'], entry['grad_error'] = checked.worst_grad
+                if not checked.ok:
+                    entry['status'] = checked.status
+                    continue
+            run(False)
             for _ in range(args.warmup):
                 run(True)
             if stage == 'check':
-                tolerance = DTYPES[args.dtype][1]
-                if expected is None:
-                    entry['unchecked'] = unchecked
-                else:
-                    entry['error'] = compare(got.float(), expected.float(),
-                                             tolerance).max_rel
-                    if entry['error'] > tolerance:
-                        entry['status'] = 'MISMATCH'
-                        continue
-                del got
-                entry['peak'] = peak_memory(partial(run, True), device)
+                entry.update(memory_of(run, device))
         except Exception as error:  # reported in the table, not raised
             entry['status'] = failure(error)
             release(device)
@@ -458,6 +507,29 @@ def check(runs: dict[str, Run], ref: torch.nn.Module, x: torch.Tensor,
         entry['status'] = 'ok'
         alive.append(name)
     return alive
+
+
+def memory_of(run: Run, device: torch.device) -> dict[str, float]:
+    """The memory of a training step of :obj:`run`, warmed up, in bytes:
+
+    - ``'peak_step_only'``: its peak growth with its layout cached, above
+      the level with the layout (the peak of earlier reports, which left
+      the layout out);
+    - ``'peak'``: its peak growth with our layout cache emptied first, above
+      the level before anything of ours was cached: the step builds the
+      layout and keeps it, as a training loop's first step does and as
+      every step does where ``edge_index`` is new;
+    - ``'kept'``: of that growth, what the step still holds after it has
+      returned and garbage was collected (measured, not computed from the
+      layout's tensors): our layout and the copy of ``edge_index`` that
+      proves cache hits.
+    """
+    from pyg_gatv2.fused import clear_layout_cache
+    step_only = peak_memory(partial(run, True), device)
+    clear_layout_cache()
+    memory = step_memory(partial(run, True), device)
+    return dict(peak=memory.peak, kept=memory.kept,
+                peak_step_only=step_only)
 
 
 def release(device: torch.device) -> None:
@@ -523,7 +595,8 @@ def _isolated(case: dict, args: argparse.Namespace, stage: str,
     the status of every implementation it ran."""
     spec = dict(case=case, stage=stage, args=dict(vars(args), impls=impls))
     try:
-        return run_isolated(run_worker, spec, threads=args.threads)
+        return run_isolated(run_worker, spec, threads=args.threads,
+                            timeout=args.timeout)
     except WorkerFailed as error:
         return dict(case=case, impls={name: dict(status=str(error))
                                       for name in impls})
@@ -562,19 +635,30 @@ def rows_of(results: list[dict], bandwidth: float,
                        impl=name, status=entry.get('status', ''))
             if 'error' in entry:
                 row['max_rel_error'] = f"{entry['error']:.1e}"
+                row['grad_max_rel_error'] = f"{entry['grad_error']:.1e}"
+                row['worst_grad'] = entry['grad_name']
             elif entry.get('unchecked'):
-                row['max_rel_error'] = f"unchecked ({entry['unchecked']})"
+                row['max_rel_error'] = row['grad_max_rel_error'] = (
+                    f"unchecked ({entry['unchecked']})")
+            # No ratio for what failed its check, nor against a baseline
+            # that failed.
+            passed = entry.get('status') == 'ok'
             for mode in ('fwd', 'step'):
                 if mode in entry:
                     row[f'{mode}_ms'] = f'{entry[mode] * 1e3:.1f}'
                     for ref, ref_name in (('pyg', 'eager'),
                                           ('pyg_compile', 'compiled')):
-                        if mode in base[ref]:
+                        if (passed and mode in base[ref]
+                                and base[ref].get('status') == 'ok'):
                             row[f'{mode}_speedup_vs_{ref_name}'] = (
                                 f'{base[ref][mode] / entry[mode]:.2f}')
             if 'peak' in entry and not math.isnan(entry['peak']):
                 row['peak_mib'] = f"{entry['peak'] / MiB:.1f}"
-                if base['pyg'].get('peak'):
+                row['kept_mib'] = f"{entry['kept'] / MiB:.1f}"
+                row['peak_mib_step_only'] = (
+                    f"{entry['peak_step_only'] / MiB:.1f}")
+                if (passed and base['pyg'].get('peak')
+                        and base['pyg'].get('status') == 'ok'):
                     row['peak_vs_eager'] = (
                         f"{entry['peak'] / base['pyg']['peak']:.3f}")
             if 'kernel_fwd' in entry:
@@ -678,10 +762,11 @@ def replot(stem: Path) -> None:
     print(f'Wrote {stem}.png')
 
 
-COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'fwd_ms',
-           'fwd_speedup_vs_eager', 'step_ms', 'step_speedup_vs_eager',
-           'step_speedup_vs_compiled', 'peak_mib', 'peak_vs_eager',
-           'kernel_gb_s', 'memcpy_gb_s', 'kernel_vs_memcpy']
+COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'grad_max_rel_error',
+           'worst_grad', 'fwd_ms', 'fwd_speedup_vs_eager', 'step_ms',
+           'step_speedup_vs_eager', 'step_speedup_vs_compiled', 'peak_mib',
+           'kept_mib', 'peak_vs_eager', 'peak_mib_step_only', 'kernel_gb_s',
+           'memcpy_gb_s', 'kernel_vs_memcpy']
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -704,9 +789,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     for case in cases:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, args))
-    rows = rows_of(results, bandwidth, DTYPES[args.dtype][2])
-    text = '\n'.join(header(command, device, bandwidth)) + markdown_table(
-        rows, COLUMNS) + '\n'
+    rows = rows_of(results, bandwidth, DTYPES[args.dtype][3])
+    lines = header(command, device, bandwidth, args.dtype)
+    text = '\n'.join(lines) + markdown_table(rows, COLUMNS) + '\n'
     print(text)
     columns = list(dict.fromkeys(
         ['case', 'nodes', 'edges', 'heads', 'channels', 'edge_elements'] +
@@ -715,8 +800,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                  partial(plot, rows, caption=f'`{command}`'))
 
 
-def header(command: str, device: torch.device,
-           bandwidth: float) -> list[str]:
+def header(command: str, device: torch.device, bandwidth: float,
+           dtype: str) -> list[str]:
+    tolerance, grad_tolerance = DTYPES[dtype][1:3]
     return [
         '# Fused GATv2 attention vs PyG GATv2Conv', '',
         f'Command: `{command}`', '',
@@ -724,11 +810,33 @@ def header(command: str, device: torch.device,
         f'bandwidth at the start: {bandwidth / 1e9:.1f} GB/s.',
         '',
         'Times are medians of interleaved runs after warm-up; speedups are '
-        'PyG time / our time; peak is the memory growth of one training '
-        "step; max_rel_error is the largest difference from PyG eager's "
-        'output over its largest entry; kernel_vs_memcpy is the fused '
-        "forward kernel's bandwidth over memcpy_gb_s, a copy timed between "
-        'its runs.', ''
+        'PyG time / our time, given only for implementations that passed '
+        'the check.', '',
+        'Check, before any timing: one training step of each '
+        'implementation and of PyG eager, same weights, same inputs, loss '
+        '(out * w).sum() with w fixed standard normal draws, one per output '
+        "entry. max_rel_error is the largest difference from PyG eager's "
+        'output over its largest entry (or over 1, if smaller); '
+        'grad_max_rel_error is the largest difference of a gradient from '
+        "PyG's over that gradient's largest entry (or over 1), for the "
+        'gradient of a parameter that differs most, worst_grad. An '
+        f'implementation beyond {tolerance:g} in the output or '
+        f'{grad_tolerance:g} in a gradient ({dtype}) is MISMATCH (<tensor>: '
+        '<error>), not timed and not measured.', '',
+        'Memory, in the check process (on CPU the resident set, glibc '
+        'pinned to return freed memory at once; on CUDA the allocated '
+        'bytes): peak_mib is the largest growth during one training step '
+        'above the level before it, with our layout cache emptied first, '
+        'so that it counts the layout of edge_index (CSR and CSC) that the '
+        'step builds and keeps between steps, and the copy of edge_index '
+        'kept to prove later cache hits; PyG keeps nothing. kept_mib is the '
+        'part of that growth still held after the step returned and '
+        'garbage was collected (measured). peak_vs_eager is peak_mib over '
+        "PyG eager's. peak_mib_step_only is the growth of a step with the "
+        'layout already cached, above the level with it: it leaves the kept '
+        'layout out, as the peak_mib of earlier reports did.', '',
+        "kernel_vs_memcpy is the fused forward kernel's bandwidth over "
+        'memcpy_gb_s, a copy timed between its runs.', ''
     ]
 
 

@@ -31,16 +31,27 @@ rank samples its own share of the training nodes with
 loader workers). Every step draws one batch and trains both models on it
 (``_common.interleaved_medians``: sampling, ours, PyG, in turn), so both
 layers see the same subgraphs; the loss is taken on the seed nodes only.
-Before any timing, both models' outputs on the first batch are compared in
-eval mode (they share weights). Sampling time (drawing the batch, then a
-barrier across ranks so that no rank's wait lands in a model time) is
-reported apart from model time (forward, backward, gradient all-reduce,
-optimizer step). Seconds per epoch are extrapolated from the median step:
-median x ceil(training nodes per rank / batch size). Seeds per second are
-the seed nodes of all ranks per step over the median step. After timing,
-each rank pins glibc's allocator (``_common.pin_malloc``) and measures the
-peak memory growth of a training step (``_common.peak_memory``, the largest
-over ``--memory-steps`` batches and over the ranks).
+Before any timing, each rank runs one training step of both models (they
+share weights) on its first batch in eval mode, so without dropout, with
+the loss ``(out * w).sum()`` for a fixed random ``w``
+(``_common.training_step``), and compares our model's output and the
+gradient of every parameter with PyG's (``_common.compare_steps``, within
+``1e-5`` of the output's largest entry and ``3e-5`` of each gradient's, or
+of one where that is smaller). If our model fails on any rank, it is
+reported as ``MISMATCH (<tensor>: <error>)`` and not timed, on every rank.
+Sampling time (drawing the batch, then a barrier across ranks so that no
+rank's wait lands in a model time) is reported apart from model time
+(forward, backward, gradient all-reduce, optimizer step). Seconds per epoch
+are extrapolated from the median step: median x ceil(training nodes per
+rank / batch size). Seeds per second are the seed nodes of all ranks per
+step over the median step. After timing, each rank pins glibc's allocator
+(``_common.pin_malloc``) and measures the memory of a training step on a
+newly drawn batch, with our layout cache emptied (``_common.step_memory``,
+the largest over ``--memory-steps`` batches and over the ranks): its peak
+growth, which counts the layout our layer builds for the batch and keeps
+until the next one, and what it still holds after it returned (kept).
+A run that outlasts ``--timeout`` seconds is killed, and so is every
+collective that waits longer.
 
 ``--threads`` is the number of CPU threads of a run in all: one process
 uses all of them, two processes half each. Runs alternate between process
@@ -51,8 +62,6 @@ import argparse
 import json
 import math
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +69,7 @@ import tempfile
 import time
 import warnings
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -67,15 +77,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from _common import (
+    GRAD_TOLERANCE,
     RESULTS,
     WorkerFailed,
     command_line,
-    compare,
+    compare_steps,
     interleaved_medians,
+    kill_session,
     markdown_table,
     peak_memory,
     pin_malloc,
     run_isolated,
+    step_memory,
+    training_step,
     write_report,
 )
 from torch_geometric.data import Data
@@ -141,7 +155,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                      help='graph sizes at which full-batch PyG memory is '
                      'measured for the estimate')
     run.add_argument('--timeout', type=float, default=900,
-                     help='seconds before a torchrun run is killed')
+                     help='seconds before a torchrun run, a full-batch '
+                     'measurement or a collective is killed')
     run.add_argument('--seed', type=int, default=0)
     run.add_argument('--out', type=Path, default=RESULTS,
                      help='folder for the .md and .csv')
@@ -283,7 +298,7 @@ def estimate_fullbatch(args: argparse.Namespace, base: dict,
     for nodes in args.estimate_nodes:
         result = run_isolated(fullbatch_memory_worker,
                               dict(base, graph=graph_spec(args, nodes)),
-                              threads=args.threads)
+                              threads=args.threads, timeout=args.timeout)
         result['per_edge'] = result['peak'] / (result['edges'] +
                                                result['nodes'])
         points.append(result)
@@ -344,7 +359,17 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     # (GATv2.forward's num_seeds), unless told otherwise.
     seeds = ((lambda batch: {'num_seeds': batch.batch_size})
              if spec['trim'] else (lambda batch: {}))
-    check = agreement(models, state['batch'], seeds(state['batch']))
+    check = agreement({name: model.module for name, model in models.items()},
+                      state['batch'], seeds(state['batch']))
+    # Every rank must time the same models, or the collectives of one
+    # would wait for the others in vain.
+    checks = [check]
+    if world > 1:
+        checks = [None] * world
+        dist.all_gather_object(checks, check)
+    failed = [c['status'] for c in checks if c['status'] != 'ok']
+    status = {'ours': failed[0] if failed else 'ok', 'pyg': 'ok'}
+    layers = [name for name in LAYERS if status[name] == 'ok']
 
     def sample() -> None:
         state['batch'] = batch = next(stream)
@@ -366,7 +391,7 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
             optimizer.step()
         return step
 
-    fns = {'sampling': sample, **{name: step_of(name) for name in LAYERS}}
+    fns = {'sampling': sample, **{name: step_of(name) for name in layers}}
     for _ in range(spec['warmup']):
         for fn in fns.values():
             fn()
@@ -374,49 +399,56 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     state['edges'].clear()
     state['nodes'].clear()
     medians = interleaved_medians(fns, cpu, spec['steps'])
-    result = dict(medians=medians, check=check,
+    result = dict(medians=medians, check=check, status=status,
                   edges=statistics.mean(state['edges']),
                   nodes=statistics.mean(state['nodes']),
                   steps_per_epoch=math.ceil(shard.numel() /
                                             spec['batch_size']))
     if spec['memory']:
+        from pyg_gatv2.fused import clear_layout_cache
         pin_malloc()
-        peaks: dict[str, float] = {name: 0.0 for name in LAYERS}
+        peaks = {name: 0.0 for name in layers}
+        kept = {name: 0.0 for name in layers}
         for _ in range(spec['memory_steps']):
             sample()
-            for name in LAYERS:
-                peaks[name] = max(peaks[name],
-                                  peak_memory(fns[name], cpu))
-        result['peak'] = peaks
+            for name in layers:
+                # A new batch's layout is not cached yet; emptying the
+                # cache makes sure, so that the step builds it and counts
+                # what it keeps.
+                clear_layout_cache()
+                memory = step_memory(fns[name], cpu)
+                peaks[name] = max(peaks[name], memory.peak)
+                kept[name] = max(kept[name], memory.kept)
+        result.update(peak=peaks, kept=kept)
     return result
 
 
-def agreement(models: dict, batch: Data, kwargs: dict) -> float:
-    """The largest relative difference between the two models' outputs on
-    :obj:`batch` in eval mode; raises if beyond the tolerance."""
-    outputs = {}
-    with torch.no_grad():
-        for name, model in models.items():
-            model.eval()
-            outputs[name] = model.module(batch.x, batch.edge_index,
-                                         **kwargs)
+def agreement(models: dict[str, torch.nn.Module], batch: Data,
+              kwargs: dict) -> dict:
+    """One training step of each of the two models (``'ours'`` and
+    ``'pyg'``, the same weights) on :obj:`batch` in eval mode, so without
+    dropout (:func:`_common.training_step`); compares ours with PyG's:
+    the output and the gradient of every parameter. Returns the ``status``
+    (``'ok'`` or ``'MISMATCH (<tensor>: <error>)'``), the output's
+    ``max_rel_error`` and the ``grad_max_rel_error`` of the
+    ``worst_grad``."""
+    steps = {}
+    for name, model in models.items():
+        model.eval()
+        try:
+            steps[name] = training_step(
+                partial(model, batch.x, batch.edge_index, **kwargs),
+                dict(model.named_parameters()))
+        finally:
             model.train()
-    result = compare(outputs['ours'], outputs['pyg'], TOLERANCE)
-    if not result.ok:
-        raise RuntimeError(
-            f'the two models disagree on the first batch (largest relative '
-            f'difference {result.max_rel:.2e} > {TOLERANCE}); fix the layer '
-            'before timing it')
-    return result.max_rel
+    checked = compare_steps(steps['ours'], steps['pyg'], TOLERANCE,
+                            GRAD_TOLERANCE)
+    worst_grad, grad_error = checked.worst_grad
+    return dict(status=checked.status, max_rel_error=checked.output_error,
+                grad_max_rel_error=grad_error, worst_grad=worst_grad)
 
 
 # Launching torchrun ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def launch(procs: int, spec: dict, timeout: float) -> list[dict]:
@@ -430,10 +462,14 @@ def launch(procs: int, spec: dict, timeout: float) -> list[dict]:
         spec_path = Path(folder) / 'spec.json'
         spec = dict(spec, result=str(Path(folder) / 'result.json'))
         spec_path.write_text(json.dumps(spec))
+        # The rendezvous binds port 0 and holds the port the system gives
+        # it, which the ranks then join: a port picked free here could be
+        # taken by another process before torchrun binds it.
         command = [
-            sys.executable, '-m', 'torch.distributed.run',
-            '--nproc-per-node', str(procs), '--master-addr', '127.0.0.1',
-            '--master-port', str(free_port()),
+            sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1',
+            '--nproc-per-node', str(procs), '--rdzv-backend', 'c10d',
+            '--rdzv-endpoint', '127.0.0.1:0', '--local-addr', '127.0.0.1',
+            '--max-restarts', '0',
             str(Path(__file__).resolve()), '--rank-worker', str(spec_path)
         ]
         # A session of its own, so that a timeout ends the ranks too.
@@ -441,9 +477,11 @@ def launch(procs: int, spec: dict, timeout: float) -> list[dict]:
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise WorkerFailed(f'timed out after {timeout:.0f} s') from None
+            kill_session(proc)
+            raise WorkerFailed(f'timed out after {timeout:g} s') from None
+        except BaseException:  # Ctrl-C: the ranks are outside its reach
+            kill_session(proc)
+            raise
         if code != 0:
             raise WorkerFailed(f'error: torchrun exit code {code}')
         return json.loads(Path(spec['result']).read_text())
@@ -455,46 +493,68 @@ def launch(procs: int, spec: dict, timeout: float) -> list[dict]:
 def summarize(procs: int, threads: int, runs: list[list[dict]],
               batch_size: int) -> list[dict]:
     """One row per layer from the runs (each a list of rank results) of
-    one process count: medians over runs of the slowest rank's medians."""
+    one process count: medians over runs of the slowest rank's medians.
+    A layer that failed its check in any run gets its status and the
+    check's errors, and no times, memory or ratios."""
     def over_runs(key: str) -> float:
         return statistics.median(
             max(rank['medians'][key] for rank in ranks) for ranks in runs)
 
-    sampling = over_runs('sampling')
-    model = {name: over_runs(name) for name in LAYERS}
     first = runs[0]
+    status = {name: next((rank['status'][name] for ranks in runs
+                          for rank in ranks
+                          if rank['status'][name] != 'ok'), 'ok')
+              for name in LAYERS}
+    passed = [name for name in LAYERS if status[name] == 'ok']
+    sampling = over_runs('sampling')
+    model = {name: over_runs(name) for name in passed}
     steps = max(rank['steps_per_epoch'] for rank in first)
     peaks = {name: max(rank['peak'][name] for rank in first)
-             for name in LAYERS}
+             for name in passed}
+    kept = {name: max(rank['kept'][name] for rank in first)
+            for name in passed}
+    output_error = max(rank['check']['max_rel_error'] for rank in first)
+    worst = max((rank['check'] for rank in first),
+                key=lambda check: check['grad_max_rel_error'])
     rows = []
     for name, label in LAYERS.items():
-        step = sampling + model[name]
-        peak = peaks[name]
-        # A tiny graph's step can stay within memory the process holds.
-        ratio = f"{peak / peaks['pyg']:.3f}" if peaks['pyg'] > 0 else 'n/a'
-        rows.append(dict(
+        row = dict(
             processes=procs, threads_per_rank=threads, layer=label,
+            status=status[name],
             sampled_nodes=f"{statistics.mean(r['nodes'] for r in first):.0f}",
             sampled_edges=f"{statistics.mean(r['edges'] for r in first):.0f}",
-            sampling_ms=f'{sampling * 1e3:.1f}',
-            model_ms=f'{model[name] * 1e3:.1f}',
-            # Three decimals: a --quick epoch of our layer takes milliseconds.
-            model_s_per_epoch=f'{model[name] * steps:.3f}',
-            s_per_epoch=f'{step * steps:.3f}',
-            seeds_per_s=f'{procs * batch_size / step:.0f}',
-            peak_mib=f'{peak / MiB:.1f}',
-            model_speedup=f"{model['pyg'] / model[name]:.2f}",
-            memory_ratio=ratio,
-            max_rel_diff=f"{max(r['check'] for r in first):.1e}",
-            steps_per_epoch=steps))
+            sampling_ms=f'{sampling * 1e3:.1f}', steps_per_epoch=steps)
+        if name == 'ours':  # the layer checked against PyG's
+            row.update(max_rel_error=f'{output_error:.1e}',
+                       grad_max_rel_error=f"{worst['grad_max_rel_error']:.1e}",
+                       worst_grad=worst['worst_grad'])
+        if name in passed:
+            step = sampling + model[name]
+            peak = peaks[name]
+            # A tiny graph's step can stay within memory the process
+            # holds.
+            ratio = (f"{peak / peaks['pyg']:.3f}" if peaks['pyg'] > 0
+                     else 'n/a')
+            row.update(
+                model_ms=f'{model[name] * 1e3:.1f}',
+                # Three decimals: a --quick epoch of our layer takes
+                # milliseconds.
+                model_s_per_epoch=f'{model[name] * steps:.3f}',
+                s_per_epoch=f'{step * steps:.3f}',
+                seeds_per_s=f'{procs * batch_size / step:.0f}',
+                peak_mib=f'{peak / MiB:.1f}',
+                kept_mib=f'{kept[name] / MiB:.1f}',
+                model_speedup=f"{model['pyg'] / model[name]:.2f}",
+                memory_ratio=ratio)
+        rows.append(row)
     return rows
 
 
-COLUMNS = ['processes', 'threads_per_rank', 'layer', 'sampled_nodes',
-           'sampled_edges',
-           'sampling_ms', 'model_ms', 'model_s_per_epoch', 's_per_epoch',
-           'seeds_per_s', 'peak_mib', 'model_speedup', 'memory_ratio',
-           'max_rel_diff']
+COLUMNS = ['processes', 'threads_per_rank', 'layer', 'status',
+           'sampled_nodes', 'sampled_edges', 'sampling_ms', 'model_ms',
+           'model_s_per_epoch', 's_per_epoch', 'seeds_per_s', 'peak_mib',
+           'kept_mib', 'model_speedup', 'memory_ratio', 'max_rel_error',
+           'grad_max_rel_error', 'worst_grad']
 
 
 def report(args: argparse.Namespace, full: Data, estimate: dict,
@@ -530,12 +590,28 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         'alternating. Sampling: drawing a batch (and a barrier across '
         'ranks); model: forward, backward, all-reduce, Adam step. Seconds '
         'per epoch are extrapolated: median step x steps per epoch '
-        '(training nodes per rank / batch). seeds/s counts all ranks. Peak '
-        f'memory: the largest growth of one training step over '
-        f'{args.memory_steps} batches and the ranks, allocator pinned. '
-        'model_speedup: PyG model time / this model time; memory_ratio: '
-        "this peak / PyG's peak; max_rel_diff: the two models' outputs on "
-        'the first batch, same weights, eval mode.',
+        '(training nodes per rank / batch). seeds/s counts all ranks. '
+        'Memory, the largest over '
+        f'{args.memory_steps} batches and the ranks, allocator pinned: '
+        'peak_mib is the largest growth during a training step on a newly '
+        'drawn batch above the level before it, with our layout cache '
+        'emptied, so that it counts the layout of the batch that our layer '
+        'builds in the step and keeps until the next batch; kept_mib is '
+        'the part of that growth still held after the step returned and '
+        'garbage was collected (measured). model_speedup: PyG model time / '
+        "this model time; memory_ratio: this peak / PyG's peak.",
+        '',
+        'Check, before any timing: one training step of both models on '
+        "each rank's first batch, same weights, eval mode (no dropout), "
+        'loss (out * w).sum() with w fixed standard normal draws, one per '
+        "output entry. max_rel_error: the largest difference of our output "
+        "from PyG's over its largest entry (or over 1, if smaller), the "
+        'largest over the ranks; grad_max_rel_error: the largest '
+        "difference of a gradient from PyG's over that gradient's largest "
+        'entry (or over 1), for the gradient of a parameter that differs '
+        f'most, worst_grad. Beyond {TOLERANCE:g} in the output or '
+        f'{GRAD_TOLERANCE:g} in a gradient, our model is MISMATCH '
+        '(<tensor>: <error>) and not timed.',
         '',
         markdown_table(rows, COLUMNS),
     ]
@@ -561,7 +637,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     full = synthetic_graph(**graph_spec(args, args.nodes))
     print(f'graph: N={full.num_nodes}, E={full.num_edges}, built in '
           f'{time.perf_counter() - tic:.1f} s', flush=True)
-    estimate = estimate_fullbatch(args, base, full)
+    try:
+        estimate = estimate_fullbatch(args, base, full)
+    except WorkerFailed as error:
+        sys.exit(f'full-batch PyG memory not measured: {error}')
     print(f"full-batch PyG training step, estimated: "
           f"{estimate['bytes'] / GiB:.1f} GiB", flush=True)
 

@@ -3,13 +3,21 @@
     python benchmarks/step_profile.py            # three cases, 2 threads
     python benchmarks/step_profile.py --quick    # one tiny graph, no Cora
 
-Per case, in a fresh process (``_common.run_isolated``), on CPU in
-float32, with ``--threads`` threads, on the CPU kernels of ``--backend``
-(``cpp``, the default where built, or ``numba``), after checking
-that our layer's output agrees with PyG's within ``1e-5`` of its largest
-entry and that the parts below reproduce our step's output and gradients
-(a case that fails is reported, not timed), these are timed, interleaved
-run by run after warm-up, and reported as medians:
+Per case, in a fresh process (``_common.run_isolated``, killed after
+``--timeout`` seconds), on CPU in float32, with ``--threads`` threads, on
+the CPU kernels of ``--backend`` (``cpp``, the default where built, or
+``numba``), after two checks, these are timed, interleaved run by run
+after warm-up, and reported as medians. The checks: one training step of
+our layer and of PyG's with the same weights, on the same inputs, with the
+same loss, ``(out * w).sum()`` for a fixed random ``w``
+(``_common.training_step``), give the same output and the same gradient of
+every parameter (within ``1e-5`` of the output's largest entry and
+``3e-5`` of each gradient's, or of one where that is smaller:
+``_common.compare_steps``, ``_common.GRAD_TOLERANCE``); and the parts
+below, handed the gradient of that loss, reproduce our step's output and
+the gradients of ``att``, ``lin_l`` and ``lin_r``. A case that fails
+either is reported as ``MISMATCH (<tensor>: <error>)`` or ``MISMATCH
+(parts vs step, <tensor>: <error>)`` and not timed. The parts:
 
 - ``pyg_step``: a training step (forward, backward of ``out.sum()``) of
   :class:`torch_geometric.nn.GATv2Conv`, for context;
@@ -77,13 +85,18 @@ from typing import Optional
 
 import torch
 from _common import (
+    GRAD_TOLERANCE,
+    StepCheck,
+    StepResult,
     WorkerFailed,
     add_common_flags,
     add_cpu_backend_flag,
+    add_timeout_flag,
     command_line,
-    compare,
+    compare_steps,
     cpu_backend,
     interleaved_medians,
+    loss_weights,
     machine,
     markdown_table,
     run_isolated,
@@ -109,7 +122,7 @@ ROWS = ('pyg_step', 'step') + PARTS + ('rest', 'layout')
 FLOPS_PER_EDGE = {'forward': 6, 'backward_dst': 11, 'backward_src': 6}
 COLUMNS = ['case', 'part', 'status', 'ms', 'of_step', 'in_step',
            'model_mb', 'gb_s', 'vs_memcpy', 'gflop', 'gflop_s',
-           'max_rel_error']
+           'max_rel_error', 'grad_max_rel_error', 'worst_grad']
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -123,6 +136,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads for torch and the kernels; 0 '
                         'keeps their defaults (default: 2)')
+    add_timeout_flag(parser)
     add_cpu_backend_flag(parser, 'the CPU kernels to profile (default: '
                          'cpp where it is built, else numba)')
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
@@ -175,7 +189,8 @@ def kernel_module(backend: str):
 class StepParts:
     """The parts of our layer's training step, each alone, on what the step
     hands them: ``x``, the layer's weights, the cached layout of
-    ``edge_index``, the projections and the gradient of ``out.sum()``."""
+    ``edge_index``, the projections and the gradient of the checked step's
+    loss (:func:`_common.loss_weights`)."""
     def __init__(self, conv: torch.nn.Module, x: torch.Tensor,
                  edge_index: torch.Tensor, backend: str):
         from pyg_gatv2.fused import edge_layout
@@ -184,15 +199,15 @@ class StepParts:
         self.kernels = kernels = kernel_module(backend)
         H, C = conv.heads, conv.out_channels
         self.conv, self.x, self.edge_index = conv, x, edge_index
-        self.lins = (conv.lin_l, conv.lin_r)
+        self.lins = {'lin_l': conv.lin_l, 'lin_r': conv.lin_r}
         n = x.size(0)
         with torch.no_grad():
-            x_l, x_r = (lin(x).view(n, H, C) for lin in self.lins)
+            x_l, x_r = (lin(x).view(n, H, C) for lin in self.lins.values())
         layout = edge_layout(edge_index, n, n, conv.add_self_loops)
         self.ops = Operands(x_l, x_r, conv.att.detach().view(H, C), None,
                             None, None, layout, conv.negative_slope)
         self.out, lse, _ = kernels.run_forward(self.ops, False)
-        grad_out = torch.ones_like(self.out)
+        grad_out = loss_weights((n, H * C), x.device).view(n, H, C)
         # As the step hands them: the C++ kernels sum D_i over the edges
         # themselves, the numba ones take it from the output.
         delta = (None if backend == 'cpp' else
@@ -215,11 +230,12 @@ class StepParts:
     def projections(self) -> None:
         """Forward and backward of ``lin_l(x)`` and ``lin_r(x)``, with the
         gradients the fused backward gives ``x_l`` and ``x_r``."""
-        for lin in self.lins:
+        lins = self.lins.values()
+        for lin in lins:
             for p in lin.parameters():
                 p.grad = None
         grads = (self.grads.x_l, self.grads.x_r)
-        torch.autograd.backward([lin(self.x) for lin in self.lins],
+        torch.autograd.backward([lin(self.x) for lin in lins],
                                 [g.view(self.x.size(0), -1) for g in grads])
 
     def new_layout(self) -> None:
@@ -233,20 +249,21 @@ class StepParts:
             layout.bounds(by, self.chunks)
 
 
-def parts_error(parts: StepParts, step: Run) -> float:
-    """The largest relative difference between what the parts compute and
-    what one training step of the layer gives: its output and the
-    gradients of ``att``, ``lin_l`` and ``lin_r`` (the last two through the
-    fused backward's gradients of ``x_l`` and ``x_r``)."""
+def parts_check(parts: StepParts, step: StepResult) -> StepCheck:
+    """How what the parts compute differs from what the checked training
+    step of the layer gave (:meth:`kernels.Run.step`, the same loss): its
+    output and the gradients of ``att`` and of ``lin_l`` and ``lin_r``
+    (through the fused backward's gradients of ``x_l`` and ``x_r``)."""
     conv = parts.conv
-    out = step(True).detach()
-    expected = [out, conv.att.grad.view_as(parts.grads.att)] + [
-        lin.weight.grad.clone() for lin in parts.lins]
     parts.projections()
-    got = [parts.out.flatten(1) + conv.bias.detach(), parts.grads.att] + [
-        lin.weight.grad for lin in parts.lins]
-    return max(compare(g, e, TOLERANCE).max_rel
-               for g, e in zip(got, expected, strict=True))
+    grads = {'att': parts.grads.att.view_as(conv.att)}
+    for prefix, lin in parts.lins.items():
+        for name, p in lin.named_parameters():
+            grads[f'{prefix}.{name}'] = p.grad
+    got = StepResult(parts.out.flatten(1) + conv.bias.detach(), grads)
+    expected = StepResult(step.output,
+                          {name: step.grads[name] for name in grads})
+    return compare_steps(got, expected, TOLERANCE, GRAD_TOLERANCE)
 
 
 def run_worker(spec: dict) -> dict:
@@ -258,15 +275,21 @@ def run_worker(spec: dict) -> dict:
     ref, impls = make_impls(case, ['pyg', ours], device)
     steps = {'pyg_step': Run(ref, None, x, edge_index),
              'step': Run(*impls[ours], x, edge_index)}
-    error = compare(steps['step'](False), steps['pyg_step'](False),
-                    TOLERANCE).max_rel
-    result = dict(case=case, max_rel_error=error)
-    if error > TOLERANCE:
-        return dict(result, status='MISMATCH (ours vs PyG)')
+    ours_step = steps['step'].step()
+    checked = compare_steps(ours_step, steps['pyg_step'].step(), TOLERANCE,
+                            GRAD_TOLERANCE)
+    worst_grad, grad_error = checked.worst_grad
+    result = dict(case=case, max_rel_error=checked.output_error,
+                  grad_max_rel_error=grad_error, worst_grad=worst_grad)
+    if not checked.ok:
+        return dict(result, status=checked.status)
     parts = StepParts(impls[ours][0], x, edge_index, spec['backend'])
-    result['parts_error'] = parts_error(parts, steps['step'])
-    if result['parts_error'] > TOLERANCE:
-        return dict(result, status='MISMATCH (parts vs step)')
+    by_parts = parts_check(parts, ours_step)
+    result['parts_error'] = max(by_parts.errors.values())
+    if not by_parts.ok:
+        name, error = by_parts.worst_failed
+        return dict(result,
+                    status=f'MISMATCH (parts vs step, {name}: {error:.1e})')
     fns = {name: partial(run, True) for name, run in steps.items()}
     fns.update(parts.fns())
     for fn in fns.values():
@@ -280,7 +303,8 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
     spec = dict(case=case, seed=args.seed, repeats=args.repeats,
                 warmup=args.warmup, backend=args.backend)
     try:
-        return run_isolated(run_worker, spec, threads=args.threads)
+        return run_isolated(run_worker, spec, threads=args.threads,
+                            timeout=args.timeout)
     except WorkerFailed as error:
         return dict(case=case, status=str(error))
 
@@ -328,7 +352,9 @@ def rows_of(result: dict, bandwidth: float) -> list[dict]:
     base = dict(case=case['name'], nodes=case['nodes'], edges=case['edges'],
                 features=case['features'], heads=case['heads'],
                 channels=case['channels'], status=result['status'])
-    error = ({'max_rel_error': f"{result['max_rel_error']:.1e}"}
+    error = ({'max_rel_error': f"{result['max_rel_error']:.1e}",
+              'grad_max_rel_error': f"{result['grad_max_rel_error']:.1e}",
+              'worst_grad': result['worst_grad']}
              if 'max_rel_error' in result else {})
     if result['status'] != 'ok':
         return [dict(base, part='step', **error)]
@@ -368,8 +394,17 @@ def header(command: str, threads: int, bandwidth: float, repeats: int,
         'layout what a new edge_index adds, neither a part. model_mb: the '
         'bytes the pass must move at least once (the model in the '
         "script's docstring); gb_s those over its time, vs_memcpy as a "
-        "fraction of memcpy's. max_rel_error: our output against PyG's.",
-        '',
+        "fraction of memcpy's.", '',
+        'Check, before any timing: one training step of our layer and of '
+        "PyG's, same weights, same inputs, loss (out * w).sum() with w "
+        'fixed standard normal draws, one per output entry. max_rel_error: '
+        "the largest difference of our output from PyG's over its largest "
+        'entry (or over 1, if smaller); grad_max_rel_error: the largest '
+        "difference of a gradient from PyG's over that gradient's largest "
+        'entry (or over 1), for the gradient of a parameter that differs '
+        f'most, worst_grad. A case beyond {TOLERANCE:g} in the output or '
+        f'{GRAD_TOLERANCE:g} in a gradient, or whose parts do '
+        'not reproduce our step, is MISMATCH and not timed.', '',
     ]
 
 

@@ -1,6 +1,8 @@
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +13,16 @@ if not torch.cuda.is_available():
 
 _SHARED_RAW = Path(__file__).resolve().parents[2] / 'shared' / 'data' / (
     'planetoid')
+
+
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    """Every test starts from the same global random state, so that what it
+    draws (weights, data, dropout masks) does not depend on which tests ran
+    before it or on how the suite was split."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope='session')

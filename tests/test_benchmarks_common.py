@@ -1,22 +1,32 @@
-"""The benchmark harness, benchmarks/_common.py: isolation, checks, timing
-order, failures, data paths and the CSV round trip (no timings asserted)."""
+"""The benchmark harness, benchmarks/_common.py: isolation and its time
+limit, the checks of outputs and of training steps, timing order, memory,
+failures, data paths and the CSV round trip (no timings asserted)."""
+import math
 import os
 import signal
+import subprocess
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+import _common  # noqa: E402
 from _common import (  # noqa: E402
+    StepResult,
     WorkerFailed,
     compare,
+    compare_steps,
     failure,
     interleaved_medians,
+    loss_weights,
     raw_dir,
     read_csv,
     run_isolated,
+    training_step,
     write_csv,
 )
 
@@ -33,6 +43,30 @@ def killed_worker(spec: dict) -> dict:
 
 def raising_worker(spec: dict) -> dict:
     raise ValueError(spec['message'])
+
+
+def hanging_worker(spec: dict) -> dict:
+    """Starts a child process, says so, and sleeps past any time limit."""
+    child = subprocess.Popen(['sleep', '600'])
+    Path(spec['pids']).write_text(f'{os.getpid()} {child.pid}')
+    time.sleep(600)
+    return {}
+
+
+def memory_worker(spec: dict) -> dict:
+    """The memory of a call that allocates 64 MiB for a while and keeps
+    16 MiB, allocator pinned as the benchmarks measure."""
+    _common.pin_malloc()
+    kept = []
+
+    def fn() -> None:
+        temporary = torch.ones(16 * 2**20)  # 64 MiB of float32
+        kept.append(torch.ones(4 * 2**20) + temporary[0])
+
+    fn()  # warm-up: the first call also pages in torch's code
+    kept.clear()
+    memory = _common.step_memory(fn, torch.device('cpu'))
+    return dict(peak=memory.peak, kept=memory.kept)
 
 
 def test_run_isolated_returns_the_result_of_another_process():
@@ -52,6 +86,53 @@ def test_run_isolated_reports_a_dead_worker(worker, reason):
     assert str(info.value) == reason
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, killed but not yet reaped, does
+    not)."""
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1]
+    except FileNotFoundError:
+        return False
+    return state.split()[0] != 'Z'
+
+
+def test_run_isolated_kills_a_worker_past_its_time_limit(tmp_path):
+    pids = tmp_path / 'pids'
+    with pytest.raises(WorkerFailed) as info:
+        # Long enough for the worker to import torch and start its child
+        # on a loaded machine.
+        run_isolated(hanging_worker, {'pids': str(pids)}, timeout=20)
+    assert str(info.value) == 'timed out after 20 s'
+    worker, child = map(int, pids.read_text().split())
+    # The worker and what it started, killed at once; reaping the orphan
+    # may take its new parent a moment.
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker) and not _alive(child)
+
+
+def test_step_memory_counts_what_a_call_keeps():
+    memory = run_isolated(memory_worker, {})
+    mib = 2.0**20
+    # 16 MiB kept, give or take a page table.
+    assert 15.5 * mib <= memory['kept'] <= 17 * mib
+    # The 64 MiB temporary, the 16 MiB of ones and their sum at once.
+    assert memory['peak'] >= 95 * mib
+
+
+def test_machine_without_numba(monkeypatch):
+    def version(name: str) -> str:
+        if name == 'numba':
+            raise metadata.PackageNotFoundError(name)
+        return '1.0'
+
+    monkeypatch.setattr(metadata, 'version', version)
+    text = _common.machine(2, 'cpu')
+    assert 'numba' not in text
+    assert f'torch {torch.__version__}, 2 threads, device cpu' in text
+
+
 def test_compare():
     expected = torch.tensor([[0.5, -4.0], [2.0, 0.0]])
     same = compare(expected.clone(), expected, 1e-5)
@@ -64,6 +145,105 @@ def test_compare():
     assert not far.ok and far.max_abs == pytest.approx(1e-3)
     with pytest.raises(ValueError, match='shapes'):
         compare(expected[0], expected, 1e-5)
+
+
+class TinyLayer(torch.nn.Module):
+    """A linear map, named like a layer's parameters, whose gradient of
+    the input rows can be routed to the wrong rows (``swap_grad_rows``), a
+    backward that ``out.sum()`` cannot tell from the right one."""
+    def __init__(self, swap_grad_rows: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(3, 2)
+        self.swap_grad_rows = swap_grad_rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(SwapGradRows.apply(x) if self.swap_grad_rows else x)
+
+
+class SwapGradRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.flip(0)
+
+
+def _step(layer: torch.nn.Module, x: torch.Tensor) -> StepResult:
+    return training_step(lambda: layer(x),
+                         dict(layer.named_parameters(), x=x))
+
+
+def test_training_step_weights_each_output_entry():
+    layer = TinyLayer()
+    x = torch.randn(4, 3, requires_grad=True)
+    for leaf in (x, *layer.parameters()):  # stale, to be left out
+        leaf.grad = torch.full_like(leaf, 100.0)
+    result = _step(layer, x)
+    weights = loss_weights((4, 2), 'cpu')
+    assert torch.equal(weights, loss_weights((4, 2), 'cpu'))  # seeded
+    assert weights.unique().numel() == weights.numel()
+    assert torch.equal(result.output, layer(x).detach())
+    assert sorted(result.grads) == ['lin.bias', 'lin.weight', 'x']
+    torch.testing.assert_close(result.grads['lin.bias'], weights.sum(0))
+    torch.testing.assert_close(result.grads['x'],
+                               weights @ layer.lin.weight.detach())
+    assert all(p.grad is None for p in layer.parameters()) and x.grad is None
+    # An input that requires no gradient gets none.
+    assert 'x' not in _step(layer, x.detach()).grads
+
+
+def test_compare_steps_agrees_with_itself():
+    x = torch.randn(4, 3, requires_grad=True)
+    checked = compare_steps(_step(TinyLayer(), x), _step(TinyLayer(), x),
+                            1e-5)
+    assert checked.ok and checked.status == 'ok'
+    assert checked.errors == {'output': 0.0, 'lin.weight': 0.0,
+                              'lin.bias': 0.0, 'x': 0.0}
+
+
+@pytest.mark.parametrize('name', ['lin.weight', 'lin.bias', 'x'])
+def test_compare_steps_names_a_gradient_off_by_one_percent(name):
+    x = torch.randn(4, 3, requires_grad=True)
+    expected = _step(TinyLayer(), x)
+    got = _step(TinyLayer(), x)
+    got.grads[name] = got.grads[name] * 1.01
+    checked = compare_steps(got, expected, 1e-5)
+    assert not checked.ok and checked.failed == [name]
+    assert checked.output_error == 0.0
+    assert checked.worst_grad[0] == name and checked.worst_grad[1] > 1e-3
+    assert checked.status.startswith(f'MISMATCH ({name}: ')
+
+
+def test_compare_steps_sees_gradients_sent_to_the_wrong_rows():
+    x = torch.randn(4, 3, requires_grad=True)
+    checked = compare_steps(_step(TinyLayer(swap_grad_rows=True), x),
+                            _step(TinyLayer(), x), 1e-5)
+    assert checked.failed == ['x'] and checked.worst_grad[0] == 'x'
+
+
+def test_compare_steps_output_nan_and_tolerances():
+    x = torch.randn(4, 3, requires_grad=True)
+    expected = _step(TinyLayer(), x)
+    got = _step(TinyLayer(), x)
+    got.output = got.output + 1e-3
+    got.grads['lin.bias'] = got.grads['lin.bias'] * 1e-5 + float('nan')
+    checked = compare_steps(got, expected, 1e-5)
+    assert checked.failed == ['output', 'lin.bias']
+    # NaN counts as the largest error.
+    assert checked.worst_grad[0] == 'lin.bias'
+    assert math.isnan(checked.worst_grad[1])
+    assert checked.status == 'MISMATCH (lin.bias: nan)'
+    # A looser tolerance for gradients only.
+    got = _step(TinyLayer(), x)
+    got.grads['lin.weight'] = got.grads['lin.weight'] * 1.001
+    assert compare_steps(got, expected, 1e-5, grad_tolerance=1e-2).ok
+    assert not compare_steps(got, expected, 1e-2, grad_tolerance=1e-5).ok
+    got.grads.pop('x')
+    with pytest.raises(ValueError, match='same tensors'):
+        compare_steps(got, expected, 1e-5)
 
 
 @pytest.mark.parametrize('error, status', [
@@ -99,70 +279,3 @@ def test_csv_round_trip_drops_empty_cells(tmp_path):
     write_csv(tmp_path / 'rows.csv', rows, ['case', 'ms'])
     assert read_csv(tmp_path / 'rows.csv') == [dict(case='a', ms='1.5'),
                                                dict(case='b')]
-
-
-def test_kernels_figure_ratios():
-    from kernels import ratios
-    rows = [dict(case='c', impl='pyg', step_ms='10'),
-            dict(case='c', impl='fused_numba', step_ms='4'),
-            dict(case='c', impl='mp', status='MISMATCH')]
-    assert ratios(rows, 'step_ms', 'pyg') == {'c': {'fused_numba': 2.5}}
-    assert ratios(rows, 'step_ms', 'pyg_compile') == {}
-
-
-def _kernels_check(reference, run):
-    import argparse
-
-    from kernels import check
-    entries = {'ours': {}}
-    args = argparse.Namespace(warmup=1, dtype='float32')
-    alive = check({'ours': run}, reference, None, None, entries, args,
-                  'check', torch.device('cpu'))
-    return alive, entries['ours']
-
-
-def test_kernels_check_without_pyg_reference_says_unchecked():
-    from kernels import rows_of
-
-    def reference(x, edge_index):
-        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate')
-
-    lin = torch.nn.Linear(4, 4)
-    alive, entry = _kernels_check(reference,
-                                  lambda train: lin(torch.ones(3, 4)))
-    assert alive == ['ours']
-    assert entry['status'] == 'ok' and 'error' not in entry
-    assert entry['unchecked'] == 'PyG eager out of memory'
-    case = dict(name='c', nodes=3, edges=1, heads=1, channels=4)
-    row, = rows_of([dict(case=case, impls={'ours': entry})], 1.0)
-    assert row['max_rel_error'] == 'unchecked (PyG eager out of memory)'
-
-
-def test_kernels_check_raises_other_reference_failures():
-    def reference(x, edge_index):
-        raise ValueError('bad input')
-
-    with pytest.raises(ValueError, match='bad input'):
-        _kernels_check(reference, lambda train: None)
-
-
-def test_kernels_check_reports_a_failed_implementation():
-    def run(train):
-        raise torch.OutOfMemoryError('CUDA out of memory.')
-
-    alive, entry = _kernels_check(lambda x, e: torch.zeros(3, 4), run)
-    assert alive == [] and entry['status'] == 'out of memory'
-
-
-def test_kernels_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
-    from kernels import fused_bytes, rows_of
-    case = dict(name='c', nodes=10, edges=40, heads=2, channels=4)
-    seconds = fused_bytes(case) / 5e9  # a kernel moving 5 GB/s
-    impls = {'fused_cpp': dict(status='ok', kernel_fwd=seconds)}
-    paired, = rows_of([dict(case=case, impls=impls, memcpy=20e9)], 10e9)
-    assert paired['memcpy_gb_s'] == '20.0'
-    assert paired['kernel_vs_memcpy'] == '0.25'
-    # Results without a paired copy fall back to the run's.
-    alone, = rows_of([dict(case=case, impls=impls)], 10e9)
-    assert (alone['memcpy_gb_s'], alone['kernel_vs_memcpy']) == ('10.0',
-                                                                 '0.50')

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyg_gatv2.backends import cpp_kernels_built
 
@@ -41,7 +42,8 @@ def test_rows_split_the_step_into_parts_and_the_rest():
     times = dict(pyg_step=0.030, step=0.010, projections=0.001,
                  layout=0.002, forward=0.002, backward_dst=0.003,
                  backward=0.005)
-    result = dict(case=CASE, status='ok', max_rel_error=2e-7, times=times)
+    result = dict(case=CASE, status='ok', max_rel_error=2e-7,
+                  grad_max_rel_error=3e-7, worst_grad='att', times=times)
     rows = step_profile.rows_of(result, bandwidth=1e9)
     by_part = {row['part']: row for row in rows}
     assert [row['part'] for row in rows] == list(step_profile.ROWS)
@@ -54,6 +56,8 @@ def test_rows_split_the_step_into_parts_and_the_rest():
     assert [row['part'] for row in rows if row['in_step']] == [
         'projections', 'forward', 'backward_dst', 'backward_src', 'rest']
     assert by_part['step']['max_rel_error'] == '2.0e-07'
+    assert by_part['step']['grad_max_rel_error'] == '3.0e-07'
+    assert by_part['step']['worst_grad'] == 'att'
     # 144 bytes in 2 ms: 72,000 B/s, of a 1 GB/s memcpy.
     forward = by_part['forward']
     assert (forward['gb_s'], forward['vs_memcpy']) == ('0.00', '0.00')
@@ -64,11 +68,12 @@ def test_rows_split_the_step_into_parts_and_the_rest():
 
 def test_a_case_not_timed_is_one_row_that_says_why():
     rows = step_profile.rows_of(
-        dict(case=CASE, status='MISMATCH (ours vs PyG)', max_rel_error=1e-3),
-        bandwidth=1e9)
+        dict(case=CASE, status='MISMATCH (lin_l.weight: 1.0e-03)',
+             max_rel_error=2e-7, grad_max_rel_error=1e-3,
+             worst_grad='lin_l.weight'), bandwidth=1e9)
     assert len(rows) == 1
-    assert rows[0]['status'] == 'MISMATCH (ours vs PyG)'
-    assert rows[0]['max_rel_error'] == '1.0e-03' and 'ms' not in rows[0]
+    assert rows[0]['status'] == 'MISMATCH (lin_l.weight: 1.0e-03)'
+    assert rows[0]['grad_max_rel_error'] == '1.0e-03' and 'ms' not in rows[0]
 
 
 def test_quick_defaults_give_way_to_explicit_flags(capsys):
@@ -97,6 +102,49 @@ def test_cpp_backend_not_built_is_a_clear_error(monkeypatch, capsys):
         capsys.readouterr().err)
 
 
+BACKEND = 'cpp' if cpp_kernels_built() else 'numba'
+SPEC = dict(case=dict(CASE, nodes=50, edges=200, features=6),
+            seed=0, repeats=1, warmup=1, backend=BACKEND)
+
+
+def test_a_wrong_gradient_is_refused_before_timing(monkeypatch):
+    make_impls = step_profile.make_impls
+
+    def with_wrong_att_gradient(*args, **kwargs):
+        ref, impls = make_impls(*args, **kwargs)
+        # Forward untouched, the gradient of one parameter 1% off.
+        impls[f'fused_{BACKEND}'][0].att.register_hook(lambda g: g * 1.01)
+        return ref, impls
+
+    monkeypatch.setattr(step_profile, 'make_impls', with_wrong_att_gradient)
+    result = step_profile.run_worker(SPEC)
+    assert result['status'].startswith('MISMATCH (att: ')
+    assert result['worst_grad'] == 'att'
+    assert result['grad_max_rel_error'] > 1e-3
+    assert result['max_rel_error'] <= step_profile.TOLERANCE
+    assert 'times' not in result
+    row, = step_profile.rows_of(result, bandwidth=1e9)
+    assert row['worst_grad'] == 'att' and 'ms' not in row
+
+
+def test_parts_that_do_not_reproduce_the_step_are_refused():
+    from kernels import Run, build_case, make_impls
+    case = SPEC['case']
+    x, edge_index = build_case(case, 0, torch.device('cpu'))
+    _, impls = make_impls(case, [f'fused_{BACKEND}'], torch.device('cpu'))
+    run = Run(*impls[f'fused_{BACKEND}'], x, edge_index)
+    step = run.step()
+    parts = step_profile.StepParts(run.conv, x, edge_index, BACKEND)
+    checked = step_profile.parts_check(parts, step)
+    assert checked.ok, checked.errors
+    assert sorted(checked.errors) == ['att', 'lin_l.bias', 'lin_l.weight',
+                                      'lin_r.bias', 'lin_r.weight',
+                                      'output']
+    parts.grads.att.mul_(1.01)
+    checked = step_profile.parts_check(parts, step)
+    assert checked.failed == ['att']
+
+
 def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / 'step_profile.py'), '--quick',
@@ -116,11 +164,17 @@ def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     for part in step_profile.PARTS + ('rest', 'layout'):
         assert 0 <= float(by_part[part]['of_step']) <= 1, by_part[part]
     assert float(by_part['step']['max_rel_error']) <= step_profile.TOLERANCE
+    assert float(by_part['step']['grad_max_rel_error']) <= (
+        step_profile.TOLERANCE)
+    assert by_part['step']['worst_grad'] in ('att', 'bias', 'lin_l.weight',
+                                             'lin_l.bias', 'lin_r.weight',
+                                             'lin_r.bias')
     for part in ('forward', 'backward_dst', 'backward_src'):
         row = by_part[part]
         assert float(row['model_mb']) > 0 and float(row['gflop']) > 0
     markdown = (tmp_path / 'step_profile_quick.md').read_text()
     assert 'benchmarks/step_profile.py --quick --threads 1' in markdown
     assert 'memcpy bandwidth' in markdown
+    assert 'grad_max_rel_error' in markdown
     assert f'float32, {step_profile.parse_args([]).backend} kernels' in markdown
     assert markdown in proc.stdout

@@ -17,10 +17,12 @@ from pyg_gatv2 import (
     GATv2Conv,
     available_backends,
     get_validation,
-    use_backend,
+    use_backends,
     validation,
 )
-from pyg_gatv2.fused import clear_layout_cache
+from pyg_gatv2 import softmax as softmax_module
+from pyg_gatv2.backends import available_fused_backends
+from pyg_gatv2.fused import clear_layout_cache, op
 
 TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-5}
 
@@ -39,6 +41,10 @@ def both_layers(*args, dtype=torch.float64, **kwargs):
     ours = GATv2Conv(*args, **kwargs).to(dtype)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ours, ref
+
+
+def randn(*shape, gen, dtype=torch.float64):
+    return torch.randn(*shape, generator=gen, dtype=dtype)
 
 
 def run(conv, x, edge_index, edge_attr):
@@ -74,20 +80,68 @@ OPTIONS = list(
     ))
 
 
-# The fused path, and message passing on each softmax backend.
+# The fused path on its automatic choice of kernels, and message passing on
+# each softmax backend.
 PATHS = ['fused'] + [f'message_passing-{b}' for b in available_backends()]
+# Every implementation with a backward of its own: the fused operator on
+# each of its CPU kernel backends (Triton's, here only in its interpreter,
+# is too slow for grids; tests/test_fused_triton.py covers it), and message
+# passing on each softmax backend.
+KERNEL_PATHS = [f'fused-{b}' for b in available_fused_backends()
+                if b != 'triton'] + PATHS[1:]
 
 
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-@pytest.mark.parametrize('path', PATHS)
-@pytest.mark.parametrize(
-    'heads,concat,share_weights,self_loops,edge,residual,bias,bipartite',
-    OPTIONS)
-def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
-                         residual, bias, bipartite, path, dtype):
+def path_backends(path):
+    """The ``fused`` flag of the layer and the ``use_backends`` arguments
+    of a path: ``'fused'``, ``'fused-<kernels>'`` or
+    ``'message_passing-<softmax>'``."""
+    kind, _, name = path.partition('-')
+    if kind == 'fused':
+        return True, dict(fused=name or 'auto')
+    return False, dict(softmax=name)
+
+
+@pytest.fixture
+def kernels_used(monkeypatch):
+    """The fused backends and the softmax backends that ran during the
+    test, so that a test parametrized over them can check that each case
+    ran what it names."""
+    used = {'fused': set(), 'softmax': set()}
+
+    def fused_spy(real):
+        def run(backend, *args):
+            used['fused'].add(backend)
+            return real(backend, *args)
+        return run
+
+    def softmax_spy(backend):
+        name = resolve(backend)
+        used['softmax'].add(name)
+        return name
+
+    resolve = softmax_module._resolve
+    monkeypatch.setattr(op, '_run_forward', fused_spy(op._run_forward))
+    monkeypatch.setattr(op, '_run_backward', fused_spy(op._run_backward))
+    monkeypatch.setattr(softmax_module, '_resolve', softmax_spy)
+    return used
+
+
+def assert_ran_on(path, used):
+    fused, chosen = path_backends(path)
+    if not fused:
+        assert used == {'fused': set(), 'softmax': {chosen['softmax']}}
+    elif chosen['fused'] == 'auto':
+        assert used['fused'] and not used['softmax'], used
+    else:
+        assert used == {'fused': {chosen['fused']}, 'softmax': set()}
+
+
+def check_parity(heads, concat, share_weights, self_loops, edge, residual,
+                 bias, bipartite, path, dtype, negative_slope, used):
+    """Output, attention weights and every gradient of our layer on
+    ``path`` against PyG's layer with the same weights."""
     edge_dim, fill_value = edge
-    fused = path == 'fused'
-    backend = None if fused else path.split('-')[1]
+    fused, chosen = path_backends(path)
     num_src, num_dst = (12, 9) if bipartite else (12, 12)
     in_src, in_dst = 8, (8 if share_weights else 6)
     in_channels = (in_src, in_dst) if bipartite else in_src
@@ -95,22 +149,24 @@ def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
                             share_weights=share_weights,
                             add_self_loops=self_loops, edge_dim=edge_dim,
                             fill_value=fill_value, residual=residual,
-                            bias=bias, dtype=dtype)
+                            bias=bias, negative_slope=negative_slope,
+                            dtype=dtype)
     ours.fused = fused
     gen = torch.Generator().manual_seed(1)
     edge_index = random_graph(num_src, num_dst, 40)
     if bipartite:
-        x = (torch.randn(num_src, in_src, generator=gen, dtype=dtype),
-             torch.randn(num_dst, in_dst, generator=gen, dtype=dtype))
+        x = (randn(num_src, in_src, gen=gen, dtype=dtype),
+             randn(num_dst, in_dst, gen=gen, dtype=dtype))
     else:
-        x = (torch.randn(num_src, in_src, generator=gen, dtype=dtype), )
+        x = (randn(num_src, in_src, gen=gen, dtype=dtype), )
     edge_attr = None
     if edge_dim is not None:
         shape = (40, ) if edge_dim == 1 else (40, edge_dim)
-        edge_attr = torch.randn(shape, generator=gen, dtype=dtype)
+        edge_attr = randn(*shape, gen=gen, dtype=dtype)
 
-    with use_backend(backend):
+    with use_backends(**chosen):
         out, ei, alpha, grads = run(ours, x, edge_index, edge_attr)
+    assert_ran_on(path, used)
     ref_out, ref_ei, ref_alpha, ref_grads = run(ref, x, edge_index,
                                                 edge_attr)
     tol = TOLERANCE[dtype]
@@ -124,11 +180,39 @@ def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
         torch.testing.assert_close(grad, ref_grad, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize(
+    'heads,concat,share_weights,self_loops,edge,residual,bias,bipartite',
+    OPTIONS)
+def test_parity_with_pyg(heads, concat, share_weights, self_loops, edge,
+                         residual, bias, bipartite, path, dtype,
+                         kernels_used):
+    check_parity(heads, concat, share_weights, self_loops, edge, residual,
+                 bias, bipartite, path, dtype, 0.2, kernels_used)
+
+
+# The slopes where LeakyReLU is a ReLU, the identity and steeper on the
+# negative side than on the positive one, on every backward implementation,
+# with and without edge features and self-loops; the other options keep
+# one setting each (the grid above crosses them at the default slope).
+@pytest.mark.parametrize('path', KERNEL_PATHS)
+@pytest.mark.parametrize('negative_slope', [0.0, 1.0, 3.0])
+@pytest.mark.parametrize('self_loops', [True, False])
+@pytest.mark.parametrize('edge', [(None, 'mean'), (4, 'mean')],
+                         ids=['no_edge_attr', 'edge_dim_4'])
+@pytest.mark.parametrize('bipartite', [False, True])
+def test_parity_with_pyg_at_other_slopes(negative_slope, path, self_loops,
+                                         edge, bipartite, kernels_used):
+    check_parity(3, True, False, self_loops, edge, True, True, bipartite,
+                 path, torch.float64, negative_slope, kernels_used)
+
+
 def test_dropout_matches_pyg_under_the_same_seed():
     ours, ref = both_layers(8, 4, heads=2, dropout=0.5)
     ours.train()
     ref.train()
-    x = torch.randn(10, 8, dtype=torch.float64)
+    x = randn(10, 8, gen=torch.Generator().manual_seed(0))
     edge_index = random_graph(10, num_edges=30)
     torch.manual_seed(7)
     out = ours(x, edge_index)
@@ -139,15 +223,28 @@ def test_dropout_matches_pyg_under_the_same_seed():
     assert not torch.allclose(ours(x, edge_index), out)
 
 
-@pytest.mark.parametrize('backend', available_backends())
-def test_gradcheck(backend):
-    conv = GATv2Conv(4, 3, heads=2, edge_dim=2, residual=True).double()
-    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-    edge_attr = torch.randn(14, 2, dtype=torch.float64, requires_grad=True)
-    edge_index = random_graph(6, num_edges=14)
-    with use_backend(backend):
+@pytest.mark.parametrize('path', KERNEL_PATHS)
+def test_gradcheck(path, kernels_used):
+    # Edge features (whose self-loop features are the mean of the incoming
+    # ones), a residual and self-loops, one of them already in the graph;
+    # the gradients of x, edge_attr and att.
+    fused, chosen = path_backends(path)
+    conv = GATv2Conv(4, 3, heads=2, edge_dim=2, residual=True,
+                     fused=fused).double()
+    gen = torch.Generator().manual_seed(2)
+    edge_index = random_graph(6, num_edges=14, seed=2)
+    edge_index[:, 0] = 3
+    inputs = [randn(6, 4, gen=gen), randn(14, 2, gen=gen),
+              conv.att.detach().clone()]
+
+    def layer(x, edge_attr, att):
+        return torch.func.functional_call(conv, {'att': att},
+                                          (x, edge_index, edge_attr))
+
+    with use_backends(**chosen):
         assert torch.autograd.gradcheck(
-            lambda x, e: conv(x, edge_index, e), (x, edge_attr))
+            layer, [t.requires_grad_() for t in inputs])
+    assert_ran_on(path, kernels_used)
 
 
 @pytest.mark.parametrize('fused', [None, False])
@@ -155,7 +252,7 @@ def test_gradcheck_with_int32_indices(fused):
     conv = GATv2Conv(1, 2, share_weights=True, add_self_loops=False,
                      bias=False, fused=fused).double()
     edge_index = torch.tensor([[0, 0, 0], [0, 0, 1]], dtype=torch.int32)
-    x = torch.randn(2, 1, dtype=torch.float64, requires_grad=True)
+    x = randn(2, 1, gen=torch.Generator().manual_seed(0)).requires_grad_()
     weight = torch.linspace(-1, 1, 4, dtype=torch.float64)
 
     def loss(x):
@@ -176,10 +273,10 @@ def test_self_loop_features_of_a_bipartite_graph(fused):
     ref = pyg_nn.GATv2Conv((3, 3), 2, heads=2, edge_dim=2,
                            add_self_loops=False).double()
     ref.load_state_dict(ours.state_dict())
-    x = (torch.randn(2, 3, dtype=torch.float64),
-         torch.randn(4, 3, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    x = (randn(2, 3, gen=gen), randn(4, 3, gen=gen))
     edge_index = torch.tensor([[0, 1, 0, 1, 1, 0], [0, 0, 2, 3, 1, 3]])
-    edge_attr = torch.randn(6, 2, dtype=torch.float64)
+    edge_attr = randn(6, 2, gen=gen)
     # By hand: the existing loops 0->0 and 1->1 are dropped; node 0's loop
     # takes the mean over its one other in-edge (1->0), node 1 has none and
     # gets zeros; the in-edges of targets 2 and 3 count for nothing.
@@ -211,10 +308,11 @@ def test_hand_made_graph():
 
 def test_edge_permutation_invariance():
     conv = GATv2Conv(8, 4, heads=2, edge_dim=3).double()
-    x = torch.randn(15, 8, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = randn(15, 8, gen=gen)
     edge_index = random_graph(15, num_edges=50)
-    edge_attr = torch.randn(50, 3, dtype=torch.float64)
-    perm = torch.randperm(50)
+    edge_attr = randn(50, 3, gen=gen)
+    perm = torch.randperm(50, generator=gen)
     out = conv(x, edge_index, edge_attr)
     out_perm = conv(x, edge_index[:, perm], edge_attr[perm])
     torch.testing.assert_close(out, out_perm, atol=1e-12, rtol=0)
@@ -222,9 +320,10 @@ def test_edge_permutation_invariance():
 
 def test_node_permutation_equivariance():
     conv = GATv2Conv(8, 4, heads=3, residual=True).double()
-    x = torch.randn(15, 8, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = randn(15, 8, gen=gen)
     edge_index = random_graph(15, num_edges=50)
-    perm = torch.randperm(15)
+    perm = torch.randperm(15, generator=gen)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(15)
     out = conv(x, edge_index)
@@ -252,9 +351,8 @@ def adjacency_inputs(edge_index, num_nodes):
 @pytest.mark.parametrize('self_loops', [False, True])
 @pytest.mark.parametrize('kind', ['coo', 'csr', 'csc', 'edge_index_class'])
 def test_adjacency_inputs_agree_with_edge_index(kind, self_loops):
-    torch.manual_seed(0)
     conv = GATv2Conv(8, 4, heads=2, add_self_loops=self_loops).double()
-    x = torch.randn(12, 8, dtype=torch.float64)
+    x = randn(12, 8, gen=torch.Generator().manual_seed(0))
     edge_index = torch.unique(random_graph(12, num_edges=40), dim=1)
     expected = conv(x, edge_index)
     adj = adjacency_inputs(edge_index, 12)[kind]
@@ -267,7 +365,7 @@ def test_sparse_tensor_input_agrees_with_edge_index():
     # torch-sparse comes with the sampling extra, which make setup installs.
     import torch_sparse  # noqa: F401
     conv = GATv2Conv(8, 4, heads=2).double()
-    x = torch.randn(12, 8, dtype=torch.float64)
+    x = randn(12, 8, gen=torch.Generator().manual_seed(0))
     edge_index = torch.unique(random_graph(12, num_edges=40), dim=1)
     adj = adjacency_inputs(edge_index, 12)['sparse_tensor']
     torch.testing.assert_close(conv(x, adj), conv(x, edge_index))
@@ -276,7 +374,7 @@ def test_sparse_tensor_input_agrees_with_edge_index():
 @pytest.mark.parametrize('kind', ['coo', 'csr', 'csc'])
 def test_sparse_attention_weights_hold_alpha(kind):
     conv = GATv2Conv(8, 4, heads=2, add_self_loops=False).double()
-    x = torch.randn(12, 8, dtype=torch.float64)
+    x = randn(12, 8, gen=torch.Generator().manual_seed(0))
     edge_index = torch.unique(random_graph(12, num_edges=40), dim=1)
     _, (_, alpha) = conv(x, edge_index, return_attention_weights=True)
     expected = torch.zeros(12, 12, 2, dtype=torch.float64)
@@ -405,13 +503,17 @@ def test_lazy_initialisation():
     torch.testing.assert_close(ref(x, edge_index), out)
 
 
-@pytest.mark.parametrize('backend', available_backends())
-def test_isolated_nodes_get_zero_messages(backend):
-    conv = GATv2Conv(4, 3, heads=2, add_self_loops=False, bias=False)
-    x = torch.randn(6, 4)
+@pytest.mark.parametrize('path', KERNEL_PATHS)
+def test_isolated_nodes_get_zero_messages(path, kernels_used):
+    fused, chosen = path_backends(path)
+    conv = GATv2Conv(4, 3, heads=2, add_self_loops=False, bias=False,
+                     fused=fused)
+    x = randn(6, 4, gen=torch.Generator().manual_seed(0),
+              dtype=torch.float32)
     edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
-    with use_backend(backend):
+    with use_backends(**chosen):
         out = conv(x, edge_index)
+    assert_ran_on(path, kernels_used)
     assert torch.isfinite(out).all()
     assert torch.equal(out[3:], torch.zeros(3, 6))
     assert out[:3].abs().sum() > 0
@@ -574,10 +676,10 @@ def test_second_derivatives_match_pyg(fused, edge_dim, self_loops):
     ours, ref = both_layers(5, 3, heads=2, edge_dim=edge_dim,
                             add_self_loops=self_loops)
     ours.fused = fused
-    x = torch.randn(10, 5, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = randn(10, 5, gen=gen)
     edge_index = random_graph(10, num_edges=30)
-    edge_attr = (None if edge_dim is None else torch.randn(
-        30, edge_dim, dtype=torch.float64))
+    edge_attr = None if edge_dim is None else randn(30, edge_dim, gen=gen)
     ours_grads, ours_x = gradient_penalty_grads(ours, x, edge_index,
                                                 edge_attr)
     ref_grads, ref_x = gradient_penalty_grads(ref, x, edge_index, edge_attr)
@@ -592,12 +694,12 @@ def test_second_derivatives_match_pyg(fused, edge_dim, self_loops):
 def test_gradgradcheck_on_the_default_path(edge_dim):
     conv = GATv2Conv(3, 2, heads=2, edge_dim=edge_dim).double()
     edge_index = random_graph(6, num_edges=14, seed=3)
-    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(3)
+    x = randn(6, 3, gen=gen).requires_grad_()
     att = conv.att.detach().clone().requires_grad_()
     inputs = [x, att]
     if edge_dim is not None:
-        inputs.append(torch.randn(14, edge_dim, dtype=torch.float64,
-                                  requires_grad=True))
+        inputs.append(randn(14, edge_dim, gen=gen).requires_grad_())
 
     def layer(x, att, edge_attr=None):
         return torch.func.functional_call(conv, {'att': att},

@@ -380,6 +380,7 @@ def test_bad_memory_budget(budget):
         dense(x3, torch.ones(2, 5, 5), memory_budget=budget)
 
 
+@pytest.mark.slow
 def test_benchmark_quick_mode(tmp_path):
     script = ROOT / 'benchmarks' / 'sparse_vs_dense.py'
     env = dict(os.environ)

@@ -8,10 +8,11 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +37,18 @@ from pyg_gatv2.training import (
 from pyg_gatv2.training.checkpoint import cpu_state
 from pyg_gatv2.training.distributed import wrap
 
+# Each test starts processes that train (about 10 to 20 s apiece).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
-# Seconds a worker of the two-process fixture may take (about 10 to 30).
+# Bounds on waiting for processes, generous on a loaded machine: reaching
+# one means a process hung, and the test fails saying which; none of them
+# is a claim about how fast anything runs. A worker of the two-process
+# fixture takes about 10 to 30 s.
 WORKER_TIMEOUT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+# For torchrun to start training, or to end after a rank failed.
+LAUNCH_TIMEOUT = 300
 
 
 def steps_without_dropout(batches_of_epoch) -> tuple[dict, list[float]]:
@@ -62,7 +65,7 @@ def steps_without_dropout(batches_of_epoch) -> tuple[dict, list[float]]:
     return cpu_state(model), losses
 
 
-def worker(rank: int, port: int, out: Path) -> None:
+def worker(rank: int, rendezvous: str, out: Path) -> None:
     """One of two processes: full-batch steps, mini-batch steps, and a
     mini-batch run interrupted and resumed; writes what it got to
     ``out``."""
@@ -70,7 +73,7 @@ def worker(rank: int, port: int, out: Path) -> None:
     # threads was and exits with an error, instead of being killed mute.
     faulthandler.dump_traceback_later(WORKER_TIMEOUT, exit=True)
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+    dist.init_process_group('gloo', init_method=rendezvous,
                             rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     data = toy_graph()
@@ -115,17 +118,25 @@ def worker(rank: int, port: int, out: Path) -> None:
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')
     context = mp.get_context('spawn')
-    port = free_port()
-    procs = [context.Process(target=worker, args=(rank, port, out))
+    # The ranks meet in a file: no port is chosen for them, so none can be
+    # taken by another process between choosing and binding it (gloo's own
+    # connections bind ports that the system picks).
+    rendezvous = (out / 'rendezvous').as_uri()
+    procs = [context.Process(target=worker, args=(rank, rendezvous, out))
              for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    deadline = time.monotonic() + WORKER_TIMEOUT + 60
-    for proc in procs:
-        proc.join(max(1.0, deadline - time.monotonic()))
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
+    try:
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + WORKER_TIMEOUT + 60
+        for proc in procs:
+            proc.join(max(1.0, deadline - time.monotonic()))
+        hung = [rank for rank, proc in enumerate(procs) if proc.is_alive()]
+        assert not hung, f'ranks {hung} never finished'
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(60)
     assert [proc.exitcode for proc in procs] == [0, 0]
     return [torch.load(out / f'rank{rank}.pt', weights_only=False)
             for rank in range(2)]
@@ -159,13 +170,68 @@ def test_resume_under_ddp_gives_the_uninterrupted_result(two_ranks):
         same_runs(got['resumed'], got['reference'])
 
 
-def torchrun(flags, out, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1'}
-    return subprocess.Popen(
+def processes_with(marker: str) -> list[int]:
+    """The processes, zombies aside, whose environment holds ``marker``."""
+    pids = []
+    for proc in Path('/proc').glob('[0-9]*'):
+        try:
+            environ = (proc / 'environ').read_bytes().split(b'\0')
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        # A zombie's environment reads empty.
+        if marker.encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_until(condition: Callable[[], bool], seconds: float,
+               failure: Callable[[], str]) -> None:
+    """Polls ``condition`` until it holds; fails with ``failure()`` if it
+    still does not after ``seconds`` (a hang guard)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(failure())
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def torchrun(flags, out, **kwargs) -> Iterator[subprocess.Popen]:
+    """torchrun running ``pyg-gatv2 train`` in two workers, for the block;
+    when the block ends, every process of the run has ended.
+
+    torchrun starts each worker in a session of its own and forwards
+    SIGTERM and SIGINT to them, but a SIGKILL of the launcher, or of its
+    process group, reaches none of them: a worker that is stopped, or
+    blocked outside the launcher's store, outlives it. So each process of
+    the run is found by a mark in its environment, which the workers and
+    their children inherit, and killed. Yields the launcher, whose
+    ``marker`` is that mark.
+    """
+    run = uuid.uuid4().hex
+    marker = f'PYG_GATV2_TEST_RUN={run}'
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1',
+           'PYG_GATV2_TEST_RUN': run}
+    launcher = subprocess.Popen(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone',
          '--nproc-per-node', '2', '-m', 'pyg_gatv2', 'train', *flags,
          '--out', str(out)],
-        cwd=out.parent, env=env, text=True, **kwargs)
+        # A group of its own, so that killing it leaves pytest alone.
+        cwd=out.parent, env=env, text=True, start_new_session=True,
+        **kwargs)
+    launcher.marker = marker
+    try:
+        yield launcher
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        for pid in processes_with(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait(timeout=60)
+        wait_until(lambda: not processes_with(marker), 60,
+                   lambda: f'processes {processes_with(marker)} of a '
+                   'torchrun run outlived it after SIGKILL')
 
 
 @pytest.fixture(scope='module')
@@ -179,10 +245,11 @@ def cora_flags(planetoid_raw_dir, tmp_path_factory):
 
 def test_torchrun_trains_with_one_reporting_rank(cora_flags, tmp_path):
     out = tmp_path / 'out'
-    launcher = torchrun([*cora_flags, '--epochs', '3'], out,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = launcher.communicate(timeout=300)
-    assert launcher.returncode == 0, stderr
+    with torchrun([*cora_flags, '--epochs', '3'], out,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) as launcher:
+        stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT)
+        assert launcher.returncode == 0, stderr
+        assert not processes_with(launcher.marker)
     # Rank 0 alone reports and writes.
     assert stdout.count('Seed 0: test ') == 1
     assert stdout.count('Test accuracy: ') == 1
@@ -209,34 +276,42 @@ def worker_pid(launcher: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f'no worker of rank {rank}')
 
 
-def start_long_run(cora_flags, out, timeout):
-    """A run that would take minutes, once both ranks are training."""
+@contextlib.contextmanager
+def long_run(cora_flags, out, timeout):
+    """A run that would take minutes, once both ranks are training; yields
+    the launcher and the file that holds what the run wrote to stderr."""
     log = out.parent / 'log.txt'
-    launcher = torchrun(
-        [*cora_flags, '--epochs', '100000', '--patience', '100000',
-         '--checkpoint-every', '1', '--dist-timeout', str(timeout)], out,
-        stdout=subprocess.DEVNULL, stderr=log.open('w'))
+    flags = [*cora_flags, '--epochs', '100000', '--patience', '100000',
+             '--checkpoint-every', '1', '--dist-timeout', str(timeout)]
     state = out / 'checkpoints' / 'state_seed0.pt'
-    deadline = time.monotonic() + 180
-    while not state.exists() and launcher.poll() is None:
-        assert time.monotonic() < deadline, 'training did not start'
-        time.sleep(0.2)
-    assert launcher.poll() is None, log.read_text()
-    return launcher, log
+    with log.open('w') as stderr, torchrun(
+            flags, out, stdout=subprocess.DEVNULL, stderr=stderr) as launcher:
+        wait_until(lambda: state.exists() or launcher.poll() is not None,
+                   LAUNCH_TIMEOUT, lambda: 'training did not start: '
+                   f'{log.read_text()[-2000:]}')
+        assert launcher.poll() is None, log.read_text()
+        yield launcher, log
+
+
+def wait_for_the_end(launcher: subprocess.Popen, log: Path) -> int:
+    """The exit code of the launcher, which must end with every process of
+    the run."""
+    try:
+        code = launcher.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f'torchrun never ended: {log.read_text()[-2000:]}')
+    assert not processes_with(launcher.marker), 'workers outlived torchrun'
+    return code
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='finds the workers through /proc')
 def test_a_killed_rank_stops_the_run(cora_flags, tmp_path):
-    launcher, log = start_long_run(cora_flags, tmp_path / 'out', timeout=30)
-    os.kill(worker_pid(launcher, 1), signal.SIGKILL)
-    tic = time.monotonic()
-    try:
-        code = launcher.wait(timeout=60)
-    finally:
-        launcher.kill()
+    with long_run(cora_flags, tmp_path / 'out', timeout=30) as (launcher,
+                                                                 log):
+        os.kill(worker_pid(launcher, 1), signal.SIGKILL)
+        code = wait_for_the_end(launcher, log)
     assert code != 0
-    assert time.monotonic() - tic < 60
     text = log.read_text()
     assert re.search(r'rank\s*:\s*1\b', text), text[-2000:]
     assert 'Signal 9 (SIGKILL)' in text
@@ -244,26 +319,26 @@ def test_a_killed_rank_stops_the_run(cora_flags, tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='finds the workers through /proc')
-def test_a_hung_rank_is_named_within_the_timeout(cora_flags, tmp_path):
-    launcher, log = start_long_run(cora_flags, tmp_path / 'out', timeout=5)
-    hung = worker_pid(launcher, 1)
-    os.kill(hung, signal.SIGSTOP)
-    tic = time.monotonic()
-    try:
-        while 'lost the other processes' not in log.read_text():
-            assert time.monotonic() - tic < 60, log.read_text()[-2000:]
-            time.sleep(0.2)
-        waited = time.monotonic() - tic
-        os.kill(hung, signal.SIGCONT)  # so that torchrun can end it
-        code = launcher.wait(timeout=60)
-    finally:
-        launcher.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(hung, signal.SIGCONT)
+def test_a_hung_rank_is_named_with_the_timeout(cora_flags, tmp_path):
+    # Rank 1 stops answering; rank 0's next collective gives up when the
+    # 5 s of --dist-timeout run out (gloo's own words, quoted in the error,
+    # say so), and its error names the timeout and where rank 1 was.
+    with long_run(cora_flags, tmp_path / 'out', timeout=5) as (launcher,
+                                                                log):
+        hung = worker_pid(launcher, 1)
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            wait_until(lambda: 'lost the other processes' in log.read_text(),
+                       LAUNCH_TIMEOUT, lambda: 'rank 0 never reported the '
+                       f'lost rank: {log.read_text()[-2000:]}')
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)  # so that torchrun can end it
+        code = wait_for_the_end(launcher, log)
     assert code != 0
-    assert 5 <= waited < 30
     message = next(line for line in log.read_text().splitlines()
                    if 'lost the other processes' in line)
     assert message.startswith('pyg-gatv2: error: rank 0 of 2 lost the other '
                               'processes: a process died, or did not answer '
                               'for 5 s (--dist-timeout) (rank 1 at epoch ')
+    assert re.search(r'[Tt]imed out waiting 5000 ?ms', message), message

@@ -18,7 +18,7 @@ from test_fused import (
 
 from pyg_gatv2 import GATv2Conv, use_backends
 from pyg_gatv2.backends import triton_runs_here
-from pyg_gatv2.fused import fused_gatv2_attention
+from pyg_gatv2.fused import edge_layout, fused_gatv2_attention
 
 pytestmark = pytest.mark.skipif(
     not triton_runs_here(),
@@ -193,3 +193,168 @@ def test_auto_picks_triton_only_for_cuda_tensors(monkeypatch):
         assert op._resolve_backend(None, x.cuda()) == 'triton'
         with pytest.raises(ValueError, match="'triton' runs on CUDA"):
             op._resolve_backend('triton', x)
+
+
+# The kernels walk each node's edges in blocks of BLOCK_E, carrying the
+# online softmax (forward) and the sums (backward) from one block to the
+# next: the degrees below sit on either side of one and several blocks.
+BLOCK_E = 32
+
+
+def rising_logits(edge_index, x_l, x_r, att, et):
+    """The order of the edges that sorts head 0's logits ascending: later
+    blocks of a node's in-edges hold its larger logits, so that its online
+    softmax must rescale what it summed before (head 1 keeps a random
+    order)."""
+    src, dst = edge_index
+    z = x_l[src, 0] + x_r[dst, 0]
+    if et is not None:
+        z = z + et[:, 0]
+    logit = (torch.nn.functional.leaky_relu(z, 0.2) * att[0]).sum(-1)
+    return torch.argsort(logit.detach(), stable=True)
+
+
+def check_blocks(device, num_src, num_dst, edge_index, add_self_loops,
+                 edge_term, want_alpha=True, dropout=False, heads=2,
+                 channels=3, seed=0):
+    """Forward and every gradient against the reference, in float64."""
+    num_edges = edge_index.size(1)
+    x_l, x_r, att, et, loop_et = (
+        t.detach() for t in features(num_src, num_dst, num_edges, heads,
+                                     channels, torch.float64, seed=seed))
+    if not edge_term:
+        et = loop_et = None
+    elif not add_self_loops:
+        loop_et = None
+    order = rising_logits(edge_index, x_l, x_r, att, et)
+    edge_index = edge_index[:, order]
+    if et is not None:
+        et = et[order]
+    num_virtual = num_edges + (min(num_src, num_dst)
+                               if add_self_loops else 0)
+    mask = None
+    if dropout:
+        gen = torch.Generator().manual_seed(seed + 1)
+        mask = ((torch.rand(num_virtual, heads, generator=gen) > 0.3)
+                .double() / 0.7).to(device)
+    args = [None if t is None else t.to(device).requires_grad_()
+            for t in (x_l, x_r, att, et, loop_et)]
+    edge_index = edge_index.to(device)
+    if want_alpha:
+        actual, expected = run_both(*args[:3], edge_index, *args[3:], mask,
+                                    add_self_loops)
+    else:
+        # No gradient of the attention weights reaches backward.
+        inputs = [t for t in args if t is not None]
+        no_alpha = torch.zeros(0, heads, dtype=torch.float64, device=device)
+        actual = outputs_and_grads(lambda: (fused_gatv2_attention(
+            *args[:3], edge_index, args[3], loop_edge_term=args[4],
+            add_self_loops=add_self_loops, dropout_mask=mask,
+            backend='triton'), no_alpha), inputs)
+        expected = outputs_and_grads(lambda: (reference(
+            *args[:3], edge_index, args[3], args[4], add_self_loops,
+            mask)[0], no_alpha), inputs)
+    assert_close_all([t.cpu() if t is not None else None for t in actual],
+                     [t.cpu() if t is not None else None for t in expected],
+                     torch.float64)
+
+
+def degrees(edge_index, num_src, num_dst, add_self_loops):
+    """The in-degrees and out-degrees that the kernels walk (with the
+    implicit loops, without the edges i -> i they replace)."""
+    layout = edge_layout(edge_index, num_src, num_dst, add_self_loops)
+    return layout.dst_ptr.diff(), layout.csc[0].diff()
+
+
+@pytest.mark.parametrize('degree', [
+    1, BLOCK_E - 1, BLOCK_E, BLOCK_E + 1, 100, 1000])
+@pytest.mark.parametrize('add_self_loops,edge_term', [(False, False),
+                                                      (False, True),
+                                                      (True, False),
+                                                      (True, True)])
+@pytest.mark.parametrize('device', DEVICES)
+def test_in_degrees_across_blocks(device, degree, add_self_loops, edge_term):
+    from pyg_gatv2.fused import gpu
+    assert gpu._BLOCK_E == BLOCK_E
+    # Destination 0 takes its in-edges (and its implicit loop) from one
+    # source each up to BLOCK_E + 1 edges, so that its logits differ even
+    # without an edge term, and from repeated sources past that. Source 0
+    # sends nothing but its loop; the last destination receives nothing;
+    # 1 -> 1 is an existing self-loop and 2 -> 1 a duplicate edge.
+    num_real = degree - int(add_self_loops)
+    num_src = max(min(num_real, BLOCK_E + 1), 2) + 1
+    num_dst = num_src + 2
+    hub = torch.stack([torch.arange(num_real) % (num_src - 1) + 1,
+                       torch.zeros(num_real, dtype=torch.long)])
+    others = torch.tensor([[1, 1, 2, 2, 1], [1, 2, 1, 1, num_src]])
+    edge_index = torch.cat([hub, others], 1)
+    gen = torch.Generator().manual_seed(degree)
+    edge_index = edge_index[:, torch.randperm(edge_index.size(1),
+                                              generator=gen)]
+    in_deg, out_deg = degrees(edge_index, num_src, num_dst, add_self_loops)
+    assert in_deg[0] == degree and in_deg[-1] == 0
+    assert out_deg[0] == int(add_self_loops)
+    check_blocks(device, num_src, num_dst, edge_index, add_self_loops,
+                 edge_term)
+
+
+@pytest.mark.parametrize('degree', [BLOCK_E - 1, BLOCK_E, BLOCK_E + 1, 100])
+@pytest.mark.parametrize('add_self_loops,edge_term', [(False, False),
+                                                      (False, True),
+                                                      (True, False),
+                                                      (True, True)])
+@pytest.mark.parametrize('device', DEVICES)
+def test_out_degrees_across_blocks(device, degree, add_self_loops,
+                                   edge_term):
+    # Source 0 sends to destinations 1-4, with duplicates (and to itself
+    # through its implicit loop); source 6 sends nothing, and destination
+    # 0 receives nothing but that loop.
+    num_src, num_dst = 7, 5
+    gen = torch.Generator().manual_seed(degree)
+    hub = torch.stack([
+        torch.zeros(degree - int(add_self_loops), dtype=torch.long),
+        torch.randint(1, num_dst, (degree - int(add_self_loops), ),
+                      generator=gen)])
+    others = torch.tensor([[1, 2, 3, 3, 5, 5], [2, 2, 4, 3, 1, 1]])
+    edge_index = torch.cat([hub, others], 1)
+    edge_index = edge_index[:, torch.randperm(edge_index.size(1),
+                                              generator=gen)]
+    in_deg, out_deg = degrees(edge_index, num_src, num_dst, add_self_loops)
+    assert out_deg[0] == degree and out_deg[6] == 0
+    assert in_deg[0] == int(add_self_loops)
+    check_blocks(device, num_src, num_dst, edge_index, add_self_loops,
+                 edge_term)
+
+
+@pytest.mark.parametrize(
+    'add_self_loops,edge_term,want_alpha,dropout',
+    [(False, False, True, False), (True, True, True, False),
+     (True, True, False, True), (False, True, False, False)])
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_skewed_graph(device, add_self_loops, edge_term, want_alpha,
+                        dropout):
+    # Node 0 receives 300 edges and node 1 sends 150; the other nodes have
+    # 0 to 3 in-edges each, so that some have none, and only nodes below
+    # 40 send any.
+    num_nodes, senders = 60, 40
+    gen = torch.Generator().manual_seed(9)
+    into_hub = torch.stack([torch.randint(0, senders, (300, ),
+                                          generator=gen),
+                            torch.zeros(300, dtype=torch.long)])
+    from_hub = torch.stack([torch.ones(150, dtype=torch.long),
+                            torch.randint(0, num_nodes, (150, ),
+                                          generator=gen)])
+    low = torch.randint(0, 4, (num_nodes - 2, ), generator=gen)
+    dst = torch.repeat_interleave(torch.arange(2, num_nodes), low)
+    rest = torch.stack([torch.randint(0, senders, (dst.numel(), ),
+                                      generator=gen), dst])
+    edge_index = torch.cat([into_hub, from_hub, rest], 1)
+    edge_index = edge_index[:, torch.randperm(edge_index.size(1),
+                                              generator=gen)]
+    in_deg, out_deg = degrees(edge_index, num_nodes, num_nodes,
+                              add_self_loops)
+    assert in_deg[0] > 8 * BLOCK_E and out_deg[1] > 4 * BLOCK_E
+    if not add_self_loops:
+        assert (in_deg == 0).any() and (out_deg == 0).any()
+    check_blocks(device, num_nodes, num_nodes, edge_index, add_self_loops,
+                 edge_term, want_alpha, dropout, heads=2, channels=4)

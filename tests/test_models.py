@@ -148,6 +148,7 @@ def bag_of_words(num_rows=400, num_cols=300, words=5, seed=0):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('p', [0.2, 0.6])
 def test_sparse_feature_dropout_has_the_dropout_distribution(p):
     x = bag_of_words()

@@ -1,0 +1,407 @@
+"""Mutation check: deliberate faults in copies of the kernels, each of which
+some test must catch.
+
+    python tests/mutations.py              # every fault (make mutations)
+    python tests/mutations.py --list       # the faults, without running
+    python tests/mutations.py cpp_grad_out_scaled layout_cache_stale
+
+The working tree (tracked files and untracked ones git does not ignore) is
+copied into a temporary folder, where the C++ kernels are built once. The
+tests of every fault first run on the unchanged copy and must pass there.
+Then, one fault at a time, the copy's source is edited (one exact text,
+found exactly once, replaced), the C++ kernels are rebuilt if the fault is
+in them, the fault's tests run with ``-x``, and the source (and the built
+library) are restored. A fault is *caught* when its tests fail; the table
+names the first failing test. A fault that no test catches, a fault whose
+text is not found, or tests that fail on the unchanged copy make the
+script exit with an error.
+"""
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+CPP_SOURCE = 'pyg_gatv2/fused/_cpp_kernels.cpp'
+# Seconds one pytest run or one build may take before the check gives up.
+TIMEOUT = 900
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """One deliberate fault: in ``path``, ``old`` becomes ``new``; ``tests``
+    are the pytest node ids or files that must catch it, narrowed to those
+    whose names match the ``-k`` expression ``keyword`` where one is
+    given."""
+    name: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    keyword: str = ''
+
+    def selection(self) -> list[str]:
+        return list(self.tests) + (['-k', self.keyword] if self.keyword
+                                   else [])
+
+
+FIRST_ORDER = ('tests/test_conv_random.py::'
+               'test_first_order_gradients_on_each_backend_match_pyg')
+CPU_KERNELS = 'tests/test_fused_random.py::test_cpu_kernels_match_the_reference'
+LAYER_RANDOM = ('tests/test_conv_random.py::'
+                'test_random_graphs_and_options_match_pyg')
+TRITON = 'tests/test_fused_triton.py'
+
+FAULTS = (
+    # The C++ kernels.
+    Fault('cpp_grad_out_scaled',
+          'C++ backward by destination: dL/dalpha term scaled by 1.01',
+          CPP_SOURCE,
+          'gw[h] = dot(gi + h * C, rows.xj + h * C, C);',
+          'gw[h] = T(1.01) * dot(gi + h * C, rows.xj + h * C, C);',
+          (FIRST_ORDER, ), 'cpp'),
+    Fault('cpp_slope_in_backward_src',
+          'C++ backward by source: LeakyReLU slope fixed at 0.2',
+          CPP_SOURCE,
+          'if (z <= T(0)) d *= slope;',
+          'if (z <= T(0)) d *= T(0.2);',
+          (FIRST_ORDER, ), 'cpp'),
+    Fault('cpp_forward_skips_last_in_edge',
+          "C++ forward: a node's last in-edge left out of the weighted sum",
+          CPP_SOURCE,
+          '      for (int64_t k = start; k < end; ++k) {\n'
+          '        const T* xj = x_l + col[k] * HC;\n'
+          '        const T* w = weights.data() + (k - start) * H;',
+          '      for (int64_t k = start; k < end - 1; ++k) {\n'
+          '        const T* xj = x_l + col[k] * HC;\n'
+          '        const T* w = weights.data() + (k - start) * H;',
+          (CPU_KERNELS, ), 'cpp'),
+    Fault('cpp_forward_ignores_dropout',
+          'C++ forward: the dropout mask not applied to the messages',
+          CPP_SOURCE,
+          'const T p = dropout ? w[h] * dropout[h] : w[h];',
+          'const T p = w[h];',
+          (CPU_KERNELS, ), 'cpp'),
+    Fault('cpp_fixed_shape_backward_src_one_head_short',
+          'C++ backward by source, fixed shapes only: the last head left '
+          'out',
+          CPP_SOURCE,
+          '                  const T* grad_logit, int num_threads, '
+          'T* grad_xl) {\n'
+          '  // The shape, fixed at compile time where it is one of the '
+          'common ones.\n'
+          '  const int64_t H = FixedH ? FixedH : heads;',
+          '                  const T* grad_logit, int num_threads, '
+          'T* grad_xl) {\n'
+          '  // The shape, fixed at compile time where it is one of the '
+          'common ones.\n'
+          '  const int64_t H = FixedH ? FixedH - 1 : heads;',
+          ('tests/test_conv_random.py::'
+           'test_cpp_float32_kernels_match_pyg_in_float64', )),
+    Fault('cpp_heads_and_channels_swapped',
+          'ctypes call of the C++ forward: heads and channels swapped',
+          'pyg_gatv2/fused/cpp.py',
+          '_num_ranges(bounds), H, C, layout.num_edges, ops.negative_slope,\n'
+          '        int(want_alpha)',
+          '_num_ranges(bounds), C, H, layout.num_edges, ops.negative_slope,\n'
+          '        int(want_alpha)',
+          (FIRST_ORDER, ), 'cpp'),
+    # The Triton kernels, in Triton's interpreter on the CPU.
+    Fault('triton_no_online_rescale',
+          'Triton forward: the running sums not rescaled when a later '
+          'block raises the maximum',
+          'pyg_gatv2/fused/gpu.py',
+          "scale = tl.where(new_m == float('-inf'), 0.0, tl.exp(m - new_m))",
+          "scale = tl.where(new_m == float('-inf'), 0.0, 1.0)",
+          (f'{TRITON}::test_in_degrees_across_blocks', )),
+    Fault('triton_backward_src_skips_last_block',
+          'Triton backward by source: the block loop stops one edge early',
+          'pyg_gatv2/fused/gpu.py',
+          '    g_xl = tl.zeros((BLOCK_C, ), ACC)\n'
+          '    for lo in range(start, end, BLOCK_E):',
+          '    g_xl = tl.zeros((BLOCK_C, ), ACC)\n'
+          '    for lo in range(start, end - 1, BLOCK_E):',
+          (f'{TRITON}::test_out_degrees_across_blocks', )),
+    Fault('triton_grad_xr_scaled',
+          'Triton backward by destination: gradient of x_r scaled by 1.01',
+          'pyg_gatv2/fused/gpu.py',
+          'g_xr += tl.sum(dz, axis=0)',
+          'g_xr += 1.01 * tl.sum(dz, axis=0)',
+          (f'{TRITON}::test_matches_reference', )),
+    # The chunked PyTorch fallback.
+    Fault('torch_slope_in_backward',
+          'torch backward: LeakyReLU slope fixed at 0.2',
+          'pyg_gatv2/fused/chunked.py',
+          'slopes = torch.stack([att, att * slope])',
+          'slopes = torch.stack([att, att * 0.2])',
+          (CPU_KERNELS, ), 'torch'),
+    Fault('torch_chunk_drops_an_edge',
+          'torch backward: each chunk but the last ends one edge early',
+          'pyg_gatv2/fused/chunked.py',
+          '        hi = min(lo + chunk_size, num)\n'
+          '        r, j, e = row[lo:hi], col[lo:hi], eid[lo:hi]',
+          '        hi = min(lo + chunk_size - 1, num)\n'
+          '        r, j, e = row[lo:hi], col[lo:hi], eid[lo:hi]',
+          (CPU_KERNELS, ), 'torch'),
+    # The edge layout.
+    Fault('layout_drops_a_self_loop',
+          'layout: the implicit self-loop of the last node dropped',
+          'pyg_gatv2/fused/csr.py',
+          'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])',
+          'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop[:-1],'
+          ' loop[-1:] * 0 + num_dst])',
+          (CPU_KERNELS, )),
+    Fault('layout_keeps_existing_self_loops',
+          'layout: edges i -> i kept beside the implicit self-loops',
+          'pyg_gatv2/fused/csr.py',
+          'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])',
+          'dst = torch.cat([dst, loop])',
+          (CPU_KERNELS, )),
+    Fault('layout_cache_stale',
+          'layout cache: a cached layout reused after its edge_index changed',
+          'pyg_gatv2/fused/csr.py',
+          "    if edge_index.device.type == 'cpu':\n"
+          '        # One pass in the calling thread',
+          "    if edge_index.device.type == 'cpu':\n"
+          '        return True\n'
+          '        # One pass in the calling thread',
+          ('tests/test_fused.py::test_in_place_edit_changes_the_result',
+           'tests/test_fused.py::'
+           'test_layout_cache_sees_edits_that_bypass_the_version_counter')),
+    # The layer.
+    Fault('layer_loop_attr_fill_value_ignored',
+          "layer: self-loop edge features always filled with 'mean'",
+          'pyg_gatv2/conv.py',
+          '                    num_loops, num_dst, self.fill_value)',
+          "                    num_loops, num_dst, 'mean')",
+          (LAYER_RANDOM, )),
+    Fault('layer_dropout_mask_misplaced',
+          "layer: the fused path's dropout mask laid over the edges in "
+          'CSR order instead of edge order',
+          'pyg_gatv2/conv.py',
+          '                    0, layout.kept_eid, mask)',
+          '                    0, layout.dst_eid, mask)',
+          ('tests/test_conv.py::'
+           'test_dropout_matches_pyg_under_the_same_seed', )),
+    Fault('layer_residual_from_source',
+          'layer: the residual taken from the source features',
+          'pyg_gatv2/conv.py',
+          '            res = self.res(x_dst)',
+          '            res = self.res(x_src)',
+          (LAYER_RANDOM, )),
+)
+
+
+def tracked_files() -> list[str]:
+    """The files of the working tree that git tracks, and the untracked ones
+    it does not ignore."""
+    out = subprocess.run(
+        ['git', 'ls-files', '--cached', '--others', '--exclude-standard',
+         '-z'], cwd=REPO, check=True, capture_output=True, timeout=60).stdout
+    return [name for name in out.decode().split('\0')
+            if name and (REPO / name).is_file()]
+
+
+def copy_tree(dest: Path) -> None:
+    for name in tracked_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+
+
+def environment(copy: Path) -> dict:
+    """The environment of the runs in ``copy``: its package first on the
+    path, ahead of the editable install of the repository."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(copy)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
+                       if p])
+    env['PYTHONDONTWRITEBYTECODE'] = '1'
+    return env
+
+
+def build(copy: Path) -> None:
+    """Builds the C++ kernels in ``copy`` (in place)."""
+    proc = subprocess.run(
+        [sys.executable, 'setup.py', '--quiet', 'build_ext', '--inplace'],
+        cwd=copy, env=environment(copy), capture_output=True, text=True,
+        timeout=TIMEOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f'building the C++ kernels failed:\n'
+                           f'{proc.stderr[-3000:]}')
+
+
+def built_library(copy: Path) -> Path:
+    found = sorted((copy / Path(CPP_SOURCE).parent).glob('_cpp_kernels*.so'))
+    if len(found) != 1:
+        raise RuntimeError(f'expected one built C++ library in {copy}, '
+                           f'found {[p.name for p in found]}')
+    return found[0]
+
+
+def check_imports_from(copy: Path) -> None:
+    """Refuses to go on unless ``import pyg_gatv2`` in the runs takes the
+    copy's package: faults in the copy must be what the tests see."""
+    proc = subprocess.run(
+        [sys.executable, '-c', 'import pyg_gatv2; print(pyg_gatv2.__file__)'],
+        cwd=copy, env=environment(copy), capture_output=True, text=True,
+        timeout=300, check=True)
+    where = Path(proc.stdout.strip()).resolve()
+    if copy.resolve() not in where.parents:
+        raise RuntimeError(f'the tests would import pyg_gatv2 from {where}, '
+                           f'not from the copy {copy}')
+
+
+@dataclasses.dataclass
+class Outcome:
+    passed: bool
+    first_failure: str
+    seconds: float
+
+
+FAILED_LINE = re.compile(r'^(?:FAILED|ERROR) (\S+)', re.M)
+
+
+def run_tests(copy: Path, selection: list[str], stop_early: bool
+              ) -> Outcome:
+    """Runs pytest on the tests of ``selection`` (node ids and pytest
+    options) in ``copy``; with ``stop_early`` it stops at the first
+    failure."""
+    command = [sys.executable, '-m', 'pytest', '-q', '-rfE',
+               '-p', 'no:cacheprovider', *selection]
+    if stop_early:
+        command.insert(3, '-x')
+    tic = time.monotonic()
+    try:
+        proc = subprocess.run(command, cwd=copy, env=environment(copy),
+                              capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return Outcome(False, f'(timed out after {TIMEOUT} s)',
+                       time.monotonic() - tic)
+    seconds = time.monotonic() - tic
+    if proc.returncode == 0:
+        return Outcome(True, '', seconds)
+    match = FAILED_LINE.search(proc.stdout)
+    if match:
+        return Outcome(False, match.group(1), seconds)
+    if proc.returncode < 0:
+        # The faulty kernels brought the test process down: a fault caught,
+        # in the way that matters most to see.
+        running = re.findall(r'^(tests/\S+) ', proc.stdout, re.M)
+        where = f' in {running[-1]}' if running else ''
+        return Outcome(False, f'(crashed with '
+                       f'{signal.Signals(-proc.returncode).name}{where})',
+                       seconds)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    return Outcome(False, f'(exit {proc.returncode}: {" / ".join(tail)})',
+                   seconds)
+
+
+def apply(copy: Path, fault: Fault) -> str:
+    """Applies ``fault`` to ``copy``; returns the original text."""
+    path = copy / fault.path
+    text = path.read_text()
+    count = text.count(fault.old)
+    if count != 1:
+        raise LookupError(f'{fault.name}: the text to change occurs {count} '
+                          f'times in {fault.path} (expected once)')
+    path.write_text(text.replace(fault.old, fault.new))
+    return text
+
+
+def check_fault(copy: Path, fault: Fault, library: Path,
+                pristine_library: Path) -> dict:
+    original = apply(copy, fault)
+    try:
+        if fault.path == CPP_SOURCE:
+            build(copy)
+        outcome = run_tests(copy, fault.selection(), stop_early=True)
+    finally:
+        (copy / fault.path).write_text(original)
+        if fault.path == CPP_SOURCE:
+            shutil.copy2(pristine_library, library)
+    return dict(fault=fault.name, what=fault.what, file=fault.path,
+                caught=not outcome.passed,
+                caught_by=outcome.first_failure or '-',
+                seconds=outcome.seconds)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ['| fault | what | file | caught by | seconds |',
+             '|---|---|---|---|---|']
+    for row in rows:
+        by = row['caught_by'] if row['caught'] else '**SURVIVED**'
+        lines.append(f"| {row['fault']} | {row['what']} | {row['file']} | "
+                     f"{by} | {row['seconds']:.0f} |")
+    return '\n'.join(lines)
+
+
+def select(names: list[str]) -> list[Fault]:
+    if not names:
+        return list(FAULTS)
+    known = {fault.name: fault for fault in FAULTS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f'unknown faults: {", ".join(unknown)}; '
+                         f'see --list')
+    return [known[name] for name in names]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('faults', nargs='*',
+                        help='names of the faults to check (default: all)')
+    parser.add_argument('--list', action='store_true',
+                        help='list the faults and their tests, then stop')
+    args = parser.parse_args(argv)
+    faults = select(args.faults)
+    if args.list:
+        for fault in faults:
+            print(f"{fault.name}: {fault.what} ({fault.path}; "
+                  f"{' '.join(fault.selection())})")
+        return 0
+    with tempfile.TemporaryDirectory(prefix='pyg_gatv2_mutations_') as tmp:
+        copy = Path(tmp) / 'repo'
+        copy_tree(copy)
+        for stale in (copy / Path(CPP_SOURCE).parent).glob('_cpp_kernels*.so'):
+            stale.unlink()
+        build(copy)
+        check_imports_from(copy)
+        library = built_library(copy)
+        pristine = Path(tmp) / library.name
+        shutil.copy2(library, pristine)
+        for fault in faults:  # every text must be there before any run
+            (copy / fault.path).write_text(apply(copy, fault))
+        tests = list(dict.fromkeys(t for f in faults for t in f.tests))
+        print(f'Unchanged copy: {" ".join(tests)} ...', flush=True)
+        baseline = run_tests(copy, tests, stop_early=False)
+        if not baseline.passed:
+            print(f'The tests fail without any fault '
+                  f'({baseline.first_failure}); fix them first.',
+                  file=sys.stderr)
+            return 1
+        rows = []
+        for fault in faults:
+            print(f'{fault.name} ...', flush=True)
+            rows.append(check_fault(copy, fault, library, pristine))
+    print(table(rows))
+    survived = [row['fault'] for row in rows if not row['caught']]
+    if survived:
+        print(f'Not caught: {", ".join(survived)}', file=sys.stderr)
+        return 1
+    print(f'All {len(rows)} faults caught.')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""benchmarks/kernels.py: its check of a training step against PyG eager
+(in process, with implementations made to fail), its table and figure
+rows, and a small run end to end (no timing asserted)."""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch_geometric.nn as pyg_nn
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+import kernels  # noqa: E402
+from _common import read_csv  # noqa: E402
+
+from pyg_gatv2 import GATv2Conv  # noqa: E402
+
+CASE = dict(name='c', kind='random', nodes=40, edges=160, features=6,
+            heads=2, channels=3)
+
+
+class OutOfMemory(GATv2Conv):
+    """A layer that runs out of memory, as PyG's does on a large graph."""
+    def forward(self, x, edge_index):
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate')
+
+
+def _check(ref: torch.nn.Module, impls: dict[str, torch.nn.Module]):
+    """kernels.check of :obj:`impls` against :obj:`ref` on CASE."""
+    x, edge_index = kernels.build_case(CASE, 0, torch.device('cpu'))
+    runs = {name: kernels.Run(conv, None, x, edge_index)
+            for name, conv in impls.items()}
+    entries = {name: {} for name in impls}
+    args = argparse.Namespace(warmup=1, dtype='float32')
+    alive = kernels.check(runs, ref, x, edge_index, entries, args, 'check',
+                          torch.device('cpu'))
+    return alive, entries
+
+
+def _ours(cls=GATv2Conv, ref=None):
+    conv = cls(CASE['features'], CASE['channels'], heads=CASE['heads'],
+               fused=True)
+    if ref is not None:
+        conv.load_state_dict(ref.state_dict())
+    return conv
+
+
+def _pyg():
+    torch.manual_seed(0)
+    return pyg_nn.GATv2Conv(CASE['features'], CASE['channels'],
+                            heads=CASE['heads'])
+
+
+def test_check_refuses_an_implementation_whose_backward_is_wrong():
+    ref = _pyg()
+    good, wrong = _ours(ref=ref), _ours(ref=ref)
+    # Forward untouched, the gradient of one parameter 1% off.
+    wrong.att.register_hook(lambda grad: grad * 1.01)
+    alive, entries = _check(ref, {'pyg': ref, 'fused': good,
+                                  'wrong': wrong})
+    assert alive == ['pyg', 'fused']
+    bad = entries['wrong']
+    assert bad['status'].startswith('MISMATCH (att: ')
+    assert bad['grad_name'] == 'att' and bad['grad_error'] > 1e-3
+    assert bad['error'] <= kernels.TOLERANCE  # the output agrees
+    assert 'peak' not in bad
+    ok = entries['fused']
+    assert ok['status'] == 'ok' and ok['grad_error'] <= kernels.TOLERANCE
+    assert ok['grad_name'] in dict(ref.named_parameters())
+    assert ok['peak'] >= 0 and 'kept' in ok and 'peak_step_only' in ok
+
+    # The table: the check's errors for all, and for the mismatch no time,
+    # no speed-up and no memory ratio, even if it had been timed.
+    entries['wrong'].update(step=0.001, peak=1.0, kept=0.0,
+                            peak_step_only=1.0)
+    for entry in entries.values():
+        entry.setdefault('step', 0.002)
+    rows = {row['impl']: row for row in kernels.rows_of(
+        [dict(case=CASE, impls=entries)], 1e9)}
+    assert rows['wrong']['status'] == bad['status']
+    assert rows['wrong']['worst_grad'] == 'att'
+    assert float(rows['wrong']['grad_max_rel_error']) > 1e-3
+    assert 'step_speedup_vs_eager' not in rows['wrong']
+    assert 'peak_vs_eager' not in rows['wrong']
+    assert rows['fused']['step_speedup_vs_eager'] == '1.00'
+    assert float(rows['fused']['grad_max_rel_error']) <= kernels.TOLERANCE
+
+
+def test_no_ratio_against_a_baseline_that_failed_its_check():
+    impls = {'pyg': dict(status='MISMATCH (att: 1.0e-02)', step=0.002,
+                         peak=2.0, kept=0.0, peak_step_only=2.0),
+             'fused_cpp': dict(status='ok', step=0.001, peak=1.0, kept=0.0,
+                               peak_step_only=1.0)}
+    row = kernels.rows_of([dict(case=CASE, impls=impls)], 1e9)[1]
+    assert row['step_ms'] == '1.0' and row['peak_mib'] == '0.0'
+    assert 'step_speedup_vs_eager' not in row and 'peak_vs_eager' not in row
+
+
+def test_check_without_pyg_reference_says_unchecked():
+    alive, entries = _check(_ours(OutOfMemory), {'fused': _ours()})
+    entry = entries['fused']
+    assert alive == ['fused']
+    assert entry['status'] == 'ok' and 'error' not in entry
+    assert entry['unchecked'] == 'PyG eager out of memory'
+    row, = kernels.rows_of([dict(case=CASE, impls=entries)], 1.0)
+    assert row['max_rel_error'] == 'unchecked (PyG eager out of memory)'
+    assert row['grad_max_rel_error'] == row['max_rel_error']
+
+
+def test_check_raises_other_reference_failures():
+    class Broken(GATv2Conv):
+        def forward(self, x, edge_index):
+            raise ValueError('bad input')
+
+    with pytest.raises(ValueError, match='bad input'):
+        _check(_ours(Broken), {'fused': _ours()})
+
+
+def test_check_reports_a_failed_implementation():
+    alive, entries = _check(_pyg(), {'fused': _ours(OutOfMemory)})
+    assert alive == [] and entries['fused']['status'] == 'out of memory'
+
+
+def test_layer_of_finds_the_layer_under_wrappers():
+    conv = _ours()
+    for module in (conv, kernels.ExplicitLoops(conv),
+                   kernels.FreshEdgeIndex(conv), torch.compile(conv)):
+        assert kernels.layer_of(module) is conv
+
+
+def test_figure_ratios():
+    rows = [dict(case='c', impl='pyg', step_ms='10'),
+            dict(case='c', impl='fused_numba', step_ms='4'),
+            dict(case='c', impl='mp', status='MISMATCH')]
+    assert kernels.ratios(rows, 'step_ms', 'pyg') == {
+        'c': {'fused_numba': 2.5}}
+    assert kernels.ratios(rows, 'step_ms', 'pyg_compile') == {}
+
+
+def test_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
+    case = dict(name='c', nodes=10, edges=40, heads=2, channels=4)
+    seconds = kernels.fused_bytes(case) / 5e9  # a kernel moving 5 GB/s
+    impls = {'fused_cpp': dict(status='ok', kernel_fwd=seconds)}
+    paired, = kernels.rows_of([dict(case=case, impls=impls, memcpy=20e9)],
+                              10e9)
+    assert paired['memcpy_gb_s'] == '20.0'
+    assert paired['kernel_vs_memcpy'] == '0.25'
+    # Results without a paired copy fall back to the run's.
+    alone, = kernels.rows_of([dict(case=case, impls=impls)], 10e9)
+    assert (alone['memcpy_gb_s'], alone['kernel_vs_memcpy']) == ('10.0',
+                                                                 '0.50')
+
+
+def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
+    impls = 'pyg,fused_torch,fused_fresh'
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '2000',
+         '--degrees', '5', '--heads-channels', '2x8', '--features', '16',
+         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
+         '--impls', impls, '--timeout', '300', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {row['impl']: row for row in read_csv(tmp_path / 'kernels.csv')}
+    assert list(rows) == impls.split(',')
+    for row in rows.values():
+        assert row['status'] == 'ok', row
+        assert float(row['max_rel_error']) <= kernels.TOLERANCE
+        assert float(row['grad_max_rel_error']) <= kernels.TOLERANCE
+        assert row['worst_grad'] in ('att', 'bias', 'lin_l.weight',
+                                     'lin_l.bias', 'lin_r.weight',
+                                     'lin_r.bias')
+        assert float(row['peak_mib']) >= float(row['kept_mib'])
+    # Ours keeps its layout of edge_index (CSR, CSC) and the copy of
+    # edge_index, over 0.3 MiB for 12,000 edges; PyG keeps nothing, nor do
+    # we for a new edge_index every step.
+    assert float(rows['fused_torch']['kept_mib']) >= 0.3
+    for name in ('pyg', 'fused_fresh'):
+        assert float(rows[name]['kept_mib']) <= 0.1, rows[name]
+    assert float(rows['fused_torch']['step_speedup_vs_eager']) > 0
+    markdown = (tmp_path / 'kernels.md').read_text()
+    assert 'grad_max_rel_error' in markdown
+    assert 'with our layout cache emptied first' in markdown
