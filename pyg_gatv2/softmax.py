@@ -38,8 +38,9 @@ def available() -> tuple[str, ...]:
 
 def _check(name: str, caller: str) -> str:
     if name != 'auto' and name not in BACKENDS:
+        choices = ', '.join(map(repr, ('auto', ) + BACKENDS))
         raise ValueError(f"'{caller}' got softmax backend {name!r}; choose "
-                         f"one of {', '.join(map(repr, ('auto', ) + BACKENDS))}")
+                         f'one of {choices}')
     if name == 'torch_scatter' and not _has_torch_scatter():
         raise ValueError(f"'{caller}': the softmax backend 'torch_scatter' "
                          'cannot run here: the torch-scatter package is not '
