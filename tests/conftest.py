@@ -25,6 +25,19 @@ def seeded_random_state():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def without_cpp_library(monkeypatch):
+    """The package as installed where no C++ compiler was found: no kernel
+    library beside it."""
+    from pyg_gatv2.fused import cpp_library
+    monkeypatch.setattr(cpp_library, 'library_path', lambda: None)
+    cpp_library.load.cache_clear()
+    yield
+    # Emptied, the cache loads the library again once monkeypatch has
+    # restored library_path.
+    cpp_library.load.cache_clear()
+
+
 @pytest.fixture(scope='session')
 def planetoid_raw_dir() -> Path:
     """The read-only folder of raw Planetoid files (``<dir>/Cora/raw/...``).
@@ -45,6 +58,6 @@ def planetoid_raw_dir() -> Path:
 
 
 def pytest_report_header(config):
-    from pyg_gatv2.softmax import available_backends
-    backends = ', '.join(available_backends())
-    return f'pyg_gatv2 softmax backends under test: {backends}'
+    from pyg_gatv2 import describe_backends
+    return ['pyg_gatv2 backends under test:'] + [
+        f'  {line}' for line in describe_backends().splitlines()]

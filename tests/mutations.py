@@ -10,11 +10,11 @@ copied into a temporary folder, where the C++ kernels are built once. The
 tests of every fault first run on the unchanged copy and must pass there.
 Then, one fault at a time, the copy's source is edited (one exact text,
 found exactly once, replaced), the C++ kernels are rebuilt if the fault is
-in them, the fault's tests run with ``-x``, and the source (and the built
-library) are restored. A fault is *caught* when its tests fail; the table
-names the first failing test. A fault that no test catches, a fault whose
-text is not found, or tests that fail on the unchanged copy make the
-script exit with an error.
+in their sources (``pyg_gatv2/fused/_kernels/``), the fault's tests run
+with ``-x``, and the source (and the built library) are restored. A fault
+is *caught* when its tests fail; the table names the first failing test.
+A fault that no test catches, a fault whose text is not found, or tests
+that fail on the unchanged copy make the script exit with an error.
 """
 import argparse
 import dataclasses
@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-CPP_SOURCE = 'pyg_gatv2/fused/_cpp_kernels.cpp'
+# The sources of the C++ kernels: a fault in any of them rebuilds the
+# library, which is built beside the package's fused/ modules.
+KERNELS = 'pyg_gatv2/fused/_kernels/'
+CPP_KERNELS = KERNELS + 'kernels.inc'
+CPP_INTERFACE = KERNELS + 'gatv2.cpp'
+LIBRARY_DIR = 'pyg_gatv2/fused'
+LIBRARY_GLOB = '_cpp*.so'
 # Seconds one pytest run or one build may take before the check gives up.
 TIMEOUT = 900
 
@@ -56,28 +62,32 @@ class Fault:
 
 FIRST_ORDER = ('tests/test_conv_random.py::'
                'test_first_order_gradients_on_each_backend_match_pyg')
-CPU_KERNELS = 'tests/test_fused_random.py::test_cpu_kernels_match_the_reference'
+CPU_KERNELS = ('tests/test_fused_op_random.py::'
+               'test_cpu_kernels_match_the_reference')
 LAYER_RANDOM = ('tests/test_conv_random.py::'
                 'test_random_graphs_and_options_match_pyg')
-TRITON = 'tests/test_fused_triton.py'
+TRITON = 'tests/test_fused_backends_triton.py'
+CPP_LIBRARY = 'tests/test_fused_cpp_library.py'
+BACKENDS = 'tests/test_fused_backends.py'
+LAYOUT = 'tests/test_fused_layout.py'
 
 FAULTS = (
     # The C++ kernels.
     Fault('cpp_grad_out_scaled',
           'C++ backward by destination: dL/dalpha term scaled by 1.01',
-          CPP_SOURCE,
+          CPP_KERNELS,
           'gw[h] = dot(gi + h * C, rows.xj + h * C, C);',
           'gw[h] = T(1.01) * dot(gi + h * C, rows.xj + h * C, C);',
           (FIRST_ORDER, ), 'cpp'),
     Fault('cpp_slope_in_backward_src',
           'C++ backward by source: LeakyReLU slope fixed at 0.2',
-          CPP_SOURCE,
+          CPP_KERNELS,
           'if (z <= T(0)) d *= slope;',
           'if (z <= T(0)) d *= T(0.2);',
           (FIRST_ORDER, ), 'cpp'),
     Fault('cpp_forward_skips_last_in_edge',
           "C++ forward: a node's last in-edge left out of the weighted sum",
-          CPP_SOURCE,
+          CPP_KERNELS,
           '      for (int64_t k = start; k < end; ++k) {\n'
           '        const T* xj = x_l + col[k] * HC;\n'
           '        const T* w = weights.data() + (k - start) * H;',
@@ -87,45 +97,86 @@ FAULTS = (
           (CPU_KERNELS, ), 'cpp'),
     Fault('cpp_forward_ignores_dropout',
           'C++ forward: the dropout mask not applied to the messages',
-          CPP_SOURCE,
+          CPP_KERNELS,
           'const T p = dropout ? w[h] * dropout[h] : w[h];',
           'const T p = w[h];',
           (CPU_KERNELS, ), 'cpp'),
     Fault('cpp_fixed_shape_backward_src_one_head_short',
           'C++ backward by source, fixed shapes only: the last head left '
           'out',
-          CPP_SOURCE,
-          '                  const T* grad_logit, int num_threads, '
-          'T* grad_xl) {\n'
+          CPP_KERNELS,
+          '  T* grad_xl = static_cast<T*>(a.grad_x_l);\n'
           '  // The shape, fixed at compile time where it is one of the '
           'common ones.\n'
-          '  const int64_t H = FixedH ? FixedH : heads;',
-          '                  const T* grad_logit, int num_threads, '
-          'T* grad_xl) {\n'
+          '  const int64_t H = FixedH ? FixedH : a.heads;',
+          '  T* grad_xl = static_cast<T*>(a.grad_x_l);\n'
           '  // The shape, fixed at compile time where it is one of the '
           'common ones.\n'
-          '  const int64_t H = FixedH ? FixedH - 1 : heads;',
+          '  const int64_t H = FixedH ? FixedH - 1 : a.heads;',
           ('tests/test_conv_random.py::'
            'test_cpp_float32_kernels_match_pyg_in_float64', )),
-    Fault('cpp_heads_and_channels_swapped',
-          'ctypes call of the C++ forward: heads and channels swapped',
-          'pyg_gatv2/fused/cpp.py',
-          '_num_ranges(bounds), H, C, layout.num_edges, ops.negative_slope,\n'
-          '        int(want_alpha)',
-          '_num_ranges(bounds), C, H, layout.num_edges, ops.negative_slope,\n'
-          '        int(want_alpha)',
+    Fault('cpp_avx2_level_reads_another_slope',
+          'C++ kernels of the AVX2 level only: the LeakyReLU slope read '
+          '1.5 times too large',
+          CPP_INTERFACE,
+          'namespace gatv2_avx2 {\n#include "kernels.inc"\n'
+          '}  // namespace gatv2_avx2\n',
+          '#define negative_slope negative_slope * 1.5\n'
+          'namespace gatv2_avx2 {\n#include "kernels.inc"\n'
+          '}  // namespace gatv2_avx2\n#undef negative_slope\n',
+          ('tests/test_fused_backends_cpp.py::'
+           'test_every_cpu_level_gives_the_results_of_the_others', )),
+    Fault('cpp_record_without_x_l_accepted',
+          'C++ interface: a record without x_l passed on to the kernels',
+          CPP_INTERFACE,
+          '  if (!all_set(a->x_l, a->x_r, a->att, a->dst_ptr, a->dst_col,',
+          '  if (!all_set(a->x_r, a->att, a->dst_ptr, a->dst_col,',
+          (f'{CPP_LIBRARY}::test_the_kernels_refuse_a_broken_record', )),
+    # The Python side of the C++ backend and its library.
+    Fault('cpp_record_heads_and_channels_swapped',
+          'record of the C++ passes: heads and channels swapped',
+          'pyg_gatv2/fused/backends/cpp.py',
+          'dtype=cpp_library.DTYPES[ops.x_l.dtype], heads=H, channels=C,',
+          'dtype=cpp_library.DTYPES[ops.x_l.dtype], heads=C, channels=H,',
           (FIRST_ORDER, ), 'cpp'),
+    Fault('library_record_layout_unchecked',
+          'library loading: the layout of the records not compared, only '
+          'the ABI version',
+          'pyg_gatv2/fused/cpp_library.py',
+          'if version != ABI_VERSION or layout != expected:',
+          'if version != ABI_VERSION:',
+          (f'{CPP_LIBRARY}::test_a_library_built_from_other_sources_is_'
+           'refused', )),
+    # The registry of backends.
+    Fault('registry_auto_takes_triton_for_cpu',
+          "registry: 'auto' takes any backend that runs the call, Triton's "
+          'interpreter for CPU tensors too',
+          'pyg_gatv2/fused/backends/__init__.py',
+          '            if backend.chosen_for(device) and not backend.reasons('
+          'device,\n'
+          '                                                                  '
+          'dtype):',
+          '            if not backend.reasons(device, dtype):',
+          (f'{BACKENDS}::test_auto_choice_for_cpu_tensors', )),
+    Fault('registry_float16_taken_for_granted',
+          'registry: every backend taken to run float16, whatever dtypes '
+          'it declares',
+          'pyg_gatv2/fused/backends/__init__.py',
+          '        if dtype not in self.dtypes:',
+          '        if dtype not in self.dtypes + (torch.float16, ):',
+          (f'{BACKENDS}::test_a_backend_that_cannot_run_the_call_says_why_'
+           'and_which_can', )),
     # The Triton kernels, in Triton's interpreter on the CPU.
     Fault('triton_no_online_rescale',
           'Triton forward: the running sums not rescaled when a later '
           'block raises the maximum',
-          'pyg_gatv2/fused/gpu.py',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
           "scale = tl.where(new_m == float('-inf'), 0.0, tl.exp(m - new_m))",
           "scale = tl.where(new_m == float('-inf'), 0.0, 1.0)",
           (f'{TRITON}::test_in_degrees_across_blocks', )),
     Fault('triton_backward_src_skips_last_block',
           'Triton backward by source: the block loop stops one edge early',
-          'pyg_gatv2/fused/gpu.py',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
           '    g_xl = tl.zeros((BLOCK_C, ), ACC)\n'
           '    for lo in range(start, end, BLOCK_E):',
           '    g_xl = tl.zeros((BLOCK_C, ), ACC)\n'
@@ -133,20 +184,20 @@ FAULTS = (
           (f'{TRITON}::test_out_degrees_across_blocks', )),
     Fault('triton_grad_xr_scaled',
           'Triton backward by destination: gradient of x_r scaled by 1.01',
-          'pyg_gatv2/fused/gpu.py',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
           'g_xr += tl.sum(dz, axis=0)',
           'g_xr += 1.01 * tl.sum(dz, axis=0)',
           (f'{TRITON}::test_matches_reference', )),
     # The chunked PyTorch fallback.
     Fault('torch_slope_in_backward',
           'torch backward: LeakyReLU slope fixed at 0.2',
-          'pyg_gatv2/fused/chunked.py',
+          'pyg_gatv2/fused/backends/torch.py',
           'slopes = torch.stack([att, att * slope])',
           'slopes = torch.stack([att, att * 0.2])',
           (CPU_KERNELS, ), 'torch'),
     Fault('torch_chunk_drops_an_edge',
           'torch backward: each chunk but the last ends one edge early',
-          'pyg_gatv2/fused/chunked.py',
+          'pyg_gatv2/fused/backends/torch.py',
           '        hi = min(lo + chunk_size, num)\n'
           '        r, j, e = row[lo:hi], col[lo:hi], eid[lo:hi]',
           '        hi = min(lo + chunk_size - 1, num)\n'
@@ -155,41 +206,41 @@ FAULTS = (
     # The edge layout.
     Fault('layout_drops_a_self_loop',
           'layout: the implicit self-loop of the last node dropped',
-          'pyg_gatv2/fused/csr.py',
+          'pyg_gatv2/fused/layout.py',
           'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])',
           'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop[:-1],'
           ' loop[-1:] * 0 + num_dst])',
           (CPU_KERNELS, )),
     Fault('layout_keeps_existing_self_loops',
           'layout: edges i -> i kept beside the implicit self-loops',
-          'pyg_gatv2/fused/csr.py',
+          'pyg_gatv2/fused/layout.py',
           'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])',
           'dst = torch.cat([dst, loop])',
           (CPU_KERNELS, )),
     Fault('layout_cache_stale',
           'layout cache: a cached layout reused after its edge_index changed',
-          'pyg_gatv2/fused/csr.py',
+          'pyg_gatv2/fused/layout.py',
           "    if edge_index.device.type == 'cpu':\n"
           '        # One pass in the calling thread',
           "    if edge_index.device.type == 'cpu':\n"
           '        return True\n'
           '        # One pass in the calling thread',
-          ('tests/test_fused.py::test_in_place_edit_changes_the_result',
-           'tests/test_fused.py::'
+          (f'{LAYOUT}::test_in_place_edit_changes_the_result',
+           f'{LAYOUT}::'
            'test_layout_cache_sees_edits_that_bypass_the_version_counter')),
     # The layer.
     Fault('layer_loop_attr_fill_value_ignored',
           "layer: self-loop edge features always filled with 'mean'",
           'pyg_gatv2/conv.py',
-          '                    num_loops, num_dst, self.fill_value)',
-          "                    num_loops, num_dst, 'mean')",
+          '            *sizes, self.fill_value)',
+          "            *sizes, 'mean')",
           (LAYER_RANDOM, )),
     Fault('layer_dropout_mask_misplaced',
           "layer: the fused path's dropout mask laid over the edges in "
           'CSR order instead of edge order',
           'pyg_gatv2/conv.py',
-          '                    0, layout.kept_eid, mask)',
-          '                    0, layout.dst_eid, mask)',
+          '            0, layout.kept_eid, mask)',
+          '            0, layout.dst_eid, mask)',
           ('tests/test_conv.py::'
            'test_dropout_matches_pyg_under_the_same_seed', )),
     Fault('layer_residual_from_source',
@@ -230,9 +281,11 @@ def environment(copy: Path) -> dict:
 
 
 def build(copy: Path) -> None:
-    """Builds the C++ kernels in ``copy`` (in place)."""
+    """Builds the C++ kernels in ``copy`` (in place), whatever the times of
+    their sources say."""
     proc = subprocess.run(
-        [sys.executable, 'setup.py', '--quiet', 'build_ext', '--inplace'],
+        [sys.executable, 'setup.py', '--quiet', 'build_ext', '--inplace',
+         '--force'],
         cwd=copy, env=environment(copy), capture_output=True, text=True,
         timeout=TIMEOUT)
     if proc.returncode != 0:
@@ -241,7 +294,7 @@ def build(copy: Path) -> None:
 
 
 def built_library(copy: Path) -> Path:
-    found = sorted((copy / Path(CPP_SOURCE).parent).glob('_cpp_kernels*.so'))
+    found = sorted((copy / LIBRARY_DIR).glob(LIBRARY_GLOB))
     if len(found) != 1:
         raise RuntimeError(f'expected one built C++ library in {copy}, '
                            f'found {[p.name for p in found]}')
@@ -322,13 +375,14 @@ def apply(copy: Path, fault: Fault) -> str:
 def check_fault(copy: Path, fault: Fault, library: Path,
                 pristine_library: Path) -> dict:
     original = apply(copy, fault)
+    in_kernels = fault.path.startswith(KERNELS)
     try:
-        if fault.path == CPP_SOURCE:
+        if in_kernels:
             build(copy)
         outcome = run_tests(copy, fault.selection(), stop_early=True)
     finally:
         (copy / fault.path).write_text(original)
-        if fault.path == CPP_SOURCE:
+        if in_kernels:
             shutil.copy2(pristine_library, library)
     return dict(fault=fault.name, what=fault.what, file=fault.path,
                 caught=not outcome.passed,
@@ -373,7 +427,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix='pyg_gatv2_mutations_') as tmp:
         copy = Path(tmp) / 'repo'
         copy_tree(copy)
-        for stale in (copy / Path(CPP_SOURCE).parent).glob('_cpp_kernels*.so'):
+        for stale in (copy / LIBRARY_DIR).glob(LIBRARY_GLOB):
             stale.unlink()
         build(copy)
         check_imports_from(copy)

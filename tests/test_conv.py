@@ -4,9 +4,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 import torch_geometric.nn as pyg_nn
+from _fused_cases import BACKENDS, assert_close_all, spy_on_backends
 from torch_geometric import EdgeIndex
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 from torch_geometric.utils import (
+    coalesce,
     to_torch_coo_tensor,
     to_torch_csc_tensor,
     to_torch_csr_tensor,
@@ -21,8 +23,7 @@ from pyg_gatv2 import (
     validation,
 )
 from pyg_gatv2 import softmax as softmax_module
-from pyg_gatv2.backends import available_fused_backends
-from pyg_gatv2.fused import clear_layout_cache, op
+from pyg_gatv2.fused import clear_layout_cache, edge_layout
 
 TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-5}
 
@@ -82,13 +83,13 @@ OPTIONS = list(
 
 # The fused path on its automatic choice of kernels, and message passing on
 # each softmax backend.
-PATHS = ['fused'] + [f'message_passing-{b}' for b in available_backends()]
+PATHS = ['fused'] + [f'message_passing-{b}'
+                     for b in available_backends()['softmax']]
 # Every implementation with a backward of its own: the fused operator on
 # each of its CPU kernel backends (Triton's, here only in its interpreter,
-# is too slow for grids; tests/test_fused_triton.py covers it), and message
-# passing on each softmax backend.
-KERNEL_PATHS = [f'fused-{b}' for b in available_fused_backends()
-                if b != 'triton'] + PATHS[1:]
+# is too slow for grids; tests/test_fused_backends_triton.py covers it),
+# and message passing on each softmax backend.
+KERNEL_PATHS = [f'fused-{b}' for b in BACKENDS] + PATHS[1:]
 
 
 def path_backends(path):
@@ -106,28 +107,23 @@ def kernels_used(monkeypatch):
     """The fused backends and the softmax backends that ran during the
     test, so that a test parametrized over them can check that each case
     ran what it names."""
-    used = {'fused': set(), 'softmax': set()}
-
-    def fused_spy(real):
-        def run(backend, *args):
-            used['fused'].add(backend)
-            return real(backend, *args)
-        return run
+    fused_calls = spy_on_backends(monkeypatch)
+    softmax_used = set()
 
     def softmax_spy(backend):
         name = resolve(backend)
-        used['softmax'].add(name)
+        softmax_used.add(name)
         return name
 
     resolve = softmax_module._resolve
-    monkeypatch.setattr(op, '_run_forward', fused_spy(op._run_forward))
-    monkeypatch.setattr(op, '_run_backward', fused_spy(op._run_backward))
     monkeypatch.setattr(softmax_module, '_resolve', softmax_spy)
-    return used
+    return lambda: {'fused': {name for name, _ in fused_calls},
+                    'softmax': softmax_used}
 
 
-def assert_ran_on(path, used):
+def assert_ran_on(path, kernels_used):
     fused, chosen = path_backends(path)
+    used = kernels_used()
     if not fused:
         assert used == {'fused': set(), 'softmax': {chosen['softmax']}}
     elif chosen['fused'] == 'auto':
@@ -880,3 +876,175 @@ def test_concurrent_calls_match_serial_calls():
             concurrent, serial, strict=True):
         assert torch.equal(out, expected_out)
         assert torch.equal(grad, expected_grad)
+
+
+# The fused path against PyG and message passing ------------------------------
+
+
+def layer_triplet(*args, dtype=torch.float64, **kwargs):
+    """PyG's layer and ours on the fused and message-passing paths, all with
+    PyG's weights."""
+    ref = pyg_nn.GATv2Conv(*args, **kwargs).to(dtype)
+    fused = GATv2Conv(*args, **kwargs, fused=True).to(dtype)
+    mp = GATv2Conv(*args, **kwargs, fused=False).to(dtype)
+    for conv in (fused, mp):
+        conv.load_state_dict(ref.state_dict(), strict=True)
+    return ref, fused, mp
+
+
+def layer_run(conv, x, edge_index, edge_attr, seed=0):
+    """Output, edges, attention and every input and parameter gradient,
+    with the dropout stream seeded."""
+    x = tuple(t.detach().requires_grad_() for t in x)
+    inputs = list(x)
+    if edge_attr is not None:
+        edge_attr = edge_attr.detach().requires_grad_()
+        inputs.append(edge_attr)
+    conv.zero_grad()
+    torch.manual_seed(seed)
+    out, (ei, alpha) = conv(x[0] if len(x) == 1 else x, edge_index,
+                            edge_attr, return_attention_weights=True)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype)
+    loss = (out.flatten() * weight).sum() + (alpha**2).sum()
+    loss.backward()
+    grads = [t.grad for t in inputs] + [p.grad for p in conv.parameters()]
+    return [out, ei, alpha] + grads
+
+
+LAYER_OPTIONS = list(itertools.product([1, 3], [True, False], [False, True],
+                                       [True, False], [None, 3], [0.0, 0.4],
+                                       [False, True]))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize(
+    'heads,concat,bipartite,self_loops,edge_dim,dropout,share_weights',
+    LAYER_OPTIONS)
+def test_fused_path_matches_pyg_and_message_passing(heads, concat, bipartite,
+                                               self_loops, edge_dim,
+                                               dropout, share_weights,
+                                               backend):
+    num_src, num_dst = (11, 8) if bipartite else (11, 11)
+    in_dst = 7 if bipartite and not share_weights else 6
+    in_channels = (6, in_dst) if bipartite else 6
+    ref, fused, mp = layer_triplet(in_channels, 4, heads=heads,
+                                   concat=concat, add_self_loops=self_loops,
+                                   edge_dim=edge_dim, dropout=dropout,
+                                   share_weights=share_weights)
+    gen = torch.Generator().manual_seed(3)
+    edge_index = random_graph(num_src, num_dst, 36, seed=3)
+    edge_index[:, :3] = torch.tensor([[0, 1, 1], [0, 1, 1]])  # loops, dup
+    x = (torch.randn(num_src, 6, generator=gen, dtype=torch.float64), )
+    if bipartite:
+        x += (torch.randn(num_dst, in_dst, generator=gen,
+                          dtype=torch.float64), )
+    edge_attr = None
+    if edge_dim is not None:
+        edge_attr = torch.randn(36, edge_dim, generator=gen,
+                                dtype=torch.float64)
+    for conv in (ref, fused, mp):
+        conv.train(dropout > 0)
+    expected = layer_run(ref, x, edge_index, edge_attr)
+    with use_backends(fused=backend):
+        actual = layer_run(fused, x, edge_index, edge_attr)
+    message_passing = layer_run(mp, x, edge_index, edge_attr)
+    for name, other in (('PyG', expected), ('message passing',
+                                            message_passing)):
+        assert torch.equal(actual[1], other[1]), name
+        del other[1]
+    del actual[1]
+    assert_close_all(actual, expected, torch.float64)
+    assert_close_all(actual, message_passing, torch.float64)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_fused_path_in_float32_matches_pyg_on_a_larger_graph(backend):
+    ref, fused, _ = layer_triplet(16, 8, heads=4, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(2000, 16, generator=gen), )
+    edge_index = random_graph(2000, 2000, 30000, seed=4)
+    expected = layer_run(ref, x, edge_index, None)
+    with use_backends(fused=backend):
+        actual = layer_run(fused, x, edge_index, None)
+    assert torch.equal(actual.pop(1), expected.pop(1))
+    assert_close_all(actual[:2], expected[:2], torch.float32)
+    # Parameter gradients sum over 32,000 edges: float32 rounding of such
+    # sums, in different orders, differs by about 1e-5 of their size.
+    for grad, ref_grad in zip(actual[2:], expected[2:], strict=True):
+        scale = ref_grad.abs().max().item()
+        torch.testing.assert_close(grad, ref_grad, atol=1e-4 * scale,
+                                   rtol=1e-4)
+
+
+def test_state_dict_and_repr_of_both_paths_are_pyg_s():
+    ref, fused, mp = layer_triplet((6, 5), 4, heads=2, edge_dim=3,
+                                   residual=True)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    assert list(mp.state_dict()) == list(ref.state_dict())
+    assert repr(fused) == 'GATv2Conv((6, 5), 4, heads=2)'
+
+
+def test_fused_path_reuses_the_layout_across_calls():
+    clear_layout_cache()
+    conv = GATv2Conv(6, 4, heads=2, fused=True)
+    x = torch.randn(20, 6)
+    edge_index = random_graph(20, 20, 60)
+    conv(x, edge_index).sum().backward()
+    layout = edge_layout(edge_index, 20, 20, add_self_loops=True)
+    conv(x, edge_index).sum().backward()
+    assert edge_layout(edge_index, 20, 20, add_self_loops=True) is layout
+
+
+def test_fused_path_accepts_edge_index_objects():
+    ref, fused, _ = layer_triplet(6, 4, heads=2)
+    x = (torch.randn(10, 6, dtype=torch.float64), )
+    edge_index = EdgeIndex(random_graph(10, 10, 30), sparse_size=(10, 10))
+    expected = layer_run(ref, x, edge_index, None)
+    actual = layer_run(fused, x, edge_index, None)
+    assert isinstance(actual[1], EdgeIndex)
+    assert torch.equal(actual.pop(1), expected.pop(1))
+    assert_close_all(actual, expected, torch.float64)
+
+
+def test_falls_back_to_message_passing():
+    conv = GATv2Conv(6, 4, heads=2)
+    x = torch.randn(10, 6)
+    edge_index = coalesce(random_graph(10, 10, 30))
+    expected = conv(x, edge_index)
+    # A sparse adjacency takes the message-passing path, same numbers.
+    adj = to_torch_csr_tensor(edge_index.flip(0), size=(10, 10))
+    torch.testing.assert_close(conv(x, adj), expected)
+    # So does a call with a registered hook, which then runs.
+    calls = []
+    conv.register_message_forward_hook(lambda *args: calls.append(1))
+    torch.testing.assert_close(conv(x, edge_index), expected)
+    assert calls
+
+
+def test_fused_true_rejects_what_it_cannot_run():
+    conv = GATv2Conv(6, 4, heads=2, fused=True)
+    x = torch.randn(10, 6)
+    adj = to_torch_csr_tensor(random_graph(10, 10, 30).flip(0),
+                              size=(10, 10))
+    with pytest.raises(ValueError, match='fused=True.*sparse adjacency'):
+        conv(x, adj)
+    conv.decomposed_layers = 2
+    with pytest.raises(ValueError, match='decomposed_layers'):
+        conv(x, random_graph(10, 10, 30))
+    with pytest.raises(TypeError, match='fused=None, True or False'):
+        GATv2Conv(6, 4, fused='yes')
+
+
+@pytest.mark.parametrize('concat', [True, False])
+def test_fused_output_can_be_modified_in_place(concat):
+    # As with message passing, even without bias or residual.
+    ref, fused, _ = layer_triplet(6, 4, heads=2, concat=concat, bias=False)
+    x = torch.randn(10, 6, dtype=torch.float64)
+    edge_index = random_graph(10, 10, 30)
+    grads = []
+    for conv in (ref, fused):
+        out = conv(x, edge_index)
+        out.relu_()
+        out.sum().backward()
+        grads.append(conv.att.grad)
+    torch.testing.assert_close(grads[1], grads[0])

@@ -8,12 +8,12 @@ through the kernels of the backend chosen. Both are compared here."""
 import pytest
 import torch
 import torch_geometric.nn as pyg_nn
+from _fused_cases import SLOPES
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pyg_gatv2 import GATv2Conv, use_backends
-from pyg_gatv2.backends import available_fused_backends
-from pyg_gatv2.fused.cpp import fixed_shape
+from pyg_gatv2.fused.cpp_library import fixed_shape
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
@@ -170,8 +170,6 @@ def test_random_graphs_and_options_match_pyg(case):
 # shapes (fixed_shape) and take the others at run time, as float64 does.
 FIXED_SHAPES = [(1, 8), (2, 16), (4, 32), (8, 8), (8, 64)]
 RUN_TIME_SHAPES = [(3, 5), (1, 7), (2, 9), (1, 1), (3, 2)]
-SLOPES = st.one_of(st.sampled_from([0.2, 0.0, 1.0, 3.0]),
-                   st.floats(-1.0, 4.0))
 KERNEL_EXAMPLES = 150
 # float32 against float64, relative to the largest entry of each tensor:
 # gradients are sums of terms that cancel, and they keep the rounding of
@@ -233,12 +231,9 @@ def first_order(conv, x, edge_index, edge_attr):
     return [out, ei, alpha] + list(grads)
 
 
-# Triton runs here only in its interpreter, slowly: test_fused_random.py
+# Triton runs here only in its interpreter, slowly: test_fused_op_random.py
 # draws cases for it at the level of the operator.
-BACKENDS = ['cpp', 'torch', pytest.param(
-    'numba', marks=pytest.mark.skipif(
-        'numba' not in available_fused_backends(),
-        reason='numba is not installed'))]
+BACKENDS = ['cpp', 'torch']
 
 
 @pytest.mark.parametrize('backend', BACKENDS)

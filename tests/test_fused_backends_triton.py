@@ -1,14 +1,16 @@
-"""The Triton kernels of the fused attention, against the edge-wise
-reference and PyG's layer. Without a GPU they run in Triton's interpreter
-(TRITON_INTERPRET=1, set in conftest.py), on small graphs because it is
-slow; with one, the tests marked ``cuda`` run them on the device too."""
+"""The Triton backend of the fused attention
+(pyg_gatv2/fused/backends/triton.py and triton_kernels.py), against the
+edge-wise reference and PyG's layer. Without a GPU the kernels run in
+Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py), on small
+graphs because it is slow; with one, the tests marked ``cuda`` run them on
+the device too."""
 import itertools
-import os
 
 import pytest
 import torch
 import torch_geometric.nn as pyg_nn
-from test_fused import (
+from _fused_cases import (
+    DEVICES,
     assert_close_all,
     features,
     outputs_and_grads,
@@ -17,16 +19,11 @@ from test_fused import (
 )
 
 from pyg_gatv2 import GATv2Conv, use_backends
-from pyg_gatv2.backends import triton_runs_here
-from pyg_gatv2.fused import edge_layout, fused_gatv2_attention
+from pyg_gatv2.fused import backends, edge_layout, fused_gatv2_attention
 
 pytestmark = pytest.mark.skipif(
-    not triton_runs_here(),
+    'triton' not in backends.available(),
     reason='triton is not installed (it is a test dependency: make setup)')
-
-DEVICES = ['cpu'] if os.environ.get('TRITON_INTERPRET') == '1' else []
-if torch.cuda.is_available():
-    DEVICES.append(pytest.param('cuda', marks=pytest.mark.cuda))
 
 
 def run_both(x_l, x_r, att, edge_index, et, loop_et, mask, add_self_loops):
@@ -180,21 +177,6 @@ def test_layer_matches_pyg(device, heads, concat, bipartite, self_loops,
         torch.testing.assert_close(a, b)
 
 
-def test_auto_picks_triton_only_for_cuda_tensors(monkeypatch):
-    from pyg_gatv2.fused import op
-    x = torch.randn(3, 1, 2)
-    assert op._resolve_backend(None, x) in ('cpp', 'numba')
-    if not torch.cuda.is_available():
-        monkeypatch.delenv('TRITON_INTERPRET')
-        with pytest.raises(ValueError, match='a CUDA GPU, or '
-                           'TRITON_INTERPRET=1 for CPU tensors'):
-            op._resolve_backend('triton', x)
-    else:
-        assert op._resolve_backend(None, x.cuda()) == 'triton'
-        with pytest.raises(ValueError, match="'triton' runs on CUDA"):
-            op._resolve_backend('triton', x)
-
-
 # The kernels walk each node's edges in blocks of BLOCK_E, carrying the
 # online softmax (forward) and the sums (backward) from one block to the
 # next: the degrees below sit on either side of one and several blocks.
@@ -274,8 +256,8 @@ def degrees(edge_index, num_src, num_dst, add_self_loops):
                                                       (True, True)])
 @pytest.mark.parametrize('device', DEVICES)
 def test_in_degrees_across_blocks(device, degree, add_self_loops, edge_term):
-    from pyg_gatv2.fused import gpu
-    assert gpu._BLOCK_E == BLOCK_E
+    from pyg_gatv2.fused.backends import triton_kernels
+    assert triton_kernels._BLOCK_E == BLOCK_E
     # Destination 0 takes its in-edges (and its implicit loop) from one
     # source each up to BLOCK_E + 1 edges, so that its logits differ even
     # without an edge term, and from repeated sources past that. Source 0

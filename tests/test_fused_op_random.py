@@ -5,14 +5,18 @@ derandomised example budget. Gradients are taken without
 the differentiable reference."""
 import pytest
 import torch
+from _fused_cases import (
+    DEVICES,
+    SLOPES,
+    assert_close_all,
+    features,
+    outputs_and_grads,
+    reference,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_conv_random import SLOPES
-from test_fused import assert_close_all, features, outputs_and_grads, reference
-from test_fused_triton import DEVICES
 
-from pyg_gatv2.backends import available_fused_backends
-from pyg_gatv2.fused import fused_gatv2_attention
+from pyg_gatv2.fused import backends, fused_gatv2_attention
 
 # Heads x channels: the C++ kernels' float64 path takes every shape at run
 # time; lanes of 8 channels with and without a remainder.
@@ -20,11 +24,6 @@ SHAPES = st.one_of(st.sampled_from([(1, 8), (2, 16), (3, 5), (1, 7), (2, 9)]),
                    st.tuples(st.integers(1, 3), st.integers(1, 4)))
 # Triton's interpreter pays per program and per operation, not per lane.
 TRITON_SHAPES = st.tuples(st.integers(1, 2), st.integers(1, 5))
-
-
-def not_installed(backend):
-    return pytest.mark.skipif(backend not in available_fused_backends(),
-                              reason=f'{backend} is not installed')
 
 
 @st.composite
@@ -101,8 +100,7 @@ def check_against_reference(case, backend, device='cpu'):
                      outputs_and_grads(theirs, inputs), torch.float64)
 
 
-@pytest.mark.parametrize('backend', [
-    'cpp', 'torch', pytest.param('numba', marks=not_installed('numba'))])
+@pytest.mark.parametrize('backend', ['cpp', 'torch'])
 @settings(max_examples=200, derandomize=True, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=operator_cases(SHAPES, max_nodes=8))
@@ -110,7 +108,7 @@ def test_cpu_kernels_match_the_reference(backend, case):
     check_against_reference(case, backend)
 
 
-@pytest.mark.skipif('triton' not in available_fused_backends(),
+@pytest.mark.skipif('triton' not in backends.available(),
                     reason='triton is not installed (a test dependency)')
 @pytest.mark.parametrize('device', DEVICES)
 @settings(max_examples=50, derandomize=True, deadline=None,

@@ -2,10 +2,11 @@ import pytest
 import torch
 from torch_geometric.utils import softmax as pyg_softmax
 
+import pyg_gatv2
 from pyg_gatv2 import softmax
 from pyg_gatv2.softmax import scatter_softmax
 
-BACKENDS = softmax.available_backends()
+BACKENDS = softmax.available()
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
@@ -15,20 +16,60 @@ def test_torch_scatter_backend_is_available_in_ci():
     if os.environ.get('CI'):
         assert 'torch_scatter' in BACKENDS
     assert BACKENDS[-1] == 'native'
+    assert set(BACKENDS) <= set(softmax.BACKENDS)
 
 
-def test_default_backend_prefers_torch_scatter():
-    expected = 'torch_scatter' if softmax.has_torch_scatter() else 'native'
-    assert softmax.get_backend() == expected
-    with softmax.use_backend('native'):
-        assert softmax.get_backend() == 'native'
-    assert softmax.get_backend() == expected
+def test_torch_scatter_is_available_where_it_is_installed(monkeypatch):
+    monkeypatch.setattr(softmax, '_has_torch_scatter', lambda: False)
+    assert softmax.available() == ('native', )
+    monkeypatch.setattr(softmax, '_has_torch_scatter', lambda: True)
+    assert softmax.available() == ('torch_scatter', 'native')
+
+
+@pytest.fixture
+def softmax_run(monkeypatch):
+    """Runs a small softmax with a ``backend`` argument; returns the
+    backends whose reductions ran."""
+    ran = []
+
+    def spy(real, name):
+        def run(*args):
+            ran.append(name)
+            return real(*args)
+        return run
+
+    monkeypatch.setattr(softmax, '_scatter_max',
+                        spy(softmax._scatter_max, 'torch_scatter'))
+    monkeypatch.setattr(softmax, '_native_max',
+                        spy(softmax._native_max, 'native'))
+
+    def run(backend):
+        ran.clear()
+        scatter_softmax(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]), 2,
+                        backend=backend)
+        return list(ran)
+
+    return run
+
+
+def test_default_backend_prefers_torch_scatter(softmax_run):
+    expected = 'torch_scatter' if 'torch_scatter' in BACKENDS else 'native'
+    assert softmax.chosen() == 'auto'
+    assert softmax_run(None) == [expected]
+    assert softmax_run('auto') == [expected]
+    with pyg_gatv2.use_backends(softmax='native'):
+        assert softmax.chosen() == 'native'
+        assert softmax_run(None) == ['native']
+    assert softmax.chosen() == 'auto'
+    assert softmax_run('native') == ['native']
 
 
 def test_unknown_backend_is_reported():
     with pytest.raises(ValueError,
-                       match="got softmax backend 'cuda'; choose one of"):
-        softmax.set_backend('cuda')
+                       match="'scatter_softmax' got softmax backend 'cuda'; "
+                       "choose one of 'auto', 'torch_scatter', 'native'"):
+        scatter_softmax(torch.ones(2), torch.tensor([0, 1]), 2,
+                        backend='cuda')
 
 
 @pytest.mark.parametrize('backend', BACKENDS)

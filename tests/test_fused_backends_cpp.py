@@ -1,0 +1,179 @@
+"""The C++ backend of the fused attention (pyg_gatv2/fused/backends/cpp.py
+and the kernels in pyg_gatv2/fused/_kernels/): its float32 kernels of
+fixed shapes against its float64 ones, the same results for any number of
+threads and at every CPU level, and how it was built and what it loads."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from _fused_cases import (
+    BACKENDS,
+    assert_close_all,
+    dropout_mask,
+    features,
+    needs_cpp,
+    outputs_and_grads,
+    random_graph,
+)
+
+from pyg_gatv2.fused import cpp_library, fused_gatv2_attention
+
+
+def test_cpp_kernels_are_built_where_the_package_was_installed():
+    # make setup builds them; a build that failed would silently leave the
+    # slower torch backend in place.
+    assert cpp_library.library_path() is not None, (
+        'pyg_gatv2/fused/_cpp.*.so is missing: rebuild it with '
+        "'pip install -e .' (it needs a C++ compiler with OpenMP)")
+    assert 'cpp' in BACKENDS
+
+
+def run_both_dtypes(inputs, edge_index, mask, weights, edge_terms, dtype):
+    """Output, attention weights and every gradient on the C++ kernels in
+    ``dtype``, from float64 ``inputs`` and loss ``weights``."""
+    args = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    et, loop_et = args[3:] if edge_terms else (None, None)
+    out, alpha = fused_gatv2_attention(
+        *args[:3], edge_index, et, loop_edge_term=loop_et,
+        add_self_loops=True, dropout_mask=mask.to(dtype),
+        return_attention_weights=True, backend='cpp')
+    w_out, w_alpha = weights
+    loss = (out * w_out.to(dtype)).sum() + (alpha * w_alpha.to(dtype)).sum()
+    wrt = args if edge_terms else args[:3]
+    return [t.double() for t in
+            [out, alpha] + list(torch.autograd.grad(loss, wrt))]
+
+
+def problem(heads, channels, seed):
+    """A graph with existing self-loops, its features, a dropout mask and
+    the weights of a loss over the output and attention weights."""
+    edge_index = random_graph(17, 11, 60, seed=seed)
+    edge_index[:, :4] = torch.arange(4).repeat(2, 1)
+    inputs = features(17, 11, 60, heads, channels, torch.float64)
+    mask = dropout_mask(60 + 11, heads, torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    weights = (torch.randn(11, heads, channels, generator=gen,
+                           dtype=torch.float64),
+               torch.randn(60 + 11, heads, generator=gen,
+                           dtype=torch.float64))
+    return inputs, edge_index, mask, weights
+
+
+@needs_cpp
+@pytest.mark.parametrize('heads', [1, 2, 4, 8])
+@pytest.mark.parametrize('channels', [8, 16, 32, 64])
+def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
+    # Against the float64 kernels, which take the shape at run time and
+    # match the reference within 1e-10 (test_fused_op.py).
+    assert cpp_library.fixed_shape(heads, channels)
+    case = problem(heads, channels, seed=heads + channels)
+    for edge_terms in (False, True):
+        expected = run_both_dtypes(*case, edge_terms, torch.float64)
+        actual = run_both_dtypes(*case, edge_terms, torch.float32)
+        assert_close_all(actual, expected, torch.float32)
+
+
+@needs_cpp
+@pytest.mark.parametrize('channels', [24, 32])
+def test_cpp_kernels_give_the_same_bits_for_any_thread_count(channels):
+    # Each thread owns whole rows, so only the partial sums of the gradient
+    # of att, one per range of rows, depend on the number of ranges. 2 x 24
+    # runs the kernels that take the shape at run time, 2 x 32 those with
+    # the shape fixed.
+    edge_index = random_graph(400, 300, 6000, seed=5)
+    inputs = features(400, 300, 6000, 2, channels, torch.float32, seed=5)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(outputs_and_grads(
+                lambda: fused_gatv2_attention(
+                    *inputs[:3], edge_index, inputs[3],
+                    loop_edge_term=inputs[4],
+                    add_self_loops=True, return_attention_weights=True,
+                    backend='cpp'), inputs))
+    finally:
+        torch.set_num_threads(previous)
+    for i, (a, b) in enumerate(zip(*results, strict=True)):
+        if i == 4:  # the gradient of att
+            assert_close_all([a], [b], torch.float32)
+        else:
+            assert torch.equal(a, b), i
+
+
+@pytest.fixture
+def cpu_level():
+    """Selects a CPU level of the loaded kernels for the test, checks that
+    they report it, and restores the level they ran before."""
+    lib = cpp_library.load()
+    before = lib.gatv2_capability()
+
+    def select(name):
+        assert lib.gatv2_set_capability(name.encode()) == 0, name
+        assert cpp_library.capability() == name
+
+    try:
+        yield select
+    finally:
+        assert lib.gatv2_set_capability(before) == 0
+    assert lib.gatv2_capability() == before
+
+
+@needs_cpp
+@pytest.mark.parametrize('heads,channels', [(2, 16), (3, 5)],
+                         ids=['fixed_shape', 'run_time_shape'])
+def test_every_cpu_level_gives_the_results_of_the_others(heads, channels,
+                                                         cpu_level):
+    # Each level sums in the same order; with FMA a multiply and an add may
+    # round once instead of twice, so float32 results agree to float32
+    # rounding, between levels and with the float64 kernels.
+    levels = cpp_library.capabilities()
+    assert levels[-1] == 'default'
+    case = problem(heads, channels, seed=7)
+    results = {}
+    for level in levels:
+        cpu_level(level)
+        results[level] = [run_both_dtypes(*case, True, dtype)
+                          for dtype in (torch.float32, torch.float64)]
+    baseline32, baseline64 = results['default']
+    for level, (single, double) in results.items():
+        assert_close_all(double, baseline64, torch.float64,
+                         f'{level} float64')
+        assert_close_all(single, baseline64, torch.float32,
+                         f'{level} float32 against float64')
+        assert_close_all(single, baseline32, torch.float32,
+                         f'{level} float32')
+
+
+def first_fused_call_in_a_fresh_process(backend, after=''):
+    """Runs a first, tiny fused attention call on ``backend``, then
+    ``after`` (Python statements) in a fresh Python process; returns what
+    it printed."""
+    script = (
+        'import torch\n'
+        'from pyg_gatv2.fused import fused_gatv2_attention\n'
+        'x = torch.randn(6, 1, 3)\n'
+        'edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])\n'
+        'fused_gatv2_attention(x, x, torch.randn(1, 3), edge_index, '
+        f'backend={backend!r})\n'
+        f'{after}')
+    # A bound on a process that never ends.
+    return subprocess.run([sys.executable, '-c', script], check=True,
+                          capture_output=True, text=True,
+                          timeout=300).stdout
+
+
+@pytest.mark.skipif('cpp' not in BACKENDS or sys.platform != 'linux',
+                    reason='the C++ kernels are not built; /proc is Linux')
+def test_cpp_kernels_share_torch_s_openmp_runtime():
+    # The library asks for libgomp.so.1, which torch has loaded already:
+    # one thread pool, not a second one competing with torch's for cores.
+    runtimes = json.loads(first_fused_call_in_a_fresh_process(
+        'cpp', after="import json\n"
+        "print(json.dumps(sorted({line.split()[-1] for line in "
+        "open('/proc/self/maps') if 'libgomp' in line or 'libiomp' in "
+        'line})))\n'))
+    assert len(runtimes) == 1, runtimes

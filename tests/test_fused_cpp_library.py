@@ -1,0 +1,400 @@
+"""The interface of the C++ kernels (pyg_gatv2/fused/cpp_library.py): the
+argument records and their check against the library when it loads, the
+library and CPU level the environment names, the checks the kernels make
+of a record, and the counting sort."""
+import ctypes
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _fused_cases import needs_cpp
+
+import pyg_gatv2
+from pyg_gatv2.fused import cpp_library, edge_layout, fused_gatv2_attention
+from pyg_gatv2.fused.cpp_library import (
+    CAPABILITY_ENV,
+    DTYPES,
+    LIBRARY_ENV,
+    Args,
+    LibraryMismatch,
+    SortArgs,
+    call,
+    pointer,
+)
+
+pytestmark = needs_cpp
+
+HEADER = Path(cpp_library.__file__).parent / '_kernels' / 'gatv2.h'
+REBUILD = (r"rebuild it from this package's sources: 'pip install \.' "
+           r"\(or 'make setup' in a checkout\)")
+
+
+@pytest.fixture
+def reloaded():
+    """load() looks for the library again, in the test and after it (once
+    monkeypatch has restored the environment)."""
+    cpp_library.load.cache_clear()
+    yield
+    cpp_library.load.cache_clear()
+
+
+def fields(layout):
+    """``[(name, offset, size), ...]`` of one record in the library's
+    report."""
+    return [(name, int(offset), int(size)) for name, offset, size in
+            (field.split(':') for field in layout.split(',') if field)]
+
+
+def test_the_records_match_the_library():
+    lib = cpp_library.load()
+    assert lib.gatv2_abi_version() == cpp_library.ABI_VERSION
+    reported = lib.gatv2_args_layout().decode().split(';')
+    assert len(reported) == 2
+    for record, layout in zip((Args, SortArgs), reported, strict=True):
+        expected = [(name, getattr(record, name).offset,
+                     getattr(record, name).size)
+                    for name, _ in record._fields_]
+        assert fields(layout) == expected
+        name, offset, size = expected[-1]
+        assert ctypes.sizeof(record) == offset + size
+
+
+def test_the_records_follow_the_header():
+    # The fields of gatv2.h, in order, as the ctypes records declare them:
+    # a mismatch here is one that a build would report at load.
+    header = HEADER.read_text()
+    assert re.search(r'#define GATV2_ABI_VERSION (\d+)', header).group(1) == (
+        str(cpp_library.ABI_VERSION))
+    for macro, record in (('GATV2_ARGS_FIELDS', Args),
+                          ('GATV2_SORT_FIELDS', SortArgs)):
+        body = header.split(f'#define {macro}(X)')[1].split('\n\n')[0]
+        names = re.findall(r'X\([^,]+,\s*(\w+)\)', body)
+        assert names == [name for name, _ in record._fields_], macro
+
+
+# A library that exports the entry points, none of which does anything,
+# and reports the ABI version and record layout it is given. Its CPU lacks
+# AVX-512.
+FAKE_LIBRARY = r'''
+#include <stdint.h>
+#include <string.h>
+
+extern "C" {
+int64_t gatv2_abi_version(void) { return VERSION; }
+const char* gatv2_args_layout(void) { return LAYOUT; }
+const char* gatv2_capabilities(void) { return "avx512,avx2,default"; }
+const char* gatv2_supported_capabilities(void) { return "avx2,default"; }
+const char* gatv2_capability(void) { return "avx2"; }
+int gatv2_set_capability(const char* name) {
+  if (strcmp(name, "avx512") == 0) return -2;
+  return strcmp(name, "avx2") == 0 || strcmp(name, "default") == 0 ? 0 : -1;
+}
+int gatv2_fixed_shape(int64_t, int64_t) { return 0; }
+int gatv2_forward(const void*) { return 0; }
+int gatv2_backward_dst(const void*) { return 0; }
+int gatv2_backward_src(const void*) { return 0; }
+#ifndef WITHOUT_SORT
+int gatv2_counting_sort(const void*) { return 0; }
+#endif
+}
+'''
+
+
+def fake_library(directory, version=None, layout=None, without_sort=False):
+    """Builds :data:`FAKE_LIBRARY` in ``directory`` reporting ``version``
+    and ``layout`` (by default those of the real library)."""
+    compiler = shutil.which(os.environ.get('CXX', 'g++'))
+    if compiler is None:
+        pytest.skip('no C++ compiler to build a stand-in library with')
+    lib = cpp_library.load()
+    version = lib.gatv2_abi_version() if version is None else version
+    layout = lib.gatv2_args_layout().decode() if layout is None else layout
+    source = directory / 'fake.cpp'
+    source.write_text(f'#define VERSION {version}\n'
+                      f'#define LAYOUT {json.dumps(layout)}\n'
+                      + FAKE_LIBRARY)
+    path = directory / 'fake.so'
+    subprocess.run([compiler, '-shared', '-fPIC', str(source), '-o',
+                    str(path)] + (['-DWITHOUT_SORT'] if without_sort
+                                  else []),
+                   check=True, capture_output=True, timeout=120)
+    return path
+
+
+def swapped_heads_and_channels(layout):
+    args, sort = layout.split(';')
+    found = dict((name, (offset, size)) for name, offset, size in
+                 fields(args))
+    (h_offset, h_size), (c_offset, c_size) = (found['heads'],
+                                              found['channels'])
+    old = f'heads:{h_offset}:{h_size},channels:{c_offset}:{c_size},'
+    new = f'channels:{h_offset}:{c_size},heads:{c_offset}:{h_size},'
+    assert old in args
+    return args.replace(old, new) + ';' + sort
+
+
+def with_a_sort_field_more(layout):
+    args, sort = layout.split(';')
+    name, offset, size = fields(sort)[-1]
+    return f'{args};{sort}extra:{offset + size}:8,'
+
+
+MISMATCHES = {
+    'abi_version': (
+        dict(version=cpp_library.ABI_VERSION + 1),
+        rf'built for ABI version {cpp_library.ABI_VERSION + 1} with '
+        rf'argument records .*; this package needs version '
+        rf'{cpp_library.ABI_VERSION} with .*: {REBUILD}$'),
+    'args_layout': (
+        dict(layout=swapped_heads_and_channels),
+        rf"built for ABI version {cpp_library.ABI_VERSION} with argument "
+        rf"records '[^']*channels:\d+:8,heads:\d+:8,[^']*'; this package "
+        rf"needs version {cpp_library.ABI_VERSION} with "
+        rf"'[^']*heads:\d+:8,channels:\d+:8,[^']*': {REBUILD}$"),
+    'sort_args_layout': (
+        dict(layout=with_a_sort_field_more),
+        rf"with argument records '[^']*extra:\d+:8,'; this package needs "
+        rf'.*: {REBUILD}$'),
+    'entry_point_missing': (
+        dict(without_sort=True),
+        rf'lack an entry point \(.*gatv2_counting_sort.*\); {REBUILD}$'),
+}
+
+
+@pytest.mark.parametrize('case', list(MISMATCHES))
+def test_a_library_built_from_other_sources_is_refused(
+        case, tmp_path, monkeypatch, reloaded):
+    options, match = MISMATCHES[case]
+    options = dict(options)
+    if callable(options.get('layout')):
+        options['layout'] = options['layout'](
+            cpp_library.load().gatv2_args_layout().decode())
+    path = fake_library(tmp_path, **options)
+    monkeypatch.setenv(LIBRARY_ENV, str(path))
+    cpp_library.load.cache_clear()
+    with pytest.raises(LibraryMismatch, match=match) as info:
+        cpp_library.load()
+    assert f'the C++ kernels at {path} ' in str(info.value)
+    # Nothing runs on it, nor falls back to another backend unannounced.
+    x = torch.randn(3, 1, 2)
+    with pytest.raises(LibraryMismatch):
+        fused_gatv2_attention(x, x, torch.randn(1, 2),
+                              torch.tensor([[0, 1], [1, 2]]))
+
+
+def test_a_stand_in_library_that_matches_is_loaded(tmp_path, monkeypatch,
+                                                   reloaded):
+    # The fake library reports what this package expects: it loads, so
+    # what the cases above change is what gets them refused.
+    path = fake_library(tmp_path)
+    monkeypatch.setenv(LIBRARY_ENV, str(path))
+    cpp_library.load.cache_clear()
+    assert cpp_library.load()._name == str(path)
+    assert cpp_library.capability() == 'avx2'
+    assert cpp_library.capabilities() == ('avx2', 'default')
+
+
+@pytest.mark.parametrize('name,problem', [
+    ('avx512', 'needs instructions this CPU does not have'),
+    ('sse9', 'is not one the kernels were built for'),
+])
+def test_a_cpu_level_the_library_cannot_run_is_refused(
+        name, problem, tmp_path, monkeypatch, reloaded):
+    # The stand-in's CPU lacks AVX-512, which this one may have.
+    path = fake_library(tmp_path)
+    monkeypatch.setenv(LIBRARY_ENV, str(path))
+    monkeypatch.setenv(CAPABILITY_ENV, name)
+    cpp_library.load.cache_clear()
+    with pytest.raises(ValueError, match=re.escape(
+            f"{CAPABILITY_ENV}={name!r} {problem}; choose one of "
+            "'avx2,default' on this CPU (built: 'avx512,avx2,default'), or "
+            'unset it to take the best')):
+        cpp_library.load()
+
+
+def run_python(script, **env):
+    return subprocess.run([sys.executable, '-c', script],
+                          env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_cpu_level_named_by_the_environment_runs():
+    # In a fresh process: the level is selected when the library loads.
+    level = cpp_library.capabilities()[-1]
+    proc = run_python('import pyg_gatv2; print(pyg_gatv2.cpu_capability())',
+                      **{CAPABILITY_ENV: level})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [level]
+
+
+def test_an_unknown_cpu_level_in_the_environment_is_an_error():
+    proc = run_python('import pyg_gatv2; pyg_gatv2.cpu_capability()',
+                      **{CAPABILITY_ENV: 'sse9'})
+    assert proc.returncode != 0
+    runs = ','.join(cpp_library.capabilities())
+    assert re.search(
+        rf"ValueError: {CAPABILITY_ENV}='sse9' is not one the kernels were "
+        rf"built for; choose one of '{runs}' on this CPU \(built: "
+        r"'[a-z0-9,]+'\), or unset it to take the best", proc.stderr), (
+            proc.stderr[-2000:])
+
+
+def test_the_library_named_by_the_environment_is_loaded(tmp_path,
+                                                        monkeypatch,
+                                                        reloaded):
+    # As make sanitize loads the kernels built with sanitizers.
+    copy = tmp_path / 'kernels.so'
+    shutil.copy(cpp_library.library_path(), copy)
+    monkeypatch.setenv(LIBRARY_ENV, str(copy))
+    cpp_library.load.cache_clear()
+    assert cpp_library.library_path() == copy
+    assert cpp_library.load()._name == str(copy)
+
+
+def test_a_missing_library_named_by_the_environment_is_an_error(
+        tmp_path, monkeypatch, reloaded):
+    missing = tmp_path / 'missing.so'
+    monkeypatch.setenv(LIBRARY_ENV, str(missing))
+    cpp_library.load.cache_clear()
+    message = (f'{LIBRARY_ENV}={str(missing)!r}: no such file; unset it to '
+               'load the kernels built with the package')
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        cpp_library.load()
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        pyg_gatv2.describe_backends()
+
+
+def test_cpu_capability_is_the_best_level_this_cpu_runs():
+    lib = cpp_library.load()
+    built = lib.gatv2_capabilities().decode().split(',')
+    if platform.machine() in ('x86_64', 'AMD64'):
+        assert built == ['avx512', 'avx2', 'default']
+    assert built[-1] == 'default'
+    runs = cpp_library.capabilities()
+    # Best first, as built, and the baseline runs anywhere.
+    assert list(runs) == [level for level in built if level in runs]
+    assert runs[-1] == 'default'
+    chosen = os.environ.get(CAPABILITY_ENV) or runs[0]
+    assert pyg_gatv2.cpu_capability() == cpp_library.capability() == chosen
+
+
+def test_nothing_is_reported_without_the_library(without_cpp_library):
+    assert pyg_gatv2.cpu_capability() is None
+    assert cpp_library.capabilities() == ()
+    assert not cpp_library.fixed_shape(2, 16)
+    assert 'C++ kernels: CPU level' not in pyg_gatv2.describe_backends()
+
+
+def test_fixed_shapes():
+    # 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels; the kernels take
+    # other shapes at run time.
+    fixed = {(h, c) for h in (1, 2, 4, 8) for c in (8, 16, 32, 64)}
+    for heads in range(10):
+        for channels in (0, 1, 5, 8, 16, 24, 32, 37, 64, 128):
+            assert cpp_library.fixed_shape(heads, channels) == (
+                (heads, channels) in fixed), (heads, channels)
+
+
+def forward_record(dtype=torch.float32):
+    """The record of a valid forward pass over a 3-cycle, with 2 heads of
+    4 channels, and what it points into (which must outlive it)."""
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    layout = edge_layout(edge_index, 3, 3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, generator=gen, dtype=dtype)
+    att = torch.randn(2, 4, generator=gen, dtype=dtype)
+    # Filled, so that a kernel that wrote them would show.
+    out = torch.full((3, 2, 4), 7.0, dtype=dtype)
+    lse = torch.full((3, 2), 7.0, dtype=dtype)
+    bounds = layout.bounds('dst', 1)
+    record = Args(
+        dtype=DTYPES[dtype], heads=2, channels=4, num_edges=3,
+        negative_slope=0.2, num_threads=1, x_l=pointer(x), x_r=pointer(x),
+        att=pointer(att), dst_ptr=pointer(layout.dst_ptr),
+        dst_col=pointer(layout.dst_col), dst_eid=pointer(layout.dst_eid),
+        dst_bounds=pointer(bounds), num_dst_ranges=bounds.size - 1,
+        out=pointer(out), lse=pointer(lse))
+    return record, dict(x=x, att=att, out=out, layout=layout, bounds=bounds,
+                        lse=lse, edge_index=edge_index)
+
+
+def test_a_valid_record_runs():
+    record, kept = forward_record()
+    call('gatv2_forward', record)
+    # Each node has one in-edge: its output is its source's features.
+    x = kept['x']
+    torch.testing.assert_close(kept['out'], x[[2, 0, 1]])
+    torch.testing.assert_close(
+        kept['out'], fused_gatv2_attention(x, x, kept['att'],
+                                           kept['edge_index'],
+                                           backend='torch'))
+
+
+MISSING = 'a required array missing'
+BROKEN_RECORDS = {
+    'x_l_null': ('gatv2_forward', dict(x_l=None), MISSING),
+    'att_null': ('gatv2_forward', dict(att=None), MISSING),
+    'dst_bounds_null': ('gatv2_forward', dict(dst_bounds=None), MISSING),
+    'out_null': ('gatv2_forward', dict(out=None), MISSING),
+    'edge_term_without_loop_term': ('gatv2_forward',
+                                    dict(edge_term='x'), MISSING),
+    'dtype_unknown': ('gatv2_forward', dict(dtype=7), 'an unsupported dtype'),
+    'heads_zero': ('gatv2_forward', dict(heads=0),
+                   'a negative or zero size'),
+    'threads_zero': ('gatv2_forward', dict(num_threads=0),
+                     'a negative or zero size'),
+    'edges_negative': ('gatv2_forward', dict(num_edges=-1),
+                       'a negative or zero size'),
+    # A forward record lacks what the backward passes read and write.
+    'backward_dst_without_gradients': ('gatv2_backward_dst', dict(),
+                                       MISSING),
+    'backward_src_without_csc': ('gatv2_backward_src', dict(), MISSING),
+}
+
+
+@pytest.mark.parametrize('case', list(BROKEN_RECORDS))
+def test_the_kernels_refuse_a_broken_record(case):
+    entry, change, reason = BROKEN_RECORDS[case]
+    record, kept = forward_record()
+    for name, value in change.items():
+        setattr(record, name, pointer(kept[value]) if isinstance(value, str)
+                else value)
+    before = kept['out'].clone()
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"the C++ kernel '{entry}' refused its arguments ({reason}): a "
+            'bug in pyg_gatv2, please report it')):
+        call(entry, record)
+    assert torch.equal(kept['out'], before)
+
+
+@pytest.mark.parametrize('num_keys,size', [(1, 0), (5, 1), (7, 100),
+                                           (1000, 50), (3, 20000)])
+def test_counting_sort_is_a_stable_argsort(num_keys, size):
+    keys = torch.randint(0, num_keys, (size, ),
+                         generator=torch.Generator().manual_seed(size))
+    ptr, order = cpp_library.counting_sort(keys, num_keys)
+    assert torch.equal(order, torch.argsort(keys, stable=True))
+    assert torch.equal(ptr.diff(), torch.bincount(keys, minlength=num_keys))
+    assert ptr[0] == 0
+
+
+def test_counting_sort_of_no_keys():
+    ptr, order = cpp_library.counting_sort(torch.empty(0, dtype=torch.long),
+                                           0)
+    assert ptr.tolist() == [0] and order.numel() == 0
+
+
+@pytest.mark.parametrize('key', [-1, 7, 2**40])
+def test_counting_sort_refuses_keys_out_of_range(key):
+    keys = torch.tensor([0, 3, key, 2])
+    with pytest.raises(RuntimeError, match=re.escape(
+            "the C++ kernel 'gatv2_counting_sort' refused its arguments (a "
+            'sort key out of range)')):
+        cpp_library.counting_sort(keys, 7)
