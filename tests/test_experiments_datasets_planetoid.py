@@ -34,9 +34,9 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import Planetoid
 from torch_geometric.io import read_planetoid_data
 
-from pyg_gatv2 import load_planetoid
-from pyg_gatv2.datasets import PlanetoidFileError, SafePlanetoid
-from pyg_gatv2.datasets.planetoid import _read_pickle
+from pyg_gatv2.experiments import load_planetoid
+from pyg_gatv2.experiments.datasets import PlanetoidFileError, SafePlanetoid
+from pyg_gatv2.experiments.datasets.planetoid import _read_pickle
 
 RAW_KEYS = ('x', 'tx', 'allx', 'y', 'ty', 'ally', 'graph', 'test.index')
 

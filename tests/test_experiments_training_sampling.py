@@ -1,21 +1,30 @@
 import pytest
 import torch
-from test_training import NUM_CLASSES, NUM_FEATURES, same_runs, toy_graph
+from _training_cases import (
+    NUM_CLASSES,
+    NUM_FEATURES,
+    Interrupt,
+    build,
+    same_runs,
+    toy_graph,
+)
 from torch_geometric.utils import degree
 
-from pyg_gatv2.cli import main
-from pyg_gatv2.datasets import load_planetoid
-from pyg_gatv2.models import GATv2
-from pyg_gatv2.training import (
+from pyg_gatv2.experiments.cli import main
+from pyg_gatv2.experiments.datasets import load_planetoid
+from pyg_gatv2.experiments.training import (
+    Checkpointing,
     FullBatch,
     NeighborBatches,
+    Recipe,
+    Sampling,
     SamplingUnavailableError,
-    fit,
     sampling,
     train_epoch,
     train_node_classifier,
 )
-from pyg_gatv2.training.sampling import seed_batches
+from pyg_gatv2.experiments.training.sampling import seed_batches
+from pyg_gatv2.models import GATv2
 
 
 @pytest.mark.parametrize('num_nodes,batch_size,world_size', [
@@ -74,9 +83,7 @@ def test_without_a_sampler_mini_batches_are_a_clear_error(monkeypatch,
         NeighborBatches(toy_graph(), [5, 5], batch_size=8)
     assert hint in str(info.value)
     with pytest.raises(SamplingUnavailableError):
-        train_node_classifier(
-            lambda: GATv2(NUM_FEATURES, NUM_CLASSES), toy_graph(),
-            batch_size=8)
+        train_node_classifier(build, toy_graph(), sampling=Sampling(8))
     code = main(['train', '--batch-size', '8', '--out', str(tmp_path),
                  '--root', str(tmp_path / 'root'), '--no-progress'])
     assert code == 1
@@ -85,17 +92,6 @@ def test_without_a_sampler_mini_batches_are_a_clear_error(monkeypatch,
     assert err.startswith('pyg-gatv2: error: Mini-batch training samples '
                           "neighbours with PyG's NeighborLoader")
     assert hint in err
-
-
-def test_trainer_bad_batch_arguments():
-    def build():
-        return GATv2(NUM_FEATURES, NUM_CLASSES)
-
-    with pytest.raises(ValueError, match='num_neighbors or num_workers '
-                       'without batch_size'):
-        train_node_classifier(build, toy_graph(), num_neighbors=[5, 5])
-    with pytest.raises(ValueError, match=r"'fit' got batches=\[Data"):
-        fit(build(), toy_graph(), batches=[toy_graph()])
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -176,38 +172,38 @@ def test_mini_batches_pass_their_seed_count_to_models_that_take_it():
     assert torch.isfinite(loss)
 
 
+def test_sampling_builds_the_neighbour_batches():
+    batches = Sampling(8, [4, 3]).batches(toy_graph(), torch.device('cpu'))
+    assert isinstance(batches, NeighborBatches)
+    assert batches.settings == {'batch_size': 8, 'num_neighbors': [4, 3],
+                                'world_size': 1}
+
+
 def test_mini_batch_resume_gives_the_uninterrupted_result(tmp_path):
     data = toy_graph()
+    recipe = Recipe(epochs=12, patience=12)
 
-    def build():
-        return GATv2(NUM_FEATURES, NUM_CLASSES)
+    def train(folder, resume=False, on_epoch=None, batch_size=8):
+        return train_node_classifier(
+            build, data, [0], recipe, sampling=Sampling(batch_size, [4, 4]),
+            checkpoints=Checkpointing(tmp_path / folder, 4, resume),
+            on_epoch=on_epoch)
 
-    kwargs = dict(seeds=[0], epochs=12, patience=12, batch_size=8,
-                  num_neighbors=[4, 4], checkpoint_every=4)
-    reference = train_node_classifier(build, data,
-                                      checkpoint_dir=tmp_path / 'ref',
-                                      **kwargs)
-
-    class Interrupt(Exception):
-        pass
+    reference = train('ref')
 
     def interrupt(seed, metrics):
         if metrics.epoch == 7:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_node_classifier(build, data, checkpoint_dir=tmp_path / 'run',
-                              on_epoch=interrupt, **kwargs)
+        train('run', on_epoch=interrupt)
     torch.manual_seed(99)  # resuming restores the generators itself
-    resumed = train_node_classifier(build, data, resume=True,
-                                    checkpoint_dir=tmp_path / 'run',
-                                    **kwargs)
+    resumed = train('run', resume=True)
     same_runs(resumed, reference)
 
     with pytest.raises(ValueError, match=r'other settings \(batch_size: 8 '
                        'there, 16 now'):
-        train_node_classifier(build, data, checkpoint_dir=tmp_path / 'run',
-                              resume=True, **{**kwargs, 'batch_size': 16})
+        train('run', resume=True, batch_size=16)
 
 
 @pytest.mark.slow
@@ -220,6 +216,6 @@ def test_cora_in_mini_batches_reaches_the_accuracy_floor(planetoid_raw_dir,
                              raw_dir=planetoid_raw_dir)
     result = train_node_classifier(
         lambda: GATv2(dataset.num_features, dataset.num_classes),
-        dataset[0], seeds=[0], epochs=100, batch_size=128,
-        num_neighbors=[10, 10])
+        dataset[0], seeds=[0], recipe=Recipe(epochs=100),
+        sampling=Sampling(128, [10, 10]))
     assert result.test_acc_mean >= 0.78

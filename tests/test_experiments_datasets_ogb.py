@@ -1,6 +1,5 @@
 """Tests for the OGB loader on small graphs written in OGB's own layout."""
 import builtins
-import gzip
 import shutil
 import urllib.error
 import urllib.request
@@ -10,70 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _ogb_data import (
+    LAYOUT,
+    NUM_NODES,
+    TEST,
+    TRAIN,
+    VALID,
+    edges,
+    features,
+    labels,
+    write_gz_csv,
+    write_ogb,
+)
 from torch_geometric.utils import to_undirected
 
-from pyg_gatv2.datasets import load_ogb, ogb_accuracy
-from pyg_gatv2.datasets.ogb import OGBFileError
+from pyg_gatv2.experiments.datasets import load_ogb, ogb_accuracy
+from pyg_gatv2.experiments.datasets.ogb import OGBFileError
 
-NUM_NODES = 12
-NUM_FEATURES = 3
-# dataset -> (folder, name in the zip, split folder, classes, inverse edges
-# added by ogb, additional node files)
-LAYOUT = {
-    'ogbn-arxiv': ('ogbn_arxiv', 'arxiv', 'time', 40, False, ['node_year']),
-    'ogbn-products': ('ogbn_products', 'products', 'sales_ranking', 47, True,
-                      []),
-}
-TRAIN, VALID, TEST = range(0, 6), range(6, 9), range(9, 12)
 URLS = {'ogbn-arxiv':
         'http://snap.stanford.edu/ogb/data/nodeproppred/arxiv.zip',
         'ogbn-products':
         'http://snap.stanford.edu/ogb/data/nodeproppred/products.zip'}
-
-
-def features() -> np.ndarray:
-    i = np.arange(NUM_NODES, dtype=np.float32)[:, None]
-    return np.concatenate([i * 0.5, i * 0.25 - 1, -i], axis=1)
-
-
-def labels(num_classes: int) -> np.ndarray:
-    # Spread over the whole label range, the last class included.
-    return (np.arange(NUM_NODES) * 7) % num_classes
-
-
-def edges() -> np.ndarray:
-    """A directed chain 0 -> 1 -> ... -> 11, plus 5 -> 0 and 0 -> 5."""
-    chain = [(i, i + 1) for i in range(NUM_NODES - 1)]
-    return np.array(chain + [(5, 0), (0, 5)]).T
-
-
-def write_gz_csv(path: Path, rows: np.ndarray, fmt: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, 'wt') as f:
-        np.savetxt(f, rows, fmt=fmt, delimiter=',')
-
-
-def write_ogb(folder: Path, name: str) -> Path:
-    """Writes ``name`` in the layout of OGB's zip into :obj:`folder`."""
-    _, _, split, num_classes, _, extra = LAYOUT[name]
-    folder.mkdir(parents=True)
-    (folder / 'RELEASE_v1.txt').write_text('v1\n')
-    raw = folder / 'raw'
-    e = edges()
-    write_gz_csv(raw / 'edge.csv.gz', e.T, '%d')
-    write_gz_csv(raw / 'node-feat.csv.gz', features(), '%.4f')
-    write_gz_csv(raw / 'node-label.csv.gz', labels(num_classes)[:, None],
-                 '%d')
-    write_gz_csv(raw / 'num-node-list.csv.gz', np.array([[NUM_NODES]]), '%d')
-    write_gz_csv(raw / 'num-edge-list.csv.gz', np.array([[e.shape[1]]]),
-                 '%d')
-    for key in extra:
-        write_gz_csv(raw / f'{key}.csv.gz',
-                     2000 + np.arange(NUM_NODES)[:, None], '%d')
-    for part, index in (('train', TRAIN), ('valid', VALID), ('test', TEST)):
-        write_gz_csv(folder / 'split' / split / f'{part}.csv.gz',
-                     np.array(index)[:, None], '%d')
-    return folder
 
 
 @pytest.fixture(params=list(LAYOUT))

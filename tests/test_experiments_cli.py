@@ -8,8 +8,9 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
+from _ogb_data import write_ogb
 
-from pyg_gatv2.cli import build_parser, main
+from pyg_gatv2.experiments.cli import build_parser, main
 from pyg_gatv2.models import GATv2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,8 +209,6 @@ def test_mini_batches_from_the_command_line(cora_flags, tmp_path, capsys):
 
 
 def test_ogb_graph_from_the_command_line(tmp_path, capsys):
-    from test_datasets_ogb import write_ogb
-
     write_ogb(tmp_path / 'ogb' / 'ogbn_arxiv', 'ogbn-arxiv')
     out = tmp_path / 'out'
     assert main(['train', '--dataset', 'ogbn-arxiv', '--root',
@@ -223,3 +222,69 @@ def test_ogb_graph_from_the_command_line(tmp_path, capsys):
     assert report['model']['out_channels'] == 40
     # OGB's evaluator agrees with the trainer's accuracy.
     assert report['ogb_test_acc'] == [report['runs'][0]['test_acc']]
+
+
+@pytest.fixture
+def one_thread():
+    # DictionaryLookup training is many small steps, which a second thread
+    # slows down on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_dictionary_lookup_writes_table_json_and_figure(tmp_path, capsys):
+    out = tmp_path / 'out'
+    status = main(['dictionary-lookup', '--ks', '3', '4', '--heads', '1',
+                   '--max-epochs', '3', '--eval-every', '1', '--hidden', '8',
+                   '--no-progress', '--device', 'cpu', '--out', str(out)])
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ['k', 'layer', 'heads', 'seed']
+    rows = [line.split() for line in lines[1:5]]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ('3', 'gat', '1'), ('3', 'gatv2', '1'), ('4', 'gat', '1'),
+        ('4', 'gatv2', '1')]
+    report = json.loads((out / 'dictionary_lookup.json').read_text())
+    assert report['command'].startswith('pyg-gatv2 dictionary-lookup --ks 3')
+    assert report['max_epochs'] == 3
+    assert report['settings']['readout'] == 'linear'
+    results = report['results']
+    assert [(r['k'], r['conv']) for r in results] == [
+        (3, 'gat'), (3, 'gatv2'), (4, 'gat'), (4, 'gatv2')]
+    for row, result in zip(rows, results, strict=True):
+        assert row[4:8] == [f"{result[key]:.4f}" for key in (
+            'train_node_acc', 'train_graph_acc', 'test_node_acc',
+            'test_graph_acc')]
+        assert len(result['history']['epoch']) == result['epochs'] <= 3
+    image = matplotlib.image.imread(out / 'dictionary_lookup.png')
+    assert image.shape[0] > 100 and image.shape[1] > 300
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--ks', '1'], 'k >= 2'),
+    (['--convs', 'gcn'], 'invalid choice'),
+    (['--max-epochs', '0'], 'positive integer'),
+    (['--heads', '0'], 'positive integer'),
+    (['--readout', 'mlp'], 'invalid choice'),
+])
+def test_dictionary_lookup_usage_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['dictionary-lookup', *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_dictionary_lookup_one_line_errors(tmp_path, capsys):
+    assert main(['dictionary-lookup', '--ks', '3', '--hidden', '10',
+                 '--heads', '1', '3', '--out', str(tmp_path)]) == 1
+    assert main(['dictionary-lookup', '--ks', '2', '--train-fraction', '0.1',
+                 '--out', str(tmp_path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert 'multiple of every --heads' in err[0]
+    assert 'training set empty' in err[1]
+    assert not (tmp_path / 'dictionary_lookup.json').exists()

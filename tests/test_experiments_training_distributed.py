@@ -19,23 +19,27 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_training import (
+from _training_cases import (
     NUM_CLASSES,
     NUM_FEATURES,
     assert_same_state,
+    build,
     same_runs,
     toy_graph,
 )
 
-from pyg_gatv2.models import GATv2
-from pyg_gatv2.training import (
+from pyg_gatv2.experiments.training import (
+    Checkpointing,
     FullBatch,
     NeighborBatches,
+    Recipe,
+    Sampling,
     train_epoch,
     train_node_classifier,
 )
-from pyg_gatv2.training.checkpoint import cpu_state
-from pyg_gatv2.training.distributed import wrap
+from pyg_gatv2.experiments.training.checkpoint import cpu_state
+from pyg_gatv2.experiments.training.distributed import wrap
+from pyg_gatv2.models import GATv2
 
 # Each test starts processes that train (about 10 to 20 s apiece).
 pytestmark = pytest.mark.slow
@@ -89,25 +93,24 @@ def worker(rank: int, rendezvous: str, out: Path) -> None:
                     batches.batches(seed=0, epoch=epoch))
     got['sampled'] = cpu_state(model)
 
-    def build():
-        return GATv2(NUM_FEATURES, NUM_CLASSES)
+    def train(folder, resume=False, on_epoch=None):
+        return train_node_classifier(
+            build, data, [0], Recipe(epochs=6, patience=6),
+            sampling=Sampling(8, [4, 4]),
+            checkpoints=Checkpointing(out / folder, 2, resume),
+            on_epoch=on_epoch)
 
-    kwargs = dict(seeds=[0], epochs=6, patience=6, batch_size=8,
-                  num_neighbors=[4, 4], checkpoint_every=2)
-    got['reference'] = train_node_classifier(
-        build, data, checkpoint_dir=out / 'ref', **kwargs)
+    got['reference'] = train('ref')
 
     def interrupt(seed, metrics):
         if metrics.epoch == 3:
             raise KeyboardInterrupt
 
     try:
-        train_node_classifier(build, data, checkpoint_dir=out / 'run',
-                              on_epoch=interrupt, **kwargs)
+        train('run', on_epoch=interrupt)
     except KeyboardInterrupt:
         pass
-    got['resumed'] = train_node_classifier(
-        build, data, checkpoint_dir=out / 'run', resume=True, **kwargs)
+    got['resumed'] = train('run', resume=True)
     torch.save(got, out / f'rank{rank}.pt')
     dist.barrier()  # the store of rank 0 outlives every other rank's work
     dist.destroy_process_group()
