@@ -44,7 +44,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Optional, Union
 
@@ -85,15 +84,22 @@ def command_line() -> str:
 
 
 def machine(threads: int, device: Union[str, torch.device]) -> str:
-    """The machine and the versions behind a report, for its header; numba's
-    only where it is installed."""
-    try:
-        numba = f", numba {metadata.version('numba')}"
-    except metadata.PackageNotFoundError:
-        numba = ''
+    """The machine and the versions behind a report, for its header, with
+    the CPU level of the C++ kernels (:func:`cpp_level`)."""
     return (f'{platform.processor() or platform.machine()}, '
-            f'{os.cpu_count()} CPUs, torch {torch.__version__}{numba}, '
-            f'{threads} threads, device {device}')
+            f'{os.cpu_count()} CPUs, torch {torch.__version__}, '
+            f'{threads} threads, device {device}, {cpp_level()}')
+
+
+def cpp_level() -> str:
+    """Which C++ kernels run in this process, for reports: ``'C++ kernels
+    at CPU level avx2'`` (:func:`pyg_gatv2.cpu_capability`, which
+    ``PYG_GATV2_CPU_CAPABILITY`` chooses; worker processes inherit it), or
+    ``'C++ kernels not built'``."""
+    import pyg_gatv2
+    level = pyg_gatv2.cpu_capability()
+    return ('C++ kernels not built' if level is None else
+            f'C++ kernels at CPU level {level}')
 
 
 # Isolation: one measurement per process ------------------------------------
@@ -115,8 +121,9 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
 
     :obj:`worker` is a module-level function of a benchmark script (or of a
     module beside it), loaded from its file in the worker; :obj:`spec` and
-    the result are JSON. With
-    :obj:`threads` > 0, torch, OpenMP and numba in the worker use that many
+    the result are JSON. The worker inherits the environment (so
+    ``PYG_GATV2_CPU_CAPABILITY``, the CPU level of the C++ kernels); with
+    :obj:`threads` > 0, torch and OpenMP in the worker use that many
     threads. Raises :class:`WorkerFailed` when the worker dies: killed
     (``'out of memory (worker killed by SIGKILL)'``, the kernel's answer
     to a process that asks for too much), with an exit code, or still
@@ -126,8 +133,7 @@ def run_isolated(worker: Callable[[dict], dict], spec: dict,
     target = sys.modules[worker.__module__].__file__
     env = dict(os.environ)
     if threads > 0:
-        for key in ('OMP_NUM_THREADS', 'NUMBA_NUM_THREADS'):
-            env[key] = str(threads)
+        env['OMP_NUM_THREADS'] = str(threads)
     with tempfile.NamedTemporaryFile('r', suffix='.json') as out:
         # A session of its own, so that killing it ends what it started
         # too (torch.compile's compile workers).
@@ -554,24 +560,29 @@ def add_common_flags(parser: argparse.ArgumentParser, stem: str) -> None:
 
 def add_cpu_backend_flag(parser: argparse.ArgumentParser,
                          help: str) -> None:
-    """``--backend``: the CPU kernels to run, ``cpp`` or ``numba`` (default
-    :obj:`None`; :func:`cpu_backend` resolves it)."""
-    parser.add_argument('--backend', choices=('cpp', 'numba'), default=None,
+    """``--backend``: the fused backend to run on CPU, ``cpp`` or ``torch``
+    (default :obj:`None`; :func:`cpu_backend` resolves it)."""
+    parser.add_argument('--backend', choices=('cpp', 'torch'), default=None,
                         help=help)
+
+
+def cpp_unavailable() -> Optional[str]:
+    """Why the C++ kernels cannot run here (and how to get them), or
+    :obj:`None` where they can."""
+    from pyg_gatv2.fused.backends import registry
+    return registry()['cpp'].unavailable_reason()
 
 
 def cpu_backend(parser: argparse.ArgumentParser,
                 backend: Optional[str]) -> str:
-    """The CPU kernels of ``--backend``: as given, else ``'cpp'`` where the
-    C++ kernels were built and ``'numba'`` where not; a parser error for
-    ``cpp`` where they were not built."""
-    from pyg_gatv2.backends import cpp_kernels_built
+    """The fused backend of ``--backend``: as given, else ``'cpp'`` where
+    the C++ kernels can run and ``'torch'`` where not; a parser error for
+    ``cpp`` where they cannot."""
+    reason = cpp_unavailable()
     if backend is None:
-        return 'cpp' if cpp_kernels_built() else 'numba'
-    if backend == 'cpp' and not cpp_kernels_built():
-        parser.error('--backend cpp: the C++ kernels were not built; '
-                     "reinstall with a C++ compiler ('pip install -e .') or "
-                     'use --backend numba')
+        return 'torch' if reason else 'cpp'
+    if backend == 'cpp' and reason:
+        parser.error(f'--backend cpp: {reason}; or use --backend torch')
     return backend
 
 

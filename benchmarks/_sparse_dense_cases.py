@@ -22,7 +22,8 @@ from torch_geometric.data import Data
 from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
 from torch_geometric.utils import coalesce, to_dense_adj, to_dense_batch
 
-from pyg_gatv2 import DenseGATv2Conv, GATv2Conv, load_planetoid
+from pyg_gatv2 import DenseGATv2Conv, GATv2Conv
+from pyg_gatv2.experiments import load_planetoid
 
 MiB = 2.0**20
 # Implementations in table order.

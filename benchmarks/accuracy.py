@@ -6,10 +6,10 @@ to the published numbers.
 
 For every dataset whose raw files are present (PubMed's are not on every
 machine: its row then says so), the GAT paper's transductive recipe
-(:data:`pyg_gatv2.train.PAPER_SETTINGS`: 8 heads of 8 features, dropout 0.6,
-Adam, early stopping on validation loss and accuracy with patience 100, test
-accuracy at the best validation epoch) trains the two-layer
-:class:`pyg_gatv2.GATv2` over seeds 0, 1, ..., once built from
+(:data:`pyg_gatv2.experiments.training.PAPER_SETTINGS`: 8 heads of 8
+features, dropout 0.6, Adam, early stopping on validation loss and accuracy
+with patience 100, test accuracy at the best validation epoch) trains the
+two-layer :class:`pyg_gatv2.GATv2` over seeds 0, 1, ..., once built from
 ``pyg_gatv2.GATv2Conv`` and once, as a reference, from
 ``torch_geometric.nn.GATv2Conv`` with the same seeds, hence the same initial
 weights. Before training, the two networks are checked to hold identical
@@ -34,14 +34,20 @@ from typing import Optional
 
 import torch
 import torch_geometric
-from _common import command_line, markdown_table, write_csv
+from _common import command_line, cpp_level, markdown_table, write_csv
 from _common import raw_dir as find_raw_dir
 from torch_geometric.nn import GATv2Conv as PyGGATv2Conv
 
 import pyg_gatv2
-from pyg_gatv2 import GATv2, GATv2Conv, load_planetoid, train_node_classifier
-from pyg_gatv2.plots import plot_training_curves
-from pyg_gatv2.train import PAPER_SETTINGS, TrainResult
+from pyg_gatv2 import GATv2, GATv2Conv
+from pyg_gatv2.experiments import load_planetoid, train_node_classifier
+from pyg_gatv2.experiments.plots import plot_training_curves
+from pyg_gatv2.experiments.training import (
+    PAPER_SETTINGS,
+    Checkpointing,
+    Recipe,
+    TrainResult,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW_FILES = ('x', 'tx', 'allx', 'y', 'ty', 'ally', 'graph', 'test.index')
@@ -57,9 +63,10 @@ REFERENCES = {
         'Cora': (82.1, None), 'CiteSeer': (70.0, None),
         'PubMed': (77.2, None)},
 }
-# Environment variables that change the speed, not the results.
-THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'NUMBA_NUM_THREADS',
-                    'NUMBA_THREADING_LAYER')
+# Environment variables that the report quotes where set: they change the
+# speed (the CPU level of the C++ kernels also the rounding), not the recipe.
+ENVIRONMENT = ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY',
+               'PYG_GATV2_CPU_CAPABILITY')
 COLUMNS = ('Dataset', 'Model', 'Test accuracy (%)', 'Seeds',
            'Epochs (mean)', 'Best epoch (mean)', 'Seconds per seed',
            'ms per epoch')
@@ -89,8 +96,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no-reference', action='store_true',
                         help="skip the rows of torch_geometric's GATv2Conv")
     parser.add_argument('--threads', type=int,
-                        help='CPU threads for torch and numba (default: '
-                        "torch's choice)")
+                        help='CPU threads for torch and the C++ kernels '
+                        "(default: torch's choice)")
     parser.add_argument('--checkpoint-dir', type=Path,
                         help='keep training checkpoints here and resume from '
                         'them, so that an interrupted benchmark can be run '
@@ -183,13 +190,14 @@ def run_dataset(name: str, args: argparse.Namespace,
                   f'{run.seconds:.1f} s)', flush=True)
 
         checkpoints = (None if args.checkpoint_dir is None else
-                       args.checkpoint_dir / name / impl)
+                       Checkpointing(args.checkpoint_dir / name / impl,
+                                     resume=True))
+        recipe = Recipe(epochs=args.epochs, patience=args.patience,
+                        lr=settings['lr'],
+                        weight_decay=settings['weight_decay'])
         result = train_node_classifier(
-            build, dataset[0], seeds=range(args.seeds), epochs=args.epochs,
-            patience=args.patience, lr=settings['lr'],
-            weight_decay=settings['weight_decay'], device='cpu',
-            checkpoint_dir=checkpoints, resume=checkpoints is not None,
-            on_seed_end=report)
+            build, dataset[0], range(args.seeds), recipe, device='cpu',
+            checkpoints=checkpoints, on_seed_end=report)
         rows.append(result_row(name, impl, result))
         summary = result.summary()
         summary['runs'] = [{key: getattr(run, key) for key in (
@@ -238,7 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                          'Test accuracy (%)': percent(*numbers[name])})
     temp.cleanup()
 
-    env = ' '.join(f'{key}={os.environ[key]}' for key in THREAD_VARIABLES
+    env = ' '.join(f'{key}={os.environ[key]}' for key in ENVIRONMENT
                    if key in os.environ)
     header = (
         '# Node classification accuracy (GAT recipe)\n\n'
@@ -247,7 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f'pyg_gatv2 {pyg_gatv2.__version__}, torch {torch.__version__}, '
         f'torch_geometric {torch_geometric.__version__}, Python '
         f'{platform.python_version()}, {torch.get_num_threads()} CPU '
-        f'thread(s), {os.cpu_count()} cores; '
+        f'thread(s), {os.cpu_count()} cores, {cpp_level()}; '
         f'{time.perf_counter() - tic:.0f} s in all.\n\n'
         'Test accuracy at the best validation epoch, mean ± standard '
         'deviation over seeds (ddof=0); public split; GAT paper settings. '

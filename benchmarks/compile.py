@@ -22,7 +22,10 @@ Implementations, each stage in a process of its own
 - ``pyg`` / ``pyg_compile``: the model with PyG's layer, eager and under
   ``torch.compile``;
 - ``fused`` / ``fused_compile``: with our layer, eager and under
-  ``torch.compile`` (the fused op, C++ or numba on CPU, Triton on CUDA).
+  ``torch.compile`` (the fused op on the default backend: C++ on CPU
+  where built, else torch; Triton on CUDA). The header names the CPU level
+  of the C++ kernels, which ``PYG_GATV2_CPU_CAPABILITY`` chooses (the
+  worker processes inherit it).
 
 The first stage checks the steps, counts the graph breaks and measures
 the memory of one training step as ``benchmarks/kernels.py`` does (glibc's
@@ -86,7 +89,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='timed runs per implementation, after two '
                         'warm-up runs')
     parser.add_argument('--threads', type=int, default=0,
-                        help='torch, OpenMP and numba threads (0: their '
+                        help='torch and OpenMP threads (0: their '
                         'defaults)')
     parser.add_argument('--impls', default=','.join(IMPLS),
                         help=f"comma-separated subset of {','.join(IMPLS)}")

@@ -6,8 +6,9 @@ with 1 and 8 heads), with the attention each layer learned.
     python benchmarks/dictionary_lookup.py --threads 1 --resume   # go on
 
 Runs every (k, heads, layer, seed) with
-:func:`pyg_gatv2.lookup.run_lookup_sweep`, seeds first, then heads, then k,
-so that an interrupted sweep has the cheap and the 1-head runs done. Every
+:func:`pyg_gatv2.experiments.lookup.run_lookup_sweep`, seeds first, then
+heads, then k, so that an interrupted sweep has the cheap and the 1-head
+runs done. Every
 finished run is written to ``dictionary_lookup.json`` at once, with the
 figure (``dictionary_lookup.png``), the table (``dictionary_lookup.md``)
 and ``dictionary_lookup.csv`` (``--report-only`` rewrites these three from
@@ -40,21 +41,31 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import command_line, markdown_table, median_time, write_csv
+from _common import (
+    command_line,
+    cpp_level,
+    markdown_table,
+    median_time,
+    write_csv,
+)
 from torch_geometric.data import Batch
 
 import pyg_gatv2
-from pyg_gatv2.datasets import DictionaryLookup
-from pyg_gatv2.lookup import (
+from pyg_gatv2.experiments import DictionaryLookup
+from pyg_gatv2.experiments.lookup import (
     LookupBatch,
     LookupBatcher,
     LookupRecipe,
     LookupResult,
     LookupRun,
+    SweepSetup,
     run_lookup_sweep,
 )
-from pyg_gatv2.models import LOOKUP_LAYERS, DictionaryLookupNet
-from pyg_gatv2.plots import plot_dictionary_lookup
+from pyg_gatv2.experiments.lookup_model import (
+    LOOKUP_LAYERS,
+    DictionaryLookupNet,
+)
+from pyg_gatv2.experiments.plots import plot_dictionary_lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -74,7 +85,7 @@ def check(gat: str) -> None:
         if not torch.equal(getattr(batch, key), reference[key]):
             raise SystemExit(f'check failed: batched {key} differs from '
                              'Batch.from_data_list')
-    # Also compiles the fused GATv2 kernels before any run is timed.
+    # Also runs the fused GATv2 kernels once before any run is timed.
     gatv2 = DictionaryLookupNet(6, heads=2)
     gatv2(batch.x, batch.edge_index, batch.query_mask).sum().backward()
     if gat == 'gat':
@@ -137,7 +148,8 @@ def step_times(ks: list[int], heads: list[int], stem: Path) -> None:
                 print(markdown_table(rows[-1:], list(rows[0])).splitlines()
                       [-1], flush=True)
     text = (f'# DictionaryLookup: one training step\n\nCommand: '
-            f'`{command_line()}` ({torch.get_num_threads()} thread(s); '
+            f'`{command_line()}` ({torch.get_num_threads()} thread(s), '
+            f'{cpp_level()}; '
             '1024 graphs per step, forward, backward and Adam; median of 5 '
             'after 2 warm-up steps).\n\n' +
             markdown_table(rows, list(rows[0])) + '\n')
@@ -278,12 +290,14 @@ def main() -> None:
     print(markdown_table([], COLUMNS), flush=True)
     results = run_lookup_sweep(
         runs, json_path,
-        recipe=LookupRecipe(max_epochs=args.max_epochs), device=args.device,
+        SweepSetup(recipe=LookupRecipe(max_epochs=args.max_epochs)),
+        device=args.device,
         checkpoint_dir=args.out / 'dictionary_lookup_checkpoints',
         resume=args.resume, on_result=report,
         report={'command': command, 'commands': commands,
                 'threads': torch.get_num_threads(),
                 'device': args.device,
+                'cpu_capability': pyg_gatv2.cpu_capability(),
                 'versions': {'pyg_gatv2': pyg_gatv2.__version__,
                              'torch': torch.__version__,
                              'python': platform.python_version()}})

@@ -3,6 +3,7 @@
     python benchmarks/kernels.py            # default sweep + Cora
     python benchmarks/kernels.py --quick    # Cora + two small graphs
     python benchmarks/kernels.py --replot   # the figure again, from the CSV
+    python benchmarks/kernels.py --cpu-capability avx2   # C++ at AVX2
 
 Implementations, side by side in one run:
 
@@ -10,8 +11,7 @@ Implementations, side by side in one run:
 - ``pyg_compile``: the same layer under :func:`torch.compile`;
 - ``mp``: :class:`pyg_gatv2.GATv2Conv` with ``fused=False`` (message passing);
 - ``fused_cpp``: :class:`pyg_gatv2.GATv2Conv`, fused path, C++ kernels (the
-  default on CPU where they are built);
-- ``fused_numba``: the same, numba kernels;
+  default on CPU where they are built), at the CPU level the header names;
 - ``fused_torch``: the same, chunked PyTorch fallback;
 - ``fused_triton``: the same, Triton kernels (CUDA only: on CPU, Triton's
   interpreter is far too slow to time);
@@ -62,6 +62,13 @@ target row, its output row and its log-sum-exp) over its run time alone
 worker, run by run between the kernel runs, so that both see the same load
 (``memcpy_gb_s``; the header gives the copy timed once at the start).
 
+The C++ kernels run at the best CPU level this CPU supports (``avx512``,
+``avx2`` or ``default``), or at the one ``--cpu-capability`` names: the
+flag sets ``PYG_GATV2_CPU_CAPABILITY`` before anything loads the kernels,
+and the worker processes inherit it (setting the variable instead does the
+same, but leaves the level out of the command the report quotes). The
+header's machine line says which level ran.
+
 Cora is read from ``--raw-dir`` or ``$PYG_GATV2_RAW_DIR`` (skipped, with a
 note, where neither holds it). Writes ``kernels.md`` (the command, the
 machine, the tables), ``kernels.csv`` and ``kernels.png`` (per case, grouped
@@ -72,6 +79,7 @@ import argparse
 import contextlib
 import gc
 import math
+import os
 import sys
 import tempfile
 from functools import partial
@@ -87,6 +95,7 @@ from _common import (
     add_timeout_flag,
     command_line,
     compare_steps,
+    cpp_unavailable,
     failure,
     has_raw_files,
     interleaved_medians,
@@ -116,15 +125,13 @@ DTYPES = {'float32': (torch.float32, TOLERANCE, GRAD_TOLERANCE, 4),
           'float16': (torch.float16, 5e-3, 1e-2, 2)}
 GiB = 2.0**30
 MiB = 2.0**20
-IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_cpp', 'fused_numba',
-         'fused_torch', 'fused_triton', 'fused_compile', 'fused_loops',
-         'fused_fresh')
+IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_cpp', 'fused_torch',
+         'fused_triton', 'fused_compile', 'fused_loops', 'fused_fresh')
 LABELS = {
     'pyg': 'PyG GATv2Conv (eager)',
     'pyg_compile': 'PyG GATv2Conv (torch.compile)',
     'mp': 'ours, message passing',
     'fused_cpp': 'ours, fused (C++)',
-    'fused_numba': 'ours, fused (numba)',
     'fused_torch': 'ours, fused (torch)',
     'fused_triton': 'ours, fused (Triton)',
     'fused_compile': 'ours, fused, torch.compile',
@@ -134,7 +141,7 @@ LABELS = {
 # Bytes per element of one [E, heads, channels] float32 tensor that a step
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
-                         'fused_cpp': 0, 'fused_numba': 0, 'fused_torch': 0,
+                         'fused_cpp': 0, 'fused_torch': 0,
                          'fused_triton': 0, 'fused_compile': 0,
                          'fused_loops': 0, 'fused_fresh': 0}
 # (nodes, average in-degree, heads, channels); the third is the headline.
@@ -146,6 +153,8 @@ DEFAULT_CASES = [
     (10_000, 10, 8, 64),
 ]
 QUICK_CASES = [(10_000, 5, 4, 32), (20_000, 20, 4, 32)]
+# The CPU levels the C++ kernels are built for (--cpu-capability).
+CPU_LEVELS = ('avx512', 'avx2', 'default')
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -176,11 +185,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='skip an implementation whose projected peak '
                         'exceeds this many GiB (reported as skipped)')
     parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32',
-                        help='dtype of the features and weights (C++ and '
-                        'numba run float32 and float64 only)')
+                        help='dtype of the features and weights (C++ runs '
+                        'float32 and float64 only)')
     parser.add_argument('--threads', type=int, default=0,
-                        help='CPU threads for torch and numba; 0 keeps the '
-                        'default (all cores)')
+                        help='CPU threads for torch and the C++ kernels; 0 '
+                        'keeps the default (all cores)')
+    parser.add_argument('--cpu-capability', choices=CPU_LEVELS,
+                        default=None,
+                        help='CPU level of the C++ kernels, in this process '
+                        'and the workers (default: the best this CPU runs, '
+                        'or $PYG_GATV2_CPU_CAPABILITY)')
     add_timeout_flag(parser)
     add_common_flags(parser, 'kernels')
     parser.add_argument('--replot', action='store_true',
@@ -270,7 +284,7 @@ def memcpy_bandwidth(device: torch.device, repeats: int = 5) -> float:
 def build_case(case: dict, seed: int, device: torch.device,
                dtype: torch.dtype = torch.float32):
     if case['kind'] == 'cora':
-        from pyg_gatv2 import load_planetoid
+        from pyg_gatv2.experiments import load_planetoid
         with tempfile.TemporaryDirectory() as root:
             data = load_planetoid('Cora', root=root, raw_dir=case['raw'])[0]
         return data.x.to(device, dtype), data.edge_index.to(device)
@@ -317,7 +331,7 @@ def make_impls(case: dict, names: list[str], device: torch.device,
             fused = name != 'mp'
             conv = GATv2Conv(*args, **kwargs, fused=fused).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
-            # cpp, numba, torch, triton
+            # cpp, torch, triton
             backend = name.split('_')[1] if fused else None
             impls[name] = (conv, backend)
     return ref, impls
@@ -407,11 +421,13 @@ def runnable(case: dict, args: argparse.Namespace,
     entries = {}
     for name in args.impls:
         peak = projected_peak(case, name)
-        if name in ('fused_cpp', 'fused_numba') and device.type != 'cpu':
+        if name == 'fused_cpp' and device.type != 'cpu':
             entries[name] = dict(status='n/a (CPU only)')
-        elif (name in ('fused_cpp', 'fused_numba')
-              and args.dtype not in ('float32', 'float64')):
+        elif name == 'fused_cpp' and args.dtype not in ('float32',
+                                                        'float64'):
             entries[name] = dict(status=f'n/a ({args.dtype})')
+        elif name == 'fused_cpp' and cpp_unavailable():
+            entries[name] = dict(status='n/a (C++ kernels not built)')
         elif name == 'fused_triton' and device.type != 'cuda':
             entries[name] = dict(status='n/a (CUDA only)')
         elif peak > args.max_memory * GiB:
@@ -432,8 +448,8 @@ class Run:
 
     def backend_used(self):
         """The context that selects this implementation's backend."""
-        from pyg_gatv2.fused import use_backend
-        return (use_backend(self.backend) if self.backend else
+        from pyg_gatv2 import use_backends
+        return (use_backends(fused=self.backend) if self.backend else
                 contextlib.nullcontext())
 
     def __call__(self, train: bool) -> torch.Tensor:
@@ -553,7 +569,7 @@ def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
 
     H, C = ref.heads, ref.out_channels
     names = [name for name in alive if name in
-             ('fused_cpp', 'fused_numba', 'fused_torch', 'fused_triton')]
+             ('fused_cpp', 'fused_torch', 'fused_triton')]
     if not names:
         return {}
     with torch.no_grad():
@@ -671,11 +687,11 @@ def rows_of(results: list[dict], bandwidth: float,
     return rows
 
 
-OURS = ('mp', 'fused_cpp', 'fused_numba', 'fused_torch', 'fused_triton',
-        'fused_compile', 'fused_loops', 'fused_fresh')
-COLORS = {'mp': 'C0', 'fused_cpp': 'C8', 'fused_numba': 'C2',
-          'fused_torch': 'C1', 'fused_triton': 'C3', 'fused_compile': 'C6',
-          'fused_loops': 'C4', 'fused_fresh': 'C5'}
+OURS = ('mp', 'fused_cpp', 'fused_torch', 'fused_triton', 'fused_compile',
+        'fused_loops', 'fused_fresh')
+COLORS = {'mp': 'C0', 'fused_cpp': 'C8', 'fused_torch': 'C1',
+          'fused_triton': 'C3', 'fused_compile': 'C6', 'fused_loops': 'C4',
+          'fused_fresh': 'C5'}
 BASELINES = (('pyg', 'PyG eager'), ('pyg_compile', 'PyG compiled'))
 TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 METRICS = (('step_ms', 'training step speed-up\n(PyG time / ours)'),
@@ -769,11 +785,30 @@ COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'grad_max_rel_error',
            'memcpy_gb_s', 'kernel_vs_memcpy']
 
 
+def use_cpu_level(level: Optional[str]) -> None:
+    """Runs the C++ kernels at ``level`` (``--cpu-capability``; nothing
+    for :obj:`None`) in this process and, through the environment they
+    inherit, in the workers. Call it before anything loads the kernels;
+    exits saying why where this CPU or this installation cannot."""
+    if level is None:
+        return
+    from pyg_gatv2 import cpu_capability
+    from pyg_gatv2.fused.cpp_library import CAPABILITY_ENV
+    os.environ[CAPABILITY_ENV] = level
+    try:
+        loaded = cpu_capability()
+    except ValueError as error:
+        sys.exit(f'--cpu-capability {level}: {error}')
+    if loaded is None:
+        sys.exit(f'--cpu-capability {level}: {cpp_unavailable()}')
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     if args.replot:
         replot(args.out / args.name)
         return
+    use_cpu_level(args.cpu_capability)
     command = command_line()
     print(f'Command: `{command}`\n', flush=True)
     if args.threads:
@@ -790,7 +825,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, args))
     rows = rows_of(results, bandwidth, DTYPES[args.dtype][3])
-    lines = header(command, device, bandwidth, args.dtype)
+    lines = header(command, device, bandwidth, args.dtype, args.impls)
     text = '\n'.join(lines) + markdown_table(rows, COLUMNS) + '\n'
     print(text)
     columns = list(dict.fromkeys(
@@ -800,8 +835,20 @@ def main(argv: Optional[list[str]] = None) -> None:
                  partial(plot, rows, caption=f'`{command}`'))
 
 
+def cpp_note(impls: list[str], device: torch.device) -> list[str]:
+    """The paragraph that says at which CPU level ``fused_cpp`` ran, where
+    it ran."""
+    from pyg_gatv2.fused import cpp_library
+    level = cpp_library.capability()
+    if 'fused_cpp' not in impls or device.type != 'cpu' or level is None:
+        return []
+    return [f'fused_cpp: the C++ kernels at CPU level {level} (this CPU '
+            f"runs {', '.join(cpp_library.capabilities())}; "
+            '--cpu-capability picks one).', '']
+
+
 def header(command: str, device: torch.device, bandwidth: float,
-           dtype: str) -> list[str]:
+           dtype: str, impls: list[str]) -> list[str]:
     tolerance, grad_tolerance = DTYPES[dtype][1:3]
     return [
         '# Fused GATv2 attention vs PyG GATv2Conv', '',
@@ -809,6 +856,7 @@ def header(command: str, device: torch.device, bandwidth: float,
         f'Machine: {machine(torch.get_num_threads(), device)}. memcpy '
         f'bandwidth at the start: {bandwidth / 1e9:.1f} GB/s.',
         '',
+    ] + cpp_note(impls, device) + [
         'Times are medians of interleaved runs after warm-up; speedups are '
         'PyG time / our time, given only for implementations that passed '
         'the check.', '',

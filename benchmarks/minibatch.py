@@ -56,7 +56,9 @@ collective that waits longer.
 ``--threads`` is the number of CPU threads of a run in all: one process
 uses all of them, two processes half each. Runs alternate between process
 counts for ``--rounds`` rounds; the report gives the medians over rounds.
-Writes ``minibatch.md`` and ``minibatch.csv`` into ``--out``.
+The report names the CPU level of the C++ kernels, which
+``PYG_GATV2_CPU_CAPABILITY`` chooses (the ranks inherit it). Writes
+``minibatch.md`` and ``minibatch.csv`` into ``--out``.
 """
 import argparse
 import json
@@ -82,6 +84,7 @@ from _common import (
     WorkerFailed,
     command_line,
     compare_steps,
+    cpp_level,
     interleaved_medians,
     kill_session,
     markdown_table,
@@ -145,7 +148,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     run.add_argument('--steps', type=int, default=5,
                      help='timed steps per run')
     run.add_argument('--warmup', type=int, default=1,
-                     help='untimed steps first (numba compilation)')
+                     help='untimed steps first')
     run.add_argument('--memory-steps', type=int, default=2,
                      help='batches whose step peak memory is measured')
     run.add_argument('--rounds', type=int, default=2,
@@ -456,8 +459,7 @@ def launch(procs: int, spec: dict, timeout: float) -> list[dict]:
     returns each rank's result. Raises :class:`WorkerFailed` if a rank
     fails or the run outlasts :obj:`timeout` seconds."""
     threads = spec['threads_per_rank']
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-               NUMBA_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as folder:
         spec_path = Path(folder) / 'spec.json'
         spec = dict(spec, result=str(Path(folder) / 'result.json'))
@@ -619,7 +621,8 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         lines += ['', 'Failed runs: ' + '; '.join(failures)]
     lines += ['', f'Wall time {seconds / 60:.1f} min; load average (1 min) '
               f'{load[0]:.1f} at the start and {load[1]:.1f} at the end on '
-              f'{os.cpu_count()} cores. `{command_line()}`', '']
+              f'{os.cpu_count()} cores; {cpp_level()}. '
+              f'`{command_line()}`', '']
     return '\n'.join(lines)
 
 

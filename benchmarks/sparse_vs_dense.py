@@ -35,14 +35,12 @@ from typing import Optional
 
 import torch
 import torch_geometric
-from _common import add_common_flags, command_line
+from _common import add_common_flags, command_line, cpp_level
 from _sparse_dense_cases import IMPLS, plans
 from _sparse_dense_measure import History, run_case
 from _sparse_dense_report import cell, write
 
 import pyg_gatv2
-import pyg_gatv2.fused
-from pyg_gatv2 import get_backend
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -81,9 +79,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--min-seconds', type=float, default=0.3,
                         help='time each measurement for at least this long')
     parser.add_argument('--threads', type=int, default=1,
-                        help='CPU threads of torch and numba; 0 keeps their '
-                        'defaults. One thread gives stable numbers on a '
-                        'shared machine, where waiting threads spin')
+                        help='CPU threads of torch and OpenMP; 0 keeps '
+                        'their defaults. One thread gives stable numbers on '
+                        'a shared machine, where waiting threads spin')
     parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
                         help="'cpu': time by the process's CPU time, which "
                         'other jobs on the machine do not inflate')
@@ -115,14 +113,15 @@ def _degrees(text: str) -> list[str]:
 
 def header(args: argparse.Namespace) -> str:
     """The command, the versions, the machine and the settings."""
+    backends = pyg_gatv2.current_backends()
     return (
         f'Command: `{command_line()}`\n\n'
         f'pyg_gatv2 {pyg_gatv2.__version__}, torch {torch.__version__}, '
         f'torch_geometric {torch_geometric.__version__}; device '
         f'{args.device} ({platform.machine()}, {os.cpu_count()} cores, '
-        f'{torch.get_num_threads()} threads); softmax backend '
-        f"'{get_backend()}', fused backend "
-        f"'{pyg_gatv2.fused.get_backend()}'; layers: {args.heads} heads x "
+        f'{torch.get_num_threads()} threads, {cpp_level()}); softmax '
+        f"backend '{backends['softmax']}', fused backend "
+        f"'{backends['fused']}'; layers: {args.heads} heads x "
         f'{args.out_channels} channels, {args.in_channels} input features '
         f'(Cora: 1433); DenseGATv2Conv memory_budget {args.chunk_budget:g} '
         f'MiB; times: median {args.clock} time; budgets {args.max_seconds:g} '

@@ -5,8 +5,7 @@
 
 Per case, in a fresh process (``_common.run_isolated``, killed after
 ``--timeout`` seconds), on CPU in float32, with ``--threads`` threads, on
-the CPU kernels of ``--backend`` (``cpp``, the default where built, or
-``numba``), after two checks, these are timed, interleaved run by run
+the C++ kernels, after two checks, these are timed, interleaved run by run
 after warm-up, and reported as medians. The checks: one training step of
 our layer and of PyG's with the same weights, on the same inputs, with the
 same loss, ``(out * w).sum()`` for a fixed random ``w``
@@ -22,26 +21,32 @@ either is reported as ``MISMATCH (<tensor>: <error>)`` or ``MISMATCH
 - ``pyg_step``: a training step (forward, backward of ``out.sum()``) of
   :class:`torch_geometric.nn.GATv2Conv`, for context;
 - ``step``: the same step of :class:`pyg_gatv2.GATv2Conv` (fused path,
-  the kernels of ``--backend``) with PyG's weights, on the same
+  the C++ kernels) with PyG's weights, on the same
   ``edge_index`` tensor every call, so that its layout comes from the cache;
 - ``projections``: ``lin_l`` and ``lin_r`` on ``x`` and their weight
   gradients, through autograd, as the step runs them;
-- ``forward``: the fused forward kernel alone (``run_forward`` on the
-  operands the step hands it, no attention weights);
-- ``backward_dst``: the backward pass by destination alone
-  (``run_backward`` without the gradient of ``x_l``);
+- ``forward``: the fused forward kernel alone (the backend's ``forward``
+  on the operands the step hands it, no attention weights);
+- ``backward_dst``: the backward pass by destination alone (the
+  backend's ``backward`` without the gradient of ``x_l``);
 - ``backward_src``: the backward pass by source, the time of
-  ``run_backward`` with the gradient of ``x_l`` less ``backward_dst``
+  ``backward`` with the gradient of ``x_l`` less ``backward_dst``
   (a difference of medians: noisy on a loaded machine);
 - ``rest``: ``step`` less the four parts above, which are all of the
   cached step's kernels and GEMMs: autograd, allocations, the checks and
-  the cache lookup of the layout, the bias, with the numba kernels
-  ``D_i = <grad_out_i, out_i>`` (the C++ backward pass by destination sums
-  it itself), Python;
+  the cache lookup of the layout, the bias, Python (the backward pass by
+  destination sums ``D_i = <grad_out_i, out_i>`` itself);
 - ``layout``: what a new ``edge_index`` adds, as a loader hands one per
   step: the layout of a copy (the copy counted in) built on a cache miss,
   CSR and the CSC the backward needs, with their work ranges. Not a part
   of the cached step.
+
+The parts are the passes of the C++ kernels
+(``pyg_gatv2.fused.backends.cpp``), which the torch backend does not run
+apart, so there is no choice of backend: where the C++ kernels cannot run,
+the script says why and stops. They run at the best CPU level this CPU
+supports, or at the one ``PYG_GATV2_CPU_CAPABILITY`` names (the worker
+processes inherit it); the header's machine line says which.
 
 Bytes and FLOPs. With ``N`` nodes, ``E' = E + N`` edges (self-loops
 implicit, one per node; the few edges ``i -> i`` of a random graph, which
@@ -90,11 +95,10 @@ from _common import (
     StepResult,
     WorkerFailed,
     add_common_flags,
-    add_cpu_backend_flag,
     add_timeout_flag,
     command_line,
     compare_steps,
-    cpu_backend,
+    cpp_unavailable,
     interleaved_medians,
     loss_weights,
     machine,
@@ -137,8 +141,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='CPU threads for torch and the kernels; 0 '
                         'keeps their defaults (default: 2)')
     add_timeout_flag(parser)
-    add_cpu_backend_flag(parser, 'the CPU kernels to profile (default: '
-                         'cpp where it is built, else numba)')
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=None, help='include Cora, 8 heads x 8 '
                         '(default: yes, no with --quick)')
@@ -155,7 +157,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                      'not negative')
     if args.cora is None:
         args.cora = not args.quick
-    args.backend = cpu_backend(parser, args.backend)
+    reason = cpp_unavailable()
+    if reason:
+        parser.error('this profile times the passes of the C++ kernels, '
+                     f'which cannot run here: {reason}')
     if args.name is None:
         args.name = 'step_profile' + ('_quick' if args.quick else '')
     return args
@@ -177,26 +182,18 @@ def cases_of(args: argparse.Namespace) -> list[dict]:
 # The worker: one case in a fresh process ------------------------------------
 
 
-def kernel_module(backend: str):
-    """The module of the CPU kernels of ``backend``."""
-    if backend == 'cpp':
-        from pyg_gatv2.fused import cpp
-        return cpp
-    from pyg_gatv2.fused import cpu
-    return cpu
-
-
 class StepParts:
     """The parts of our layer's training step, each alone, on what the step
     hands them: ``x``, the layer's weights, the cached layout of
     ``edge_index``, the projections and the gradient of the checked step's
     loss (:func:`_common.loss_weights`)."""
     def __init__(self, conv: torch.nn.Module, x: torch.Tensor,
-                 edge_index: torch.Tensor, backend: str):
+                 edge_index: torch.Tensor):
         from pyg_gatv2.fused import edge_layout
+        from pyg_gatv2.fused.backends import cpp
         from pyg_gatv2.fused.operands import Cotangents, Operands
 
-        self.kernels = kernels = kernel_module(backend)
+        self.kernels = kernels = cpp.BACKEND
         H, C = conv.heads, conv.out_channels
         self.conv, self.x, self.edge_index = conv, x, edge_index
         self.lins = {'lin_l': conv.lin_l, 'lin_r': conv.lin_r}
@@ -206,25 +203,23 @@ class StepParts:
         layout = edge_layout(edge_index, n, n, conv.add_self_loops)
         self.ops = Operands(x_l, x_r, conv.att.detach().view(H, C), None,
                             None, None, layout, conv.negative_slope)
-        self.out, lse, _ = kernels.run_forward(self.ops, False)
+        self.out, lse, _ = kernels.forward(self.ops, False)
         grad_out = loss_weights((n, H * C), x.device).view(n, H, C)
-        # As the step hands them: the C++ kernels sum D_i over the edges
-        # themselves, the numba ones take it from the output.
-        delta = (None if backend == 'cpp' else
-                 torch.einsum('nhc,nhc->nh', grad_out, self.out))
-        self.cot = Cotangents(grad_out, None, lse, delta)
-        self.grads = kernels.run_backward(self.ops, self.cot, False, True)
-        self.chunks = kernels._num_chunks()
+        # As the step hands them: without D_i, which the C++ kernels sum
+        # over the edges themselves.
+        self.cot = Cotangents(grad_out, None, lse, None)
+        self.grads = kernels.backward(self.ops, self.cot, False, True)
+        self.chunks = cpp._num_chunks()
 
     def fns(self) -> dict[str, Callable[[], object]]:
         """Name -> the part; ``backward`` runs both backward passes."""
         kernels = self.kernels
         return dict(
             projections=self.projections, layout=self.new_layout,
-            forward=partial(kernels.run_forward, self.ops, False),
-            backward_dst=partial(kernels.run_backward, self.ops, self.cot,
+            forward=partial(kernels.forward, self.ops, False),
+            backward_dst=partial(kernels.backward, self.ops, self.cot,
                                  False, False),
-            backward=partial(kernels.run_backward, self.ops, self.cot, False,
+            backward=partial(kernels.backward, self.ops, self.cot, False,
                              True))
 
     def projections(self) -> None:
@@ -271,7 +266,7 @@ def run_worker(spec: dict) -> dict:
     case = spec['case']
     device = torch.device('cpu')
     x, edge_index = build_case(case, spec['seed'], device)
-    ours = f"fused_{spec['backend']}"
+    ours = 'fused_cpp'
     ref, impls = make_impls(case, ['pyg', ours], device)
     steps = {'pyg_step': Run(ref, None, x, edge_index),
              'step': Run(*impls[ours], x, edge_index)}
@@ -283,7 +278,7 @@ def run_worker(spec: dict) -> dict:
                   grad_max_rel_error=grad_error, worst_grad=worst_grad)
     if not checked.ok:
         return dict(result, status=checked.status)
-    parts = StepParts(impls[ours][0], x, edge_index, spec['backend'])
+    parts = StepParts(impls[ours][0], x, edge_index)
     by_parts = parts_check(parts, ours_step)
     result['parts_error'] = max(by_parts.errors.values())
     if not by_parts.ok:
@@ -301,7 +296,7 @@ def run_worker(spec: dict) -> dict:
 
 def run_case(case: dict, args: argparse.Namespace) -> dict:
     spec = dict(case=case, seed=args.seed, repeats=args.repeats,
-                warmup=args.warmup, backend=args.backend)
+                warmup=args.warmup)
     try:
         return run_isolated(run_worker, spec, threads=args.threads,
                             timeout=args.timeout)
@@ -381,13 +376,13 @@ def rows_of(result: dict, bandwidth: float) -> list[dict]:
     return rows
 
 
-def header(command: str, threads: int, bandwidth: float, repeats: int,
-           backend: str) -> list[str]:
+def header(command: str, threads: int, bandwidth: float,
+           repeats: int) -> list[str]:
     return [
         '# One training step of the fused GATv2Conv, pass by pass', '',
         f'Command: `{command}`', '',
-        f"Machine: {machine(threads, 'cpu')}, float32, {backend} kernels. "
-        f'memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s.', '',
+        f"Machine: {machine(threads, 'cpu')}; float32. memcpy bandwidth: "
+        f'{bandwidth / 1e9:.1f} GB/s.', '',
         f'Medians of {repeats} interleaved runs after warm-up. of_step: the '
         "row's time over our step's; the rows with in_step add up to the "
         "step (rest is what the others leave); pyg_step is PyG's step and "
@@ -420,8 +415,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         rows += rows_of(run_case(case, args), bandwidth)
     text = '\n'.join(header(command, torch.get_num_threads(), bandwidth,
-                            args.repeats, args.backend)) + markdown_table(
-                                rows, COLUMNS)
+                            args.repeats)) + markdown_table(rows, COLUMNS)
     print(text)
     columns = COLUMNS[:2] + ['nodes', 'edges', 'features', 'heads',
                              'channels'] + COLUMNS[2:]

@@ -6,9 +6,16 @@ rounds, beside the two pieces of work that the modes add to a step: the
 comparison that proves a cached layout current (every call, both modes) and
 the value checks of ``'strict'`` (index range and NaN screen). Prints a
 table of medians and their shares of the step, and writes it to
-``benchmarks/results/validation_cost.{md,csv}``.
+``benchmarks/results/validation_cost.{md,csv}`` (``--out`` another
+folder).
 
     python benchmarks/validation_cost.py --threads 2
+    python benchmarks/validation_cost.py --threads 2 --backend torch
+
+``--backend`` picks the fused backend of the step: ``cpp`` (the default
+where the C++ kernels were built; the header names the CPU level they ran
+at, which ``PYG_GATV2_CPU_CAPABILITY`` chooses) or ``torch`` (the default
+where they were not).
 """
 import argparse
 import sys
@@ -21,6 +28,7 @@ from _common import (  # noqa: E402
     RESULTS,
     add_cpu_backend_flag,
     command_line,
+    cpp_level,
     cpu_backend,
     interleaved_medians,
     markdown_table,
@@ -30,7 +38,7 @@ from _common import (  # noqa: E402
 import pyg_gatv2  # noqa: E402
 from pyg_gatv2 import GATv2Conv  # noqa: E402
 from pyg_gatv2.checks import check_index_range, check_no_nan  # noqa: E402
-from pyg_gatv2.fused import csr, use_backend  # noqa: E402
+from pyg_gatv2.fused import layout  # noqa: E402
 
 
 def main() -> None:
@@ -46,8 +54,8 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads; 0 keeps the default')
     parser.add_argument('--seed', type=int, default=0)
-    add_cpu_backend_flag(parser, 'CPU kernels of the fused path (default: '
-                         'cpp where built, else numba)')
+    add_cpu_backend_flag(parser, 'fused backend of the step (default: cpp '
+                         'where built, else torch)')
     parser.add_argument('--out', type=Path, default=RESULTS,
                         help='folder for validation_cost.md and .csv')
     args = parser.parse_args()
@@ -64,11 +72,11 @@ def main() -> None:
 
     def step() -> None:
         conv.zero_grad(set_to_none=True)
-        with use_backend(args.backend):
+        with pyg_gatv2.use_backends(fused=args.backend):
             conv(x, edge_index).sum().backward()
 
     def proof() -> None:
-        csr._same_indices(copy, edge_index._version, edge_index)
+        layout._same_indices(copy, edge_index._version, edge_index)
 
     def strict_checks() -> None:
         check_index_range(edge_index, args.nodes, args.nodes, 'GATv2Conv')
@@ -83,7 +91,7 @@ def main() -> None:
 
     fns = {'default': step_in('default'), 'strict': step_in('strict'),
            'proof': proof, 'strict_checks': strict_checks}
-    for fn in fns.values():  # compiles the kernels, builds the layout
+    for fn in fns.values():  # builds the layout, warms the caches up
         fn()
     median = interleaved_medians(fns, torch.device('cpu'), args.rounds)
     step_ms = median['default'] * 1e3
@@ -100,10 +108,12 @@ def main() -> None:
              ms=f"{median['strict_checks'] * 1e3:.3f}",
              share=f"{median['strict_checks'] / median['default']:.4f}"),
     ]
+    backend = args.backend + (f' ({cpp_level()})' if args.backend == 'cpp'
+                              else '')
     header = (f'N={args.nodes}, E={args.edges}, {args.features} in, '
-              f'{args.heads}x{args.channels}, self-loops, fused '
-              f'{args.backend}, {torch.get_num_threads()} threads; medians '
-              f'of {args.rounds} interleaved rounds')
+              f'{args.heads}x{args.channels}, self-loops, fused {backend}, '
+              f'{torch.get_num_threads()} threads; medians of {args.rounds} '
+              'interleaved rounds')
     markdown = (f'{header}\n\n'
                 f"{markdown_table(rows, ['measure', 'ms', 'share'])}\n\n"
                 f'`{command_line()}`\n')

@@ -1,17 +1,21 @@
 """The benchmark harness, benchmarks/_common.py: isolation and its time
 limit, the checks of outputs and of training steps, timing order, memory,
 failures, data paths and the CSV round trip (no timings asserted)."""
+import argparse
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
+
+import pyg_gatv2
+from pyg_gatv2.fused import cpp_library
+from pyg_gatv2.fused.backends import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import _common  # noqa: E402
@@ -39,6 +43,10 @@ def echo_worker(spec: dict) -> dict:
 def killed_worker(spec: dict) -> dict:
     os.kill(os.getpid(), signal.SIGKILL)
     return {}
+
+
+def capability_worker(spec: dict) -> dict:
+    return dict(level=pyg_gatv2.cpu_capability())
 
 
 def raising_worker(spec: dict) -> dict:
@@ -121,16 +129,62 @@ def test_step_memory_counts_what_a_call_keeps():
     assert memory['peak'] >= 95 * mib
 
 
-def test_machine_without_numba(monkeypatch):
-    def version(name: str) -> str:
-        if name == 'numba':
-            raise metadata.PackageNotFoundError(name)
-        return '1.0'
-
-    monkeypatch.setattr(metadata, 'version', version)
+@pytest.mark.parametrize('level, named', [
+    ('avx2', 'C++ kernels at CPU level avx2'),
+    (None, 'C++ kernels not built'),
+])
+def test_machine_names_the_cpu_level_of_the_cpp_kernels(monkeypatch, level,
+                                                         named):
+    monkeypatch.setattr(pyg_gatv2, 'cpu_capability', lambda: level)
+    assert _common.cpp_level() == named
     text = _common.machine(2, 'cpu')
+    assert text.endswith(f'torch {torch.__version__}, 2 threads, device '
+                         f'cpu, {named}')
     assert 'numba' not in text
-    assert f'torch {torch.__version__}, 2 threads, device cpu' in text
+
+
+@pytest.mark.skipif(cpp_library.capability() is None,
+                    reason='the C++ kernels are not built')
+def test_workers_inherit_the_cpu_level_of_the_environment(monkeypatch):
+    # 'default' runs on every CPU; the best level another, where there is
+    # one (this process loaded the kernels at the best above).
+    monkeypatch.setenv(cpp_library.CAPABILITY_ENV, 'default')
+    assert run_isolated(capability_worker, {}) == dict(level='default')
+    monkeypatch.delenv(cpp_library.CAPABILITY_ENV)
+    best = cpp_library.capabilities()[0]
+    assert run_isolated(capability_worker, {}) == dict(level=best)
+
+
+@pytest.mark.parametrize('built, flag, chosen', [
+    (True, None, 'cpp'),
+    (False, None, 'torch'),
+    (True, 'torch', 'torch'),
+    (False, 'torch', 'torch'),
+    (True, 'cpp', 'cpp'),
+])
+def test_cpu_backend_defaults_to_cpp_where_it_can_run(monkeypatch, built,
+                                                      flag, chosen):
+    if not built:
+        monkeypatch.setattr(registry()['cpp'], 'unavailable_reason',
+                            lambda: 'the C++ kernels were not built')
+    elif _common.cpp_unavailable():
+        pytest.skip('the C++ kernels are not built')
+    parser = argparse.ArgumentParser()
+    assert _common.cpu_backend(parser, flag) == chosen
+
+
+def test_cpu_backend_says_why_cpp_cannot_run(monkeypatch, capsys):
+    monkeypatch.setattr(registry()['cpp'], 'unavailable_reason',
+                        lambda: 'the C++ kernels were not built')
+    parser = argparse.ArgumentParser()
+    _common.add_cpu_backend_flag(parser, 'the backend')
+    with pytest.raises(SystemExit):
+        _common.cpu_backend(parser, parser.parse_args(['--backend',
+                                                       'cpp']).backend)
+    assert ('--backend cpp: the C++ kernels were not built; or use '
+            '--backend torch') in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--backend', 'numba'])
 
 
 def test_compare():

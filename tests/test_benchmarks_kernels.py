@@ -13,9 +13,14 @@ import torch_geometric.nn as pyg_nn
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
 import kernels  # noqa: E402
-from _common import read_csv  # noqa: E402
+from _common import cpp_unavailable, read_csv  # noqa: E402
 
 from pyg_gatv2 import GATv2Conv  # noqa: E402
+from pyg_gatv2.fused import cpp_library  # noqa: E402
+from pyg_gatv2.fused.backends import registry  # noqa: E402
+
+needs_cpp = pytest.mark.skipif(cpp_unavailable() is not None,
+                               reason='the C++ kernels are not built')
 
 CASE = dict(name='c', kind='random', nodes=40, edges=160, features=6,
             heads=2, channels=3)
@@ -132,11 +137,42 @@ def test_layer_of_finds_the_layer_under_wrappers():
 
 def test_figure_ratios():
     rows = [dict(case='c', impl='pyg', step_ms='10'),
-            dict(case='c', impl='fused_numba', step_ms='4'),
+            dict(case='c', impl='fused_torch', step_ms='4'),
             dict(case='c', impl='mp', status='MISMATCH')]
     assert kernels.ratios(rows, 'step_ms', 'pyg') == {
-        'c': {'fused_numba': 2.5}}
+        'c': {'fused_torch': 2.5}}
     assert kernels.ratios(rows, 'step_ms', 'pyg_compile') == {}
+
+
+@pytest.mark.parametrize('device, dtype, built, status', [
+    ('cpu', 'float32', True, None),
+    ('cuda', 'float32', True, 'n/a (CPU only)'),
+    ('cpu', 'bfloat16', True, 'n/a (bfloat16)'),
+    ('cpu', 'float32', False, 'n/a (C++ kernels not built)'),
+])
+def test_fused_cpp_runs_only_where_it_can(monkeypatch, device, dtype, built,
+                                          status):
+    if not built:
+        monkeypatch.setattr(registry()['cpp'], 'unavailable_reason',
+                            lambda: 'the C++ kernels were not built')
+    elif cpp_unavailable():
+        pytest.skip('the C++ kernels are not built')
+    args = argparse.Namespace(impls=['fused_cpp', 'fused_torch'],
+                              dtype=dtype, max_memory=8.0)
+    entries = kernels.runnable(CASE, args, torch.device(device))
+    assert entries['fused_cpp'].get('status') == status
+    assert entries['fused_torch'] == {}
+
+
+@needs_cpp
+def test_header_names_the_cpu_level_of_fused_cpp():
+    level = cpp_library.capability()
+    note = ' '.join(kernels.cpp_note(['pyg', 'fused_cpp'],
+                                     torch.device('cpu')))
+    assert note.startswith(f'fused_cpp: the C++ kernels at CPU level {level} '
+                           '(this CPU runs ')
+    assert kernels.cpp_note(['pyg', 'fused_torch'], torch.device('cpu')) == []
+    assert kernels.cpp_note(['fused_cpp'], torch.device('cuda')) == []
 
 
 def test_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
@@ -182,3 +218,24 @@ def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
     markdown = (tmp_path / 'kernels.md').read_text()
     assert 'grad_max_rel_error' in markdown
     assert 'with our layout cache emptied first' in markdown
+
+
+@needs_cpp
+def test_cpu_capability_flag_picks_the_level_the_header_names(tmp_path):
+    # 'default' runs on every CPU, and is not the best where there is a
+    # better one. That the workers inherit it is
+    # test_benchmarks_common.py's test of run_isolated.
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '300',
+         '--degrees', '4', '--heads-channels', '2x8', '--features', '8',
+         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
+         '--impls', 'pyg,fused_cpp', '--cpu-capability', 'default',
+         '--timeout', '300', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {row['impl']: row for row in read_csv(tmp_path / 'kernels.csv')}
+    assert rows['fused_cpp']['status'] == 'ok', rows['fused_cpp']
+    markdown = (tmp_path / 'kernels.md').read_text()
+    assert '--cpu-capability default' in markdown
+    assert 'device cpu, C++ kernels at CPU level default.' in markdown
+    assert 'fused_cpp: the C++ kernels at CPU level default' in markdown

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyg_gatv2.backends import cpp_kernels_built
+from pyg_gatv2.fused.backends import registry
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
 import step_profile  # noqa: E402
-from _common import read_csv  # noqa: E402
+from _common import cpp_level, cpp_unavailable, read_csv  # noqa: E402
+
+# The profile times the passes of the C++ kernels.
+needs_cpp = pytest.mark.skipif(cpp_unavailable() is not None,
+                               reason='the C++ kernels are not built')
 
 # One edge and one node, so E' = 2 with the self-loop; rows of
 # 2 x 3 floats (24 bytes), two float32 statistics per node or edge (8).
@@ -76,6 +80,7 @@ def test_a_case_not_timed_is_one_row_that_says_why():
     assert rows[0]['grad_max_rel_error'] == '1.0e-03' and 'ms' not in rows[0]
 
 
+@needs_cpp
 def test_quick_defaults_give_way_to_explicit_flags(capsys):
     args = step_profile.parse_args(['--quick'])
     assert (args.repeats, args.warmup, args.cora) == (5, 1, False)
@@ -87,33 +92,33 @@ def test_quick_defaults_give_way_to_explicit_flags(capsys):
     with pytest.raises(SystemExit):
         step_profile.parse_args(['--device', 'cuda'])
     assert 'times the CPU kernels' in capsys.readouterr().err
-    assert step_profile.parse_args([]).backend == (
-        'cpp' if cpp_kernels_built() else 'numba')
-    assert step_profile.parse_args(['--backend', 'numba']).backend == 'numba'
-
-
-def test_cpp_backend_not_built_is_a_clear_error(monkeypatch, capsys):
-    from pyg_gatv2 import backends
-    monkeypatch.setattr(backends, 'cpp_kernels_built', lambda: False)
-    assert step_profile.parse_args([]).backend == 'numba'
+    # The C++ kernels' passes, no choice of backend.
     with pytest.raises(SystemExit):
-        step_profile.parse_args(['--backend', 'cpp'])
-    assert '--backend cpp: the C++ kernels were not built' in (
-        capsys.readouterr().err)
+        step_profile.parse_args(['--backend', 'torch'])
 
 
-BACKEND = 'cpp' if cpp_kernels_built() else 'numba'
+def test_without_the_cpp_kernels_it_says_why(monkeypatch, capsys):
+    monkeypatch.setattr(registry()['cpp'], 'unavailable_reason',
+                        lambda: 'the C++ kernels were not built')
+    with pytest.raises(SystemExit):
+        step_profile.parse_args(['--quick'])
+    assert ('this profile times the passes of the C++ kernels, which '
+            'cannot run here: the C++ kernels were not built') in (
+                capsys.readouterr().err)
+
+
 SPEC = dict(case=dict(CASE, nodes=50, edges=200, features=6),
-            seed=0, repeats=1, warmup=1, backend=BACKEND)
+            seed=0, repeats=1, warmup=1)
 
 
+@needs_cpp
 def test_a_wrong_gradient_is_refused_before_timing(monkeypatch):
     make_impls = step_profile.make_impls
 
     def with_wrong_att_gradient(*args, **kwargs):
         ref, impls = make_impls(*args, **kwargs)
         # Forward untouched, the gradient of one parameter 1% off.
-        impls[f'fused_{BACKEND}'][0].att.register_hook(lambda g: g * 1.01)
+        impls['fused_cpp'][0].att.register_hook(lambda g: g * 1.01)
         return ref, impls
 
     monkeypatch.setattr(step_profile, 'make_impls', with_wrong_att_gradient)
@@ -127,14 +132,15 @@ def test_a_wrong_gradient_is_refused_before_timing(monkeypatch):
     assert row['worst_grad'] == 'att' and 'ms' not in row
 
 
+@needs_cpp
 def test_parts_that_do_not_reproduce_the_step_are_refused():
     from kernels import Run, build_case, make_impls
     case = SPEC['case']
     x, edge_index = build_case(case, 0, torch.device('cpu'))
-    _, impls = make_impls(case, [f'fused_{BACKEND}'], torch.device('cpu'))
-    run = Run(*impls[f'fused_{BACKEND}'], x, edge_index)
+    _, impls = make_impls(case, ['fused_cpp'], torch.device('cpu'))
+    run = Run(*impls['fused_cpp'], x, edge_index)
     step = run.step()
-    parts = step_profile.StepParts(run.conv, x, edge_index, BACKEND)
+    parts = step_profile.StepParts(run.conv, x, edge_index)
     checked = step_profile.parts_check(parts, step)
     assert checked.ok, checked.errors
     assert sorted(checked.errors) == ['att', 'lin_l.bias', 'lin_l.weight',
@@ -145,6 +151,7 @@ def test_parts_that_do_not_reproduce_the_step_are_refused():
     assert checked.failed == ['att']
 
 
+@needs_cpp
 def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / 'step_profile.py'), '--quick',
@@ -176,5 +183,6 @@ def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     assert 'benchmarks/step_profile.py --quick --threads 1' in markdown
     assert 'memcpy bandwidth' in markdown
     assert 'grad_max_rel_error' in markdown
-    assert f'float32, {step_profile.parse_args([]).backend} kernels' in markdown
+    # The script's process inherits this one's CPU level.
+    assert f'{cpp_level()}; float32.' in markdown
     assert markdown in proc.stdout

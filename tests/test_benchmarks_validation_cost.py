@@ -1,16 +1,28 @@
+"""benchmarks/validation_cost.py: a small run on each fused backend it
+takes, end to end (no timing asserted)."""
 import csv
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+from _common import cpp_level, cpp_unavailable  # noqa: E402
 
 
-def test_small_run_reports_each_measure_against_the_step(tmp_path):
+@pytest.mark.parametrize('backend', [
+    pytest.param('cpp', marks=pytest.mark.skipif(
+        cpp_unavailable() is not None,
+        reason='the C++ kernels are not built')),
+    'torch',
+])
+def test_small_run_reports_each_measure_against_the_step(tmp_path, backend):
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / 'validation_cost.py'), '--nodes',
          '300', '--edges', '3000', '--rounds', '2', '--threads', '1',
-         '--backend', 'numba', '--out', str(tmp_path)],
+         '--backend', backend, '--out', str(tmp_path)],
         capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     with open(tmp_path / 'validation_cost.csv', newline='') as f:
@@ -24,4 +36,7 @@ def test_small_run_reports_each_measure_against_the_step(tmp_path):
     for row in rows:
         assert float(row['ms']) > 0 and float(row['share']) > 0, row
     markdown = (tmp_path / 'validation_cost.md').read_text()
-    assert 'N=300, E=3000, 64 in, 4x32, self-loops, fused numba' in markdown
+    # The script's process inherits this one's CPU level.
+    named = f'fused cpp ({cpp_level()})' if backend == 'cpp' else (
+        'fused torch,')
+    assert f'N=300, E=3000, 64 in, 4x32, self-loops, {named}' in markdown
