@@ -25,8 +25,8 @@ ifneq ($(RAW_DIR),)
 export PYG_GATV2_RAW_DIR ?= $(abspath $(RAW_DIR))
 endif
 
-.PHONY: setup setup-train train test test-fast sanitize mutations bench \
-	lint clean
+.PHONY: setup setup-train train test test-fast docs sanitize mutations \
+	bench lint clean
 
 setup: $(TEST_STAMP)
 setup-train: $(TRAIN_STAMP)
@@ -58,6 +58,7 @@ train: $(TRAIN_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
+	$(MAKE) docs
 	$(MAKE) sanitize
 	$(BIN)/python tests/mutations.py
 
@@ -65,11 +66,22 @@ test: $(TEST_STAMP)
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests -m 'not slow'
 
+# The documentation site (docs/) into docs/_build/html, read afresh, with
+# warnings as errors and every cross-reference checked, then the examples
+# of its pages and docstrings as doctests; no network. The site check in a
+# browser (docs/check_site.py) needs Debian's chromium and Playwright (the
+# docs extra) and is run by hand. The test extra has what the build needs.
+docs: $(TEST_STAMP)
+	$(BIN)/python -m sphinx -E -W --keep-going -n -b html \
+		-d docs/_build/doctrees docs docs/_build/html
+	$(BIN)/python -m sphinx -W --keep-going -n -b doctest \
+		-d docs/_build/doctrees docs docs/_build/doctest
+
 $(SANITIZED): $(KERNELS)
 	mkdir -p $(@D)
 	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer \
 		-fsanitize=address,undefined -fno-sanitize-recover=all \
-		-fopenmp -fno-math-errno -fPIC -shared \
+		-fopenmp -fno-math-errno -fno-trapping-math -fPIC -shared \
 		pyg_gatv2/fused/_kernels/gatv2.cpp -o $@
 
 # Python is not built with AddressSanitizer, so its runtime is preloaded

@@ -5,10 +5,10 @@ softmax of message passing, chosen in one place.
 each path has its own choice of implementation:
 
 - **fused** (the default path): the backends of the fused attention
-  operator :func:`pyg_gatv2.fused.fused_gatv2_attention`, one module each
+  operator :func:`pyg_gatv2.fused_gatv2_attention`, one module each
   in :mod:`pyg_gatv2.fused.backends`. ``'cpp'``: multi-threaded C++ CPU
   kernels for float32 and float64, compiled when the package is installed,
-  for several CPU levels (:func:`cpu_capability`); ``'triton'``: GPU
+  for several CPU levels (:func:`~pyg_gatv2.cpu_capability`); ``'triton'``: GPU
   kernels for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``,
   Triton's interpreter); ``'torch'``: PyTorch operations chunked over the
   edges, on any device and dtype; ``'auto'`` (default): the first of these
@@ -21,9 +21,10 @@ each path has its own choice of implementation:
   torch-scatter where it is installed, native under :func:`torch.compile`
   and otherwise.
 
-:func:`set_backends` chooses for every later call and :func:`use_backends`
-for a block; :func:`current_backends` says what is chosen and
-:func:`describe_backends` what can run here, and why not.
+:func:`~pyg_gatv2.set_backends` chooses for every later call and
+:func:`~pyg_gatv2.use_backends` for a block;
+:func:`~pyg_gatv2.current_backends` says what is chosen and
+:func:`~pyg_gatv2.describe_backends` what can run here, and why not.
 
 Example:
     >>> import pyg_gatv2

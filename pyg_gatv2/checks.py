@@ -13,10 +13,23 @@ default they run only where that costs no synchronisation:
   device, and NaN in node or edge features raises an error naming them.
 
 Example:
+    >>> import torch
     >>> import pyg_gatv2
-    >>> pyg_gatv2.set_validation('strict')      # for every call from now on
+    >>> conv = pyg_gatv2.GATv2Conv(4, 8, heads=2)
+    >>> x = torch.randn(3, 4)
+    >>> x[0, 0] = float('nan')
+    >>> edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    >>> conv(x, edge_index).isnan().any()   # 'default': NaN propagates
+    tensor(True)
     >>> with pyg_gatv2.validation('strict'):    # just for this block
-    ...     out = conv(x, edge_index)
+    ...     conv(x, edge_index)
+    Traceback (most recent call last):
+        ...
+    ValueError: 'GATv2Conv' got NaN in its source node features; ...
+    >>> pyg_gatv2.set_validation('strict')      # for every later call
+    >>> pyg_gatv2.get_validation()
+    'strict'
+    >>> pyg_gatv2.set_validation('default')
 """
 import contextlib
 from collections.abc import Iterator

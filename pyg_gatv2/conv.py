@@ -57,8 +57,7 @@ class GATv2Conv(MessagePassing):
         \right)\right)},
 
     the edge term :math:`\mathbf{\Theta}_{e} \mathbf{e}_{i,j}` being present
-    only when the layer is built with :obj:`edge_dim`. The softmax runs on the
-    backend chosen in :mod:`pyg_gatv2.softmax`.
+    only when the layer is built with :obj:`edge_dim`.
 
     By default the attention runs on the fused path of
     :mod:`pyg_gatv2.fused`: logits, softmax and aggregation in one
@@ -122,6 +121,19 @@ class GATv2Conv(MessagePassing):
           If :obj:`return_attention_weights=True`, also
           :math:`((2, |\mathcal{E}|), (|\mathcal{E}|, H))` (edges including
           added self-loops), or a sparse adjacency holding the weights.
+
+    Example:
+        >>> import torch
+        >>> from pyg_gatv2 import GATv2Conv
+        >>> conv = GATv2Conv(16, 8, heads=4)
+        >>> conv
+        GATv2Conv(16, 8, heads=4)
+        >>> x = torch.randn(5, 16)
+        >>> edge_index = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0]])
+        >>> conv(x, edge_index).shape
+        torch.Size([5, 32])
+        >>> conv.fused_path_blocker(edge_index) is None    # runs fused
+        True
     """
     def __init__(
         self,

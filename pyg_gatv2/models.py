@@ -181,9 +181,9 @@ class GATv2(torch.nn.Module):
         come first), each layer computes only the nodes that the seeds'
         logits depend on, as PyG's ``trim_to_layer`` does: the last layer
         only the seeds, the one before only the seeds and their sampled
-        neighbours, and so on (see :func:`seed_prefixes`). The seeds' logits
-        are those of the whole subgraph; dropout draws masks for the nodes
-        computed only.
+        neighbours, and so on (see :func:`~pyg_gatv2.models.seed_prefixes`).
+        The seeds' logits are those of the whole subgraph; dropout draws
+        masks for the nodes computed only.
         """
         prefixes = None
         if num_seeds is not None:
@@ -224,8 +224,11 @@ class GAT(PyGGAT):
     ``fused`` is passed on to every :class:`GATv2Conv` (see its docs).
 
     Example:
+        >>> from pyg_gatv2 import GAT
         >>> model = GAT(1433, 64, num_layers=2, out_channels=7, heads=8,
         ...             v2=True)
+        >>> model.convs[0]
+        GATv2Conv(1433, 8, heads=8)
     """
     def init_conv(self, in_channels: Union[int, Tuple[int, int]],
                   out_channels: int, **kwargs) -> MessagePassing:

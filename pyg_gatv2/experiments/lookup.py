@@ -76,7 +76,8 @@ class LookupBatcher:
     permutations.
 
     The result equals :meth:`torch_geometric.data.Batch.from_data_list` on
-    the graphs of :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`. The
+    the graphs of
+    :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`. The
     ``edge_index``, ``query_mask`` and ``batch`` tensors depend only on the
     number of graphs and are built once per batch size, on :obj:`device`.
 
@@ -311,16 +312,17 @@ def _evaluate(model: torch.nn.Module, batcher: LookupBatcher, perms: Tensor,
 def evaluate_lookup(model: torch.nn.Module,
                     graphs: Union[Tensor, Sequence[Data]],
                     batch_size: int = 1024) -> tuple[float, float]:
-    """Accuracy of a :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` on
+    """Accuracy of a
+    :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` on
     DictionaryLookup graphs, in evaluation mode (no dropout).
 
     Args:
         model (torch.nn.Module): The network.
         graphs (torch.Tensor or Sequence[Data]): The graphs, as their
             permutations (``[num_graphs, k]``, e.g.
-            :obj:`DictionaryLookup(k).test_permutations`) or as graphs of
-            :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph` (e.g.
-            :obj:`DictionaryLookup(k).test_dataset`).
+            ``DictionaryLookup(k).test_permutations``) or as graphs of
+            :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`
+            (e.g. ``DictionaryLookup(k).test_dataset``).
         batch_size (int, optional): Graphs per forward pass.
             (default: :obj:`1024`)
 
@@ -368,13 +370,15 @@ def train_lookup(
     progress: bool = True,
     desc: Optional[str] = None,
 ) -> LookupResult:
-    """Trains a :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` on the
-    training graphs of a :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup` with
+    """Trains a
+    :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` on the
+    training graphs of a
+    :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup` with
     :obj:`recipe` and evaluates it on both splits.
 
     Each epoch is one pass over the training graphs in a fresh random
     order, one Adam step per batch on the cross-entropy of the query nodes.
-    Every :obj:`recipe.eval_every` epochs both splits are evaluated without
+    Every ``recipe.eval_every`` epochs both splits are evaluated without
     dropout; the training numbers alone (see :class:`LookupRecipe`) drive
     the learning rate schedule, the choice of the best evaluation and the
     stop. At the end the model holds the weights of the best evaluation.
@@ -391,7 +395,7 @@ def train_lookup(
         resume (bool, optional): Continue from :obj:`checkpoint_path` when
             it exists; the run then ends as an uninterrupted one would, bit
             for bit on the CPU. A run that ended at its epoch cap continues
-            up to a higher :obj:`recipe.max_epochs`. (default: :obj:`False`)
+            up to a higher ``recipe.max_epochs``. (default: :obj:`False`)
         on_eval (callable, optional): Called with each evaluation's entry
             of the history. (default: :obj:`None`)
         progress (bool, optional): Show a progress bar over the epochs.
@@ -713,7 +717,7 @@ def run_lookup_sweep(
         :obj:`runs`.
 
     The settings recorded in the report leave out
-    :obj:`recipe.max_epochs`: resuming with a higher cap continues the runs
+    ``recipe.max_epochs``: resuming with a higher cap continues the runs
     that the lower cap ended, from the checkpoints kept for them.
     """
     setup = SweepSetup() if setup is None else setup

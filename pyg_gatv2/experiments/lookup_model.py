@@ -272,8 +272,8 @@ class DictionaryLookupNet(torch.nn.Module):
         r"""The attention of every query over every key in one graph.
 
         Args:
-            data (torch_geometric.data.Data): One DictionaryLookup graph
-                (see :func:`pyg_gatv2.datasets.dictionary_lookup_graph`).
+            data (torch_geometric.data.Data): One DictionaryLookup graph (see
+                :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`).
 
         Returns:
             torch.Tensor: ``[heads, num_queries, num_keys]``; row ``i`` is

@@ -73,7 +73,8 @@ def plot_training_curves(
 
     Args:
         result (TrainResult): What
-            :func:`~pyg_gatv2.experiments.training.train_node_classifier` returned.
+            :func:`~pyg_gatv2.experiments.training.train_node_classifier`
+            returned.
         path (str or os.PathLike): The PNG file to write.
         title (str, optional): The figure title; the seed count and test
             accuracy are added below it. (default: :obj:`None`)
@@ -211,8 +212,8 @@ def plot_dictionary_lookup(
 
     Args:
         results (Sequence[LookupResult]): What
-            :func:`~pyg_gatv2.experiments.lookup.train_lookup` returned, for one or more
-            layers, heads, sizes and seeds.
+            :func:`~pyg_gatv2.experiments.lookup.train_lookup` returned, for
+            one or more layers, heads, sizes and seeds.
         path (str or os.PathLike): The PNG file to write.
         attention_k (int, optional): The size whose attention to show.
             (default: :obj:`10` if every layer has it, else the largest size

@@ -75,6 +75,8 @@ class EdgeLayout:
         dst_ptr (torch.Tensor): CSR offsets, shape ``[num_dst + 1]``.
         dst_col (torch.Tensor): Source node of each CSR position.
         dst_eid (torch.Tensor): Virtual edge id of each CSR position.
+        csr_tensors (tuple of torch.Tensor): ``dst_ptr``, ``dst_col`` and
+            ``dst_eid`` as given, at their full sizes.
 
     ``dst_col`` and ``dst_eid`` may be given with ``num_virtual`` entries,
     the edges ``i -> i`` that the self-loops replace after the
@@ -122,8 +124,8 @@ class EdgeLayout:
 
     @property
     def kept_eid(self) -> Tensor:
-        """Virtual ids of the edges the attention runs over, ascending: the
-        caller's edges that were kept, in their order, then the loops. This
+        """Virtual ids of the edges the attention runs over, ascending (the
+        caller's edges that were kept, in their order, then the loops). This
         is the edge order of ``remove_self_loops`` + ``add_self_loops``."""
         if self._kept_eid is None:
             self._kept_eid = torch.sort(self.dst_eid).values

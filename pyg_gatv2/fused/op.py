@@ -6,8 +6,9 @@ see it as one node, with fake-tensor implementations for tracing and its
 own autograd formula:
 
 - ``pyg_gatv2::edge_layout`` sorts (and caches) the edges, once per graph;
-- ``pyg_gatv2::gatv2_attention`` runs the forward pass and keeps only the
-  output and the log-sum-exp per node and head;
+- ``pyg_gatv2::gatv2_attention`` runs the forward pass and keeps for
+  backward only the log-sum-exp per node and head, and the output where
+  the backend's backward reads it (not the C++ backend's);
 - ``pyg_gatv2::gatv2_attention_backward`` recomputes the logits.
 
 Each runs the kernels of the backend chosen for the features' device and
@@ -365,8 +366,11 @@ def fused_gatv2_attention(
         \mathbf{x}^{l}_j,
 
     with :math:`\mathbf{t}` the optional edge term and :math:`m` the
-    optional dropout mask. Logits are computed on the fly with an online
-    softmax; backward recomputes them, so no tensor of shape
+    optional dropout mask. The logits are computed from the features while
+    the edges of each destination node are walked (the C++ kernels into a
+    small buffer per node, the Triton kernels with an online softmax, the
+    torch backend chunk by chunk); only the log-sum-exp per node and head
+    is kept for backward, which recomputes them. No tensor of shape
     ``[num_edges, heads, channels]`` is allocated or kept beyond the edge
     term and its gradient.
 

@@ -191,7 +191,7 @@ class DictionaryLookup:
 
     @property
     def num_embeddings(self) -> int:
-        """Number of distinct ids: ``k`` keys or values plus the empty id."""
+        """Number of distinct ids, ``k`` keys or values plus the empty id."""
         return self.k + 1
 
     @property

@@ -32,6 +32,8 @@ from .ogb_files import SPLIT_FILES, OGBFileError, import_ogb, refetch_hint
 
 __all__ = ['OGBFileError', 'OGB_NAMES', 'load_ogb', 'ogb_accuracy']
 
+#: The OGB datasets that
+#: :func:`~pyg_gatv2.experiments.datasets.load_ogb` loads.
 OGB_NAMES = ('ogbn-arxiv', 'ogbn-products')
 
 _PathLike = Union[str, os.PathLike]
@@ -106,12 +108,13 @@ def load_ogb(name: str, root: _PathLike) -> Data:
     Raises:
         ValueError: For another name.
         ImportError: Without the ``ogb`` package.
-        OGBFileError: When a file is missing, corrupt or inconsistent, or
-            the download fails.
+        ~pyg_gatv2.experiments.datasets.ogb.OGBFileError: When a file is
+            missing, corrupt or inconsistent, or the download fails.
 
     Example:
-        >>> data = load_ogb('ogbn-arxiv', 'data/ogb')
-        >>> data.num_nodes, data.num_classes
+        >>> from pyg_gatv2.experiments.datasets import load_ogb
+        >>> data = load_ogb('ogbn-arxiv', 'data/ogb')  # doctest: +SKIP
+        >>> data.num_nodes, data.num_classes  # doctest: +SKIP
         (169343, 40)
     """
     name = _check_name(name)

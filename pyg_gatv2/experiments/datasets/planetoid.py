@@ -540,9 +540,10 @@ def load_planetoid(
             differs from the published file, or is inconsistent or unsafe.
 
     Example:
-        >>> dataset = load_planetoid('cora', raw_dir='data/planetoid')
-        >>> data = dataset[0]
-        >>> dataset.num_features, dataset.num_classes
+        >>> from pyg_gatv2.experiments import load_planetoid
+        >>> dataset = load_planetoid('cora')  # doctest: +SKIP
+        >>> data = dataset[0]  # doctest: +SKIP
+        >>> dataset.num_features, dataset.num_classes  # doctest: +SKIP
         (1433, 7)
     """
     if raw_dir is None:

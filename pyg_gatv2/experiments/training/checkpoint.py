@@ -8,8 +8,9 @@
 
 Both are written aside and renamed, so that an interruption leaves the
 previous checkpoint intact. In a run of several processes (see
-:mod:`pyg_gatv2.experiments.training.distributed`) process 0 writes them, with the
-random number generators of every process, and every process reads them.
+:mod:`pyg_gatv2.experiments.training.distributed`) process 0 writes them,
+with the random number generators of every process, and every process
+reads them.
 """
 import os
 from collections.abc import Sequence

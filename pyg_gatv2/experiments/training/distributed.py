@@ -4,15 +4,17 @@ launched by ``torchrun``; each process trains on its share of the training
 nodes, :class:`~torch.nn.parallel.DistributedDataParallel` averages the
 gradients, and process 0 alone writes outputs.
 
-The trainer reads the process group that :func:`process_group` sets up (or
-that a script set up with :func:`torch.distributed.init_process_group`);
-without one it runs as a single process, through the same code.
+The trainer reads the process group that
+:func:`~pyg_gatv2.experiments.training.process_group` sets up (or that a
+script set up with :func:`torch.distributed.init_process_group`); without
+one it runs as a single process, through the same code.
 
 Every collective waits at most the process group's timeout. When a process
 dies or stops answering, the others fail in their next collective, and
-:func:`process_group` turns that failure into a :class:`DistributedError`
-that names this process and where every other process last was, read from a
-heartbeat each process leaves in the rendezvous store at every step.
+:func:`~pyg_gatv2.experiments.training.process_group` turns that failure
+into a :class:`DistributedError` that names this process and where every
+other process last was, read from a heartbeat each process leaves in the
+rendezvous store at every step.
 """
 import contextlib
 import datetime

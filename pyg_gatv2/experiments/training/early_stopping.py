@@ -6,6 +6,7 @@ from pyg_gatv2.checks import check_positive_ints
 
 __all__ = ['EarlyStopping', 'STOP_CRITERIA']
 
+#: The criteria of :class:`EarlyStopping`, described there.
 STOP_CRITERIA = ('loss+acc', 'loss', 'acc')
 
 

@@ -43,8 +43,9 @@ __all__ = ['PAPER_SETTINGS', 'Recipe', 'CheckpointFiles', 'Checkpointing',
            'Sampling', 'evaluate', 'fit', 'resolve_device', 'train_epoch',
            'train_node_classifier']
 
-# The GAT paper's transductive settings (Sec. 3.3): 8 heads of 8 features,
-# dropout 0.6 and patience 100 everywhere; PubMed differs in these.
+#: The GAT paper's transductive settings by dataset (Sec. 3.3). 8 heads of 8
+#: features, dropout 0.6 and patience 100 everywhere; PubMed differs in
+#: these.
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     'Cora': {'lr': 0.005, 'weight_decay': 5e-4, 'output_heads': 1},
     'CiteSeer': {'lr': 0.005, 'weight_decay': 5e-4, 'output_heads': 1},
@@ -128,9 +129,9 @@ def train_epoch(model: torch.nn.Module, forward_model: torch.nn.Module,
                 batches: Iterable[Data]) -> Tensor:
     """One optimizer step per batch on the cross-entropy of its training
     nodes (``batch.train_mask``), multiplied by ``batch.loss_scale`` where
-    the batch has one (see :mod:`pyg_gatv2.experiments.training.sampling`). A batch
-    with ``num_seeds`` passes it to a model whose forward takes it, which
-    then returns the seeds' outputs only. Returns the
+    the batch has one (see :mod:`pyg_gatv2.experiments.training.sampling`).
+    A batch with ``num_seeds`` passes it to a model whose forward takes it,
+    which then returns the seeds' outputs only. Returns the
     loss averaged over the training nodes of all batches, and of all
     processes under :mod:`torch.distributed`.
 
@@ -391,8 +392,8 @@ def fit(
     reproducible run (:func:`train_node_classifier` does both).
 
     Under a :mod:`torch.distributed` process group (see
-    :mod:`pyg_gatv2.experiments.training.distributed`) every process calls :func:`fit`
-    with the same arguments: the training steps run through
+    :mod:`pyg_gatv2.experiments.training.distributed`) every process calls
+    :func:`fit` with the same arguments: the training steps run through
     :class:`~torch.nn.parallel.DistributedDataParallel`, each process on its
     share of the training nodes; every process evaluates the whole graph
     with the same weights, so all take the same decisions; process 0 alone
@@ -410,8 +411,9 @@ def fit(
             forward passes, e.g. ``torch.compile(model)``; its parameters must
             be those of :obj:`model`. (default: :obj:`model`)
         batches (FullBatch or NeighborBatches, optional): What each epoch
-            trains on (see :mod:`pyg_gatv2.experiments.training.sampling`); its batches
-            are on :obj:`data`'s device. (default: :obj:`FullBatch(data)`)
+            trains on (see :mod:`pyg_gatv2.experiments.training.sampling`);
+            its batches are on :obj:`data`'s device.
+            (default: :obj:`FullBatch(data)`)
         checkpoints (CheckpointFiles, optional): Where to keep the best
             model and the training state, and whether to resume from it.
             (default: :obj:`None`, no checkpoints)

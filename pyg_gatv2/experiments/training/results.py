@@ -10,6 +10,8 @@ from typing import Any, Optional
 __all__ = ['TrainingDivergedError', 'EpochMetrics', 'SeedResult',
            'TrainResult', 'HISTORY_KEYS', 'diverged']
 
+#: The curves that every run's history records, one value per evaluated
+#: epoch.
 HISTORY_KEYS = ('epoch', 'loss', 'train_acc', 'val_loss', 'val_acc',
                 'test_acc')
 

@@ -120,9 +120,9 @@ def seed_batches(num_nodes: int, batch_size: int, seed: int, epoch: int,
     step is cut into :obj:`world_size` near-equal shares, one per process.
 
     Returns:
-        For each step: the positions (into the training nodes) of this
-        process's share, and the number of nodes in the step over all
-        processes.
+        list of (torch.Tensor, int): For each step, the positions (into the
+        training nodes) of this process's share, and the number of nodes in
+        the step over all processes.
     """
     check_positive_ints('seed_batches', batch_size=batch_size,
                         world_size=world_size)
@@ -160,10 +160,10 @@ class NeighborBatches:
     model whose forward takes ``num_seeds`` (as
     :class:`~pyg_gatv2.models.GATv2` does) gets it, and computes at each
     layer only the nodes the seeds depend on; another runs every layer on
-    the whole subgraph. The epoch's order comes from :func:`seed_batches`,
-    so that a resumed run sees the batches an uninterrupted one would; the
-    sampling of neighbours draws from torch's generator, which the
-    checkpoints keep.
+    the whole subgraph. The epoch's order comes from
+    :func:`~pyg_gatv2.experiments.training.sampling.seed_batches`, so that a
+    resumed run sees the batches an uninterrupted one would; the sampling of
+    neighbours draws from torch's generator, which the checkpoints keep.
     A batch holds ``x``, ``y``, ``edge_index``, ``n_id`` (each node's index
     in the graph), ``num_seeds``, ``train_mask`` and ``loss_scale``.
 

@@ -21,7 +21,7 @@ from ..operands import Cotangents, Gradients, Operands
 __all__ = ['Backend', 'PRIORITY', 'registry', 'names', 'get', 'select',
            'available', 'choose', 'chosen']
 
-# The backend modules of this package, fastest first.
+#: The backend modules of this package, fastest first.
 PRIORITY = ('cpp', 'triton', 'torch')
 
 # The backend of calls that name none: 'auto' or a name.
