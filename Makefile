@@ -15,8 +15,11 @@ TRAIN_STAMP := $(VENV)/.train-installed
 TEST_STAMP := $(VENV)/.test-installed
 # The C++ kernels built with AddressSanitizer and UndefinedBehaviorSanitizer.
 SANITIZED := build/sanitize/_cpp_sanitized.so
+ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) \
+	$(shell $(CXX) -print-file-name=libstdc++.so)
 # The tests that run the C++ kernels, run again on the sanitized build.
 SANITIZE_TESTS := tests/test_fused_backends_cpp.py tests/test_fused_layout.py \
+	tests/test_fused_op_random.py \
 	tests/test_fused_op.py tests/test_fused_cpp_library.py
 # Raw Planetoid files for offline runs (the shared data folder on the
 # project's machines); left alone when the folder does not exist.
@@ -86,14 +89,16 @@ $(SANITIZED): $(KERNELS)
 
 # Python is not built with AddressSanitizer, so its runtime is preloaded
 # (with libstdc++, whose exceptions it intercepts); leaks are not checked
-# (the interpreter keeps its own memory to the end).
+# (the interpreter keeps its own memory to the end). pytest captures only
+# Python's streams, so that a sanitizer's report, written to the process's
+# stderr as it aborts, reaches the terminal.
 sanitize: $(TEST_STAMP) $(SANITIZED)
-	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) \
-		$$($(CXX) -print-file-name=libstdc++.so)" \
+	LD_PRELOAD="$(ASAN_PRELOAD)" \
 	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0 \
 	UBSAN_OPTIONS=print_stacktrace=1 \
 	PYG_GATV2_CPP_LIBRARY=$(abspath $(SANITIZED)) \
-		$(BIN)/python -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+		$(BIN)/python -m pytest -q --capture=sys -p no:cacheprovider \
+			$(SANITIZE_TESTS)
 
 # Deliberate faults in copies of the kernels, the layout and the layer,
 # each of which a test must catch (tests/mutations.py).
