@@ -4,6 +4,7 @@
     python benchmarks/kernels.py --quick    # Cora + two small graphs
     python benchmarks/kernels.py --replot   # the figure again, from the CSV
     python benchmarks/kernels.py --cpu-capability avx2   # C++ at AVX2
+    python benchmarks/kernels.py --shapes sweep --no-cora  # shape sweep
 
 Implementations, side by side in one run:
 
@@ -153,6 +154,12 @@ DEFAULT_CASES = [
     (10_000, 10, 8, 64),
 ]
 QUICK_CASES = [(10_000, 5, 4, 32), (20_000, 20, 4, 32)]
+# --shapes sweep: heads x channels of real models (output layers with the
+# class count as channels, 3 or 6 heads, hidden sizes like 10, 50, 100 or
+# 250) beside the shapes the C++ kernels fix at compile time (1x8, 4x32,
+# 8x8, 8x16) and 4x128, which they run at run time.
+SWEEP = ((1, 7), (1, 8), (2, 7), (3, 24), (3, 32), (4, 32), (6, 10), (8, 8),
+         (8, 16), (1, 50), (3, 100), (4, 128), (2, 250))
 # The CPU levels the C++ kernels are built for (--cpu-capability).
 CPU_LEVELS = ('avx512', 'avx2', 'default')
 
@@ -168,8 +175,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         'default cases by their product)')
     parser.add_argument('--degrees', type=_ints, default=None,
                         help='average in-degrees, e.g. 5,20,50')
-    parser.add_argument('--heads-channels', type=_pairs, default=None,
-                        help='heads x channels, e.g. 4x32,8x64')
+    parser.add_argument('--shapes', '--heads-channels', dest='heads_channels',
+                        type=_pairs, default=None,
+                        help='heads x channels, e.g. 4x32,8x64, or '
+                        f"'sweep': {','.join(f'{h}x{c}' for h, c in SWEEP)}"
+                        ' (step_ns_per_edge_channel compares them)')
     parser.add_argument('--features', type=int, default=64,
                         help='input features of the random graphs')
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
@@ -214,6 +224,8 @@ def _ints(text: str) -> list[int]:
 
 
 def _pairs(text: str) -> list[tuple[int, int]]:
+    if text == 'sweep':
+        return list(SWEEP)
     pairs = []
     for item in text.split(','):
         heads, _, channels = item.partition('x')
@@ -662,6 +674,9 @@ def rows_of(results: list[dict], bandwidth: float,
             for mode in ('fwd', 'step'):
                 if mode in entry:
                     row[f'{mode}_ms'] = f'{entry[mode] * 1e3:.1f}'
+                    if mode == 'step':
+                        row['step_ns_per_edge_channel'] = (
+                            f'{entry[mode] * 1e9 / edge_elements(case):.2f}')
                     for ref, ref_name in (('pyg', 'eager'),
                                           ('pyg_compile', 'compiled')):
                         if (passed and mode in base[ref]
@@ -780,8 +795,9 @@ def replot(stem: Path) -> None:
 
 COLUMNS = ['case', 'impl', 'status', 'max_rel_error', 'grad_max_rel_error',
            'worst_grad', 'fwd_ms', 'fwd_speedup_vs_eager', 'step_ms',
-           'step_speedup_vs_eager', 'step_speedup_vs_compiled', 'peak_mib',
-           'kept_mib', 'peak_vs_eager', 'peak_mib_step_only', 'kernel_gb_s',
+           'step_ns_per_edge_channel', 'step_speedup_vs_eager',
+           'step_speedup_vs_compiled', 'peak_mib', 'kept_mib',
+           'peak_vs_eager', 'peak_mib_step_only', 'kernel_gb_s',
            'memcpy_gb_s', 'kernel_vs_memcpy']
 
 
@@ -859,7 +875,8 @@ def header(command: str, device: torch.device, bandwidth: float,
     ] + cpp_note(impls, device) + [
         'Times are medians of interleaved runs after warm-up; speedups are '
         'PyG time / our time, given only for implementations that passed '
-        'the check.', '',
+        'the check. step_ns_per_edge_channel is the step time over the '
+        'edges (self-loops included) times heads times channels.', '',
         'Check, before any timing: one training step of each '
         'implementation and of PyG eager, same weights, same inputs, loss '
         '(out * w).sum() with w fixed standard normal draws, one per output '

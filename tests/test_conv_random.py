@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pyg_gatv2 import GATv2Conv, use_backends
-from pyg_gatv2.fused.cpp_library import fixed_shape
+from pyg_gatv2.fused.cpp_library import compiled_shape
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
@@ -167,9 +167,11 @@ def test_random_graphs_and_options_match_pyg(case):
 
 
 # Heads x channels. The float32 C++ kernels are compiled for the first
-# shapes (fixed_shape) and take the others at run time, as float64 does.
+# shapes (compiled_shape); the others take the heads, and the width of the
+# last block of 8 channels, or the whole shape, at run time, as float64
+# does.
 FIXED_SHAPES = [(1, 8), (2, 16), (4, 32), (8, 8), (8, 64)]
-RUN_TIME_SHAPES = [(3, 5), (1, 7), (2, 9), (1, 1), (3, 2)]
+RUN_TIME_SHAPES = [(3, 5), (1, 7), (2, 9), (1, 1), (3, 2), (3, 24), (2, 70)]
 KERNEL_EXAMPLES = 150
 # float32 against float64, relative to the largest entry of each tensor:
 # gradients are sums of terms that cancel, and they keep the rounding of
@@ -256,8 +258,8 @@ def test_first_order_gradients_on_each_backend_match_pyg(backend, case):
 @given(case=kernel_cases(st.sampled_from(FIXED_SHAPES + RUN_TIME_SHAPES)))
 def test_cpp_float32_kernels_match_pyg_in_float64(case):
     heads, channels = case['options']['heads'], case['out_channels']
-    assert fixed_shape(heads, channels) == ((heads, channels)
-                                            in FIXED_SHAPES)
+    assert (compiled_shape(heads, channels)[:2] == (heads, channels)) == (
+        (heads, channels) in FIXED_SHAPES)
     ref, ours, x, edge_index, edge_attr = layers_and_inputs(case)
     # Logits of order one, as with trained weights: over 64 channels, an
     # attention vector of N(0, 1) entries saturates the softmax, and the

@@ -30,16 +30,23 @@ def test_cpp_kernels_are_built_where_the_package_was_installed():
     assert 'cpp' in BACKENDS
 
 
-def run_both_dtypes(inputs, edge_index, mask, weights, edge_terms, dtype):
+def run_both_dtypes(inputs, edge_index, mask, weights, edge_terms, dtype,
+                    self_loops=True):
     """Output, attention weights and every gradient on the C++ kernels in
-    ``dtype``, from float64 ``inputs`` and loss ``weights``."""
+    ``dtype``, from float64 ``inputs`` and loss ``weights``; ``mask`` may
+    be :obj:`None` (no dropout). With ``self_loops=False`` the self-loop
+    edge terms are left out."""
     args = [t.detach().to(dtype).requires_grad_() for t in inputs]
-    et, loop_et = args[3:] if edge_terms else (None, None)
+    if not self_loops:
+        args = args[:4]
+    et, loop_et = (args[3:] + [None])[:2] if edge_terms else (None, None)
     out, alpha = fused_gatv2_attention(
         *args[:3], edge_index, et, loop_edge_term=loop_et,
-        add_self_loops=True, dropout_mask=mask.to(dtype),
+        add_self_loops=self_loops,
+        dropout_mask=None if mask is None else mask.to(dtype),
         return_attention_weights=True, backend='cpp')
     w_out, w_alpha = weights
+    w_alpha = w_alpha[:alpha.size(0)]
     loss = (out * w_out.to(dtype)).sum() + (alpha * w_alpha.to(dtype)).sum()
     wrt = args if edge_terms else args[:3]
     return [t.double() for t in
@@ -67,7 +74,8 @@ def problem(heads, channels, seed):
 def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
     # Against the float64 kernels, which take the shape at run time and
     # match the reference within 1e-10 (test_fused_op.py).
-    assert cpp_library.fixed_shape(heads, channels)
+    assert cpp_library.compiled_shape(heads, channels) == (heads, channels,
+                                                           0)
     case = problem(heads, channels, seed=heads + channels)
     for edge_terms in (False, True):
         expected = run_both_dtypes(*case, edge_terms, torch.float64)
@@ -75,13 +83,57 @@ def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
         assert_close_all(actual, expected, torch.float32)
 
 
+# The shapes of benchmarks/kernels.py's shape sweep that the kernels do
+# not fix whole, and shapes of each number of blocks of 8 channels per head
+# with each width of the last block, other whole widths and wider heads:
+# (heads, channels, what the float32 kernels fix: heads, channels, blocks).
+OTHER_SHAPES = [
+    (1, 7, (1, 0, 1)), (2, 7, (0, 0, 1)), (3, 24, (0, 24, 0)),
+    (3, 32, (0, 32, 0)), (6, 10, (0, 0, 2)), (1, 50, (1, 0, 7)),
+    (3, 100, (0, 0, 0)), (2, 250, (0, 0, 0)), (1, 1, (1, 0, 1)),
+    (5, 2, (0, 0, 1)), (2, 9, (0, 0, 2)), (3, 20, (0, 0, 3)),
+    (2, 31, (0, 0, 4)), (1, 33, (1, 0, 5)), (3, 44, (0, 0, 6)),
+    (1, 47, (1, 0, 6)), (2, 55, (0, 0, 7)), (1, 63, (1, 0, 8)),
+    (1, 24, (0, 24, 0)), (5, 40, (0, 40, 0)), (3, 64, (0, 64, 0)),
+    (1, 65, (0, 0, 0)), (2, 72, (0, 0, 0)), (1, 129, (0, 0, 0)),
+]
+
+
 @needs_cpp
-@pytest.mark.parametrize('channels', [24, 32])
+@pytest.mark.parametrize('heads,channels,compiled', OTHER_SHAPES,
+                         ids=[f'{h}x{c}' for h, c, _ in OTHER_SHAPES])
+@pytest.mark.parametrize('self_loops', [True, False],
+                         ids=['self_loops', 'no_self_loops'])
+@pytest.mark.parametrize('dropout', [True, False],
+                         ids=['dropout', 'no_dropout'])
+def test_cpp_kernels_of_other_shapes_match_float64(heads, channels, compiled,
+                                                   self_loops, dropout):
+    # The kernels with part of the shape fixed, the last block of channels
+    # masked where it is not whole, and those that read it all at run time.
+    assert cpp_library.compiled_shape(heads, channels) == compiled
+    inputs, edge_index, mask, weights = problem(heads, channels,
+                                                seed=heads * channels)
+    if not dropout:
+        mask = None
+    elif not self_loops:
+        mask = mask[:edge_index.size(1)]
+    case = inputs, edge_index, mask, weights
+    for edge_terms in (False, True):
+        expected = run_both_dtypes(*case, edge_terms, torch.float64,
+                                   self_loops)
+        actual = run_both_dtypes(*case, edge_terms, torch.float32,
+                                 self_loops)
+        assert_close_all(actual, expected, torch.float32)
+
+
+@needs_cpp
+@pytest.mark.parametrize('channels', [20, 32, 70])
 def test_cpp_kernels_give_the_same_bits_for_any_thread_count(channels):
     # Each thread owns whole rows, so only the partial sums of the gradient
-    # of att, one per range of rows, depend on the number of ranges. 2 x 24
-    # runs the kernels that take the shape at run time, 2 x 32 those with
-    # the shape fixed.
+    # of att, one per range of rows, depend on the number of ranges. 2 x 20
+    # runs the kernels with the blocks per head fixed, the last one masked;
+    # 2 x 32 those with the shape fixed; 2 x 70 those that read it at run
+    # time.
     edge_index = random_graph(400, 300, 6000, seed=5)
     inputs = features(400, 300, 6000, 2, channels, torch.float32, seed=5)
     previous = torch.get_num_threads()
@@ -123,8 +175,8 @@ def cpu_level():
 
 
 @needs_cpp
-@pytest.mark.parametrize('heads,channels', [(2, 16), (3, 5)],
-                         ids=['fixed_shape', 'run_time_shape'])
+@pytest.mark.parametrize('heads,channels', [(2, 16), (3, 5), (2, 70)],
+                         ids=['fixed_shape', 'fixed_blocks', 'run_time_shape'])
 def test_every_cpu_level_gives_the_results_of_the_others(heads, channels,
                                                          cpu_level):
     # Each level sums in the same order; with FMA a multiply and an add may

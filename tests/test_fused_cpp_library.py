@@ -96,7 +96,7 @@ int gatv2_set_capability(const char* name) {
   if (strcmp(name, "avx512") == 0) return -2;
   return strcmp(name, "avx2") == 0 || strcmp(name, "default") == 0 ? 0 : -1;
 }
-int gatv2_fixed_shape(int64_t, int64_t) { return 0; }
+int gatv2_compiled_shape(int64_t, int64_t, int64_t*) { return 0; }
 int gatv2_forward(const void*) { return 0; }
 int gatv2_backward_dst(const void*) { return 0; }
 int gatv2_backward_src(const void*) { return 0; }
@@ -291,18 +291,29 @@ def test_cpu_capability_is_the_best_level_this_cpu_runs():
 def test_nothing_is_reported_without_the_library(without_cpp_library):
     assert pyg_gatv2.cpu_capability() is None
     assert cpp_library.capabilities() == ()
-    assert not cpp_library.fixed_shape(2, 16)
+    assert cpp_library.compiled_shape(2, 16) == (0, 0, 0)
     assert 'C++ kernels: CPU level' not in pyg_gatv2.describe_backends()
 
 
-def test_fixed_shapes():
-    # 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels; the kernels take
-    # other shapes at run time.
-    fixed = {(h, c) for h in (1, 2, 4, 8) for c in (8, 16, 32, 64)}
-    for heads in range(10):
-        for channels in (0, 1, 5, 8, 16, 24, 32, 37, 64, 128):
-            assert cpp_library.fixed_shape(heads, channels) == (
-                (heads, channels) in fixed), (heads, channels)
+def expected_compiled_shape(heads, channels):
+    if heads in (1, 2, 4, 8) and channels in (8, 16, 32, 64):
+        return heads, channels, 0
+    if channels % 8 == 0 and 8 <= channels <= 64:
+        return 0, channels, 0
+    if 1 <= channels <= 64:
+        return int(heads == 1), 0, -(-channels // 8)
+    return 0, 0, 0
+
+
+def test_compiled_shapes():
+    # Both for 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels; the
+    # channels for other multiples of 8 up to 64; the blocks of 8 channels,
+    # and the heads where there is one, for other widths up to 64; nothing
+    # for wider heads.
+    for heads in range(1, 10):
+        for channels in (1, 5, 7, 8, 9, 16, 24, 32, 37, 56, 63, 64, 65, 128):
+            assert cpp_library.compiled_shape(heads, channels) == (
+                expected_compiled_shape(heads, channels)), (heads, channels)
 
 
 def forward_record(dtype=torch.float32):

@@ -24,7 +24,7 @@ import functools
 import importlib.machinery
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,10 +32,11 @@ from torch import Tensor
 
 __all__ = ['Args', 'SortArgs', 'LibraryMismatch', 'ABI_VERSION',
            'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load',
-           'capability', 'capabilities', 'fixed_shape', 'pointer', 'call',
+           'capability', 'capabilities', 'CompiledShape', 'compiled_shape',
+           'pointer', 'call',
            'counting_sort']
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -124,7 +125,7 @@ def load() -> Optional[ctypes.CDLL]:
         'gatv2_supported_capabilities': ([], ctypes.c_char_p),
         'gatv2_capability': ([], ctypes.c_char_p),
         'gatv2_set_capability': ([ctypes.c_char_p], ctypes.c_int),
-        'gatv2_fixed_shape': ([_I64, _I64], ctypes.c_int),
+        'gatv2_compiled_shape': ([_I64, _I64, _P], ctypes.c_int),
         'gatv2_forward': ([ctypes.POINTER(Args)], ctypes.c_int),
         'gatv2_backward_dst': ([ctypes.POINTER(Args)], ctypes.c_int),
         'gatv2_backward_src': ([ctypes.POINTER(Args)], ctypes.c_int),
@@ -182,12 +183,28 @@ def capabilities() -> Tuple[str, ...]:
     return tuple(lib.gatv2_supported_capabilities().decode().split(','))
 
 
-def fixed_shape(heads: int, channels: int) -> bool:
-    """Whether the float32 kernels run ``heads`` x ``channels`` with the
-    shape fixed at compile time (1, 2, 4 or 8 heads of 8, 16, 32 or 64
-    channels); other shapes run kernels that take it at run time."""
+class CompiledShape(NamedTuple):
+    """What the float32 kernels fix at compile time for a shape, each 0
+    where they read it at run time: the heads, the channels per head, and
+    the number of blocks of 8 channels per head (the last block masked
+    where the channels are not a multiple of 8)."""
+    heads: int
+    channels: int
+    blocks: int
+
+
+def compiled_shape(heads: int, channels: int) -> CompiledShape:
+    """What the float32 kernels fix at compile time for ``heads`` x
+    ``channels``: both for 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels;
+    the channels for other multiples of 8 up to 64; the blocks of 8
+    channels for the other widths up to 64, with the heads where there is
+    one; nothing for wider heads (all zeros too without the library).
+    Float64 kernels read every shape at run time."""
     lib = load()
-    return lib is not None and bool(lib.gatv2_fixed_shape(heads, channels))
+    fixed = (ctypes.c_int64 * 3)()
+    if lib is None or lib.gatv2_compiled_shape(heads, channels, fixed):
+        return CompiledShape(0, 0, 0)
+    return CompiledShape(*fixed)
 
 
 def pointer(t) -> Optional[int]:

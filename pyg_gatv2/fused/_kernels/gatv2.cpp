@@ -189,11 +189,15 @@ int gatv2_set_capability(const char* name) {
   return -1;
 }
 
-int gatv2_fixed_shape(int64_t heads, int64_t channels) {
-  bool fixed = false;
-  gatv2_default::with_shape<float>(
-      heads, channels, [&](auto h, auto) { fixed = decltype(h)::value; });
-  return fixed;
+int gatv2_compiled_shape(int64_t heads, int64_t channels, int64_t* fixed) {
+  if (fixed == nullptr) return GATV2_MISSING_ARRAY;
+  gatv2_default::with_shape<float>(heads, channels,
+                                   [&](auto h, auto c, auto b) {
+                                     fixed[0] = decltype(h)::value;
+                                     fixed[1] = decltype(c)::value;
+                                     fixed[2] = decltype(b)::value;
+                                   });
+  return GATV2_OK;
 }
 
 int gatv2_forward(const Gatv2Args* a) {
