@@ -115,13 +115,12 @@ FAULTS = (
           '  const int64_t H = FixedH ? FixedH - 1 : a.heads;',
           ('tests/test_conv_random.py::'
            'test_cpp_float32_kernels_match_pyg_in_float64', )),
-    Fault('cpp_fixed_blocks_last_lane_masked_off',
-          'C++ kernels with the blocks per head fixed: the last channel of '
+    Fault('cpp_masked_blocks_last_channel_dropped',
+          'C++ kernels of narrow heads (masked blocks): the last channel of '
           'a head masked off',
           CPP_KERNELS,
-          '    else return C - whole() * LANES;',
-          '    else if constexpr (Blocks != 0) return C - whole() * LANES - 1;'
-          '\n    else return C - whole() * LANES;',
+          'bool has(int64_t c) const { return !masked || c < C; }',
+          'bool has(int64_t c) const { return !masked || c < C - 1; }',
           ('tests/test_fused_backends_cpp.py::'
            'test_cpp_kernels_of_other_shapes_match_float64', )),
     Fault('cpp_avx2_level_reads_another_slope',

@@ -58,7 +58,11 @@ def problem(heads, channels, seed):
     the weights of a loss over the output and attention weights."""
     edge_index = random_graph(17, 11, 60, seed=seed)
     edge_index[:, :4] = torch.arange(4).repeat(2, 1)
-    inputs = features(17, 11, 60, heads, channels, torch.float64)
+    inputs = list(features(17, 11, 60, heads, channels, torch.float64))
+    # Logits of order one, as with trained weights: with att of N(0, 1)
+    # entries over tens of channels the softmax saturates, and gradients
+    # cancel to below float32's rounding of their terms.
+    inputs[2] = inputs[2].detach() / channels ** 0.5
     mask = dropout_mask(60 + 11, heads, torch.float64)
     gen = torch.Generator().manual_seed(3)
     weights = (torch.randn(11, heads, channels, generator=gen,
@@ -84,16 +88,17 @@ def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
 
 
 # The shapes of benchmarks/kernels.py's shape sweep that the kernels do
-# not fix whole, and shapes of each number of blocks of 8 channels per head
-# with each width of the last block, other whole widths and wider heads:
+# not fix whole; shapes of each number of blocks of 8 channels per head
+# that the kernels fix, with each width of the last block; other whole
+# widths; wider heads:
 # (heads, channels, what the float32 kernels fix: heads, channels, blocks).
 OTHER_SHAPES = [
     (1, 7, (1, 0, 1)), (2, 7, (0, 0, 1)), (3, 24, (0, 24, 0)),
-    (3, 32, (0, 32, 0)), (6, 10, (0, 0, 2)), (1, 50, (1, 0, 7)),
+    (3, 32, (0, 32, 0)), (6, 10, (0, 0, 2)), (1, 50, (0, 0, 0)),
     (3, 100, (0, 0, 0)), (2, 250, (0, 0, 0)), (1, 1, (1, 0, 1)),
     (5, 2, (0, 0, 1)), (2, 9, (0, 0, 2)), (3, 20, (0, 0, 3)),
-    (2, 31, (0, 0, 4)), (1, 33, (1, 0, 5)), (3, 44, (0, 0, 6)),
-    (1, 47, (1, 0, 6)), (2, 55, (0, 0, 7)), (1, 63, (1, 0, 8)),
+    (2, 31, (0, 0, 4)), (1, 33, (0, 0, 0)), (3, 44, (0, 0, 0)),
+    (1, 47, (0, 0, 0)), (2, 55, (0, 0, 0)), (1, 63, (0, 0, 0)),
     (1, 24, (0, 24, 0)), (5, 40, (0, 40, 0)), (3, 64, (0, 64, 0)),
     (1, 65, (0, 0, 0)), (2, 72, (0, 0, 0)), (1, 129, (0, 0, 0)),
 ]

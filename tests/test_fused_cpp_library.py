@@ -300,7 +300,7 @@ def expected_compiled_shape(heads, channels):
         return heads, channels, 0
     if channels % 8 == 0 and 8 <= channels <= 64:
         return 0, channels, 0
-    if 1 <= channels <= 64:
+    if 1 <= channels <= 32:
         return int(heads == 1), 0, -(-channels // 8)
     return 0, 0, 0
 
@@ -308,10 +308,11 @@ def expected_compiled_shape(heads, channels):
 def test_compiled_shapes():
     # Both for 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels; the
     # channels for other multiples of 8 up to 64; the blocks of 8 channels,
-    # and the heads where there is one, for other widths up to 64; nothing
-    # for wider heads.
+    # and the heads where there is one, for other widths up to 32; nothing
+    # for the others.
     for heads in range(1, 10):
-        for channels in (1, 5, 7, 8, 9, 16, 24, 32, 37, 56, 63, 64, 65, 128):
+        for channels in (1, 5, 7, 8, 9, 16, 24, 31, 32, 33, 37, 56, 63, 64,
+                         65, 128):
             assert cpp_library.compiled_shape(heads, channels) == (
                 expected_compiled_shape(heads, channels)), (heads, channels)
 

@@ -197,8 +197,9 @@ def compiled_shape(heads: int, channels: int) -> CompiledShape:
     """What the float32 kernels fix at compile time for ``heads`` x
     ``channels``: both for 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels;
     the channels for other multiples of 8 up to 64; the blocks of 8
-    channels for the other widths up to 64, with the heads where there is
-    one; nothing for wider heads (all zeros too without the library).
+    channels for the other widths up to 32 (the last block masked), with
+    the heads where there is one; nothing for the other widths (all zeros
+    too without the library).
     Float64 kernels read every shape at run time."""
     lib = load()
     fixed = (ctypes.c_int64 * 3)()
