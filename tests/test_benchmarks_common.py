@@ -104,6 +104,7 @@ def _alive(pid: int) -> bool:
     return state.split()[0] != 'Z'
 
 
+@pytest.mark.slow
 def test_run_isolated_kills_a_worker_past_its_time_limit(tmp_path):
     pids = tmp_path / 'pids'
     with pytest.raises(WorkerFailed) as info:
@@ -145,6 +146,7 @@ def test_machine_names_the_cpu_level_of_the_cpp_kernels(monkeypatch, level,
 
 @pytest.mark.skipif(cpp_library.capability() is None,
                     reason='the C++ kernels are not built')
+@pytest.mark.slow
 def test_workers_inherit_the_cpu_level_of_the_environment(monkeypatch):
     # 'default' runs on every CPU; the best level another, where there is
     # one (this process loaded the kernels at the best above).

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
@@ -61,6 +62,7 @@ def test_rows_give_no_time_or_ratio_to_a_model_that_failed():
     assert pyg['speedup_vs_pyg'] == '1.00x'
 
 
+@pytest.mark.slow
 def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / 'compile.py'), '--nodes', '2000',

@@ -189,6 +189,7 @@ def test_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
                                                                  '0.50')
 
 
+@pytest.mark.slow
 def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
     impls = 'pyg,fused_torch,fused_fresh'
     proc = subprocess.run(
@@ -220,6 +221,7 @@ def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
     assert 'with our layout cache emptied first' in markdown
 
 
+@pytest.mark.slow
 @needs_cpp
 def test_cpu_capability_flag_picks_the_level_the_header_names(tmp_path):
     # 'default' runs on every CPU, and is not the best where there is a

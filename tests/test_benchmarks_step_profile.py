@@ -151,6 +151,7 @@ def test_parts_that_do_not_reproduce_the_step_are_refused():
     assert checked.failed == ['att']
 
 
+@pytest.mark.slow
 @needs_cpp
 def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     proc = subprocess.run(

@@ -163,6 +163,7 @@ def test_help_documents_every_flag():
         assert action.help, action.option_strings
 
 
+@pytest.mark.slow
 def test_python_m_runs_the_command_line(cora_flags, tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(REPO)}
     proc = subprocess.run(

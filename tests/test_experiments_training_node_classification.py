@@ -75,6 +75,7 @@ def test_recipe_defaults_are_the_papers_for_cora():
         PAPER_SETTINGS['Cora']['lr'], PAPER_SETTINGS['Cora']['weight_decay'])
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_deterministic():
     data = toy_graph()
     recipe = Recipe(epochs=30, patience=10)
@@ -86,6 +87,7 @@ def test_seeded_runs_are_deterministic():
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.slow
 def test_training_matches_pyg_layers_epoch_for_epoch():
     # Same seed, same initial weights and the same dropout masks: the network
     # built from PyG's layer follows the same trajectory.

@@ -179,6 +179,7 @@ def test_sampling_builds_the_neighbour_batches():
                                 'world_size': 1}
 
 
+@pytest.mark.slow
 def test_mini_batch_resume_gives_the_uninterrupted_result(tmp_path):
     data = toy_graph()
     recipe = Recipe(epochs=12, patience=12)
