@@ -119,8 +119,8 @@ FAULTS = (
           'C++ kernels of narrow heads (masked blocks): the last channel of '
           'a head masked off',
           CPP_KERNELS,
-          'bool has(int64_t c) const { return !masked || c < C; }',
-          'bool has(int64_t c) const { return !masked || c < C - 1; }',
+          '    if constexpr (masked) return c < C;',
+          '    if constexpr (masked) return c < C - 1;',
           ('tests/test_fused_backends_cpp.py::'
            'test_cpp_kernels_of_other_shapes_match_float64', )),
     Fault('cpp_avx2_level_reads_another_slope',
