@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric import EdgeIndex
 from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.dense.linear import Linear, is_uninitialized_parameter
 from torch_geometric.typing import (
     Adj,
     OptTensor,
@@ -23,12 +24,25 @@ from torch_geometric.utils.sparse import set_sparse_value
 
 from pyg_gatv2 import checks
 from pyg_gatv2.functional import combine_heads, gatv2_logits, self_loop_attr
-from pyg_gatv2.fused import EdgeLayout, edge_layout, fused_gatv2_attention
+from pyg_gatv2.fused import (
+    EdgeLayout,
+    edge_layout,
+    fused_gatv2_attention,
+    kernel_width,
+)
 from pyg_gatv2.parameters import init_parameters, reset_parameters
 from pyg_gatv2.softmax import scatter_softmax
 
 _HOOKS = ('propagate', 'message', 'aggregate', 'message_and_aggregate',
           'edge_update')
+
+
+def _paddable(lin: torch.nn.Module) -> bool:
+    """Whether ``lin`` is a plain PyG :class:`Linear` with its weight
+    initialised and no hooks, so that projecting with its weight padded
+    by zero rows is what calling it computes."""
+    return (type(lin) is Linear and not is_uninitialized_parameter(lin.weight)
+            and not lin._forward_hooks and not lin._forward_pre_hooks)
 
 
 class GATv2Conv(MessagePassing):
@@ -206,7 +220,7 @@ class GATv2Conv(MessagePassing):
                 holding :obj:`alpha`), the attention weights of every edge,
                 added self-loops included. (default: :obj:`None`)
         """
-        H, C = self.heads, self.out_channels
+        C = self.out_channels
         x_src, x_dst = self._split_input(x)
         blocker = self.fused_path_blocker(edge_index)
         if not torch.compiler.is_compiling():
@@ -221,11 +235,12 @@ class GATv2Conv(MessagePassing):
         res: Optional[Tensor] = None
         if self.res is not None:
             res = self.res(x_dst)
-        x_l = self.lin_l(x_src).view(-1, H, C)
+        width = C if blocker is not None else self._kernel_width(x_src)
+        x_l = self._project(self.lin_l, x_src, width)
         if self.share_weights and x_dst is x_src:
             x_r = x_l
         else:
-            x_r = self.lin_r(x_dst).view(-1, H, C)
+            x_r = self._project(self.lin_r, x_dst, width)
 
         want_alpha = bool(return_attention_weights)
         if blocker is None:
@@ -236,6 +251,32 @@ class GATv2Conv(MessagePassing):
                 x_l, x_r, edge_index, edge_attr, want_alpha)
         out = combine_heads(out, self.concat, res, self.bias)
         return out if attention is None else (out, attention)
+
+    def _kernel_width(self, x: Tensor) -> int:
+        """The channels per head to project into for the fused operator:
+        the width its kernels run (:func:`pyg_gatv2.fused.kernel_width`)
+        where the projections are plain, initialised :class:`Linear`
+        layers that can take zero rows, else :obj:`out_channels`."""
+        C = self.out_channels
+        for lin in (self.lin_l, self.lin_r, self.lin_edge):
+            if lin is not None and not _paddable(lin):
+                return C
+        dtype = torch.promote_types(x.dtype, self.att.dtype)
+        return kernel_width(self.heads, C, x.device, dtype)
+
+    def _project(self, lin: torch.nn.Module, x: Tensor,
+                 width: int) -> Tensor:
+        """``lin(x)`` as ``[N, heads, width]``: each head's
+        :obj:`out_channels` channels, then zeros up to ``width`` (from
+        zero rows of the weight and the bias)."""
+        H, C = self.heads, self.out_channels
+        if width == C:
+            return lin(x).view(-1, H, C)
+        weight = F.pad(lin.weight.view(H, C, -1),
+                       (0, 0, 0, width - C)).view(H * width, -1)
+        bias = (None if lin.bias is None else F.pad(
+            lin.bias.view(H, C), (0, width - C)).view(-1))
+        return F.linear(x, weight, bias).view(-1, H, width)
 
     def fused_path_blocker(self, edge_index: Adj) -> Optional[str]:
         """Why this call cannot run on the fused operator (a phrase for
@@ -292,10 +333,12 @@ class GATv2Conv(MessagePassing):
         # in: that of the features and 'att' promoted (float32 when autocast
         # hands bfloat16 or float16 projections to float32 parameters).
         dtype = torch.promote_types(x_l.dtype, self.att.dtype)
+        width = x_l.size(-1)
         edge_term = loop_term = None
         if edge_attr is not None and self.lin_edge is not None:
             edge_term, loop_term = self._edge_terms(
-                edge_index, edge_attr, layout, (num_loops, num_dst), dtype)
+                edge_index, edge_attr, layout, (num_loops, num_dst), dtype,
+                width)
 
         # Edges in the order of message passing (loops removed, then
         # appended) as virtual edge ids of the layout.
@@ -307,13 +350,17 @@ class GATv2Conv(MessagePassing):
         if self.training and self.dropout > 0:
             mask = self._dropout_mask(x_l, layout, num_virtual, dtype)
 
+        att = self.att
+        if width != self.out_channels:
+            att = F.pad(att, (0, width - self.out_channels))
         result = fused_gatv2_attention(
-            x_l.to(dtype), x_r.to(dtype), self.att.to(dtype),
+            x_l.to(dtype), x_r.to(dtype), att.to(dtype),
             edge_index if layout is None else layout, edge_term,
             loop_edge_term=loop_term, add_self_loops=loops,
             negative_slope=self.negative_slope, dropout_mask=mask,
             return_attention_weights=want_alpha)
         out, alpha = result if want_alpha else (result, None)
+        out = out[..., :self.out_channels]
         if self.concat and self.res is None and self.bias is None:
             # The operator keeps its output for backward. Without a bias or
             # a residual the layer would return a view of it, and an
@@ -332,20 +379,21 @@ class GATv2Conv(MessagePassing):
 
     def _edge_terms(self, edge_index: Tensor, edge_attr: Tensor,
                     layout: Optional[EdgeLayout], sizes: tuple[int, int],
-                    dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
-        """The projected edge features ``[E, H, C]`` and, with self-loops,
-        those of the loops, filled as :obj:`fill_value` says (``sizes``:
-        the number of loops and of destination nodes)."""
-        H, C = self.heads, self.out_channels
+                    dtype: torch.dtype,
+                    width: int) -> tuple[Tensor, Optional[Tensor]]:
+        """The projected edge features ``[E, H, width]`` and, with
+        self-loops, those of the loops, filled as :obj:`fill_value` says
+        (``sizes``: the number of loops and of destination nodes)."""
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
-        edge_term = self.lin_edge(edge_attr).view(-1, H, C).to(dtype)
+        edge_term = self._project(self.lin_edge, edge_attr, width).to(dtype)
         if not self.add_self_loops:
             return edge_term, None
         loop_attr = self_loop_attr(
             *self._without_self_loops(edge_index, edge_attr, layout),
             *sizes, self.fill_value)
-        return edge_term, self.lin_edge(loop_attr).view(-1, H, C).to(dtype)
+        return edge_term, self._project(self.lin_edge, loop_attr,
+                                        width).to(dtype)
 
     def _dropout_mask(self, x: Tensor, layout: Optional[EdgeLayout],
                       num_virtual: int, dtype: torch.dtype) -> Tensor:

@@ -115,14 +115,22 @@ FAULTS = (
           '  const int64_t H = FixedH ? FixedH - 1 : a.heads;',
           ('tests/test_conv_random.py::'
            'test_cpp_float32_kernels_match_pyg_in_float64', )),
-    Fault('cpp_masked_blocks_last_channel_dropped',
-          'C++ kernels of narrow heads (masked blocks): the last channel of '
-          'a head masked off',
-          CPP_KERNELS,
-          '    if constexpr (masked) return c < C;',
-          '    if constexpr (masked) return c < C - 1;',
+    Fault('cpp_backend_pads_with_ones',
+          'C++ backend: heads padded to whole blocks with channels of ones '
+          'instead of zeros',
+          'pyg_gatv2/fused/backends/cpp.py',
+          '    return F.pad(t, (0, width - t.size(-1)))',
+          '    return F.pad(t, (0, width - t.size(-1)), value=1.0)',
           ('tests/test_fused_backends_cpp.py::'
            'test_cpp_kernels_of_other_shapes_match_float64', )),
+    Fault('layer_keeps_the_wrong_padded_channels',
+          'GATv2Conv projecting into padded heads: the last channels of each '
+          'padded head kept instead of the first',
+          'pyg_gatv2/conv.py',
+          '        out = out[..., :self.out_channels]',
+          '        out = out[..., width - self.out_channels:]',
+          ('tests/test_conv_random.py::'
+           'test_cpp_float32_kernels_match_pyg_in_float64', )),
     Fault('cpp_avx2_level_reads_another_slope',
           'C++ kernels of the AVX2 level only: the LeakyReLU slope read '
           '1.5 times too large',

@@ -79,7 +79,7 @@ def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
     # Against the float64 kernels, which take the shape at run time and
     # match the reference within 1e-10 (test_fused_op.py).
     assert cpp_library.compiled_shape(heads, channels) == (heads, channels,
-                                                           0)
+                                                           channels)
     case = problem(heads, channels, seed=heads + channels)
     for edge_terms in (False, True):
         expected = run_both_dtypes(*case, edge_terms, torch.float64)
@@ -88,19 +88,19 @@ def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
 
 
 # The shapes of benchmarks/kernels.py's shape sweep that the kernels do
-# not fix whole; shapes of each number of blocks of 8 channels per head
-# that the kernels fix, with each width of the last block; other whole
-# widths; wider heads:
-# (heads, channels, what the float32 kernels fix: heads, channels, blocks).
+# not fix whole; widths that pad to each fixed shape and to each other
+# whole width, and each width of the last block; other whole widths; wider
+# heads: (heads, channels, how the float32 kernels run them: the heads and
+# the width fixed, the width padded to).
 OTHER_SHAPES = [
-    (1, 7, (1, 0, 1)), (2, 7, (0, 0, 1)), (3, 24, (0, 24, 0)),
-    (3, 32, (0, 32, 0)), (6, 10, (0, 0, 2)), (1, 50, (0, 0, 0)),
-    (3, 100, (0, 0, 0)), (2, 250, (0, 0, 0)), (1, 1, (1, 0, 1)),
-    (5, 2, (0, 0, 1)), (2, 9, (0, 0, 2)), (3, 20, (0, 0, 3)),
-    (2, 31, (0, 0, 4)), (1, 33, (0, 0, 0)), (3, 44, (0, 0, 0)),
-    (1, 47, (0, 0, 0)), (2, 55, (0, 0, 0)), (1, 63, (0, 0, 0)),
-    (1, 24, (0, 24, 0)), (5, 40, (0, 40, 0)), (3, 64, (0, 64, 0)),
-    (1, 65, (0, 0, 0)), (2, 72, (0, 0, 0)), (1, 129, (0, 0, 0)),
+    (1, 7, (1, 8, 8)), (2, 7, (2, 8, 8)), (3, 24, (0, 24, 24)),
+    (3, 32, (0, 32, 32)), (6, 10, (0, 16, 16)), (1, 50, (0, 56, 56)),
+    (3, 100, (0, 0, 104)), (2, 250, (0, 0, 256)), (1, 1, (1, 8, 8)),
+    (5, 2, (0, 8, 8)), (2, 9, (2, 16, 16)), (3, 20, (0, 24, 24)),
+    (2, 31, (2, 32, 32)), (1, 33, (0, 40, 40)), (3, 44, (0, 48, 48)),
+    (1, 47, (0, 48, 48)), (2, 55, (0, 56, 56)), (8, 63, (8, 64, 64)),
+    (1, 24, (0, 24, 24)), (5, 40, (0, 40, 40)), (3, 64, (0, 64, 64)),
+    (1, 65, (0, 0, 72)), (2, 72, (0, 0, 72)), (1, 129, (0, 0, 136)),
 ]
 
 
@@ -113,8 +113,9 @@ OTHER_SHAPES = [
                          ids=['dropout', 'no_dropout'])
 def test_cpp_kernels_of_other_shapes_match_float64(heads, channels, compiled,
                                                    self_loops, dropout):
-    # The kernels with part of the shape fixed, the last block of channels
-    # masked where it is not whole, and those that read it all at run time.
+    # The kernels with part of the shape fixed and those that read it all
+    # at run time, the heads padded with zero channels to whole blocks
+    # where they are not.
     assert cpp_library.compiled_shape(heads, channels) == compiled
     inputs, edge_index, mask, weights = problem(heads, channels,
                                                 seed=heads * channels)
@@ -136,9 +137,9 @@ def test_cpp_kernels_of_other_shapes_match_float64(heads, channels, compiled,
 def test_cpp_kernels_give_the_same_bits_for_any_thread_count(channels):
     # Each thread owns whole rows, so only the partial sums of the gradient
     # of att, one per range of rows, depend on the number of ranges. 2 x 20
-    # runs the kernels with the blocks per head fixed, the last one masked;
-    # 2 x 32 those with the shape fixed; 2 x 70 those that read it at run
-    # time.
+    # runs the kernels with the width fixed, the heads padded to 24
+    # channels; 2 x 32 those with the shape fixed; 2 x 70 those that read
+    # it at run time, the heads padded to 72 channels.
     edge_index = random_graph(400, 300, 6000, seed=5)
     inputs = features(400, 300, 6000, 2, channels, torch.float32, seed=5)
     previous = torch.get_num_threads()

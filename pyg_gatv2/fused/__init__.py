@@ -1,10 +1,11 @@
 """Fused, memory-efficient GATv2 attention (FlashAttention-style), as torch
 custom ops that :func:`torch.compile` and :func:`torch.export.export` see."""
 from .layout import EdgeLayout, clear_layout_cache, edge_layout
-from .op import fused_gatv2_attention
+from .op import fused_gatv2_attention, kernel_width
 
 __all__ = [
     'fused_gatv2_attention',
+    'kernel_width',
     'edge_layout',
     'EdgeLayout',
     'clear_layout_cache',

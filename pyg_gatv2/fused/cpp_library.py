@@ -36,7 +36,7 @@ __all__ = ['Args', 'SortArgs', 'LibraryMismatch', 'ABI_VERSION',
            'pointer', 'call',
            'counting_sort']
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -184,23 +184,23 @@ def capabilities() -> Tuple[str, ...]:
 
 
 class CompiledShape(NamedTuple):
-    """What the float32 kernels fix at compile time for a shape, each 0
-    where they read it at run time: the heads, the channels per head, and
-    the number of blocks of 8 channels per head (the last block masked
-    where the channels are not a multiple of 8)."""
+    """How the float32 kernels run a shape of heads x channels: the width
+    they run each head at, the channels rounded up to whole blocks of 8
+    (the C++ backend pads the others with zero channels); and the heads
+    and that width where they are fixed at compile time, each 0 where the
+    kernels read it at run time."""
     heads: int
     channels: int
-    blocks: int
+    width: int
 
 
 def compiled_shape(heads: int, channels: int) -> CompiledShape:
-    """What the float32 kernels fix at compile time for ``heads`` x
-    ``channels``: both for 1, 2, 4 or 8 heads of 8, 16, 32 or 64 channels;
-    the channels for other multiples of 8 up to 64; the blocks of 8
-    channels for the other widths up to 32 (the last block masked), with
-    the heads where there is one; nothing for the other widths (all zeros
-    too without the library).
-    Float64 kernels read every shape at run time."""
+    """How the float32 kernels run ``heads`` x ``channels``: at a width of
+    whole blocks of 8 channels; with the heads and the width fixed for 1,
+    2, 4 or 8 heads of 8, 16, 32 or 64 channels; the width fixed for the
+    other widths up to 64; nothing fixed for wider heads. All zeros
+    without the library. Float64 kernels run every shape as it is, read
+    at run time."""
     lib = load()
     fixed = (ctypes.c_int64 * 3)()
     if lib is None or lib.gatv2_compiled_shape(heads, channels, fixed):

@@ -24,7 +24,7 @@ from . import backends, reference
 from .layout import EdgeLayout, edge_layout, layout_of
 from .operands import Cotangents, Operands, stats_dtype
 
-__all__ = ['fused_gatv2_attention']
+__all__ = ['fused_gatv2_attention', 'kernel_width']
 
 _NAME = 'fused_gatv2_attention'
 
@@ -35,6 +35,44 @@ def _num_loops(num_src: int, num_dst: int, self_loops: bool) -> int:
 
 def _backend(name: Optional[str], x: Tensor) -> backends.Backend:
     return backends.select(name, x.device, x.dtype, _NAME)
+
+
+@torch.compiler.assume_constant_result
+def kernel_width(heads: int, channels: int, device: torch.device,
+                 dtype: torch.dtype, backend: Optional[str] = None) -> int:
+    """The channels per head that the fused operator computes heads x
+    channels at, for features on ``device`` in ``dtype``.
+
+    That is ``channels``, except where the backend that runs them pads
+    heads with zero channels to a width its kernels run faster: the C++
+    backend rounds float32 heads up to whole blocks of 8 channels. The
+    operator pads and cuts back itself, at the cost of copying its
+    operands and results; a caller can instead project its features
+    straight into this width, with zero rows in the weights and zero
+    channels in the attention vector, and keep the first ``channels`` of
+    each head of the output, as :class:`pyg_gatv2.GATv2Conv` does.
+
+    Args:
+        heads (int): Attention heads.
+        channels (int): Channels per head.
+        device (torch.device): The features' device.
+        dtype (torch.dtype): The features' dtype.
+        backend (str, optional): As in :func:`fused_gatv2_attention`.
+            (default: :obj:`None`)
+
+    Example:
+        >>> import torch
+        >>> from pyg_gatv2.fused import kernel_width
+        >>> kernel_width(1, 7, torch.device('cpu'), torch.float32)
+        8
+        >>> kernel_width(1, 7, torch.device('cpu'), torch.float64)
+        7
+        >>> kernel_width(1, 7, torch.device('cpu'), torch.float32,
+        ...              backend='torch')
+        7
+    """
+    return backends.select(backend, device, dtype, _NAME).width(
+        heads, channels, dtype)
 
 
 def _operands(x_l: Tensor, x_r: Tensor, att: Tensor,

@@ -191,12 +191,13 @@ int gatv2_set_capability(const char* name) {
 
 int gatv2_compiled_shape(int64_t heads, int64_t channels, int64_t* fixed) {
   if (fixed == nullptr) return GATV2_MISSING_ARRAY;
-  gatv2_default::with_shape<float>(heads, channels,
-                                   [&](auto h, auto c, auto b) {
-                                     fixed[0] = decltype(h)::value;
-                                     fixed[1] = decltype(c)::value;
-                                     fixed[2] = decltype(b)::value;
-                                   });
+  const int64_t lanes = gatv2_default::LANES;
+  const int64_t width = (channels + lanes - 1) / lanes * lanes;
+  gatv2_default::with_shape<float>(heads, width, [&](auto h, auto c) {
+    fixed[0] = decltype(h)::value;
+    fixed[1] = decltype(c)::value;
+  });
+  fixed[2] = width;
   return GATV2_OK;
 }
 

@@ -20,7 +20,7 @@ extern "C" {
 
 // Raised whenever a field of Gatv2Args or Gatv2SortArgs is added, removed,
 // moved or changes type, or an entry point changes what it reads or writes.
-#define GATV2_ABI_VERSION 2
+#define GATV2_ABI_VERSION 3
 
 enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
 
@@ -122,10 +122,12 @@ const char* gatv2_capability(void);
 // level this CPU cannot run.
 int gatv2_set_capability(const char* name);
 
-// What the float32 kernels for heads x channels fix at compile time,
-// written to fixed[3]: the heads, the channels per head and the number of
-// blocks of 8 channels per head (the last masked where channels is not a
-// multiple of 8), each 0 where they read it at run time.
+// How the float32 kernels run heads x channels, written to fixed[3]: the
+// heads and the channels per head that they fix at compile time, each 0
+// where they read it at run time, for heads of the width fixed[2], the
+// channels rounded up to whole blocks of 8. Callers pad float32 heads to
+// that width with zero channels: the kernels for whole blocks are the
+// fast ones.
 int gatv2_compiled_shape(int64_t heads, int64_t channels, int64_t* fixed);
 
 int gatv2_forward(const Gatv2Args* args);

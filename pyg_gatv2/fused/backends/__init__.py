@@ -76,6 +76,12 @@ class Backend:
                 f', not {str(dtype).removeprefix("torch.")}')
         return found
 
+    def width(self, heads: int, channels: int, dtype: torch.dtype) -> int:
+        """The channels per head its kernels run ``heads`` x ``channels``
+        at in ``dtype``: ``channels``, unless it pads heads with zero
+        channels to a width its kernels run faster."""
+        return channels
+
     def forward(self, ops: Operands, want_alpha: bool
                 ) -> Tuple[torch.Tensor, torch.Tensor,
                            Optional[torch.Tensor]]:
