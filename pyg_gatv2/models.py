@@ -205,6 +205,85 @@ class GATv2(torch.nn.Module):
                 x = F.dropout(x, p=self.dropout, training=self.training)
         return x
 
+    @torch.no_grad()
+    def inference(
+        self,
+        loader,
+        device: Optional[Union[str, torch.device]] = None,
+        embedding_device: Union[str, torch.device] = 'cpu',
+    ) -> Tensor:
+        r"""Returns the class logits of every node of a graph too large
+        for one full-batch pass, computed layer by layer, as PyG's
+        ``BasicGNN.inference`` does.
+
+        Each layer runs over all nodes in the loader's batches of
+        destination nodes, each with its whole one-hop in-neighbourhood,
+        and its output for every node is kept (on
+        :obj:`embedding_device`) as the input of the next layer. A batch
+        computes its seeds only (their in-edges, on the fused kernels), so
+        memory holds one layer's input and output for all nodes plus one
+        batch's subgraph, instead of the whole graph's layout and every
+        layer's activations. The logits equal those of
+        :meth:`forward` on the whole graph in evaluation mode.
+
+        Args:
+            loader (torch_geometric.loader.NeighborLoader): The graph's
+                nodes in order, each batch with all its in-neighbours:
+                ``NeighborLoader(data, num_neighbors=[-1], batch_size=...,
+                shuffle=False)``, over every node (no ``input_nodes``).
+            device (torch.device, optional): Where the layers run; the
+                model's device if :obj:`None`. (default: :obj:`None`)
+            embedding_device (torch.device, optional): Where each layer's
+                output for all nodes is kept. (default: :obj:`'cpu'`)
+        """
+        from torch_geometric.loader import NeighborLoader
+        name = f'{self.__class__.__name__}.inference'
+        if self.training:
+            raise RuntimeError(f"'{name}' computes evaluation-mode outputs; "
+                               'call model.eval() first')
+        if not isinstance(loader, NeighborLoader):
+            raise TypeError(f"'{name}' expects a NeighborLoader (got "
+                            f'{type(loader).__name__})')
+        num_neighbors = loader.node_sampler.num_neighbors
+        if list(num_neighbors.values if hasattr(num_neighbors, 'values')
+                else num_neighbors) != [-1]:
+            raise ValueError(
+                f"'{name}' expects a loader of whole one-hop "
+                'neighbourhoods: build it with num_neighbors=[-1] (got '
+                f'{num_neighbors!r})')
+        data = loader.data
+        num_nodes = data.num_nodes
+        if len(loader.dataset) != num_nodes:
+            raise ValueError(
+                f"'{name}' expects a loader over all {num_nodes} nodes of the "
+                f'graph (got {len(loader.dataset)} input nodes); build it '
+                'without input_nodes')
+        if device is None:
+            device = next(self.parameters()).device
+        x_all = data.x.to(embedding_device)
+        last = len(self.convs) - 1
+        for layer, conv in enumerate(self.convs):
+            outputs: List[Tensor] = []
+            done = 0
+            for batch in loader:
+                num_seeds = batch.batch_size
+                seeds = batch.n_id[:num_seeds]
+                if not torch.equal(seeds.cpu(), torch.arange(
+                        done, done + num_seeds)):
+                    raise ValueError(
+                        f"'{name}' expects the nodes in order: build the "
+                        'loader with shuffle=False')
+                done += num_seeds
+                x = x_all[batch.n_id.to(x_all.device)].to(device)
+                edge_index = batch.edge_index.to(device)
+                edge_index = edge_index[:, edge_index[1] < num_seeds]
+                x = conv((x, x[:num_seeds]), edge_index)
+                if layer < last:
+                    x = F.elu(x)
+                outputs.append(x.to(embedding_device))
+            x_all = torch.cat(outputs, dim=0)
+        return x_all
+
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, hidden_channels='

@@ -236,3 +236,61 @@ def test_gat_passes_fused_to_its_layers():
     assert [conv.fused for conv in model.convs] == [False, False]
     out = model(torch.randn(10, 7), torch.randint(0, 10, (2, 30)))
     assert out.shape == (10, 32)
+
+
+def whole_neighbourhood_loader(x, edge_index, batch_size, **kwargs):
+    pytest.importorskip(
+        'torch_sparse', reason='NeighborLoader needs torch-sparse; install '
+        'the training extra')
+    from torch_geometric.data import Data
+    from torch_geometric.loader import NeighborLoader
+    kwargs = {'num_neighbors': [-1], 'shuffle': False, **kwargs}
+    return NeighborLoader(Data(x=x, edge_index=edge_index),
+                          batch_size=batch_size, **kwargs)
+
+
+@pytest.mark.parametrize('num_layers', [1, 2, 3])
+@pytest.mark.parametrize('batch_size', [1, 37, 400])
+def test_layer_wise_inference_equals_the_full_batch_pass(num_layers,
+                                                         batch_size):
+    # Self-loops and repeated edges included; hidden layers of 7 channels
+    # (padded heads) and an output of 5.
+    x, edge_index = random_graph(300, 3000, seed=num_layers)
+    edge_index[:, :20] = torch.arange(20).repeat(2, 1)
+    edge_index[:, 20:40] = edge_index[:, 40:60]
+    x = x.double()
+    torch.manual_seed(0)
+    model = GATv2(16, 5, hidden_channels=7, heads=3, output_heads=2,
+                  num_layers=num_layers).double().eval()
+    loader = whole_neighbourhood_loader(x, edge_index, batch_size)
+    expected = model(x, edge_index)
+    actual = model.inference(loader)
+    assert actual.shape == (300, 5)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_wise_inference_refuses_what_it_cannot_compute():
+    x, edge_index = random_graph(50, 300)
+    model = GATv2(16, 5)
+    loader = whole_neighbourhood_loader(x, edge_index, 16)
+    with pytest.raises(RuntimeError, match=r'call model\.eval\(\) first'):
+        model.inference(loader)
+    model.eval()
+    with pytest.raises(TypeError, match='expects a NeighborLoader'):
+        model.inference([x, edge_index])
+    sampled = whole_neighbourhood_loader(x, edge_index, 16,
+                                         num_neighbors=[5])
+    with pytest.raises(ValueError, match=r'num_neighbors=\[-1\]'):
+        model.inference(sampled)
+    two_hops = whole_neighbourhood_loader(x, edge_index, 16,
+                                          num_neighbors=[-1, -1])
+    with pytest.raises(ValueError, match=r'num_neighbors=\[-1\]'):
+        model.inference(two_hops)
+    some = whole_neighbourhood_loader(x, edge_index, 16,
+                                      input_nodes=torch.arange(10))
+    with pytest.raises(ValueError, match='over all 50 nodes'):
+        model.inference(some)
+    torch.manual_seed(0)
+    shuffled = whole_neighbourhood_loader(x, edge_index, 16, shuffle=True)
+    with pytest.raises(ValueError, match='shuffle=False'):
+        model.inference(shuffled)

@@ -57,7 +57,8 @@ def kernel_width(heads: int, channels: int, device: torch.device,
         channels (int): Channels per head.
         device (torch.device): The features' device.
         dtype (torch.dtype): The features' dtype.
-        backend (str, optional): As in :func:`fused_gatv2_attention`.
+        backend (str, optional): As in
+            :func:`pyg_gatv2.fused_gatv2_attention`.
             (default: :obj:`None`)
 
     Example:
