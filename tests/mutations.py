@@ -123,6 +123,13 @@ FAULTS = (
           '    return F.pad(t, (0, width - t.size(-1)), value=1.0)',
           ('tests/test_fused_backends_cpp.py::'
            'test_cpp_kernels_of_other_shapes_match_float64', )),
+    Fault('layer_wise_inference_skips_the_activation',
+          'GATv2.inference: the ELU between layers left out',
+          'pyg_gatv2/models.py',
+          '                if layer < last:\n                    x = F.elu(x)',
+          '                if layer < last:\n                    x = x',
+          ('tests/test_models.py::'
+           'test_layer_wise_inference_equals_the_full_batch_pass', )),
     Fault('layer_keeps_the_wrong_padded_channels',
           'GATv2Conv projecting into padded heads: the last channels of each '
           'padded head kept instead of the first',
