@@ -157,7 +157,7 @@ def test_help_documents_every_flag():
                  '--device', '--threads', '--compile', '--out',
                  '--checkpoint-every', '--resume', '--no-progress',
                  '--batch-size', '--num-neighbors', '--num-workers',
-                 '--dist-timeout'):
+                 '--eval-batch-size', '--dist-timeout'):
         assert flag in text
     for action in train_parser._actions:
         assert action.help, action.option_strings
@@ -179,6 +179,7 @@ def test_python_m_runs_the_command_line(cora_flags, tmp_path):
     (['--num-neighbors', '5', '5'], '--num-neighbors samples mini-batches '
      'and needs --batch-size'),
     (['--num-workers', '2'], '--num-workers samples mini-batches'),
+    (['--eval-batch-size', '64'], '--eval-batch-size samples mini-batches'),
     (['--batch-size', '8', '--num-neighbors', '5'], '--num-neighbors has 1 '
      'hops for 2 layers; give one fan-out per layer'),
     (['--dataset', 'ogbn-arxiv', '--split', 'random'], '--split applies to '

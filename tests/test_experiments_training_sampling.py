@@ -19,11 +19,16 @@ from pyg_gatv2.experiments.training import (
     Recipe,
     Sampling,
     SamplingUnavailableError,
+    evaluate,
+    fit,
     sampling,
     train_epoch,
     train_node_classifier,
 )
-from pyg_gatv2.experiments.training.sampling import seed_batches
+from pyg_gatv2.experiments.training.sampling import (
+    seed_batches,
+    whole_neighbourhoods,
+)
 from pyg_gatv2.models import GATv2
 
 
@@ -177,6 +182,42 @@ def test_sampling_builds_the_neighbour_batches():
     assert isinstance(batches, NeighborBatches)
     assert batches.settings == {'batch_size': 8, 'num_neighbors': [4, 3],
                                 'world_size': 1}
+
+
+def test_layer_wise_evaluation_gives_the_full_batch_metrics():
+    data = toy_graph()
+    torch.manual_seed(0)
+    model = build()
+    full = evaluate(model, data)
+    layer_wise = evaluate(model, data, whole_neighbourhoods(data, 7))
+    assert full.keys() == layer_wise.keys()
+    for key in ('train_acc', 'val_acc', 'test_acc'):
+        assert layer_wise[key] == full[key]
+    assert layer_wise['val_loss'] == pytest.approx(full['val_loss'],
+                                                   rel=1e-5)
+
+
+def test_training_evaluates_layer_by_layer_with_eval_batch_size():
+    data = toy_graph()
+    recipe = Recipe(epochs=3, patience=3)
+
+    def train(eval_batch_size):
+        return train_node_classifier(
+            build, data, [0], recipe,
+            sampling=Sampling(8, [4, 4], eval_batch_size=eval_batch_size))
+
+    full, layer_wise = train(None), train(9)
+    ours, reference = layer_wise.runs[0].history, full.runs[0].history
+    assert len(ours['loss']) == 3
+    assert ours['loss'] == reference['loss']
+    assert ours['val_acc'] == reference['val_acc']
+    assert ours['val_loss'] == pytest.approx(reference['val_loss'], rel=1e-5)
+
+
+def test_layer_wise_evaluation_needs_a_model_with_inference():
+    data = toy_graph()
+    with pytest.raises(ValueError, match='has no inference'):
+        fit(WholeGraphOnly(), data, Recipe(epochs=1), eval_batch_size=8)
 
 
 @pytest.mark.slow

@@ -258,6 +258,12 @@ def _add_train_batches(batches: argparse._ArgumentGroup) -> None:
         help='processes that sample mini-batches ahead of '
         'training, with --batch-size')
     batches.add_argument(
+        '--eval-batch-size', type=_positive_int, metavar='B',
+        help='evaluate layer by layer over batches of B nodes with their '
+        'whole one-hop neighbourhoods (GATv2.inference), for graphs whose '
+        'full-batch pass does not fit in memory, with --batch-size '
+        '(default: full-batch evaluation)')
+    batches.add_argument(
         '--dist-timeout', type=_positive_float, default=DEFAULT_TIMEOUT,
         metavar='SECONDS',
         help='under torchrun: seconds a process waits for the others '
@@ -357,7 +363,8 @@ def _load_graph(args: argparse.Namespace) -> tuple[Data, int, int]:
 def _check_batch_flags(args: argparse.Namespace) -> None:
     if args.batch_size is None:
         for flag, value in (('--num-neighbors', args.num_neighbors),
-                            ('--num-workers', args.num_workers)):
+                            ('--num-workers', args.num_workers),
+                            ('--eval-batch-size', args.eval_batch_size)):
             if value:
                 raise ValueError(f'{flag} samples mini-batches and needs '
                                  '--batch-size')
@@ -414,7 +421,7 @@ def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
     if args.batch_size is not None:
         sampling = Sampling(args.batch_size,
                             args.num_neighbors or [10] * args.layers,
-                            args.num_workers)
+                            args.num_workers, args.eval_batch_size)
     result = train_node_classifier(
         lambda: GATv2(**model_config), data,
         range(args.seed, args.seed + args.seeds), recipe, sampling=sampling,

@@ -35,7 +35,7 @@ from .results import (
     TrainResult,
     diverged,
 )
-from .sampling import FullBatch, NeighborBatches
+from .sampling import FullBatch, NeighborBatches, whole_neighbourhoods
 
 BatchSource = Union[FullBatch, NeighborBatches]
 
@@ -109,11 +109,18 @@ def _accuracy(pred: Tensor, y: Tensor, mask: Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Data) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: Data,
+             loader: Optional[Iterable[Data]] = None) -> dict[str, float]:
     """Accuracies on the three splits and the validation loss, in
-    evaluation mode."""
+    evaluation mode: from one full-batch pass, or with :obj:`loader`
+    (:func:`~pyg_gatv2.experiments.training.sampling.whole_neighbourhoods`)
+    layer by layer through ``model.inference(loader)``."""
     model.eval()
-    out = model(data.x, data.edge_index)
+    if loader is None:
+        out = model(data.x, data.edge_index)
+    else:
+        out = model.inference(loader, device=data.x.device,
+                              embedding_device=data.x.device)
     pred = out.argmax(dim=-1)
     return {
         'train_acc': _accuracy(pred, data.y, data.train_mask),
@@ -295,10 +302,15 @@ class Sampling:
             hop, one entry per layer.
         num_workers (int): Processes that sample mini-batches ahead of
             training.
+        eval_batch_size (int, optional): Evaluate layer by layer
+            (``model.inference``, see :meth:`pyg_gatv2.GATv2.inference`)
+            over batches of this many nodes, for graphs whose full-batch
+            pass does not fit in memory; :obj:`None` evaluates full-batch.
     """
     batch_size: int
     num_neighbors: Sequence[int] = (10, 10)
     num_workers: int = 0
+    eval_batch_size: Optional[int] = None
 
     def batches(self, data: Data, device: torch.device) -> NeighborBatches:
         return NeighborBatches(data.cpu(), list(self.num_neighbors),
@@ -308,11 +320,13 @@ class Sampling:
 
 def _epoch(run: RunState, models: tuple[torch.nn.Module, torch.nn.Module],
            data: Data, batches: Iterable[Data], first: bool,
-           seed: Optional[int], recipe: Recipe) -> EpochMetrics:
+           seed: Optional[int], recipe: Recipe,
+           eval_loader: Optional[Iterable[Data]]) -> EpochMetrics:
     """Trains (through ``train_model``) and evaluates (through
-    ``forward_model``), ``models`` being the two, epoch ``run.epoch + 1``
-    (``first``: the first of this call); raises
-    :class:`TrainingDivergedError` on divergence."""
+    ``forward_model``, or ``run.model.inference`` over ``eval_loader``),
+    ``models`` being the two, epoch ``run.epoch + 1`` (``first``: the
+    first of this call); raises :class:`TrainingDivergedError` on
+    divergence."""
     train_model, forward_model = models
     epoch = run.epoch + 1
     args = (epoch, seed, recipe.lr, recipe.weight_decay)
@@ -331,8 +345,9 @@ def _epoch(run: RunState, models: tuple[torch.nn.Module, torch.nn.Module],
         raise diverged('a parameter', *args)
     heartbeat(stage='evaluation')
     try:
-        metrics = EpochMetrics(epoch=epoch, loss=loss.item(),
-                               **evaluate(forward_model, data))
+        metrics = EpochMetrics(epoch=epoch, loss=loss.item(), **(
+            evaluate(forward_model, data) if eval_loader is None else
+            evaluate(run.model, data, eval_loader)))
     except ValueError as err:
         raise diverged('a hidden feature', *args, cause=err) from err
     if not math.isfinite(metrics.val_loss):
@@ -378,6 +393,7 @@ def fit(
     metadata: Optional[dict[str, Any]] = None,
     callback: Optional[Callable[[EpochMetrics], None]] = None,
     progress: bool = False,
+    eval_batch_size: Optional[int] = None,
 ) -> SeedResult:
     r"""Trains :obj:`model` on the nodes of :obj:`data`, full-batch or in
     mini-batches, in one process or several.
@@ -425,6 +441,12 @@ def fit(
             :class:`EpochMetrics` of every epoch. (default: :obj:`None`)
         progress (bool, optional): Whether to show a progress bar over the
             epochs. (default: :obj:`False`)
+        eval_batch_size (int, optional): Evaluate layer by layer through
+            ``model.inference`` (see :meth:`pyg_gatv2.GATv2.inference`)
+            over batches of this many nodes with their whole one-hop
+            neighbourhoods, instead of one full-batch pass: for graphs whose
+            full-batch pass does not fit in memory. Needs torch-sparse or
+            pyg-lib. (default: :obj:`None`, full-batch)
 
     Returns:
         SeedResult: The best epoch, its metrics and the per-epoch history.
@@ -442,6 +464,14 @@ def fit(
                          'FullBatch(data) or NeighborBatches(data, ...) '
                          'from pyg_gatv2.experiments.training')
     checkpoints = CheckpointFiles() if checkpoints is None else checkpoints
+    eval_loader = None
+    if eval_batch_size is not None:
+        if not callable(getattr(model, 'inference', None)):
+            raise ValueError(
+                f"'fit' got eval_batch_size={eval_batch_size!r} for a "
+                f'{type(model).__name__}, which has no inference(loader) '
+                'method; evaluate it full-batch (eval_batch_size=None)')
+        eval_loader = whole_neighbourhoods(data, eval_batch_size)
     device = data.x.device
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr,
                                  weight_decay=recipe.weight_decay)
@@ -463,7 +493,7 @@ def fit(
             tic = time.perf_counter()
             metrics = _epoch(run, models, data, batches.batches(
                 0 if seed is None else seed, run.epoch + 1),
-                run.epoch + 1 == first, seed, recipe)
+                run.epoch + 1 == first, seed, recipe, eval_loader)
             _record(run, metrics, time.perf_counter() - tic, recipe)
             if callback is not None:
                 callback(metrics)
@@ -568,7 +598,9 @@ def train_node_classifier(
                       batches=batches,
                       checkpoints=(None if checkpoints is None else
                                    checkpoints.files(seed)),
-                      metadata=metadata, callback=callback, progress=progress)
+                      metadata=metadata, callback=callback, progress=progress,
+                      eval_batch_size=(None if sampling is None else
+                                       sampling.eval_batch_size))
             runs.append(run)
             if on_seed_end is not None:
                 on_seed_end(run)

@@ -25,7 +25,8 @@ from pyg_gatv2.checks import check_positive_ints
 from .distributed import world
 
 __all__ = ['FullBatch', 'NeighborBatches', 'SamplingUnavailableError',
-           'check_sampling', 'sampling_available', 'seed_batches']
+           'check_sampling', 'sampling_available', 'seed_batches',
+           'whole_neighbourhoods']
 
 INSTALL_HINT = ("pip install --no-build-isolation 'pyg-gatv2[sampling]' "
                 '(after torch and torch-scatter: torch-sparse builds from '
@@ -238,3 +239,20 @@ class NeighborBatches:
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(batch_size={self.batch_size}, '
                 f'num_neighbors={self.num_neighbors})')
+
+
+def whole_neighbourhoods(data: Data, batch_size: int):
+    """A :class:`~torch_geometric.loader.NeighborLoader` over every node of
+    :obj:`data` in order, each batch of :obj:`batch_size` destination
+    nodes with all its in-neighbours: what
+    :meth:`pyg_gatv2.GATv2.inference` runs each layer over. It draws from a
+    generator of its own, so that evaluating leaves the random stream of
+    training untouched."""
+    check_sampling()
+    from torch_geometric.loader import NeighborLoader
+    check_positive_ints('whole_neighbourhoods', batch_size=batch_size)
+    graph = Data(x=data.x.cpu(), edge_index=data.edge_index.cpu(),
+                 num_nodes=data.num_nodes)
+    return NeighborLoader(graph, num_neighbors=[-1], batch_size=batch_size,
+                          shuffle=False,
+                          generator=torch.Generator().manual_seed(0))
