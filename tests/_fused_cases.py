@@ -1,5 +1,6 @@
 """What the tests of the fused attention share: random graphs and operands,
 the edge-wise reference, and the comparison of outputs and gradients."""
+import contextlib
 import os
 
 import pytest
@@ -28,6 +29,17 @@ SLOPES = st.one_of(st.sampled_from([0.2, 0.0, 1.0, 3.0]),
 
 needs_cpp = pytest.mark.skipif('cpp' not in BACKENDS,
                                reason='the C++ kernels are not built')
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """Runs the block on ``threads`` of torch's (and the kernels') threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def random_graph(num_src, num_dst, num_edges, seed=0):

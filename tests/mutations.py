@@ -228,18 +228,41 @@ FAULTS = (
           (CPU_KERNELS, ), 'torch'),
     # The edge layout.
     Fault('layout_drops_a_self_loop',
-          'layout: the implicit self-loop of the last node dropped',
-          'pyg_gatv2/fused/layout.py',
-          'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])',
-          'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop[:-1],'
-          ' loop[-1:] * 0 + num_dst])',
+          'layout (C++): the implicit self-loop of the last node dropped',
+          CPP_INTERFACE,
+          'a->num_edges + loops, a->num_dst + 1,',
+          'a->num_edges + loops - (loops > 0), a->num_dst + 1,',
           (CPU_KERNELS, )),
     Fault('layout_keeps_existing_self_loops',
-          'layout: edges i -> i kept beside the implicit self-loops',
+          'layout (C++): edges i -> i kept beside the implicit self-loops',
+          CPP_INTERFACE,
+          'return a.self_loops && s == d ? a.num_dst : d;',
+          'return d;',
+          (CPU_KERNELS, )),
+    Fault('layout_threads_out_of_order',
+          "layout (C++): the threads' runs of a key placed last thread "
+          'first, an unstable sort',
+          CPP_INTERFACE,
+          'for (int u = 0; u < parts; ++u) {\n'
+          '          const int64_t c',
+          'for (int u = parts - 1; u >= 0; --u) {\n'
+          '          const int64_t c',
+          (f'{CPP_LIBRARY}::test_layouts_are_stable_counting_sorts', )),
+    Fault('layout_by_source_wrong_row',
+          'layout (C++): the CSC gives an edge the destination of the CSR '
+          'position before it at the start of a row',
+          CPP_INTERFACE,
+          'while (ptr[r + 1] <= p) ++r;',
+          'while (ptr[r + 1] < p) ++r;',
+          (CPU_KERNELS, )),
+    Fault('layout_torch_keeps_existing_self_loops',
+          "layout (torch's sort, without the library): edges i -> i kept "
+          'beside the implicit self-loops',
           'pyg_gatv2/fused/layout.py',
           'dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])',
           'dst = torch.cat([dst, loop])',
-          (CPU_KERNELS, )),
+          (f'{LAYOUT}::'
+           'test_torch_sort_builds_the_same_layout_as_the_counting_sort', )),
     Fault('layout_cache_stale',
           'layout cache: a cached layout reused after its edge_index changed',
           'pyg_gatv2/fused/layout.py',

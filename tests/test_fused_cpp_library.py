@@ -1,7 +1,7 @@
 """The interface of the C++ kernels (pyg_gatv2/fused/cpp_library.py): the
 argument records and their check against the library when it loads, the
 library and CPU level the environment names, the checks the kernels make
-of a record, and the counting sort."""
+of a record, and the edge layouts it builds."""
 import ctypes
 import json
 import os
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _fused_cases import needs_cpp
+from _fused_cases import needs_cpp, torch_threads
 
 import pyg_gatv2
 from pyg_gatv2.fused import cpp_library, edge_layout, fused_gatv2_attention
@@ -23,8 +23,8 @@ from pyg_gatv2.fused.cpp_library import (
     DTYPES,
     LIBRARY_ENV,
     Args,
+    LayoutArgs,
     LibraryMismatch,
-    SortArgs,
     call,
     pointer,
 )
@@ -57,7 +57,7 @@ def test_the_records_match_the_library():
     assert lib.gatv2_abi_version() == cpp_library.ABI_VERSION
     reported = lib.gatv2_args_layout().decode().split(';')
     assert len(reported) == 2
-    for record, layout in zip((Args, SortArgs), reported, strict=True):
+    for record, layout in zip((Args, LayoutArgs), reported, strict=True):
         expected = [(name, getattr(record, name).offset,
                      getattr(record, name).size)
                     for name, _ in record._fields_]
@@ -73,7 +73,7 @@ def test_the_records_follow_the_header():
     assert re.search(r'#define GATV2_ABI_VERSION (\d+)', header).group(1) == (
         str(cpp_library.ABI_VERSION))
     for macro, record in (('GATV2_ARGS_FIELDS', Args),
-                          ('GATV2_SORT_FIELDS', SortArgs)):
+                          ('GATV2_LAYOUT_FIELDS', LayoutArgs)):
         body = header.split(f'#define {macro}(X)')[1].split('\n\n')[0]
         names = re.findall(r'X\([^,]+,\s*(\w+)\)', body)
         assert names == [name for name, _ in record._fields_], macro
@@ -100,14 +100,16 @@ int gatv2_compiled_shape(int64_t, int64_t, int64_t*) { return 0; }
 int gatv2_forward(const void*) { return 0; }
 int gatv2_backward_dst(const void*) { return 0; }
 int gatv2_backward_src(const void*) { return 0; }
-#ifndef WITHOUT_SORT
-int gatv2_counting_sort(const void*) { return 0; }
+int gatv2_layout_by_destination(const void*) { return 0; }
+#ifndef WITHOUT_SOURCE_LAYOUT
+int gatv2_layout_by_source(const void*) { return 0; }
 #endif
 }
 '''
 
 
-def fake_library(directory, version=None, layout=None, without_sort=False):
+def fake_library(directory, version=None, layout=None,
+                 without_source_layout=False):
     """Builds :data:`FAKE_LIBRARY` in ``directory`` reporting ``version``
     and ``layout`` (by default those of the real library)."""
     compiler = shutil.which(os.environ.get('CXX', 'g++'))
@@ -122,14 +124,14 @@ def fake_library(directory, version=None, layout=None, without_sort=False):
                       + FAKE_LIBRARY)
     path = directory / 'fake.so'
     subprocess.run([compiler, '-shared', '-fPIC', str(source), '-o',
-                    str(path)] + (['-DWITHOUT_SORT'] if without_sort
-                                  else []),
+                    str(path)] + (['-DWITHOUT_SOURCE_LAYOUT']
+                                  if without_source_layout else []),
                    check=True, capture_output=True, timeout=120)
     return path
 
 
 def swapped_heads_and_channels(layout):
-    args, sort = layout.split(';')
+    args, edges = layout.split(';')
     found = dict((name, (offset, size)) for name, offset, size in
                  fields(args))
     (h_offset, h_size), (c_offset, c_size) = (found['heads'],
@@ -137,13 +139,13 @@ def swapped_heads_and_channels(layout):
     old = f'heads:{h_offset}:{h_size},channels:{c_offset}:{c_size},'
     new = f'channels:{h_offset}:{c_size},heads:{c_offset}:{h_size},'
     assert old in args
-    return args.replace(old, new) + ';' + sort
+    return args.replace(old, new) + ';' + edges
 
 
-def with_a_sort_field_more(layout):
-    args, sort = layout.split(';')
-    name, offset, size = fields(sort)[-1]
-    return f'{args};{sort}extra:{offset + size}:8,'
+def with_a_layout_field_more(layout):
+    args, edges = layout.split(';')
+    name, offset, size = fields(edges)[-1]
+    return f'{args};{edges}extra:{offset + size}:8,'
 
 
 MISMATCHES = {
@@ -158,13 +160,13 @@ MISMATCHES = {
         rf"records '[^']*channels:\d+:8,heads:\d+:8,[^']*'; this package "
         rf"needs version {cpp_library.ABI_VERSION} with "
         rf"'[^']*heads:\d+:8,channels:\d+:8,[^']*': {REBUILD}$"),
-    'sort_args_layout': (
-        dict(layout=with_a_sort_field_more),
+    'layout_args_layout': (
+        dict(layout=with_a_layout_field_more),
         rf"with argument records '[^']*extra:\d+:8,'; this package needs "
         rf'.*: {REBUILD}$'),
     'entry_point_missing': (
-        dict(without_sort=True),
-        rf'lack an entry point \(.*gatv2_counting_sort.*\); {REBUILD}$'),
+        dict(without_source_layout=True),
+        rf'lack an entry point \(.*gatv2_layout_by_source.*\); {REBUILD}$'),
 }
 
 
@@ -388,27 +390,75 @@ def test_the_kernels_refuse_a_broken_record(case):
     assert torch.equal(kept['out'], before)
 
 
-@pytest.mark.parametrize('num_keys,size', [(1, 0), (5, 1), (7, 100),
-                                           (1000, 50), (3, 20000)])
-def test_counting_sort_is_a_stable_argsort(num_keys, size):
-    keys = torch.randint(0, num_keys, (size, ),
-                         generator=torch.Generator().manual_seed(size))
-    ptr, order = cpp_library.counting_sort(keys, num_keys)
-    assert torch.equal(order, torch.argsort(keys, stable=True))
-    assert torch.equal(ptr.diff(), torch.bincount(keys, minlength=num_keys))
-    assert ptr[0] == 0
+def torch_layout(edge_index, num_src, num_dst, self_loops):
+    """The CSR and CSC that the C++ library must build, by torch's stable
+    sort: the edges i -> i that loops replace under the key num_dst."""
+    src, dst = edge_index
+    num_edges = src.numel()
+    loops = torch.arange(min(num_src, num_dst) if self_loops else 0)
+    eid = torch.arange(num_edges + loops.numel())
+    key = torch.cat([dst.masked_fill((src == dst) & self_loops, num_dst),
+                     loops])
+    src = torch.cat([src, loops])
+    order = torch.argsort(key, stable=True)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                     torch.bincount(key, minlength=num_dst + 1).cumsum(0)])
+    kept = int(ptr[num_dst])
+    col, row = src[order][:kept], key[order][:kept]
+    pos = torch.argsort(col, stable=True)
+    src_ptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                         torch.bincount(col, minlength=num_src).cumsum(0)])
+    return (ptr, src[order], eid[order]), (src_ptr, pos, row[pos])
 
 
-def test_counting_sort_of_no_keys():
-    ptr, order = cpp_library.counting_sort(torch.empty(0, dtype=torch.long),
-                                           0)
-    assert ptr.tolist() == [0] and order.numel() == 0
+# Sizes (nodes, edges) beside threads: few edges over many nodes cut the
+# threads of the sort; many edges use them all.
+@pytest.mark.parametrize('threads', [1, 2, 3, 8])
+@pytest.mark.parametrize('num_src,num_dst,num_edges', [
+    (1, 1, 0), (5, 3, 1), (9, 7, 100), (1000, 600, 50), (30, 20, 20000),
+    (20000, 500, 20000)])
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_layouts_are_stable_counting_sorts(threads, num_src, num_dst,
+                                           num_edges, self_loops):
+    gen = torch.Generator().manual_seed(num_edges + threads)
+    edge_index = torch.stack([
+        torch.randint(0, num_src, (num_edges, ), generator=gen),
+        torch.randint(0, num_dst, (num_edges, ), generator=gen)])
+    # Plenty of edges i -> i for the loops to replace.
+    edge_index[1, ::3] = edge_index[0, ::3] % num_dst
+    edge_index[0, ::3] = edge_index[1, ::3]
+    expected_csr, expected_csc = torch_layout(edge_index, num_src, num_dst,
+                                              self_loops)
+    copy = torch.full_like(edge_index, -1)
+    with torch_threads(threads):
+        csr = cpp_library.layout_by_destination(
+            edge_index, num_src, num_dst, self_loops, copy)
+        ptr = csr[0][:num_dst + 1]
+        csc = cpp_library.layout_by_source(ptr, csr[1][:int(ptr[-1])],
+                                           num_src)
+    assert torch.equal(copy, edge_index)
+    for ours, expected in zip(csr + csc, expected_csr + expected_csc,
+                              strict=True):
+        assert torch.equal(ours, expected)
 
 
-@pytest.mark.parametrize('key', [-1, 7, 2**40])
-def test_counting_sort_refuses_keys_out_of_range(key):
-    keys = torch.tensor([0, 3, key, 2])
+@pytest.mark.parametrize('index', [(0, 0, -1), (0, 5, 9), (1, 7, 7),
+                                   (1, 0, 2**40), (1, 3, -5)])
+def test_layout_by_destination_finds_every_index_out_of_range(index):
+    # Rows 9 x 7 nodes; one index of 20000 edges out of range, wherever it
+    # lies among the threads' runs.
+    edge_index = torch.stack([torch.arange(20000) % 9,
+                              torch.arange(20000) % 7])
+    row, at, value = index
+    edge_index[row, at * 2857] = value
+    with torch_threads(2):
+        assert cpp_library.layout_by_destination(edge_index, 9, 7,
+                                                 True) is None
+
+
+def test_layout_by_source_refuses_a_source_out_of_range():
+    ptr, col = torch.tensor([0, 2, 3]), torch.tensor([0, 4, 1])
     with pytest.raises(RuntimeError, match=re.escape(
-            "the C++ kernel 'gatv2_counting_sort' refused its arguments (a "
-            'sort key out of range)')):
-        cpp_library.counting_sort(keys, 7)
+            "the C++ kernel 'gatv2_layout_by_source' refused its arguments "
+            '(a node index out of range)')):
+        cpp_library.layout_by_source(ptr, col, 4)

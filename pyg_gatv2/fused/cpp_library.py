@@ -1,5 +1,5 @@
 """The compiled C++ library of the fused attention: its loading, its
-argument records, its CPU levels and its counting sort.
+argument records, its CPU levels and its edge layouts.
 
 The kernels (``pyg_gatv2/fused/_kernels/``) are compiled with OpenMP into
 one library when the package is installed (``setup.py``) and loaded here
@@ -30,13 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ['Args', 'SortArgs', 'LibraryMismatch', 'ABI_VERSION',
+__all__ = ['Args', 'LayoutArgs', 'LibraryMismatch', 'ABI_VERSION',
            'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load',
            'capability', 'capabilities', 'CompiledShape', 'compiled_shape',
-           'pointer', 'call',
-           'counting_sort']
+           'pointer', 'call', 'layout_by_destination', 'layout_by_source']
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -44,8 +43,9 @@ LIBRARY_ENV = 'PYG_GATV2_CPP_LIBRARY'
 _STEM = '_cpp'
 # The dtype codes of gatv2.h.
 DTYPES = {torch.float32: 0, torch.float64: 1}
+_BAD_INDEX = 4
 _STATUS = {1: 'an unsupported dtype', 2: 'a required array missing',
-           3: 'a negative or zero size', 4: 'a sort key out of range'}
+           3: 'a negative or zero size', 4: 'a node index out of range'}
 # One zeroed element whose address stands for arrays that are present but
 # empty: their own data pointer may be null, which means "absent".
 _EMPTY = np.zeros(1, dtype=np.float64)
@@ -73,10 +73,13 @@ class Args(ctypes.Structure):
     ]
 
 
-class SortArgs(ctypes.Structure):
-    """The record of the counting sort (``Gatv2SortArgs``)."""
-    _fields_ = [('keys', _P), ('num_items', _I64), ('num_keys', _I64),
-                ('ptr', _P), ('order', _P)]
+class LayoutArgs(ctypes.Structure):
+    """The record of the edge layouts (``Gatv2LayoutArgs``)."""
+    _fields_ = [('src', _P), ('dst', _P), ('num_edges', _I64),
+                ('num_src', _I64), ('num_dst', _I64), ('self_loops', _I64),
+                ('num_threads', _I64), ('copy', _P),
+                ('dst_ptr', _P), ('dst_col', _P), ('dst_eid', _P),
+                ('src_ptr', _P), ('src_pos', _P), ('src_row', _P)]
 
 
 def _layout(record) -> str:
@@ -129,7 +132,10 @@ def load() -> Optional[ctypes.CDLL]:
         'gatv2_forward': ([ctypes.POINTER(Args)], ctypes.c_int),
         'gatv2_backward_dst': ([ctypes.POINTER(Args)], ctypes.c_int),
         'gatv2_backward_src': ([ctypes.POINTER(Args)], ctypes.c_int),
-        'gatv2_counting_sort': ([ctypes.POINTER(SortArgs)], ctypes.c_int),
+        'gatv2_layout_by_destination': ([ctypes.POINTER(LayoutArgs)],
+                                        ctypes.c_int),
+        'gatv2_layout_by_source': ([ctypes.POINTER(LayoutArgs)],
+                                   ctypes.c_int),
     }
     rebuild = ("rebuild it from this package's sources: 'pip install .' "
                "(or 'make setup' in a checkout)")
@@ -142,7 +148,7 @@ def load() -> Optional[ctypes.CDLL]:
                               f'point ({error}); {rebuild}') from None
     version = lib.gatv2_abi_version()
     layout = lib.gatv2_args_layout().decode()
-    expected = f'{_layout(Args)};{_layout(SortArgs)}'
+    expected = f'{_layout(Args)};{_layout(LayoutArgs)}'
     if version != ABI_VERSION or layout != expected:
         raise LibraryMismatch(
             f'the C++ kernels at {path} were built for ABI version {version} '
@@ -220,23 +226,59 @@ def pointer(t) -> Optional[int]:
 def call(entry: str, record) -> None:
     """Runs the entry point ``entry`` on ``record``; a refusal (a record
     that breaks the interface) raises a :class:`RuntimeError`."""
-    lib = load()
-    status = getattr(lib, entry)(ctypes.byref(record))
+    status = getattr(load(), entry)(ctypes.byref(record))
     if status != 0:
-        raise RuntimeError(f"the C++ kernel '{entry}' refused its arguments "
-                           f'({_STATUS.get(status, status)}): a bug in '
-                           'pyg_gatv2, please report it')
+        _refused(entry, status)
 
 
-def counting_sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
-    """Sorts CPU int64 ``keys`` in ``0 .. num_keys - 1`` by counting:
-    returns the offsets of each key's run ``[num_keys + 1]`` and the stable
-    order, ``torch.argsort(keys, stable=True)``, in time linear in
-    ``keys.numel() + num_keys``."""
-    keys = keys.contiguous()
-    ptr = torch.empty(num_keys + 1, dtype=torch.long)
-    order = torch.empty_like(keys)
-    call('gatv2_counting_sort', SortArgs(
-        keys=pointer(keys), num_items=keys.numel(), num_keys=num_keys,
-        ptr=pointer(ptr), order=pointer(order)))
-    return ptr, order
+def _refused(entry: str, status: int):
+    raise RuntimeError(f"the C++ kernel '{entry}' refused its arguments "
+                       f'({_STATUS.get(status, status)}): a bug in '
+                       'pyg_gatv2, please report it')
+
+
+def layout_by_destination(edge_index: Tensor, num_src: int, num_dst: int,
+                          self_loops: bool, copy: Optional[Tensor] = None
+                          ) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """The edges of CPU int64 ``edge_index`` ``[2, E]`` stably sorted by
+    destination, with the implicit self-loops if ``self_loops`` (as
+    ``gatv2.h`` says): the offsets ``[num_dst + 2]``, and the source node
+    and virtual edge id of each position ``[E + loops]``. Fills ``copy``
+    (int64 ``[2, E]``) with ``edge_index`` on the way, if given. Returns
+    :obj:`None` if an index is out of range. Linear in the edges and
+    nodes, on torch's number of threads."""
+    src, dst = edge_index[0].contiguous(), edge_index[1].contiguous()
+    num_virtual = src.numel() + (min(num_src, num_dst) if self_loops else 0)
+    ptr = torch.empty(num_dst + 2, dtype=torch.long)
+    col = torch.empty(num_virtual, dtype=torch.long)
+    eid = torch.empty(num_virtual, dtype=torch.long)
+    record = LayoutArgs(
+        src=pointer(src), dst=pointer(dst), num_edges=src.numel(),
+        num_src=num_src, num_dst=num_dst, self_loops=self_loops,
+        num_threads=torch.get_num_threads(), copy=pointer(copy),
+        dst_ptr=pointer(ptr), dst_col=pointer(col), dst_eid=pointer(eid))
+    status = load().gatv2_layout_by_destination(ctypes.byref(record))
+    if status == _BAD_INDEX:
+        return None
+    if status != 0:
+        _refused('gatv2_layout_by_destination', status)
+    return ptr, col, eid
+
+
+def layout_by_source(dst_ptr: Tensor, dst_col: Tensor, num_src: int
+                     ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The CSC of a CSR (``dst_ptr`` ``[num_dst + 1]``, ``dst_col``, int64 on
+    the CPU): for each of the ``num_src`` source nodes, the offsets of its
+    run ``[num_src + 1]``, and the CSR positions of its out-edges, in
+    order, and their destinations ``[dst_ptr[-1]]``."""
+    dst_ptr, dst_col = dst_ptr.contiguous(), dst_col.contiguous()
+    num_kept = int(dst_ptr[-1])
+    ptr = torch.empty(num_src + 1, dtype=torch.long)
+    pos = torch.empty(num_kept, dtype=torch.long)
+    row = torch.empty(num_kept, dtype=torch.long)
+    call('gatv2_layout_by_source', LayoutArgs(
+        num_src=num_src, num_dst=dst_ptr.numel() - 1,
+        num_threads=torch.get_num_threads(), dst_ptr=pointer(dst_ptr),
+        dst_col=pointer(dst_col), src_ptr=pointer(ptr), src_pos=pointer(pos),
+        src_row=pointer(row)))
+    return ptr, pos, row

@@ -128,7 +128,14 @@ class EdgeLayout:
         caller's edges that were kept, in their order, then the loops). This
         is the edge order of ``remove_self_loops`` + ``add_self_loops``."""
         if self._kept_eid is None:
-            self._kept_eid = torch.sort(self.dst_eid).values
+            # Every virtual edge but the edges i -> i that the loops
+            # replace, which follow the CSR positions.
+            dropped = self.csr_tensors[2][self.num_kept:]
+            keep = torch.ones(self.num_virtual, dtype=torch.bool,
+                              device=self.dst_ptr.device)
+            keep[dropped] = False
+            self._kept_eid = torch.nonzero_static(
+                keep, size=self.num_virtual - dropped.numel()).view(-1)
         return self._kept_eid
 
     @property
@@ -136,8 +143,12 @@ class EdgeLayout:
         """``(src_ptr, src_pos, src_row)``: for each source node, the CSR
         positions of its out-edges and their destination nodes."""
         if self._csc is None:
-            ptr, pos = _sort(self.dst_col, self.num_src)
-            self._csc = (ptr, pos, self.dst_row[pos])
+            if _on_library(self.dst_col):
+                self._csc = cpp_library.layout_by_source(
+                    self.dst_ptr, self.dst_col, self.num_src)
+            else:
+                ptr, pos = _sort(self.dst_col, self.num_src)
+                self._csc = (ptr, pos, self.dst_row[pos])
         return self._csc
 
     def bounds(self, by: str, num_chunks: int) -> np.ndarray:
@@ -157,13 +168,15 @@ class EdgeLayout:
         return self._bounds[key]
 
 
+def _on_library(t: Tensor) -> bool:
+    """Whether the C++ library builds the layouts of ``t``'s device."""
+    return t.device.type == 'cpu' and cpp_library.load() is not None
+
+
 def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
-    """The offsets of the runs of ``0 .. num_keys - 1`` in ``keys`` sorted
-    (whose range is checked), and the stable order that sorts them: by
-    counting in the C++ library on CPU, in time linear in the keys, else
-    with torch's stable sort."""
-    if keys.device.type == 'cpu' and cpp_library.load() is not None:
-        return cpp_library.counting_sort(keys, num_keys)
+    """The offsets of the runs of ``0 .. num_keys - 1`` in ``keys`` sorted,
+    and the stable order that sorts them, with torch's stable sort (where
+    the C++ library does not build the layout)."""
     # Not bincount: it reads the maximum back to the host to size its
     # output.
     deg = torch.zeros(num_keys, dtype=torch.long, device=keys.device
@@ -184,27 +197,42 @@ def _offsets(deg: Tensor) -> Tensor:
 
 
 def _build(edge_index: Tensor, num_src: int, num_dst: int,
-           add_self_loops: bool, caller: str) -> EdgeLayout:
+           add_self_loops: bool, caller: str,
+           copy: Optional[Tensor] = None) -> EdgeLayout:
+    """Builds the layout of ``edge_index``, filling ``copy`` (int64, of its
+    shape) with its indices on the way, if given."""
     check_edge_index(edge_index, caller)
-    check_index_range(edge_index, num_src, num_dst, caller)
     edge_index = edge_index.long()
-    src, dst = edge_index[0], edge_index[1]
-    num_edges = src.numel()
+    num_edges = edge_index.size(1)
     num_loops = min(num_src, num_dst) if add_self_loops else 0
-    eid = torch.arange(num_edges + num_loops, device=src.device)
-    if add_self_loops:
-        loop = eid[num_edges:] - num_edges
-        # The edges i -> i that the loops replace sort under the key num_dst,
-        # after the last CSR position.
-        dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])
-        src = torch.cat([src, loop])
-    # A stable sort keeps the caller's order among the in-edges of a node
-    # and puts the implicit loop last, as PyG's add_self_loops does.
-    ptr, perm = _sort(dst, num_dst + 1)
+    if _on_library(edge_index):
+        built = cpp_library.layout_by_destination(
+            edge_index, num_src, num_dst, add_self_loops, copy)
+        if built is None:
+            # The library found an index out of range; the check says which.
+            check_index_range(edge_index, num_src, num_dst, caller)
+            raise ValueError(f"'{caller}' got a node index out of range in "
+                             "'edge_index'")
+        ptr, col, eid = built
+    else:
+        check_index_range(edge_index, num_src, num_dst, caller)
+        if copy is not None:
+            copy.copy_(edge_index)
+        src, dst = edge_index[0], edge_index[1]
+        eid = torch.arange(num_edges + num_loops, device=src.device)
+        if add_self_loops:
+            loop = eid[num_edges:] - num_edges
+            # The edges i -> i that the loops replace sort under the key
+            # num_dst, after the last CSR position.
+            dst = torch.cat([dst.masked_fill(src == dst, num_dst), loop])
+            src = torch.cat([src, loop])
+        # A stable sort keeps the caller's order among the in-edges of a
+        # node and puts the implicit loop last, as PyG's add_self_loops does.
+        ptr, perm = _sort(dst, num_dst + 1)
+        col, eid = src[perm], eid[perm]
     ptr = ptr[:num_dst + 1]
     return EdgeLayout(num_src, num_dst, num_edges, num_loops,
-                      add_self_loops, ptr, src[perm], eid[perm],
-                      num_kept=int(ptr[-1]))
+                      add_self_loops, ptr, col, eid, num_kept=int(ptr[-1]))
 
 
 def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
@@ -243,13 +271,15 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
             if key in _cache:
                 _cache.move_to_end(key)
         return hit[3]
-    layout = _build(edge_index, num_src, num_dst, add_self_loops, caller)
+    copy = torch.empty(edge_index.shape, dtype=torch.long,
+                       device=edge_index.device)
+    layout = _build(edge_index, num_src, num_dst, add_self_loops, caller,
+                    copy)
     # The entry goes when the tensor goes, so that a loop over fresh edge
     # tensors (mini-batches) does not keep their layouts alive.
     ref = weakref.ref(edge_index, lambda _: _forget(key))
     with _lock:
-        _cache[key] = (ref, edge_index.detach().clone(), edge_index._version,
-                       layout)
+        _cache[key] = (ref, copy, edge_index._version, layout)
         _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)

@@ -26,7 +26,10 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <memory>
 #include <vector>
+
+#include <omp.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define GATV2_X86_LEVELS 1
@@ -120,14 +123,14 @@ std::string names_of(bool only_runnable) {
             std::to_string(offsetof(Record, name)) + ":" +             \
             std::to_string(sizeof(type)) + ",";
 #define GATV2_ARGS_LAYOUT(type, name) GATV2_FIELD_LAYOUT(Gatv2Args, type, name)
-#define GATV2_SORT_LAYOUT(type, name) \
-  GATV2_FIELD_LAYOUT(Gatv2SortArgs, type, name)
+#define GATV2_LAYOUT_LAYOUT(type, name) \
+  GATV2_FIELD_LAYOUT(Gatv2LayoutArgs, type, name)
 
 std::string layout_of_records() {
   std::string layout;
   GATV2_ARGS_FIELDS(GATV2_ARGS_LAYOUT)
   layout += ";";
-  GATV2_SORT_FIELDS(GATV2_SORT_LAYOUT)
+  GATV2_LAYOUT_FIELDS(GATV2_LAYOUT_LAYOUT)
   return layout;
 }
 
@@ -153,6 +156,139 @@ int check_common(const Gatv2Args* a) {
   if ((a->edge_term == nullptr) != (a->loop_term == nullptr))
     return GATV2_MISSING_ARRAY;
   return GATV2_OK;
+}
+
+// A stable counting sort, in parallel: items 0 .. n - 1, each with a key in
+// [0, k). Each thread takes one contiguous run of the items; it counts its
+// keys with count(begin, end, counts), which returns false for an item it
+// refuses (an index out of range), and places its items in order with
+// place(begin, end, next), each at next[key]++. ptr gets the k + 1 offsets
+// of the keys' runs. The per-thread counts take threads * k integers:
+// the threads are cut to keep that within twice the items, so that a
+// sort of few items over many keys does not spend its time on counts.
+template <typename Count, typename Place>
+int counting_sort(int64_t n, int64_t k, int64_t num_threads, int64_t* ptr,
+                  const Count& count, const Place& place) {
+  const int64_t most = std::max<int64_t>(1, 2 * n / std::max<int64_t>(k, 1));
+  const int threads = static_cast<int>(std::min(num_threads, most));
+  std::unique_ptr<int64_t[]> counts(new int64_t[threads * k]);
+  std::atomic<bool> refused{false};
+#pragma omp parallel num_threads(threads)
+  {
+    const int parts = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = n * t / parts, end = n * (t + 1) / parts;
+    int64_t* mine = counts.get() + t * k;
+    std::fill(mine, mine + k, int64_t{0});
+    if (!count(begin, end, mine)) refused = true;
+#pragma omp barrier
+    if (!refused) {
+      // For each key, the offset of each thread's items within the key's
+      // run; then the runs' offsets.
+#pragma omp for schedule(static)
+      for (int64_t key = 0; key < k; ++key) {
+        int64_t sum = 0;
+        for (int u = 0; u < parts; ++u) {
+          const int64_t c = counts[u * k + key];
+          counts[u * k + key] = sum;
+          sum += c;
+        }
+        ptr[key + 1] = sum;
+      }
+#pragma omp single
+      {
+        ptr[0] = 0;
+        for (int64_t key = 0; key < k; ++key) ptr[key + 1] += ptr[key];
+      }
+#pragma omp for schedule(static)
+      for (int64_t key = 0; key < k; ++key) {
+        for (int u = 0; u < parts; ++u) counts[u * k + key] += ptr[key];
+      }
+      place(begin, end, mine);
+    }
+  }
+  return refused ? GATV2_BAD_INDEX : GATV2_OK;
+}
+
+// The edge layouts, as counting sorts. By destination, the items are the
+// virtual edges v: the edges of the list, then the loops; the key of an
+// edge is its destination, or num_dst for an edge i -> i that a loop
+// replaces, which sorts after every CSR position. By source, the items are
+// the CSR positions, keyed by their source node.
+
+// The key of the edge s -> d by destination.
+inline int64_t destination_key(const Gatv2LayoutArgs& a, int64_t s,
+                               int64_t d) {
+  return a.self_loops && s == d ? a.num_dst : d;
+}
+
+bool count_by_destination(const Gatv2LayoutArgs& a, int64_t begin,
+                          int64_t end, int64_t* __restrict counts) {
+  const int64_t* __restrict src = a.src;
+  const int64_t* __restrict dst = a.dst;
+  const uint64_t num_src = a.num_src, num_dst = a.num_dst;
+  const int64_t stop = std::min(end, a.num_edges);
+  for (int64_t v = begin; v < stop; ++v) {
+    const int64_t s = src[v], d = dst[v];
+    // Negative indices wrap to beyond the range.
+    if (static_cast<uint64_t>(s) >= num_src ||
+        static_cast<uint64_t>(d) >= num_dst)
+      return false;
+    ++counts[destination_key(a, s, d)];
+  }
+  for (int64_t v = std::max(begin, a.num_edges); v < end; ++v)
+    ++counts[v - a.num_edges];
+  if (a.copy != nullptr && begin < stop) {
+    std::copy(src + begin, src + stop, a.copy + begin);
+    std::copy(dst + begin, dst + stop, a.copy + a.num_edges + begin);
+  }
+  return true;
+}
+
+void place_by_destination(const Gatv2LayoutArgs& a, int64_t begin,
+                          int64_t end, int64_t* __restrict next) {
+  const int64_t* __restrict src = a.src;
+  const int64_t* __restrict dst = a.dst;
+  int64_t* __restrict col = a.dst_col;
+  int64_t* __restrict eid = a.dst_eid;
+  const int64_t stop = std::min(end, a.num_edges);
+  for (int64_t v = begin; v < stop; ++v) {
+    const int64_t s = src[v], d = dst[v];
+    const int64_t pos = next[destination_key(a, s, d)]++;
+    col[pos] = s;
+    eid[pos] = v;
+  }
+  for (int64_t v = std::max(begin, a.num_edges); v < end; ++v) {
+    const int64_t pos = next[v - a.num_edges]++;
+    col[pos] = v - a.num_edges;
+    eid[pos] = v;
+  }
+}
+
+bool count_by_source(const Gatv2LayoutArgs& a, int64_t begin, int64_t end,
+                     int64_t* __restrict counts) {
+  const int64_t* __restrict col = a.dst_col;
+  const uint64_t num_src = a.num_src;
+  for (int64_t p = begin; p < end; ++p) {
+    if (static_cast<uint64_t>(col[p]) >= num_src) return false;
+    ++counts[col[p]];
+  }
+  return true;
+}
+
+void place_by_source(const Gatv2LayoutArgs& a, int64_t begin, int64_t end,
+                     int64_t* __restrict next) {
+  const int64_t* __restrict ptr = a.dst_ptr;
+  const int64_t* __restrict col = a.dst_col;
+  int64_t* __restrict pos = a.src_pos;
+  int64_t* __restrict row = a.src_row;
+  // The destination of each position, followed from that of the first.
+  int64_t r = std::upper_bound(ptr, ptr + a.num_dst + 1, begin) - ptr - 1;
+  for (int64_t p = begin; p < end; ++p) {
+    while (ptr[r + 1] <= p) ++r;
+    const int64_t at = next[col[p]]++;
+    pos[at] = p;
+    row[at] = r;
+  }
 }
 
 }  // namespace
@@ -231,22 +367,38 @@ int gatv2_backward_src(const Gatv2Args* a) {
   return GATV2_OK;
 }
 
-int gatv2_counting_sort(const Gatv2SortArgs* s) {
-  if (s == nullptr || !all_set(s->ptr, s->order) ||
-      (s->num_items > 0 && s->keys == nullptr))
+int gatv2_layout_by_destination(const Gatv2LayoutArgs* a) {
+  if (a == nullptr || !all_set(a->dst_ptr, a->dst_col, a->dst_eid) ||
+      (a->num_edges > 0 && !all_set(a->src, a->dst)))
     return GATV2_MISSING_ARRAY;
-  if (s->num_items < 0 || s->num_keys < 0) return GATV2_BAD_SIZE;
-  std::fill(s->ptr, s->ptr + s->num_keys + 1, int64_t{0});
-  for (int64_t i = 0; i < s->num_items; ++i) {
-    const int64_t k = s->keys[i];
-    if (k < 0 || k >= s->num_keys) return GATV2_BAD_INDEX;
-    ++s->ptr[k + 1];
-  }
-  for (int64_t k = 0; k < s->num_keys; ++k) s->ptr[k + 1] += s->ptr[k];
-  std::vector<int64_t> next(s->ptr, s->ptr + s->num_keys);
-  for (int64_t i = 0; i < s->num_items; ++i)
-    s->order[next[s->keys[i]]++] = i;
-  return GATV2_OK;
+  if (a->num_edges < 0 || a->num_src < 0 || a->num_dst < 0 ||
+      a->num_threads <= 0)
+    return GATV2_BAD_SIZE;
+  const int64_t loops = a->self_loops ? std::min(a->num_src, a->num_dst) : 0;
+  return counting_sort(
+      a->num_edges + loops, a->num_dst + 1, a->num_threads, a->dst_ptr,
+      [a](int64_t begin, int64_t end, int64_t* counts) {
+        return count_by_destination(*a, begin, end, counts);
+      },
+      [a](int64_t begin, int64_t end, int64_t* next) {
+        place_by_destination(*a, begin, end, next);
+      });
+}
+
+int gatv2_layout_by_source(const Gatv2LayoutArgs* a) {
+  if (a == nullptr ||
+      !all_set(a->dst_ptr, a->dst_col, a->src_ptr, a->src_pos, a->src_row))
+    return GATV2_MISSING_ARRAY;
+  if (a->num_src < 0 || a->num_dst < 0 || a->num_threads <= 0)
+    return GATV2_BAD_SIZE;
+  return counting_sort(
+      a->dst_ptr[a->num_dst], a->num_src, a->num_threads, a->src_ptr,
+      [a](int64_t begin, int64_t end, int64_t* counts) {
+        return count_by_source(*a, begin, end, counts);
+      },
+      [a](int64_t begin, int64_t end, int64_t* next) {
+        place_by_source(*a, begin, end, next);
+      });
 }
 
 }  // extern "C"

@@ -18,9 +18,9 @@
 extern "C" {
 #endif
 
-// Raised whenever a field of Gatv2Args or Gatv2SortArgs is added, removed,
+// Raised whenever a field of Gatv2Args or Gatv2LayoutArgs is added, removed,
 // moved or changes type, or an entry point changes what it reads or writes.
-#define GATV2_ABI_VERSION 3
+#define GATV2_ABI_VERSION 4
 
 enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
 
@@ -30,7 +30,7 @@ enum Gatv2Status {
   GATV2_BAD_DTYPE = 1,      // dtype is neither GATV2_FLOAT32 nor FLOAT64
   GATV2_MISSING_ARRAY = 2,  // a required array is a null pointer
   GATV2_BAD_SIZE = 3,       // a size or count is negative or zero
-  GATV2_BAD_INDEX = 4,      // a sort key outside [0, num_keys)
+  GATV2_BAD_INDEX = 4,      // a node index out of range
 };
 
 // The fields of Gatv2Args, in order: X(type, name). The struct, and the
@@ -93,23 +93,46 @@ typedef struct Gatv2Args {
   GATV2_ARGS_FIELDS(GATV2_DECLARE_FIELD)
 } Gatv2Args;
 
-// A counting sort of keys in [0, num_keys): offsets [num_keys + 1] of each
-// key's run, and the stable order that sorts the keys.
-#define GATV2_SORT_FIELDS(X)                                                 \
-  X(const int64_t*, keys)                                                    \
-  X(int64_t, num_items)                                                      \
-  X(int64_t, num_keys)                                                       \
-  X(int64_t*, ptr)                                                           \
-  X(int64_t*, order)
+// The edges of a graph by destination (CSR) and by source (CSC), for the
+// passes above. gatv2_layout_by_destination reads the edge list (src and
+// dst, num_edges each) and writes the CSR: the virtual edges (the edges,
+// then with self_loops one loop i -> i for each node i < min(num_src,
+// num_dst)) stably sorted by destination, each loop after the other
+// in-edges of its node. With self_loops the edges i -> i of the list make
+// way for the loops: they sort after every CSR position, under the key
+// num_dst, so dst_ptr has num_dst + 2 offsets, and dst_ptr[num_dst] is
+// the number of CSR positions. It writes copy (if not null) with the edge
+// list, and refuses an index outside [0, num_src) or [0, num_dst).
+// gatv2_layout_by_source reads the first num_dst + 1 offsets of dst_ptr
+// and dst_col and writes the CSC: for each source node, the CSR positions
+// of its out-edges, in order, and their destinations.
+#define GATV2_LAYOUT_FIELDS(X)                                               \
+  X(const int64_t*, src)                                                     \
+  X(const int64_t*, dst)                                                     \
+  X(int64_t, num_edges)                                                      \
+  X(int64_t, num_src)                                                        \
+  X(int64_t, num_dst)                                                        \
+  X(int64_t, self_loops)                                                     \
+  X(int64_t, num_threads)                                                    \
+  /* [2, num_edges] */                                                       \
+  X(int64_t*, copy)                                                          \
+  /* [num_dst + 2], then [num_edges + loops] each */                         \
+  X(int64_t*, dst_ptr)                                                       \
+  X(int64_t*, dst_col)                                                       \
+  X(int64_t*, dst_eid)                                                       \
+  /* [num_src + 1], then [dst_ptr[num_dst]] each */                          \
+  X(int64_t*, src_ptr)                                                       \
+  X(int64_t*, src_pos)                                                       \
+  X(int64_t*, src_row)
 
-typedef struct Gatv2SortArgs {
-  GATV2_SORT_FIELDS(GATV2_DECLARE_FIELD)
-} Gatv2SortArgs;
+typedef struct Gatv2LayoutArgs {
+  GATV2_LAYOUT_FIELDS(GATV2_DECLARE_FIELD)
+} Gatv2LayoutArgs;
 #undef GATV2_DECLARE_FIELD
 
 int64_t gatv2_abi_version(void);
 // "name:offset:size,..." for every field of Gatv2Args, then ";" and the
-// same for Gatv2SortArgs.
+// same for Gatv2LayoutArgs.
 const char* gatv2_args_layout(void);
 
 // The CPU levels the kernels are compiled for, best first
@@ -133,7 +156,8 @@ int gatv2_compiled_shape(int64_t heads, int64_t channels, int64_t* fixed);
 int gatv2_forward(const Gatv2Args* args);
 int gatv2_backward_dst(const Gatv2Args* args);
 int gatv2_backward_src(const Gatv2Args* args);
-int gatv2_counting_sort(const Gatv2SortArgs* args);
+int gatv2_layout_by_destination(const Gatv2LayoutArgs* args);
+int gatv2_layout_by_source(const Gatv2LayoutArgs* args);
 
 #ifdef __cplusplus
 }
