@@ -105,6 +105,15 @@ LAYERS = {'ours': 'pyg_gatv2.GATv2Conv', 'pyg': 'torch_geometric GATv2Conv'}
 QUICK = dict(nodes=3000, degree=8, features=32, classes=4, words=4,
              batch_size=64, num_neighbors=[5, 5], steps=3, warmup=1,
              memory_steps=1, rounds=1, estimate_nodes=[1000])
+# The parts of a step that the profiler tells apart, by the operators whose
+# own time they count: the fused attention (its forward and backward
+# kernels), the edge layout, the projections (matrix products), the
+# random draws of dropout; the rest is 'other' (for PyG's layer, its
+# message passing).
+PARTS = {'attention': ('gatv2_attention', ), 'layout': ('edge_layout', ),
+         'projections': ('aten::mm', 'aten::addmm'),
+         'dropout_draws': ('aten::bernoulli_', 'aten::uniform_')}
+PROFILED_STEPS = 3
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -147,6 +156,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                      help='CPU threads per run in all, split over its ranks')
     run.add_argument('--steps', type=int, default=5,
                      help='timed steps per run')
+    run.add_argument('--workers', type=int, default=1,
+                     help='loader worker processes per rank that sample '
+                     'ahead of training, in the end-to-end timing')
     run.add_argument('--warmup', type=int, default=1,
                      help='untimed steps first')
     run.add_argument('--memory-steps', type=int, default=2,
@@ -185,6 +197,9 @@ def check_args(parser: argparse.ArgumentParser,
                 'rounds'):
         if getattr(args, key) < 1:
             parser.error(f'--{key.replace("_", "-")} must be at least 1')
+    for key in ('workers', ):
+        if getattr(args, key) < 0:
+            parser.error(f'--{key.replace("_", "-")} must not be negative')
     for key in ('homophily', 'topic', 'train_fraction', 'dropout'):
         if not 0.0 <= getattr(args, key) <= 1.0:
             parser.error(f'--{key.replace("_", "-")} must lie in [0, 1]')
@@ -402,7 +417,20 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     state['edges'].clear()
     state['nodes'].clear()
     medians = interleaved_medians(fns, cpu, spec['steps'])
+    parts = {name: step_parts(fns[name]) for name in layers}
+    # End to end: the trainer's loader (NeighborBatches), sampling ahead in
+    # its workers while the model trains; the layers in turn, each with a
+    # loader of its own.
+    data.train_mask = torch.zeros(data.num_nodes, dtype=torch.bool)
+    data.train_mask[graph['train_idx']] = True
+    rates = {name: 0.0 for name in layers}
+    for round_ in range(2):
+        for name in layers:
+            rates[name] = max(rates[name], end_to_end(
+                models[name], optimizers[name], data, spec,
+                epoch=1 + round_ * len(layers) + layers.index(name)))
     result = dict(medians=medians, check=check, status=status,
+                  parts=parts, steps_per_s=rates,
                   edges=statistics.mean(state['edges']),
                   nodes=statistics.mean(state['nodes']),
                   steps_per_epoch=math.ceil(shard.numel() /
@@ -424,6 +452,57 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
                 kept[name] = max(kept[name], memory.kept)
         result.update(peak=peaks, kept=kept)
     return result
+
+
+def step_parts(step) -> dict[str, float]:
+    """Seconds per step of each of :data:`PARTS` and of the rest, from the
+    operators' own times under the profiler over :data:`PROFILED_STEPS`
+    runs of :obj:`step` (each on the batch last sampled)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(PROFILED_STEPS):
+            step()
+    seconds = {part: 0.0 for part in PARTS}
+    total = 0.0
+    for event in prof.key_averages():
+        own = event.self_cpu_time_total / 1e6 / PROFILED_STEPS
+        total += own
+        for part, names in PARTS.items():
+            if any(name in event.key for name in names):
+                seconds[part] += own
+                break
+    seconds['other'] = total - sum(seconds.values())
+    return seconds
+
+
+def end_to_end(model, optimizer, data: Data, spec: dict,
+               epoch: int) -> float:
+    """Steps per second of training :obj:`model` on the batches of
+    :class:`~pyg_gatv2.experiments.training.NeighborBatches` with
+    ``spec['workers']`` workers sampling ahead: over ``spec['steps']``
+    steps, after as many as the workers have sampled ahead of the first
+    (and one more), on the epochs of the run seeded ``spec['seed']`` from
+    epoch ``1000 * epoch`` on."""
+    from pyg_gatv2.experiments.training import NeighborBatches
+    loader = NeighborBatches(data, spec['num_neighbors'], spec['batch_size'],
+                             num_workers=spec['workers'])
+    skip = 2 * spec['workers'] + 1
+    # Epochs on end, so that a small graph's short epochs do not run out.
+    batches = (batch for later in range(1000)
+               for batch in loader.batches(seed=spec['seed'],
+                                           epoch=1000 * epoch + later))
+    ends = []
+    for _ in range(skip + spec['steps']):
+        batch = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        num_seeds = batch.num_seeds
+        trim = {'num_seeds': num_seeds} if spec['trim'] else {}
+        out = model(batch.x, batch.edge_index, **trim)[:num_seeds]
+        F.cross_entropy(out, batch.y[:num_seeds]).backward()
+        optimizer.step()
+        ends.append(time.perf_counter())
+    del batches, loader  # the workers end with the loader
+    return spec['steps'] / (ends[-1] - ends[skip - 1])
 
 
 def agreement(models: dict[str, torch.nn.Module], batch: Data,
@@ -502,6 +581,10 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
         return statistics.median(
             max(rank['medians'][key] for rank in ranks) for ranks in runs)
 
+    def rate_over_runs(key: str) -> float:
+        return statistics.median(
+            min(rank['steps_per_s'][key] for rank in ranks) for ranks in runs)
+
     first = runs[0]
     status = {name: next((rank['status'][name] for ranks in runs
                           for rank in ranks
@@ -547,16 +630,26 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
                 peak_mib=f'{peak / MiB:.1f}',
                 kept_mib=f'{kept[name] / MiB:.1f}',
                 model_speedup=f"{model['pyg'] / model[name]:.2f}",
-                memory_ratio=ratio)
+                memory_ratio=ratio,
+                overlapped_seeds_per_s=(
+                    f'{procs * batch_size * rate_over_runs(name):.0f}'),
+                overlapped_speedup=(
+                    f"{rate_over_runs(name) / rate_over_runs('pyg'):.2f}"))
+            for part in (*PARTS, 'other'):
+                row[f'{part}_ms'] = '{:.1f}'.format(1e3 * max(
+                    rank['parts'][name][part] for rank in first))
         rows.append(row)
     return rows
 
 
 COLUMNS = ['processes', 'threads_per_rank', 'layer', 'status',
            'sampled_nodes', 'sampled_edges', 'sampling_ms', 'model_ms',
-           'model_s_per_epoch', 's_per_epoch', 'seeds_per_s', 'peak_mib',
+           'model_s_per_epoch', 's_per_epoch', 'seeds_per_s',
+           'overlapped_seeds_per_s', 'overlapped_speedup', 'peak_mib',
            'kept_mib', 'model_speedup', 'memory_ratio', 'max_rel_error',
            'grad_max_rel_error', 'worst_grad']
+PART_COLUMNS = ['processes', 'threads_per_rank', 'layer',
+                *(f'{part}_ms' for part in (*PARTS, 'other'))]
 
 
 def report(args: argparse.Namespace, full: Data, estimate: dict,
@@ -603,6 +696,16 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         'garbage was collected (measured). model_speedup: PyG model time / '
         "this model time; memory_ratio: this peak / PyG's peak.",
         '',
+        'End to end (overlapped_seeds_per_s): the trainer\'s loader '
+        '(pyg_gatv2.experiments.training.NeighborBatches) with '
+        f'{args.workers} worker process(es) per rank sampling ahead while '
+        'the model trains (0: sampling in turn with the steps), each layer '
+        'with a loader of its own, the layers in turn, twice; the rate of '
+        f'{args.steps} steps after those the workers sampled ahead of the '
+        'first (and one more), of the slowest rank, the better of the two '
+        "turns, then the median over runs. overlapped_speedup: PyG's time "
+        'per step over this one\'s, end to end.',
+        '',
         'Check, before any timing: one training step of both models on '
         "each rank's first batch, same weights, eval mode (no dropout), "
         'loss (out * w).sum() with w fixed standard normal draws, one per '
@@ -616,6 +719,20 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         '(<tensor>: <error>) and not timed.',
         '',
         markdown_table(rows, COLUMNS),
+        '',
+        'Where a step goes (ms per step, the first run, the slowest rank): '
+        'the own time of the operators under the profiler over '
+        f'{PROFILED_STEPS} training steps on one batch, summed by part: '
+        'attention, the fused kernels of our layer, forward and backward; '
+        'layout, the edge layout of each new edge_index; projections, the '
+        'matrix products (the linear layers, forward and backward); '
+        'dropout_draws, the random numbers of dropout; other, the rest '
+        "(for PyG's layer its message passing; for both the trimming to "
+        "the seeds' neighbourhoods, the activations, the loss, Adam). The "
+        'profiler adds its own time; the parts are shares, model_ms the '
+        'time.',
+        '',
+        markdown_table(rows, PART_COLUMNS),
     ]
     if failures:
         lines += ['', 'Failed runs: ' + '; '.join(failures)]
@@ -660,6 +777,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     threads_per_rank=args.threads // procs,
                     batch_size=args.batch_size,
                     num_neighbors=args.num_neighbors, steps=args.steps,
+                    workers=args.workers,
                     trim=not args.whole_subgraph,
                     warmup=args.warmup, memory_steps=args.memory_steps,
                     memory=not runs[procs], collective_timeout=args.timeout)
@@ -683,7 +801,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                       time.perf_counter() - start,
                       (load, os.getloadavg()[0]))
     print(markdown)
-    write_report(args.out / args.name, markdown, rows, COLUMNS)
+    write_report(args.out / args.name, markdown, rows,
+                 COLUMNS + [c for c in PART_COLUMNS if c not in COLUMNS])
     if failures:
         sys.exit(1)
 

@@ -39,13 +39,16 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x * 0.0
     if x.requires_grad:
         return F.dropout(x, p=p, training=True)
-    nonzero = torch.flatten(x).nonzero().squeeze(1)
+    flat = torch.flatten(x)
+    nonzero = flat.nonzero().squeeze(1)
     if 8 * nonzero.numel() > x.numel():
         return F.dropout(x, p=p, training=True)
     keep = nonzero[torch.rand(nonzero.numel(), device=x.device) >= p]
-    scale = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
-    scale[keep] = 1.0 / (1.0 - p)
-    return x * scale.view_as(x)
+    # The kept entries written into zeros: one pass over the output, where
+    # multiplying by a tensor of scales took two and a buffer more.
+    out = torch.zeros_like(flat)
+    out[keep] = flat[keep] * (1.0 / (1.0 - p))
+    return out.view_as(x)
 
 
 def seed_prefixes(edge_index: Tensor, num_seeds: int, num_layers: int,

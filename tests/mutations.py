@@ -274,6 +274,15 @@ FAULTS = (
           (f'{LAYOUT}::test_in_place_edit_changes_the_result',
            f'{LAYOUT}::'
            'test_layout_cache_sees_edits_that_bypass_the_version_counter')),
+    # Mini-batch training.
+    Fault('sampling_without_the_step_seed',
+          "mini-batches: a step's neighbours drawn from whatever state "
+          "the sampling process's generator is in",
+          'pyg_gatv2/experiments/training/sampling.py',
+          '            torch.manual_seed(seed)\n',
+          '',
+          ('tests/test_experiments_training_sampling.py::'
+           'test_workers_sample_the_batches_the_training_process_would', )),
     # The layer.
     Fault('layer_loop_attr_fill_value_ignored',
           "layer: self-loop edge features always filled with 'mean'",

@@ -92,8 +92,16 @@ CHECKED = dict(status='ok', max_rel_error=1e-7, grad_max_rel_error=2e-7,
                worst_grad='convs.0.att')
 
 
-def rank_result(sampling, ours, pyg, peak_ours, peak_pyg, check=CHECKED):
+def parts(attention, other):
+    return dict(attention=attention, layout=0.001, projections=0.002,
+                dropout_draws=0.003, other=other)
+
+
+def rank_result(sampling, ours, pyg, peak_ours, peak_pyg, check=CHECKED,
+                rates=(4.0, 1.0)):
     return dict(medians=dict(sampling=sampling, ours=ours, pyg=pyg),
+                parts=dict(ours=parts(0.5, ours - 0.5), pyg=parts(0.0, pyg)),
+                steps_per_s=dict(ours=rates[0], pyg=rates[1]),
                 check=check, status=dict(ours='ok', pyg='ok'),
                 edges=100.0, nodes=90.0, steps_per_epoch=10,
                 peak=dict(ours=peak_ours, pyg=peak_pyg),
@@ -103,10 +111,10 @@ def rank_result(sampling, ours, pyg, peak_ours, peak_pyg, check=CHECKED):
 def test_summarize_takes_the_slowest_rank_and_the_median_run():
     mib = minibatch.MiB
     runs = [[rank_result(0.1, 1.0, 3.0, 2 * mib, 8 * mib),
-             rank_result(0.2, 2.0, 4.0, 4 * mib, 6 * mib)],
-            [rank_result(0.1, 9.0, 9.0, 0, 0),
-             rank_result(0.1, 9.0, 9.0, 0, 0)],
-            [rank_result(0.3, 1.0, 2.0, 0, 0),
+             rank_result(0.2, 2.0, 4.0, 4 * mib, 6 * mib, rates=(3.0, 2.0))],
+            [rank_result(0.1, 9.0, 9.0, 0, 0, rates=(9.0, 9.0)),
+             rank_result(0.1, 9.0, 9.0, 0, 0, rates=(8.0, 9.0))],
+            [rank_result(0.3, 1.0, 2.0, 0, 0, rates=(1.0, 0.5)),
              rank_result(0.1, 1.0, 2.0, 0, 0)]]
     ours, pyg = minibatch.summarize(2, 1, runs, batch_size=50)
     # Slowest ranks: sampling 0.2, 0.1, 0.3 -> 0.2; ours 2, 9, 1 -> 2;
@@ -121,6 +129,16 @@ def test_summarize_takes_the_slowest_rank_and_the_median_run():
     assert (ours['peak_mib'], pyg['peak_mib']) == ('4.0', '8.0')
     assert (ours['kept_mib'], pyg['kept_mib']) == ('2.0', '0.0')
     assert (ours['memory_ratio'], pyg['memory_ratio']) == ('0.500', '1.000')
+    # End to end, the slowest rank's rate: ours 3, 8, 1 -> 3 steps/s;
+    # PyG 1, 9, 0.5 -> 1.
+    assert ours['overlapped_seeds_per_s'] == f'{2 * 50 * 3.0:.0f}'
+    assert pyg['overlapped_seeds_per_s'] == f'{2 * 50 * 1.0:.0f}'
+    assert (ours['overlapped_speedup'], pyg['overlapped_speedup']) == (
+        '3.00', '1.00')
+    # The parts from the first run, the slowest rank.
+    assert (ours['attention_ms'], ours['other_ms']) == ('500.0', '1500.0')
+    assert (pyg['attention_ms'], pyg['other_ms']) == ('0.0', '4000.0')
+    assert ours['dropout_draws_ms'] == '3.0'
     assert (ours['status'], ours['max_rel_error']) == ('ok', '1.0e-07')
     assert 'max_rel_error' not in pyg  # the reference
 
@@ -132,14 +150,14 @@ def test_summarize_gives_a_model_that_failed_its_check_no_numbers():
     rank = rank_result(0.1, 1.0, 2.0, 1.0, 2.0, check=failed)
     # As train_rank leaves it: ours neither timed nor measured.
     rank['status']['ours'] = failed['status']
-    for key in ('medians', 'peak', 'kept'):
+    for key in ('medians', 'peak', 'kept', 'parts', 'steps_per_s'):
         del rank[key]['ours']
     ours, pyg = minibatch.summarize(1, 2, [[rank]], batch_size=8)
     assert ours['status'] == failed['status']
     assert (ours['grad_max_rel_error'], ours['worst_grad']) == (
         '1.0e-02', 'convs.0.att')
     assert not {'model_ms', 's_per_epoch', 'model_speedup', 'memory_ratio',
-                'peak_mib'} & set(ours)
+                'peak_mib', 'overlapped_seeds_per_s', 'attention_ms'} & set(ours)
     assert pyg['status'] == 'ok' and pyg['model_speedup'] == '1.00'
 
 
@@ -167,7 +185,8 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
     for row in rows:
         for key in ('sampling_ms', 'model_ms', 's_per_epoch',
                     'model_s_per_epoch', 'seeds_per_s', 'sampled_nodes',
-                    'sampled_edges'):
+                    'sampled_edges', 'overlapped_seeds_per_s',
+                    'projections_ms', 'other_ms'):
             assert float(row[key]) > 0, (key, row)
         assert row['status'] == 'ok'
         peak = float(row['peak_mib'])
@@ -175,6 +194,7 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
         assert row['memory_ratio'] == 'n/a' or float(
             row['memory_ratio']) >= 0
         if row['layer'] == ours:
+            assert float(row['attention_ms']) > 0
             assert float(row['max_rel_error']) <= minibatch.TOLERANCE
             assert float(row['grad_max_rel_error']) <= minibatch.TOLERANCE
             assert row['worst_grad'].startswith('convs.')

@@ -153,6 +153,36 @@ class WholeGraphOnly(torch.nn.Module):
         return self.model(x, edge_index)
 
 
+def test_workers_sample_the_batches_the_training_process_would():
+    # Each step samples from its own seed: the same batches with or without
+    # workers, whatever was drawn before, and the random stream of
+    # training is left as it was.
+    data = toy_graph()
+    runs = []
+    for num_workers in (0, 2):
+        torch.manual_seed(num_workers)
+        before = torch.random.get_rng_state()
+        loader = NeighborBatches(data, [3, 2], batch_size=7,
+                                 num_workers=num_workers)
+        runs.append([list(loader.batches(seed=4, epoch=epoch))
+                     for epoch in (1, 2)])
+        assert torch.equal(torch.random.get_rng_state(), before)
+    (first, second), (first_again, second_again) = runs
+    assert len(first) == 5
+    for ours, theirs in zip(first + second, first_again + second_again,
+                            strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours.keys():
+            value = ours[key]
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, theirs[key]), key
+            else:
+                assert value == theirs[key], key
+    # Other epochs, other neighbours.
+    assert not all(torch.equal(a.n_id, b.n_id)
+                   for a, b in zip(first, second, strict=True))
+
+
 def test_mini_batches_pass_their_seed_count_to_models_that_take_it():
     data = toy_graph()
     batches = list(NeighborBatches(data, [3, 2], batch_size=8).batches(0, 1))
@@ -221,13 +251,16 @@ def test_layer_wise_evaluation_needs_a_model_with_inference():
 
 
 @pytest.mark.slow
-def test_mini_batch_resume_gives_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_mini_batch_resume_gives_the_uninterrupted_result(tmp_path,
+                                                          num_workers):
     data = toy_graph()
     recipe = Recipe(epochs=12, patience=12)
 
     def train(folder, resume=False, on_epoch=None, batch_size=8):
         return train_node_classifier(
-            build, data, [0], recipe, sampling=Sampling(batch_size, [4, 4]),
+            build, data, [0], recipe,
+            sampling=Sampling(batch_size, [4, 4], num_workers=num_workers),
             checkpoints=Checkpointing(tmp_path / folder, 4, resume),
             on_epoch=on_epoch)
 

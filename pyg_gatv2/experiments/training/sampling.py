@@ -26,7 +26,7 @@ from .distributed import world
 
 __all__ = ['FullBatch', 'NeighborBatches', 'SamplingUnavailableError',
            'check_sampling', 'sampling_available', 'seed_batches',
-           'whole_neighbourhoods']
+           'step_seed', 'whole_neighbourhoods']
 
 INSTALL_HINT = ("pip install --no-build-isolation 'pyg-gatv2[sampling]' "
                 '(after torch and torch-scatter: torch-sparse builds from '
@@ -137,17 +137,35 @@ def seed_batches(num_nodes: int, batch_size: int, seed: int, epoch: int,
             for chunk in chunks]
 
 
-class _Plan:
-    """The batch sampler of the loader: the positions of each batch of the
-    current epoch, set by :meth:`NeighborBatches.batches`."""
-    def __init__(self) -> None:
-        self.steps: list[tuple[Tensor, int]] = []
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """The seed of the neighbour sampling of one step of one process: a
+    function of the run's seed, the epoch, the step and the rank only, so
+    that a step samples the same neighbours wherever and whenever it is
+    drawn (in the training process or a loader worker, in a resumed run or
+    an uninterrupted one)."""
+    return _mix(_mix(_mix(seed, epoch), step), rank)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return (positions.tolist() for positions, _ in self.steps)
+
+class _Plan(torch.utils.data.Sampler):
+    """The steps of the current epoch, set by
+    :meth:`NeighborBatches.batches`: for each, the positions of its seeds
+    (into the training nodes), the number of seeds of the step over all
+    processes, and the seed of its sampling."""
+    def __init__(self) -> None:
+        self.steps: list[tuple[list[int], int, int]] = []
+
+    def __iter__(self) -> Iterator[tuple[list[int], int, int]]:
+        return iter(self.steps)
 
     def __len__(self) -> int:
         return len(self.steps)
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Hands each step of the plan to the loader's sampling as it is."""
+    def __getitem__(self, step: tuple[list[int], int, int]
+                    ) -> tuple[list[int], int, int]:
+        return step
 
 
 class NeighborBatches:
@@ -162,10 +180,15 @@ class NeighborBatches:
     :class:`~pyg_gatv2.models.GATv2` does) gets it, and computes at each
     layer only the nodes the seeds depend on; another runs every layer on
     the whole subgraph. The epoch's order comes from
-    :func:`~pyg_gatv2.experiments.training.sampling.seed_batches`, so that a
-    resumed run sees the batches an uninterrupted one would; the sampling of
-    neighbours draws from torch's generator, which the checkpoints keep.
-    A batch holds ``x``, ``y``, ``edge_index``, ``n_id`` (each node's index
+    :func:`~pyg_gatv2.experiments.training.sampling.seed_batches`, and each
+    step samples its neighbours from torch's generator seeded by
+    :func:`~pyg_gatv2.experiments.training.sampling.step_seed` (and
+    restored after), so that a resumed run sees the batches an
+    uninterrupted one would, with or without workers, and sampling leaves
+    the random stream of training (dropout) untouched. With
+    :obj:`num_workers` processes the next batches are sampled while the
+    current one trains (each worker prefetches two; the workers live as
+    long as the loader). A batch holds ``x``, ``y``, ``edge_index``, ``n_id`` (each node's index
     in the graph), ``num_seeds``, ``train_mask`` and ``loss_scale``.
 
     Args:
@@ -175,8 +198,9 @@ class NeighborBatches:
         batch_size (int): Most seed nodes per batch and process.
         device (str or torch.device, optional): Where the batches go.
             (default: ``'cpu'``)
-        num_workers (int, optional): Processes that sample ahead of training.
-            (default: :obj:`0`)
+        num_workers (int, optional): Processes that sample ahead of
+            training; :obj:`0` samples each batch in the training process
+            when it is needed. (default: :obj:`0`)
     """
     def __init__(self, data: Data, num_neighbors: Sequence[int],
                  batch_size: int, device: Union[str, torch.device] = 'cpu',
@@ -206,10 +230,18 @@ class NeighborBatches:
         self._plan = _Plan()
         graph = Data(x=data.x, y=data.y, edge_index=data.edge_index,
                      num_nodes=data.num_nodes)
-        self.loader = NeighborLoader(
+        # The sampler and the filter of PyG's loader, run by a loader over
+        # the steps of the plan, which hands each step's seed along.
+        self._neighbors = NeighborLoader(
             graph, num_neighbors=num_neighbors,
-            input_nodes=_train_nodes(data), batch_sampler=self._plan,
-            num_workers=num_workers, persistent_workers=num_workers > 0)
+            input_nodes=_train_nodes(data), filter_per_worker=True)
+        self.loader = torch.utils.data.DataLoader(
+            _Steps(), sampler=self._plan, batch_size=None,
+            collate_fn=self._sample, num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            # The seed the loader draws for its workers comes from a
+            # generator of its own, not from training's.
+            generator=torch.Generator().manual_seed(0))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -222,18 +254,29 @@ class NeighborBatches:
         """The batches of epoch :obj:`epoch` of the run seeded
         :obj:`seed`, for this process."""
         rank, size = world()
-        self._plan.steps = seed_batches(self.num_train, self.batch_size,
-                                        seed, epoch, rank, size)
-        totals = [total for _, total in self._plan.steps]
-        return self._batches(totals, size)
+        steps = seed_batches(self.num_train, self.batch_size, seed, epoch,
+                             rank, size)
+        self._plan.steps = [
+            (positions.tolist(), total, step_seed(seed, epoch, step, rank))
+            for step, (positions, total) in enumerate(steps)]
+        return self._batches(size)
 
-    def _batches(self, totals: list[int], size: int) -> Iterator[Data]:
-        for batch, total in zip(self.loader, totals, strict=True):
-            seeds = batch.batch_size
-            batch = Data(x=batch.x, y=batch.y, edge_index=batch.edge_index,
-                         n_id=batch.n_id, num_seeds=seeds,
-                         train_mask=torch.arange(batch.num_nodes) < seeds)
-            batch.loss_scale = seeds * size / total
+    def _sample(self, step: tuple[list[int], int, int]) -> Data:
+        """Samples the subgraph of one step (in a worker, if there are
+        any)."""
+        positions, total, seed = step
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            batch = self._neighbors.collate_fn(positions)
+        seeds = batch.batch_size
+        return Data(x=batch.x, y=batch.y, edge_index=batch.edge_index,
+                    n_id=batch.n_id, num_seeds=seeds, total=total,
+                    train_mask=torch.arange(batch.num_nodes) < seeds)
+
+    def _batches(self, size: int) -> Iterator[Data]:
+        for batch in self.loader:
+            batch.loss_scale = batch.num_seeds * size / batch.total
+            del batch.total
             yield batch.to(self.device)
 
     def __repr__(self) -> str:
