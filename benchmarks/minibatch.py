@@ -105,12 +105,13 @@ LAYERS = {'ours': 'pyg_gatv2.GATv2Conv', 'pyg': 'torch_geometric GATv2Conv'}
 QUICK = dict(nodes=3000, degree=8, features=32, classes=4, words=4,
              batch_size=64, num_neighbors=[5, 5], steps=3, warmup=1,
              memory_steps=1, rounds=1, estimate_nodes=[1000])
-# The parts of a step that the profiler tells apart, by the operators whose
-# own time they count: the fused attention (its forward and backward
-# kernels), the edge layout, the projections (matrix products), the
-# random draws of dropout; the rest is 'other' (for PyG's layer, its
-# message passing).
-PARTS = {'attention': ('gatv2_attention', ), 'layout': ('edge_layout', ),
+# The parts of a step that the profiler tells apart, by the operators (and
+# the ranges the layout marks) whose own time they count: the fused
+# attention (its forward and backward kernels), the edge layout (CSR and
+# CSC), the projections (matrix products), the random draws of dropout;
+# the rest is 'other' (for PyG's layer, its message passing).
+PARTS = {'attention': ('gatv2_attention', ),
+         'layout': ('edge_layout', 'build_layout_by_'),
          'projections': ('aten::mm', 'aten::addmm'),
          'dropout_draws': ('aten::bernoulli_', 'aten::uniform_')}
 PROFILED_STEPS = 3

@@ -143,13 +143,17 @@ class EdgeLayout:
         """``(src_ptr, src_pos, src_row)``: for each source node, the CSR
         positions of its out-edges and their destination nodes."""
         if self._csc is None:
-            if _on_library(self.dst_col):
-                self._csc = cpp_library.layout_by_source(
-                    self.dst_ptr, self.dst_col, self.num_src)
-            else:
-                ptr, pos = _sort(self.dst_col, self.num_src)
-                self._csc = (ptr, pos, self.dst_row[pos])
+            with torch.profiler.record_function(
+                    'pyg_gatv2::build_layout_by_source'):
+                self._csc = self._build_csc()
         return self._csc
+
+    def _build_csc(self) -> Tuple[Tensor, Tensor, Tensor]:
+        if _on_library(self.dst_col):
+            return cpp_library.layout_by_source(self.dst_ptr, self.dst_col,
+                                                self.num_src)
+        ptr, pos = _sort(self.dst_col, self.num_src)
+        return ptr, pos, self.dst_row[pos]
 
     def bounds(self, by: str, num_chunks: int) -> np.ndarray:
         """Splits the destination (``by='dst'``) or source (``by='src'``)
@@ -200,7 +204,18 @@ def _build(edge_index: Tensor, num_src: int, num_dst: int,
            add_self_loops: bool, caller: str,
            copy: Optional[Tensor] = None) -> EdgeLayout:
     """Builds the layout of ``edge_index``, filling ``copy`` (int64, of its
-    shape) with its indices on the way, if given."""
+    shape) with its indices on the way, if given. The profiler shows it as
+    ``pyg_gatv2::build_layout_by_destination`` (and the CSC, built when
+    backward first needs it, as ``pyg_gatv2::build_layout_by_source``)."""
+    with torch.profiler.record_function(
+            'pyg_gatv2::build_layout_by_destination'):
+        return _build_csr(edge_index, num_src, num_dst, add_self_loops,
+                          caller, copy)
+
+
+def _build_csr(edge_index: Tensor, num_src: int, num_dst: int,
+               add_self_loops: bool, caller: str,
+               copy: Optional[Tensor]) -> EdgeLayout:
     check_edge_index(edge_index, caller)
     edge_index = edge_index.long()
     num_edges = edge_index.size(1)

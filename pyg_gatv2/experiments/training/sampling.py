@@ -161,6 +161,26 @@ class _Plan(torch.utils.data.Sampler):
         return len(self.steps)
 
 
+class _StepSampler:
+    """Samples the subgraph of one step of the plan, from the step's seed:
+    the loader's collate function (in a worker, if there are any). Holds
+    PyG's loader only, not the :class:`NeighborBatches` that owns the
+    loader, so that a loader that is dropped ends its workers at once
+    instead of at the next garbage collection."""
+    def __init__(self, neighbors) -> None:
+        self.neighbors = neighbors
+
+    def __call__(self, step: tuple[list[int], int, int]) -> Data:
+        positions, total, seed = step
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            batch = self.neighbors.collate_fn(positions)
+        seeds = batch.batch_size
+        return Data(x=batch.x, y=batch.y, edge_index=batch.edge_index,
+                    n_id=batch.n_id, num_seeds=seeds, total=total,
+                    train_mask=torch.arange(batch.num_nodes) < seeds)
+
+
 class _Steps(torch.utils.data.Dataset):
     """Hands each step of the plan to the loader's sampling as it is."""
     def __getitem__(self, step: tuple[list[int], int, int]
@@ -232,12 +252,12 @@ class NeighborBatches:
                      num_nodes=data.num_nodes)
         # The sampler and the filter of PyG's loader, run by a loader over
         # the steps of the plan, which hands each step's seed along.
-        self._neighbors = NeighborLoader(
+        neighbors = NeighborLoader(
             graph, num_neighbors=num_neighbors,
             input_nodes=_train_nodes(data), filter_per_worker=True)
         self.loader = torch.utils.data.DataLoader(
             _Steps(), sampler=self._plan, batch_size=None,
-            collate_fn=self._sample, num_workers=num_workers,
+            collate_fn=_StepSampler(neighbors), num_workers=num_workers,
             persistent_workers=num_workers > 0,
             # The seed the loader draws for its workers comes from a
             # generator of its own, not from training's.
@@ -260,18 +280,6 @@ class NeighborBatches:
             (positions.tolist(), total, step_seed(seed, epoch, step, rank))
             for step, (positions, total) in enumerate(steps)]
         return self._batches(size)
-
-    def _sample(self, step: tuple[list[int], int, int]) -> Data:
-        """Samples the subgraph of one step (in a worker, if there are
-        any)."""
-        positions, total, seed = step
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            batch = self._neighbors.collate_fn(positions)
-        seeds = batch.batch_size
-        return Data(x=batch.x, y=batch.y, edge_index=batch.edge_index,
-                    n_id=batch.n_id, num_seeds=seeds, total=total,
-                    train_mask=torch.arange(batch.num_nodes) < seeds)
 
     def _batches(self, size: int) -> Iterator[Data]:
         for batch in self.loader:
