@@ -215,6 +215,12 @@ int counting_sort(int64_t n, int64_t k, int64_t num_threads, int64_t* ptr,
 // replaces, which sorts after every CSR position. By source, the items are
 // the CSR positions, keyed by their source node.
 
+// How many items ahead the placing passes prefetch the positions they will
+// write: the writes land at random (an edge goes after the other edges of
+// its node), and prefetched they cost a third less time at N=20k,
+// E=400k (distances of 16 to 64 did alike).
+constexpr int64_t PREFETCH = 32;
+
 // The key of the edge s -> d by destination.
 inline int64_t destination_key(const Gatv2LayoutArgs& a, int64_t s,
                                int64_t d) {
@@ -252,6 +258,12 @@ void place_by_destination(const Gatv2LayoutArgs& a, int64_t begin,
   int64_t* __restrict eid = a.dst_eid;
   const int64_t stop = std::min(end, a.num_edges);
   for (int64_t v = begin; v < stop; ++v) {
+    if (v + PREFETCH < stop) {
+      const int64_t k =
+          destination_key(a, src[v + PREFETCH], dst[v + PREFETCH]);
+      __builtin_prefetch(col + next[k], 1);
+      __builtin_prefetch(eid + next[k], 1);
+    }
     const int64_t s = src[v], d = dst[v];
     const int64_t pos = next[destination_key(a, s, d)]++;
     col[pos] = s;
@@ -284,6 +296,10 @@ void place_by_source(const Gatv2LayoutArgs& a, int64_t begin, int64_t end,
   // The destination of each position, followed from that of the first.
   int64_t r = std::upper_bound(ptr, ptr + a.num_dst + 1, begin) - ptr - 1;
   for (int64_t p = begin; p < end; ++p) {
+    if (p + PREFETCH < end) {
+      __builtin_prefetch(pos + next[col[p + PREFETCH]], 1);
+      __builtin_prefetch(row + next[col[p + PREFETCH]], 1);
+    }
     while (ptr[r + 1] <= p) ++r;
     const int64_t at = next[col[p]]++;
     pos[at] = p;
