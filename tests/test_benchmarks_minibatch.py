@@ -157,7 +157,8 @@ def test_summarize_gives_a_model_that_failed_its_check_no_numbers():
     assert (ours['grad_max_rel_error'], ours['worst_grad']) == (
         '1.0e-02', 'convs.0.att')
     assert not {'model_ms', 's_per_epoch', 'model_speedup', 'memory_ratio',
-                'peak_mib', 'overlapped_seeds_per_s', 'attention_ms'} & set(ours)
+                'peak_mib', 'overlapped_seeds_per_s',
+                'attention_ms'} & set(ours)
     assert pyg['status'] == 'ok' and pyg['model_speedup'] == '1.00'
 
 

@@ -208,8 +208,9 @@ class NeighborBatches:
     the random stream of training (dropout) untouched. With
     :obj:`num_workers` processes the next batches are sampled while the
     current one trains (each worker prefetches two; the workers live as
-    long as the loader). A batch holds ``x``, ``y``, ``edge_index``, ``n_id`` (each node's index
-    in the graph), ``num_seeds``, ``train_mask`` and ``loss_scale``.
+    long as the loader). A batch holds ``x``, ``y``, ``edge_index``,
+    ``n_id`` (each node's index in the graph), ``num_seeds``,
+    ``train_mask`` and ``loss_scale``.
 
     Args:
         data (torch_geometric.data.Data): The graph, on the CPU.
