@@ -43,11 +43,14 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     nonzero = flat.nonzero().squeeze(1)
     if 8 * nonzero.numel() > x.numel():
         return F.dropout(x, p=p, training=True)
-    keep = nonzero[torch.rand(nonzero.numel(), device=x.device) >= p]
-    # The kept entries written into zeros: one pass over the output, where
-    # multiplying by a tensor of scales took two and a buffer more.
+    kept = torch.rand(nonzero.numel(), device=x.device) >= p
+    # The nonzero entries times their scale (zero where dropped, so that a
+    # dropped NaN or infinity stays NaN, as under F.dropout) written into
+    # zeros: one pass over the output, where multiplying by a tensor of
+    # scales took two and a buffer more.
+    scale = kept.to(x.dtype) * (1.0 / (1.0 - p))
     out = torch.zeros_like(flat)
-    out[keep] = flat[keep] * (1.0 / (1.0 - p))
+    out[nonzero] = flat[nonzero] * scale
     return out.view_as(x)
 
 

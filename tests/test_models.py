@@ -180,6 +180,20 @@ def test_sparse_feature_dropout_passes_dense_input_to_torch():
     torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.5))
 
 
+def test_sparse_feature_dropout_keeps_nan_and_infinity_as_dropout_does():
+    # Dropped or kept, a NaN stays NaN and an infinity stays infinite or
+    # turns NaN, as under F.dropout (x * 0): bad input is not hidden.
+    x = torch.zeros(50, 40)
+    x[::5, 3] = float('nan')
+    x[1::5, 7] = float('inf')
+    torch.manual_seed(0)
+    out = sparse_feature_dropout(x, 0.5, training=True)
+    assert torch.isnan(out[::5, 3]).all()
+    assert (torch.isinf(out[1::5, 7]) | torch.isnan(out[1::5, 7])).all()
+    assert torch.isnan(out[1::5, 7]).any()  # some were dropped
+    assert (out[x == 0] == 0).all()
+
+
 def test_sparse_feature_dropout_edge_cases():
     x = bag_of_words(20, 30)
     assert sparse_feature_dropout(x, 0.6, training=False) is x
