@@ -198,9 +198,8 @@ def check_args(parser: argparse.ArgumentParser,
                 'rounds'):
         if getattr(args, key) < 1:
             parser.error(f'--{key.replace("_", "-")} must be at least 1')
-    for key in ('workers', ):
-        if getattr(args, key) < 0:
-            parser.error(f'--{key.replace("_", "-")} must not be negative')
+    if args.workers < 0:
+        parser.error('--workers must not be negative')
     for key in ('homophily', 'topic', 'train_fraction', 'dropout'):
         if not 0.0 <= getattr(args, key) <= 1.0:
             parser.error(f'--{key.replace("_", "-")} must lie in [0, 1]')
@@ -402,12 +401,8 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
 
         def step() -> None:
             batch = state['batch']
-            optimizer.zero_grad(set_to_none=True)
-            out = model(batch.x, batch.edge_index,
-                        **seeds(batch))[:batch.batch_size]
-            loss = F.cross_entropy(out, batch.y[:batch.batch_size])
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, batch, batch.batch_size,
+                       spec['trim'])
         return step
 
     fns = {'sampling': sample, **{name: step_of(name) for name in layers}}
@@ -455,6 +450,19 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     return result
 
 
+def train_step(model, optimizer, batch: Data, num_seeds: int,
+               trim: bool) -> None:
+    """One training step on :obj:`batch`, the loss on its first
+    :obj:`num_seeds` nodes, the seeds; with :obj:`trim`, each layer
+    computes only what the seeds need (``GATv2.forward``'s
+    ``num_seeds``)."""
+    optimizer.zero_grad(set_to_none=True)
+    out = model(batch.x, batch.edge_index,
+                **({'num_seeds': num_seeds} if trim else {}))[:num_seeds]
+    F.cross_entropy(out, batch.y[:num_seeds]).backward()
+    optimizer.step()
+
+
 def step_parts(step) -> dict[str, float]:
     """Seconds per step of each of :data:`PARTS` and of the rest, from the
     operators' own times under the profiler over :data:`PROFILED_STEPS`
@@ -495,12 +503,7 @@ def end_to_end(model, optimizer, data: Data, spec: dict,
     ends = []
     for _ in range(skip + spec['steps']):
         batch = next(batches)
-        optimizer.zero_grad(set_to_none=True)
-        num_seeds = batch.num_seeds
-        trim = {'num_seeds': num_seeds} if spec['trim'] else {}
-        out = model(batch.x, batch.edge_index, **trim)[:num_seeds]
-        F.cross_entropy(out, batch.y[:num_seeds]).backward()
-        optimizer.step()
+        train_step(model, optimizer, batch, batch.num_seeds, spec['trim'])
         ends.append(time.perf_counter())
     del batches, loader  # the workers end with the loader
     return spec['steps'] / (ends[-1] - ends[skip - 1])

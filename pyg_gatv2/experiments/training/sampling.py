@@ -149,12 +149,11 @@ def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
 class _Plan(torch.utils.data.Sampler):
     """The steps of the current epoch, set by
     :meth:`NeighborBatches.batches`: for each, the positions of its seeds
-    (into the training nodes), the number of seeds of the step over all
-    processes, and the seed of its sampling."""
+    (into the training nodes) and the seed of its sampling."""
     def __init__(self) -> None:
-        self.steps: list[tuple[list[int], int, int]] = []
+        self.steps: list[tuple[list[int], int]] = []
 
-    def __iter__(self) -> Iterator[tuple[list[int], int, int]]:
+    def __iter__(self) -> Iterator[tuple[list[int], int]]:
         return iter(self.steps)
 
     def __len__(self) -> int:
@@ -170,21 +169,21 @@ class _StepSampler:
     def __init__(self, neighbors) -> None:
         self.neighbors = neighbors
 
-    def __call__(self, step: tuple[list[int], int, int]) -> Data:
-        positions, total, seed = step
+    def __call__(self, step: tuple[list[int], int]) -> Data:
+        positions, seed = step
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             batch = self.neighbors.collate_fn(positions)
         seeds = batch.batch_size
         return Data(x=batch.x, y=batch.y, edge_index=batch.edge_index,
-                    n_id=batch.n_id, num_seeds=seeds, total=total,
+                    n_id=batch.n_id, num_seeds=seeds,
                     train_mask=torch.arange(batch.num_nodes) < seeds)
 
 
 class _Steps(torch.utils.data.Dataset):
     """Hands each step of the plan to the loader's sampling as it is."""
-    def __getitem__(self, step: tuple[list[int], int, int]
-                    ) -> tuple[list[int], int, int]:
+    def __getitem__(self, step: tuple[list[int], int]
+                    ) -> tuple[list[int], int]:
         return step
 
 
@@ -278,14 +277,13 @@ class NeighborBatches:
         steps = seed_batches(self.num_train, self.batch_size, seed, epoch,
                              rank, size)
         self._plan.steps = [
-            (positions.tolist(), total, step_seed(seed, epoch, step, rank))
-            for step, (positions, total) in enumerate(steps)]
-        return self._batches(size)
+            (positions.tolist(), step_seed(seed, epoch, step, rank))
+            for step, (positions, _) in enumerate(steps)]
+        return self._batches([total for _, total in steps], size)
 
-    def _batches(self, size: int) -> Iterator[Data]:
-        for batch in self.loader:
-            batch.loss_scale = batch.num_seeds * size / batch.total
-            del batch.total
+    def _batches(self, totals: list[int], size: int) -> Iterator[Data]:
+        for batch, total in zip(self.loader, totals, strict=True):
+            batch.loss_scale = batch.num_seeds * size / total
             yield batch.to(self.device)
 
     def __repr__(self) -> str:

@@ -23,10 +23,10 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
-#include <memory>
 #include <vector>
 
 #include <omp.h>
