@@ -193,8 +193,8 @@ def test_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
 def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
     impls = 'pyg,fused_torch,fused_fresh'
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '2000',
-         '--degrees', '5', '--heads-channels', '2x8', '--features', '16',
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '10000',
+         '--degrees', '10', '--heads-channels', '2x8', '--features', '16',
          '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
          '--impls', impls, '--timeout', '300', '--out', str(tmp_path)],
         capture_output=True, text=True, timeout=600)
@@ -210,11 +210,13 @@ def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
                                      'lin_r.bias')
         assert float(row['peak_mib']) >= float(row['kept_mib'])
     # Ours keeps its layout of edge_index (CSR, CSC) and the copy of
-    # edge_index, over 0.3 MiB for 12,000 edges; PyG keeps nothing, nor do
-    # we for a new edge_index every step.
-    assert float(rows['fused_torch']['kept_mib']) >= 0.3
+    # edge_index, 4 MiB measured for 100,000 edges and 10,000 loops; PyG
+    # keeps nothing, nor do we for a new edge_index every step. The resident
+    # set is counted in pages with a slack of some hundred KiB, so the graph
+    # is large enough for the difference to stand well above it.
+    assert float(rows['fused_torch']['kept_mib']) >= 2.5
     for name in ('pyg', 'fused_fresh'):
-        assert float(rows[name]['kept_mib']) <= 0.1, rows[name]
+        assert float(rows[name]['kept_mib']) <= 0.5, rows[name]
     assert float(rows['fused_torch']['step_speedup_vs_eager']) > 0
     markdown = (tmp_path / 'kernels.md').read_text()
     assert 'grad_max_rel_error' in markdown
