@@ -38,6 +38,7 @@ import json
 import platform
 import statistics
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +71,14 @@ from pyg_gatv2.experiments.plots import plot_dictionary_lookup
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 COLUMNS = ('k', 'layer', 'heads', 'seed', 'train node', 'train graph',
-           'test node', 'test graph', 'best epoch', 'epochs', 'stop',
-           'seconds', 's / epoch')
+           'test node', 'test graph', 'own key on top', 'best head',
+           'weight on own key', 'best epoch', 'epochs', 'stop', 'seconds',
+           's / epoch')
+# What the report says of each way of drawing a graph's values.
+GRAPHS = {'permutation': "the paper's task: a graph's values are a "
+          'permutation of 0..k-1',
+          'with_replacement': "the variant: a graph's values are k "
+          'independent draws from 0..k-1'}
 
 
 def check(gat: str) -> None:
@@ -157,7 +164,19 @@ def step_times(ks: list[int], heads: list[int], stem: Path) -> None:
     stem.with_name(stem.name + '_steps.md').write_text(text)
 
 
+def own_key(result: LookupResult) -> Optional[tuple[float, float, float]]:
+    """On the test graphs: the share of queries whose own key is on top
+    (mean over heads, and the best head's), and the mean weight on the own
+    key; None for runs measured before the report had them."""
+    if result.own_key is None:
+        return None
+    top = result.own_key['test_top']
+    return (statistics.mean(top), max(top),
+            statistics.mean(result.own_key['test_weight']))
+
+
 def row(result: LookupResult) -> dict:
+    attention = own_key(result)
     return {
         'k': result.k, 'layer': LOOKUP_LAYERS[result.conv],
         'heads': result.heads, 'seed': result.seed,
@@ -165,6 +184,9 @@ def row(result: LookupResult) -> dict:
         'train graph': f'{result.train_graph_acc:.4f}',
         'test node': f'{result.test_node_acc:.4f}',
         'test graph': f'{result.test_graph_acc:.4f}',
+        **dict(zip(('own key on top', 'best head', 'weight on own key'),
+                   ('-', ) * 3 if attention is None else
+                   (f'{value:.3f}' for value in attention), strict=True)),
         'best epoch': result.best_epoch, 'epochs': result.epochs,
         'stop': result.stop, 'seconds': f'{result.seconds:.0f}',
         's / epoch': f'{result.seconds_per_epoch:.2f}',
@@ -177,29 +199,34 @@ def summary(results: list[LookupResult]) -> str:
     for result in results:
         groups.setdefault((result.k, result.conv, result.heads),
                           []).append(result)
-    def mean(runs: list[LookupResult], key: str) -> str:
-        values = [getattr(r, key) for r in runs]
+    def spread(values: list[float]) -> str:
+        if not values:
+            return '-'
         text = f'{statistics.mean(values):.3f}'
         if len(values) > 1:
             text += f' ({min(values):.3f}-{max(values):.3f})'
         return text
 
+    def mean(runs: list[LookupResult], key: str) -> str:
+        return spread([getattr(r, key) for r in runs])
+
     rows = []
     for (k, conv, heads), runs in sorted(groups.items()):
         seconds = statistics.mean(r.seconds for r in runs)
+        attention = [own_key(r) for r in runs if own_key(r) is not None]
         rows.append({'k': k, 'layer': LOOKUP_LAYERS[conv], 'heads': heads,
                      'seeds': len(runs),
                      'train node': mean(runs, 'train_node_acc'),
                      'test node': mean(runs, 'test_node_acc'),
                      'test graph': mean(runs, 'test_graph_acc'),
+                     'own key on top': spread([a[0] for a in attention]),
+                     'weight on own key': spread([a[2] for a in attention]),
                      'seconds per run': f'{seconds:.0f}'})
-    return markdown_table(rows, ['k', 'layer', 'heads', 'seeds',
-                                 'train node', 'test node', 'test graph',
-                                 'seconds per run'])
+    return markdown_table(rows, list(rows[0]))
 
 
-def write_reports(results: list[LookupResult], stem: Path,
-                  command: str) -> None:
+def write_reports(results: list[LookupResult], stem: Path, command: str,
+                  values: str = 'permutation') -> None:
     """The figure, the CSV and the Markdown of the finished runs."""
     write_csv(stem.with_suffix('.csv'), [row(r) for r in results], COLUMNS)
     plot_dictionary_lookup(results, stem.with_suffix('.png'))
@@ -209,10 +236,18 @@ def write_reports(results: list[LookupResult], stem: Path,
            for r in results if r.stop == 'max_epochs']
     text = (f'# DictionaryLookup\n\nCommand: `{command}` ({len(results)} '
             f'runs, {seconds:.0f} s of training and evaluation in all). '
+            f'Graphs: {GRAPHS[values]}. '
             'Accuracies at the best evaluation by the training numbers '
             '(the last one that raised the training accuracy per query '
             'node, or kept it and lowered the training loss); mean over '
-            'seeds, (lowest-highest) with more than one.\n\n' +
+            'seeds, (lowest-highest) with more than one.\n\n'
+            'Where the attention of that model lands, on every test graph: '
+            'own key on top is the share of queries whose own key gets the '
+            'highest weight among the k keys (the mean over heads; best '
+            'head: the head with the highest share), weight on own key the '
+            "mean weight on it (GAT's self-loop takes a share of every "
+            "query's weight); - for runs of a report written before these "
+            'were measured.\n\n' +
             ('Cut short by the epoch cap (stop: max_epochs), so not '
              'finished by the stopping rule: ' + '; '.join(cut) + '.\n\n'
              if cut else '') +
@@ -241,6 +276,11 @@ def main() -> None:
                         default='dense_gat',
                         help='GAT layer: the dense or the message-passing '
                         'form of the same function')
+    parser.add_argument('--values', choices=tuple(GRAPHS),
+                        default='permutation',
+                        help="a graph's values: the paper's permutations, "
+                        'or k draws with replacement (then the reports are '
+                        'dictionary_lookup_with_replacement.*)')
     parser.add_argument('--max-epochs', type=int,
                         default=recipe.max_epochs,
                         help="most epochs per run (the authors': 50000)")
@@ -255,11 +295,12 @@ def main() -> None:
                         help='rewrite the figure, CSV and Markdown from the '
                         'JSON report, without training')
     args = parser.parse_args()
-    stem = args.out / 'dictionary_lookup'
+    stem = args.out / ('dictionary_lookup' if args.values == 'permutation'
+                        else f'dictionary_lookup_{args.values}')
     if args.report_only:
         saved = json.loads(stem.with_suffix('.json').read_text())
         write_reports(saved_results(stem.with_suffix('.json')), stem,
-                      saved['command'])
+                      saved['command'], args.values)
         return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -285,14 +326,15 @@ def main() -> None:
               flush=True)
         # The report holds this run by now, and the runs of earlier
         # commands that this one does not repeat.
-        write_reports(saved_results(json_path), stem, command)
+        write_reports(saved_results(json_path), stem, command, args.values)
 
     print(markdown_table([], COLUMNS), flush=True)
     results = run_lookup_sweep(
         runs, json_path,
-        SweepSetup(recipe=LookupRecipe(max_epochs=args.max_epochs)),
+        SweepSetup(recipe=LookupRecipe(max_epochs=args.max_epochs),
+                   values=args.values),
         device=args.device,
-        checkpoint_dir=args.out / 'dictionary_lookup_checkpoints',
+        checkpoint_dir=stem.with_name(stem.name + '_checkpoints'),
         resume=args.resume, on_result=report,
         report={'command': command, 'commands': commands,
                 'threads': torch.get_num_threads(),

@@ -283,6 +283,23 @@ FAULTS = (
           '',
           ('tests/test_experiments_training_sampling.py::'
            'test_workers_sample_the_batches_the_training_process_would', )),
+    # DictionaryLookup.
+    Fault('lookup_attention_of_the_first_graph_only',
+          "DictionaryLookup: every graph's attention read as if it were "
+          "the batch's first graph",
+          'pyg_gatv2/experiments/lookup.py',
+          '    graph = dst // (2 * k)\n',
+          '    graph = torch.zeros_like(dst)\n',
+          ('tests/test_experiments_lookup.py', ),
+          'own_key_attention_reads'),
+    Fault('lookup_values_drawn_as_permutations',
+          "DictionaryLookup: the variant's values drawn without "
+          'replacement',
+          'pyg_gatv2/experiments/datasets/dictionary_lookup.py',
+          "        repeats = self.values == 'with_replacement'\n",
+          '        repeats = False\n',
+          ('tests/test_experiments_datasets_dictionary_lookup.py', ),
+          'replacement'),
     # The layer.
     Fault('layer_loop_attr_fill_value_ignored',
           "layer: self-loop edge features always filled with 'mean'",

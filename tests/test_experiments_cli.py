@@ -265,8 +265,24 @@ def test_dictionary_lookup_writes_table_json_and_figure(tmp_path, capsys):
     assert image.shape[0] > 100 and image.shape[1] > 300
 
 
+@pytest.mark.usefixtures('one_thread')
+def test_dictionary_lookup_with_replacement(tmp_path):
+    out = tmp_path / 'out'
+    flags = ['dictionary-lookup', '--ks', '3', '--heads', '1', '--convs',
+             'gatv2', '--max-epochs', '2', '--eval-every', '1', '--hidden',
+             '8', '--no-progress', '--out', str(out)]
+    assert main([*flags, '--values', 'with_replacement']) == 0
+    report = json.loads((out / 'dictionary_lookup.json').read_text())
+    assert report['settings']['values'] == 'with_replacement'
+    (result, ) = report['results']
+    assert len(result['own_key']['test_top']) == 1
+    # The paper's task cannot resume the variant's report.
+    assert main([*flags, '--resume']) == 1
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--ks', '1'], 'k >= 2'),
+    (['--values', 'random'], 'invalid choice'),
     (['--convs', 'gcn'], 'invalid choice'),
     (['--max-epochs', '0'], 'positive integer'),
     (['--heads', '0'], 'positive integer'),

@@ -127,6 +127,7 @@ def test_split_fraction_is_near_the_target():
     (dict(k=4, train_fraction=0.0), 'train_fraction'),
     (dict(k=4, max_graphs=1), 'max_graphs'),
     (dict(k=2, train_fraction=0.1), 'training set empty'),
+    (dict(k=4, values='random'), "values='random'"),
 ])
 def test_dataset_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -139,3 +140,46 @@ def test_split_permutations_follow_the_datasets():
                        torch.stack([g.y for g in dataset.train_dataset]))
     assert torch.equal(dataset.test_permutations,
                        torch.stack([g.y for g in dataset.test_dataset]))
+
+
+@pytest.mark.parametrize('k', [2, 3, 5])
+def test_every_row_with_replacement_when_few(k):
+    dataset = DictionaryLookup(k, values='with_replacement')
+    rows = dataset.permutations
+    assert len(dataset) == k**k == rows.unique(dim=0).size(0)
+    assert rows.min() == 0 and rows.max() == k - 1
+    # Repeated values: rows that are not permutations, a constant one too.
+    assert (rows == 0).all(dim=1).any()
+    assert torch.equal(dataset[len(dataset) - 1].y, rows[-1])
+    assert 'with_replacement' in repr(dataset)
+    assert 'values' not in repr(DictionaryLookup(k + 1))
+
+
+def test_random_rows_with_replacement_when_many():
+    dataset = DictionaryLookup(9, max_graphs=3000, seed=1,
+                               values='with_replacement')
+    rows = dataset.permutations
+    assert len(dataset) == rows.unique(dim=0).size(0) == 3000
+    assert rows.min() == 0 and rows.max() == 8
+    # Uniform draws: about 1 - (8/9)^9 = 65% of a row's values show up,
+    # where a permutation shows all of them.
+    distinct = torch.tensor([row.unique().numel() for row in rows])
+    assert 0.55 < distinct.float().mean() / 9 < 0.75
+    again = DictionaryLookup(9, max_graphs=3000, seed=1,
+                             values='with_replacement')
+    assert torch.equal(again.permutations, rows)
+    assert torch.equal(again.train_mask, dataset.train_mask)
+
+
+@pytest.mark.parametrize('k, max_graphs', [(4, 32000), (10, 3000)])
+def test_every_test_graph_with_replacement_holds_an_unseen_pair(
+        k, max_graphs):
+    dataset = DictionaryLookup(k, max_graphs=max_graphs, seed=3,
+                               values='with_replacement')
+    seen = set().union(*(pairs(g.y) for g in dataset.train_dataset))
+    unseen = {tuple(p) for p in dataset.unseen_pairs.tolist()}
+    assert unseen and not unseen & seen
+    for data in dataset.test_dataset:
+        assert pairs(data.y) - seen
+    fraction = len(dataset.train_dataset) / len(dataset)
+    assert 0.6 < fraction < 0.95

@@ -18,6 +18,7 @@ from pyg_gatv2.experiments.lookup import (
     LookupRun,
     SweepSetup,
     evaluate_lookup,
+    own_key_attention,
     run_lookup_sweep,
     train_lookup,
 )
@@ -155,6 +156,48 @@ def test_gatv2_fits_what_gat_cannot(seed):
             result.train_node_acc, result.train_graph_acc)
         assert evaluate_lookup(model, dataset.test_dataset) == (
             result.test_node_acc, result.test_graph_acc)
+
+
+@pytest.mark.parametrize('conv', ['gat', 'gatv2', 'dense_gat',
+                                  'dense_gatv2'])
+@pytest.mark.parametrize('values', ['permutation', 'with_replacement'])
+def test_own_key_attention_reads_every_graphs_attention_matrix(conv,
+                                                                 values):
+    dataset = DictionaryLookup(4, seed=1, values=values)
+    torch.manual_seed(0)
+    model = DictionaryLookupNet(4, hidden_channels=12, heads=3, conv=conv)
+    model.train()
+    graphs = dataset.test_dataset[:7]
+    # Every graph's attention, its queries' own keys on the diagonal.
+    att = torch.stack([model.attention_matrix(g) for g in graphs])
+    diagonal = att.diagonal(dim1=-2, dim2=-1)  # [graphs, heads, k]
+    on_top = att.argmax(dim=-1) == torch.arange(4)
+    # Batches of 3 graphs: the last batch is short.
+    top, weight = own_key_attention(model, graphs, batch_size=3)
+    assert model.training  # back in the mode it was in
+    assert top == pytest.approx(on_top.double().mean(dim=(0, 2)).tolist())
+    assert weight == pytest.approx(diagonal.double().mean(dim=(0, 2))
+                                   .tolist(), abs=1e-6)
+    assert len(top) == len(weight) == 3
+
+
+def test_own_key_attention_finds_the_lookup_and_rejects_other_sizes():
+    # GATv2 fits k = 4 by looking each key up. GAT's static attention ranks
+    # the keys of a graph the same way for every query, so exactly one
+    # query in k finds its own key on top.
+    dataset = DictionaryLookup(4, seed=0, values='with_replacement')
+    gatv2, fit, _ = train(dataset, 'gatv2', 0, max_epochs=60)
+    assert fit.train_node_acc == 1.0
+    top, weight = own_key_attention(gatv2, dataset.train_permutations)
+    assert min(top) == 1.0 and min(weight) > 0.5
+    assert fit.own_key['train_top'] == top
+    assert fit.own_key['test_weight'] == own_key_attention(
+        gatv2, dataset.test_permutations)[1]
+    gat, static, _ = train(dataset, 'dense_gat', 0, max_epochs=30)
+    assert static.own_key['train_top'] == static.own_key['test_top'] == [
+        0.25]
+    with pytest.raises(ValueError, match='built for k=4'):
+        own_key_attention(gatv2, DictionaryLookup(5).test_permutations)
 
 
 def test_training_goes_on_past_a_perfect_fit(small):

@@ -25,6 +25,7 @@ from pyg_gatv2.experiments.datasets import (
     load_planetoid,
     ogb_accuracy,
 )
+from pyg_gatv2.experiments.datasets.dictionary_lookup import VALUES
 from pyg_gatv2.experiments.datasets.ogb import OGB_NAMES
 from pyg_gatv2.experiments.datasets.planetoid import _default_root
 from pyg_gatv2.experiments.lookup import (
@@ -531,8 +532,14 @@ def _add_lookup_data(data: argparse._ArgumentGroup) -> None:
     data.add_argument('--train-fraction', type=_probability, default=0.8,
                       help='target fraction of the graphs in training')
     data.add_argument('--max-graphs', type=_positive_int, default=32000,
-                      help='graphs per k: all k! permutations when fewer, '
-                      'else a random sample of this size')
+                      help='graphs per k: all k! permutations (k^k rows '
+                      'with --values with_replacement) when fewer, else a '
+                      'random sample of this size')
+    data.add_argument('--values', choices=VALUES, default='permutation',
+                      help="a graph's values: a permutation of 0..k-1 (the "
+                      "paper's task, which a model can answer by "
+                      'elimination), or k independent draws, which only a '
+                      'lookup answers')
 
 
 def _add_lookup_runs(runs: argparse._ArgumentGroup) -> None:
@@ -632,7 +639,7 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
     setup = SweepSetup(recipe, hidden_channels=args.hidden,
                        readout=args.readout, dropout=args.dropout,
                        train_fraction=args.train_fraction,
-                       max_graphs=args.max_graphs)
+                       max_graphs=args.max_graphs, values=args.values)
     results = run_lookup_sweep(
         runs, json_path, setup, device=device,
         checkpoint_dir=args.out / 'checkpoints',

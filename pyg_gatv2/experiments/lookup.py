@@ -50,6 +50,7 @@ __all__ = [
     'LookupRun',
     'SweepSetup',
     'evaluate_lookup',
+    'own_key_attention',
     'run_lookup_sweep',
     'train_lookup',
 ]
@@ -246,6 +247,13 @@ class LookupResult:
             diagonal.
         example_y (list[int]): That graph's targets (its permutation).
         example_pred (list[int]): The best model's answers on that graph.
+        own_key (dict, optional): Where the best model's attention lands, on
+            every graph of each split, per head: under ``'train_top'`` and
+            ``'test_top'`` the share of queries whose own key gets the
+            highest weight among the keys, under ``'train_weight'`` and
+            ``'test_weight'`` the mean weight on the own key (see
+            :func:`own_key_attention`). :obj:`None` in reports written
+            before it was measured.
     """
     k: int
     conv: str
@@ -264,6 +272,8 @@ class LookupResult:
     attention: list[list[list[float]]] = field(repr=False)
     example_y: list[int] = field(repr=False)
     example_pred: list[int] = field(repr=False)
+    own_key: Optional[dict[str, list[float]]] = field(default=None,
+                                                      repr=False)
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -275,7 +285,7 @@ class LookupResult:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> 'LookupResult':
         names = {f.name for f in fields(cls)}
-        return cls(**{key: values[key] for key in names})
+        return cls(**{key: values[key] for key in names if key in values})
 
 
 def _permutations(graphs: Union[Tensor, Sequence[Data]]) -> Tensor:
@@ -342,6 +352,79 @@ def evaluate_lookup(model: torch.nn.Module,
                          "model with the graphs' k")
     device = next(model.parameters()).device
     return _evaluate(model, LookupBatcher(k, device), perms, batch_size)[:2]
+
+
+def _key_attention(model: torch.nn.Module, batch: LookupBatch,
+                   k: int) -> Tensor:
+    """``[num_graphs, heads, k, k]``: the attention of every query (row)
+    over every key (column) of every graph of :obj:`batch`, the own keys on
+    the diagonal."""
+    _, alpha = model(batch.x, batch.edge_index, batch.query_mask,
+                     batch.batch, return_attention_weights=True)
+    if isinstance(alpha, Tensor):  # dense: [graphs, target, source, heads]
+        return alpha[:, k:, :k].permute(0, 3, 1, 2)
+    (src, dst), alpha = alpha
+    # Each graph holds its k keys, then its k queries.
+    graph = dst // (2 * k)
+    src, dst = src - 2 * k * graph, dst - 2 * k * graph
+    key_to_query = (src < k) & (dst >= k)  # not GAT's self-loops
+    out = alpha.new_zeros(batch.y.numel() // k, alpha.size(1), k, k)
+    out[graph[key_to_query], :, dst[key_to_query] - k,
+        src[key_to_query]] = alpha[key_to_query]
+    return out
+
+
+@torch.no_grad()
+def own_key_attention(model: torch.nn.Module,
+                      graphs: Union[Tensor, Sequence[Data]],
+                      batch_size: int = 1024
+                      ) -> tuple[list[float], list[float]]:
+    """Where the attention of a
+    :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet` lands
+    on DictionaryLookup graphs, in evaluation mode: on the key each query
+    must look up, or elsewhere.
+
+    A model can answer the paper's task without finding the key: a graph's
+    values are a permutation, so the value that the other keys do not hold
+    is the answer. Its accuracy then says nothing about its attention; this
+    does.
+
+    Args:
+        model (torch.nn.Module): The network.
+        graphs (torch.Tensor or Sequence[Data]): The graphs, as in
+            :func:`evaluate_lookup`.
+        batch_size (int, optional): Graphs per forward pass.
+            (default: :obj:`1024`)
+
+    Returns:
+        tuple[list[float], list[float]]: Per head, the share of queries
+        whose own key gets the highest weight among the :math:`k` keys
+        (ties go to the first key), and the mean weight on the own key
+        (GAT's self-loops take the rest of a query's weight with the other
+        keys).
+    """
+    perms = _permutations(graphs)
+    k = perms.size(1)
+    if getattr(model, 'k', k) != k:
+        raise ValueError(f"'own_key_attention' got a model built for "
+                         f'k={model.k} and graphs with k={k}; build the '
+                         "model with the graphs' k")
+    device = next(model.parameters()).device
+    batcher = LookupBatcher(k, device)
+    perms = perms.to(device)
+    was_training = model.training
+    model.eval()
+    top = weight = 0
+    diagonal = torch.arange(k, device=device)
+    for start in range(0, perms.size(0), batch_size):
+        att = _key_attention(model, batcher(perms[start:start + batch_size]),
+                             k)
+        top = top + (att.argmax(dim=-1) == diagonal).sum(dim=(0, 2))
+        weight = weight + att.diagonal(dim1=-2, dim2=-1).sum(dim=(0, 2),
+                                                              dtype=torch.float64)
+    model.train(was_training)
+    return ((top.double() / perms.numel()).tolist(),
+            (weight / perms.numel()).tolist())
 
 
 def _recipe_settings(recipe: LookupRecipe) -> dict[str, Any]:
@@ -578,6 +661,11 @@ def _result(run: RunState, model: torch.nn.Module,
         pred = model(example.x, example.edge_index,
                      example.query_mask).argmax(dim=-1)
     model.train(was_training)
+    own_key = {}
+    for split, perms in (('train', dataset.train_permutations),
+                         ('test', dataset.test_permutations)):
+        own_key[f'{split}_top'], own_key[f'{split}_weight'] = (
+            own_key_attention(model, perms))
     return LookupResult(
         k=dataset.k, conv=getattr(model, 'conv_name', type(model).__name__),
         heads=getattr(model, 'heads', 1), seed=seed,
@@ -588,7 +676,8 @@ def _result(run: RunState, model: torch.nn.Module,
         epochs=run.epoch, steps=run.steps, stop=run.stop,
         seconds=run.seconds, history=run.history,
         attention=attention.cpu().tolist(),
-        example_y=example.y.cpu().tolist(), example_pred=pred.cpu().tolist())
+        example_y=example.y.cpu().tolist(), example_pred=pred.cpu().tolist(),
+        own_key=own_key)
 
 
 def _finished_runs(json_path: Path, settings: dict[str, Any]
@@ -640,7 +729,7 @@ class SweepSetup:
         recipe (LookupRecipe): The training settings.
         hidden_channels, readout, dropout: As in
             :class:`~pyg_gatv2.experiments.lookup_model.DictionaryLookupNet`.
-        train_fraction, max_graphs: As in
+        train_fraction, max_graphs, values: As in
             :class:`~pyg_gatv2.experiments.datasets.DictionaryLookup`.
     """
     recipe: LookupRecipe = field(default_factory=LookupRecipe)
@@ -649,15 +738,21 @@ class SweepSetup:
     dropout: float = 0.5
     train_fraction: float = 0.8
     max_graphs: int = 32_000
+    values: str = 'permutation'
 
     def settings(self) -> dict[str, Any]:
         """The settings a report records, without the epoch cap, which a
         resumed sweep may raise."""
-        return {'recipe': _recipe_settings(self.recipe),
-                'hidden': self.hidden_channels, 'readout': self.readout,
-                'dropout': self.dropout,
-                'train_fraction': self.train_fraction,
-                'max_graphs': self.max_graphs}
+        settings = {'recipe': _recipe_settings(self.recipe),
+                    'hidden': self.hidden_channels, 'readout': self.readout,
+                    'dropout': self.dropout,
+                    'train_fraction': self.train_fraction,
+                    'max_graphs': self.max_graphs}
+        # Reports of the paper's task, written before the variant existed,
+        # stay resumable.
+        if self.values != 'permutation':
+            settings['values'] = self.values
+        return settings
 
     def network(self, run: LookupRun) -> DictionaryLookupNet:
         return DictionaryLookupNet(run.k, self.hidden_channels, run.heads,
@@ -665,7 +760,8 @@ class SweepSetup:
 
     def dataset(self, run: LookupRun) -> DictionaryLookup:
         return DictionaryLookup(run.k, train_fraction=self.train_fraction,
-                                max_graphs=self.max_graphs, seed=run.seed)
+                                max_graphs=self.max_graphs, seed=run.seed,
+                                values=self.values)
 
 
 def run_lookup_sweep(

@@ -17,6 +17,10 @@ from torch_geometric.data import Data
 
 __all__ = ['DictionaryLookup', 'dictionary_lookup_graph']
 
+# How the values of a graph are drawn: the paper's permutations, or k
+# independent draws.
+VALUES = ('permutation', 'with_replacement')
+
 
 def _check_permutation(perm: Tensor, name: str) -> Tensor:
     perm = torch.as_tensor(perm)
@@ -82,6 +86,14 @@ class DictionaryLookup:
     When :math:`k!` is at most ``max_graphs`` all permutations are used,
     else ``max_graphs`` distinct ones drawn at random.
 
+    In the paper's task the values of a graph are a permutation, so a query
+    can be answered without finding its key: the one value that the other
+    keys do not hold is the answer. With ``values='with_replacement'`` the
+    values of a graph are ``k`` independent draws from ``0..k-1`` instead
+    (all :math:`k^k` rows when that is at most ``max_graphs``, else
+    ``max_graphs`` distinct ones drawn at random), so the other keys' values
+    say nothing about a query's answer and only the lookup solves the task.
+
     The split follows the authors' code: a random set of
     :math:`\lfloor \texttt{train\_fraction}^{1/k} \cdot k^2 \rfloor` of the
     :math:`k^2` (key, value) pairs is allowed in training; a graph goes to the
@@ -103,9 +115,13 @@ class DictionaryLookup:
             permutations. (default: :obj:`32000`)
         seed (int, optional): Seed of the sample and of the split.
             (default: :obj:`0`)
+        values (str, optional): ``'permutation'`` (the paper's task) or
+            ``'with_replacement'``. (default: :obj:`'permutation'`)
 
     Attributes:
-        permutations (torch.Tensor): ``[num_graphs, k]``, one row per graph.
+        permutations (torch.Tensor): ``[num_graphs, k]``, one row per graph:
+            the value of each key (a permutation of ``0..k-1`` unless
+            ``values='with_replacement'``).
         train_mask (torch.Tensor): ``[num_graphs]``, bool, true for training
             graphs.
         unseen_pairs (torch.Tensor): ``[num_pairs, 2]``, the (key, value)
@@ -114,7 +130,8 @@ class DictionaryLookup:
         test_dataset (list[Data]): The test graphs.
     """
     def __init__(self, k: int, train_fraction: float = 0.8,
-                 max_graphs: int = 32_000, seed: int = 0) -> None:
+                 max_graphs: int = 32_000, seed: int = 0,
+                 values: str = 'permutation') -> None:
         name = type(self).__name__
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValueError(f"'{name}' needs an integer k >= 2 (the number "
@@ -126,10 +143,14 @@ class DictionaryLookup:
                 or max_graphs < 2):
             raise ValueError(f"'{name}' needs an integer max_graphs >= 2, "
                              f'got {max_graphs!r}')
+        if values not in VALUES:
+            raise ValueError(f"'{name}' got values={values!r}; pass one of "
+                             f'{VALUES}')
         self.k = k
         self.train_fraction = train_fraction
         self.max_graphs = max_graphs
         self.seed = seed
+        self.values = values
 
         self._layout = _layout(k)
         generator = torch.Generator().manual_seed(seed)
@@ -154,13 +175,19 @@ class DictionaryLookup:
 
     def _permutations(self, generator: torch.Generator) -> Tensor:
         k = self.k
-        if math.factorial(k) <= self.max_graphs:
-            return torch.tensor(list(itertools.permutations(range(k))))
-        # Distinct random permutations: draw, drop repeats, top up.
+        repeats = self.values == 'with_replacement'
+        if (k**k if repeats else math.factorial(k)) <= self.max_graphs:
+            rows = (itertools.product(range(k), repeat=k) if repeats else
+                    itertools.permutations(range(k)))
+            return torch.tensor(list(rows))
+        # Distinct random rows: draw, drop repeats, top up.
         perms = torch.empty(0, k, dtype=torch.long)
         while perms.size(0) < self.max_graphs:
             need = self.max_graphs - perms.size(0)
-            new = torch.rand(need, k, generator=generator).argsort(dim=1)
+            if repeats:
+                new = torch.randint(k, (need, k), generator=generator)
+            else:
+                new = torch.rand(need, k, generator=generator).argsort(dim=1)
             perms = _unique_rows_in_order(torch.cat([perms, new], dim=0))
         return perms
 
@@ -211,9 +238,11 @@ class DictionaryLookup:
         return _graph(self.permutations[idx], *self._layout)
 
     def __repr__(self) -> str:
+        values = ('' if self.values == 'permutation' else
+                  f", values='{self.values}'")
         return (f'{type(self).__name__}(k={self.k}, '
                 f'train={len(self.train_dataset)}, '
-                f'test={len(self.test_dataset)})')
+                f'test={len(self.test_dataset)}{values})')
 
 
 def _unique_rows_in_order(rows: Tensor) -> Tensor:
