@@ -300,6 +300,13 @@ FAULTS = (
           '        repeats = False\n',
           ('tests/test_experiments_datasets_dictionary_lookup.py', ),
           'replacement'),
+    Fault('noise_edges_may_repeat_edges',
+          'noise experiment: noise edges drawn over every pair of distinct '
+          'nodes, edges of the graph included',
+          'pyg_gatv2/experiments/noise.py',
+          '        keys = keys[~torch.isin(keys, existing)]\n',
+          '',
+          ('tests/test_experiments_noise.py', )),
     # The layer.
     Fault('layer_loop_attr_fill_value_ignored',
           "layer: self-loop edge features always filled with 'mean'",
