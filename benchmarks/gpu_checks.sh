@@ -3,21 +3,30 @@
 # Python has torch, triton, torch_geometric, pytest and hypothesis (the
 # package runs from this checkout, not installed):
 #
-#   bash benchmarks/gpu_checks.sh [OUT]
+#   bash benchmarks/gpu_checks.sh [OUT [STEP ...]]
 #
-# 1. benchmarks/kernels.py at N=200k, E=4M, 64 in, 4x32, self-loops, fp32:
-#    PyG eager and compiled against ours in Triton, eager and compiled, and
-#    with a new edge_index every step;
-# 2. the tests marked cuda (the choice of Triton for CUDA tensors, the
-#    Triton kernels on the device, their randomised parity, no host sync in
-#    a steady-state step, the compiled model);
-# 3. the same case in bfloat16;
-# 4. the scale of ogbn-products: 2.4M nodes, 62M edges, full batch.
+# Steps, in this order (all of them by default; name some to run those):
 #
-# Each step has its own time limit, and a failed step does not stop the
-# next. Reports go to OUT (default benchmarks/results).
+#   float32   benchmarks/kernels.py at N=200k, E=4M, 64 in, 4x32, self-loops:
+#             PyG eager and compiled against ours in Triton, eager and
+#             compiled, and with a new edge_index every step; the forward
+#             kernel's share of the copy bandwidth;
+#   bfloat16  the same case in bfloat16;
+#   autocast  the same case in float32 under torch.autocast(bfloat16);
+#   powerlaw  the same counts on a power-law graph (skewed degrees);
+#   tests     the tests marked cuda (the choice of Triton for CUDA tensors,
+#             the Triton kernels on the device, their randomised parity, no
+#             host sync in a steady-state step, the compiled model);
+#   products  the scale of ogbn-products: 2.4M nodes, 62M edges, full
+#             batch.
+#
+# Each step has its own time limit (about 8 minutes in all), and a failed
+# step does not stop the next. Reports go to OUT (default
+# benchmarks/results).
 set -u
 out=${1:-benchmarks/results}
+shift $(( $# > 0 ? 1 : 0 ))
+steps=${*:-float32 bfloat16 autocast powerlaw tests products}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -26,23 +35,37 @@ $py -c 'import torch, triton, torch_geometric as g
 print(f"torch {torch.__version__}, triton {triton.__version__}, "
       f"PyG {g.__version__}, CUDA {torch.version.cuda}")'
 
-step() { echo "== $(date +%T) $*"; }
 kernels="$py benchmarks/kernels.py --device cuda --no-cora --out $out"
-step float32
-timeout 150 $kernels --nodes 200000 --degrees 20 --repeats 21 \
-    --max-memory 100 --name kernels_cuda \
-    --impls pyg,pyg_compile,fused_triton,fused_compile,fused_fresh
-step tests
-timeout 150 $py -m pytest -q -p no:cacheprovider -m cuda \
-    tests/test_fused_backends.py tests/test_fused_backends_triton.py \
-    tests/test_fused_op.py tests/test_fused_op_random.py 2>&1 \
-    | tee "$out/cuda_tests.log" | tail -n 30
-step bfloat16
-timeout 100 $kernels --nodes 200000 --degrees 20 --repeats 21 \
-    --max-memory 100 --dtype bfloat16 --name kernels_cuda_bf16 \
-    --impls pyg,pyg_compile,fused_triton,fused_compile
-step products
-timeout 150 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
-    --max-memory 1000 --name kernels_cuda_products \
-    --impls pyg,pyg_compile,fused_triton
-step done
+headline="--nodes 200000 --degrees 20 --repeats 11 --max-memory 100"
+pyg_and_ours=pyg,pyg_compile,fused_triton,fused_compile
+for step in $steps; do
+    echo "== $(date +%T) $step"
+    case $step in
+    float32)
+        timeout 120 $kernels $headline --name kernels_cuda \
+            --impls $pyg_and_ours,fused_fresh ;;
+    bfloat16)
+        timeout 80 $kernels $headline --dtype bfloat16 \
+            --name kernels_cuda_bf16 --impls $pyg_and_ours ;;
+    autocast)
+        timeout 80 $kernels $headline --autocast \
+            --name kernels_cuda_autocast --impls $pyg_and_ours ;;
+    powerlaw)
+        timeout 80 $kernels $headline --graph powerlaw \
+            --name kernels_cuda_powerlaw --impls pyg,pyg_compile,fused_triton
+        ;;
+    tests)
+        timeout 100 $py -m pytest -q -p no:cacheprovider -m cuda \
+            tests/test_fused_backends.py tests/test_fused_backends_triton.py \
+            tests/test_fused_op.py tests/test_fused_op_random.py 2>&1 \
+            | tee "$out/cuda_tests.log" | tail -n 30 ;;
+    products)
+        timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
+            --max-memory 1000 --name kernels_cuda_products \
+            --impls pyg,pyg_compile,fused_triton ;;
+    *)
+        echo "unknown step '$step': choose from float32 bfloat16 autocast" \
+             "powerlaw tests products" ;;
+    esac
+done
+echo "== $(date +%T) done"

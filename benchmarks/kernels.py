@@ -5,6 +5,8 @@
     python benchmarks/kernels.py --replot   # the figure again, from the CSV
     python benchmarks/kernels.py --cpu-capability avx2   # C++ at AVX2
     python benchmarks/kernels.py --shapes sweep --no-cora  # shape sweep
+    python benchmarks/kernels.py --graph powerlaw          # skewed degrees
+    python benchmarks/kernels.py --autocast --device cuda  # mixed precision
 
 Implementations, side by side in one run:
 
@@ -69,6 +71,15 @@ flag sets ``PYG_GATV2_CPU_CAPABILITY`` before anything loads the kernels,
 and the worker processes inherit it (setting the variable instead does the
 same, but leaves the level out of the command the report quotes). The
 header's machine line says which level ran.
+
+The random graphs draw every edge's ends uniformly (``--graph uniform``)
+or from a power law (``--graph powerlaw``: node ``i`` of a random order is
+an end with probability proportional to ``(i + 1) ** (-1 / (g - 1))``
+for ``g = 2.2``, so that degrees follow ``P(d) ~ d ** -g`` and a few nodes
+hold a large share of the edges), with the same counts.
+With ``--autocast`` the weights and features stay float32 and every step
+runs under :func:`torch.autocast` in bfloat16, PyG's as ours, checked with
+the bfloat16 tolerances.
 
 Cora is read from ``--raw-dir`` or ``$PYG_GATV2_RAW_DIR`` (skipped, with a
 note, where neither holds it). Writes ``kernels.md`` (the command, the
@@ -160,6 +171,10 @@ QUICK_CASES = [(10_000, 5, 4, 32), (20_000, 20, 4, 32)]
 # 8x8, 8x16) and 4x128, which they run at run time.
 SWEEP = ((1, 7), (1, 8), (2, 7), (3, 24), (3, 32), (4, 32), (6, 10), (8, 8),
          (8, 16), (1, 50), (3, 100), (4, 128), (2, 250))
+# How the random graphs draw their edges (--graph), and the exponent of the
+# degree distribution of the power-law graphs.
+GRAPHS = ('uniform', 'powerlaw')
+POWER_LAW_EXPONENT = 2.2
 # The CPU levels the C++ kernels are built for (--cpu-capability).
 CPU_LEVELS = ('avx512', 'avx2', 'default')
 
@@ -182,6 +197,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         ' (step_ns_per_edge_channel compares them)')
     parser.add_argument('--features', type=int, default=64,
                         help='input features of the random graphs')
+    parser.add_argument('--graph', choices=GRAPHS, default='uniform',
+                        help="the random graphs' edges: uniform ends, or "
+                        'ends drawn from a power law (skewed degrees)')
+    parser.add_argument('--autocast', action='store_true',
+                        help='run every step under torch.autocast in '
+                        'bfloat16 (float32 weights and features)')
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=True,
                         help='include Cora (8 heads x 8 channels)')
@@ -214,9 +235,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.quick:  # other defaults; flags given still win
         parser.set_defaults(repeats=3, warmup=1)
         args = parser.parse_args(argv)
+    if args.autocast and args.dtype != 'float32':
+        parser.error('--autocast runs float32 weights and features under '
+                     'autocast; leave --dtype at float32')
     if args.name is None:
         args.name = 'kernels' + ('_quick' if args.quick else '')
     return args
+
+
+def check_dtype(args: argparse.Namespace) -> str:
+    """The dtype whose tolerances the check applies: bfloat16 under
+    ``--autocast``, else ``--dtype``."""
+    return 'bfloat16' if args.autocast else args.dtype
 
 
 def _ints(text: str) -> list[int]:
@@ -253,9 +283,11 @@ def synthetic_cases(args: argparse.Namespace) -> list[dict]:
                  for h, c in (args.heads_channels or [(4, 32)])]
     else:
         specs = QUICK_CASES if args.quick else DEFAULT_CASES
+    graph = 'random' if args.graph == 'uniform' else 'power-law'
     return [
-        dict(name=f'random N={n} deg={d} {h}x{c}', kind='random', nodes=n,
-             edges=n * d, features=args.features, heads=h, channels=c)
+        dict(name=f'{graph} N={n} deg={d} {h}x{c}', kind='random',
+             graph=args.graph, nodes=n, edges=n * d,
+             features=args.features, heads=h, channels=c)
         for n, d, h, c in specs
     ]
 
@@ -303,8 +335,26 @@ def build_case(case: dict, seed: int, device: torch.device,
     gen = torch.Generator().manual_seed(seed)
     n = case['nodes']
     x = torch.randn(n, case['features'], generator=gen)
-    edge_index = torch.randint(0, n, (2, case['edges']), generator=gen)
+    if case.get('graph', 'uniform') == 'powerlaw':
+        edge_index = power_law_edges(n, case['edges'], gen)
+    else:
+        edge_index = torch.randint(0, n, (2, case['edges']), generator=gen)
     return x.to(device, dtype), edge_index.to(device)
+
+
+def power_law_edges(num_nodes: int, num_edges: int,
+                    gen: torch.Generator) -> torch.Tensor:
+    """``[2, num_edges]`` edges whose ends are drawn independently, node
+    ``order[i]`` with probability proportional to ``(i + 1) ** (-1 /
+    (POWER_LAW_EXPONENT - 1))`` for a random ``order``: in- and
+    out-degrees then follow a power law of that exponent."""
+    rank = torch.arange(1, num_nodes + 1, dtype=torch.float64)
+    cdf = (rank**(-1.0 / (POWER_LAW_EXPONENT - 1.0))).cumsum(0)
+    cdf /= cdf[-1].clone()
+    ends = torch.searchsorted(
+        cdf, torch.rand(2, num_edges, generator=gen, dtype=torch.float64))
+    order = torch.randperm(num_nodes, generator=gen)
+    return order[ends.clamp_(max=num_nodes - 1)]
 
 
 def make_impls(case: dict, names: list[str], device: torch.device,
@@ -408,7 +458,8 @@ def run_worker(spec: dict) -> dict:
     result = dict(case=case, impls=runnable(case, args, device))
     names = [name for name, entry in result['impls'].items() if not entry]
     ref, impls = make_impls(case, names, device, dtype)
-    runs = {name: Run(*impls[name], x, edge_index) for name in names}
+    runs = {name: Run(*impls[name], x, edge_index, args.autocast)
+            for name in names}
     alive = check(runs, ref, x, edge_index, result['impls'], args, stage,
                   device)
     if stage == 'time':
@@ -452,17 +503,27 @@ def runnable(case: dict, args: argparse.Namespace,
 
 class Run:
     """Calls one implementation: a forward pass without autograd, or a
-    training step (forward and backward); returns the output."""
+    training step (forward and backward); returns the output. With
+    :obj:`autocast`, under :func:`torch.autocast` in bfloat16."""
     def __init__(self, conv: torch.nn.Module, backend: Optional[str],
-                 x: torch.Tensor, edge_index: torch.Tensor):
+                 x: torch.Tensor, edge_index: torch.Tensor,
+                 autocast: bool = False):
         self.conv, self.backend = conv, backend
         self.x, self.edge_index = x, edge_index
+        self.autocast = autocast
 
+    @contextlib.contextmanager
     def backend_used(self):
-        """The context that selects this implementation's backend."""
+        """The context that selects this implementation's backend (and
+        autocast)."""
         from pyg_gatv2 import use_backends
-        return (use_backends(fused=self.backend) if self.backend else
-                contextlib.nullcontext())
+        with contextlib.ExitStack() as stack:
+            if self.backend:
+                stack.enter_context(use_backends(fused=self.backend))
+            if self.autocast:
+                stack.enter_context(torch.autocast(
+                    self.x.device.type, dtype=torch.bfloat16))
+            yield
 
     def __call__(self, train: bool) -> torch.Tensor:
         with self.backend_used():
@@ -502,13 +563,13 @@ def check(runs: dict[str, Run], ref: torch.nn.Module, x: torch.Tensor,
     expected, unchecked = None, None
     if stage == 'check':
         try:
-            expected = Run(ref, None, x, edge_index).step()
+            expected = Run(ref, None, x, edge_index, args.autocast).step()
         except Exception as error:
             if failure(error) != 'out of memory':
                 raise
             unchecked = 'PyG eager out of memory'
             release(device)
-    tolerance, grad_tolerance = DTYPES[args.dtype][1:3]
+    tolerance, grad_tolerance = DTYPES[check_dtype(args)][1:3]
     alive = []
     for name, run in runs.items():
         entry = entries[name]
@@ -841,7 +902,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, args))
     rows = rows_of(results, bandwidth, DTYPES[args.dtype][3])
-    lines = header(command, device, bandwidth, args.dtype, args.impls)
+    lines = header(command, device, bandwidth, check_dtype(args),
+                   args.impls, args.autocast)
     text = '\n'.join(lines) + markdown_table(rows, COLUMNS) + '\n'
     print(text)
     columns = list(dict.fromkeys(
@@ -864,15 +926,21 @@ def cpp_note(impls: list[str], device: torch.device) -> list[str]:
 
 
 def header(command: str, device: torch.device, bandwidth: float,
-           dtype: str, impls: list[str]) -> list[str]:
+           dtype: str, impls: list[str], autocast: bool = False
+           ) -> list[str]:
     tolerance, grad_tolerance = DTYPES[dtype][1:3]
+    autocast_note = [
+        'Every step runs under torch.autocast in bfloat16, PyG\'s as ours, '
+        'with float32 weights and features; kernel_fwd_ms and '
+        "kernel_vs_memcpy time the fused kernel on float32 projections.",
+        ''] if autocast else []
     return [
         '# Fused GATv2 attention vs PyG GATv2Conv', '',
         f'Command: `{command}`', '',
         f'Machine: {machine(torch.get_num_threads(), device)}. memcpy '
         f'bandwidth at the start: {bandwidth / 1e9:.1f} GB/s.',
         '',
-    ] + cpp_note(impls, device) + [
+    ] + cpp_note(impls, device) + autocast_note + [
         'Times are medians of interleaved runs after warm-up; speedups are '
         'PyG time / our time, given only for implementations that passed '
         'the check. step_ns_per_edge_channel is the step time over the '

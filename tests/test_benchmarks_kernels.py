@@ -243,3 +243,45 @@ def test_cpu_capability_flag_picks_the_level_the_header_names(tmp_path):
     assert '--cpu-capability default' in markdown
     assert 'device cpu, C++ kernels at CPU level default.' in markdown
     assert 'fused_cpp: the C++ kernels at CPU level default' in markdown
+
+
+def test_power_law_graph_is_skewed_and_seeded():
+    edges = kernels.power_law_edges(5000, 50000,
+                                    torch.Generator().manual_seed(0))
+    assert edges.shape == (2, 50000) and edges.dtype == torch.long
+    assert edges.min() >= 0 and edges.max() < 5000
+    for ends in edges:
+        degree = torch.bincount(ends, minlength=5000)
+        # The busiest node holds a hundredth of the ends, 500 against a
+        # mean of 10; a uniform graph's busiest holds about 25.
+        assert degree.max() > 200
+    assert torch.equal(edges, kernels.power_law_edges(
+        5000, 50000, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.slow
+def test_power_law_graph_under_autocast(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '2000',
+         '--degrees', '5', '--heads-channels', '2x8', '--features', '16',
+         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
+         '--impls', 'pyg,fused_torch', '--graph', 'powerlaw', '--autocast',
+         '--timeout', '300', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = read_csv(tmp_path / 'kernels.csv')
+    assert [row['case'] for row in rows] == [
+        'power-law N=2000 deg=5 2x8'] * 2
+    # Under autocast the outputs differ from float32 ones by more than
+    # float32's tolerance, and the check holds them to bfloat16's.
+    errors = [float(row['max_rel_error']) for row in rows]
+    assert all(row['status'] == 'ok' for row in rows)
+    assert errors[0] == 0 and kernels.TOLERANCE < errors[1] <= (
+        kernels.DTYPES['bfloat16'][1])
+    assert 'torch.autocast in bfloat16' in (tmp_path /
+                                            'kernels.md').read_text()
+    refused = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--autocast',
+         '--dtype', 'bfloat16', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and 'leave --dtype' in refused.stderr
