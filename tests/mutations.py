@@ -200,9 +200,9 @@ FAULTS = (
     Fault('triton_backward_src_skips_last_block',
           'Triton backward by source: the block loop stops one edge early',
           'pyg_gatv2/fused/backends/triton_kernels.py',
-          '    g_xl = tl.zeros((BLOCK_C, ), ACC)\n'
+          '    g_xl = tl.zeros((BLOCK_H, BLOCK_C), ACC)\n'
           '    for lo in range(start, end, BLOCK_E):',
-          '    g_xl = tl.zeros((BLOCK_C, ), ACC)\n'
+          '    g_xl = tl.zeros((BLOCK_H, BLOCK_C), ACC)\n'
           '    for lo in range(start, end - 1, BLOCK_E):',
           (f'{TRITON}::test_out_degrees_across_blocks', )),
     Fault('triton_grad_xr_scaled',

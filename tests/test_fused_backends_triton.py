@@ -257,7 +257,8 @@ def degrees(edge_index, num_src, num_dst, add_self_loops):
 @pytest.mark.parametrize('device', DEVICES)
 def test_in_degrees_across_blocks(device, degree, add_self_loops, edge_term):
     from pyg_gatv2.fused.backends import triton_kernels
-    assert triton_kernels._BLOCK_E == BLOCK_E
+    # The blocks of the rows of check_blocks' 2 heads x 3 channels.
+    assert triton_kernels._block_e(2, 3) == BLOCK_E
     # Destination 0 takes its in-edges (and its implicit loop) from one
     # source each up to BLOCK_E + 1 edges, so that its logits differ even
     # without an edge term, and from repeated sources past that. Source 0

@@ -2,11 +2,15 @@
 CPU tensors under ``TRITON_INTERPRET=1``). Imported by the triton backend
 only when it runs, since it imports triton.
 
-The algorithm of the C++ kernels, one program per (node, head):
+The algorithm of the C++ kernels, one program per node for all its heads:
+a block of edges loads whole feature rows (every head's channels, one
+contiguous stretch of memory per edge) and shares its index loads among the
+heads.
 
 - ``_forward``: per destination node, its in-edges (CSR order) in blocks of
   ``BLOCK_E``; the logits of a block are computed on the fly and folded into
-  an online softmax; only ``out`` and the log-sum-exp are written.
+  an online softmax per head; only ``out`` and the log-sum-exp are
+  written.
 - ``_backward_dst``: per destination node, the logits are recomputed; it
   writes the gradients of ``x_r`` and of the edge terms, the node's share of
   the gradient of ``att`` (summed over nodes afterwards, in a fixed order),
@@ -36,56 +40,72 @@ from ..operands import (
 
 __all__ = ['run_forward', 'run_backward']
 
-_BLOCK_E = 32
+# Elements of a block of source rows, [BLOCK_E, heads, channels] with both
+# padded to powers of two: BLOCK_E edges, at most 32, fill it.
+_TILE = 2048
+_MAX_BLOCK_E = 32
 _NUM_WARPS = 4
 
 
+def _block_e(heads: int, channels: int) -> int:
+    """Edges per block for rows of ``heads x channels``."""
+    row = triton.next_power_of_2(heads) * triton.next_power_of_2(channels)
+    return max(1, min(_MAX_BLOCK_E, _TILE // row))
+
+
 @triton.jit
-def _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h, c, valid,
-                    H, C, num_edges, HAS_EDGE: tl.constexpr, acc):
-    """Source rows ``x_j`` and ``z = x_j + x_i (+ t)`` of a block of edges,
-    [BLOCK_E, BLOCK_C], in the accumulation dtype."""
-    cmask = c < C
-    vm = valid[:, None] & cmask[None, :]
-    xj = tl.load(x_l + (src[:, None] * H + h) * C + c[None, :], mask=vm,
-                 other=0.0).to(acc)
-    xi = tl.load(x_r + (i * H + h) * C + c, mask=cmask, other=0.0).to(acc)
-    z = xj + xi[None, :]
+def _row(h, c, H, C):
+    """Offsets of the entries of one row of ``H x C`` features,
+    [BLOCK_H, BLOCK_C], and which of them exist."""
+    return h[:, None] * C + c[None, :], (h[:, None] < H) & (c[None, :] < C)
+
+
+@triton.jit
+def _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, hc, hcm,
+                    valid, H, C, num_edges, HAS_EDGE: tl.constexpr, acc):
+    """Whole source rows ``x_j`` and ``z = x_j + x_i (+ t)`` of a block of
+    edges, [BLOCK_E, BLOCK_H, BLOCK_C], in the accumulation dtype."""
+    vm = valid[:, None, None] & hcm[None, :, :]
+    xj = tl.load(x_l + src[:, None, None] * (H * C) + hc[None, :, :],
+                 mask=vm, other=0.0).to(acc)
+    xi = tl.load(x_r + i * (H * C) + hc, mask=hcm, other=0.0).to(acc)
+    z = xj + xi[None, :, :]
     if HAS_EDGE:
-        z += _edge_term_rows(edge_term, loop_term, e, h, c, vm, H, C,
+        z += _edge_term_rows(edge_term, loop_term, e, hc, vm, H, C,
                              num_edges, acc)
     return xj, z
 
 
 @triton.jit
-def _edge_term_rows(edge_term, loop_term, e, h, c, vm, H, C, num_edges,
-                    acc):
-    """The edge term of virtual edges ``e`` (the caller's edges, then the
-    implicit loops), [BLOCK_E, BLOCK_C]; zero where ``vm`` is off."""
-    is_edge = (e < num_edges)[:, None]
-    t_edge = tl.load(edge_term + (e[:, None] * H + h) * C + c[None, :],
+def _edge_term_rows(edge_term, loop_term, e, hc, vm, H, C, num_edges, acc):
+    """The edge term rows of virtual edges ``e`` (the caller's edges, then
+    the implicit loops), [BLOCK_E, BLOCK_H, BLOCK_C]; zero where ``vm`` is
+    off."""
+    is_edge = (e < num_edges)[:, None, None]
+    t_edge = tl.load(edge_term + e[:, None, None] * (H * C) + hc[None, :, :],
                      mask=vm & is_edge, other=0.0)
     t_loop = tl.load(
-        loop_term + ((e[:, None] - num_edges) * H + h) * C + c[None, :],
-        mask=vm & ~is_edge, other=0.0)
+        loop_term + (e[:, None, None] - num_edges) * (H * C)
+        + hc[None, :, :], mask=vm & ~is_edge, other=0.0)
     return t_edge.to(acc) + t_loop.to(acc)
 
 
 @triton.jit
-def _in_edges(x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c, a,
-              H, C, num_edges, slope, HAS_EDGE: tl.constexpr,
+def _in_edges(x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm,
+              a, H, C, num_edges, slope, HAS_EDGE: tl.constexpr,
               BLOCK_E: tl.constexpr, ACC: tl.constexpr):
     """The block of in-edges of destination ``i`` from CSR position ``lo``:
     positions ``k``, which are real (``valid``), virtual edge ids ``e``,
-    source rows ``x_j``, pre-activations ``z``, activations and logits."""
+    source rows ``x_j``, pre-activations ``z``, activations, and the logits
+    of every head, [BLOCK_E, BLOCK_H]."""
     k = lo + tl.arange(0, BLOCK_E)
     valid = k < end
     src = tl.load(col + k, mask=valid, other=0)
     e = tl.load(eid + k, mask=valid, other=0)
-    xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, h, c,
-                            valid, H, C, num_edges, HAS_EDGE, ACC)
+    xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, hc,
+                            hcm, valid, H, C, num_edges, HAS_EDGE, ACC)
     act = tl.where(z > 0, z, z * slope)
-    s = tl.sum(act * a[None, :], axis=1)
+    s = tl.sum(act * a[None, :, :], axis=2)
     return k, valid, e, xj, z, act, s
 
 
@@ -94,49 +114,53 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
              lse, alpha, H, C, num_edges, slope,
              HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
              WANT_ALPHA: tl.constexpr, BLOCK_E: tl.constexpr,
-             BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+             BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+             ACC: tl.constexpr):
     i = tl.program_id(0)
-    h = tl.program_id(1)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
-    a = tl.load(att + h * C + c, mask=cmask, other=0.0).to(ACC)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
     start = tl.load(ptr + i)
     end = tl.load(ptr + i + 1)
-    m = tl.full((), float('-inf'), ACC)
-    total = tl.zeros((), ACC)
-    acc = tl.zeros((BLOCK_C, ), ACC)
+    m = tl.full((BLOCK_H, ), float('-inf'), ACC)
+    total = tl.zeros((BLOCK_H, ), ACC)
+    acc = tl.zeros((BLOCK_H, BLOCK_C), ACC)
     for lo in range(start, end, BLOCK_E):
         k, valid, e, xj, z, act, s = _in_edges(
-            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c, a, H,
-            C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
-        s = tl.where(valid, s, float('-inf'))
+            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm, a,
+            H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+        s = tl.where(valid[:, None], s, float('-inf'))
         new_m = tl.maximum(m, tl.max(s, axis=0))
         # exp(-inf - -inf) would be NaN: a node's first block rescales
         # nothing.
         scale = tl.where(new_m == float('-inf'), 0.0, tl.exp(m - new_m))
-        p = tl.where(valid, tl.exp(s - new_m), 0.0)
+        p = tl.where(valid[:, None], tl.exp(s - new_m[None, :]), 0.0)
         total = total * scale + tl.sum(p, axis=0)
         if HAS_MASK:
-            p = p * tl.load(mask + e * H + h, mask=valid, other=0.0).to(ACC)
-        acc = acc * scale + tl.sum(p[:, None] * xj, axis=0)
+            p = p * tl.load(mask + e[:, None] * H + h[None, :],
+                            mask=valid[:, None] & hmask[None, :],
+                            other=0.0).to(ACC)
+        acc = acc * scale[:, None] + tl.sum(p[:, :, None] * xj, axis=0)
         m = new_m
     has_edges = total > 0
     # A node without in-edges gets zeros and a log-sum-exp of -inf; the
     # where() keeps 1/0 and log(0) out of the arithmetic.
     safe_total = tl.where(has_edges, total, 1.0)
     inv = tl.where(has_edges, 1.0 / safe_total, 0.0)
-    tl.store(out + (i * H + h) * C + c, (acc * inv).to(out.dtype.element_ty),
-             mask=cmask)
+    tl.store(out + i * (H * C) + hc,
+             (acc * inv[:, None]).to(out.dtype.element_ty), mask=hcm)
     node_lse = tl.where(has_edges, m + tl.log(safe_total), float('-inf'))
-    tl.store(lse + i * H + h, node_lse)
+    tl.store(lse + i * H + h, node_lse, mask=hmask)
     if WANT_ALPHA:
         for lo in range(start, end, BLOCK_E):
             k, valid, e, xj, z, act, s = _in_edges(
-                x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c,
-                a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
-            tl.store(alpha + e * H + h,
-                     tl.exp(s - node_lse).to(alpha.dtype.element_ty),
-                     mask=valid)
+                x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc,
+                hcm, a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+            tl.store(alpha + e[:, None] * H + h[None, :],
+                     tl.exp(s - node_lse[None, :]).to(
+                         alpha.dtype.element_ty),
+                     mask=valid[:, None] & hmask[None, :])
 
 
 @triton.jit
@@ -146,90 +170,97 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   num_edges, slope, HAS_EDGE: tl.constexpr,
                   HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
                   WANT_EDGE_GRAD: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr):
     i = tl.program_id(0)
-    h = tl.program_id(1)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
-    a = tl.load(att + h * C + c, mask=cmask, other=0.0).to(ACC)
-    g = tl.load(grad_out + (i * H + h) * C + c, mask=cmask,
-                other=0.0).to(ACC)
-    node_lse = tl.load(lse + i * H + h).to(ACC)
-    node_delta = tl.load(delta + i * H + h).to(ACC)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    g = tl.load(grad_out + i * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
+    node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
+    node_delta = tl.load(delta + i * H + h, mask=hmask, other=0.0).to(ACC)
     start = tl.load(ptr + i)
     end = tl.load(ptr + i + 1)
-    g_xr = tl.zeros((BLOCK_C, ), ACC)
-    g_att = tl.zeros((BLOCK_C, ), ACC)
+    g_xr = tl.zeros((BLOCK_H, BLOCK_C), ACC)
+    g_att = tl.zeros((BLOCK_H, BLOCK_C), ACC)
     for lo in range(start, end, BLOCK_E):
         k, valid, e, xj, z, act, s = _in_edges(
-            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, h, c, a, H,
-            C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
-        dact = tl.where(z > 0, a[None, :], a[None, :] * slope)
-        p = tl.where(valid, tl.exp(s - node_lse), 0.0)
-        gd = tl.sum(g[None, :] * xj, axis=1)
+            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm, a,
+            H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+        vh = valid[:, None] & hmask[None, :]
+        dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
+        p = tl.where(vh, tl.exp(s - node_lse[None, :]), 0.0)
+        gd = tl.sum(g[None, :, :] * xj, axis=2)
         w = p
         if HAS_MASK:
-            drop = tl.load(mask + e * H + h, mask=valid, other=0.0).to(ACC)
+            drop = tl.load(mask + e[:, None] * H + h[None, :], mask=vh,
+                           other=0.0).to(ACC)
             w = w * drop
             gd = gd * drop
         if HAS_GRAD_ALPHA:
-            gd += tl.load(grad_alpha + e * H + h, mask=valid,
+            gd += tl.load(grad_alpha + e[:, None] * H + h[None, :], mask=vh,
                           other=0.0).to(ACC)
-        ds = p * (gd - node_delta)
-        tl.store(msg_weight + k * H + h, w, mask=valid)
-        tl.store(grad_logit + k * H + h, ds, mask=valid)
-        dz = ds[:, None] * dact
+        ds = p * (gd - node_delta[None, :])
+        tl.store(msg_weight + k[:, None] * H + h[None, :], w, mask=vh)
+        tl.store(grad_logit + k[:, None] * H + h[None, :], ds, mask=vh)
+        dz = ds[:, :, None] * dact
         g_xr += tl.sum(dz, axis=0)
-        g_att += tl.sum(ds[:, None] * act, axis=0)
+        g_att += tl.sum(ds[:, :, None] * act, axis=0)
         if WANT_EDGE_GRAD:
-            vm = valid[:, None] & cmask[None, :]
-            is_edge = (e < num_edges)[:, None]
-            tl.store(grad_edge + (e[:, None] * H + h) * C + c[None, :],
+            vm = valid[:, None, None] & hcm[None, :, :]
+            is_edge = (e < num_edges)[:, None, None]
+            tl.store(grad_edge + e[:, None, None] * (H * C) + hc[None, :, :],
                      dz.to(grad_edge.dtype.element_ty), mask=vm & is_edge)
             tl.store(
-                grad_loop + ((e[:, None] - num_edges) * H + h) * C
-                + c[None, :], dz.to(grad_loop.dtype.element_ty),
+                grad_loop + (e[:, None, None] - num_edges) * (H * C)
+                + hc[None, :, :], dz.to(grad_loop.dtype.element_ty),
                 mask=vm & ~is_edge)
-    tl.store(grad_xr + (i * H + h) * C + c,
-             g_xr.to(grad_xr.dtype.element_ty), mask=cmask)
-    tl.store(grad_att_rows + (i * H + h) * C + c, g_att, mask=cmask)
+    tl.store(grad_xr + i * (H * C) + hc,
+             g_xr.to(grad_xr.dtype.element_ty), mask=hcm)
+    tl.store(grad_att_rows + i * (H * C) + hc, g_att, mask=hcm)
 
 
 @triton.jit
 def _backward_src(x_l, x_r, att, edge_term, loop_term, grad_out, ptr, pos,
                   row, eid, msg_weight, grad_logit, grad_xl, H, C, num_edges,
                   slope, HAS_EDGE: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr):
     j = tl.program_id(0)
-    h = tl.program_id(1)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
-    a = tl.load(att + h * C + c, mask=cmask, other=0.0).to(ACC)
-    xj = tl.load(x_l + (j * H + h) * C + c, mask=cmask, other=0.0).to(ACC)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    xj = tl.load(x_l + j * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
     start = tl.load(ptr + j)
     end = tl.load(ptr + j + 1)
-    g_xl = tl.zeros((BLOCK_C, ), ACC)
+    g_xl = tl.zeros((BLOCK_H, BLOCK_C), ACC)
     for lo in range(start, end, BLOCK_E):
         q = lo + tl.arange(0, BLOCK_E)
         valid = q < end
         k = tl.load(pos + q, mask=valid, other=0)
         i = tl.load(row + q, mask=valid, other=0)
         e = tl.load(eid + k, mask=valid, other=0)
-        vm = valid[:, None] & cmask[None, :]
-        xi = tl.load(x_r + (i[:, None] * H + h) * C + c[None, :], mask=vm,
-                     other=0.0).to(ACC)
-        z = xj[None, :] + xi
+        vm = valid[:, None, None] & hcm[None, :, :]
+        vh = valid[:, None] & hmask[None, :]
+        xi = tl.load(x_r + i[:, None, None] * (H * C) + hc[None, :, :],
+                     mask=vm, other=0.0).to(ACC)
+        z = xj[None, :, :] + xi
         if HAS_EDGE:
-            z += _edge_term_rows(edge_term, loop_term, e, h, c, vm, H, C,
+            z += _edge_term_rows(edge_term, loop_term, e, hc, vm, H, C,
                                  num_edges, ACC)
-        w = tl.load(msg_weight + k * H + h, mask=valid, other=0.0)
-        ds = tl.load(grad_logit + k * H + h, mask=valid, other=0.0)
-        g = tl.load(grad_out + (i[:, None] * H + h) * C + c[None, :],
+        w = tl.load(msg_weight + k[:, None] * H + h[None, :], mask=vh,
+                    other=0.0)
+        ds = tl.load(grad_logit + k[:, None] * H + h[None, :], mask=vh,
+                     other=0.0)
+        g = tl.load(grad_out + i[:, None, None] * (H * C) + hc[None, :, :],
                     mask=vm, other=0.0).to(ACC)
-        d = ds[:, None] * tl.where(z > 0, a[None, :], a[None, :] * slope)
-        g_xl += tl.sum(w[:, None] * g + d, axis=0)
-    tl.store(grad_xl + (j * H + h) * C + c,
-             g_xl.to(grad_xl.dtype.element_ty), mask=cmask)
+        d = ds[:, :, None] * tl.where(z > 0, a[None, :, :],
+                                      a[None, :, :] * slope)
+        g_xl += tl.sum(w[:, :, None] * g + d, axis=0)
+    tl.store(grad_xl + j * (H * C) + hc,
+             g_xl.to(grad_xl.dtype.element_ty), mask=hcm)
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -245,7 +276,8 @@ def _edge_terms(ops: Operands) -> Tuple[Tensor, Tensor]:
 
 def _meta(ops: Operands) -> dict:
     H, C = ops.att.shape
-    return dict(BLOCK_E=_BLOCK_E, BLOCK_C=triton.next_power_of_2(C),
+    return dict(BLOCK_E=_block_e(H, C), BLOCK_H=triton.next_power_of_2(H),
+                BLOCK_C=triton.next_power_of_2(C),
                 ACC=_acc_dtype(ops.x_l.dtype), num_warps=_NUM_WARPS)
 
 
@@ -262,7 +294,7 @@ def run_forward(ops: Operands, want_alpha: bool
     edge_term, loop_term = _edge_terms(ops)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     if layout.num_dst > 0:
-        _forward[(layout.num_dst, H)](
+        _forward[(layout.num_dst, )](
             ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
             layout.dst_ptr, layout.dst_col, layout.dst_eid, out, lse, alpha,
             H, C, layout.num_edges, ops.negative_slope,
@@ -290,7 +322,7 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
     meta = _meta(ops)
     if layout.num_dst > 0:
-        _backward_dst[(layout.num_dst, H)](
+        _backward_dst[(layout.num_dst, )](
             ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
             grad_alpha, cot.grad_out, cot.lse, cot.delta, layout.dst_ptr,
             layout.dst_col, layout.dst_eid, grad_xr,
@@ -304,7 +336,7 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     if want_src_grad:
         ptr, pos, row = layout.csc
         if layout.num_src > 0:
-            _backward_src[(layout.num_src, H)](
+            _backward_src[(layout.num_src, )](
                 ops.x_l, ops.x_r, ops.att, edge_term, loop_term,
                 cot.grad_out, ptr, pos, row, layout.dst_eid, msg_weight,
                 grad_logit, grad_xl, H, C, layout.num_edges,
