@@ -340,18 +340,28 @@ def evaluate_lookup(model: torch.nn.Module,
         tuple[float, float]: The fraction of query nodes answered right and
         the fraction of graphs with all their queries right.
     """
+    perms = _checked_graphs(model, graphs, 'evaluate_lookup')
+    device = next(model.parameters()).device
+    return _evaluate(model, LookupBatcher(perms.size(1), device), perms,
+                     batch_size)[:2]
+
+
+def _checked_graphs(model: torch.nn.Module,
+                    graphs: Union[Tensor, Sequence[Data]],
+                    caller: str) -> Tensor:
+    """The permutations of :obj:`graphs`, ``[num_graphs, k]``, checked
+    against each other and against the model's ``k``."""
     perms = _permutations(graphs)
     if perms.dim() != 2 or perms.size(0) == 0:
-        raise ValueError("'evaluate_lookup' expects permutations of shape "
+        raise ValueError(f"'{caller}' expects permutations of shape "
                          f'[num_graphs, k] with num_graphs >= 1, got '
                          f'{tuple(perms.shape)}')
     k = perms.size(1)
     if getattr(model, 'k', k) != k:
-        raise ValueError(f"'evaluate_lookup' got a model built for "
+        raise ValueError(f"'{caller}' got a model built for "
                          f'k={model.k} and graphs with k={k}; build the '
                          "model with the graphs' k")
-    device = next(model.parameters()).device
-    return _evaluate(model, LookupBatcher(k, device), perms, batch_size)[:2]
+    return perms
 
 
 def _key_attention(model: torch.nn.Module, batch: LookupBatch,
@@ -403,12 +413,8 @@ def own_key_attention(model: torch.nn.Module,
         (GAT's self-loops take the rest of a query's weight with the other
         keys).
     """
-    perms = _permutations(graphs)
+    perms = _checked_graphs(model, graphs, 'own_key_attention')
     k = perms.size(1)
-    if getattr(model, 'k', k) != k:
-        raise ValueError(f"'own_key_attention' got a model built for "
-                         f'k={model.k} and graphs with k={k}; build the '
-                         "model with the graphs' k")
     device = next(model.parameters()).device
     batcher = LookupBatcher(k, device)
     perms = perms.to(device)
