@@ -38,7 +38,7 @@ def _check(ref: torch.nn.Module, impls: dict[str, torch.nn.Module]):
     runs = {name: kernels.Run(conv, None, x, edge_index)
             for name, conv in impls.items()}
     entries = {name: {} for name in impls}
-    args = argparse.Namespace(warmup=1, dtype='float32')
+    args = argparse.Namespace(warmup=1, dtype='float32', autocast=False)
     alive = kernels.check(runs, ref, x, edge_index, entries, args, 'check',
                           torch.device('cpu'))
     return alive, entries
