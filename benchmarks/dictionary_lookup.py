@@ -247,7 +247,8 @@ def write_reports(results: list[LookupResult], stem: Path, command: str,
             'head: the head with the highest share), weight on own key the '
             "mean weight on it (GAT's self-loop takes a share of every "
             "query's weight); - for runs of a report written before these "
-            'were measured.\n\n' +
+            'were measured, and in the summary the mean over the runs that '
+            'have them.\n\n' +
             ('Cut short by the epoch cap (stop: max_epochs), so not '
              'finished by the stopping rule: ' + '; '.join(cut) + '.\n\n'
              if cut else '') +
