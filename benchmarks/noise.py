@@ -155,6 +155,18 @@ def mean_std(values: list[float]) -> str:
             f'{100 * statistics.pstdev(values):.1f}')
 
 
+def paired(diffs: list[float]) -> str:
+    """The mean of the paired differences in points, ± its standard error
+    (the sample standard deviation over the square root of the count)."""
+    if not diffs:
+        return '-'
+    text = f'{100 * statistics.mean(diffs):+.1f}'
+    if len(diffs) > 1:
+        error = statistics.stdev(diffs) / len(diffs)**0.5
+        text += f' ± {100 * error:.1f}'
+    return text
+
+
 def summary_rows(runs: list[dict]) -> list[dict]:
     """One row per dataset and ratio: each layer's test accuracy (%), the
     mean over seeds ± the standard deviation, and the mean of the paired
@@ -167,16 +179,15 @@ def summary_rows(runs: list[dict]) -> list[dict]:
                                                                   ratio)]
         acc = {layer: {r['seed']: r['test_acc'] for r in here
                        if r['layer'] == layer} for layer in LAYERS}
-        paired = sorted(set(acc['gat']) & set(acc['gatv2']))
-        diffs = [acc['gatv2'][s] - acc['gat'][s] for s in paired]
+        both = sorted(set(acc['gat']) & set(acc['gatv2']))
+        diffs = [acc['gatv2'][s] - acc['gat'][s] for s in both]
         seeds = {layer: len(acc[layer]) for layer in LAYERS}
         rows.append({
             'dataset': dataset, 'noise ratio': f'{ratio:g}',
             'noise edges': here[0]['noise_edges'],
             'GAT': mean_std(list(acc['gat'].values())),
             'GATv2': mean_std(list(acc['gatv2'].values())),
-            'GATv2 - GAT': (f'{100 * statistics.mean(diffs):+.1f}'
-                            if diffs else '-'),
+            'GATv2 - GAT': paired(diffs),
             'seeds': (str(seeds['gat']) if seeds['gat'] == seeds['gatv2']
                       else f"{seeds['gat']} GAT, {seeds['gatv2']} GATv2"),
         })
@@ -234,7 +245,8 @@ def write_reports(saved: dict, out: Path) -> None:
         f"most {saved['settings']['epochs']} epochs). noise edges: the "
         'directed node pairs added to the graph, drawn from those that are '
         'not edges, noise ratio times the edge count. GATv2 - GAT: the mean '
-        'over seeds of the difference on the same noisy graph, in points.'
+        'over seeds of the difference on the same noisy graph, in points, ± '
+        'its standard error.'
         '\n\n' + markdown_table(rows, COLUMNS) + '\n')
     (out / 'noise.md').write_text(text)
 
