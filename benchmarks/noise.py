@@ -151,6 +151,8 @@ def train_one(data, num_features: int, num_classes: int, dataset: str,
 def mean_std(values: list[float]) -> str:
     if not values:
         return '-'
+    if len(values) == 1:
+        return f'{100 * values[0]:.1f}'
     return (f'{100 * statistics.mean(values):.1f} ± '
             f'{100 * statistics.pstdev(values):.1f}')
 
