@@ -213,7 +213,7 @@ def summary(results: list[LookupResult]) -> str:
     rows = []
     for (k, conv, heads), runs in sorted(groups.items()):
         seconds = statistics.mean(r.seconds for r in runs)
-        attention = [own_key(r) for r in runs if own_key(r) is not None]
+        attention = [a for a in map(own_key, runs) if a is not None]
         rows.append({'k': k, 'layer': LOOKUP_LAYERS[conv], 'heads': heads,
                      'seeds': len(runs),
                      'train node': mean(runs, 'train_node_acc'),

@@ -287,9 +287,9 @@ FAULTS = (
     Fault('lookup_attention_of_the_first_graph_only',
           "DictionaryLookup: every graph's attention read as if it were "
           "the batch's first graph",
-          'pyg_gatv2/experiments/lookup.py',
-          '    graph = dst // (2 * k)\n',
-          '    graph = torch.zeros_like(dst)\n',
+          'pyg_gatv2/experiments/lookup_model.py',
+          '        graph = dst // (2 * k)\n',
+          '        graph = torch.zeros_like(dst)\n',
           ('tests/test_experiments_lookup.py', ),
           'own_key_attention_reads'),
     Fault('lookup_values_drawn_as_permutations',

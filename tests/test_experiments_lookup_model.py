@@ -36,6 +36,32 @@ def test_net_shapes(small, conv, readout, heads):
         assert (rows > 0).all() and (rows < 1).all()
 
 
+@pytest.mark.parametrize('conv', ['gatv2', 'gat'])
+def test_attention_matrix_holds_each_edges_weight(small, conv):
+    torch.manual_seed(0)
+    model = DictionaryLookupNet(5, hidden_channels=8, heads=2, conv=conv)
+    graph = small.test_dataset[1]
+    att = model.attention_matrix(graph)
+    assert model.training  # back in the mode it was in
+    model.eval()
+    _, ((src, dst), alpha) = model(graph.x, graph.edge_index,
+                                   graph.query_mask,
+                                   return_attention_weights=True)
+    expected = torch.zeros(2, 5, 5)
+    for s, d, a in zip(src.tolist(), dst.tolist(), alpha, strict=True):
+        if s < 5 <= d:  # a key-to-query edge, not one of GAT's self-loops
+            expected[:, d - 5, s] = a
+    assert torch.equal(att, expected)
+
+
+def test_key_attention_rejects_another_layout(small):
+    model = DictionaryLookupNet(5, hidden_channels=8)
+    graph = small.test_dataset[0]
+    with pytest.raises(ValueError, match='5 key nodes followed by 5 query'):
+        model.key_attention(graph.x, graph.edge_index,
+                            graph.query_mask.flip(0))
+
+
 def test_net_is_the_authors_model():
     gatv2 = DictionaryLookupNet(10, heads=8)
     assert (gatv2.hidden_channels, gatv2.readout, gatv2.dropout) == (

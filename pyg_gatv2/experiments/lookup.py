@@ -364,26 +364,6 @@ def _checked_graphs(model: torch.nn.Module,
     return perms
 
 
-def _key_attention(model: torch.nn.Module, batch: LookupBatch,
-                   k: int) -> Tensor:
-    """``[num_graphs, heads, k, k]``: the attention of every query (row)
-    over every key (column) of every graph of :obj:`batch`, the own keys on
-    the diagonal."""
-    _, alpha = model(batch.x, batch.edge_index, batch.query_mask,
-                     batch.batch, return_attention_weights=True)
-    if isinstance(alpha, Tensor):  # dense: [graphs, target, source, heads]
-        return alpha[:, k:, :k].permute(0, 3, 1, 2)
-    (src, dst), alpha = alpha
-    # Each graph holds its k keys, then its k queries.
-    graph = dst // (2 * k)
-    src, dst = src - 2 * k * graph, dst - 2 * k * graph
-    key_to_query = (src < k) & (dst >= k)  # not GAT's self-loops
-    out = alpha.new_zeros(batch.y.numel() // k, alpha.size(1), k, k)
-    out[graph[key_to_query], :, dst[key_to_query] - k,
-        src[key_to_query]] = alpha[key_to_query]
-    return out
-
-
 @torch.no_grad()
 def own_key_attention(model: torch.nn.Module,
                       graphs: Union[Tensor, Sequence[Data]],
@@ -423,8 +403,9 @@ def own_key_attention(model: torch.nn.Module,
     top = weight = 0
     diagonal = torch.arange(k, device=device)
     for start in range(0, perms.size(0), batch_size):
-        att = _key_attention(model, batcher(perms[start:start + batch_size]),
-                             k)
+        batch = batcher(perms[start:start + batch_size])
+        att = model.key_attention(batch.x, batch.edge_index,
+                                  batch.query_mask, batch.batch)
         top = top + (att.argmax(dim=-1) == diagonal).sum(dim=(0, 2))
         weight = weight + att.diagonal(dim1=-2, dim2=-1).sum(dim=(0, 2),
                                                               dtype=torch.float64)

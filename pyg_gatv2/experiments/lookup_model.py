@@ -268,40 +268,72 @@ class DictionaryLookupNet(torch.nn.Module):
         return self.conv(values, loops)
 
     @torch.no_grad()
+    def key_attention(self, x: Tensor, edge_index: Tensor,
+                      query_mask: Tensor, batch: OptTensor = None) -> Tensor:
+        r"""The attention of every query over every key, graph by graph.
+
+        The graphs must be laid out as
+        :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`
+        builds them and :meth:`torch_geometric.data.Batch.from_data_list`
+        stacks them: each graph's :math:`k` key nodes, then its :math:`k`
+        query nodes. Runs in the mode the model is in.
+
+        Args:
+            x (torch.Tensor): Key and value id of every node.
+            edge_index (torch.Tensor): Key-to-query edges.
+            query_mask (torch.Tensor): :obj:`True` on query nodes.
+            batch (torch.Tensor, optional): Graph of every node, as in
+                :meth:`forward`. (default: :obj:`None`)
+
+        Returns:
+            torch.Tensor: ``[graphs, heads, k, k]``; row ``i`` is a graph's
+            ``i``-th query, column ``j`` its ``j``-th key, so the key each
+            query must look up lies on the diagonal. GAT's rows sum to less
+            than one: the rest goes to the query's self-loop.
+        """
+        k = self.k
+        position = torch.arange(query_mask.numel(), device=x.device)
+        if (query_mask.numel() % (2 * k)
+                or not torch.equal(query_mask, position % (2 * k) >= k)):
+            raise ValueError(
+                f"'{self.__class__.__name__}.key_attention' expects graphs "
+                f'of {k} key nodes followed by {k} query nodes, as '
+                'dictionary_lookup_graph builds them (got a query_mask of '
+                f'another layout)')
+        _, alpha = self(x, edge_index, query_mask, batch,
+                        return_attention_weights=True)
+        if isinstance(alpha, Tensor):  # dense: [graphs, target, source, heads]
+            return alpha[:, k:, :k].permute(0, 3, 1, 2)
+        (src, dst), alpha = alpha
+        graph = dst // (2 * k)
+        src, dst = src - 2 * k * graph, dst - 2 * k * graph
+        key_to_query = (src < k) & (dst >= k)  # not GAT's self-loops
+        out = alpha.new_zeros(query_mask.numel() // (2 * k), alpha.size(1),
+                              k, k)
+        out[graph[key_to_query], :, dst[key_to_query] - k,
+            src[key_to_query]] = alpha[key_to_query]
+        return out
+
+    @torch.no_grad()
     def attention_matrix(self, data: Data) -> Tensor:
-        r"""The attention of every query over every key in one graph.
+        r"""The attention of every query over every key in one graph, in
+        evaluation mode: :meth:`key_attention` of that graph.
 
         Args:
             data (torch_geometric.data.Data): One DictionaryLookup graph (see
                 :func:`~pyg_gatv2.experiments.datasets.dictionary_lookup_graph`).
 
         Returns:
-            torch.Tensor: ``[heads, num_queries, num_keys]``; row ``i`` is
-            the ``i``-th query node, column ``j`` the ``j``-th key node, so
-            the correct key of every query lies on the diagonal. GAT's rows
-            sum to less than one: the rest goes to the query's self-loop.
+            torch.Tensor: ``[heads, k, k]``, as :meth:`key_attention` gives
+            it for one graph.
         """
         was_training = self.training
         self.eval()
-        _, alpha = self(data.x, data.edge_index, data.query_mask,
-                        return_attention_weights=True)
-        self.train(was_training)
-        queries = data.query_mask.nonzero().view(-1)
-        keys = (~data.query_mask).nonzero().view(-1)
-        if self.conv_name == 'dense_gatv2':
-            return alpha[0][queries][:, keys].permute(2, 0, 1)
-        position = torch.empty(data.query_mask.numel(), dtype=torch.long,
-                               device=data.x.device)
-        position[queries] = torch.arange(queries.numel(),
-                                         device=position.device)
-        position[keys] = torch.arange(keys.numel(), device=position.device)
-        edge_index, alpha = alpha
-        src, dst = edge_index
-        key_to_query = ~data.query_mask[src] & data.query_mask[dst]
-        src, dst = src[key_to_query], dst[key_to_query]
-        out = alpha.new_zeros(self.heads, queries.numel(), keys.numel())
-        out[:, position[dst], position[src]] = alpha[key_to_query].t()
-        return out
+        try:
+            return self.key_attention(data.x, data.edge_index,
+                                      data.query_mask)[0]
+        finally:
+            self.train(was_training)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(k={self.k}, '
