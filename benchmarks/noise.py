@@ -5,6 +5,10 @@ paper (its Figure 4) on Cora and CiteSeer, GAT against GATv2.
     python benchmarks/noise.py --threads 1 --resume   # go on
     python benchmarks/noise.py --report-only          # rewrite the reports
 
+Processes on other cores share the seeds out (``--first-seed``, each into a
+folder of its own), then ``--merge FOLDER ...`` adds their runs to
+``--out``.
+
 For every dataset, seed, noise ratio :math:`p` and layer, the graph gets
 :math:`p \\cdot |E|` random noise edges
 (:func:`pyg_gatv2.experiments.noise.add_noise_edges`, drawn from a generator
@@ -72,7 +76,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         default=list(RATIOS),
                         help='noise edges per edge of the graph')
     parser.add_argument('--seeds', type=int, default=10,
-                        help='seeds 0 .. N-1 per point')
+                        help='N seeds per point: --first-seed .. '
+                        '--first-seed + N - 1')
+    parser.add_argument('--first-seed', type=int, default=0,
+                        help='the first seed; processes that write to '
+                        'other --out folders can share the seeds out')
     parser.add_argument('--layers', nargs='+', choices=tuple(LAYERS),
                         default=list(LAYERS))
     parser.add_argument('--epochs', type=int, default=1000)
@@ -87,9 +95,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='keep the finished runs of noise.json')
     parser.add_argument('--report-only', action='store_true',
                         help='rewrite the reports from noise.json')
+    parser.add_argument('--merge', type=Path, nargs='+', metavar='FOLDER',
+                        help="add the runs of these folders' noise.json "
+                        '(the same settings) to that of --out, and '
+                        'rewrite the reports')
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1 or args.patience < 1:
         parser.error('--seeds, --epochs and --patience must be positive')
+    if args.first_seed < 0:
+        parser.error('--first-seed must not be negative')
     if any(not 0.0 <= ratio <= 10.0 for ratio in args.ratios):
         parser.error('--ratios must lie in [0, 10]')
     return args
@@ -121,6 +135,26 @@ def load_runs(json_path: Path, expected: Optional[dict]) -> dict:
                          f'{expected}); run with the same --epochs and '
                          '--patience, or into another --out')
     return saved
+
+
+def merge(json_path: Path, folders: list[Path]) -> None:
+    """Adds to :obj:`json_path` the runs and commands of the
+    ``noise.json`` of each folder that it lacks; every file must hold the
+    settings of :obj:`json_path`."""
+    saved = load_runs(json_path, None)
+    done = {run_key(run) for run in saved['runs']}
+    for folder in folders:
+        other = load_runs(folder / 'noise.json', saved['settings'])
+        new = [run for run in other['runs'] if run_key(run) not in done]
+        saved['runs'] += new
+        done |= {run_key(run) for run in new}
+        saved['commands'] += [c for c in other['commands']
+                              if c not in saved['commands']]
+        print(f'{folder}: {len(new)} runs added, '
+              f"{len(other['runs']) - len(new)} already there", flush=True)
+    part = json_path.with_name('noise.json.part')
+    part.write_text(json.dumps(saved, indent=1) + '\n')
+    os.replace(part, json_path)
 
 
 def train_one(data, num_features: int, num_classes: int, dataset: str,
@@ -259,6 +293,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.report_only:
         write_reports(load_runs(json_path, None), args.out)
         return 0
+    if args.merge:
+        merge(json_path, args.merge)
+        write_reports(load_runs(json_path, None), args.out)
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     raw_dir = find_raw_dir(args.raw_dir)
@@ -282,7 +320,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in datasets:
             dataset = load_planetoid(name, root=root, raw_dir=raw_dir)
             data = dataset[0]
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed,
+                              args.first_seed + args.seeds):
                 for ratio in args.ratios:
                     for layer in args.layers:
                         if (name, ratio, layer, seed) in done:

@@ -56,3 +56,27 @@ def test_sweep_resumes_and_reports_each_point(tmp_path, planetoid_raw_dir):
     (tmp_path / 'noise.md').unlink()
     sweep(tmp_path, planetoid_raw_dir, '--report-only')
     assert '| Cora | 0.2 | 2111 |' in (tmp_path / 'noise.md').read_text()
+
+
+def test_processes_share_the_seeds_out_and_merge(tmp_path, planetoid_raw_dir):
+    main, other = tmp_path / 'main', tmp_path / 'other'
+    sweep(main, planetoid_raw_dir, '--seeds', '1', '--ratios', '0')
+    sweep(other, planetoid_raw_dir, '--seeds', '2', '--first-seed', '1',
+          '--ratios', '0')
+    assert [r['seed'] for r in json.loads(
+        (other / 'noise.json').read_text())['runs']] == [1, 1, 2, 2]
+    sweep(main, planetoid_raw_dir, '--merge', str(other), str(other))
+    saved = json.loads((main / 'noise.json').read_text())
+    # Each run once, in the order added; both commands.
+    assert [(r['layer'], r['seed']) for r in saved['runs']] == [
+        ('gat', 0), ('gatv2', 0), ('gat', 1), ('gatv2', 1), ('gat', 2),
+        ('gatv2', 2)]
+    assert len(saved['commands']) == 2
+    assert '| Cora | 0 | 0 |' in (main / 'noise.md').read_text()
+    assert '| 3 |' in (main / 'noise.md').read_text()
+    # Runs of another recipe do not mix in.
+    sweep(other, planetoid_raw_dir, '--seeds', '1', '--first-seed', '3',
+          '--ratios', '0', '--patience', '9', '--out', str(tmp_path / 'p9'))
+    proc = sweep(main, planetoid_raw_dir, '--merge', str(tmp_path / 'p9'),
+                 check=False)
+    assert proc.returncode != 0 and 'other settings' in proc.stderr
