@@ -353,6 +353,8 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel
     from torch_geometric.loader import NeighborLoader
 
+    from pyg_gatv2.experiments.training.sampling import training_threads
+
     graph = torch.load(spec['graph_file'])
     data = Data(x=graph['x'], y=graph['y'], edge_index=graph['edge_index'])
     shard = graph['train_idx'].tensor_split(world)[rank]
@@ -417,16 +419,30 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     # End to end: the trainer's loader (NeighborBatches), sampling ahead in
     # its workers while the model trains; the layers in turn, each with a
     # loader of its own.
+    # Training gets the cores the workers leave (training_threads, as the
+    # trainer does), and, where that is fewer, also every thread of the
+    # rank, so that each layer's better setting shows.
     data.train_mask = torch.zeros(data.num_nodes, dtype=torch.bool)
     data.train_mask[graph['train_idx']] = True
-    rates = {name: 0.0 for name in layers}
-    for round_ in range(2):
-        for name in layers:
-            rates[name] = max(rates[name], end_to_end(
-                models[name], optimizers[name], data, spec,
-                epoch=1 + round_ * len(layers) + layers.index(name)))
+    settings = {'split': training_threads(spec['workers']),
+                'all': spec['threads_per_rank']}
+    if settings['split'] >= settings['all']:
+        settings = {'split': settings['all']}
+    rates = {mode: {name: 0.0 for name in layers} for mode in settings}
+    turn = 0
+    for _ in range(2):
+        for mode, threads in settings.items():
+            torch.set_num_threads(threads)
+            for name in layers:
+                turn += 1
+                rates[mode][name] = max(rates[mode][name], end_to_end(
+                    models[name], optimizers[name], data, spec, epoch=turn))
+    torch.set_num_threads(spec['threads_per_rank'])
+    rates.setdefault('all', rates['split'])
     result = dict(medians=medians, check=check, status=status,
-                  parts=parts, steps_per_s=rates,
+                  parts=parts, steps_per_s=rates['split'],
+                  steps_per_s_all_threads=rates['all'],
+                  split_threads=settings['split'],
                   edges=statistics.mean(state['edges']),
                   nodes=statistics.mean(state['nodes']),
                   steps_per_epoch=math.ceil(shard.numel() /
@@ -585,9 +601,13 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
         return statistics.median(
             max(rank['medians'][key] for rank in ranks) for ranks in runs)
 
-    def rate_over_runs(key: str) -> float:
+    def rate_over_runs(key: str, rates: str = 'steps_per_s') -> float:
         return statistics.median(
-            min(rank['steps_per_s'][key] for rank in ranks) for ranks in runs)
+            min(rank[rates][key] for rank in ranks) for ranks in runs)
+
+    def best_rate(key: str) -> float:
+        return max(rate_over_runs(key),
+                   rate_over_runs(key, 'steps_per_s_all_threads'))
 
     first = runs[0]
     status = {name: next((rank['status'][name] for ranks in runs
@@ -618,6 +638,7 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
                        grad_max_rel_error=f"{worst['grad_max_rel_error']:.1e}",
                        worst_grad=worst['worst_grad'])
         if name in passed:
+            all_threads = rate_over_runs(name, 'steps_per_s_all_threads')
             step = sampling + model[name]
             peak = peaks[name]
             # A tiny graph's step can stay within memory the process
@@ -635,10 +656,14 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
                 kept_mib=f'{kept[name] / MiB:.1f}',
                 model_speedup=f"{model['pyg'] / model[name]:.2f}",
                 memory_ratio=ratio,
+                overlapped_threads=first[0]['split_threads'],
                 overlapped_seeds_per_s=(
                     f'{procs * batch_size * rate_over_runs(name):.0f}'),
                 overlapped_speedup=(
-                    f"{rate_over_runs(name) / rate_over_runs('pyg'):.2f}"))
+                    f"{rate_over_runs(name) / rate_over_runs('pyg'):.2f}"),
+                all_threads_seeds_per_s=(
+                    f'{procs * batch_size * all_threads:.0f}'),
+                best_vs_best=f"{best_rate(name) / best_rate('pyg'):.2f}")
             for part in (*PARTS, 'other'):
                 row[f'{part}_ms'] = '{:.1f}'.format(1e3 * max(
                     rank['parts'][name][part] for rank in first))
@@ -649,7 +674,9 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
 COLUMNS = ['processes', 'threads_per_rank', 'layer', 'status',
            'sampled_nodes', 'sampled_edges', 'sampling_ms', 'model_ms',
            'model_s_per_epoch', 's_per_epoch', 'seeds_per_s',
-           'overlapped_seeds_per_s', 'overlapped_speedup', 'peak_mib',
+           'overlapped_threads', 'overlapped_seeds_per_s',
+           'overlapped_speedup', 'all_threads_seeds_per_s', 'best_vs_best',
+           'peak_mib',
            'kept_mib', 'model_speedup', 'memory_ratio', 'max_rel_error',
            'grad_max_rel_error', 'worst_grad']
 PART_COLUMNS = ['processes', 'threads_per_rank', 'layer',
@@ -703,12 +730,19 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         'End to end (overlapped_seeds_per_s): the trainer\'s loader '
         '(pyg_gatv2.experiments.training.NeighborBatches) with '
         f'{args.workers} worker process(es) per rank sampling ahead while '
-        'the model trains (0: sampling in turn with the steps), each layer '
-        'with a loader of its own, the layers in turn, twice; the rate of '
+        'the model trains (0: sampling in turn with the steps), training '
+        'with overlapped_threads threads, the cores the workers leave '
+        '(pyg_gatv2.experiments.training.sampling.training_threads, as '
+        "`pyg-gatv2 train` does), each layer with a loader of its own, the "
+        'layers in turn, twice; the rate of '
         f'{args.steps} steps after those the workers sampled ahead of the '
         'first (and one more), of the slowest rank, the better of the two '
         "turns, then the median over runs. overlapped_speedup: PyG's time "
-        'per step over this one\'s, end to end.',
+        "per step over this one's, end to end. all_threads_seeds_per_s: "
+        "the same with training on all of the rank's threads (where that is "
+        'more than overlapped_threads, else the same runs); best_vs_best: '
+        "this layer's better rate of the two settings over PyG's better "
+        'one.',
         '',
         'Check, before any timing: one training step of both models on '
         "each rank's first batch, same weights, eval mode (no dropout), "

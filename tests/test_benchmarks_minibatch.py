@@ -98,10 +98,13 @@ def parts(attention, other):
 
 
 def rank_result(sampling, ours, pyg, peak_ours, peak_pyg, check=CHECKED,
-                rates=(4.0, 1.0)):
+                rates=(4.0, 1.0), all_threads=(2.0, 1.5)):
     return dict(medians=dict(sampling=sampling, ours=ours, pyg=pyg),
                 parts=dict(ours=parts(0.5, ours - 0.5), pyg=parts(0.0, pyg)),
                 steps_per_s=dict(ours=rates[0], pyg=rates[1]),
+                steps_per_s_all_threads=dict(ours=all_threads[0],
+                                             pyg=all_threads[1]),
+                split_threads=1,
                 check=check, status=dict(ours='ok', pyg='ok'),
                 edges=100.0, nodes=90.0, steps_per_epoch=10,
                 peak=dict(ours=peak_ours, pyg=peak_pyg),
@@ -135,6 +138,12 @@ def test_summarize_takes_the_slowest_rank_and_the_median_run():
     assert pyg['overlapped_seeds_per_s'] == f'{2 * 50 * 1.0:.0f}'
     assert (ours['overlapped_speedup'], pyg['overlapped_speedup']) == (
         '3.00', '1.00')
+    assert ours['overlapped_threads'] == 1
+    # On all threads every rank ran at 2 (ours) and 1.5 (PyG) steps/s: the
+    # better setting is the split for ours and all threads for PyG.
+    assert ours['all_threads_seeds_per_s'] == f'{2 * 50 * 2.0:.0f}'
+    assert pyg['all_threads_seeds_per_s'] == f'{2 * 50 * 1.5:.0f}'
+    assert (ours['best_vs_best'], pyg['best_vs_best']) == ('2.00', '1.00')
     # The parts from the first run, the slowest rank.
     assert (ours['attention_ms'], ours['other_ms']) == ('500.0', '1500.0')
     assert (pyg['attention_ms'], pyg['other_ms']) == ('0.0', '4000.0')
@@ -150,7 +159,8 @@ def test_summarize_gives_a_model_that_failed_its_check_no_numbers():
     rank = rank_result(0.1, 1.0, 2.0, 1.0, 2.0, check=failed)
     # As train_rank leaves it: ours neither timed nor measured.
     rank['status']['ours'] = failed['status']
-    for key in ('medians', 'peak', 'kept', 'parts', 'steps_per_s'):
+    for key in ('medians', 'peak', 'kept', 'parts', 'steps_per_s',
+                'steps_per_s_all_threads'):
         del rank[key]['ours']
     ours, pyg = minibatch.summarize(1, 2, [[rank]], batch_size=8)
     assert ours['status'] == failed['status']
@@ -187,6 +197,7 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
         for key in ('sampling_ms', 'model_ms', 's_per_epoch',
                     'model_s_per_epoch', 'seeds_per_s', 'sampled_nodes',
                     'sampled_edges', 'overlapped_seeds_per_s',
+                    'all_threads_seeds_per_s', 'best_vs_best',
                     'projections_ms', 'other_ms'):
             assert float(row[key]) > 0, (key, row)
         assert row['status'] == 'ok'

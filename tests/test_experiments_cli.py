@@ -210,6 +210,28 @@ def test_mini_batches_from_the_command_line(cora_flags, tmp_path, capsys):
     assert without_seconds(again) == without_seconds(report)
 
 
+def test_loader_workers_leave_training_the_other_cores(cora_flags, tmp_path,
+                                                     monkeypatch):
+    from pyg_gatv2.experiments.training.sampling import training_threads
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2},
+                        raising=False)
+    threads = torch.get_num_threads()
+    try:
+        flags = [*cora_flags, '--epochs', '1', '--batch-size', '256',
+                 '--num-neighbors', '3', '3', '--hidden', '4', '--heads',
+                 '2', '--num-workers', '1']
+        assert train(flags, tmp_path / 'auto') == 0
+        report = json.loads((tmp_path / 'auto' / 'results.json').read_text())
+        assert report['settings']['threads'] == training_threads(1) == 2
+        # --threads wins.
+        assert train([*flags, '--threads', '3'], tmp_path / 'given') == 0
+        report = json.loads(
+            (tmp_path / 'given' / 'results.json').read_text())
+        assert report['settings']['threads'] == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_ogb_graph_from_the_command_line(tmp_path, capsys):
     write_ogb(tmp_path / 'ogb' / 'ogbn_arxiv', 'ogbn-arxiv')
     out = tmp_path / 'out'

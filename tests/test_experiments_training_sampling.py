@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from _training_cases import (
@@ -294,3 +296,17 @@ def test_cora_in_mini_batches_reaches_the_accuracy_floor(planetoid_raw_dir,
         dataset[0], seeds=[0], recipe=Recipe(epochs=100),
         sampling=Sampling(128, [10, 10]))
     assert result.test_acc_mean >= 0.78
+
+
+def test_training_threads_leave_a_core_per_worker(monkeypatch):
+    from pyg_gatv2.experiments.training.sampling import training_threads
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(8)),
+                        raising=False)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    assert training_threads(0) == 8
+    assert training_threads(3) == 5
+    assert training_threads(9) == 1  # never fewer than one
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')  # two processes share them
+    assert training_threads(1) == 3
+    with pytest.raises(ValueError, match='num_workers=-1'):
+        training_threads(-1)

@@ -63,6 +63,7 @@ from pyg_gatv2.experiments.training.distributed import (
 from pyg_gatv2.experiments.training.sampling import (
     SamplingUnavailableError,
     check_sampling,
+    training_threads,
 )
 from pyg_gatv2.models import GATv2
 
@@ -171,7 +172,9 @@ def _add_device_and_threads(group: argparse._ArgumentGroup) -> None:
                        'if there is one)')
     group.add_argument('--threads', type=_positive_int,
                        help='CPU threads for torch (default: torch\'s '
-                       'choice); 1 is often fastest on a busy machine')
+                       'choice; with --num-workers N on the CPU, this '
+                       "process's share of the cores less N); 1 is often "
+                       'fastest on a busy machine')
 
 
 def _add_no_progress(group: argparse._ArgumentGroup) -> None:
@@ -181,10 +184,17 @@ def _add_no_progress(group: argparse._ArgumentGroup) -> None:
 
 
 def _set_up_execution(args: argparse.Namespace) -> torch.device:
-    """Applies --threads and returns the device --device names."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
+    """Applies --threads and returns the device --device names. Without
+    --threads, training on the CPU beside --num-workers loader processes
+    gets the cores they leave (training_threads)."""
+    device = resolve_device(args.device)
+    threads = args.threads
+    if (threads is None and getattr(args, 'num_workers', 0)
+            and device.type == 'cpu'):
+        threads = training_threads(args.num_workers)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return device
 
 
 def _show_progress(args: argparse.Namespace) -> bool:

@@ -11,6 +11,7 @@ all of a step's nodes. Under a process group each process takes its own
 share of the training nodes; alone, it takes them all.
 """
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from copy import copy
 from typing import Any, Union
@@ -26,7 +27,7 @@ from .distributed import world
 
 __all__ = ['FullBatch', 'NeighborBatches', 'SamplingUnavailableError',
            'check_sampling', 'sampling_available', 'seed_batches',
-           'step_seed', 'whole_neighbourhoods']
+           'step_seed', 'training_threads', 'whole_neighbourhoods']
 
 INSTALL_HINT = ("pip install --no-build-isolation 'pyg-gatv2[sampling]' "
                 '(after torch and torch-scatter: torch-sparse builds from '
@@ -55,6 +56,32 @@ def check_sampling() -> None:
             'NeighborLoader, which needs torch-sparse or pyg-lib, and '
             f'neither is installed; install the sampling extra: {INSTALL_HINT}'
             ', or train full-batch without --batch-size')
+
+
+def training_threads(num_workers: int) -> int:
+    """The CPU threads to give training beside :obj:`num_workers` loader
+    processes that sample ahead of it (one thread each): this process's
+    share of the cores it may run on, less one per worker, and at least
+    one.
+
+    The share is the cores of :func:`os.sched_getaffinity` (all of them
+    where the platform has no affinity) split evenly among the processes
+    that :mod:`torch.distributed.run` starts on the machine
+    (``LOCAL_WORLD_SIZE``). More threads than that make the model's
+    threads and the samplers take turns on the same cores, which pays only
+    where the model step is much longer than the sampling of a batch
+    (``docs/training.md`` gives the measurements).
+
+    Args:
+        num_workers (int): Loader processes sampling beside training.
+    """
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"'training_threads' got num_workers="
+                         f'{num_workers!r}; pass a non-negative integer')
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+             else os.cpu_count() or 1)
+    processes = max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+    return max(1, cores // processes - num_workers)
 
 
 def _train_nodes(data: Data) -> Tensor:
