@@ -221,9 +221,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     raw_dir = find_raw_dir(args.raw_dir)
-    args.out.mkdir(parents=True, exist_ok=True)
     temp = tempfile.TemporaryDirectory()
     root = args.root or Path(temp.name)
+    # A report of no dataset would replace results with 'files absent'.
+    if not any(raw_files_present(name, raw_dir, root)
+               for name in args.datasets):
+        temp.cleanup()
+        places = [str(raw_dir or '(no --raw-dir)')]
+        if args.root is not None:
+            places.append(str(args.root))
+        raise SystemExit(
+            f"accuracy.py: no raw files of {', '.join(args.datasets)} in "
+            f"{' or '.join(places)}; pass --raw-dir (or set "
+            'PYG_GATV2_RAW_DIR) to the folder of the raw Planetoid files. '
+            'Nothing was written.')
+    args.out.mkdir(parents=True, exist_ok=True)
 
     rows, records, notes = [], {}, []
     tic = time.perf_counter()
