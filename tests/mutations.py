@@ -283,6 +283,14 @@ FAULTS = (
           '',
           ('tests/test_experiments_training_sampling.py::'
            'test_workers_sample_the_batches_the_training_process_would', )),
+    Fault('training_threads_beside_the_workers',
+          "mini-batches: training takes all of its share of the cores, "
+          "beside the loader's workers",
+          'pyg_gatv2/experiments/training/sampling.py',
+          '    return max(1, cores // processes - num_workers)\n',
+          '    return max(1, cores // processes)\n',
+          ('tests/test_experiments_training_sampling.py::'
+           'test_training_threads_leave_a_core_per_worker', )),
     # DictionaryLookup.
     Fault('lookup_attention_of_the_first_graph_only',
           "DictionaryLookup: every graph's attention read as if it were "
