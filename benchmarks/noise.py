@@ -137,10 +137,18 @@ def load_runs(json_path: Path, expected: Optional[dict]) -> dict:
     return saved
 
 
-def merge(json_path: Path, folders: list[Path]) -> None:
+def save_runs(saved: dict, json_path: Path) -> None:
+    """Writes :obj:`saved` to :obj:`json_path` through a file beside it,
+    so that a stop mid-write leaves the last complete file."""
+    part = json_path.with_name('noise.json.part')
+    part.write_text(json.dumps(saved, indent=1) + '\n')
+    os.replace(part, json_path)
+
+
+def merge(json_path: Path, folders: list[Path]) -> dict:
     """Adds to :obj:`json_path` the runs and commands of the
-    ``noise.json`` of each folder that it lacks; every file must hold the
-    settings of :obj:`json_path`."""
+    ``noise.json`` of each folder that it lacks, and returns what it
+    wrote; every file must hold the settings of :obj:`json_path`."""
     saved = load_runs(json_path, None)
     done = {run_key(run) for run in saved['runs']}
     for folder in folders:
@@ -152,9 +160,8 @@ def merge(json_path: Path, folders: list[Path]) -> None:
                               if c not in saved['commands']]
         print(f'{folder}: {len(new)} runs added, '
               f"{len(other['runs']) - len(new)} already there", flush=True)
-    part = json_path.with_name('noise.json.part')
-    part.write_text(json.dumps(saved, indent=1) + '\n')
-    os.replace(part, json_path)
+    save_runs(saved, json_path)
+    return saved
 
 
 def train_one(data, num_features: int, num_classes: int, dataset: str,
@@ -294,8 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_reports(load_runs(json_path, None), args.out)
         return 0
     if args.merge:
-        merge(json_path, args.merge)
-        write_reports(load_runs(json_path, None), args.out)
+        write_reports(merge(json_path, args.merge), args.out)
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -331,9 +337,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                         dataset.num_classes, name, layer,
                                         ratio, seed, args)
                         saved['runs'].append(run)
-                        part = json_path.with_name('noise.json.part')
-                        part.write_text(json.dumps(saved, indent=1) + '\n')
-                        os.replace(part, json_path)
+                        save_runs(saved, json_path)
                         write_reports(saved, args.out)
                         print(f"{name} p={ratio:g} {layer} seed {seed}: "
                               f"test {run['test_acc']:.4f} at epoch "
