@@ -331,8 +331,10 @@ class GATv2Conv(MessagePassing):
 
         # The attention runs in the dtype that message passing computes it
         # in: that of the features and 'att' promoted (float32 when autocast
-        # hands bfloat16 or float16 projections to float32 parameters).
-        dtype = torch.promote_types(x_l.dtype, self.att.dtype)
+        # hands bfloat16 or float16 projections to float32 parameters). The
+        # operator reads features of a lower precision itself.
+        features = torch.promote_types(x_l.dtype, x_r.dtype)
+        dtype = torch.promote_types(features, self.att.dtype)
         width = x_l.size(-1)
         edge_term = loop_term = None
         if edge_attr is not None and self.lin_edge is not None:
@@ -354,7 +356,7 @@ class GATv2Conv(MessagePassing):
         if width != self.out_channels:
             att = F.pad(att, (0, width - self.out_channels))
         result = fused_gatv2_attention(
-            x_l.to(dtype), x_r.to(dtype), att.to(dtype),
+            x_l.to(features), x_r.to(features), att.to(dtype),
             edge_index if layout is None else layout, edge_term,
             loop_edge_term=loop_term, add_self_loops=loops,
             negative_slope=self.negative_slope, dropout_mask=mask,

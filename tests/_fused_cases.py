@@ -160,6 +160,33 @@ def compare(x_l, x_r, att, edge_index, et=None, loop_et=None, mask=None,
     return actual
 
 
+def lower_precision_runs(dtype, backend, device='cpu', seed=7):
+    """The operator with ``x_l`` and ``x_r`` stored in ``dtype`` beside a
+    float32 ``att``, edge terms and dropout mask (the projections that
+    autocast gives), and with float32 copies of the same features: the
+    outputs and gradients (:func:`outputs_and_grads`) of each run, in the
+    order x_l, x_r, att, edge term, loops' edge term."""
+    edge_index = random_graph(9, 7, 40, seed=seed).to(device)
+    x_l, x_r, att, et, loop_et = features(9, 7, 40, 2, 4, torch.float32,
+                                          seed=seed)
+    lower = [t.detach().to(dtype) for t in (x_l, x_r)]
+    mask = dropout_mask(40 + 7, 2, torch.float32).to(device)
+
+    def run(feats):
+        inputs = [t.detach().to(device).requires_grad_()
+                  for t in (*feats, att, et, loop_et)]
+
+        def fn():
+            return fused_gatv2_attention(
+                inputs[0], inputs[1], inputs[2], edge_index, inputs[3],
+                loop_edge_term=inputs[4], add_self_loops=True,
+                dropout_mask=mask, return_attention_weights=True,
+                backend=backend)
+        return outputs_and_grads(fn, inputs)
+
+    return run(lower), run([t.float() for t in lower])
+
+
 def spy_on_backends(monkeypatch):
     """Records the passes that the fused backends run, in order, as
     ``(backend, 'forward' or 'backward')``."""

@@ -211,6 +211,22 @@ FAULTS = (
           'g_xr += tl.sum(dz, axis=0)',
           'g_xr += 1.01 * tl.sum(dz, axis=0)',
           (f'{TRITON}::test_matches_reference', )),
+    Fault('triton_copies_lower_precision_features',
+          "Triton backend: autocast's bfloat16 projections read from "
+          'float32 copies',
+          'pyg_gatv2/fused/backends/triton.py',
+          '    reads_lower_precision = True',
+          '    reads_lower_precision = False',
+          (f'{TRITON}::test_lower_precision_features_read_directly', )),
+    # The operator.
+    Fault('op_gradient_not_in_the_features_dtype',
+          'operator: the gradient of destination features of a lower '
+          "precision than 'att' returned in that of 'att', against its "
+          'fake implementation',
+          'pyg_gatv2/fused/op.py',
+          '            grads.x_r.to(x_r.dtype), grads.att,',
+          '            grads.x_r, grads.att,',
+          ('tests/test_fused_op.py::test_opcheck', )),
     # The chunked PyTorch fallback.
     Fault('torch_slope_in_backward',
           'torch backward: LeakyReLU slope fixed at 0.2',

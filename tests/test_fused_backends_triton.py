@@ -13,6 +13,7 @@ from _fused_cases import (
     DEVICES,
     assert_close_all,
     features,
+    lower_precision_runs,
     outputs_and_grads,
     random_graph,
     reference,
@@ -130,6 +131,46 @@ def test_half_precision_against_float32(device, dtype):
         tol = HALF_TOLERANCE[dtype] * max(1.0, scale)
         torch.testing.assert_close(a.float(), b, atol=tol,
                                    rtol=HALF_TOLERANCE[dtype])
+
+
+def assert_rounded(actual, exact):
+    """``actual`` is the float32 ``exact`` rounded to ``actual``'s dtype:
+    to nearest, as a GPU rounds, or for bfloat16 toward zero, as Triton's
+    interpreter does."""
+    ok = actual == exact.to(actual.dtype)
+    if actual.dtype == torch.bfloat16:
+        truncated = (exact.view(torch.int32) & -(1 << 16)).view(torch.float32)
+        ok |= actual == truncated.to(torch.bfloat16)
+    assert bool(ok.all())
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_lower_precision_features_read_directly(device, dtype, monkeypatch):
+    # Autocast's bfloat16 projections beside float32 parameters: the
+    # kernels read the features as they are stored, with no float32 copy,
+    # and give what float32 copies give.
+    from pyg_gatv2.fused.backends import triton_kernels
+    read = []
+
+    def spy(real):
+        def run(ops, *args):
+            read.append((ops.x_l.dtype, ops.x_r.dtype, ops.att.dtype))
+            return real(ops, *args)
+        return run
+
+    for name in ('run_forward', 'run_backward'):
+        monkeypatch.setattr(triton_kernels, name,
+                            spy(getattr(triton_kernels, name)))
+    lower, full = lower_precision_runs(dtype, 'triton', device)
+    assert read[:2] == [(dtype, dtype, torch.float32)] * 2
+    for i, (a, b) in enumerate(zip(lower, full, strict=True)):
+        if i in (2, 3):  # the gradients of x_l and x_r
+            assert a.dtype == dtype
+            assert_rounded(a.cpu(), b.cpu())
+        else:
+            assert a.dtype == torch.float32
+            assert torch.equal(a, b), i
 
 
 @pytest.mark.parametrize('device', DEVICES)

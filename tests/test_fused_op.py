@@ -14,6 +14,7 @@ from _fused_cases import (
     dropout_mask,
     features,
     graph,
+    lower_precision_runs,
     outputs_and_grads,
     random_graph,
     reference,
@@ -338,6 +339,19 @@ BAD_INPUTS = {
              x_r=torch.ones(4, 2, 3, device='meta'),
              att=torch.ones(2, 3, device='meta')),
         TypeError, r"'edge_index' on the device of 'x_l' \(meta\); got cpu"),
+    'att_of_lower_precision': (
+        dict(x_l=torch.ones(4, 2, 3, dtype=torch.float64),
+             x_r=torch.ones(4, 2, 3, dtype=torch.float64)), TypeError,
+        r"computes in the dtype of 'att' .* got 'att' torch.float32 and "
+        r"'x_l' torch.float64 \(cast 'att'"),
+    'integer_features': (
+        dict(x_l=torch.ones(4, 2, 3, dtype=torch.long),
+             x_r=torch.ones(4, 2, 3, dtype=torch.long)), TypeError,
+        "expects floating features"),
+    'edge_term_in_the_features_dtype': (
+        dict(x_l=half(4, 2, 3), x_r=half(4, 2, 3),
+             edge_term=half(2, 2, 3)), TypeError,
+        r"'edge_term' with the dtype and device of 'att' \(torch.float32"),
     'chunk_size': (
         dict(chunk_size=0), ValueError, "positive 'chunk_size'"),
     'unknown_backend': (
@@ -348,6 +362,22 @@ BAD_INPUTS = {
              att=half(2, 3)), ValueError,
         r"fused backend 'cpp': it runs float32, float64, not float16"),
 }
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_lower_precision_features(backend, dtype):
+    # Features in bfloat16 or float16 beside a float32 'att' (autocast's
+    # projections) give exactly what float32 copies of them give; their
+    # gradients come rounded to nearest in their own dtype.
+    lower, full = lower_precision_runs(dtype, backend)
+    for i, (a, b) in enumerate(zip(lower, full, strict=True)):
+        if i in (2, 3):  # the gradients of x_l and x_r
+            assert a.dtype == dtype
+            assert torch.equal(a, b.to(dtype)), i
+        else:
+            assert a.dtype == torch.float32
+            assert torch.equal(a, b), i
 
 
 @pytest.mark.parametrize('case', list(BAD_INPUTS))
@@ -390,13 +420,16 @@ def operands(num_src, num_dst, num_edges, loops, edge, mask, dtype,
     (True, True, True, True),
     (True, False, False, True),
 ])
-def test_opcheck(backend, loops, edge, mask, want_alpha):
+@pytest.mark.parametrize('features', [torch.float64, torch.float32])
+def test_opcheck(backend, loops, edge, mask, want_alpha, features):
     """torch.library.opcheck: the schema, the fake implementation against
     the real one, the autograd registration, and tracing with dynamic
-    shapes."""
+    shapes; with features in the dtype of 'att' and in a lower one."""
     edge_index = graph()
     ops = operands(9, 7, edge_index.size(1), loops, edge, mask,
                    torch.float64)
+    for name in ('x_l', 'x_r'):
+        ops[name] = ops[name].detach().to(features).requires_grad_()
     csr = torch.ops.pyg_gatv2.edge_layout(edge_index, 9, 7, loops, 'test')
     args = (ops['x_l'], ops['x_r'], ops['att'], *csr, ops['edge_term'],
             ops['loop_term'], ops['mask'], edge_index.size(1), loops, 0.2,
@@ -404,6 +437,19 @@ def test_opcheck(backend, loops, edge, mask, want_alpha):
     torch.library.opcheck(torch.ops.pyg_gatv2.gatv2_attention.default, args)
     torch.library.opcheck(torch.ops.pyg_gatv2.edge_layout.default,
                           (edge_index, 9, 7, loops, 'test'))
+    # The backward op, on what forward kept; its gradients come in the
+    # dtypes of the inputs.
+    with torch.no_grad():
+        out, lse, alpha = torch.ops.pyg_gatv2.gatv2_attention(*args)
+    grad_out = torch.randn(out.shape, dtype=out.dtype)
+    grad_alpha = torch.randn(alpha.shape, dtype=alpha.dtype)
+    tensors = [t if t is None else t.detach() for t in args[:9]]
+    backward = (grad_out, grad_alpha if want_alpha else None, *tensors, out,
+                lse, alpha, edge_index.size(1), loops, 0.2, backend, None,
+                True, edge)
+    torch.library.opcheck(
+        torch.ops.pyg_gatv2.gatv2_attention_backward.default, backward,
+        test_utils=('test_schema', 'test_faketensor'))
 
 
 def attention_model(loops, edge):

@@ -33,8 +33,22 @@ def _num_loops(num_src: int, num_dst: int, self_loops: bool) -> int:
     return min(num_src, num_dst) if self_loops else 0
 
 
-def _backend(name: Optional[str], x: Tensor) -> backends.Backend:
-    return backends.select(name, x.device, x.dtype, _NAME)
+def _backend(name: Optional[str], att: Tensor) -> backends.Backend:
+    # The attention is computed in the dtype of 'att'; the features may be
+    # stored in a lower precision.
+    return backends.select(name, att.device, att.dtype, _NAME)
+
+
+def _as_kernels_read(ops: Operands, kernels: backends.Backend) -> Operands:
+    """The operands as ``kernels`` read them: features stored in a lower
+    precision than ``att`` stay so for backends that read them directly;
+    for the others they become copies in the dtype of ``att``."""
+    dtype = ops.att.dtype
+    if ops.x_l.dtype == dtype or kernels.reads_lower_precision:
+        return ops
+    x_l = ops.x_l.to(dtype)
+    x_r = x_l if ops.x_r is ops.x_l else ops.x_r.to(dtype)
+    return ops._replace(x_l=x_l, x_r=x_r)
 
 
 @torch.compiler.assume_constant_result
@@ -124,19 +138,22 @@ def _attention_op(
     negative_slope: float, want_alpha: bool, backend: Optional[str],
     chunk_size: Optional[int]
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """``out`` [N_dst, H, C], the log-sum-exp [N_dst, H] (float32, or
-    float64 for float64 features) and the softmax weights [virtual edges, H]
-    (empty unless ``want_alpha``) of :func:`fused_gatv2_attention`, on the
-    backend chosen for the features' device and dtype."""
-    ops = _operands(x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term,
-                    loop_term, dropout_mask, num_edges, self_loops,
-                    negative_slope, chunk_size)
-    # The inputs arrive in the dtype to compute in; autocast must not lower
-    # the precision of the sums inside.
+    """``out`` [N_dst, H, C] and the softmax weights [virtual edges, H]
+    (empty unless ``want_alpha``) in the dtype of ``att``, and the
+    log-sum-exp [N_dst, H] (float32, or float64 for a float64 ``att``) of
+    :func:`fused_gatv2_attention`, on the backend chosen for the device
+    and the dtype of ``att``."""
+    kernels = _backend(backend, att)
+    ops = _as_kernels_read(
+        _operands(x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term,
+                  loop_term, dropout_mask, num_edges, self_loops,
+                  negative_slope, chunk_size), kernels)
+    # The inputs arrive in the dtypes to compute in; autocast must not
+    # lower the precision of the sums inside.
     with torch.autocast(x_l.device.type, enabled=False):
-        out, lse, alpha = _backend(backend, x_l).forward(ops, want_alpha)
-    return (out, lse.to(stats_dtype(x_l.dtype)),
-            _absent(x_l).view(0, att.size(0)) if alpha is None else alpha)
+        out, lse, alpha = kernels.forward(ops, want_alpha)
+    return (out, lse.to(stats_dtype(att.dtype)),
+            _absent(att).view(0, att.size(0)) if alpha is None else alpha)
 
 
 @_attention_op.register_fake
@@ -145,9 +162,9 @@ def _(x_l, x_r, att, dst_ptr, dst_col, dst_eid, edge_term, loop_term,
       backend, chunk_size):
     num_virtual = num_edges + _num_loops(x_l.size(0), x_r.size(0),
                                          self_loops)
-    return (x_r.new_empty(x_r.shape),
-            x_r.new_empty(x_r.shape[:2], dtype=stats_dtype(x_l.dtype)),
-            x_l.new_empty(num_virtual if want_alpha else 0, att.size(0)))
+    return (att.new_empty(x_r.shape),
+            att.new_empty(x_r.shape[:2], dtype=stats_dtype(att.dtype)),
+            att.new_empty(num_virtual if want_alpha else 0, att.size(0)))
 
 
 @torch.library.custom_op('pyg_gatv2::gatv2_attention_backward',
@@ -162,12 +179,14 @@ def _attention_backward_op(
     want_edge_grad: bool
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of ``x_l`` (empty unless ``want_src_grad``), ``x_r``,
-    ``att`` and the edge terms (empty unless ``want_edge_grad``): a pass by
-    destination and, for ``x_l``, one by source, recomputing the logits."""
-    ops = _operands(x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term,
-                    loop_term, dropout_mask, num_edges, self_loops,
-                    negative_slope, chunk_size)
-    kernels = _backend(backend, x_l)
+    ``att`` and the edge terms (empty unless ``want_edge_grad``), each in
+    its input's dtype: a pass by destination and, for ``x_l``, one by
+    source, recomputing the logits."""
+    kernels = _backend(backend, att)
+    ops = _as_kernels_read(
+        _operands(x_l, x_r, att, (dst_ptr, dst_col, dst_eid), edge_term,
+                  loop_term, dropout_mask, num_edges, self_loops,
+                  negative_slope, chunk_size), kernels)
     grad_out = grad_out.contiguous()
     if grad_alpha is not None:
         grad_alpha = grad_alpha.contiguous()
@@ -192,8 +211,8 @@ def _attention_backward_op(
     cot = Cotangents(grad_out, grad_alpha, lse, delta)
     with torch.autocast(x_l.device.type, enabled=False):
         grads = kernels.backward(ops, cot, want_edge_grad, want_src_grad)
-    return (grads.x_l if want_src_grad else _absent(x_l), grads.x_r,
-            grads.att,
+    return (grads.x_l.to(x_l.dtype) if want_src_grad else _absent(x_l),
+            grads.x_r.to(x_r.dtype), grads.att,
             grads.edge_term if want_edge_grad else _absent(x_l),
             grads.loop_term if want_edge_grad else _absent(x_l))
 
@@ -242,7 +261,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.negative_slope, ctx.chunk_size = args.negative_slope, args.chunk_size
     # Backward runs on the backend that forward ran on. Backends whose
     # backward sums D_i over the edges need not keep the output.
-    kernels = _backend(args.backend, args.x_l)
+    kernels = _backend(args.backend, args.att)
     ctx.backend = kernels.name
     ctx.save_for_backward(*args[:_NUM_TENSORS],
                           out if kernels.needs_output else None, lse, alpha)
@@ -303,9 +322,11 @@ def _differentiable_backward(ctx, grad_out: Optional[Tensor],
               getattr(args, name).view_as(getattr(args, name))
               for name in _DIFFERENTIABLE}
     wanted = [name for name, need in _needs(ctx).items() if need]
+    # Features stored in a lower precision are read in that of 'att'.
+    dtype = args.att.dtype
     with torch.autocast(args.x_l.device.type, enabled=False):
         out, alpha = reference.attention(
-            inputs['x_l'], inputs['x_r'], inputs['att'],
+            inputs['x_l'].to(dtype), inputs['x_r'].to(dtype), inputs['att'],
             inputs['edge_term'], inputs['loop_term'], args.dropout_mask,
             layout, ctx.negative_slope)
     pairs = [(t, g) for t, g in ((out, grad_out), (alpha, grad_alpha))
@@ -342,12 +363,24 @@ def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"'{_NAME}' expects '{name}' of shape "
                              f"{list(shape)} (got {list(t.shape)})")
-    for name, t in (('x_r', x_r), ('att', att), ('edge_term', edge_term),
-                    ('loop_edge_term', loop_term), ('dropout_mask', mask)):
-        if t is not None and (t.dtype != x_l.dtype
-                              or t.device != x_l.device):
+    for name, t in (('x_r', x_r), ('att', att)):
+        if t.device != x_l.device or (name == 'x_r' and t.dtype != x_l.dtype):
+            raise TypeError(f"'{_NAME}' expects '{name}' with the "
+                            f"{'dtype and ' if name == 'x_r' else ''}device "
+                            f"of 'x_l' ({x_l.dtype}, {x_l.device}); got "
+                            f"{t.dtype}, {t.device}")
+    if not (x_l.is_floating_point() and att.is_floating_point()
+            and torch.promote_types(x_l.dtype, att.dtype) == att.dtype):
+        raise TypeError(f"'{_NAME}' computes in the dtype of 'att' and "
+                        f"expects floating features in that dtype or a "
+                        f"lower precision; got 'att' {att.dtype} and 'x_l' "
+                        f"{x_l.dtype} (cast 'att' to the features' dtype)")
+    for name, t in (('edge_term', edge_term), ('loop_edge_term', loop_term),
+                    ('dropout_mask', mask)):
+        if t is not None and (t.dtype != att.dtype
+                              or t.device != att.device):
             raise TypeError(f"'{_NAME}' expects '{name}' with the dtype and "
-                            f"device of 'x_l' ({x_l.dtype}, {x_l.device}); "
+                            f"device of 'att' ({att.dtype}, {att.device}); "
                             f"got {t.dtype}, {t.device}")
 
 
@@ -413,12 +446,21 @@ def fused_gatv2_attention(
     ``[num_edges, heads, channels]`` is allocated or kept beyond the edge
     term and its gradient.
 
+    The attention is computed in the dtype of ``att``. The features may be
+    stored in a lower precision (bfloat16 projections beside a float32
+    attention vector, as :func:`torch.autocast` gives): the Triton kernels
+    read them as they are, the other backends from copies in the dtype of
+    ``att``; either way, each feature is read exactly and every sum runs in
+    float32 or higher.
+
     Args:
-        x_l (torch.Tensor): Source features ``[num_src, heads, channels]``.
+        x_l (torch.Tensor): Source features ``[num_src, heads, channels]``,
+            in the dtype of ``att`` or a lower precision.
         x_r (torch.Tensor): Destination features
-            ``[num_dst, heads, channels]``.
+            ``[num_dst, heads, channels]``, in the dtype of ``x_l``.
         att (torch.Tensor): Attention vector ``[heads, channels]`` or
-            ``[1, heads, channels]``.
+            ``[1, heads, channels]``; the dtype to compute in, which the
+            edge terms and the dropout mask share.
         edge_index (torch.Tensor or EdgeLayout): Edges ``[2, num_edges]``,
             whose sorted layout is cached while the tensor is unchanged, or
             that layout itself (:func:`pyg_gatv2.fused.edge_layout`).
@@ -456,7 +498,8 @@ def fused_gatv2_attention(
 
     Returns:
         The aggregated features ``[num_dst, heads, channels]`` and, with
-        ``return_attention_weights``, the attention weights.
+        ``return_attention_weights``, the attention weights, in the dtype
+        of ``att``; the gradients of the features come in their own dtype.
     """
     if att.dim() == 3 and att.size(0) == 1:
         att = att.squeeze(0)

@@ -12,12 +12,14 @@ __all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype',
 
 
 class Operands(NamedTuple):
-    """The inputs of one fused attention call, contiguous, in one dtype.
+    """The inputs of one fused attention call, contiguous, in the dtype of
+    ``att`` (the features in a lower precision only for backends that
+    read them so: ``Backend.reads_lower_precision``).
 
     Attributes:
         x_l: Source features ``[num_src, H, C]``.
         x_r: Destination features ``[num_dst, H, C]``.
-        att: Attention vector ``[H, C]``.
+        att: Attention vector ``[H, C]``, in the dtype to compute in.
         edge_term: Projected edge features ``[num_edges, H, C]``, or
             :obj:`None`.
         loop_term: Edge term of the implicit self-loops

@@ -35,16 +35,24 @@ class Backend:
         name (str): The name users select it by.
         summary (str): One line on what it is.
         devices (tuple of str): The device types it runs on.
-        dtypes (tuple of torch.dtype): The feature dtypes it runs.
+        dtypes (tuple of torch.dtype): The dtypes it computes in (that of
+            the attention vector).
         needs_output (bool): Whether its backward reads the forward output
             (to form ``D_i = <grad_out_i, out_i>``); the C++ kernels sum
             ``D_i`` over the edges instead, so autograd need not keep it.
+        reads_lower_precision (bool): Whether its kernels read features
+            stored in a lower precision than the attention vector they
+            compute in (bfloat16 projections beside float32 parameters, as
+            :func:`torch.autocast` gives) as they are; for the other
+            backends the operator computes on copies in the attention
+            vector's dtype.
     """
     name: str = ''
     summary: str = ''
     devices: Tuple[str, ...] = ()
     dtypes: Tuple[torch.dtype, ...] = ()
     needs_output: bool = True
+    reads_lower_precision: bool = False
 
     def unavailable_reason(self) -> Optional[str]:
         """Why the backend cannot run on this machine at all (a missing

@@ -30,6 +30,7 @@ class TritonBackend(Backend):
     summary = 'Triton GPU kernels (CPU tensors in Triton\'s interpreter)'
     devices = ('cuda', )
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    reads_lower_precision = True
 
     def unavailable_reason(self) -> Optional[str]:
         if importlib.util.find_spec('triton') is None:

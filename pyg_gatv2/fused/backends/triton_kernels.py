@@ -20,8 +20,11 @@ heads.
 
 Every program writes only rows it owns: no atomics, so results are
 deterministic. Features are read in their storage dtype (float32, bfloat16,
-float16 or float64) and every sum is accumulated in float32 (float64 for
-float64 inputs).
+float16 or float64), which may be lower than that of the attention vector
+(bfloat16 projections under autocast beside a float32 ``att``: no float32
+copy of them is made); every sum is accumulated in float32 (float64 for a
+float64 ``att``), and the output and attention weights are written in the
+attention vector's dtype, the gradients of the features in theirs.
 """
 from typing import Optional, Tuple
 
@@ -278,7 +281,7 @@ def _meta(ops: Operands) -> dict:
     H, C = ops.att.shape
     return dict(BLOCK_E=_block_e(H, C), BLOCK_H=triton.next_power_of_2(H),
                 BLOCK_C=triton.next_power_of_2(C),
-                ACC=_acc_dtype(ops.x_l.dtype), num_warps=_NUM_WARPS)
+                ACC=_acc_dtype(ops.att.dtype), num_warps=_NUM_WARPS)
 
 
 def run_forward(ops: Operands, want_alpha: bool
@@ -288,9 +291,11 @@ def run_forward(ops: Operands, want_alpha: bool
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
-    out = x.new_empty(layout.num_dst, H, C)
-    lse = x.new_empty(layout.num_dst, H, dtype=stats_dtype(x.dtype))
-    alpha = x.new_zeros(layout.num_virtual if want_alpha else 1, H)
+    dtype = ops.att.dtype
+    out = x.new_empty(layout.num_dst, H, C, dtype=dtype)
+    lse = x.new_empty(layout.num_dst, H, dtype=stats_dtype(dtype))
+    alpha = x.new_zeros(layout.num_virtual if want_alpha else 1, H,
+                        dtype=dtype)
     edge_term, loop_term = _edge_terms(ops)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     if layout.num_dst > 0:
@@ -311,7 +316,7 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
-    stats = stats_dtype(x.dtype)
+    stats = stats_dtype(ops.att.dtype)
     edge_term, loop_term = _edge_terms(ops)
     grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
         ops, want_edge_grad, want_src_grad)
