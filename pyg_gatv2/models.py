@@ -11,7 +11,6 @@ from torch_geometric.nn.models import GAT as PyGGAT
 
 from pyg_gatv2.checks import check_positive_ints, check_probabilities
 from pyg_gatv2.conv import GATv2Conv
-from pyg_gatv2.fused import buffers
 
 
 def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -50,8 +49,7 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     # zeros: one pass over the output, where multiplying by a tensor of
     # scales took two and a buffer more.
     scale = kept.to(x.dtype) * (1.0 / (1.0 - p))
-    # Backed by huge pages where it is large (a mini-batch's features).
-    out = buffers.zeros(flat.shape, flat)
+    out = torch.zeros_like(flat)
     out[nonzero] = flat[nonzero] * scale
     return out.view_as(x)
 

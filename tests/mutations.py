@@ -219,13 +219,6 @@ FAULTS = (
           '    reads_lower_precision = False',
           (f'{TRITON}::test_lower_precision_features_read_directly', )),
     # The operator.
-    Fault('buffers_advised_against_huge_pages',
-          'buffers of the CPU kernels: advised against huge pages '
-          '(MADV_NOHUGEPAGE) instead of for them',
-          'pyg_gatv2/fused/buffers.py',
-          '_MADV_HUGEPAGE = 14',
-          '_MADV_HUGEPAGE = 15',
-          ('tests/test_fused_buffers.py', )),
     Fault('op_gradient_not_in_the_features_dtype',
           'operator: the gradient of destination features of a lower '
           "precision than 'att' returned in that of 'att', against its "

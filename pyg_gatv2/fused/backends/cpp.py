@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import buffers, cpp_library
+from .. import cpp_library
 from ..cpp_library import call, pointer
 from ..operands import Cotangents, Gradients, Operands, gradient_buffers
 from . import Backend
@@ -78,9 +78,9 @@ def _forward(ops: Operands, want_alpha: bool
     """The forward pass, on operands of a width the kernels run."""
     layout = ops.layout
     H, C = ops.att.shape
-    out = buffers.empty((layout.num_dst, H, C), ops.x_l)
+    out = ops.x_l.new_empty(layout.num_dst, H, C)
     lse = ops.x_l.new_empty(layout.num_dst, H)
-    alpha = (buffers.zeros((layout.num_virtual, H), ops.x_l) if want_alpha
+    alpha = (ops.x_l.new_zeros(layout.num_virtual, H) if want_alpha
              else None)
     record = _record(ops)
     record.out, record.lse, record.alpha = (pointer(out), pointer(lse),
@@ -99,8 +99,8 @@ def _backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         ops, want_edge_grad, want_src_grad)
     record = _record(ops)
     grad_att = ops.x_l.new_empty(record.num_dst_ranges, H, C)
-    msg_weight = buffers.empty((layout.num_kept, H), ops.x_l)
-    grad_logit = buffers.empty((layout.num_kept, H), ops.x_l)
+    msg_weight = ops.x_l.new_empty(layout.num_kept, H)
+    grad_logit = ops.x_l.new_empty(layout.num_kept, H)
     # Kept alive until the kernels return: the record holds only their
     # addresses.
     grad_out, lse = (t.to(dtype).contiguous()
