@@ -456,6 +456,32 @@ def test_compiled_layer_matches_eager(kwargs, inputs):
     torch.testing.assert_close(got, expected)
 
 
+def test_compiled_layer_under_autocast_matches_eager():
+    """Under bfloat16 autocast the fused op takes the bfloat16
+    projections beside a float32 'att': the compiled layer traces that
+    (fake outputs in float32, gradients in bfloat16) and gives eager's
+    output and gradients."""
+    torch._dynamo.reset()
+    conv = GATv2Conv(8, 4, heads=2, edge_dim=3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 8, generator=gen)
+    edge_index = random_graph(20, num_edges=60)
+    edge_attr = torch.randn(60, 3, generator=gen)
+
+    def step(layer):
+        conv.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = layer(x, edge_index, edge_attr)
+        out.pow(2).sum().backward()
+        return [out] + [p.grad.clone() for p in conv.parameters()]
+
+    expected = step(conv)
+    got = step(torch.compile(conv))
+    assert got[0].dtype == torch.float32
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_exported_model_runs_on_other_graphs():
     model = two_layer_model().eval()
     x = torch.randn(20, 8)
