@@ -49,11 +49,14 @@ from typing import Optional, Union
 
 import torch
 
-# glibc's mallopt parameter, and the size above which allocations get their
+# glibc's mallopt parameters, and the size above which allocations get their
 # own mmap and are unmapped on free, so a freed tensor leaves the resident set
-# at once.
+# at once; at most glibc's default count of such mappings (a run with
+# MALLOC_MMAP_MAX_=0, see allocator(), has none).
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 _MMAP_THRESHOLD = 64 * 1024
+_MMAP_MAX = 65536
 
 
 def pin_malloc() -> bool:
@@ -72,9 +75,41 @@ def pin_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                    and libc.mallopt(_M_MMAP_MAX, _MMAP_MAX))
     except (OSError, AttributeError):
         return False
+
+
+# The environment under which glibc keeps freed memory in the process for
+# later allocations (no allocation gets a mapping of its own, and the heap
+# is never trimmed), as caching allocators such as jemalloc and tcmalloc do.
+KEEP_FREED_MEMORY = {'MALLOC_MMAP_MAX_': '0',
+                     'MALLOC_TRIM_THRESHOLD_': str(2**40)}
+
+
+def allocator() -> str:
+    """How this run's CPU memory allocator treats large tensors, for
+    reports.
+
+    Under glibc's defaults every allocation above 32 MiB gets pages of its
+    own that are returned when it is freed, so the large temporaries of a
+    training step fault their pages in afresh at every step, which can take
+    as long as the arithmetic on them (PyG's message passing makes several
+    per layer). Run a benchmark with :data:`KEEP_FREED_MEMORY` in the
+    environment, or with a caching allocator in ``LD_PRELOAD``, to time it
+    without that cost; worker processes inherit either.
+    """
+    preload = os.environ.get('LD_PRELOAD', '')
+    if 'jemalloc' in preload or 'tcmalloc' in preload:
+        return f'LD_PRELOAD={preload}'
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return 'the platform default'
+    if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
+        setting = ' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())
+        return f'glibc malloc keeping freed memory ({setting})'
+    return ('glibc malloc (large tensors get fresh pages at each '
+            'allocation)')
 
 
 def command_line() -> str:
@@ -85,10 +120,12 @@ def command_line() -> str:
 
 def machine(threads: int, device: Union[str, torch.device]) -> str:
     """The machine and the versions behind a report, for its header, with
-    the CPU level of the C++ kernels (:func:`cpp_level`)."""
+    the CPU level of the C++ kernels (:func:`cpp_level`) and the memory
+    allocator (:func:`allocator`)."""
     return (f'{platform.processor() or platform.machine()}, '
             f'{os.cpu_count()} CPUs, torch {torch.__version__}, '
-            f'{threads} threads, device {device}, {cpp_level()}')
+            f'{threads} threads, device {device}, {cpp_level()}, '
+            f'memory allocator: {allocator()}')
 
 
 def cpp_level() -> str:

@@ -82,6 +82,7 @@ from _common import (
     GRAD_TOLERANCE,
     RESULTS,
     WorkerFailed,
+    allocator,
     command_line,
     compare_steps,
     cpp_level,
@@ -776,7 +777,8 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         lines += ['', 'Failed runs: ' + '; '.join(failures)]
     lines += ['', f'Wall time {seconds / 60:.1f} min; load average (1 min) '
               f'{load[0]:.1f} at the start and {load[1]:.1f} at the end on '
-              f'{os.cpu_count()} cores; {cpp_level()}. '
+              f'{os.cpu_count()} cores; {cpp_level()}; memory '
+              f'allocator: {allocator()}. '
               f'`{command_line()}`', '']
     return '\n'.join(lines)
 

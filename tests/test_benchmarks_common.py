@@ -4,6 +4,7 @@ failures, data paths and the CSV round trip (no timings asserted)."""
 import argparse
 import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -139,9 +140,38 @@ def test_machine_names_the_cpu_level_of_the_cpp_kernels(monkeypatch, level,
     monkeypatch.setattr(pyg_gatv2, 'cpu_capability', lambda: level)
     assert _common.cpp_level() == named
     text = _common.machine(2, 'cpu')
-    assert text.endswith(f'torch {torch.__version__}, 2 threads, device '
-                         f'cpu, {named}')
+    assert f'torch {torch.__version__}, 2 threads, device cpu, {named}, ' \
+        'memory allocator: ' in text
     assert 'numba' not in text
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
+def test_allocator_says_whether_freed_memory_is_kept(monkeypatch):
+    for name in ('LD_PRELOAD', *_common.KEEP_FREED_MEMORY):
+        monkeypatch.delenv(name, raising=False)
+    assert 'fresh pages' in _common.allocator()
+    assert _common.allocator() in _common.machine(2, 'cpu')
+    for name, value in _common.KEEP_FREED_MEMORY.items():
+        monkeypatch.setenv(name, value)
+    assert _common.allocator() == (
+        'glibc malloc keeping freed memory (MALLOC_MMAP_MAX_=0 '
+        f'MALLOC_TRIM_THRESHOLD_={2**40})')
+    monkeypatch.setenv('MALLOC_MMAP_MAX_', '1')
+    assert 'fresh pages' in _common.allocator()
+    monkeypatch.setenv('LD_PRELOAD', '/usr/lib/libjemalloc.so.2')
+    assert _common.allocator() == 'LD_PRELOAD=/usr/lib/libjemalloc.so.2'
+
+
+@pytest.mark.skipif(not _common.cpu_memory_supported(),
+                    reason='no /proc/self/clear_refs')
+def test_step_memory_counts_under_an_allocator_that_keeps_freed_memory(
+        monkeypatch):
+    # Without mappings of their own, freed tensors stay in the heap: the
+    # pinned allocator must map large ones again to see a step's peak.
+    for name, value in _common.KEEP_FREED_MEMORY.items():
+        monkeypatch.setenv(name, value)
+    memory = run_isolated(memory_worker, {})
+    assert memory['peak'] >= 95 * 2.0**20
 
 
 @pytest.mark.skipif(cpp_library.capability() is None,
