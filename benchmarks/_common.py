@@ -49,19 +49,29 @@ from typing import Optional, Union
 
 import torch
 
-# glibc's mallopt parameters, and the size above which allocations get their
-# own mmap and are unmapped on free, so a freed tensor leaves the resident set
-# at once; at most glibc's default count of such mappings (a run with
-# MALLOC_MMAP_MAX_=0, see allocator(), has none).
-_M_MMAP_THRESHOLD = -3
-_M_MMAP_MAX = -4
-_MMAP_THRESHOLD = 64 * 1024
-_MMAP_MAX = 65536
+# glibc's mallopt parameters and pin_malloc's values for them: allocations
+# above 64 KiB get a mapping of their own, unmapped on free, so that a freed
+# tensor leaves the resident set at once (up to glibc's default count of such
+# mappings; a run with MALLOC_MMAP_MAX_=0, see allocator(), has none), and
+# free memory at the top of the heap goes back above glibc's default size.
+_MALLOPT = {-3: 64 * 1024,  # M_MMAP_THRESHOLD
+            -4: 65536,  # M_MMAP_MAX
+            -1: 128 * 1024}  # M_TRIM_THRESHOLD
+
+
+def _glibc() -> Optional[ctypes.CDLL]:
+    if platform.system() != 'Linux':
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    except OSError:
+        return None
+    return libc if hasattr(libc, 'malloc_trim') else None
 
 
 def pin_malloc() -> bool:
-    """Fixes glibc's mmap threshold for the rest of the process; returns
-    whether it could (glibc only).
+    """Fixes glibc's mmap threshold for the rest of the process and gives
+    back the free memory it holds; returns whether it could (glibc only).
 
     By default glibc raises the threshold after large frees and keeps later
     allocations of that size in the heap, which the process does not give
@@ -69,16 +79,25 @@ def pin_malloc() -> bool:
     growth of its resident set for every later case. A fixed threshold makes
     every large allocation fault its pages in afresh, which slows tensor
     code severalfold: measure memory in a process that pins the allocator,
-    and time in one that does not.
+    and time in one that does not. Memory that the heap kept from before
+    (all of it under :data:`KEEP_FREED_MEMORY`) is released here, so that
+    reusing it counts as growth again.
     """
-    if platform.system() != 'Linux':
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-                    and libc.mallopt(_M_MMAP_MAX, _MMAP_MAX))
-    except (OSError, AttributeError):
-        return False
+    pinned = all(libc.mallopt(param, value)
+                 for param, value in _MALLOPT.items())
+    release_free_memory()
+    return pinned
+
+
+def release_free_memory() -> None:
+    """Gives the pages of the heap's free memory back to the system
+    (glibc's ``malloc_trim``; nothing elsewhere)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 # The environment under which glibc keeps freed memory in the process for
@@ -518,12 +537,16 @@ def step_memory(fn: Callable[[], object], device: torch.device) -> Memory:
                       float(torch.cuda.memory_allocated(device) - base))
     if not cpu_memory_supported():
         return Memory(math.nan, math.nan)
+    # Free memory that the heap holds (a pinned allocator still keeps
+    # chunks below its mmap threshold) is given back before each reading.
+    release_free_memory()
     base = _status_bytes('VmRSS')
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM to the current resident set
     fn()
     peak = max(_status_bytes('VmHWM') - base, 0)
     gc.collect()
+    release_free_memory()
     return Memory(float(peak), float(_status_bytes('VmRSS') - base))
 
 
