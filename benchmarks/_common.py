@@ -132,9 +132,13 @@ def allocator() -> str:
 
 
 def command_line() -> str:
-    """The command that runs this script with its arguments, for reports."""
+    """The command that runs this script with its arguments, for reports,
+    after the allocator's settings of :data:`KEEP_FREED_MEMORY` that this
+    run has in its environment."""
     script = os.path.relpath(sys.argv[0])
-    return shlex.join(['python', script] + sys.argv[1:])
+    settings = [f'{k}={os.environ[k]}' for k in KEEP_FREED_MEMORY
+                if k in os.environ]
+    return shlex.join(settings + ['python', script] + sys.argv[1:])
 
 
 def machine(threads: int, device: Union[str, torch.device]) -> str:

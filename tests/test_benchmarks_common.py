@@ -163,6 +163,10 @@ def test_allocator_says_whether_freed_memory_is_kept(monkeypatch):
     assert _common.allocator() == (
         'glibc malloc keeping freed memory (MALLOC_MMAP_MAX_=0 '
         f'MALLOC_TRIM_THRESHOLD_={2**40})')
+    monkeypatch.setattr(sys, 'argv', ['benchmarks/kernels.py', '--quick'])
+    assert _common.command_line().endswith(
+        f'MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_={2**40} python '
+        'benchmarks/kernels.py --quick')
     monkeypatch.setenv('MALLOC_MMAP_MAX_', '1')
     assert 'fresh pages' in _common.allocator()
     monkeypatch.setenv('LD_PRELOAD', '/usr/lib/libjemalloc.so.2')
