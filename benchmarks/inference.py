@@ -31,6 +31,7 @@ import torch
 from _common import (
     RESULTS,
     WorkerFailed,
+    allocator,
     command_line,
     cpp_level,
     markdown_table,
@@ -169,7 +170,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         "the full batch's.", '',
         markdown_table(rows, columns), '',
         *(['Failed passes: ' + '; '.join(failures), ''] if failures else []),
-        f'{args.threads} threads; {cpp_level()}; wall time '
+        f'{args.threads} threads; {cpp_level()}; memory allocator: '
+        f'{allocator()}; wall time '
         f'{(time.perf_counter() - start) / 60:.1f} min; load average (1 min) '
         f'{load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end on '
         f'{os.cpu_count()} cores. `{command_line()}`', ''])

@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 import torch_geometric
-from _common import add_common_flags, command_line, cpp_level
+from _common import add_common_flags, allocator, command_line, cpp_level
 from _sparse_dense_cases import IMPLS, plans
 from _sparse_dense_measure import History, run_case
 from _sparse_dense_report import cell, write
@@ -119,7 +119,8 @@ def header(args: argparse.Namespace) -> str:
         f'pyg_gatv2 {pyg_gatv2.__version__}, torch {torch.__version__}, '
         f'torch_geometric {torch_geometric.__version__}; device '
         f'{args.device} ({platform.machine()}, {os.cpu_count()} cores, '
-        f'{torch.get_num_threads()} threads, {cpp_level()}); softmax '
+        f'{torch.get_num_threads()} threads, {cpp_level()}, memory '
+        f'allocator: {allocator()}); softmax '
         f"backend '{backends['softmax']}', fused backend "
         f"'{backends['fused']}'; layers: {args.heads} heads x "
         f'{args.out_channels} channels, {args.in_channels} input features '

@@ -241,7 +241,8 @@ def test_cpu_capability_flag_picks_the_level_the_header_names(tmp_path):
     assert rows['fused_cpp']['status'] == 'ok', rows['fused_cpp']
     markdown = (tmp_path / 'kernels.md').read_text()
     assert '--cpu-capability default' in markdown
-    assert 'device cpu, C++ kernels at CPU level default.' in markdown
+    assert 'device cpu, C++ kernels at CPU level default, memory allocator: ' \
+        in markdown
     assert 'fused_cpp: the C++ kernels at CPU level default' in markdown
 
 

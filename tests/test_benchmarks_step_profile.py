@@ -185,5 +185,5 @@ def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     assert 'memcpy bandwidth' in markdown
     assert 'grad_max_rel_error' in markdown
     # The script's process inherits this one's CPU level.
-    assert f'{cpp_level()}; float32.' in markdown
+    assert f'{cpp_level()}, memory allocator: ' in markdown
     assert markdown in proc.stdout
