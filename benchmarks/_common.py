@@ -29,6 +29,7 @@ import argparse
 import csv
 import ctypes
 import ctypes.util
+import functools
 import gc
 import importlib.util
 import json
@@ -59,7 +60,10 @@ _MALLOPT = {-3: 64 * 1024,  # M_MMAP_THRESHOLD
             -1: 128 * 1024}  # M_TRIM_THRESHOLD
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
+    """glibc, loaded once (finding it runs ``ldconfig``), or :obj:`None`
+    where there is none."""
     if platform.system() != 'Linux':
         return None
     try:
