@@ -6,17 +6,21 @@ some test must catch.
     python tests/mutations.py cpp_grad_out_scaled layout_cache_stale
 
 The working tree (tracked files and untracked ones git does not ignore) is
-copied into a temporary folder, where the C++ kernels are built once. The
-tests of every fault first run on the unchanged copy and must pass there.
-Then, one fault at a time, the copy's source is edited (one exact text,
-found exactly once, replaced), the C++ kernels are rebuilt if the fault is
-in their sources (``pyg_gatv2/fused/_kernels/``), the fault's tests run
-with ``-x``, and the source (and the built library) are restored. A fault
+copied into a temporary folder. The C++ kernels are built there, and once
+more for each fault in their sources (``pyg_gatv2/fused/_kernels/``), each
+in a copy of its own with that fault, as many builds at a time as the
+process may use cores. The tests of every fault first run on the unchanged
+copy and must pass there. Then, one fault at a time, the copy's source is
+edited (one exact text, found exactly once, replaced), the library built
+with that fault takes the place of the copy's if the fault is in the
+kernels, the fault's tests run with ``-x``, and the source (and the
+library) are restored. A fault
 is *caught* when its tests fail; the table names the first failing test.
 A fault that no test catches, a fault whose text is not found, or tests
 that fail on the unchanged copy make the script exit with an error.
 """
 import argparse
+import concurrent.futures
 import dataclasses
 import os
 import re
@@ -475,17 +479,55 @@ def apply(copy: Path, fault: Fault) -> str:
     return text
 
 
+def in_kernels(fault: Fault) -> bool:
+    return fault.path.startswith(KERNELS)
+
+
+def build_libraries(tmp: Path, faults: list[Fault]) -> dict[str, Path]:
+    """Builds the C++ kernels in the copy ``tmp / 'repo'``, and those of
+    each fault of ``faults`` in the kernels, each in a copy of the working
+    tree of its own (``tmp / 'builds' / <fault>``) with that fault, as many
+    at a time as the process may use cores; returns the built library of
+    each fault (under ``''``, the unchanged one). A build that fails stops
+    the check."""
+    jobs = {'': tmp / 'repo'}
+    for fault in faults:
+        if in_kernels(fault):
+            jobs[fault.name] = tmp / 'builds' / fault.name
+            copy_tree(jobs[fault.name])
+            apply(jobs[fault.name], fault)
+    for copy in jobs.values():
+        for stale in (copy / LIBRARY_DIR).glob(LIBRARY_GLOB):
+            stale.unlink()
+    workers = min(len(jobs), len(os.sched_getaffinity(0)))
+    print(f'Building the C++ kernels {len(jobs)} times, {workers} at a '
+          f'time ...', flush=True)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        done = {name: pool.submit(build, copy)
+                for name, copy in jobs.items()}
+        for name, future in done.items():
+            try:
+                future.result()
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f'{name or "the unchanged copy"}: {error}') from None
+    return {name: built_library(copy) for name, copy in jobs.items()}
+
+
 def check_fault(copy: Path, fault: Fault, library: Path,
-                pristine_library: Path) -> dict:
+                pristine_library: Path, faulty_library: Optional[Path]
+                ) -> dict:
+    """Runs the tests of ``fault`` in ``copy`` with the fault in its
+    source and, for a fault in the kernels, ``faulty_library`` (built with
+    it) in place of ``library``; restores both."""
     original = apply(copy, fault)
-    in_kernels = fault.path.startswith(KERNELS)
     try:
-        if in_kernels:
-            build(copy)
+        if faulty_library is not None:
+            shutil.copy2(faulty_library, library)
         outcome = run_tests(copy, fault.selection(), stop_early=True)
     finally:
         (copy / fault.path).write_text(original)
-        if in_kernels:
+        if faulty_library is not None:
             shutil.copy2(pristine_library, library)
     return dict(fault=fault.name, what=fault.what, file=fault.path,
                 caught=not outcome.passed,
@@ -530,15 +572,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix='pyg_gatv2_mutations_') as tmp:
         copy = Path(tmp) / 'repo'
         copy_tree(copy)
-        for stale in (copy / LIBRARY_DIR).glob(LIBRARY_GLOB):
-            stale.unlink()
-        build(copy)
+        for fault in faults:  # every text must be there before any build
+            (copy / fault.path).write_text(apply(copy, fault))
+        libraries = build_libraries(Path(tmp), faults)
         check_imports_from(copy)
-        library = built_library(copy)
+        library = libraries.pop('')
         pristine = Path(tmp) / library.name
         shutil.copy2(library, pristine)
-        for fault in faults:  # every text must be there before any run
-            (copy / fault.path).write_text(apply(copy, fault))
         tests = list(dict.fromkeys(t for f in faults for t in f.tests))
         print(f'Unchanged copy: {" ".join(tests)} ...', flush=True)
         baseline = run_tests(copy, tests, stop_early=False)
@@ -550,7 +590,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = []
         for fault in faults:
             print(f'{fault.name} ...', flush=True)
-            rows.append(check_fault(copy, fault, library, pristine))
+            rows.append(check_fault(copy, fault, library, pristine,
+                                    libraries.get(fault.name)))
     print(table(rows))
     survived = [row['fault'] for row in rows if not row['caught']]
     if survived:
