@@ -45,16 +45,19 @@ $(TRAIN_STAMP): setup.cfg setup.py pyproject.toml $(KERNELS) | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[train]'
 	touch $@
 
-# The test extra, then torch-scatter and torch-sparse (the extras scatter
-# and sampling), which have no wheels for this torch: built against the
-# installed torch instead of a fresh one in an isolated environment,
-# torch-scatter first (about 10 and 14 minutes on two cores; pip caches
-# the built wheels).
-$(TEST_STAMP): $(TRAIN_STAMP)
+# torch, then the package with the test extra, which holds the train
+# extra's packages (one build of the kernels, not one per extra); then
+# torch-scatter and torch-sparse (the extras scatter and sampling), which
+# have no wheels for this torch: built against the installed torch instead
+# of a fresh one in an isolated environment, torch-scatter first (about 10
+# and 14 minutes on two cores; pip caches the built wheels). What training
+# needs is then installed too.
+$(TEST_STAMP): setup.cfg setup.py pyproject.toml $(KERNELS) | $(BIN)/python
+	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -e '.[test]'
 	$(BIN)/python -m pip install --no-build-isolation 'torch-scatter>=2.1'
 	$(BIN)/python -m pip install --no-build-isolation 'torch-sparse>=0.6.18'
-	touch $@
+	touch $@ $(TRAIN_STAMP)
 
 train: $(TRAIN_STAMP)
 	$(BIN)/pyg-gatv2 train --dataset Cora --seeds 10

@@ -151,3 +151,10 @@ def test_install_requires_only_torch_pyg_and_numpy(setup_cfg):
     assert sorted(requirement_names(
         setup_cfg['options']['install_requires'].splitlines())) == [
             'numpy', 'torch', 'torch-geometric']
+
+
+def test_the_test_extra_holds_what_training_needs(setup_cfg):
+    # `make test` installs the test extra only and then counts training's
+    # set-up as done (Makefile): the train extra's requirements must be in it.
+    declared = setup_cfg['options.extras_require']
+    assert set(declared['train'].split()) <= set(declared['test'].split())
