@@ -339,8 +339,7 @@ class GATv2Conv(MessagePassing):
         edge_term = loop_term = None
         if edge_attr is not None and self.lin_edge is not None:
             edge_term, loop_term = self._edge_terms(
-                edge_index, edge_attr, layout, (num_loops, num_dst), dtype,
-                width)
+                edge_index, edge_attr, layout, (num_loops, num_dst), width)
 
         # Edges in the order of message passing (loops removed, then
         # appended) as virtual edge ids of the layout.
@@ -356,7 +355,7 @@ class GATv2Conv(MessagePassing):
         if width != self.out_channels:
             att = F.pad(att, (0, width - self.out_channels))
         result = fused_gatv2_attention(
-            x_l.to(features), x_r.to(features), att.to(dtype),
+            _cast(x_l, features), _cast(x_r, features), _cast(att, dtype),
             edge_index if layout is None else layout, edge_term,
             loop_edge_term=loop_term, add_self_loops=loops,
             negative_slope=self.negative_slope, dropout_mask=mask,
@@ -381,21 +380,19 @@ class GATv2Conv(MessagePassing):
 
     def _edge_terms(self, edge_index: Tensor, edge_attr: Tensor,
                     layout: Optional[EdgeLayout], sizes: tuple[int, int],
-                    dtype: torch.dtype,
                     width: int) -> tuple[Tensor, Optional[Tensor]]:
         """The projected edge features ``[E, H, width]`` and, with
         self-loops, those of the loops, filled as :obj:`fill_value` says
         (``sizes``: the number of loops and of destination nodes)."""
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
-        edge_term = self._project(self.lin_edge, edge_attr, width).to(dtype)
+        edge_term = self._project(self.lin_edge, edge_attr, width)
         if not self.add_self_loops:
             return edge_term, None
         loop_attr = self_loop_attr(
             *self._without_self_loops(edge_index, edge_attr, layout),
             *sizes, self.fill_value)
-        return edge_term, self._project(self.lin_edge, loop_attr,
-                                        width).to(dtype)
+        return edge_term, self._project(self.lin_edge, loop_attr, width)
 
     def _dropout_mask(self, x: Tensor, layout: Optional[EdgeLayout],
                       num_virtual: int, dtype: torch.dtype) -> Tensor:
@@ -535,6 +532,14 @@ class GATv2Conv(MessagePassing):
         if edge_attr is not None:
             checks.check_edge_attr(edge_attr, self.lin_edge, self.edge_dim,
                                    num_edges, name)
+
+
+def _cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype``, cast only where its dtype differs: torch.export
+    records a cast that changes nothing as a check of the dtype it saw, which
+    a program exported without autocast then fails under autocast (and the
+    other way round)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _kept_edges(edge_index: Tensor, num_loops: int) -> Tensor:

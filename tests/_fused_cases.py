@@ -160,21 +160,28 @@ def compare(x_l, x_r, att, edge_index, et=None, loop_et=None, mask=None,
     return actual
 
 
-def lower_precision_runs(dtype, backend, device='cpu', seed=7):
-    """The operator with ``x_l`` and ``x_r`` stored in ``dtype`` beside a
-    float32 ``att``, edge terms and dropout mask (the projections that
-    autocast gives), and with float32 copies of the same features: the
-    outputs and gradients (:func:`outputs_and_grads`) of each run, in the
-    order x_l, x_r, att, edge term, loops' edge term."""
+def lower_precision_runs(dtype, backend, device='cpu', seed=7,
+                         edge_terms=False):
+    """The operator with ``x_l`` and ``x_r`` (and with ``edge_terms`` the
+    edge terms too) stored in ``dtype`` beside a float32 ``att``, edge
+    terms and dropout mask (the projections that autocast gives), and with
+    float32 copies of the same tensors: the outputs and gradients
+    (:func:`outputs_and_grads`) of each run, in the order x_l, x_r, att,
+    edge term, loops' edge term."""
     edge_index = random_graph(9, 7, 40, seed=seed).to(device)
     x_l, x_r, att, et, loop_et = features(9, 7, 40, 2, 4, torch.float32,
                                           seed=seed)
-    lower = [t.detach().to(dtype) for t in (x_l, x_r)]
+    lowered = [x_l, x_r] + ([et, loop_et] if edge_terms else [])
+    lower = [t.detach().to(dtype) for t in lowered]
     mask = dropout_mask(40 + 7, 2, torch.float32).to(device)
 
-    def run(feats):
-        inputs = [t.detach().to(device).requires_grad_()
-                  for t in (*feats, att, et, loop_et)]
+    def run(stored):
+        names = ('x_l', 'x_r', 'et', 'loop_et')[:len(stored)]
+        tensors = dict(zip(names, stored, strict=True))
+        tensors = [tensors.get(name, t) for name, t in (
+            ('x_l', x_l), ('x_r', x_r), ('att', att), ('et', et),
+            ('loop_et', loop_et))]
+        inputs = [t.detach().to(device).requires_grad_() for t in tensors]
 
         def fn():
             return fused_gatv2_attention(

@@ -231,6 +231,20 @@ FAULTS = (
           '            grads.x_r.to(x_r.dtype), grads.att,',
           '            grads.x_r, grads.att,',
           ('tests/test_fused_op.py::test_opcheck', )),
+    Fault('op_edge_gradient_not_in_the_edge_terms_dtype',
+          "operator: the gradient of edge terms of a lower precision than "
+          "'att' returned in that of 'att', against its fake implementation",
+          'pyg_gatv2/fused/op.py',
+          '            grads.edge_term.to(edge_term.dtype) if want_edge_grad',
+          '            grads.edge_term if want_edge_grad',
+          ('tests/test_fused_op.py::test_opcheck', )),
+    Fault('op_lower_precision_edge_terms_passed_on',
+          'operator: edge terms of a lower precision than \'att\' handed to '
+          'the kernels as they are',
+          'pyg_gatv2/fused/op.py',
+          '             if t is not None and t.dtype != dtype}',
+          '             if False}',
+          ('tests/test_fused_op.py::test_lower_precision_edge_terms', )),
     # The chunked PyTorch fallback.
     Fault('torch_slope_in_backward',
           'torch backward: LeakyReLU slope fixed at 0.2',

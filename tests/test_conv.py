@@ -493,6 +493,29 @@ def test_exported_model_runs_on_other_graphs():
     torch.testing.assert_close(program.module()(x, other), model(x, other))
 
 
+@pytest.mark.parametrize('exported_under_autocast', [False, True])
+def test_exported_layer_runs_under_either_autocast_setting(
+        exported_under_autocast):
+    """A program exported with or without bfloat16 autocast runs in the
+    other setting too, as PyG's layer does, giving what the eager layer
+    gives there: the casts that change nothing are left out of it."""
+    torch.manual_seed(0)
+    conv = GATv2Conv(8, 4, heads=2, edge_dim=3).eval()
+    x = torch.randn(20, 8)
+    edge_index = random_graph(20, num_edges=60)
+    edge_attr = torch.randn(60, 3)
+    with torch.autocast('cpu', dtype=torch.bfloat16,
+                        enabled=exported_under_autocast):
+        program = torch.export.export(conv, (x, edge_index, edge_attr))
+    other = random_graph(20, num_edges=60, seed=5)
+    for autocast in (False, True):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            got = program.module()(x, other, edge_attr)
+            expected = conv(x, other, edge_attr)
+        assert got.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize('edge_dim', [None, 3])
 @pytest.mark.parametrize('share_weights', [False, True])
 def test_state_dict_round_trip(edge_dim, share_weights):

@@ -348,10 +348,18 @@ BAD_INPUTS = {
         dict(x_l=torch.ones(4, 2, 3, dtype=torch.long),
              x_r=torch.ones(4, 2, 3, dtype=torch.long)), TypeError,
         "expects floating features"),
-    'edge_term_in_the_features_dtype': (
+    'edge_term_of_higher_precision': (
+        dict(edge_term=torch.ones(2, 2, 3, dtype=torch.float64)), TypeError,
+        r"'edge_term' on the device of 'att' \(cpu\), floating, in its "
+        r"dtype \(torch.float32\) or a lower precision; got torch.float64"),
+    'integer_loop_edge_term': (
+        dict(edge_term=torch.ones(2, 2, 3), add_self_loops=True,
+             loop_edge_term=torch.ones(4, 2, 3, dtype=torch.long)),
+        TypeError, r"'loop_edge_term' .* got torch.int64"),
+    'dropout_mask_in_the_features_dtype': (
         dict(x_l=half(4, 2, 3), x_r=half(4, 2, 3),
-             edge_term=half(2, 2, 3)), TypeError,
-        r"'edge_term' with the dtype and device of 'att' \(torch.float32"),
+             dropout_mask=half(2, 2)), TypeError,
+        r"'dropout_mask' with the dtype and device of 'att' \(torch.float32"),
     'chunk_size': (
         dict(chunk_size=0), ValueError, "positive 'chunk_size'"),
     'unknown_backend': (
@@ -373,6 +381,22 @@ def test_lower_precision_features(backend, dtype):
     lower, full = lower_precision_runs(dtype, backend)
     for i, (a, b) in enumerate(zip(lower, full, strict=True)):
         if i in (2, 3):  # the gradients of x_l and x_r
+            assert a.dtype == dtype
+            assert torch.equal(a, b.to(dtype)), i
+        else:
+            assert a.dtype == torch.float32
+            assert torch.equal(a, b), i
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_lower_precision_edge_terms(backend, dtype):
+    # Edge terms in bfloat16 or float16 beside a float32 'att' (autocast's
+    # edge projections) give exactly what float32 copies of them give;
+    # their gradients come rounded to nearest in their own dtype.
+    lower, full = lower_precision_runs(dtype, backend, edge_terms=True)
+    for i, (a, b) in enumerate(zip(lower, full, strict=True)):
+        if i in (2, 3, 5, 6):  # the gradients of x_l, x_r and edge terms
             assert a.dtype == dtype
             assert torch.equal(a, b.to(dtype)), i
         else:
@@ -424,12 +448,14 @@ def operands(num_src, num_dst, num_edges, loops, edge, mask, dtype,
 def test_opcheck(backend, loops, edge, mask, want_alpha, features):
     """torch.library.opcheck: the schema, the fake implementation against
     the real one, the autograd registration, and tracing with dynamic
-    shapes; with features in the dtype of 'att' and in a lower one."""
+    shapes; with features and edge terms in the dtype of 'att' and in a
+    lower one."""
     edge_index = graph()
     ops = operands(9, 7, edge_index.size(1), loops, edge, mask,
                    torch.float64)
-    for name in ('x_l', 'x_r'):
-        ops[name] = ops[name].detach().to(features).requires_grad_()
+    for name in ('x_l', 'x_r', 'edge_term', 'loop_term'):
+        if ops[name] is not None:
+            ops[name] = ops[name].detach().to(features).requires_grad_()
     csr = torch.ops.pyg_gatv2.edge_layout(edge_index, 9, 7, loops, 'test')
     args = (ops['x_l'], ops['x_r'], ops['att'], *csr, ops['edge_term'],
             ops['loop_term'], ops['mask'], edge_index.size(1), loops, 0.2,

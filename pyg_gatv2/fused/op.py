@@ -42,13 +42,17 @@ def _backend(name: Optional[str], att: Tensor) -> backends.Backend:
 def _as_kernels_read(ops: Operands, kernels: backends.Backend) -> Operands:
     """The operands as ``kernels`` read them: features stored in a lower
     precision than ``att`` stay so for backends that read them directly;
-    for the others they become copies in the dtype of ``att``."""
+    for the others they become copies in the dtype of ``att``, as edge
+    terms of a lower precision do for every backend."""
     dtype = ops.att.dtype
+    terms = {name: t.to(dtype) for name, t in (('edge_term', ops.edge_term),
+                                                ('loop_term', ops.loop_term))
+             if t is not None and t.dtype != dtype}
     if ops.x_l.dtype == dtype or kernels.reads_lower_precision:
-        return ops
+        return ops._replace(**terms)
     x_l = ops.x_l.to(dtype)
     x_r = x_l if ops.x_r is ops.x_l else ops.x_r.to(dtype)
-    return ops._replace(x_l=x_l, x_r=x_r)
+    return ops._replace(x_l=x_l, x_r=x_r, **terms)
 
 
 @torch.compiler.assume_constant_result
@@ -213,8 +217,10 @@ def _attention_backward_op(
         grads = kernels.backward(ops, cot, want_edge_grad, want_src_grad)
     return (grads.x_l.to(x_l.dtype) if want_src_grad else _absent(x_l),
             grads.x_r.to(x_r.dtype), grads.att,
-            grads.edge_term if want_edge_grad else _absent(x_l),
-            grads.loop_term if want_edge_grad else _absent(x_l))
+            grads.edge_term.to(edge_term.dtype) if want_edge_grad
+            else _absent(x_l),
+            grads.loop_term.to(loop_term.dtype) if want_edge_grad
+            else _absent(x_l))
 
 
 @_attention_backward_op.register_fake
@@ -322,13 +328,18 @@ def _differentiable_backward(ctx, grad_out: Optional[Tensor],
               getattr(args, name).view_as(getattr(args, name))
               for name in _DIFFERENTIABLE}
     wanted = [name for name, need in _needs(ctx).items() if need]
-    # Features stored in a lower precision are read in that of 'att'.
+    # Features and edge terms stored in a lower precision are read in that
+    # of 'att'.
     dtype = args.att.dtype
+
+    def read(name: str) -> Optional[Tensor]:
+        return None if inputs[name] is None else inputs[name].to(dtype)
+
     with torch.autocast(args.x_l.device.type, enabled=False):
         out, alpha = reference.attention(
-            inputs['x_l'].to(dtype), inputs['x_r'].to(dtype), inputs['att'],
-            inputs['edge_term'], inputs['loop_term'], args.dropout_mask,
-            layout, ctx.negative_slope)
+            read('x_l'), read('x_r'), inputs['att'], read('edge_term'),
+            read('loop_term'), args.dropout_mask, layout,
+            ctx.negative_slope)
     pairs = [(t, g) for t, g in ((out, grad_out), (alpha, grad_alpha))
              if g is not None]
     if not (wanted and pairs):
@@ -375,13 +386,19 @@ def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
                         f"expects floating features in that dtype or a "
                         f"lower precision; got 'att' {att.dtype} and 'x_l' "
                         f"{x_l.dtype} (cast 'att' to the features' dtype)")
-    for name, t in (('edge_term', edge_term), ('loop_edge_term', loop_term),
-                    ('dropout_mask', mask)):
-        if t is not None and (t.dtype != att.dtype
-                              or t.device != att.device):
-            raise TypeError(f"'{_NAME}' expects '{name}' with the dtype and "
-                            f"device of 'att' ({att.dtype}, {att.device}); "
-                            f"got {t.dtype}, {t.device}")
+    for name, t in (('edge_term', edge_term), ('loop_edge_term', loop_term)):
+        if t is not None and (
+                t.device != att.device or not t.is_floating_point()
+                or torch.promote_types(t.dtype, att.dtype) != att.dtype):
+            raise TypeError(f"'{_NAME}' expects '{name}' on the device of "
+                            f"'att' ({att.device}), floating, in its dtype "
+                            f"({att.dtype}) or a lower precision; got "
+                            f"{t.dtype}, {t.device}")
+    if mask is not None and (mask.dtype != att.dtype
+                             or mask.device != att.device):
+        raise TypeError(f"'{_NAME}' expects 'dropout_mask' with the dtype "
+                        f"and device of 'att' ({att.dtype}, {att.device}); "
+                        f"got {mask.dtype}, {mask.device}")
 
 
 def _layout_tensors(edge_index: Union[Tensor, EdgeLayout], num_src: int,
@@ -451,7 +468,9 @@ def fused_gatv2_attention(
     attention vector, as :func:`torch.autocast` gives): the Triton kernels
     read them as they are, the other backends from copies in the dtype of
     ``att``; either way, each feature is read exactly and every sum runs in
-    float32 or higher.
+    float32 or higher. Edge terms of a lower precision are read from copies
+    in the dtype of ``att``. The gradients of the features and of the edge
+    terms come in their own dtypes.
 
     Args:
         x_l (torch.Tensor): Source features ``[num_src, heads, channels]``,
@@ -460,16 +479,17 @@ def fused_gatv2_attention(
             ``[num_dst, heads, channels]``, in the dtype of ``x_l``.
         att (torch.Tensor): Attention vector ``[heads, channels]`` or
             ``[1, heads, channels]``; the dtype to compute in, which the
-            edge terms and the dropout mask share.
+            dropout mask shares.
         edge_index (torch.Tensor or EdgeLayout): Edges ``[2, num_edges]``,
             whose sorted layout is cached while the tensor is unchanged, or
             that layout itself (:func:`pyg_gatv2.fused.edge_layout`).
         edge_term (torch.Tensor, optional): Projected edge features
-            ``[num_edges, heads, channels]``. (default: :obj:`None`)
+            ``[num_edges, heads, channels]``, in the dtype of ``att`` or a
+            lower precision. (default: :obj:`None`)
         loop_edge_term (torch.Tensor, optional): Edge term of the implicit
-            self-loops ``[min(num_src, num_dst), heads, channels]``; zero if
-            not given. Used only with ``add_self_loops``.
-            (default: :obj:`None`)
+            self-loops ``[min(num_src, num_dst), heads, channels]``, as
+            ``edge_term``; zero if not given. Used only with
+            ``add_self_loops``. (default: :obj:`None`)
         add_self_loops (bool, optional): If set to :obj:`True`, ignores the
             edges ``i -> i`` of ``edge_index`` and adds one self-loop to every
             node ``i < min(num_src, num_dst)``, as
@@ -499,7 +519,7 @@ def fused_gatv2_attention(
     Returns:
         The aggregated features ``[num_dst, heads, channels]`` and, with
         ``return_attention_weights``, the attention weights, in the dtype
-        of ``att``; the gradients of the features come in their own dtype.
+        of ``att``.
     """
     if att.dim() == 3 and att.size(0) == 1:
         att = att.squeeze(0)
