@@ -169,19 +169,17 @@ def lower_precision_runs(dtype, backend, device='cpu', seed=7,
     (:func:`outputs_and_grads`) of each run, in the order x_l, x_r, att,
     edge term, loops' edge term."""
     edge_index = random_graph(9, 7, 40, seed=seed).to(device)
-    x_l, x_r, att, et, loop_et = features(9, 7, 40, 2, 4, torch.float32,
-                                          seed=seed)
-    lowered = [x_l, x_r] + ([et, loop_et] if edge_terms else [])
-    lower = [t.detach().to(dtype) for t in lowered]
+    names = ('x_l', 'x_r', 'att', 'et', 'loop_et')
+    full = dict(zip(names, features(9, 7, 40, 2, 4, torch.float32,
+                                    seed=seed), strict=True))
+    lowered = ('x_l', 'x_r') + (('et', 'loop_et') if edge_terms else ())
+    lower = {**full, **{name: full[name].detach().to(dtype)
+                        for name in lowered}}
     mask = dropout_mask(40 + 7, 2, torch.float32).to(device)
 
-    def run(stored):
-        names = ('x_l', 'x_r', 'et', 'loop_et')[:len(stored)]
-        tensors = dict(zip(names, stored, strict=True))
-        tensors = [tensors.get(name, t) for name, t in (
-            ('x_l', x_l), ('x_r', x_r), ('att', att), ('et', et),
-            ('loop_et', loop_et))]
-        inputs = [t.detach().to(device).requires_grad_() for t in tensors]
+    def run(tensors):
+        inputs = [tensors[name].detach().to(device).requires_grad_()
+                  for name in names]
 
         def fn():
             return fused_gatv2_attention(
@@ -191,7 +189,7 @@ def lower_precision_runs(dtype, backend, device='cpu', seed=7,
                 backend=backend)
         return outputs_and_grads(fn, inputs)
 
-    return run(lower), run([t.float() for t in lower])
+    return run(lower), run({name: t.float() for name, t in lower.items()})
 
 
 def spy_on_backends(monkeypatch):

@@ -14,8 +14,8 @@ copy and must pass there. Then, one fault at a time, the copy's source is
 edited (one exact text, found exactly once, replaced), the library built
 with that fault takes the place of the copy's if the fault is in the
 kernels, the fault's tests run with ``-x``, and the source (and the
-library) are restored. A fault
-is *caught* when its tests fail; the table names the first failing test.
+library) are restored. A fault is *caught* when its tests fail; the table
+names the first failing test.
 A fault that no test catches, a fault whose text is not found, or tests
 that fail on the unchanged copy make the script exit with an error.
 """

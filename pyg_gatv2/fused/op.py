@@ -353,6 +353,13 @@ def _differentiable_backward(ctx, grad_out: Optional[Tensor],
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _computes_in(t: Tensor, att: Tensor) -> bool:
+    """Whether ``t`` is floating, in the dtype of ``att`` or a lower
+    precision: read exactly in the dtype the attention computes in."""
+    return (t.is_floating_point()
+            and torch.promote_types(t.dtype, att.dtype) == att.dtype)
+
+
 def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
                   edge_term: Optional[Tensor], loop_term: Optional[Tensor],
                   mask: Optional[Tensor], num_edges: int,
@@ -380,16 +387,14 @@ def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
                             f"{'dtype and ' if name == 'x_r' else ''}device "
                             f"of 'x_l' ({x_l.dtype}, {x_l.device}); got "
                             f"{t.dtype}, {t.device}")
-    if not (x_l.is_floating_point() and att.is_floating_point()
-            and torch.promote_types(x_l.dtype, att.dtype) == att.dtype):
+    if not (att.is_floating_point() and _computes_in(x_l, att)):
         raise TypeError(f"'{_NAME}' computes in the dtype of 'att' and "
                         f"expects floating features in that dtype or a "
                         f"lower precision; got 'att' {att.dtype} and 'x_l' "
                         f"{x_l.dtype} (cast 'att' to the features' dtype)")
     for name, t in (('edge_term', edge_term), ('loop_edge_term', loop_term)):
-        if t is not None and (
-                t.device != att.device or not t.is_floating_point()
-                or torch.promote_types(t.dtype, att.dtype) != att.dtype):
+        if t is not None and (t.device != att.device
+                              or not _computes_in(t, att)):
             raise TypeError(f"'{_NAME}' expects '{name}' on the device of "
                             f"'att' ({att.device}), floating, in its dtype "
                             f"({att.dtype}) or a lower precision; got "
