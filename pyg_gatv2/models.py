@@ -11,6 +11,7 @@ from torch_geometric.nn.models import GAT as PyGGAT
 
 from pyg_gatv2.checks import check_positive_ints, check_probabilities
 from pyg_gatv2.conv import GATv2Conv
+from pyg_gatv2.fused import cpp_library
 
 
 def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -21,9 +22,15 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     :func:`torch.nn.functional.dropout`; on bag-of-words features such as
     Planetoid's (about 1% nonzero) it is several times faster, since
     :func:`torch.nn.functional.dropout` draws a random number per entry.
-    Inputs that need a gradient (whose zeros would then get one) or that
-    have more than an eighth of their entries nonzero go to
-    :func:`torch.nn.functional.dropout`.
+    The draws are ``torch.rand(k) >= p`` for the :math:`k` nonzero entries
+    in row-major order, on every device. On the CPU, the C++ library finds
+    and writes the entries of float32 and float64 inputs in two passes
+    over :obj:`x` (``gatv2_count_nonzero`` and ``gatv2_drop_nonzero`` in
+    ``pyg_gatv2/fused/_kernels/gatv2.h``); torch does for other devices
+    and dtypes and where the library was not built, to the same result
+    for the same draws. Inputs that need a gradient (whose zeros would
+    then get one) or that have more than an eighth of their entries
+    nonzero go to :func:`torch.nn.functional.dropout`.
 
     Args:
         x (torch.Tensor): Features of any shape.
@@ -39,6 +46,23 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x * 0.0
     if x.requires_grad:
         return F.dropout(x, p=p, training=True)
+    return _nonzero_dropout(x, p)
+
+
+# One operator to torch.compile, which cannot trace a search whose result
+# sizes the random draws.
+@torch.library.custom_op('pyg_gatv2::nonzero_dropout', mutates_args=())
+def _nonzero_dropout(x: Tensor, p: float) -> Tensor:
+    if x.device.type == 'cpu' and x.dtype in cpp_library.DTYPES and (
+            cpp_library.load() is not None):
+        flat = x.reshape(-1)
+        offsets = cpp_library.count_nonzero(flat)
+        num_nonzero = int(offsets[-1])
+        if 8 * num_nonzero > x.numel():
+            return F.dropout(x, p=p, training=True)
+        keep = torch.rand(num_nonzero, device=x.device) >= p
+        return cpp_library.drop_nonzero(flat, offsets, keep,
+                                        1.0 / (1.0 - p)).view(x.shape)
     flat = torch.flatten(x)
     nonzero = flat.nonzero().squeeze(1)
     if 8 * nonzero.numel() > x.numel():
@@ -51,7 +75,12 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     scale = kept.to(x.dtype) * (1.0 / (1.0 - p))
     out = torch.zeros_like(flat)
     out[nonzero] = flat[nonzero] * scale
-    return out.view_as(x)
+    return out.view(x.shape)
+
+
+@_nonzero_dropout.register_fake
+def _(x, p):
+    return x.new_empty(x.shape)
 
 
 def seed_prefixes(edge_index: Tensor, num_seeds: int, num_layers: int,

@@ -159,6 +159,22 @@ FAULTS = (
           '  if (!all_set(a->x_l, a->x_r, a->att, a->dst_ptr, a->dst_col,',
           '  if (!all_set(a->x_r, a->att, a->dst_ptr, a->dst_col,',
           (f'{CPP_LIBRARY}::test_the_kernels_refuse_a_broken_record', )),
+    Fault('cpp_dropout_skips_negative_entries',
+          'C++ nonzero dropout: negative entries not counted as nonzero',
+          CPP_INTERFACE,
+          '    for (int64_t i = begin; i < end; ++i) count += x[i] != T(0);',
+          '    for (int64_t i = begin; i < end; ++i) count += x[i] > T(0);',
+          (f'{CPP_LIBRARY}::test_the_nonzero_dropout_draws_as_the_header_'
+           'says', )),
+    Fault('nonzero_dropout_traced_by_compile',
+          'input dropout: no fake implementation, so torch.compile traces '
+          'into the search for nonzero entries',
+          'pyg_gatv2/models.py',
+          '@_nonzero_dropout.register_fake\ndef _(x, p):\n'
+          '    return x.new_empty(x.shape)\n',
+          '',
+          ('tests/test_models.py::test_sparse_feature_dropout_is_one_'
+           'operator_to_torch_compile', )),
     # The Python side of the C++ backend and its library.
     Fault('cpp_record_heads_and_channels_swapped',
           'record of the C++ passes: heads and channels swapped',

@@ -104,6 +104,12 @@ int gatv2_layout_by_destination(const void*) { return 0; }
 #ifndef WITHOUT_SOURCE_LAYOUT
 int gatv2_layout_by_source(const void*) { return 0; }
 #endif
+int gatv2_count_nonzero(int64_t, const void*, int64_t, int64_t, int64_t,
+                        int64_t*) { return 0; }
+int gatv2_drop_nonzero(int64_t, const void*, int64_t, int64_t, int64_t,
+                       const int64_t*, const uint8_t*, double, void*) {
+  return 0;
+}
 }
 '''
 
@@ -462,3 +468,115 @@ def test_layout_by_source_refuses_a_source_out_of_range():
             "the C++ kernel 'gatv2_layout_by_source' refused its arguments "
             '(a node index out of range)')):
         cpp_library.layout_by_source(ptr, col, 4)
+
+
+def features(shape, dtype, density=0.05, seed=0):
+    """Features with a ``density`` share of nonzero entries, among them
+    negatives, NaN, infinities and a subnormal, and some entries -0.0."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=dtype)
+    x *= torch.rand(shape, generator=gen, dtype=dtype) < density
+    flat = x.view(-1)
+    specials = [float('nan'), float('inf'), float('-inf'),
+                torch.finfo(dtype).tiny / 4, -0.0]
+    # As many of them as fit, one every 997 entries.
+    for at, value in zip(range(3, flat.numel(), 997), specials,
+                         strict=False):
+        flat[at] = value
+    return x
+
+
+def dropout_of_nonzeros(x, p, seed):
+    """The dropout of the nonzero entries that ``gatv2.h`` specifies, by
+    torch: the draws ``torch.rand(k) >= p`` of the ``k`` entries that are
+    not zero, in row-major order, after ``torch.manual_seed(seed)``."""
+    flat = x.reshape(-1)
+    nonzero = (flat != 0).nonzero().squeeze(1)
+    torch.manual_seed(seed)
+    keep = torch.rand(nonzero.numel()) >= p
+    scale = keep.to(x.dtype) * (1.0 / (1.0 - p))
+    out = torch.zeros_like(flat)
+    out[nonzero] = flat[nonzero] * scale
+    return out.view(x.shape)
+
+
+# Sizes beside threads: no entries, fewer than a run (65536 entries), a
+# few runs, and as many runs as the threads take with a short last one.
+@pytest.mark.parametrize('threads', [1, 2, 3])
+@pytest.mark.parametrize('shape', [(0, 4), (1, 1), (7, 9), (300, 257),
+                                   (1100, 1433)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_nonzero_dropout_draws_as_the_header_says(threads, shape, dtype):
+    x = features(shape, dtype, seed=threads)
+    flat = x.reshape(-1)
+    with torch_threads(threads):
+        offsets = cpp_library.count_nonzero(flat)
+        runs = offsets.numel() - 1
+        bounds = [flat.numel() * r // runs for r in range(runs + 1)]
+        expected = torch.tensor(
+            [0] + [int((flat[:end] != 0).sum()) for end in bounds[1:]])
+        assert torch.equal(offsets, expected)
+        torch.manual_seed(5)
+        keep = torch.rand(int(offsets[-1])) >= 0.6
+        ours = cpp_library.drop_nonzero(flat, offsets, keep, 1 / 0.4)
+    torch.testing.assert_close(ours.view(shape),
+                               dropout_of_nonzeros(x, 0.6, seed=5),
+                               rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_models_input_dropout_runs_the_kernels(dtype, monkeypatch):
+    from pyg_gatv2.models import sparse_feature_dropout
+    # Not contiguous, so that the kernels read a copy.
+    x = features((900, 300), dtype).t()
+    torch.manual_seed(3)
+    ours = sparse_feature_dropout(x, 0.3, training=True)
+    torch.testing.assert_close(ours, dropout_of_nonzeros(x, 0.3, seed=3),
+                               rtol=0, atol=0, equal_nan=True)
+    # Without the library, torch draws and writes the same.
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    torch.manual_seed(3)
+    torch.testing.assert_close(
+        sparse_feature_dropout(x, 0.3, training=True), ours, rtol=0, atol=0,
+        equal_nan=True)
+
+
+DROPOUT_REFUSALS = {
+    'count_dtype_unknown': ('gatv2_count_nonzero', dict(dtype=7),
+                            'an unsupported dtype'),
+    'count_runs_zero': ('gatv2_count_nonzero', dict(runs=0),
+                        'a negative or zero size'),
+    'count_size_negative': ('gatv2_count_nonzero', dict(n=-1),
+                            'a negative or zero size'),
+    'count_x_null': ('gatv2_count_nonzero', dict(x=None), MISSING),
+    'drop_threads_zero': ('gatv2_drop_nonzero', dict(threads=0),
+                          'a negative or zero size'),
+    'drop_offsets_null': ('gatv2_drop_nonzero', dict(offsets=None), MISSING),
+    'drop_keep_null': ('gatv2_drop_nonzero', dict(keep=None), MISSING),
+    'drop_out_null': ('gatv2_drop_nonzero', dict(out=None), MISSING),
+}
+
+
+@pytest.mark.parametrize('case', list(DROPOUT_REFUSALS))
+def test_the_nonzero_dropout_refuses_broken_arguments(case):
+    entry, change, reason = DROPOUT_REFUSALS[case]
+    x = features((40, 30), torch.float32)
+    offsets = cpp_library.count_nonzero(x.view(-1))
+    keep = torch.ones(int(offsets[-1]), dtype=torch.bool)
+    out = torch.full_like(x, 7.0)
+    offsets_before = offsets.clone()
+    args = dict(dtype=DTYPES[x.dtype], x=pointer(x), n=x.numel(),
+                runs=offsets.numel() - 1, threads=2,
+                offsets=pointer(offsets), keep=pointer(keep), scale=2.0,
+                out=pointer(out))
+    args.update(change)
+    names = (['dtype', 'x', 'n', 'runs', 'threads', 'offsets']
+             if entry == 'gatv2_count_nonzero' else
+             ['dtype', 'x', 'n', 'runs', 'threads', 'offsets', 'keep',
+              'scale', 'out'])
+    status = getattr(cpp_library.load(), entry)(*(args[n] for n in names))
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"the C++ kernel '{entry}' refused its arguments ({reason})")):
+        cpp_library._refused(entry, status)
+    assert torch.equal(out, torch.full_like(x, 7.0))
+    assert torch.equal(offsets, offsets_before)

@@ -203,6 +203,22 @@ def test_sparse_feature_dropout_edge_cases():
         sparse_feature_dropout(x, 1.5, training=True)
 
 
+def test_sparse_feature_dropout_is_one_operator_to_torch_compile():
+    # The search for nonzero entries sizes the draws: traced, it would
+    # break the graph.
+    x = bag_of_words()
+    torch.library.opcheck(torch.ops.pyg_gatv2.nonzero_dropout.default,
+                          (x, 0.5),
+                          test_utils=('test_schema', 'test_faketensor'))
+    compiled = torch.compile(
+        lambda x: sparse_feature_dropout(x, 0.5, training=True),
+        fullgraph=True, backend='eager')
+    torch.manual_seed(4)
+    ours = compiled(x)
+    torch.manual_seed(4)
+    assert torch.equal(ours, sparse_feature_dropout(x, 0.5, training=True))
+
+
 def test_sparse_feature_dropout_leaves_gradients_to_torch():
     # Zeros of a learned input get a gradient through torch's dropout mask;
     # a mask drawn for the nonzeros only would starve them.

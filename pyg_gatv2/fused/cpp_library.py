@@ -1,5 +1,6 @@
 """The compiled C++ library of the fused attention: its loading, its
-argument records, its CPU levels and its edge layouts.
+argument records, its CPU levels, its edge layouts and the dropout of
+nonzero entries that the models' input dropout runs.
 
 The kernels (``pyg_gatv2/fused/_kernels/``) are compiled with OpenMP into
 one library when the package is installed (``setup.py``) and loaded here
@@ -33,9 +34,10 @@ from torch import Tensor
 __all__ = ['Args', 'LayoutArgs', 'LibraryMismatch', 'ABI_VERSION',
            'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load',
            'capability', 'capabilities', 'CompiledShape', 'compiled_shape',
-           'pointer', 'call', 'layout_by_destination', 'layout_by_source']
+           'pointer', 'call', 'layout_by_destination', 'layout_by_source',
+           'count_nonzero', 'drop_nonzero']
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -136,6 +138,10 @@ def load() -> Optional[ctypes.CDLL]:
                                         ctypes.c_int),
         'gatv2_layout_by_source': ([ctypes.POINTER(LayoutArgs)],
                                    ctypes.c_int),
+        'gatv2_count_nonzero': ([_I64, _P, _I64, _I64, _I64, _P],
+                                ctypes.c_int),
+        'gatv2_drop_nonzero': ([_I64, _P, _I64, _I64, _I64, _P, _P, _F64,
+                                _P], ctypes.c_int),
     }
     rebuild = ("rebuild it from this package's sources: 'pip install .' "
                "(or 'make setup' in a checkout)")
@@ -282,3 +288,40 @@ def layout_by_source(dst_ptr: Tensor, dst_col: Tensor, num_src: int
         dst_col=pointer(dst_col), src_ptr=pointer(ptr), src_pos=pointer(pos),
         src_row=pointer(row)))
     return ptr, pos, row
+
+
+# Entries per run of the nonzero dropout at least, and runs per thread at
+# most: runs of a few hundred kilobytes, several per thread.
+_RUN_ENTRIES = 1 << 16
+_RUNS_PER_THREAD = 8
+
+
+def count_nonzero(x: Tensor) -> Tensor:
+    """The first pass of the dropout of the nonzero entries of contiguous
+    one-dimensional CPU float32 or float64 ``x``: int64 offsets ``[runs +
+    1]``, where ``runs`` cuts ``x`` into equal runs (``gatv2.h``), the
+    last one the number of entries of ``x`` that are not zero."""
+    n = x.numel()
+    threads = torch.get_num_threads()
+    runs = max(1, min(n // _RUN_ENTRIES, _RUNS_PER_THREAD * threads))
+    offsets = torch.empty(runs + 1, dtype=torch.long)
+    status = load().gatv2_count_nonzero(DTYPES[x.dtype], pointer(x), n, runs,
+                                        threads, pointer(offsets))
+    if status != 0:
+        _refused('gatv2_count_nonzero', status)
+    return offsets
+
+
+def drop_nonzero(x: Tensor, offsets: Tensor, keep: Tensor,
+                 scale: float) -> Tensor:
+    """The second pass: ``x`` with its ``k``-th nonzero entry times
+    ``scale`` where bool ``keep[k]``, times 0 where not, and its zeros
+    left zero; ``offsets`` from :func:`count_nonzero` on ``x``."""
+    out = torch.empty_like(x)
+    status = load().gatv2_drop_nonzero(
+        DTYPES[x.dtype], pointer(x), x.numel(), offsets.numel() - 1,
+        torch.get_num_threads(), pointer(offsets), pointer(keep), scale,
+        pointer(out))
+    if status != 0:
+        _refused('gatv2_drop_nonzero', status)
+    return out

@@ -31,6 +31,10 @@
 
 #include <omp.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define GATV2_X86_LEVELS 1
 #endif
@@ -307,6 +311,81 @@ void place_by_source(const Gatv2LayoutArgs& a, int64_t begin, int64_t end,
   }
 }
 
+// The entries of run r of num_runs runs of n entries: [begin, end).
+std::pair<int64_t, int64_t> run_of(int64_t n, int64_t num_runs, int64_t r) {
+  return {n * r / num_runs, n * (r + 1) / num_runs};
+}
+
+// The checks of both passes of the nonzero dropout.
+int check_dropout(int64_t dtype, const void* x, int64_t n, int64_t num_runs,
+                  int64_t num_threads, const int64_t* offsets) {
+  if (dtype != GATV2_FLOAT32 && dtype != GATV2_FLOAT64) return GATV2_BAD_DTYPE;
+  if (n < 0 || num_runs <= 0 || num_threads <= 0) return GATV2_BAD_SIZE;
+  if (!all_set(x, offsets)) return GATV2_MISSING_ARRAY;
+  return GATV2_OK;
+}
+
+template <typename T>
+void count_nonzero(const T* x, int64_t n, int64_t num_runs,
+                   int64_t num_threads, int64_t* offsets) {
+  offsets[0] = 0;
+#pragma omp parallel for num_threads(static_cast<int>(num_threads)) \
+    schedule(static)
+  for (int64_t r = 0; r < num_runs; ++r) {
+    const auto [begin, end] = run_of(n, num_runs, r);
+    int64_t count = 0;
+    for (int64_t i = begin; i < end; ++i) count += x[i] != T(0);
+    offsets[r + 1] = count;
+  }
+  for (int64_t r = 0; r < num_runs; ++r) offsets[r + 1] += offsets[r];
+}
+
+// The bits of the entries of x[0, m), m <= 64, that are not zero (NaN is
+// not zero), four floats or two doubles at a time by SSE2 compares where
+// there are.
+template <typename T>
+uint64_t nonzero_bits(const T* x, int64_t m) {
+  uint64_t bits = 0;
+  int64_t j = 0;
+#ifdef __SSE2__
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j + 4 <= m; j += 4)
+      bits |= static_cast<uint64_t>(_mm_movemask_ps(
+                  _mm_cmpneq_ps(_mm_loadu_ps(x + j), _mm_setzero_ps())))
+              << j;
+  } else {
+    for (; j + 2 <= m; j += 2)
+      bits |= static_cast<uint64_t>(_mm_movemask_pd(
+                  _mm_cmpneq_pd(_mm_loadu_pd(x + j), _mm_setzero_pd())))
+              << j;
+  }
+#endif
+  for (; j < m; ++j) bits |= static_cast<uint64_t>(x[j] != T(0)) << j;
+  return bits;
+}
+
+template <typename T>
+void drop_nonzero(const T* x, int64_t n, int64_t num_runs,
+                  int64_t num_threads, const int64_t* offsets,
+                  const uint8_t* keep, T scale, T* out) {
+#pragma omp parallel for num_threads(static_cast<int>(num_threads)) \
+    schedule(static)
+  for (int64_t r = 0; r < num_runs; ++r) {
+    const auto [begin, end] = run_of(n, num_runs, r);
+    // Zeros first, by vector stores; then the few nonzero entries, found
+    // 64 at a time as the bits of a mask.
+    std::fill(out + begin, out + end, T(0));
+    int64_t k = offsets[r];
+    for (int64_t i = begin; i < end; i += 64) {
+      uint64_t bits = nonzero_bits(x + i, std::min<int64_t>(64, end - i));
+      for (; bits != 0; bits &= bits - 1) {
+        const int64_t at = i + __builtin_ctzll(bits);
+        out[at] = x[at] * (keep[k++] ? scale : T(0));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -415,6 +494,37 @@ int gatv2_layout_by_source(const Gatv2LayoutArgs* a) {
       [a](int64_t begin, int64_t end, int64_t* next) {
         place_by_source(*a, begin, end, next);
       });
+}
+
+int gatv2_count_nonzero(int64_t dtype, const void* x, int64_t n,
+                        int64_t num_runs, int64_t num_threads,
+                        int64_t* offsets) {
+  if (int status = check_dropout(dtype, x, n, num_runs, num_threads, offsets))
+    return status;
+  if (dtype == GATV2_FLOAT32)
+    count_nonzero(static_cast<const float*>(x), n, num_runs, num_threads,
+                  offsets);
+  else
+    count_nonzero(static_cast<const double*>(x), n, num_runs, num_threads,
+                  offsets);
+  return GATV2_OK;
+}
+
+int gatv2_drop_nonzero(int64_t dtype, const void* x, int64_t n,
+                       int64_t num_runs, int64_t num_threads,
+                       const int64_t* offsets, const uint8_t* keep,
+                       double scale, void* out) {
+  if (int status = check_dropout(dtype, x, n, num_runs, num_threads, offsets))
+    return status;
+  if (!all_set(keep, out)) return GATV2_MISSING_ARRAY;
+  if (dtype == GATV2_FLOAT32)
+    drop_nonzero(static_cast<const float*>(x), n, num_runs, num_threads,
+                 offsets, keep, static_cast<float>(scale),
+                 static_cast<float*>(out));
+  else
+    drop_nonzero(static_cast<const double*>(x), n, num_runs, num_threads,
+                 offsets, keep, scale, static_cast<double*>(out));
+  return GATV2_OK;
 }
 
 }  // extern "C"

@@ -20,7 +20,7 @@ extern "C" {
 
 // Raised whenever a field of Gatv2Args or Gatv2LayoutArgs is added, removed,
 // moved or changes type, or an entry point changes what it reads or writes.
-#define GATV2_ABI_VERSION 4
+#define GATV2_ABI_VERSION 5
 
 enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
 
@@ -158,6 +158,24 @@ int gatv2_backward_dst(const Gatv2Args* args);
 int gatv2_backward_src(const Gatv2Args* args);
 int gatv2_layout_by_destination(const Gatv2LayoutArgs* args);
 int gatv2_layout_by_source(const Gatv2LayoutArgs* args);
+
+// Dropout of the nonzero entries of the n entries of x (dtype as above),
+// the input dropout of pyg_gatv2.models.sparse_feature_dropout, in two
+// passes over num_runs runs of the entries, run r being the entries
+// [n * r / num_runs, n * (r + 1) / num_runs). gatv2_count_nonzero writes
+// offsets[num_runs + 1]: offsets[r] is the number of entries before run r
+// that are not zero (NaN is not zero). gatv2_drop_nonzero reads those
+// offsets and keep[offsets[num_runs]], one byte per nonzero entry in
+// order (not 0: kept), and writes out[n]: x[i] * scale for a kept entry,
+// x[i] * 0 for a dropped one (NaN for NaN or an infinity, as dropout
+// gives) and 0 for an entry that is zero; scale is rounded to the dtype.
+int gatv2_count_nonzero(int64_t dtype, const void* x, int64_t n,
+                        int64_t num_runs, int64_t num_threads,
+                        int64_t* offsets);
+int gatv2_drop_nonzero(int64_t dtype, const void* x, int64_t n,
+                       int64_t num_runs, int64_t num_threads,
+                       const int64_t* offsets, const uint8_t* keep,
+                       double scale, void* out);
 
 #ifdef __cplusplus
 }
