@@ -109,12 +109,17 @@ QUICK = dict(nodes=3000, degree=8, features=32, classes=4, words=4,
 # The parts of a step that the profiler tells apart, by the operators (and
 # the ranges the layout marks) whose own time they count: the fused
 # attention (its forward and backward kernels), the edge layout (CSR and
-# CSC), the projections (matrix products), the random draws of dropout;
+# CSC), the projections (matrix products), the random draws of dropout,
+# the search and write of the input dropout (the model's, both layers');
 # the rest is 'other' (for PyG's layer, its message passing).
 PARTS = {'attention': ('gatv2_attention', ),
          'layout': ('edge_layout', 'build_layout_by_'),
          'projections': ('aten::mm', 'aten::addmm'),
-         'dropout_draws': ('aten::bernoulli_', 'aten::uniform_')}
+         'dropout_draws': ('aten::bernoulli_', 'aten::uniform_'),
+         'input_dropout': ('nonzero_dropout', )}
+# Our layer's own parts: what the step would lose if the layer took no
+# time (the rest both models run alike, or is PyG's message passing).
+LAYER_PARTS = ('attention', 'layout')
 PROFILED_STEPS = 3
 
 
@@ -665,9 +670,16 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
                 all_threads_seeds_per_s=(
                     f'{procs * batch_size * all_threads:.0f}'),
                 best_vs_best=f"{best_rate(name) / best_rate('pyg'):.2f}")
+            slowest = max((rank['parts'][name] for rank in first),
+                          key=lambda parts: sum(parts.values()))
             for part in (*PARTS, 'other'):
-                row[f'{part}_ms'] = '{:.1f}'.format(1e3 * max(
-                    rank['parts'][name][part] for rank in first))
+                row[f'{part}_ms'] = f'{1e3 * slowest[part]:.1f}'
+            if name == 'ours':
+                share = (sum(slowest[part] for part in LAYER_PARTS)
+                         / sum(slowest.values()))
+                row['layer_share'] = f'{share:.3f}'
+                row['layer_free_speedup'] = (
+                    f"{model['pyg'] / (model[name] * (1 - share)):.2f}")
         rows.append(row)
     return rows
 
@@ -681,7 +693,8 @@ COLUMNS = ['processes', 'threads_per_rank', 'layer', 'status',
            'kept_mib', 'model_speedup', 'memory_ratio', 'max_rel_error',
            'grad_max_rel_error', 'worst_grad']
 PART_COLUMNS = ['processes', 'threads_per_rank', 'layer',
-                *(f'{part}_ms' for part in (*PARTS, 'other'))]
+                *(f'{part}_ms' for part in (*PARTS, 'other')),
+                'layer_share', 'layer_free_speedup']
 
 
 def report(args: argparse.Namespace, full: Data, estimate: dict,
@@ -765,11 +778,17 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         'attention, the fused kernels of our layer, forward and backward; '
         'layout, the edge layout of each new edge_index; projections, the '
         'matrix products (the linear layers, forward and backward); '
-        'dropout_draws, the random numbers of dropout; other, the rest '
-        "(for PyG's layer its message passing; for both the trimming to "
-        "the seeds' neighbourhoods, the activations, the loss, Adam). The "
-        'profiler adds its own time; the parts are shares, model_ms the '
-        'time.',
+        'dropout_draws, the random numbers of dropout; input_dropout, the '
+        'search for the nonzero input features and the writing of the '
+        "dropped ones (pyg_gatv2.models.sparse_feature_dropout, both models'"
+        "); other, the rest (for PyG's layer its message passing; for both "
+        "the trimming to the seeds' neighbourhoods, the activations, the "
+        'loss, Adam). The profiler adds its own time; the parts are '
+        'shares, model_ms the time. layer_share: the share of our layer\'s '
+        'own parts (attention, layout) in our step; layer_free_speedup: '
+        "PyG's model_ms over ours less that share, the model_speedup that "
+        'a layer taking no time at all would give beside the rest of this '
+        'model.',
         '',
         markdown_table(rows, PART_COLUMNS),
     ]
