@@ -117,9 +117,10 @@ PARTS = {'attention': ('gatv2_attention', ),
          'projections': ('aten::mm', 'aten::addmm'),
          'dropout_draws': ('aten::bernoulli_', 'aten::uniform_'),
          'input_dropout': ('nonzero_dropout', )}
-# Our layer's own parts: what the step would lose if the layer took no
-# time (the rest both models run alike, or is PyG's message passing).
-LAYER_PARTS = ('attention', 'layout')
+# The parts of our fused attention: what our step would lose if the
+# attention took no time. The projections are the same matrix products in
+# both layers; the rest both models run alike, or is PyG's message passing.
+ATTENTION_PARTS = ('attention', 'layout')
 PROFILED_STEPS = 3
 
 
@@ -675,10 +676,10 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
             for part in (*PARTS, 'other'):
                 row[f'{part}_ms'] = f'{1e3 * slowest[part]:.1f}'
             if name == 'ours':
-                share = (sum(slowest[part] for part in LAYER_PARTS)
+                share = (sum(slowest[part] for part in ATTENTION_PARTS)
                          / sum(slowest.values()))
-                row['layer_share'] = f'{share:.3f}'
-                row['layer_free_speedup'] = (
+                row['attention_share'] = f'{share:.3f}'
+                row['attention_free_speedup'] = (
                     f"{model['pyg'] / (model[name] * (1 - share)):.2f}")
         rows.append(row)
     return rows
@@ -694,7 +695,7 @@ COLUMNS = ['processes', 'threads_per_rank', 'layer', 'status',
            'grad_max_rel_error', 'worst_grad']
 PART_COLUMNS = ['processes', 'threads_per_rank', 'layer',
                 *(f'{part}_ms' for part in (*PARTS, 'other')),
-                'layer_share', 'layer_free_speedup']
+                'attention_share', 'attention_free_speedup']
 
 
 def report(args: argparse.Namespace, full: Data, estimate: dict,
@@ -784,11 +785,12 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         "); other, the rest (for PyG's layer its message passing; for both "
         "the trimming to the seeds' neighbourhoods, the activations, the "
         'loss, Adam). The profiler adds its own time; the parts are '
-        'shares, model_ms the time. layer_share: the share of our layer\'s '
-        'own parts (attention, layout) in our step; layer_free_speedup: '
-        "PyG's model_ms over ours less that share, the model_speedup that "
-        'a layer taking no time at all would give beside the rest of this '
-        'model.',
+        'shares, model_ms the time. attention_share: the share of our '
+        'fused attention (attention and layout) in our step; '
+        "attention_free_speedup: PyG's model_ms over ours less that share, "
+        'the model_speedup that our layer would give if its attention took '
+        'no time, its projections (the same matrix products as PyG\'s) and '
+        'the rest of the model unchanged.',
         '',
         markdown_table(rows, PART_COLUMNS),
     ]

@@ -148,11 +148,12 @@ def test_summarize_takes_the_slowest_rank_and_the_median_run():
     assert (ours['attention_ms'], ours['other_ms']) == ('500.0', '1500.0')
     assert (pyg['attention_ms'], pyg['other_ms']) == ('0.0', '4000.0')
     assert ours['dropout_draws_ms'] == '3.0'
-    # Our layer's share of its slowest rank's parts: (0.5 + 0.001) / 2.01;
-    # PyG's 4 s over ours without it.
-    assert ours['layer_share'] == '0.249'
-    assert ours['layer_free_speedup'] == f'{4.0 / (2.0 * 1.509 / 2.01):.2f}'
-    assert 'layer_share' not in pyg
+    # The attention's share of the slowest rank's parts: (0.5 + 0.001) /
+    # 2.01; PyG's 4 s over ours without it.
+    assert ours['attention_share'] == '0.249'
+    assert ours['attention_free_speedup'] == (
+        f'{4.0 / (2.0 * 1.509 / 2.01):.2f}')
+    assert 'attention_share' not in pyg
     assert (ours['status'], ours['max_rel_error']) == ('ok', '1.0e-07')
     assert 'max_rel_error' not in pyg  # the reference
 
@@ -212,8 +213,8 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
             row['memory_ratio']) >= 0
         if row['layer'] == ours:
             assert float(row['attention_ms']) > 0
-            assert 0 < float(row['layer_share']) < 1
-            assert float(row['layer_free_speedup']) > float(
+            assert 0 < float(row['attention_share']) < 1
+            assert float(row['attention_free_speedup']) > float(
                 row['model_speedup'])
             assert float(row['max_rel_error']) <= minibatch.TOLERANCE
             assert float(row['grad_max_rel_error']) <= minibatch.TOLERANCE
