@@ -53,28 +53,30 @@ def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
 # sizes the random draws.
 @torch.library.custom_op('pyg_gatv2::nonzero_dropout', mutates_args=())
 def _nonzero_dropout(x: Tensor, p: float) -> Tensor:
-    if x.device.type == 'cpu' and x.dtype in cpp_library.DTYPES and (
-            cpp_library.load() is not None):
-        flat = x.reshape(-1)
+    # The C++ library finds and writes the nonzero entries where it runs,
+    # torch elsewhere; the rule for dense inputs and the draws are shared.
+    on_library = (x.device.type == 'cpu' and x.dtype in cpp_library.DTYPES
+                  and cpp_library.load() is not None)
+    flat = x.reshape(-1)
+    if on_library:
         offsets = cpp_library.count_nonzero(flat)
         num_nonzero = int(offsets[-1])
-        if 8 * num_nonzero > x.numel():
-            return F.dropout(x, p=p, training=True)
-        keep = torch.rand(num_nonzero, device=x.device) >= p
-        return cpp_library.drop_nonzero(flat, offsets, keep,
-                                        1.0 / (1.0 - p)).view(x.shape)
-    flat = torch.flatten(x)
-    nonzero = flat.nonzero().squeeze(1)
-    if 8 * nonzero.numel() > x.numel():
+    else:
+        nonzero = flat.nonzero().squeeze(1)
+        num_nonzero = nonzero.numel()
+    if 8 * num_nonzero > x.numel():
         return F.dropout(x, p=p, training=True)
-    kept = torch.rand(nonzero.numel(), device=x.device) >= p
-    # The nonzero entries times their scale (zero where dropped, so that a
-    # dropped NaN or infinity stays NaN, as under F.dropout) written into
-    # zeros: one pass over the output, where multiplying by a tensor of
-    # scales took two and a buffer more.
-    scale = kept.to(x.dtype) * (1.0 / (1.0 - p))
-    out = torch.zeros_like(flat)
-    out[nonzero] = flat[nonzero] * scale
+    keep = torch.rand(num_nonzero, device=x.device) >= p
+    if on_library:
+        out = cpp_library.drop_nonzero(flat, offsets, keep, 1.0 / (1.0 - p))
+    else:
+        # The nonzero entries times their scale (zero where dropped, so
+        # that a dropped NaN or infinity stays NaN, as under F.dropout)
+        # written into zeros: one pass over the output, where multiplying
+        # by a tensor of scales took two and a buffer more.
+        scale = keep.to(x.dtype) * (1.0 / (1.0 - p))
+        out = torch.zeros_like(flat)
+        out[nonzero] = flat[nonzero] * scale
     return out.view(x.shape)
 
 
