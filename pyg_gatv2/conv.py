@@ -31,6 +31,7 @@ from pyg_gatv2.fused import (
     kernel_width,
 )
 from pyg_gatv2.parameters import init_parameters, reset_parameters
+from pyg_gatv2.projection import linear
 from pyg_gatv2.softmax import scatter_softmax
 
 _HOOKS = ('propagate', 'message', 'aggregate', 'message_and_aggregate',
@@ -268,15 +269,19 @@ class GATv2Conv(MessagePassing):
                  width: int) -> Tensor:
         """``lin(x)`` as ``[N, heads, width]``: each head's
         :obj:`out_channels` channels, then zeros up to ``width`` (from
-        zero rows of the weight and the bias)."""
+        zero rows of the weight and the bias). A plain :class:`Linear`
+        projects through :func:`pyg_gatv2.projection.linear`, which reads
+        only the nonzero entries of a mostly-zero input."""
         H, C = self.heads, self.out_channels
-        if width == C:
+        if not _paddable(lin):
             return lin(x).view(-1, H, C)
-        weight = F.pad(lin.weight.view(H, C, -1),
-                       (0, 0, 0, width - C)).view(H * width, -1)
-        bias = (None if lin.bias is None else F.pad(
-            lin.bias.view(H, C), (0, width - C)).view(-1))
-        return F.linear(x, weight, bias).view(-1, H, width)
+        weight, bias = lin.weight, lin.bias
+        if width != C:
+            weight = F.pad(weight.view(H, C, -1),
+                           (0, 0, 0, width - C)).view(H * width, -1)
+            bias = (None if bias is None else F.pad(
+                bias.view(H, C), (0, width - C)).view(-1))
+        return linear(x, weight, bias).view(-1, H, width)
 
     def fused_path_blocker(self, edge_index: Adj) -> Optional[str]:
         """Why this call cannot run on the fused operator (a phrase for

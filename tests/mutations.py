@@ -175,6 +175,24 @@ FAULTS = (
           '',
           ('tests/test_models.py::test_sparse_feature_dropout_is_one_'
            'operator_to_torch_compile', )),
+    Fault('cpp_sparse_weight_grad_drops_last_run',
+          'C++ sparse-input weight gradient: the last run of rows left out '
+          'of the sum',
+          CPP_KERNELS,
+          '      for (int64_t r = 1; r < num_runs; ++r) total += '
+          'sums[r * size + e];',
+          '      for (int64_t r = 1; r < num_runs - 1; ++r) total += '
+          'sums[r * size + e];',
+          (f'{CPP_LIBRARY}::test_the_sparse_linear_kernels_match_the_dense_'
+           'products', )),
+    Fault('sparse_projection_ignores_infinite_weights',
+          'projection: a weight that is not finite still takes the sparse '
+          'product, which skips zero times infinity',
+          'pyg_gatv2/projection.py',
+          '    if not finite:\n        return False\n',
+          '',
+          ('tests/test_projection.py::test_a_weight_not_finite_goes_to_'
+           'torch', )),
     # The Python side of the C++ backend and its library.
     Fault('cpp_record_heads_and_channels_swapped',
           'record of the C++ passes: heads and channels swapped',

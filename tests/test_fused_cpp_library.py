@@ -110,6 +110,15 @@ int gatv2_drop_nonzero(int64_t, const void*, int64_t, int64_t, int64_t,
                        const int64_t*, const uint8_t*, double, void*) {
   return 0;
 }
+int gatv2_sparse_linear(int64_t, const void*, int64_t, int64_t, const void*,
+                        const void*, int64_t, int64_t, void*) {
+  return 0;
+}
+int gatv2_sparse_linear_weight_grad(int64_t, const void*, int64_t, int64_t,
+                                    const void*, int64_t, int64_t, int64_t,
+                                    void*) {
+  return 0;
+}
 }
 '''
 
@@ -580,3 +589,94 @@ def test_the_nonzero_dropout_refuses_broken_arguments(case):
         cpp_library._refused(entry, status)
     assert torch.equal(out, torch.full_like(x, 7.0))
     assert torch.equal(offsets, offsets_before)
+
+
+# Rows beside threads: none, one, fewer than a run of the weight gradient
+# (512 rows), several runs with a short last one; widths beside the
+# vector lengths.
+@pytest.mark.parametrize('threads', [1, 3])
+@pytest.mark.parametrize('rows,in_features,width', [
+    (0, 5, 3), (1, 1, 1), (37, 130, 7), (1300, 64, 33), (2100, 9, 128)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_sparse_linear_kernels_match_the_dense_products(
+        threads, rows, in_features, width, dtype):
+    x = features((rows, in_features), dtype, seed=rows)
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(width, in_features, dtype=dtype,
+                         generator=generator)
+    bias = torch.randn(width, dtype=dtype, generator=generator)
+    grad_out = torch.randn(rows, width, dtype=dtype, generator=generator)
+    with torch_threads(threads):
+        out = cpp_library.sparse_linear(x, weight, bias)
+        no_bias = cpp_library.sparse_linear(x, weight, None)
+        grad_weight = cpp_library.sparse_linear_weight_grad(x, grad_out)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, x @ weight.t() + bias, equal_nan=True,
+                               **tol)
+    torch.testing.assert_close(no_bias, x @ weight.t(), equal_nan=True,
+                               **tol)
+    torch.testing.assert_close(grad_weight, grad_out.t() @ x,
+                               equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_sparse_weight_gradient_is_the_same_on_any_number_of_threads(
+        dtype):
+    x = features((3000, 70), dtype)
+    grad_out = torch.randn(3000, 20, dtype=dtype,
+                           generator=torch.Generator().manual_seed(2))
+    sums = []
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
+            sums.append(cpp_library.sparse_linear_weight_grad(x, grad_out))
+    assert sums[0].isnan().any()
+    for other in sums[1:]:
+        torch.testing.assert_close(other, sums[0], rtol=0, atol=0,
+                                   equal_nan=True)
+
+
+SPARSE_LINEAR_REFUSALS = {
+    'linear_dtype_unknown': ('gatv2_sparse_linear', dict(dtype=7),
+                             'an unsupported dtype'),
+    'linear_rows_negative': ('gatv2_sparse_linear', dict(rows=-1),
+                             'a negative or zero size'),
+    'linear_threads_zero': ('gatv2_sparse_linear', dict(threads=0),
+                            'a negative or zero size'),
+    'linear_weight_null': ('gatv2_sparse_linear', dict(weight=None),
+                           MISSING),
+    'linear_out_null': ('gatv2_sparse_linear', dict(out=None), MISSING),
+    'grad_runs_zero': ('gatv2_sparse_linear_weight_grad', dict(runs=0),
+                       'a negative or zero size'),
+    'grad_width_negative': ('gatv2_sparse_linear_weight_grad',
+                            dict(width=-2), 'a negative or zero size'),
+    'grad_grad_out_null': ('gatv2_sparse_linear_weight_grad',
+                           dict(grad_out=None), MISSING),
+    'grad_x_null': ('gatv2_sparse_linear_weight_grad', dict(x=None),
+                    MISSING),
+}
+
+
+@pytest.mark.parametrize('case', list(SPARSE_LINEAR_REFUSALS))
+def test_the_sparse_linear_kernels_refuse_broken_arguments(case):
+    entry, change, reason = SPARSE_LINEAR_REFUSALS[case]
+    x = features((40, 30), torch.float32)
+    weight = torch.ones(6, 30)
+    weight_t = weight.t().contiguous()
+    grad_out = torch.ones(40, 6)
+    out = torch.full((40, 6), 7.0)
+    grad_weight_t = torch.full((30, 6), 7.0)
+    args = dict(dtype=DTYPES[x.dtype], x=pointer(x), rows=40, in_features=30,
+                weight=pointer(weight_t), bias=None, width=6, runs=2,
+                threads=2, out=pointer(out), grad_out=pointer(grad_out),
+                grad_weight=pointer(grad_weight_t))
+    args.update(change)
+    names = (['dtype', 'x', 'rows', 'in_features', 'weight', 'bias', 'width',
+              'threads', 'out'] if entry == 'gatv2_sparse_linear' else
+             ['dtype', 'x', 'rows', 'in_features', 'grad_out', 'width',
+              'runs', 'threads', 'grad_weight'])
+    status = getattr(cpp_library.load(), entry)(*(args[n] for n in names))
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"the C++ kernel '{entry}' refused its arguments ({reason})")):
+        cpp_library._refused(entry, status)
+    assert torch.equal(out, torch.full((40, 6), 7.0))
+    assert torch.equal(grad_weight_t, torch.full((30, 6), 7.0))

@@ -1,6 +1,7 @@
 """The compiled C++ library of the fused attention: its loading, its
-argument records, its CPU levels, its edge layouts and the dropout of
-nonzero entries that the models' input dropout runs.
+argument records, its CPU levels, its edge layouts, the dropout of
+nonzero entries that the models' input dropout runs and the linear map of
+a mostly-zero input that the layer's projections run.
 
 The kernels (``pyg_gatv2/fused/_kernels/``) are compiled with OpenMP into
 one library when the package is installed (``setup.py``) and loaded here
@@ -35,9 +36,10 @@ __all__ = ['Args', 'LayoutArgs', 'LibraryMismatch', 'ABI_VERSION',
            'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load',
            'capability', 'capabilities', 'CompiledShape', 'compiled_shape',
            'pointer', 'call', 'layout_by_destination', 'layout_by_source',
-           'count_nonzero', 'drop_nonzero']
+           'count_nonzero', 'drop_nonzero', 'sparse_linear',
+           'sparse_linear_weight_grad']
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -142,6 +144,10 @@ def load() -> Optional[ctypes.CDLL]:
                                 ctypes.c_int),
         'gatv2_drop_nonzero': ([_I64, _P, _I64, _I64, _I64, _P, _P, _F64,
                                 _P], ctypes.c_int),
+        'gatv2_sparse_linear': ([_I64, _P, _I64, _I64, _P, _P, _I64, _I64,
+                                 _P], ctypes.c_int),
+        'gatv2_sparse_linear_weight_grad': ([_I64, _P, _I64, _I64, _P, _I64,
+                                             _I64, _I64, _P], ctypes.c_int),
     }
     rebuild = ("rebuild it from this package's sources: 'pip install .' "
                "(or 'make setup' in a checkout)")
@@ -325,3 +331,45 @@ def drop_nonzero(x: Tensor, offsets: Tensor, keep: Tensor,
     if status != 0:
         _refused('gatv2_drop_nonzero', status)
     return out
+
+
+def sparse_linear(x: Tensor, weight: Tensor,
+                  bias: Optional[Tensor]) -> Tensor:
+    """``x @ weight.T + bias`` from the nonzero entries of contiguous CPU
+    ``x`` ``[N, in]`` only, ``weight`` ``[out, in]`` and ``bias`` ``[out]``
+    (or :obj:`None`) of ``x``'s dtype, float32 or float64."""
+    rows, width = x.size(0), weight.size(0)
+    weight_t = weight.t().contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = x.new_empty(rows, width)
+    status = load().gatv2_sparse_linear(
+        DTYPES[x.dtype], pointer(x), rows, x.size(1), pointer(weight_t),
+        pointer(bias), width, torch.get_num_threads(), pointer(out))
+    if status != 0:
+        _refused('gatv2_sparse_linear', status)
+    return out
+
+
+# Rows per run of the weight gradient at least, runs at most, and entries
+# of the runs' sums at most: a number of runs fixed by the shape, so that
+# the sums do not depend on the number of threads.
+_RUN_ROWS = 1 << 9
+_MAX_RUNS = 8
+_MAX_SUM_ENTRIES = 1 << 23
+
+
+def sparse_linear_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
+    """``grad_out.T @ x`` ``[out, in]``, the gradient of the weight of
+    :func:`sparse_linear`, from the nonzero entries of ``x`` only."""
+    rows, width = x.size(0), grad_out.size(1)
+    size = max(1, x.size(1) * width)
+    runs = max(1, min(rows // _RUN_ROWS, _MAX_RUNS,
+                      _MAX_SUM_ENTRIES // size))
+    grad_out = grad_out.contiguous()
+    grad_weight_t = x.new_empty(x.size(1), width)
+    status = load().gatv2_sparse_linear_weight_grad(
+        DTYPES[x.dtype], pointer(x), rows, x.size(1), pointer(grad_out),
+        width, runs, torch.get_num_threads(), pointer(grad_weight_t))
+    if status != 0:
+        _refused('gatv2_sparse_linear_weight_grad', status)
+    return grad_weight_t.t()

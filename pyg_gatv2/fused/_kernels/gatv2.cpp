@@ -62,6 +62,12 @@ namespace gatv2_avx512 {
 namespace {
 
 using Pass = void (*)(const Gatv2Args&);
+using SparseLinearPass = void (*)(int64_t, const void*, int64_t, int64_t,
+                                  const void*, const void*, int64_t, int64_t,
+                                  void*);
+using SparseWeightGradPass = void (*)(int64_t, const void*, int64_t, int64_t,
+                                      const void*, int64_t, int64_t, int64_t,
+                                      void*);
 
 // One compiled level: its name, whether this CPU runs it, its passes.
 struct Level {
@@ -70,6 +76,8 @@ struct Level {
   Pass forward;
   Pass backward_dst;
   Pass backward_src;
+  SparseLinearPass sparse_linear;
+  SparseWeightGradPass sparse_linear_weight_grad;
 };
 
 #ifdef GATV2_X86_LEVELS
@@ -95,12 +103,18 @@ bool runs_default() { return true; }
 const Level LEVELS[] = {
 #ifdef GATV2_X86_LEVELS
     {"avx512", runs_avx512, gatv2_avx512::forward_pass,
-     gatv2_avx512::backward_dst_pass, gatv2_avx512::backward_src_pass},
+     gatv2_avx512::backward_dst_pass, gatv2_avx512::backward_src_pass,
+     gatv2_avx512::sparse_linear_pass,
+     gatv2_avx512::sparse_linear_weight_grad_pass},
     {"avx2", runs_avx2, gatv2_avx2::forward_pass,
-     gatv2_avx2::backward_dst_pass, gatv2_avx2::backward_src_pass},
+     gatv2_avx2::backward_dst_pass, gatv2_avx2::backward_src_pass,
+     gatv2_avx2::sparse_linear_pass,
+     gatv2_avx2::sparse_linear_weight_grad_pass},
 #endif
     {"default", runs_default, gatv2_default::forward_pass,
-     gatv2_default::backward_dst_pass, gatv2_default::backward_src_pass},
+     gatv2_default::backward_dst_pass, gatv2_default::backward_src_pass,
+     gatv2_default::sparse_linear_pass,
+     gatv2_default::sparse_linear_weight_grad_pass},
 };
 
 const Level* best_level() {
@@ -340,30 +354,6 @@ void count_nonzero(const T* x, int64_t n, int64_t num_runs,
   for (int64_t r = 0; r < num_runs; ++r) offsets[r + 1] += offsets[r];
 }
 
-// The bits of the entries of x[0, m), m <= 64, that are not zero (NaN is
-// not zero), four floats or two doubles at a time by SSE2 compares where
-// there are.
-template <typename T>
-uint64_t nonzero_bits(const T* x, int64_t m) {
-  uint64_t bits = 0;
-  int64_t j = 0;
-#ifdef __SSE2__
-  if constexpr (std::is_same_v<T, float>) {
-    for (; j + 4 <= m; j += 4)
-      bits |= static_cast<uint64_t>(_mm_movemask_ps(
-                  _mm_cmpneq_ps(_mm_loadu_ps(x + j), _mm_setzero_ps())))
-              << j;
-  } else {
-    for (; j + 2 <= m; j += 2)
-      bits |= static_cast<uint64_t>(_mm_movemask_pd(
-                  _mm_cmpneq_pd(_mm_loadu_pd(x + j), _mm_setzero_pd())))
-              << j;
-  }
-#endif
-  for (; j < m; ++j) bits |= static_cast<uint64_t>(x[j] != T(0)) << j;
-  return bits;
-}
-
 template <typename T>
 void drop_nonzero(const T* x, int64_t n, int64_t num_runs,
                   int64_t num_threads, const int64_t* offsets,
@@ -377,7 +367,8 @@ void drop_nonzero(const T* x, int64_t n, int64_t num_runs,
     std::fill(out + begin, out + end, T(0));
     int64_t k = offsets[r];
     for (int64_t i = begin; i < end; i += 64) {
-      uint64_t bits = nonzero_bits(x + i, std::min<int64_t>(64, end - i));
+      uint64_t bits =
+          gatv2_default::nonzero_bits(x + i, std::min<int64_t>(64, end - i));
       for (; bits != 0; bits &= bits - 1) {
         const int64_t at = i + __builtin_ctzll(bits);
         out[at] = x[at] * (keep[k++] ? scale : T(0));
@@ -524,6 +515,34 @@ int gatv2_drop_nonzero(int64_t dtype, const void* x, int64_t n,
   else
     drop_nonzero(static_cast<const double*>(x), n, num_runs, num_threads,
                  offsets, keep, scale, static_cast<double*>(out));
+  return GATV2_OK;
+}
+
+int gatv2_sparse_linear(int64_t dtype, const void* x, int64_t rows,
+                        int64_t in, const void* weight_t, const void* bias,
+                        int64_t out_features, int64_t num_threads, void* out) {
+  if (dtype != GATV2_FLOAT32 && dtype != GATV2_FLOAT64) return GATV2_BAD_DTYPE;
+  if (rows < 0 || in < 0 || out_features < 0 || num_threads <= 0)
+    return GATV2_BAD_SIZE;
+  if (!all_set(x, weight_t, out)) return GATV2_MISSING_ARRAY;
+  current_level.load()->sparse_linear(dtype, x, rows, in, weight_t, bias,
+                                      out_features, num_threads, out);
+  return GATV2_OK;
+}
+
+int gatv2_sparse_linear_weight_grad(int64_t dtype, const void* x,
+                                    int64_t rows, int64_t in,
+                                    const void* grad_out,
+                                    int64_t out_features, int64_t num_runs,
+                                    int64_t num_threads, void* grad_weight_t) {
+  if (dtype != GATV2_FLOAT32 && dtype != GATV2_FLOAT64) return GATV2_BAD_DTYPE;
+  if (rows < 0 || in < 0 || out_features < 0 || num_runs <= 0 ||
+      num_threads <= 0)
+    return GATV2_BAD_SIZE;
+  if (!all_set(x, grad_out, grad_weight_t)) return GATV2_MISSING_ARRAY;
+  current_level.load()->sparse_linear_weight_grad(
+      dtype, x, rows, in, grad_out, out_features, num_runs, num_threads,
+      grad_weight_t);
   return GATV2_OK;
 }
 

@@ -20,7 +20,7 @@ extern "C" {
 
 // Raised whenever a field of Gatv2Args or Gatv2LayoutArgs is added, removed,
 // moved or changes type, or an entry point changes what it reads or writes.
-#define GATV2_ABI_VERSION 5
+#define GATV2_ABI_VERSION 6
 
 enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
 
@@ -176,6 +176,26 @@ int gatv2_drop_nonzero(int64_t dtype, const void* x, int64_t n,
                        int64_t num_runs, int64_t num_threads,
                        const int64_t* offsets, const uint8_t* keep,
                        double scale, void* out);
+
+// The linear map of a mostly-zero input (bag-of-words features), reading
+// only its nonzero entries (NaN is not zero), each found as a bit of a
+// compare mask: x [rows, in] row-major (dtype as above), weight_t
+// [in, out_features] (the weight transposed), bias [out_features] or
+// null. gatv2_sparse_linear writes out [rows, out_features] = x @ weight_t
+// + bias, each row summing its products in the order of x's columns and
+// then adding the bias. gatv2_sparse_linear_weight_grad writes grad_weight_t
+// [in, out_features] = x^T @ grad_out, grad_out [rows, out_features]: run r
+// of num_runs runs of the rows (as above) sums its rows in order into a
+// buffer of its own, and the runs' sums are added in run order, so that
+// the result depends on num_runs and not on num_threads.
+int gatv2_sparse_linear(int64_t dtype, const void* x, int64_t rows,
+                        int64_t in, const void* weight_t, const void* bias,
+                        int64_t out_features, int64_t num_threads, void* out);
+int gatv2_sparse_linear_weight_grad(int64_t dtype, const void* x,
+                                    int64_t rows, int64_t in,
+                                    const void* grad_out,
+                                    int64_t out_features, int64_t num_runs,
+                                    int64_t num_threads, void* grad_weight_t);
 
 #ifdef __cplusplus
 }

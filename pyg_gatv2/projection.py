@@ -1,0 +1,126 @@
+"""The layer's linear projections, with a path for mostly-zero inputs.
+
+Bag-of-words node features (Planetoid's, about 1% nonzero, and fewer
+after the models' input dropout) make the first layer's projections dense
+matrix products over mostly zeros. On the CPU, the C++ library's
+``gatv2_sparse_linear`` (``pyg_gatv2/fused/_kernels/gatv2.h``) reads only
+the nonzero entries of such an input, forward and for the gradient of the
+weight: :func:`linear` takes it where it pays and
+:func:`torch.nn.functional.linear` elsewhere.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyg_gatv2.fused import cpp_library
+
+# Inputs with fewer entries go to F.linear (the count costs more than it
+# saves), as do inputs with more than this share of their entries nonzero.
+_MIN_ENTRIES = 1 << 15
+_MAX_NONZERO_SHARE = 1 / 8
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    r"""``x @ weight.T + bias``, as :func:`torch.nn.functional.linear`.
+
+    Where :obj:`x` is a contiguous CPU float32 or float64 matrix of at
+    least 32768 entries that needs no gradient, at most an eighth of them
+    nonzero, with :obj:`weight` and :obj:`bias` finite and of its dtype,
+    outside autocast, :func:`torch.compile` and tracing, and the C++
+    library built: the product from the nonzero entries only
+    (``pyg_gatv2::sparse_input_linear``, differentiable to any order).
+    It equals :func:`torch.nn.functional.linear` to within float rounding
+    (each row sums its products in column order, then adds the bias), but
+    for an entry of the output that is exactly zero, which may differ in
+    sign.
+    """
+    if _reads_nonzero_entries(x, weight, bias):
+        return sparse_input_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _reads_nonzero_entries(x: Tensor, weight: Tensor,
+                           bias: Optional[Tensor]) -> bool:
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or type(x) is not Tensor or x.requires_grad
+            or x.device.type != 'cpu' or x.dim() != 2
+            or x.dtype not in cpp_library.DTYPES
+            or x.numel() < _MIN_ENTRIES or not x.is_contiguous()
+            or weight.dtype != x.dtype or weight.device != x.device
+            or weight.dim() != 2
+            or torch.is_autocast_enabled('cpu')
+            or cpp_library.load() is None):
+        return False
+    if bias is not None and (bias.dtype != x.dtype
+                             or bias.device != x.device):
+        return False
+    # Zero times an infinite weight is NaN in the dense product.
+    finite = torch.isfinite(weight).all()
+    if bias is not None:
+        finite &= torch.isfinite(bias).all()
+    if not finite:
+        return False
+    nonzero = int(cpp_library.count_nonzero(x.view(-1))[-1])
+    return nonzero <= _MAX_NONZERO_SHARE * x.numel()
+
+
+@torch.library.custom_op('pyg_gatv2::sparse_input_linear', mutates_args=())
+def sparse_input_linear(x: Tensor, weight: Tensor,
+                        bias: Optional[Tensor]) -> Tensor:
+    """``x @ weight.T + bias`` from the nonzero entries of ``x`` (CPU,
+    contiguous, float32 or float64, all three of one dtype)."""
+    return cpp_library.sparse_linear(x, weight, bias)
+
+
+@sparse_input_linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.size(0), weight.size(0))
+
+
+@torch.library.custom_op('pyg_gatv2::sparse_input_linear_weight_grad',
+                         mutates_args=())
+def sparse_input_linear_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
+    """``grad_out.T @ x`` from the nonzero entries of ``x``: the gradient
+    of the weight of :func:`sparse_input_linear`."""
+    return cpp_library.sparse_linear_weight_grad(x, grad_out).contiguous()
+
+
+@sparse_input_linear_weight_grad.register_fake
+def _(x, grad_out):
+    return x.new_empty(grad_out.size(1), x.size(1))
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2])
+    ctx.has_bias = len(inputs) > 2 and inputs[2] is not None
+
+
+def _linear_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grad_x = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad @ weight
+    if ctx.needs_input_grad[1]:
+        grad_weight = sparse_input_linear_weight_grad(x, grad)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad.sum(0)
+    return grad_x, grad_weight, grad_bias
+
+
+def _weight_grad_backward(ctx, grad):
+    # d(grad_out.T @ x) is x @ grad.T in grad_out and grad_out @ grad in x.
+    x, grad_out = ctx.saved_tensors
+    grad_x = grad_grad_out = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_out @ grad
+    if ctx.needs_input_grad[1]:
+        grad_grad_out = sparse_input_linear(x, grad, None)
+    return grad_x, grad_grad_out
+
+
+sparse_input_linear.register_autograd(_linear_backward,
+                                      setup_context=_save_inputs)
+sparse_input_linear_weight_grad.register_autograd(
+    _weight_grad_backward, setup_context=_save_inputs)
