@@ -67,6 +67,25 @@ def test_other_inputs_go_to_torch(case, sparse_calls):
     torch.testing.assert_close(out, F.linear(x, weight, bias))
 
 
+def test_a_dense_input_is_not_counted_through(monkeypatch):
+    counted = []
+    count = cpp_library.count_nonzero
+
+    def spy(x):
+        counted.append(x.numel())
+        return count(x)
+    monkeypatch.setattr(cpp_library, 'count_nonzero', spy)
+    weight, bias = weights()
+    x = bag_of_words(rows=3000, density=0.5)
+    projection.linear(x, weight, bias)
+    assert 0 < sum(counted) < x.numel() / 10
+    # A mostly-zero input is counted through.
+    counted.clear()
+    x = bag_of_words(rows=3000)
+    projection.linear(x, weight, bias)
+    assert x.numel() in counted
+
+
 def test_a_weight_of_another_dtype_gets_torchs_error(sparse_calls):
     weight, bias = weights()
     with pytest.raises(RuntimeError, match='same dtype'):
