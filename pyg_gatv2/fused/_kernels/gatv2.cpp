@@ -158,12 +158,16 @@ bool all_set(P... pointers) {
   return ((pointers != nullptr) && ...);
 }
 
+// Whether dtype names one of the dtypes the kernels run (Gatv2Dtype).
+bool known_dtype(int64_t dtype) {
+  return dtype == GATV2_FLOAT32 || dtype == GATV2_FLOAT64;
+}
+
 // The checks every pass makes of the record: the dtype, the sizes, the
 // arrays every pass reads.
 int check_common(const Gatv2Args* a) {
   if (a == nullptr) return GATV2_MISSING_ARRAY;
-  if (a->dtype != GATV2_FLOAT32 && a->dtype != GATV2_FLOAT64)
-    return GATV2_BAD_DTYPE;
+  if (!known_dtype(a->dtype)) return GATV2_BAD_DTYPE;
   if (a->heads <= 0 || a->channels <= 0 || a->num_edges < 0 ||
       a->num_threads <= 0 || a->num_dst_ranges < 0)
     return GATV2_BAD_SIZE;
@@ -333,7 +337,7 @@ std::pair<int64_t, int64_t> run_of(int64_t n, int64_t num_runs, int64_t r) {
 // The checks of both passes of the nonzero dropout.
 int check_dropout(int64_t dtype, const void* x, int64_t n, int64_t num_runs,
                   int64_t num_threads, const int64_t* offsets) {
-  if (dtype != GATV2_FLOAT32 && dtype != GATV2_FLOAT64) return GATV2_BAD_DTYPE;
+  if (!known_dtype(dtype)) return GATV2_BAD_DTYPE;
   if (n < 0 || num_runs <= 0 || num_threads <= 0) return GATV2_BAD_SIZE;
   if (!all_set(x, offsets)) return GATV2_MISSING_ARRAY;
   return GATV2_OK;
@@ -521,7 +525,7 @@ int gatv2_drop_nonzero(int64_t dtype, const void* x, int64_t n,
 int gatv2_sparse_linear(int64_t dtype, const void* x, int64_t rows,
                         int64_t in, const void* weight_t, const void* bias,
                         int64_t out_features, int64_t num_threads, void* out) {
-  if (dtype != GATV2_FLOAT32 && dtype != GATV2_FLOAT64) return GATV2_BAD_DTYPE;
+  if (!known_dtype(dtype)) return GATV2_BAD_DTYPE;
   if (rows < 0 || in < 0 || out_features < 0 || num_threads <= 0)
     return GATV2_BAD_SIZE;
   if (!all_set(x, weight_t, out)) return GATV2_MISSING_ARRAY;
@@ -535,7 +539,7 @@ int gatv2_sparse_linear_weight_grad(int64_t dtype, const void* x,
                                     const void* grad_out,
                                     int64_t out_features, int64_t num_runs,
                                     int64_t num_threads, void* grad_weight_t) {
-  if (dtype != GATV2_FLOAT32 && dtype != GATV2_FLOAT64) return GATV2_BAD_DTYPE;
+  if (!known_dtype(dtype)) return GATV2_BAD_DTYPE;
   if (rows < 0 || in < 0 || out_features < 0 || num_runs <= 0 ||
       num_threads <= 0)
     return GATV2_BAD_SIZE;
