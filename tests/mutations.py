@@ -193,6 +193,14 @@ FAULTS = (
           '',
           ('tests/test_projection.py::test_a_weight_not_finite_goes_to_'
            'torch', )),
+    Fault('huge_page_buffers_not_advised',
+          'buffers: a large kernel output is mapped without the advice '
+          'for huge pages',
+          'pyg_gatv2/fused/buffers.py',
+          '        region.madvise(mmap.MADV_HUGEPAGE)\n',
+          '        pass\n',
+          ('tests/test_buffers.py::test_large_buffers_are_advised_huge_'
+           'pages', )),
     # The Python side of the C++ backend and its library.
     Fault('cpp_record_heads_and_channels_swapped',
           'record of the C++ passes: heads and channels swapped',

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import buffers
+
 __all__ = ['Args', 'LayoutArgs', 'LibraryMismatch', 'ABI_VERSION',
            'CAPABILITY_ENV', 'LIBRARY_ENV', 'DTYPES', 'library_path', 'load',
            'capability', 'capabilities', 'CompiledShape', 'compiled_shape',
@@ -323,7 +325,7 @@ def drop_nonzero(x: Tensor, offsets: Tensor, keep: Tensor,
     """The second pass: ``x`` with its ``k``-th nonzero entry times
     ``scale`` where bool ``keep[k]``, times 0 where not, and its zeros
     left zero; ``offsets`` from :func:`count_nonzero` on ``x``."""
-    out = torch.empty_like(x)
+    out = buffers.empty_like(x)
     status = load().gatv2_drop_nonzero(
         DTYPES[x.dtype], pointer(x), x.numel(), offsets.numel() - 1,
         torch.get_num_threads(), pointer(offsets), pointer(keep), scale,
@@ -341,7 +343,7 @@ def sparse_linear(x: Tensor, weight: Tensor,
     rows, width = x.size(0), weight.size(0)
     weight_t = weight.t().contiguous()
     bias = None if bias is None else bias.contiguous()
-    out = x.new_empty(rows, width)
+    out = buffers.empty((rows, width), x.dtype)
     status = load().gatv2_sparse_linear(
         DTYPES[x.dtype], pointer(x), rows, x.size(1), pointer(weight_t),
         pointer(bias), width, torch.get_num_threads(), pointer(out))

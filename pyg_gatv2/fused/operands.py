@@ -5,6 +5,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import buffers
 from .layout import EdgeLayout
 
 __all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype',
@@ -83,9 +84,9 @@ def gradient_buffers(ops: Operands, want_edge_grad: bool, want_src_grad: bool
     loop terms (or :obj:`None`), for a backend's kernels to fill. Those of
     the edge terms start at zero: the kernels skip the edges ``i -> i``
     that self-loops replace."""
-    grad_xl = torch.empty_like(ops.x_l) if want_src_grad else None
+    grad_xl = buffers.empty_like(ops.x_l) if want_src_grad else None
     grad_edge = grad_loop = None
     if want_edge_grad:
         grad_edge = torch.zeros_like(ops.edge_term)
         grad_loop = torch.zeros_like(ops.loop_term)
-    return grad_xl, torch.empty_like(ops.x_r), grad_edge, grad_loop
+    return grad_xl, buffers.empty_like(ops.x_r), grad_edge, grad_loop

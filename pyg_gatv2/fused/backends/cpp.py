@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import cpp_library
+from .. import buffers, cpp_library
 from ..cpp_library import call, pointer
 from ..operands import Cotangents, Gradients, Operands, gradient_buffers
 from . import Backend
@@ -78,7 +78,7 @@ def _forward(ops: Operands, want_alpha: bool
     """The forward pass, on operands of a width the kernels run."""
     layout = ops.layout
     H, C = ops.att.shape
-    out = ops.x_l.new_empty(layout.num_dst, H, C)
+    out = buffers.empty((layout.num_dst, H, C), ops.x_l.dtype)
     lse = ops.x_l.new_empty(layout.num_dst, H)
     alpha = (ops.x_l.new_zeros(layout.num_virtual, H) if want_alpha
              else None)
@@ -99,8 +99,8 @@ def _backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         ops, want_edge_grad, want_src_grad)
     record = _record(ops)
     grad_att = ops.x_l.new_empty(record.num_dst_ranges, H, C)
-    msg_weight = ops.x_l.new_empty(layout.num_kept, H)
-    grad_logit = ops.x_l.new_empty(layout.num_kept, H)
+    msg_weight = buffers.empty((layout.num_kept, H), dtype)
+    grad_logit = buffers.empty((layout.num_kept, H), dtype)
     # Kept alive until the kernels return: the record holds only their
     # addresses.
     grad_out, lse = (t.to(dtype).contiguous()
