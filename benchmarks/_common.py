@@ -135,12 +135,30 @@ def allocator() -> str:
             'allocation)')
 
 
+# The settings of transparent huge pages: ours for the C++ kernels' large
+# outputs (pyg_gatv2.fused.buffers), PyTorch's for all its CPU tensors.
+HUGE_PAGE_SETTINGS = ('PYG_GATV2_HUGE_PAGES', 'THP_MEM_ALLOC_ENABLE')
+
+
+def huge_pages() -> str:
+    """Which large CPU tensors this run maps in transparent huge pages,
+    for reports."""
+    from pyg_gatv2.fused import buffers
+    mapped = []
+    if buffers.enabled():
+        mapped.append("our C++ kernels' outputs of 32 MiB and more")
+    if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1':
+        mapped.append("PyTorch's (THP_MEM_ALLOC_ENABLE=1)")
+    return ' and '.join(mapped) or 'none'
+
+
 def command_line() -> str:
     """The command that runs this script with its arguments, for reports,
-    after the allocator's settings of :data:`KEEP_FREED_MEMORY` that this
-    run has in its environment."""
+    after the allocator's settings of :data:`KEEP_FREED_MEMORY` and
+    :data:`HUGE_PAGE_SETTINGS` that this run has in its environment."""
     script = os.path.relpath(sys.argv[0])
-    settings = [f'{k}={os.environ[k]}' for k in KEEP_FREED_MEMORY
+    settings = [f'{k}={os.environ[k]}'
+                for k in (*KEEP_FREED_MEMORY, *HUGE_PAGE_SETTINGS)
                 if k in os.environ]
     return shlex.join(settings + ['python', script] + sys.argv[1:])
 
@@ -152,7 +170,7 @@ def machine(threads: int, device: Union[str, torch.device]) -> str:
     return (f'{platform.processor() or platform.machine()}, '
             f'{os.cpu_count()} CPUs, torch {torch.__version__}, '
             f'{threads} threads, device {device}, {cpp_level()}, '
-            f'memory allocator: {allocator()}')
+            f'memory allocator: {allocator()}; huge pages: {huge_pages()}')
 
 
 def cpp_level() -> str:

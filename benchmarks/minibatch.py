@@ -86,6 +86,7 @@ from _common import (
     command_line,
     compare_steps,
     cpp_level,
+    huge_pages,
     interleaved_medians,
     kill_session,
     markdown_table,
@@ -801,7 +802,7 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
     lines += ['', f'Wall time {seconds / 60:.1f} min; load average (1 min) '
               f'{load[0]:.1f} at the start and {load[1]:.1f} at the end on '
               f'{os.cpu_count()} cores; {cpp_level()}; memory '
-              f'allocator: {allocator()}. '
+              f'allocator: {allocator()}; huge pages: {huge_pages()}. '
               f'`{command_line()}`', '']
     return '\n'.join(lines)
 

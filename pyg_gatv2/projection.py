@@ -5,11 +5,12 @@ after the models' input dropout) make the first layer's projections dense
 matrix products over mostly zeros. On the CPU, the C++ library's
 ``gatv2_sparse_linear`` (``pyg_gatv2/fused/_kernels/gatv2.h``) reads only
 the nonzero entries of such an input, forward and for the gradient of the
-weight: :func:`linear` takes it where it pays and
+weight (with that of the bias in the same pass over the output's
+gradient): :func:`linear` takes it where it pays and
 :func:`torch.nn.functional.linear` elsewhere.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -92,48 +93,67 @@ def _(x, weight, bias):
     return x.new_empty(x.size(0), weight.size(0))
 
 
-@torch.library.custom_op('pyg_gatv2::sparse_input_linear_weight_grad',
+@torch.library.custom_op('pyg_gatv2::sparse_input_linear_grads',
                          mutates_args=())
-def sparse_input_linear_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
-    """``grad_out.T @ x`` from the nonzero entries of ``x``: the gradient
-    of the weight of :func:`sparse_input_linear`."""
-    return cpp_library.sparse_linear_weight_grad(x, grad_out).contiguous()
+def sparse_input_linear_grads(x: Tensor, grad_out: Tensor,
+                              with_bias: bool) -> Tuple[Tensor, Tensor]:
+    """The gradients of the weight and the bias of
+    :func:`sparse_input_linear` in one pass over ``grad_out``:
+    ``grad_out.T @ x`` from the nonzero entries of ``x``, and
+    ``grad_out.sum(0)`` where ``with_bias`` (else an empty tensor)."""
+    grad_weight, grad_bias = cpp_library.sparse_linear_grads(
+        x, grad_out, with_bias)
+    return (grad_weight.contiguous(),
+            x.new_empty(0) if grad_bias is None else grad_bias)
 
 
-@sparse_input_linear_weight_grad.register_fake
-def _(x, grad_out):
-    return x.new_empty(grad_out.size(1), x.size(1))
+@sparse_input_linear_grads.register_fake
+def _(x, grad_out, with_bias):
+    return (x.new_empty(grad_out.size(1), x.size(1)),
+            x.new_empty(grad_out.size(1) if with_bias else 0))
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:2])
-    ctx.has_bias = len(inputs) > 2 and inputs[2] is not None
+def _save_linear_inputs(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
 
 
 def _linear_backward(ctx, grad):
     x, weight = ctx.saved_tensors
+    want_weight = ctx.needs_input_grad[1]
+    want_bias = ctx.has_bias and ctx.needs_input_grad[2]
     grad_x = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_x = grad @ weight
-    if ctx.needs_input_grad[1]:
-        grad_weight = sparse_input_linear_weight_grad(x, grad)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
+    if want_weight:
+        grad_weight, grad_bias = sparse_input_linear_grads(x, grad, want_bias)
+    if want_bias and not want_weight:
         grad_bias = grad.sum(0)
-    return grad_x, grad_weight, grad_bias
+    return grad_x, grad_weight, grad_bias if want_bias else None
 
 
-def _weight_grad_backward(ctx, grad):
-    # d(grad_out.T @ x) is x @ grad.T in grad_out and grad_out @ grad in x.
+def _save_grads_inputs(ctx, inputs, output):
+    x, grad_out, with_bias = inputs
+    ctx.save_for_backward(x, grad_out)
+    ctx.with_bias = with_bias
+
+
+def _grads_backward(ctx, grad_weight, grad_bias):
+    # d(grad_out.T @ x) is x @ g.T in grad_out and grad_out @ g in x;
+    # d(grad_out.sum(0)) is g in every row of grad_out.
     x, grad_out = ctx.saved_tensors
     grad_x = grad_grad_out = None
     if ctx.needs_input_grad[0]:
-        grad_x = grad_out @ grad
+        grad_x = grad_out @ grad_weight
     if ctx.needs_input_grad[1]:
-        grad_grad_out = sparse_input_linear(x, grad, None)
-    return grad_x, grad_grad_out
+        grad_grad_out = sparse_input_linear(x, grad_weight, None)
+        if ctx.with_bias:
+            grad_grad_out = grad_grad_out + grad_bias
+    return grad_x, grad_grad_out, None
 
 
 sparse_input_linear.register_autograd(_linear_backward,
-                                      setup_context=_save_inputs)
-sparse_input_linear_weight_grad.register_autograd(
-    _weight_grad_backward, setup_context=_save_inputs)
+                                      setup_context=_save_linear_inputs)
+sparse_input_linear_grads.register_autograd(
+    _grads_backward, setup_context=_save_grads_inputs)

@@ -180,9 +180,17 @@ FAULTS = (
           'of the sum',
           CPP_KERNELS,
           '      for (int64_t r = 1; r < num_runs; ++r) total += '
-          'sums[r * size + e];',
+          'sums[r * stride + e];',
           '      for (int64_t r = 1; r < num_runs - 1; ++r) total += '
-          'sums[r * size + e];',
+          'sums[r * stride + e];',
+          (f'{CPP_LIBRARY}::test_the_sparse_linear_kernels_match_the_dense_'
+           'products', )),
+    Fault('cpp_sparse_bias_grad_skips_first_column',
+          'C++ sparse-input bias gradient: the first column of grad_out '
+          'left out of the sum',
+          CPP_KERNELS,
+          '          for (int64_t o = 0; o < width; ++o) bias_sum[o] += g[o];',
+          '          for (int64_t o = 1; o < width; ++o) bias_sum[o] += g[o];',
           (f'{CPP_LIBRARY}::test_the_sparse_linear_kernels_match_the_dense_'
            'products', )),
     Fault('sparse_projection_ignores_infinite_weights',

@@ -154,7 +154,8 @@ def test_machine_names_the_cpu_level_of_the_cpp_kernels(monkeypatch, level,
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
 def test_allocator_says_whether_freed_memory_is_kept(monkeypatch):
-    for name in ('LD_PRELOAD', *_common.KEEP_FREED_MEMORY):
+    for name in ('LD_PRELOAD', *_common.KEEP_FREED_MEMORY,
+                 *_common.HUGE_PAGE_SETTINGS):
         monkeypatch.delenv(name, raising=False)
     assert 'fresh pages' in _common.allocator()
     assert _common.allocator() in _common.machine(2, 'cpu')
@@ -171,6 +172,23 @@ def test_allocator_says_whether_freed_memory_is_kept(monkeypatch):
     assert 'fresh pages' in _common.allocator()
     monkeypatch.setenv('LD_PRELOAD', '/usr/lib/libjemalloc.so.2')
     assert _common.allocator() == 'LD_PRELOAD=/usr/lib/libjemalloc.so.2'
+
+
+def test_reports_say_which_tensors_get_huge_pages(monkeypatch):
+    from pyg_gatv2.fused import buffers
+    for name in (*_common.KEEP_FREED_MEMORY, *_common.HUGE_PAGE_SETTINGS):
+        monkeypatch.delenv(name, raising=False)
+    ours = "our C++ kernels' outputs of 32 MiB and more"
+    assert _common.huge_pages() == (ours if buffers.enabled() else 'none')
+    assert f'huge pages: {_common.huge_pages()}' in _common.machine(2, 'cpu')
+    monkeypatch.setenv('PYG_GATV2_HUGE_PAGES', '0')
+    assert _common.huge_pages() == 'none'
+    monkeypatch.setenv('THP_MEM_ALLOC_ENABLE', '1')
+    assert _common.huge_pages() == "PyTorch's (THP_MEM_ALLOC_ENABLE=1)"
+    monkeypatch.setattr(sys, 'argv', ['benchmarks/minibatch.py'])
+    assert _common.command_line() == (
+        'PYG_GATV2_HUGE_PAGES=0 THP_MEM_ALLOC_ENABLE=1 python '
+        'benchmarks/minibatch.py')
 
 
 @pytest.mark.skipif(not _common.cpu_memory_supported(),

@@ -116,7 +116,7 @@ int gatv2_sparse_linear(int64_t, const void*, int64_t, int64_t, const void*,
 }
 int gatv2_sparse_linear_weight_grad(int64_t, const void*, int64_t, int64_t,
                                     const void*, int64_t, int64_t, int64_t,
-                                    void*) {
+                                    void*, void*) {
   return 0;
 }
 }
@@ -609,7 +609,10 @@ def test_the_sparse_linear_kernels_match_the_dense_products(
     with torch_threads(threads):
         out = cpp_library.sparse_linear(x, weight, bias)
         no_bias = cpp_library.sparse_linear(x, weight, None)
-        grad_weight = cpp_library.sparse_linear_weight_grad(x, grad_out)
+        grad_weight, grad_bias = cpp_library.sparse_linear_grads(
+            x, grad_out, with_bias=True)
+        alone, absent = cpp_library.sparse_linear_grads(x, grad_out,
+                                                        with_bias=False)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, x @ weight.t() + bias, equal_nan=True,
                                **tol)
@@ -617,6 +620,13 @@ def test_the_sparse_linear_kernels_match_the_dense_products(
                                **tol)
     torch.testing.assert_close(grad_weight, grad_out.t() @ x,
                                equal_nan=True, **tol)
+    # Sums of up to 2100 rows, each run's in order.
+    torch.testing.assert_close(
+        grad_bias, grad_out.sum(0),
+        **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}))
+    torch.testing.assert_close(alone, grad_weight, rtol=0, atol=0,
+                               equal_nan=True)
+    assert absent is None
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
@@ -628,7 +638,9 @@ def test_the_sparse_weight_gradient_is_the_same_on_any_number_of_threads(
     sums = []
     for threads in (1, 2, 3):
         with torch_threads(threads):
-            sums.append(cpp_library.sparse_linear_weight_grad(x, grad_out))
+            sums.append(torch.cat([
+                grad.reshape(-1) for grad in cpp_library.sparse_linear_grads(
+                    x, grad_out, with_bias=True)]))
     assert sums[0].isnan().any()
     for other in sums[1:]:
         torch.testing.assert_close(other, sums[0], rtol=0, atol=0,
@@ -668,12 +680,12 @@ def test_the_sparse_linear_kernels_refuse_broken_arguments(case):
     args = dict(dtype=DTYPES[x.dtype], x=pointer(x), rows=40, in_features=30,
                 weight=pointer(weight_t), bias=None, width=6, runs=2,
                 threads=2, out=pointer(out), grad_out=pointer(grad_out),
-                grad_weight=pointer(grad_weight_t))
+                grad_weight=pointer(grad_weight_t), grad_bias=None)
     args.update(change)
     names = (['dtype', 'x', 'rows', 'in_features', 'weight', 'bias', 'width',
               'threads', 'out'] if entry == 'gatv2_sparse_linear' else
              ['dtype', 'x', 'rows', 'in_features', 'grad_out', 'width',
-              'runs', 'threads', 'grad_weight'])
+              'runs', 'threads', 'grad_weight', 'grad_bias'])
     status = getattr(cpp_library.load(), entry)(*(args[n] for n in names))
     with pytest.raises(RuntimeError, match=re.escape(
             f"the C++ kernel '{entry}' refused its arguments ({reason})")):

@@ -137,6 +137,19 @@ def test_the_sparse_product_has_gradients_of_any_order():
     x = x[:6].clone().requires_grad_()
     assert gradcheck(op, (x, weight, bias))
     assert gradgradcheck(op, (x, weight, None))
+    # A frozen weight: the bias's gradient alone.
+    frozen = weight.detach()
+    assert gradcheck(op, (x.detach(), frozen, bias))
+    assert gradgradcheck(op, (x.detach(), frozen, bias))
+
+
+def test_one_pass_gives_the_gradients_of_weight_and_bias():
+    x = bag_of_words(rows=300, columns=40, density=0.1)
+    weight, bias = (t.requires_grad_() for t in weights(7, 40))
+    grad_out = torch.randn(300, 7, dtype=torch.float64)
+    projection.sparse_input_linear(x, weight, bias).backward(grad_out)
+    torch.testing.assert_close(weight.grad, grad_out.t() @ x)
+    torch.testing.assert_close(bias.grad, grad_out.sum(0))
 
 
 def test_the_sparse_operators_pass_opcheck():
@@ -145,9 +158,11 @@ def test_the_sparse_operators_pass_opcheck():
     torch.library.opcheck(projection.sparse_input_linear,
                           (x, weight, bias))
     torch.library.opcheck(projection.sparse_input_linear, (x, weight, None))
-    torch.library.opcheck(projection.sparse_input_linear_weight_grad,
-                          (x, torch.randn(50, 6, dtype=torch.float64,
-                                          requires_grad=True)))
+    for with_bias in (True, False):
+        torch.library.opcheck(projection.sparse_input_linear_grads,
+                              (x, torch.randn(50, 6, dtype=torch.float64,
+                                              requires_grad=True),
+                               with_bias))
 
 
 @pytest.mark.parametrize('heads,channels', [(4, 8), (1, 7), (3, 5)])

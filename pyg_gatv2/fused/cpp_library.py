@@ -39,9 +39,9 @@ __all__ = ['Args', 'LayoutArgs', 'LibraryMismatch', 'ABI_VERSION',
            'capability', 'capabilities', 'CompiledShape', 'compiled_shape',
            'pointer', 'call', 'layout_by_destination', 'layout_by_source',
            'count_nonzero', 'drop_nonzero', 'sparse_linear',
-           'sparse_linear_weight_grad']
+           'sparse_linear_grads']
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -149,7 +149,8 @@ def load() -> Optional[ctypes.CDLL]:
         'gatv2_sparse_linear': ([_I64, _P, _I64, _I64, _P, _P, _I64, _I64,
                                  _P], ctypes.c_int),
         'gatv2_sparse_linear_weight_grad': ([_I64, _P, _I64, _I64, _P, _I64,
-                                             _I64, _I64, _P], ctypes.c_int),
+                                             _I64, _I64, _P, _P],
+                                            ctypes.c_int),
     }
     rebuild = ("rebuild it from this package's sources: 'pip install .' "
                "(or 'make setup' in a checkout)")
@@ -360,18 +361,23 @@ _MAX_RUNS = 8
 _MAX_SUM_ENTRIES = 1 << 23
 
 
-def sparse_linear_weight_grad(x: Tensor, grad_out: Tensor) -> Tensor:
+def sparse_linear_grads(x: Tensor, grad_out: Tensor, with_bias: bool
+                        ) -> Tuple[Tensor, Optional[Tensor]]:
     """``grad_out.T @ x`` ``[out, in]``, the gradient of the weight of
-    :func:`sparse_linear`, from the nonzero entries of ``x`` only."""
+    :func:`sparse_linear`, from the nonzero entries of ``x`` only, and,
+    with ``with_bias``, ``grad_out.sum(0)``, that of the bias, in the same
+    pass (else :obj:`None`)."""
     rows, width = x.size(0), grad_out.size(1)
     size = max(1, x.size(1) * width)
     runs = max(1, min(rows // _RUN_ROWS, _MAX_RUNS,
                       _MAX_SUM_ENTRIES // size))
     grad_out = grad_out.contiguous()
     grad_weight_t = x.new_empty(x.size(1), width)
+    grad_bias = x.new_empty(width) if with_bias else None
     status = load().gatv2_sparse_linear_weight_grad(
         DTYPES[x.dtype], pointer(x), rows, x.size(1), pointer(grad_out),
-        width, runs, torch.get_num_threads(), pointer(grad_weight_t))
+        width, runs, torch.get_num_threads(), pointer(grad_weight_t),
+        pointer(grad_bias))
     if status != 0:
         _refused('gatv2_sparse_linear_weight_grad', status)
-    return grad_weight_t.t()
+    return grad_weight_t.t(), grad_bias

@@ -67,7 +67,7 @@ using SparseLinearPass = void (*)(int64_t, const void*, int64_t, int64_t,
                                   void*);
 using SparseWeightGradPass = void (*)(int64_t, const void*, int64_t, int64_t,
                                       const void*, int64_t, int64_t, int64_t,
-                                      void*);
+                                      void*, void*);
 
 // One compiled level: its name, whether this CPU runs it, its passes.
 struct Level {
@@ -538,7 +538,8 @@ int gatv2_sparse_linear_weight_grad(int64_t dtype, const void* x,
                                     int64_t rows, int64_t in,
                                     const void* grad_out,
                                     int64_t out_features, int64_t num_runs,
-                                    int64_t num_threads, void* grad_weight_t) {
+                                    int64_t num_threads, void* grad_weight_t,
+                                    void* grad_bias) {
   if (!known_dtype(dtype)) return GATV2_BAD_DTYPE;
   if (rows < 0 || in < 0 || out_features < 0 || num_runs <= 0 ||
       num_threads <= 0)
@@ -546,7 +547,7 @@ int gatv2_sparse_linear_weight_grad(int64_t dtype, const void* x,
   if (!all_set(x, grad_out, grad_weight_t)) return GATV2_MISSING_ARRAY;
   current_level.load()->sparse_linear_weight_grad(
       dtype, x, rows, in, grad_out, out_features, num_runs, num_threads,
-      grad_weight_t);
+      grad_weight_t, grad_bias);
   return GATV2_OK;
 }
 

@@ -20,7 +20,7 @@ extern "C" {
 
 // Raised whenever a field of Gatv2Args or Gatv2LayoutArgs is added, removed,
 // moved or changes type, or an entry point changes what it reads or writes.
-#define GATV2_ABI_VERSION 6
+#define GATV2_ABI_VERSION 7
 
 enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
 
@@ -187,7 +187,9 @@ int gatv2_drop_nonzero(int64_t dtype, const void* x, int64_t n,
 // [in, out_features] = x^T @ grad_out, grad_out [rows, out_features]: run r
 // of num_runs runs of the rows (as above) sums its rows in order into a
 // buffer of its own, and the runs' sums are added in run order, so that
-// the result depends on num_runs and not on num_threads.
+// the result depends on num_runs and not on num_threads. Where grad_bias
+// [out_features] is not null, it gets the sum of the rows of grad_out,
+// the gradient of the bias, summed the same way in the same pass.
 int gatv2_sparse_linear(int64_t dtype, const void* x, int64_t rows,
                         int64_t in, const void* weight_t, const void* bias,
                         int64_t out_features, int64_t num_threads, void* out);
@@ -195,7 +197,8 @@ int gatv2_sparse_linear_weight_grad(int64_t dtype, const void* x,
                                     int64_t rows, int64_t in,
                                     const void* grad_out,
                                     int64_t out_features, int64_t num_runs,
-                                    int64_t num_threads, void* grad_weight_t);
+                                    int64_t num_threads, void* grad_weight_t,
+                                    void* grad_bias);
 
 #ifdef __cplusplus
 }
