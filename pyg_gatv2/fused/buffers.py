@@ -28,8 +28,8 @@ from torch import Tensor
 
 ENV = 'PYG_GATV2_HUGE_PAGES'
 #: Buffers from this size on (32 MiB, glibc's largest mmap threshold) are
-#: mapped in huge pages; smaller ones come from malloc's heap, reused
-#: without faults.
+#: mapped in huge pages; smaller ones come from malloc's heap, which reuses
+#: freed memory unless it has given the pages back.
 MIN_BYTES = 32 << 20
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 
