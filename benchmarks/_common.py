@@ -146,7 +146,8 @@ def huge_pages() -> str:
     from pyg_gatv2.fused import buffers
     mapped = []
     if buffers.enabled():
-        mapped.append("our C++ kernels' outputs of 32 MiB and more")
+        mapped.append("our C++ kernels' outputs of "
+                      f'{buffers.MIN_BYTES >> 20} MiB and more')
     if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1':
         mapped.append("PyTorch's (THP_MEM_ALLOC_ENABLE=1)")
     return ' and '.join(mapped) or 'none'

@@ -127,10 +127,13 @@ def _linear_backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         grad_x = grad @ weight
     if want_weight:
-        grad_weight, grad_bias = sparse_input_linear_grads(x, grad, want_bias)
-    if want_bias and not want_weight:
+        grad_weight, fused_bias = sparse_input_linear_grads(x, grad,
+                                                            want_bias)
+        if want_bias:
+            grad_bias = fused_bias
+    elif want_bias:
         grad_bias = grad.sum(0)
-    return grad_x, grad_weight, grad_bias if want_bias else None
+    return grad_x, grad_weight, grad_bias
 
 
 def _save_grads_inputs(ctx, inputs, output):
