@@ -135,9 +135,17 @@ def allocator() -> str:
             'allocation)')
 
 
-# The settings of transparent huge pages: ours for the C++ kernels' large
-# outputs (pyg_gatv2.fused.buffers), PyTorch's for all its CPU tensors.
-HUGE_PAGE_SETTINGS = ('PYG_GATV2_HUGE_PAGES', 'THP_MEM_ALLOC_ENABLE')
+# The settings of the memory behind large CPU tensors beyond the
+# allocator's: our C++ kernels' buffer cache and huge pages
+# (pyg_gatv2.fused.buffers), PyTorch's huge pages for all its CPU tensors.
+BUFFER_SETTINGS = ('PYG_GATV2_BUFFER_CACHE', 'PYG_GATV2_HUGE_PAGES',
+                   'THP_MEM_ALLOC_ENABLE')
+
+
+def _our_buffers() -> str:
+    from pyg_gatv2.fused import buffers
+    return (f"our C++ kernels' buffers of {buffers.MIN_BYTES >> 20} MiB "
+            'and more')
 
 
 def huge_pages() -> str:
@@ -146,20 +154,28 @@ def huge_pages() -> str:
     from pyg_gatv2.fused import buffers
     mapped = []
     if buffers.enabled():
-        mapped.append("our C++ kernels' outputs of "
-                      f'{buffers.MIN_BYTES >> 20} MiB and more')
+        mapped.append(_our_buffers())
     if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1':
         mapped.append("PyTorch's (THP_MEM_ALLOC_ENABLE=1)")
     return ' and '.join(mapped) or 'none'
 
 
+def buffer_cache() -> str:
+    """Whether our kernels reuse their freed buffers in this run, for
+    reports."""
+    from pyg_gatv2.fused import buffers
+    if buffers.cache_enabled():
+        return f'{_our_buffers()} reused once freed'
+    return 'off (PYG_GATV2_BUFFER_CACHE=0)'
+
+
 def command_line() -> str:
     """The command that runs this script with its arguments, for reports,
     after the allocator's settings of :data:`KEEP_FREED_MEMORY` and
-    :data:`HUGE_PAGE_SETTINGS` that this run has in its environment."""
+    :data:`BUFFER_SETTINGS` that this run has in its environment."""
     script = os.path.relpath(sys.argv[0])
     settings = [f'{k}={os.environ[k]}'
-                for k in (*KEEP_FREED_MEMORY, *HUGE_PAGE_SETTINGS)
+                for k in (*KEEP_FREED_MEMORY, *BUFFER_SETTINGS)
                 if k in os.environ]
     return shlex.join(settings + ['python', script] + sys.argv[1:])
 
@@ -171,7 +187,8 @@ def machine(threads: int, device: Union[str, torch.device]) -> str:
     return (f'{platform.processor() or platform.machine()}, '
             f'{os.cpu_count()} CPUs, torch {torch.__version__}, '
             f'{threads} threads, device {device}, {cpp_level()}, '
-            f'memory allocator: {allocator()}; huge pages: {huge_pages()}')
+            f'memory allocator: {allocator()}; huge pages: {huge_pages()}; '
+            f'buffer cache: {buffer_cache()}')
 
 
 def cpp_level() -> str:
@@ -550,8 +567,13 @@ def step_memory(fn: Callable[[], object], device: torch.device) -> Memory:
     and what it keeps: the growth that remains after it returned and
     garbage was collected (NaN for both where they cannot be measured).
     Whatever :obj:`fn` returns is dropped before the call ends, so run
-    warm-up calls first."""
+    warm-up calls first. Our kernels' buffer cache
+    (:func:`pyg_gatv2.fused.buffers.empty_cache`) is emptied before the
+    call, so that the buffers the call reuses count in its peak, and not
+    after it, so that what the cache holds counts as kept."""
+    from pyg_gatv2.fused import buffers
     gc.collect()
+    buffers.empty_cache()
     if device.type == 'cuda':
         synchronize(device)
         base = torch.cuda.memory_allocated(device)

@@ -32,6 +32,7 @@ from _common import (
     RESULTS,
     WorkerFailed,
     allocator,
+    buffer_cache,
     command_line,
     cpp_level,
     huge_pages,
@@ -172,7 +173,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         markdown_table(rows, columns), '',
         *(['Failed passes: ' + '; '.join(failures), ''] if failures else []),
         f'{args.threads} threads; {cpp_level()}; memory allocator: '
-        f'{allocator()}; huge pages: {huge_pages()}; wall time '
+        f'{allocator()}; huge pages: {huge_pages()}; buffer cache: '
+        f'{buffer_cache()}; wall time '
         f'{(time.perf_counter() - start) / 60:.1f} min; load average (1 min) '
         f'{load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end on '
         f'{os.cpu_count()} cores. `{command_line()}`', ''])

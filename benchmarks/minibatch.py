@@ -46,10 +46,12 @@ are extrapolated from the median step: median x ceil(training nodes per
 rank / batch size). Seeds per second are the seed nodes of all ranks per
 step over the median step. After timing, each rank pins glibc's allocator
 (``_common.pin_malloc``) and measures the memory of a training step on a
-newly drawn batch, with our layout cache emptied (``_common.step_memory``,
-the largest over ``--memory-steps`` batches and over the ranks): its peak
-growth, which counts the layout our layer builds for the batch and keeps
-until the next one, and what it still holds after it returned (kept).
+newly drawn batch, with our layout cache and buffer cache emptied
+(``_common.step_memory``, the largest over ``--memory-steps`` batches and
+over the ranks): its peak growth, which counts the layout our layer builds
+for the batch and keeps until the next one, and what it still holds after
+it returned (kept: that layout, and the buffers our kernels keep for the
+next step).
 A run that outlasts ``--timeout`` seconds is killed, and so is every
 collective that waits longer.
 
@@ -83,6 +85,7 @@ from _common import (
     RESULTS,
     WorkerFailed,
     allocator,
+    buffer_cache,
     command_line,
     compare_steps,
     cpp_level,
@@ -737,11 +740,14 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         'Memory, the largest over '
         f'{args.memory_steps} batches and the ranks, allocator pinned: '
         'peak_mib is the largest growth during a training step on a newly '
-        'drawn batch above the level before it, with our layout cache '
-        'emptied, so that it counts the layout of the batch that our layer '
-        'builds in the step and keeps until the next batch; kept_mib is '
-        'the part of that growth still held after the step returned and '
-        'garbage was collected (measured). model_speedup: PyG model time / '
+        'drawn batch above the level before it, with our layout cache and '
+        'buffer cache emptied, so that it counts the layout of the batch '
+        'that our layer builds in the step and keeps until the next batch, '
+        'and every buffer of our kernels; kept_mib is the part of that '
+        'growth still held after the step returned and garbage was '
+        'collected (measured: for our layer, that layout and the buffers '
+        'its kernels keep for the next step). model_speedup: PyG model '
+        'time / '
         "this model time; memory_ratio: this peak / PyG's peak.",
         '',
         'End to end (overlapped_seeds_per_s): the trainer\'s loader '
@@ -802,7 +808,8 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
     lines += ['', f'Wall time {seconds / 60:.1f} min; load average (1 min) '
               f'{load[0]:.1f} at the start and {load[1]:.1f} at the end on '
               f'{os.cpu_count()} cores; {cpp_level()}; memory '
-              f'allocator: {allocator()}; huge pages: {huge_pages()}. '
+              f'allocator: {allocator()}; huge pages: {huge_pages()}; buffer '
+              f'cache: {buffer_cache()}. '
               f'`{command_line()}`', '']
     return '\n'.join(lines)
 

@@ -1,48 +1,78 @@
-"""The large CPU buffers that the C++ kernels fill, in transparent huge
-pages where Linux offers them.
+"""The large CPU buffers that the C++ kernels fill: kept for reuse, and
+in transparent huge pages where Linux offers them.
 
-glibc's ``malloc`` maps fresh pages for every allocation above its largest
-mmap threshold (32 MiB), and the first write to each 4 KiB page of such a
-tensor faults into the kernel: for a 75 MB projection of a sampled batch,
-about 30 ms on one thread, longer than the kernel that fills it. Mapped
-with ``madvise(MADV_HUGEPAGE)``, the same buffer faults in 2 MiB at a time,
-about four times faster. :func:`empty` maps buffers of at least
-:data:`MIN_BYTES` that way where ``/sys/kernel/mm/transparent_hugepage/
-enabled`` is ``madvise`` or ``always``; smaller buffers, other systems and
-``PYG_GATV2_HUGE_PAGES=0`` get :func:`torch.empty`. Such a buffer is an
-ordinary CPU tensor over an anonymous private mapping
-(:func:`torch.frombuffer`), unmapped when its last view dies; its storage
-cannot be resized.
+A training step asks for buffers of about the same sizes at every step
+(outputs, gradients and work space, tens of MB each for a sampled batch).
+From the system allocator each would come as fresh memory: glibc's
+``malloc`` maps fresh pages for allocations above its mmap threshold and
+gives the pages of its heap back when its top is free, and the first
+write to each 4 KiB page faults into the kernel, at a cost that can
+exceed the kernel's own work (about 30 ms for 75 MB on one thread). It
+grows where the system hands freed memory back to a hypervisor (free
+page reporting), where a fresh page costs a fault on the host too.
 
-PyTorch's own allocator does the same for all its CPU tensors under
+:func:`empty` therefore takes buffers of :data:`MIN_BYTES` and more from
+a cache of anonymous private mappings: a mapping whose tensors have all
+died is handed out again to a request of about its size, its pages
+already in place. Each tensor is an ordinary contiguous CPU tensor
+(:func:`torch.frombuffer`) whose storage holds exactly its own bytes and
+cannot be resized. The free mappings kept never hold more than the most
+that the live ones have held at once; :func:`empty_cache` gives them back
+to the system now, and ``PYG_GATV2_BUFFER_CACHE=0`` maps every buffer
+afresh. Where ``/sys/kernel/mm/transparent_hugepage/enabled`` is
+``madvise`` or ``always``, the mappings are advised for huge pages
+(``madvise(MADV_HUGEPAGE)``), which fault in 2 MiB at a time, about four
+times faster; ``PYG_GATV2_HUGE_PAGES=0`` turns that off. With both off,
+:func:`empty` is :func:`torch.empty`.
+
+PyTorch's own allocator maps all its CPU tensors in huge pages under
 ``THP_MEM_ALLOC_ENABLE=1``, set before the process starts.
 """
 import functools
 import math
 import mmap
 import os
+import sys
+import threading
 from collections.abc import Sequence
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
+__all__ = ['empty', 'empty_like', 'empty_cache', 'cached_bytes', 'enabled',
+           'cache_enabled', 'MIN_BYTES', 'ENV', 'CACHE_ENV']
+
 ENV = 'PYG_GATV2_HUGE_PAGES'
-#: Buffers from this size on (32 MiB, glibc's largest mmap threshold) are
-#: mapped in huge pages; smaller ones come from malloc's heap, which reuses
-#: freed memory unless it has given the pages back.
-MIN_BYTES = 32 << 20
+CACHE_ENV = 'PYG_GATV2_BUFFER_CACHE'
+#: Buffers from this size on come from the cache's mappings; smaller ones
+#: from :func:`torch.empty`.
+MIN_BYTES = 1 << 20
+# Mappings come in whole huge pages, and a request takes a free mapping of
+# up to a quarter (at least one huge page) more than it needs.
+_GRANULE = 2 << 20
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+
+def _switch(name: str, meaning: str) -> bool:
+    setting = os.environ.get(name, '1')
+    if setting not in ('0', '1'):
+        raise ValueError(f'{name}={setting!r}: set it to 1 ({meaning}, the '
+                         'default) or 0 (off)')
+    return setting == '1'
 
 
 def enabled() -> bool:
     """Whether :func:`empty` maps large buffers in huge pages: Linux
     offers them and ``PYG_GATV2_HUGE_PAGES`` is unset or ``1``."""
-    setting = os.environ.get(ENV, '1')
-    if setting not in ('0', '1'):
-        raise ValueError(f'{ENV}={setting!r}: set it to 1 (large kernel '
-                         'outputs in transparent huge pages, the default) '
-                         'or 0 (torch.empty for all)')
-    return setting == '1' and _offered()
+    return (_switch(ENV, 'large kernel outputs in transparent huge pages')
+            and _offered())
+
+
+def cache_enabled() -> bool:
+    """Whether :func:`empty` reuses the mappings of dead buffers:
+    ``PYG_GATV2_BUFFER_CACHE`` is unset or ``1``."""
+    return _switch(CACHE_ENV, 'large kernel outputs reuse freed buffers')
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,23 +87,126 @@ def _offered() -> bool:
     return '[madvise]' in mode or '[always]' in mode
 
 
+class _Region:
+    """One anonymous mapping: :attr:`memory` is referenced here and by
+    every tensor over it (:func:`torch.frombuffer` holds the object it
+    reads), so it is free when this is the only reference."""
+    __slots__ = ('memory', 'huge', 'last_use')
+
+    def __init__(self, size: int, huge: bool):
+        self.memory = mmap.mmap(-1, size,
+                                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.huge = huge
+        self.last_use = 0
+        if huge:
+            try:
+                self.memory.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass  # a kernel that refuses the advice maps 4 KiB pages
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+    def is_free(self) -> bool:
+        # The attribute and the argument: no tensor holds it.
+        return sys.getrefcount(self.memory) <= 2
+
+
+class _Cache:
+    """The mappings of :func:`empty`, live and free. A request takes the
+    smallest free one that fits without wasting more than a quarter, or
+    maps a new one; free ones beyond the most bytes that the live ones
+    have held at once are unmapped, the longest unused first."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.regions: List[_Region] = []
+        self.most_live = 0
+        self.clock = 0
+
+    def take(self, nbytes: int, huge: bool) -> mmap.mmap:
+        size = -(-nbytes // _GRANULE) * _GRANULE
+        largest = size + max(size // 4, _GRANULE)
+        with self.lock:
+            chosen: Optional[_Region] = None
+            for region in self.regions:
+                if (region.huge == huge and size <= len(region) <= largest
+                        and region.is_free()
+                        and (chosen is None or len(region) < len(chosen))):
+                    chosen = region
+            if chosen is None:
+                chosen = self._map(size, huge)
+            self.clock += 1
+            chosen.last_use = self.clock
+            memory = chosen.memory
+            self._trim(chosen)
+            return memory
+
+    def _map(self, size: int, huge: bool) -> _Region:
+        try:
+            region = _Region(size, huge)
+        except OSError:
+            # Out of memory or address space: without the free mappings,
+            # or else torch's allocator says so.
+            self._trim(None, keep=0)
+            region = _Region(size, huge)
+        self.regions.append(region)
+        return region
+
+    def _trim(self, taken: Optional[_Region], keep: Optional[int] = None
+              ) -> None:
+        free = [r for r in self.regions if r is not taken and r.is_free()]
+        live = sum(len(r) for r in self.regions) - sum(len(r) for r in free)
+        self.most_live = max(self.most_live, live)
+        keep = self.most_live if keep is None else keep
+        free.sort(key=lambda r: r.last_use)
+        held = sum(len(r) for r in free)
+        dropped = set()
+        for region in free:
+            if held <= keep:
+                break
+            held -= len(region)
+            dropped.add(id(region))
+        if dropped:
+            self.regions = [r for r in self.regions if id(r) not in dropped]
+
+    def empty(self) -> None:
+        with self.lock:
+            self._trim(None, keep=0)
+            self.most_live = 0
+
+    def free_bytes(self) -> int:
+        with self.lock:
+            return sum(len(r) for r in self.regions if r.is_free())
+
+    def after_fork(self) -> None:
+        # A fork while another thread held the lock leaves it held in the
+        # child.
+        self.lock = threading.Lock()
+
+
+_CACHE = _Cache()
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_CACHE.after_fork)
+
+
 def empty(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """An uninitialised contiguous CPU tensor of :obj:`shape`: in huge
-    pages from :data:`MIN_BYTES` on, where :func:`enabled`."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < MIN_BYTES or not enabled():
+    """An uninitialised contiguous CPU tensor of :obj:`shape`: from
+    :data:`MIN_BYTES` on, over a mapping of the cache (where
+    :func:`cache_enabled`) in huge pages (where :func:`enabled`)."""
+    numel = math.prod(shape)
+    nbytes = numel * dtype.itemsize
+    huge, cached = enabled(), cache_enabled()
+    if nbytes < MIN_BYTES or not (huge or cached):
         return torch.empty(shape, dtype=dtype)
     try:
-        region = mmap.mmap(-1, nbytes,
-                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if cached:
+            memory = _CACHE.take(nbytes, huge)
+        else:
+            memory = _Region(-(-nbytes // _GRANULE) * _GRANULE, huge).memory
     except OSError:
-        # Out of address space or memory: torch's allocator says so.
         return torch.empty(shape, dtype=dtype)
-    try:
-        region.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:
-        pass  # a kernel that refuses the advice maps 4 KiB pages
-    return torch.frombuffer(region, dtype=dtype).view(shape)
+    return torch.frombuffer(memory, dtype=dtype, count=numel).view(shape)
 
 
 def empty_like(tensor: Tensor) -> Tensor:
@@ -82,3 +215,15 @@ def empty_like(tensor: Tensor) -> Tensor:
     if tensor.device.type != 'cpu' or not tensor.is_contiguous():
         return torch.empty_like(tensor)
     return empty(tensor.shape, tensor.dtype)
+
+
+def empty_cache() -> None:
+    """Unmaps the cache's free mappings, giving their memory back to the
+    system; buffers still in use keep theirs."""
+    _CACHE.empty()
+
+
+def cached_bytes() -> int:
+    """The bytes of the cache's free mappings: memory this process holds
+    for later buffers."""
+    return _CACHE.free_bytes()
