@@ -11,7 +11,7 @@ from torch_geometric.nn.models import GAT as PyGGAT
 
 from pyg_gatv2.checks import check_positive_ints, check_probabilities
 from pyg_gatv2.conv import GATv2Conv
-from pyg_gatv2.fused import cpp_library
+from pyg_gatv2.fused import buffers, cpp_library
 
 
 def sparse_feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -260,7 +260,9 @@ class GATv2(torch.nn.Module):
         computes its seeds only (their in-edges, on the fused kernels), so
         memory holds one layer's input and output for all nodes plus one
         batch's subgraph, instead of the whole graph's layout and every
-        layer's activations. The logits equal those of
+        layer's activations; the kernels' buffers of each batch are given
+        back after it (:func:`pyg_gatv2.fused.buffers.empty_cache`). The
+        logits equal those of
         :meth:`forward` on the whole graph in evaluation mode.
 
         Args:
@@ -318,6 +320,10 @@ class GATv2(torch.nn.Module):
                 if layer < last:
                     x = F.elu(x)
                 outputs.append(x.to(embedding_device))
+                # For graphs whose memory is tight: each batch's kernel
+                # buffers go back to the system instead of waiting in the
+                # cache for a batch they may not fit.
+                buffers.empty_cache()
             x_all = torch.cat(outputs, dim=0)
         return x_all
 

@@ -107,9 +107,16 @@ class _Region:
     def __len__(self) -> int:
         return len(self.memory)
 
+    def references(self) -> int:
+        return sys.getrefcount(self.memory)
+
     def is_free(self) -> bool:
-        # The attribute and the argument: no tensor holds it.
-        return sys.getrefcount(self.memory) <= 2
+        return self.references() <= _UNSHARED
+
+
+# What references() reads where nothing but the region holds its memory
+# (the count that sys.getrefcount sees differs between interpreters).
+_UNSHARED = _Region(mmap.PAGESIZE, huge=False).references()
 
 
 class _Cache:
