@@ -1,8 +1,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -208,6 +210,45 @@ def test_mini_batches_from_the_command_line(cora_flags, tmp_path, capsys):
     assert train([*flags, '--resume'], out) == 0
     again = json.loads((out / 'results.json').read_text())
     assert without_seconds(again) == without_seconds(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('workers', ['0', '1'])
+def test_a_killed_mini_batch_run_resumes_to_the_uninterrupted_result(
+        cora_flags, tmp_path, workers):
+    # Two seeds in mini-batches, checkpoints every 5 epochs: the run is
+    # killed (SIGKILL) a moment after its second seed's first checkpoint,
+    # then resumed.
+    flags = [*cora_flags, '--seeds', '2', '--epochs', '40',
+             '--checkpoint-every', '5', '--batch-size', '128',
+             '--num-neighbors', '5', '5', '--hidden', '4', '--heads', '2',
+             '--threads', '1', '--num-workers', workers]
+    assert train(flags, tmp_path / 'reference') == 0
+    reference = json.loads(
+        (tmp_path / 'reference' / 'results.json').read_text())
+
+    run = tmp_path / 'run'
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'pyg_gatv2', 'train', *flags, '--out',
+         str(run)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        second = run / 'checkpoints' / 'state_seed1.pt'
+        while not second.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, 'no checkpoint of seed 1'
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert proc.poll() is None, 'the run ended before it was killed'
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (run / 'results.json').exists()
+
+    assert train([*flags, '--resume'], run) == 0
+    resumed = json.loads((run / 'results.json').read_text())
+    assert without_seconds(resumed) == without_seconds(reference)
 
 
 def test_loader_workers_leave_training_the_other_cores(cora_flags, tmp_path,
