@@ -16,10 +16,11 @@ a cache of anonymous private mappings: a mapping whose tensors have all
 died is handed out again to a request of about its size, its pages
 already in place. Each tensor is an ordinary contiguous CPU tensor
 (:func:`torch.frombuffer`) whose storage holds exactly its own bytes and
-cannot be resized. The free mappings kept never hold more than the most
-that the live ones have held at once; :func:`empty_cache` gives them back
-to the system now, and ``PYG_GATV2_BUFFER_CACHE=0`` maps every buffer
-afresh. Where ``/sys/kernel/mm/transparent_hugepage/enabled`` is
+cannot be resized. At each request, free mappings beyond the most bytes
+that the live ones have held at once are unmapped, the longest unused
+first, so that the cache holds at most twice that; :func:`empty_cache`
+gives the free ones back to the system now, and
+``PYG_GATV2_BUFFER_CACHE=0`` maps every buffer afresh. Where ``/sys/kernel/mm/transparent_hugepage/enabled`` is
 ``madvise`` or ``always``, the mappings are advised for huge pages
 (``madvise(MADV_HUGEPAGE)``), which fault in 2 MiB at a time, about four
 times faster; ``PYG_GATV2_HUGE_PAGES=0`` turns that off. With both off,
