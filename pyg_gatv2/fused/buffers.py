@@ -20,8 +20,9 @@ cannot be resized. At each request, free mappings beyond the most bytes
 that the live ones have held at once are unmapped, the longest unused
 first, so that the cache holds at most twice that; :func:`empty_cache`
 gives the free ones back to the system now, and
-``PYG_GATV2_BUFFER_CACHE=0`` maps every buffer afresh. Where ``/sys/kernel/mm/transparent_hugepage/enabled`` is
-``madvise`` or ``always``, the mappings are advised for huge pages
+``PYG_GATV2_BUFFER_CACHE=0`` maps every buffer afresh. Where
+``/sys/kernel/mm/transparent_hugepage/enabled`` is ``madvise`` or
+``always``, the mappings are advised for huge pages
 (``madvise(MADV_HUGEPAGE)``), which fault in 2 MiB at a time, about four
 times faster; ``PYG_GATV2_HUGE_PAGES=0`` turns that off. With both off,
 :func:`empty` is :func:`torch.empty`.
@@ -53,6 +54,11 @@ MIN_BYTES = 1 << 20
 # up to a quarter (at least one huge page) more than it needs.
 _GRANULE = 2 << 20
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+
+def _granules(nbytes: int) -> int:
+    """:obj:`nbytes` rounded up to whole granules."""
+    return -(-nbytes // _GRANULE) * _GRANULE
 
 
 def _switch(name: str, meaning: str) -> bool:
@@ -133,7 +139,7 @@ class _Cache:
         self.clock = 0
 
     def take(self, nbytes: int, huge: bool) -> mmap.mmap:
-        size = -(-nbytes // _GRANULE) * _GRANULE
+        size = _granules(nbytes)
         largest = size + max(size // 4, _GRANULE)
         with self.lock:
             chosen: Optional[_Region] = None
@@ -204,14 +210,16 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
     :func:`cache_enabled`) in huge pages (where :func:`enabled`)."""
     numel = math.prod(shape)
     nbytes = numel * dtype.itemsize
+    if nbytes < MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
     huge, cached = enabled(), cache_enabled()
-    if nbytes < MIN_BYTES or not (huge or cached):
+    if not (huge or cached):
         return torch.empty(shape, dtype=dtype)
     try:
         if cached:
             memory = _CACHE.take(nbytes, huge)
         else:
-            memory = _Region(-(-nbytes // _GRANULE) * _GRANULE, huge).memory
+            memory = _Region(_granules(nbytes), huge).memory
     except OSError:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(memory, dtype=dtype, count=numel).view(shape)
