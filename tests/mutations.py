@@ -265,6 +265,15 @@ FAULTS = (
           '    g_xl = tl.zeros((BLOCK_H, BLOCK_C), ACC)\n'
           '    for lo in range(start, end - 1, BLOCK_E):',
           (f'{TRITON}::test_out_degrees_across_blocks', )),
+    Fault('triton_backward_src_drops_no_messages',
+          'Triton backward by source: the message weights it recomputes '
+          'leave out the dropout mask',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          '                HAS_MASK=ops.dropout_mask is not None,\n'
+          '                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)',
+          '                HAS_MASK=False,\n'
+          '                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)',
+          (f'{TRITON}::test_matches_reference', )),
     Fault('triton_grad_xr_scaled',
           'Triton backward by destination: gradient of x_r scaled by 1.01',
           'pyg_gatv2/fused/backends/triton_kernels.py',

@@ -12,11 +12,15 @@ heads.
   an online softmax per head; only ``out`` and the log-sum-exp are
   written.
 - ``_backward_dst``: per destination node, the logits are recomputed; it
-  writes the gradients of ``x_r`` and of the edge terms, the node's share of
-  the gradient of ``att`` (summed over nodes afterwards, in a fixed order),
-  and per edge and head the message weight and the logit gradient.
+  writes the gradients of ``x_r`` and of the edge terms and the node's share
+  of the gradient of ``att`` (summed over nodes afterwards, in a fixed
+  order).
 - ``_backward_src``: per source node, its out-edges (CSC order): the
-  gradient of ``x_l``.
+  gradient of ``x_l``. The message weights and logit gradients are
+  recomputed here from the log-sum-exp and ``D`` of each destination, as
+  the pass by destination computed them, so the backward keeps nothing per
+  edge: no ``[edges, heads]`` buffers, whose stores and loads would cost
+  more than the sums they save.
 
 Every program writes only rows it owns: no atomics, so results are
 deterministic. Features are read in their storage dtype (float32, bfloat16,
@@ -167,12 +171,35 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
 
 
 @triton.jit
+def _weight_and_logit_grad(s, xj, g, lse, delta, mask, grad_alpha, e, h, vh,
+                           H, HAS_MASK: tl.constexpr,
+                           HAS_GRAD_ALPHA: tl.constexpr, ACC: tl.constexpr):
+    """For logits ``s`` [BLOCK_E, BLOCK_H] of edges ``e`` from source rows
+    ``xj`` to destinations with output gradients ``g``, log-sum-exps ``lse``
+    and ``D`` = ``delta``: the weight of each message in the output (the
+    softmax weight, times the dropout mask) and the gradient of each
+    logit; zero where ``vh`` is off."""
+    p = tl.where(vh, tl.exp(s - lse), 0.0)
+    gd = tl.sum(g * xj, axis=2)
+    w = p
+    if HAS_MASK:
+        drop = tl.load(mask + e[:, None] * H + h[None, :], mask=vh,
+                       other=0.0).to(ACC)
+        w = w * drop
+        gd = gd * drop
+    if HAS_GRAD_ALPHA:
+        gd += tl.load(grad_alpha + e[:, None] * H + h[None, :], mask=vh,
+                      other=0.0).to(ACC)
+    return w, p * (gd - delta)
+
+
+@triton.jit
 def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   grad_out, lse, delta, ptr, col, eid, grad_xr, grad_edge,
-                  grad_loop, grad_att_rows, msg_weight, grad_logit, H, C,
-                  num_edges, slope, HAS_EDGE: tl.constexpr,
-                  HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
-                  WANT_EDGE_GRAD: tl.constexpr, BLOCK_E: tl.constexpr,
+                  grad_loop, grad_att_rows, H, C, num_edges, slope,
+                  HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
+                  HAS_GRAD_ALPHA: tl.constexpr, WANT_EDGE_GRAD: tl.constexpr,
+                  BLOCK_E: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
                   ACC: tl.constexpr):
     i = tl.program_id(0)
@@ -193,20 +220,9 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
             H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
         vh = valid[:, None] & hmask[None, :]
         dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
-        p = tl.where(vh, tl.exp(s - node_lse[None, :]), 0.0)
-        gd = tl.sum(g[None, :, :] * xj, axis=2)
-        w = p
-        if HAS_MASK:
-            drop = tl.load(mask + e[:, None] * H + h[None, :], mask=vh,
-                           other=0.0).to(ACC)
-            w = w * drop
-            gd = gd * drop
-        if HAS_GRAD_ALPHA:
-            gd += tl.load(grad_alpha + e[:, None] * H + h[None, :], mask=vh,
-                          other=0.0).to(ACC)
-        ds = p * (gd - node_delta[None, :])
-        tl.store(msg_weight + k[:, None] * H + h[None, :], w, mask=vh)
-        tl.store(grad_logit + k[:, None] * H + h[None, :], ds, mask=vh)
+        w, ds = _weight_and_logit_grad(
+            s, xj, g[None, :, :], node_lse[None, :], node_delta[None, :],
+            mask, grad_alpha, e, h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
         dz = ds[:, :, None] * dact
         g_xr += tl.sum(dz, axis=0)
         g_att += tl.sum(ds[:, :, None] * act, axis=0)
@@ -225,11 +241,12 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
 
 
 @triton.jit
-def _backward_src(x_l, x_r, att, edge_term, loop_term, grad_out, ptr, pos,
-                  row, eid, msg_weight, grad_logit, grad_xl, H, C, num_edges,
-                  slope, HAS_EDGE: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
-                  ACC: tl.constexpr):
+def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
+                  grad_out, lse, delta, ptr, pos, row, eid, grad_xl, H, C,
+                  num_edges, slope, HAS_EDGE: tl.constexpr,
+                  HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     j = tl.program_id(0)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
@@ -253,12 +270,17 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, grad_out, ptr, pos,
         if HAS_EDGE:
             z += _edge_term_rows(edge_term, loop_term, e, hc, vm, H, C,
                                  num_edges, ACC)
-        w = tl.load(msg_weight + k[:, None] * H + h[None, :], mask=vh,
-                    other=0.0)
-        ds = tl.load(grad_logit + k[:, None] * H + h[None, :], mask=vh,
-                     other=0.0)
+        act = tl.where(z > 0, z, z * slope)
+        s = tl.sum(act * a[None, :, :], axis=2)
         g = tl.load(grad_out + i[:, None, None] * (H * C) + hc[None, :, :],
                     mask=vm, other=0.0).to(ACC)
+        node_lse = tl.load(lse + i[:, None] * H + h[None, :], mask=vh,
+                           other=0.0).to(ACC)
+        node_delta = tl.load(delta + i[:, None] * H + h[None, :], mask=vh,
+                             other=0.0).to(ACC)
+        w, ds = _weight_and_logit_grad(
+            s, xj[None, :, :], g, node_lse, node_delta, mask, grad_alpha, e,
+            h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
         d = ds[:, :, None] * tl.where(z > 0, a[None, :, :],
                                       a[None, :, :] * slope)
         g_xl += tl.sum(w[:, :, None] * g + d, axis=0)
@@ -321,8 +343,6 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
         ops, want_edge_grad, want_src_grad)
     grad_att_rows = x.new_zeros(layout.num_dst, H, C, dtype=stats)
-    msg_weight = x.new_empty(max(layout.num_kept, 1), H, dtype=stats)
-    grad_logit = torch.empty_like(msg_weight)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
     meta = _meta(ops)
@@ -332,8 +352,8 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
             grad_alpha, cot.grad_out, cot.lse, cot.delta, layout.dst_ptr,
             layout.dst_col, layout.dst_eid, grad_xr,
             grad_edge if want_edge_grad else x,
-            grad_loop if want_edge_grad else x, grad_att_rows, msg_weight,
-            grad_logit, H, C, layout.num_edges, ops.negative_slope,
+            grad_loop if want_edge_grad else x, grad_att_rows, H, C,
+            layout.num_edges, ops.negative_slope,
             HAS_EDGE=ops.edge_term is not None,
             HAS_MASK=ops.dropout_mask is not None,
             HAS_GRAD_ALPHA=cot.grad_alpha is not None,
@@ -342,10 +362,11 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         ptr, pos, row = layout.csc
         if layout.num_src > 0:
             _backward_src[(layout.num_src, )](
-                ops.x_l, ops.x_r, ops.att, edge_term, loop_term,
-                cot.grad_out, ptr, pos, row, layout.dst_eid, msg_weight,
-                grad_logit, grad_xl, H, C, layout.num_edges,
+                ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+                grad_alpha, cot.grad_out, cot.lse, cot.delta, ptr, pos, row,
+                layout.dst_eid, grad_xl, H, C, layout.num_edges,
                 ops.negative_slope, HAS_EDGE=ops.edge_term is not None,
-                **meta)
+                HAS_MASK=ops.dropout_mask is not None,
+                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)
     grad_att = grad_att_rows.sum(dim=0).to(ops.att.dtype)
     return Gradients(grad_xl, grad_xr, grad_att, grad_edge, grad_loop)
