@@ -7,9 +7,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from _fused_cases import BACKENDS, features, graph, random_graph, reference
+from _fused_cases import (
+    BACKENDS,
+    dropout_mask,
+    features,
+    graph,
+    outputs_and_grads,
+    random_graph,
+    reference,
+)
 
 from pyg_gatv2.fused import (
+    backends,
     clear_layout_cache,
     cpp_library,
     edge_layout,
@@ -66,6 +75,101 @@ def test_torch_sort_builds_the_same_layout_as_the_counting_sort(
                            getattr(with_library, name)), name
     for ours, theirs in zip(without.csc, with_library.csc, strict=True):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize('add_self_loops', [False, True])
+def test_int32_indices_give_an_int32_layout_where_torch_sorts(
+        add_self_loops, monkeypatch):
+    # Where the library does not build the layout (a GPU, or no library),
+    # int32 indices give an int32 layout with the same entries.
+    edge_index = graph(40, 30, 400, seed=2)
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    wide = layout._build(edge_index, 40, 30, add_self_loops, 'test')
+    narrow = layout._build(edge_index.int(), 40, 30, add_self_loops, 'test')
+    ours = [narrow.dst_ptr, narrow.dst_col, narrow.dst_eid, narrow.dst_row,
+            *narrow.csc]
+    theirs = [wide.dst_ptr, wide.dst_col, wide.dst_eid, wide.dst_row,
+              *wide.csc]
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert a.dtype == torch.int32 and b.dtype == torch.int64, i
+        assert torch.equal(a.long(), b), i
+    assert torch.equal(narrow.kept_eid, wide.kept_eid)
+
+
+def test_index_dtype(monkeypatch):
+    narrow = torch.zeros(2, 10, dtype=torch.int32)
+    assert layout.index_dtype(narrow, 5, 5, True) == (
+        torch.int64 if cpp_library.load() is not None else torch.int32)
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    assert layout.index_dtype(narrow, 5, 5, True) == torch.int32
+    assert layout.index_dtype(narrow.long(), 5, 5, True) == torch.int64
+    # Offsets up to int32's range: 2**31 - 9 edges (a view of no memory)
+    # and up to 8 self-loops.
+    many = narrow[:, :1].expand(2, 2**31 - 9)
+    assert layout.index_dtype(many, 7, 7, True) == torch.int32
+    assert layout.index_dtype(many, 8, 8, True) == torch.int64
+    assert layout.index_dtype(many, 8, 8, False) == torch.int32
+
+
+@pytest.mark.parametrize('backend', ['torch', 'triton'])
+def test_int32_layouts_give_the_int64_results(backend, monkeypatch):
+    # Every backend that runs where torch sorts reads int32 layouts: the
+    # same outputs and gradients as with int64 ones, bit for bit.
+    if backend not in backends.available():
+        pytest.skip(f'{backend} cannot run here: '
+                    f'{backends.get(backend, "test").unavailable_reason()}')
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    edge_index = graph(9, 7, 40, seed=3)
+    x_l, x_r, att, et, loop_et = features(9, 7, 40, 2, 3, torch.float64,
+                                          seed=3)
+    mask = dropout_mask(47, 2, torch.float64)
+
+    def run(index):
+        return outputs_and_grads(lambda: fused_gatv2_attention(
+            x_l, x_r, att, index, et, loop_edge_term=loop_et,
+            add_self_loops=True, dropout_mask=mask,
+            return_attention_weights=True, backend=backend),
+            [x_l, x_r, att, et, loop_et])
+    for i, (a, b) in enumerate(zip(run(edge_index.int()), run(edge_index),
+                                   strict=True)):
+        assert torch.equal(a, b), i
+
+
+def test_int32_layouts_under_compile_and_double_backward(monkeypatch):
+    # The layout operator's fake gives int32 tensors where the real one
+    # does (opcheck), a compiled call takes int32 indices without a graph
+    # break, and second derivatives (the edge-wise reference) read them.
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    edge_index = graph(9, 7, 40, seed=4).int()
+    torch.library.opcheck(torch.ops.pyg_gatv2.edge_layout.default,
+                          (edge_index, 9, 7, True, 'test'))
+    assert all(t.dtype == torch.int32 for t in
+               torch.ops.pyg_gatv2.edge_layout(edge_index, 9, 7, True, 't'))
+    x_l, x_r, att, et, loop_et = features(9, 7, 40, 2, 3, torch.float64,
+                                          seed=4)
+    inputs = [x_l, x_r, att, et, loop_et]
+
+    def attention(index):
+        return fused_gatv2_attention(
+            x_l, x_r, att, index, et, loop_edge_term=loop_et,
+            add_self_loops=True, return_attention_weights=True,
+            backend='torch')
+
+    def second_order(index):
+        out, alpha = attention(index)
+        grads = torch.autograd.grad(out.square().sum() + alpha.sum(),
+                                    inputs, create_graph=True)
+        return torch.autograd.grad(sum(g.square().sum() for g in grads),
+                                   inputs)
+
+    for a, b in zip(second_order(edge_index), second_order(edge_index.long()),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch._dynamo.reset()
+    compiled = torch.compile(attention, fullgraph=True)
+    for a, b in zip(compiled(edge_index), attention(edge_index.long()),
+                    strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize('num_chunks', [1, 3, 8, 64])

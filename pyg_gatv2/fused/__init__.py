@@ -1,6 +1,6 @@
 """Fused, memory-efficient GATv2 attention (FlashAttention-style), as torch
 custom ops that :func:`torch.compile` and :func:`torch.export.export` see."""
-from .layout import EdgeLayout, clear_layout_cache, edge_layout
+from .layout import EdgeLayout, clear_layout_cache, edge_layout, index_dtype
 from .op import fused_gatv2_attention, kernel_width
 
 __all__ = [
@@ -9,4 +9,5 @@ __all__ = [
     'edge_layout',
     'EdgeLayout',
     'clear_layout_cache',
+    'index_dtype',
 ]

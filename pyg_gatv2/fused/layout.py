@@ -11,8 +11,9 @@ even one that bypasses autograd's version counter (through ``.data``,
 ``.numpy()`` or DLPack). On CPU the comparison reads ``2 * num_edges``
 integers, a small fraction of one kernel pass. On a GPU it would make the
 host wait for the device on every call, so there the version counter
-proves the indices unchanged, and the copy is compared only under
-``pyg_gatv2.set_validation('strict')``. An entry is dropped when its tensor
+proves the indices unchanged, and the copy is taken and compared only under
+``pyg_gatv2.set_validation('strict')`` (a layout built without one is
+rebuilt when strict validation finds it). An entry is dropped when its tensor
 is freed, and the cache keeps at most a few entries; it is safe to use from
 several threads.
 
@@ -40,13 +41,14 @@ from .. import checks
 from ..checks import check_edge_index, check_index_range
 from . import cpp_library
 
-__all__ = ['EdgeLayout', 'edge_layout', 'layout_of', 'clear_layout_cache']
+__all__ = ['EdgeLayout', 'edge_layout', 'layout_of', 'clear_layout_cache',
+           'index_dtype']
 
 _CACHE_SIZE = 8
-# key -> (weak reference to the tensor, copy of its indices, its version
-# counter, layout)
-_cache: 'OrderedDict[tuple, Tuple[weakref.ref, Tensor, int, EdgeLayout]]' = (
-    OrderedDict())
+# key -> (weak reference to the tensor, copy of its indices (None on a GPU
+# outside strict validation), its version counter, layout)
+_cache: ('OrderedDict[tuple, Tuple[weakref.ref, Optional[Tensor], int, '
+         'EdgeLayout]]') = OrderedDict()
 # The live layouts by the memory of their CSR tensors, so that layout_of
 # finds a layout from aliases of them too (autograd saves detached ones).
 _owners: 'weakref.WeakValueDictionary[tuple, EdgeLayout]' = (
@@ -73,6 +75,7 @@ class EdgeLayout:
         self_loops (bool): Whether the layout drops the edges ``i -> i`` of
             ``edge_index`` and adds the implicit self-loops.
         dst_ptr (torch.Tensor): CSR offsets, shape ``[num_dst + 1]``.
+            Layouts hold their indices in :func:`index_dtype`.
         dst_col (torch.Tensor): Source node of each CSR position.
         dst_eid (torch.Tensor): Virtual edge id of each CSR position.
         csr_tensors (tuple of torch.Tensor): ``dst_ptr``, ``dst_col`` and
@@ -118,7 +121,8 @@ class EdgeLayout:
         if self._dst_row is None:
             deg = self.dst_ptr.diff()
             self._dst_row = torch.repeat_interleave(
-                torch.arange(self.num_dst, device=deg.device), deg,
+                torch.arange(self.num_dst, dtype=deg.dtype,
+                             device=deg.device), deg,
                 output_size=self.num_kept)
         return self._dst_row
 
@@ -153,7 +157,7 @@ class EdgeLayout:
             return cpp_library.layout_by_source(self.dst_ptr, self.dst_col,
                                                 self.num_src)
         ptr, pos = _sort(self.dst_col, self.num_src)
-        return ptr, pos, self.dst_row[pos]
+        return ptr, pos.to(ptr.dtype), self.dst_row[pos]
 
     def bounds(self, by: str, num_chunks: int) -> np.ndarray:
         """Splits the destination (``by='dst'``) or source (``by='src'``)
@@ -174,7 +178,32 @@ class EdgeLayout:
 
 def _on_library(t: Tensor) -> bool:
     """Whether the C++ library builds the layouts of ``t``'s device."""
-    return t.device.type == 'cpu' and cpp_library.load() is not None
+    return _library_device(t.device)
+
+
+def _library_device(device: torch.device) -> bool:
+    return device.type == 'cpu' and cpp_library.load() is not None
+
+
+_INT32_MAX = torch.iinfo(torch.int32).max
+
+
+def index_dtype(edge_index: Tensor, num_src: int, num_dst: int,
+                add_self_loops: bool) -> torch.dtype:
+    """The dtype of the indices of the layout of ``edge_index``.
+
+    ``torch.int32`` where the caller's indices are int32, every offset of
+    the layout fits (edges plus self-loops below ``2**31``) and the layout
+    is not built by the C++ library (which builds int64 layouts on the
+    CPU): on a GPU, int32 indices halve the layout's memory and the bytes
+    its kernels read per edge. Else ``torch.int64``.
+    """
+    num_loops = min(num_src, num_dst) if add_self_loops else 0
+    fits = max(edge_index.size(1) + num_loops, num_src, num_dst) < _INT32_MAX
+    if (edge_index.dtype == torch.int32 and fits
+            and not _library_device(edge_index.device)):
+        return torch.int32
+    return torch.int64
 
 
 def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
@@ -182,8 +211,8 @@ def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
     and the stable order that sorts them, with torch's stable sort (where
     the C++ library does not build the layout)."""
     # Not bincount: it reads the maximum back to the host to size its
-    # output.
-    deg = torch.zeros(num_keys, dtype=torch.long, device=keys.device
+    # output. The counts and offsets are in the keys' dtype.
+    deg = torch.zeros(num_keys, dtype=keys.dtype, device=keys.device
                       ).index_add_(0, keys, torch.ones_like(keys))
     return _offsets(deg), torch.argsort(keys, stable=True)
 
@@ -203,8 +232,9 @@ def _offsets(deg: Tensor) -> Tensor:
 def _build(edge_index: Tensor, num_src: int, num_dst: int,
            add_self_loops: bool, caller: str,
            copy: Optional[Tensor] = None) -> EdgeLayout:
-    """Builds the layout of ``edge_index``, filling ``copy`` (int64, of its
-    shape) with its indices on the way, if given. The profiler shows it as
+    """Builds the layout of ``edge_index``, filling ``copy`` (of its shape,
+    int64 where the C++ library builds the layout) with its indices on the
+    way, if given. The profiler shows it as
     ``pyg_gatv2::build_layout_by_destination`` (and the CSC, built when
     backward first needs it, as ``pyg_gatv2::build_layout_by_source``)."""
     with torch.profiler.record_function(
@@ -217,7 +247,8 @@ def _build_csr(edge_index: Tensor, num_src: int, num_dst: int,
                add_self_loops: bool, caller: str,
                copy: Optional[Tensor]) -> EdgeLayout:
     check_edge_index(edge_index, caller)
-    edge_index = edge_index.long()
+    edge_index = edge_index.to(index_dtype(edge_index, num_src, num_dst,
+                                           add_self_loops))
     num_edges = edge_index.size(1)
     num_loops = min(num_src, num_dst) if add_self_loops else 0
     if _on_library(edge_index):
@@ -234,7 +265,8 @@ def _build_csr(edge_index: Tensor, num_src: int, num_dst: int,
         if copy is not None:
             copy.copy_(edge_index)
         src, dst = edge_index[0], edge_index[1]
-        eid = torch.arange(num_edges + num_loops, device=src.device)
+        eid = torch.arange(num_edges + num_loops, dtype=src.dtype,
+                           device=src.device)
         if add_self_loops:
             loop = eid[num_edges:] - num_edges
             # The edges i -> i that the loops replace sort under the key
@@ -245,6 +277,7 @@ def _build_csr(edge_index: Tensor, num_src: int, num_dst: int,
         # node and puts the implicit loop last, as PyG's add_self_loops does.
         ptr, perm = _sort(dst, num_dst + 1)
         col, eid = src[perm], eid[perm]
+        del perm
     ptr = ptr[:num_dst + 1]
     return EdgeLayout(num_src, num_dst, num_edges, num_loops,
                       add_self_loops, ptr, col, eid, num_kept=int(ptr[-1]))
@@ -286,8 +319,12 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
             if key in _cache:
                 _cache.move_to_end(key)
         return hit[3]
-    copy = torch.empty(edge_index.shape, dtype=torch.long,
-                       device=edge_index.device)
+    copy = None
+    if edge_index.device.type == 'cpu' or checks.is_strict():
+        copy = torch.empty(edge_index.shape, dtype=(
+            torch.long if _on_library(edge_index) else index_dtype(
+                edge_index, num_src, num_dst, add_self_loops)),
+            device=edge_index.device)
     layout = _build(edge_index, num_src, num_dst, add_self_loops, caller,
                     copy)
     # The entry goes when the tensor goes, so that a loop over fresh edge
@@ -301,7 +338,8 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
     return layout
 
 
-def _same_indices(copy: Tensor, version: int, edge_index: Tensor) -> bool:
+def _same_indices(copy: Optional[Tensor], version: int,
+                  edge_index: Tensor) -> bool:
     if edge_index.device.type == 'cpu':
         # One pass in the calling thread: torch.equal would go through the
         # intra-op thread pool, whose start-up costs more than the pass.
@@ -309,7 +347,9 @@ def _same_indices(copy: Tensor, version: int, edge_index: Tensor) -> bool:
     if edge_index._version != version:
         return False
     # The comparison waits for the device: only when asked for.
-    return not checks.is_strict() or torch.equal(copy, edge_index)
+    if not checks.is_strict():
+        return True
+    return copy is not None and torch.equal(copy, edge_index.to(copy.dtype))
 
 
 def layout_of(dst_ptr: Tensor, dst_col: Tensor, dst_eid: Tensor,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import backends, reference
-from .layout import EdgeLayout, edge_layout, layout_of
+from .layout import EdgeLayout, edge_layout, index_dtype, layout_of
 from .operands import Cotangents, Operands, stats_dtype
 
 __all__ = ['fused_gatv2_attention', 'kernel_width']
@@ -128,7 +128,8 @@ def _edge_layout_op(edge_index: Tensor, num_src: int, num_dst: int,
 def _(edge_index, num_src, num_dst, add_self_loops, caller):
     num_virtual = edge_index.size(1) + _num_loops(num_src, num_dst,
                                                   add_self_loops)
-    index = dict(dtype=torch.long, device=edge_index.device)
+    index = dict(dtype=index_dtype(edge_index, num_src, num_dst,
+                                   add_self_loops), device=edge_index.device)
     return (torch.empty(num_dst + 1, **index),
             torch.empty(num_virtual, **index),
             torch.empty(num_virtual, **index))

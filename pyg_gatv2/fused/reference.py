@@ -29,7 +29,9 @@ def attention(
 ) -> Tuple[Tensor, Tensor]:
     """Returns ``out`` [N_dst, H, C] and the softmax weights
     [virtual edges, H] of :func:`pyg_gatv2.fused.fused_gatv2_attention`."""
-    src, dst, eid = layout.dst_col, layout.dst_row, layout.dst_eid
+    # Scatters take int64 indices only (layouts may hold int32 ones).
+    src, dst, eid = (t.long() for t in (layout.dst_col, layout.dst_row,
+                                        layout.dst_eid))
     term = None
     if edge_term is not None:
         term = torch.cat([edge_term, loop_term])[eid]

@@ -90,8 +90,10 @@ def forward(ops: Operands, want_alpha: bool, chunk_size: int
         F.leaky_relu_(z, slope)
         torch.sum(z.mul_(att), dim=-1, out=logit[lo:hi])
     m = x_l.new_full((n, H), float('-inf'))
-    m.scatter_reduce_(0, row.view(-1, 1).expand(-1, H), logit, 'amax',
-                      include_self=False)
+    # scatter and index_copy take int64 indices only (layouts may hold int32
+    # ones).
+    m.scatter_reduce_(0, row.long().view(-1, 1).expand(-1, H), logit,
+                      'amax', include_self=False)
     total = x_l.new_zeros(n, H).index_add_(
         0, row, (logit - m.index_select(0, row)).exp_())
     lse = total.log_().add_(m)
@@ -106,7 +108,7 @@ def forward(ops: Operands, want_alpha: bool, chunk_size: int
     alpha = None
     if want_alpha:
         alpha = x_l.new_zeros(layout.num_virtual, H)
-        alpha.index_copy_(0, eid, prob)
+        alpha.index_copy_(0, eid.long(), prob)
     return out, lse, alpha
 
 
@@ -153,8 +155,9 @@ def backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         grad_xr.index_add_(0, r, dz)
         if want_edge_grad:
             loop = e >= layout.num_edges
-            grad_edge.index_copy_(0, e[~loop], dz[~loop])
-            grad_loop.index_copy_(0, e[loop] - layout.num_edges, dz[loop])
+            grad_edge.index_copy_(0, e[~loop].long(), dz[~loop])
+            grad_loop.index_copy_(0, e[loop].long() - layout.num_edges,
+                                  dz[loop])
         grad_xl.index_add_(0, j, dz.addcmul_(g, weight.unsqueeze(-1)))
     return Gradients(grad_xl, grad_xr, grad_att, grad_edge, grad_loop)
 

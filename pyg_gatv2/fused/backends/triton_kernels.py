@@ -23,7 +23,9 @@ heads.
   more than the sums they save.
 
 Every program writes only rows it owns: no atomics, so results are
-deterministic. Features are read in their storage dtype (float32, bfloat16,
+deterministic. The layout's indices may be int32 or int64; offsets into
+the features are computed in int64, so that rows past ``2**31`` entries
+are reached. Features are read in their storage dtype (float32, bfloat16,
 float16 or float64), which may be lower than that of the attention vector
 (bfloat16 projections under autocast beside a float32 ``att``: no float32
 copy of them is made); every sum is accumulated in float32 (float64 for a
@@ -107,8 +109,8 @@ def _in_edges(x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm,
     of every head, [BLOCK_E, BLOCK_H]."""
     k = lo + tl.arange(0, BLOCK_E)
     valid = k < end
-    src = tl.load(col + k, mask=valid, other=0)
-    e = tl.load(eid + k, mask=valid, other=0)
+    src = tl.load(col + k, mask=valid, other=0).to(tl.int64)
+    e = tl.load(eid + k, mask=valid, other=0).to(tl.int64)
     xj, z = _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, hc,
                             hcm, valid, H, C, num_edges, HAS_EDGE, ACC)
     act = tl.where(z > 0, z, z * slope)
@@ -123,7 +125,7 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
              WANT_ALPHA: tl.constexpr, BLOCK_E: tl.constexpr,
              BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
              ACC: tl.constexpr):
-    i = tl.program_id(0)
+    i = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
     hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
@@ -202,7 +204,7 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   BLOCK_E: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
                   ACC: tl.constexpr):
-    i = tl.program_id(0)
+    i = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
     hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
@@ -247,7 +249,7 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
                   BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
                   BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    j = tl.program_id(0)
+    j = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
     hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
@@ -260,8 +262,8 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
         q = lo + tl.arange(0, BLOCK_E)
         valid = q < end
         k = tl.load(pos + q, mask=valid, other=0)
-        i = tl.load(row + q, mask=valid, other=0)
-        e = tl.load(eid + k, mask=valid, other=0)
+        i = tl.load(row + q, mask=valid, other=0).to(tl.int64)
+        e = tl.load(eid + k, mask=valid, other=0).to(tl.int64)
         vm = valid[:, None, None] & hcm[None, :, :]
         vh = valid[:, None] & hmask[None, :]
         xi = tl.load(x_r + i[:, None, None] * (H * C) + hc[None, :, :],
