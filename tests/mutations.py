@@ -274,6 +274,13 @@ FAULTS = (
           '                HAS_MASK=False,\n'
           '                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)',
           (f'{TRITON}::test_matches_reference', )),
+    Fault('triton_backward_dst_repeats_the_last_node',
+          'Triton backward by destination: a program\'s nodes past the last '
+          'one run over the last node\'s edges again',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          '        end = tl.where(here, tl.load(ptr + i + 1), start)',
+          '        end = tl.load(ptr + i + 1)',
+          (f'{TRITON}::test_a_skewed_graph', )),
     Fault('triton_grad_xr_scaled',
           'Triton backward by destination: gradient of x_r scaled by 1.01',
           'pyg_gatv2/fused/backends/triton_kernels.py',

@@ -354,13 +354,20 @@ def test_out_degrees_across_blocks(device, degree, add_self_loops,
     'add_self_loops,edge_term,want_alpha,dropout',
     [(False, False, True, False), (True, True, True, False),
      (True, True, False, True), (False, True, False, False)])
+@pytest.mark.parametrize('nodes_per_program', [1, 16])
 @pytest.mark.parametrize('device', DEVICES)
 def test_a_skewed_graph(device, add_self_loops, edge_term, want_alpha,
-                        dropout):
+                        dropout, nodes_per_program, monkeypatch):
     # Node 0 receives 300 edges and node 1 sends 150; the other nodes have
     # 0 to 3 in-edges each, so that some have none, and only nodes below
-    # 40 send any.
+    # 40 send any. With 16 destinations per program of the backward by
+    # destination (as on graphs of a million nodes), the last program has
+    # 12.
+    from pyg_gatv2.fused.backends import triton_kernels
     num_nodes, senders = 60, 40
+    if nodes_per_program > 1:
+        monkeypatch.setattr(triton_kernels, '_MANY_NODES', num_nodes)
+    assert triton_kernels._nodes_per_program(num_nodes) == nodes_per_program
     gen = torch.Generator().manual_seed(9)
     into_hub = torch.stack([torch.randint(0, senders, (300, ),
                                           generator=gen),

@@ -13,8 +13,8 @@ heads.
   written.
 - ``_backward_dst``: per destination node, the logits are recomputed; it
   writes the gradients of ``x_r`` and of the edge terms and the node's share
-  of the gradient of ``att`` (summed over nodes afterwards, in a fixed
-  order).
+  of the gradient of ``att`` (one row per program, which on large graphs
+  runs several nodes; the rows are summed afterwards, in a fixed order).
 - ``_backward_src``: per source node, its out-edges (CSC order): the
   gradient of ``x_l``. The message weights and logit gradients are
   recomputed here from the log-sum-exp and ``D`` of each destination, as
@@ -54,6 +54,19 @@ __all__ = ['run_forward', 'run_backward']
 _TILE = 2048
 _MAX_BLOCK_E = 32
 _NUM_WARPS = 4
+# Destinations per program of the backward pass by destination, on graphs
+# of at least _MANY_NODES of them: each program then writes one row of
+# partial gradients of 'att' (float32) for all its nodes instead of one per
+# node, which on large graphs took more memory than the features.
+_NODES_PER_PROGRAM = 16
+_MANY_NODES = 2**20
+
+
+def _nodes_per_program(num_dst: int) -> int:
+    """Destinations per program of :func:`_backward_dst`: one on smaller
+    graphs, whose nodes are few enough to leave the device idle in
+    larger programs."""
+    return _NODES_PER_PROGRAM if num_dst >= _MANY_NODES else 1
 
 
 def _block_e(heads: int, channels: int) -> int:
@@ -198,48 +211,59 @@ def _weight_and_logit_grad(s, xj, g, lse, delta, mask, grad_alpha, e, h, vh,
 @triton.jit
 def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   grad_out, lse, delta, ptr, col, eid, grad_xr, grad_edge,
-                  grad_loop, grad_att_rows, H, C, num_edges, slope,
+                  grad_loop, grad_att_rows, num_dst, H, C, num_edges, slope,
                   HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
                   HAS_GRAD_ALPHA: tl.constexpr, WANT_EDGE_GRAD: tl.constexpr,
-                  BLOCK_E: tl.constexpr,
+                  NODES: tl.constexpr, BLOCK_E: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
                   ACC: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64)
+    """``NODES`` destinations per program, one after the other; their shares
+    of the gradient of ``att`` are summed into one row per program."""
+    program = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
     hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
     a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
-    g = tl.load(grad_out + i * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
-    node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
-    node_delta = tl.load(delta + i * H + h, mask=hmask, other=0.0).to(ACC)
-    start = tl.load(ptr + i)
-    end = tl.load(ptr + i + 1)
-    g_xr = tl.zeros((BLOCK_H, BLOCK_C), ACC)
     g_att = tl.zeros((BLOCK_H, BLOCK_C), ACC)
-    for lo in range(start, end, BLOCK_E):
-        k, valid, e, xj, z, act, s = _in_edges(
-            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm, a,
-            H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
-        vh = valid[:, None] & hmask[None, :]
-        dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
-        w, ds = _weight_and_logit_grad(
-            s, xj, g[None, :, :], node_lse[None, :], node_delta[None, :],
-            mask, grad_alpha, e, h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
-        dz = ds[:, :, None] * dact
-        g_xr += tl.sum(dz, axis=0)
-        g_att += tl.sum(ds[:, :, None] * act, axis=0)
-        if WANT_EDGE_GRAD:
-            vm = valid[:, None, None] & hcm[None, :, :]
-            is_edge = (e < num_edges)[:, None, None]
-            tl.store(grad_edge + e[:, None, None] * (H * C) + hc[None, :, :],
-                     dz.to(grad_edge.dtype.element_ty), mask=vm & is_edge)
-            tl.store(
-                grad_loop + (e[:, None, None] - num_edges) * (H * C)
-                + hc[None, :, :], dz.to(grad_loop.dtype.element_ty),
-                mask=vm & ~is_edge)
-    tl.store(grad_xr + i * (H * C) + hc,
-             g_xr.to(grad_xr.dtype.element_ty), mask=hcm)
-    tl.store(grad_att_rows + i * (H * C) + hc, g_att, mask=hcm)
+    for n in range(NODES):
+        # A program's nodes past the last one read the last node's rows,
+        # run over no edges and write nothing.
+        i = tl.minimum(program * NODES + n, num_dst - 1)
+        here = program * NODES + n < num_dst
+        g = tl.load(grad_out + i * (H * C) + hc, mask=hcm,
+                    other=0.0).to(ACC)
+        node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
+        node_delta = tl.load(delta + i * H + h, mask=hmask,
+                             other=0.0).to(ACC)
+        start = tl.load(ptr + i)
+        end = tl.where(here, tl.load(ptr + i + 1), start)
+        g_xr = tl.zeros((BLOCK_H, BLOCK_C), ACC)
+        for lo in range(start, end, BLOCK_E):
+            k, valid, e, xj, z, act, s = _in_edges(
+                x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm,
+                a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+            vh = valid[:, None] & hmask[None, :]
+            dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
+            w, ds = _weight_and_logit_grad(
+                s, xj, g[None, :, :], node_lse[None, :], node_delta[None, :],
+                mask, grad_alpha, e, h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
+            dz = ds[:, :, None] * dact
+            g_xr += tl.sum(dz, axis=0)
+            g_att += tl.sum(ds[:, :, None] * act, axis=0)
+            if WANT_EDGE_GRAD:
+                vm = valid[:, None, None] & hcm[None, :, :]
+                is_edge = (e < num_edges)[:, None, None]
+                tl.store(
+                    grad_edge + e[:, None, None] * (H * C) + hc[None, :, :],
+                    dz.to(grad_edge.dtype.element_ty), mask=vm & is_edge)
+                tl.store(
+                    grad_loop + (e[:, None, None] - num_edges) * (H * C)
+                    + hc[None, :, :], dz.to(grad_loop.dtype.element_ty),
+                    mask=vm & ~is_edge)
+        tl.store(grad_xr + i * (H * C) + hc,
+                 g_xr.to(grad_xr.dtype.element_ty),
+                 mask=hcm & (hc * 0 + program * NODES + n < num_dst))
+    tl.store(grad_att_rows + program * (H * C) + hc, g_att, mask=hcm)
 
 
 @triton.jit
@@ -344,22 +368,24 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     edge_term, loop_term = _edge_terms(ops)
     grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
         ops, want_edge_grad, want_src_grad)
-    grad_att_rows = x.new_zeros(layout.num_dst, H, C, dtype=stats)
+    nodes = _nodes_per_program(layout.num_dst)
+    programs = triton.cdiv(layout.num_dst, nodes)
+    grad_att_rows = x.new_zeros(programs, H, C, dtype=stats)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
     meta = _meta(ops)
     if layout.num_dst > 0:
-        _backward_dst[(layout.num_dst, )](
+        _backward_dst[(programs, )](
             ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
             grad_alpha, cot.grad_out, cot.lse, cot.delta, layout.dst_ptr,
             layout.dst_col, layout.dst_eid, grad_xr,
             grad_edge if want_edge_grad else x,
-            grad_loop if want_edge_grad else x, grad_att_rows, H, C,
-            layout.num_edges, ops.negative_slope,
+            grad_loop if want_edge_grad else x, grad_att_rows,
+            layout.num_dst, H, C, layout.num_edges, ops.negative_slope,
             HAS_EDGE=ops.edge_term is not None,
             HAS_MASK=ops.dropout_mask is not None,
             HAS_GRAD_ALPHA=cot.grad_alpha is not None,
-            WANT_EDGE_GRAD=want_edge_grad, **meta)
+            WANT_EDGE_GRAD=want_edge_grad, NODES=nodes, **meta)
     if want_src_grad:
         ptr, pos, row = layout.csc
         if layout.num_src > 0:
