@@ -17,16 +17,21 @@
 #   tests     the tests marked cuda (the choice of Triton for CUDA tensors,
 #             the Triton kernels on the device, their randomised parity, no
 #             host sync in a steady-state step, the compiled model);
-#   products  the scale of ogbn-products: 2.4M nodes, 62M edges, full
-#             batch.
+#   scale     benchmarks/scale.py: the largest full-batch step that fits,
+#             on graphs drawn on the device, of 62M (ogbn-products), 250M
+#             and 1B edges, bfloat16, our indices int32, with PyG eager and
+#             compiled until they run out of memory;
+#   products  (by name only; scale's first size is the same graph)
+#             kernels.py at the scale of ogbn-products: 2.4M nodes, 62M
+#             edges, float32.
 #
-# Each step has its own time limit (about 8 minutes in all), and a failed
+# Each step has its own time limit (about 9 minutes in all), and a failed
 # step does not stop the next. Reports go to OUT (default
 # benchmarks/results).
 set -u
 out=${1:-benchmarks/results}
 shift $(( $# > 0 ? 1 : 0 ))
-steps=${*:-float32 bfloat16 autocast powerlaw tests products}
+steps=${*:-float32 bfloat16 autocast powerlaw tests scale}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -59,13 +64,18 @@ for step in $steps; do
             tests/test_fused_backends.py tests/test_fused_backends_triton.py \
             tests/test_fused_op.py tests/test_fused_op_random.py 2>&1 \
             | tee "$out/cuda_tests.log" | tail -n 30 ;;
+    scale)
+        gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits \
+              | head -n 1 | awk '{print $1 / 1024}')
+        timeout 180 $py benchmarks/scale.py --max-memory "$gib" --timeout 120 \
+            --out "$out" ;;
     products)
         timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
             --max-memory 1000 --name kernels_cuda_products \
             --impls pyg,pyg_compile,fused_triton ;;
     *)
         echo "unknown step '$step': choose from float32 bfloat16 autocast" \
-             "powerlaw tests products" ;;
+             "powerlaw tests scale products" ;;
     esac
 done
 echo "== $(date +%T) done"
