@@ -172,6 +172,26 @@ def _(x_l, x_r, att, dst_ptr, dst_col, dst_eid, edge_term, loop_term,
             att.new_empty(num_virtual if want_alpha else 0, att.size(0)))
 
 
+# Entries of [N, H, C] converted at a time by _row_dots: 256 MiB in float32.
+_DOT_CHUNK = 2**26
+
+
+def _row_dots(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """``<a_nh, b_nh>`` over the channels, ``[N, H]``, summed in
+    :obj:`dtype`. Inputs stored in another dtype (bfloat16 outputs beside
+    float32 statistics) are converted a chunk of rows at a time, so that
+    no full-size copy of either is made."""
+    if a.dtype == dtype and b.dtype == dtype:
+        return torch.einsum('nhc,nhc->nh', a, b)
+    rows = max(1, _DOT_CHUNK // max(1, a.size(1) * a.size(2)))
+    dots = a.new_empty(a.shape[:2], dtype=dtype)
+    for lo in range(0, a.size(0), rows):
+        dots[lo:lo + rows] = torch.einsum(
+            'nhc,nhc->nh', a[lo:lo + rows].to(dtype),
+            b[lo:lo + rows].to(dtype))
+    return dots
+
+
 @torch.library.custom_op('pyg_gatv2::gatv2_attention_backward',
                          mutates_args=())
 def _attention_backward_op(
@@ -208,8 +228,7 @@ def _attention_backward_op(
         # expression per edge, with no extra pass over the edges. (einsum
         # runs it as a batched dot product, without a [N, H, C] product.)
         # It is summed in the dtype of the log-sum-exp.
-        delta = torch.einsum('nhc,nhc->nh', grad_out.to(lse.dtype),
-                             out.to(lse.dtype))
+        delta = _row_dots(grad_out, out, lse.dtype)
         if grad_alpha is not None:
             weighted = (alpha * grad_alpha)[ops.layout.dst_eid]
             delta.index_add_(0, ops.layout.dst_row, weighted.to(lse.dtype))
