@@ -233,6 +233,13 @@ class GATv2Conv(MessagePassing):
                 f"the fused path does not support {blocker}; build it with "
                 'fused=None to fall back to message passing')
 
+        layout = None
+        if blocker is None and not torch.compiler.is_compiling():
+            # Sorted before the projections exist, so that a large graph's
+            # first step does not hold the sort's work space beside them.
+            layout = edge_layout(_as_tensor(edge_index), x_src.size(0),
+                                 x_dst.size(0), self.add_self_loops,
+                                 caller=self.__class__.__name__)
         res: Optional[Tensor] = None
         if self.res is not None:
             res = self.res(x_dst)
@@ -245,8 +252,8 @@ class GATv2Conv(MessagePassing):
 
         want_alpha = bool(return_attention_weights)
         if blocker is None:
-            out, attention = self._fused_attention(x_l, x_r, edge_index,
-                                                   edge_attr, want_alpha)
+            out, attention = self._fused_attention(
+                x_l, x_r, edge_index, layout, edge_attr, want_alpha)
         else:
             out, attention = self._propagate_attention(
                 x_l, x_r, edge_index, edge_attr, want_alpha)
@@ -305,7 +312,8 @@ class GATv2Conv(MessagePassing):
         return None
 
     def _fused_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Tensor,
-                         edge_attr: OptTensor, want_alpha: bool):
+                         layout: Optional[EdgeLayout], edge_attr: OptTensor,
+                         want_alpha: bool):
         """Attention and aggregation on the fused operator.
 
         Existing self-loops are skipped and one implicit loop per node is
@@ -316,23 +324,20 @@ class GATv2Conv(MessagePassing):
         asked for, ``(edge_index, alpha)`` as message passing returns them
         (self-loops removed and appended, alpha after dropout).
 
-        Under :func:`torch.compile` the layout is the custom op
+        ``layout`` is that of ``edge_index``, which :meth:`forward` builds
+        (or finds cached) before projecting. Under :func:`torch.compile`
+        it is :obj:`None`: the layout is the custom op
         ``pyg_gatv2::edge_layout``, and nothing here waits for data: the
         dropout mask covers every edge (those that self-loops replace are
         never read), and only ``edge_attr`` or attention weights with
         self-loops, whose edge counts depend on the data, break the graph.
         """
         raw_index = edge_index
-        if isinstance(edge_index, EdgeIndex):
-            edge_index = edge_index.as_tensor()
+        edge_index = _as_tensor(edge_index)
         loops = self.add_self_loops
         num_src, num_dst = x_l.size(0), x_r.size(0)
         num_loops = min(num_src, num_dst) if loops else 0
         num_virtual = edge_index.size(1) + num_loops
-        layout = None
-        if not torch.compiler.is_compiling():
-            layout = edge_layout(edge_index, num_src, num_dst, loops,
-                                 caller=self.__class__.__name__)
 
         # The attention runs in the dtype that message passing computes it
         # in: that of the features and 'att' promoted (float32 when autocast
@@ -537,6 +542,14 @@ class GATv2Conv(MessagePassing):
         if edge_attr is not None:
             checks.check_edge_attr(edge_attr, self.lin_edge, self.edge_dim,
                                    num_edges, name)
+
+
+def _as_tensor(edge_index: Tensor) -> Tensor:
+    """The plain tensor of an :class:`~torch_geometric.EdgeIndex`, or
+    ``edge_index`` itself."""
+    if isinstance(edge_index, EdgeIndex):
+        return edge_index.as_tensor()
+    return edge_index
 
 
 def _cast(x: Tensor, dtype: torch.dtype) -> Tensor:

@@ -288,6 +288,28 @@ def test_self_loop_features_of_a_bipartite_graph(fused):
     torch.testing.assert_close(alpha, ref_alpha)
 
 
+def test_fused_forward_sorts_the_edges_before_projecting(monkeypatch):
+    # A large graph's first step then never holds the sort's work space and
+    # the projections at once: the layout comes before the first
+    # projection, and the operator gets that layout.
+    from pyg_gatv2 import conv as conv_module
+    conv = GATv2Conv(8, 4, heads=2, fused=True)
+    x = torch.randn(10, 8)
+    edge_index = torch.randint(0, 10, (2, 30))
+    reference = GATv2Conv(8, 4, heads=2, fused=False)
+    reference.load_state_dict(conv.state_dict())
+    expected = reference(x, edge_index)
+    calls = []
+    build = conv_module.edge_layout
+    monkeypatch.setattr(conv_module, 'edge_layout', lambda *a, **k: (
+        calls.append('layout') or build(*a, **k)))
+    project = GATv2Conv._project
+    monkeypatch.setattr(GATv2Conv, '_project', lambda *a: (
+        calls.append('project') or project(*a)))
+    torch.testing.assert_close(conv(x, edge_index), expected)
+    assert calls == ['layout', 'project', 'project']
+
+
 def test_hand_made_graph():
     # Node 2 receives from 0 and 1 with equal logits when x_0 == x_1, so it
     # gets the plain mean of their projections; node 0 and 1 get nothing.
