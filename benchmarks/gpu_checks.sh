@@ -21,6 +21,11 @@
 #             on graphs drawn on the device, of 62M (ogbn-products), 250M
 #             and 1B edges, bfloat16, our indices int32, with PyG eager and
 #             compiled until they run out of memory;
+#   turbo     (by name only) benchmarks/vs_turbo_gnn.py: our attention
+#             operator beside turbo-gnn's at N=200k, E=4M, uniform and
+#             power-law; turbo-gnn is built first where it is not
+#             installed, from the source archive $TURBO_GNN_SDIST (pip
+#             download --no-deps turbo-gnn), which needs nvcc;
 #   products  (by name only; scale's first size is the same graph)
 #             kernels.py at the scale of ogbn-products: 2.4M nodes, 62M
 #             edges, float32.
@@ -69,13 +74,29 @@ for step in $steps; do
               | head -n 1 | awk '{print $1 / 1024}')
         timeout 180 $py benchmarks/scale.py --max-memory "$gib" --timeout 120 \
             --out "$out" ;;
+    turbo)
+        if ! $py -c 'import turbo_gnn' 2>/dev/null; then
+            if [ -z "${TURBO_GNN_SDIST:-}" ]; then
+                echo "turbo-gnn is not installed and TURBO_GNN_SDIST is unset"
+            elif ! command -v nvcc >/dev/null; then
+                echo "turbo-gnn cannot build here: no nvcc (CUDA toolkit)"
+            else
+                TURBO_GNN_FORCE_BUILD=TRUE MAX_JOBS=16 timeout 300 \
+                    $py -m pip install --no-build-isolation --no-deps \
+                    --no-index "$TURBO_GNN_SDIST" 2>&1 | tail -n 20
+            fi
+        fi
+        for graph in uniform powerlaw; do
+            timeout 90 $py benchmarks/vs_turbo_gnn.py --graph $graph \
+                --name vs_turbo_gnn_$graph --out "$out"
+        done ;;
     products)
         timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
             --max-memory 1000 --name kernels_cuda_products \
             --impls pyg,pyg_compile,fused_triton ;;
     *)
         echo "unknown step '$step': choose from float32 bfloat16 autocast" \
-             "powerlaw tests scale products" ;;
+             "powerlaw tests scale turbo products" ;;
     esac
 done
 echo "== $(date +%T) done"
