@@ -18,7 +18,9 @@ initial weights and to agree on the first forward pass to 1e-5.
 Writes ``accuracy.md`` (the table, with the published numbers and the
 command), ``accuracy.csv``, ``accuracy.json`` (every seed) and
 ``accuracy_<dataset>.png`` (the training curves of ``pyg_gatv2``) into
-``--out``, and prints the Markdown. Times are wall-clock seconds of training
+``--out`` (``--name`` replaces ``accuracy``), and prints the Markdown.
+``--device cuda`` trains on the GPU (the epoch times of the two layers
+there). Times are wall-clock seconds of training
 on a machine that may be shared: compare the two implementations through the
 ratio of the same run, not across runs.
 """
@@ -102,9 +104,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help='keep training checkpoints here and resume from '
                         'them, so that an interrupted benchmark can be run '
                         'again to finish (default: none)')
+    parser.add_argument('--device', default='cpu',
+                        help='where to train (default: cpu)')
     parser.add_argument('--out', type=Path,
                         default=ROOT / 'benchmarks' / 'results',
                         help='output folder (default: benchmarks/results)')
+    parser.add_argument('--name', default='accuracy',
+                        help='file stem of the reports (default: accuracy)')
     args = parser.parse_args(argv)
     for name in ('seeds', 'epochs', 'patience', 'threads'):
         value = getattr(args, name)
@@ -144,6 +150,13 @@ def check_parity(dataset, settings: dict) -> float:
         raise AssertionError(f'the two implementations differ by {diff:.2e} '
                              f'on the first forward pass (> {TOLERANCE})')
     return diff
+
+
+def device_name(device: str) -> str:
+    """The device's name for the report: the GPU's model on CUDA."""
+    if torch.device(device).type == 'cuda':
+        return f'{device} ({torch.cuda.get_device_name(device)})'
+    return device
 
 
 def percent(mean: float, std: Optional[float]) -> str:
@@ -196,7 +209,7 @@ def run_dataset(name: str, args: argparse.Namespace,
                         lr=settings['lr'],
                         weight_decay=settings['weight_decay'])
         result = train_node_classifier(
-            build, dataset[0], range(args.seeds), recipe, device='cpu',
+            build, dataset[0], range(args.seeds), recipe, device=args.device,
             checkpoints=checkpoints, on_seed_end=report)
         rows.append(result_row(name, impl, result))
         summary = result.summary()
@@ -206,7 +219,7 @@ def run_dataset(name: str, args: argparse.Namespace,
         record[impl] = summary
         if impl == 'pyg_gatv2':
             plot_training_curves(
-                result, args.out / f'accuracy_{name.lower()}.png',
+                result, args.out / f'{args.name}_{name.lower()}.png',
                 title=f'GATv2 (pyg_gatv2) on {name}, GAT recipe')
     if not args.no_reference:
         ours, ref = record['pyg_gatv2'], record['torch_geometric']
@@ -267,7 +280,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         f'pyg_gatv2 {pyg_gatv2.__version__}, torch {torch.__version__}, '
         f'torch_geometric {torch_geometric.__version__}, Python '
         f'{platform.python_version()}, {torch.get_num_threads()} CPU '
-        f'thread(s), {os.cpu_count()} cores, {cpp_level()}; '
+        f'thread(s), {os.cpu_count()} cores, {cpp_level()}, trained on '
+        f'{device_name(args.device)}; '
         f'{time.perf_counter() - tic:.0f} s in all.\n\n'
         'Test accuracy at the best validation epoch, mean ± standard '
         'deviation over seeds (ddof=0); public split; GAT paper settings. '
@@ -276,9 +290,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     markdown = header + '\n' + table + '\n'
     if notes:
         markdown += '\n' + '\n'.join(f'- {note}' for note in notes) + '\n'
-    (args.out / 'accuracy.md').write_text(markdown)
-    write_csv(args.out / 'accuracy.csv', rows, COLUMNS)
-    (args.out / 'accuracy.json').write_text(json.dumps(
+    (args.out / f'{args.name}.md').write_text(markdown)
+    write_csv(args.out / f'{args.name}.csv', rows, COLUMNS)
+    (args.out / f'{args.name}.json').write_text(json.dumps(
         {'command': command_line(), 'datasets': records}, indent=2) + '\n')
     print(markdown)
     return 0

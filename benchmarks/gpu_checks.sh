@@ -26,6 +26,11 @@
 #             power-law; turbo-gnn is built first where it is not
 #             installed, from the source archive $TURBO_GNN_SDIST (pip
 #             download --no-deps turbo-gnn), which needs nvcc;
+#   planetoid (by name only) benchmarks/accuracy.py on the GPU: Cora and
+#             CiteSeer, 3 seeds, ours and PyG's layer, test accuracy and
+#             time per epoch; reads the raw files from $PYG_GATV2_RAW_DIR;
+#   compile   (by name only) benchmarks/compile.py on the GPU: a 2-layer
+#             model under torch.compile, ours and PyG's, N=200k, E=4M;
 #   products  (by name only; scale's first size is the same graph)
 #             kernels.py at the scale of ogbn-products: 2.4M nodes, 62M
 #             edges, float32.
@@ -90,13 +95,19 @@ for step in $steps; do
             timeout 90 $py benchmarks/vs_turbo_gnn.py --graph $graph \
                 --name vs_turbo_gnn_$graph --out "$out"
         done ;;
+    planetoid)
+        timeout 150 $py benchmarks/accuracy.py --device cuda --datasets Cora \
+            CiteSeer --seeds 3 --name accuracy_cuda --out "$out" ;;
+    compile)
+        timeout 200 $py benchmarks/compile.py --device cuda --nodes 200000 \
+            --name compile_cuda --out "$out" ;;
     products)
         timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
             --max-memory 1000 --name kernels_cuda_products \
             --impls pyg,pyg_compile,fused_triton ;;
     *)
         echo "unknown step '$step': choose from float32 bfloat16 autocast" \
-             "powerlaw tests scale turbo products" ;;
+             "powerlaw tests scale turbo planetoid compile products" ;;
     esac
 done
 echo "== $(date +%T) done"
