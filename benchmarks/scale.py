@@ -33,7 +33,7 @@ weights, on the subgraph of their in-edges (a wrong kernel at this scale
 would otherwise pass unseen).
 
 Writes ``scale.md`` (the command, the machine, the table) and
-``scale.csv`` into ``--out``, and prints the Markdown.
+``scale.csv`` into ``--out`` after every row, and prints the Markdown.
 """
 import argparse
 import os
@@ -183,6 +183,15 @@ def device_memory(device: torch.device) -> float:
     return float(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
 
 
+def device_name(device: torch.device) -> str:
+    """The device and its memory, for the report (asked in the workers:
+    the parent process keeps off the GPU, whose memory they need)."""
+    total = device_memory(device) / GiB
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)}, {total:.1f} GiB'
+    return f'CPU, {total:.1f} GiB of RAM'
+
+
 def out_of_memory(error: BaseException) -> bool:
     return (isinstance(error, torch.OutOfMemoryError)
             or 'out of memory' in str(error).lower())
@@ -222,6 +231,7 @@ def run_worker(spec: dict) -> dict:
         result['step_s'] = statistics.median(times)
         result['peak_bytes'] = process_peak(device)
         result['device_bytes'] = device_memory(device)
+        result['device'] = device_name(device)
         if impl == 'ours' and spec['check_nodes'] > 0:
             layer.zero_grad(set_to_none=True)
             with torch.no_grad():
@@ -266,11 +276,12 @@ def check_sampled(layer: torch.nn.Module, x: torch.Tensor,
 # The sweep. -----------------------------------------------------------------
 
 
-def sweep(args: argparse.Namespace,
-          run: Callable[[dict], dict]) -> list[dict]:
+def sweep(args: argparse.Namespace, run: Callable[[dict], dict],
+          on_row: Callable[[list[dict]], None] = lambda rows: None
+          ) -> list[dict]:
     """Every size for every implementation still standing; ``run(spec)``
     runs one (a fresh process in :func:`main`) or raises
-    :class:`WorkerFailed`."""
+    :class:`WorkerFailed`; ``on_row(rows)`` follows every row."""
     rows, standing = [], list(args.impls)
     for edges in args.edges:
         nodes = nodes_of(edges, args.degree)
@@ -300,7 +311,7 @@ def sweep(args: argparse.Namespace,
                     first_step_s=f"{result['first_step_s']:.2f}",
                     step_ms=f"{result['step_s'] * 1e3:.1f}",
                     peak_gib=f"{result['peak_bytes'] / GiB:.2f}",
-                    peak_share=f'{share:.2f}')
+                    peak_share=f'{share:.2f}', device=result['device'])
                 check = result.get('check')
                 if check is not None:
                     row['check_max_rel_error'] = (
@@ -311,6 +322,7 @@ def sweep(args: argparse.Namespace,
             if row['status'] != 'ok':
                 standing.remove(impl)
             rows.append(row)
+            on_row(rows)
             print(f"  {row['status']}"
                   + (f", step {row['step_ms']} ms, peak {row['peak_gib']} "
                      'GiB' if 'step_ms' in row else ''), flush=True)
@@ -318,13 +330,8 @@ def sweep(args: argparse.Namespace,
 
 
 def report(args: argparse.Namespace, rows: list[dict]) -> str:
-    device = torch.device(args.device)
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        total = device_memory(device) / GiB
-        device_line = f'{name}, {total:.1f} GiB'
-    else:
-        device_line = f'CPU, {device_memory(device) / GiB:.1f} GiB of RAM'
+    device_line = next((row['device'] for row in rows if 'device' in row),
+                       f'{args.device} (no run reached it)')
     largest = []
     for impl in args.impls:
         edges = max((r['edges'] for r in rows
@@ -335,7 +342,7 @@ def report(args: argparse.Namespace, rows: list[dict]) -> str:
     lines = [
         '# The largest full-batch training step on one device', '',
         f'Command: `{command_line()}`', '',
-        f'Machine: {machine(torch.get_num_threads(), device)}; '
+        f'Machine: {machine(torch.get_num_threads(), args.device)}; '
         f'{device_line}.', '',
         f'One GATv2 layer, {args.features} input features, {args.heads} '
         f'heads x {args.channels} channels, self-loops, {args.dtype} '
@@ -355,11 +362,15 @@ def report(args: argparse.Namespace, rows: list[dict]) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     from _common import run_isolated
     args = parse_args(argv)
+
+    def write(rows: list[dict]) -> None:
+        # After every row, so that a run cut short keeps what it measured.
+        write_report(args.out / args.name, report(args, rows), rows, COLUMNS)
+
     rows = sweep(args, lambda spec: run_isolated(run_worker, spec,
-                                                 timeout=args.timeout))
-    markdown = report(args, rows)
-    print(markdown)
-    write_report(args.out / args.name, markdown, rows, COLUMNS)
+                                                 timeout=args.timeout),
+                 on_row=write)
+    print(report(args, rows))
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ def test_small_sweep_runs_and_checks_ours(tmp_path):
     markdown = (tmp_path / 'scale.md').read_text()
     assert 'Largest size that ran: PyG GATv2Conv (eager) 6,000 edges' in (
         markdown)
+    assert 'GiB of RAM.' in markdown
 
 
 def spec_of(**changes):
@@ -84,11 +85,17 @@ def test_an_implementation_out_of_memory_is_not_run_at_larger_sizes():
         if spec['impl'] == 'ours' and spec['edges'] == 4000:
             return dict(status='ok', first_step_s=1.0, step_s=0.5,
                         peak_bytes=2.0**30, device_bytes=2.0**32,
+                        device='GPU X, 4.0 GiB',
                         check=dict(nodes=30, edges=300, max_rel_error=0.5,
                                    ok=False))
         return dict(status='ok', first_step_s=1.0, step_s=0.5,
-                    peak_bytes=2.0**30, device_bytes=2.0**32)
-    rows = scale.sweep(args, run)
+                    peak_bytes=2.0**30, device_bytes=2.0**32,
+                    device='GPU X, 4.0 GiB')
+    written = []
+    rows = scale.sweep(args, run, on_row=lambda rows: written.append(
+        len(rows)))
+    # The report is written after every row.
+    assert written == [1, 2, 3, 4, 5, 6]
     assert calls == [('pyg', 1000), ('pyg_compile', 1000), ('ours', 1000),
                      ('pyg', 2000), ('ours', 2000), ('ours', 4000)]
     assert [r['status'] for r in rows] == [
@@ -96,6 +103,7 @@ def test_an_implementation_out_of_memory_is_not_run_at_larger_sizes():
         'out of memory', 'ok', 'MISMATCH']
     assert rows[0]['step_ms'] == '500.0' and rows[0]['peak_share'] == '0.25'
     markdown = scale.report(args, rows)
+    assert '; GPU X, 4.0 GiB.' in markdown
     assert ('Largest size that ran: PyG GATv2Conv (eager) 1,000 edges; '
             'PyG GATv2Conv (torch.compile) none; ours, fused 2,000 edges.'
             ) in markdown
@@ -112,7 +120,7 @@ def test_pyg_is_skipped_where_its_projected_peak_is_too_large():
     ran = []
     rows = scale.sweep(args, lambda spec: ran.append(spec['impl']) or dict(
         status='ok', first_step_s=1.0, step_s=0.5, peak_bytes=1.0,
-        device_bytes=2.0))
+        device_bytes=2.0, device='CPU'))
     assert ran == ['pyg_compile', 'ours']
     assert rows[0]['status'] == 'skipped (projected 0.000358 GiB > 0.000279)'
 

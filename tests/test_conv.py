@@ -243,6 +243,34 @@ def test_gradcheck(path, kernels_used):
     assert_ran_on(path, kernels_used)
 
 
+@pytest.mark.parametrize('fill_value', ['mean', 0.5])
+def test_int32_indices_where_torch_sorts_the_layout(fill_value, monkeypatch):
+    # As on a GPU: without the C++ library an int32 edge_index gets an
+    # int32 layout. Every option that reads the layout gives what int64
+    # indices give: edge features and their loops' fill, dropout under one
+    # seed, the attention weights and the gradients.
+    from pyg_gatv2.fused import cpp_library
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 5, generator=gen, dtype=torch.float64)
+    edge_index = torch.randint(0, 12, (2, 40), generator=gen)
+    edge_attr = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    conv = GATv2Conv(5, 4, heads=2, edge_dim=3, dropout=0.3,
+                     fill_value=fill_value, fused=True).double()
+    results = []
+    for index in (edge_index, edge_index.int()):
+        torch.manual_seed(0)
+        inputs = x.clone().requires_grad_()
+        out, (returned, alpha) = conv(inputs, index, edge_attr,
+                                      return_attention_weights=True)
+        grads = torch.autograd.grad(out.square().sum() + alpha.sum(),
+                                    [inputs, *conv.parameters()])
+        results.append([out, returned.long(), alpha, *grads])
+    for i, (a, b) in enumerate(zip(*results, strict=True)):
+        assert torch.equal(a, b), i
+    assert edge_layout(index, 12, 12, True).dst_col.dtype == torch.int32
+
+
 @pytest.mark.parametrize('fused', [None, False])
 def test_gradcheck_with_int32_indices(fused):
     conv = GATv2Conv(1, 2, share_weights=True, add_self_loops=False,

@@ -277,7 +277,6 @@ def _build_csr(edge_index: Tensor, num_src: int, num_dst: int,
         # node and puts the implicit loop last, as PyG's add_self_loops does.
         ptr, perm = _sort(dst, num_dst + 1)
         col, eid = src[perm], eid[perm]
-        del perm
     ptr = ptr[:num_dst + 1]
     return EdgeLayout(num_src, num_dst, num_edges, num_loops,
                       add_self_loops, ptr, col, eid, num_kept=int(ptr[-1]))
