@@ -363,7 +363,13 @@ class GATv2Conv(MessagePassing):
 
         att = self.att
         if width != self.out_channels:
-            att = F.pad(att, (0, width - self.out_channels))
+            # Zero channels up to 'width'. Copied in rather than padded: the
+            # gradient of a pad is a slice of the padded one, which with a
+            # single head keeps the padded strides, and DDP then warns that
+            # the gradient's strides differ from the parameter's.
+            channels = torch.arange(self.out_channels, device=att.device)
+            att = att.new_zeros(*att.shape[:-1], width).index_copy(
+                -1, channels, att)
         result = fused_gatv2_attention(
             _cast(x_l, features), _cast(x_r, features), _cast(att, dtype),
             edge_index if layout is None else layout, edge_term,

@@ -243,6 +243,18 @@ def test_gradcheck(path, kernels_used):
     assert_ran_on(path, kernels_used)
 
 
+@pytest.mark.parametrize('heads,channels', [(1, 10), (1, 7), (4, 10)])
+def test_gradients_have_the_strides_of_their_parameters(heads, channels):
+    # Heads of 7 or 10 channels run padded; DDP copies (and warns about)
+    # any gradient whose strides differ from its parameter's, even along
+    # dimensions of size one.
+    conv = GATv2Conv(16, channels, heads=heads, fused=True)
+    x = torch.randn(30, 16)
+    conv(x, torch.randint(0, 30, (2, 90))).square().sum().backward()
+    for name, param in conv.named_parameters():
+        assert param.grad.stride() == param.stride(), name
+
+
 @pytest.mark.parametrize('fill_value', ['mean', 0.5])
 def test_int32_indices_where_torch_sorts_the_layout(fill_value, monkeypatch):
     # As on a GPU: without the C++ library an int32 edge_index gets an
