@@ -35,8 +35,9 @@
 #             kernels.py at the scale of ogbn-products: 2.4M nodes, 62M
 #             edges, float32.
 #
-# Each step has its own time limit (about 9 minutes in all), and a failed
-# step does not stop the next. Reports go to OUT (default
+# Each step has its own time limit (the default steps' add up to 640 s;
+# name fewer steps where the lent time is shorter), and a failed step
+# does not stop the next. Reports go to OUT (default
 # benchmarks/results).
 set -u
 out=${1:-benchmarks/results}
