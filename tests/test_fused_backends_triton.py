@@ -361,8 +361,8 @@ def test_a_skewed_graph(device, add_self_loops, edge_term, want_alpha,
     # Node 0 receives 300 edges and node 1 sends 150; the other nodes have
     # 0 to 3 in-edges each, so that some have none, and only nodes below
     # 40 send any. With 16 destinations per program of the backward by
-    # destination (as on graphs of a million nodes), the last program has
-    # 12.
+    # destination (as on graphs of 131,072 nodes or more), the last
+    # program has 12.
     from pyg_gatv2.fused.backends import triton_kernels
     num_nodes, senders = 60, 40
     if nodes_per_program > 1:

@@ -57,9 +57,10 @@ _NUM_WARPS = 4
 # Destinations per program of the backward pass by destination, on graphs
 # of at least _MANY_NODES of them: each program then writes one row of
 # partial gradients of 'att' (float32) for all its nodes instead of one per
-# node, which on large graphs took more memory than the features.
+# node, which took more memory and traffic than bfloat16 features. Such
+# graphs still launch 8192 programs or more, dozens per multiprocessor.
 _NODES_PER_PROGRAM = 16
-_MANY_NODES = 2**20
+_MANY_NODES = _NODES_PER_PROGRAM * 8192
 
 
 def _nodes_per_program(num_dst: int) -> int:
