@@ -31,6 +31,9 @@
 #             time per epoch; reads the raw files from $PYG_GATV2_RAW_DIR;
 #   compile   (by name only) benchmarks/compile.py on the GPU: a 2-layer
 #             model under torch.compile, ours and PyG's, N=200k, E=4M;
+#   profile   (by name only) benchmarks/step_profile.py on the GPU: where
+#             a step of the Triton kernels goes, pass by pass, against
+#             the copy bandwidth;
 #   products  (by name only; scale's first size is the same graph)
 #             kernels.py at the scale of ogbn-products: 2.4M nodes, 62M
 #             edges, float32.
@@ -102,13 +105,17 @@ for step in $steps; do
     compile)
         timeout 200 $py benchmarks/compile.py --device cuda --nodes 200000 \
             --name compile_cuda --out "$out" ;;
+    profile)
+        timeout 150 $py benchmarks/step_profile.py --device cuda --no-cora \
+            --name step_profile_cuda --out "$out" ;;
     products)
         timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
             --max-memory 1000 --name kernels_cuda_products \
             --impls pyg,pyg_compile,fused_triton ;;
     *)
         echo "unknown step '$step': choose from float32 bfloat16 autocast" \
-             "powerlaw tests scale turbo planetoid compile products" ;;
+             "powerlaw tests scale turbo planetoid compile profile" \
+             "products" ;;
     esac
 done
 echo "== $(date +%T) done"

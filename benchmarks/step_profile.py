@@ -2,13 +2,17 @@
 
     python benchmarks/step_profile.py            # three cases, 2 threads
     python benchmarks/step_profile.py --quick    # one tiny graph, no Cora
+    python benchmarks/step_profile.py --device cuda   # the Triton kernels
 
 Per case, in a fresh process (``_common.run_isolated``, killed after
-``--timeout`` seconds), on CPU in float32, with ``--threads`` threads, on
-the C++ kernels, after two checks, these are timed, interleaved run by run
-after warm-up, and reported as medians. The checks: one training step of
-our layer and of PyG's with the same weights, on the same inputs, with the
-same loss, ``(out * w).sum()`` for a fixed random ``w``
+``--timeout`` seconds), in float32, on the CPU with ``--threads`` threads
+and the C++ kernels or on a CUDA GPU with the Triton kernels
+(``--kernels`` names them; Triton on the CPU only in Triton's
+interpreter, as the tests run it), after two checks, these are timed,
+interleaved run by run after warm-up, and reported as medians. The
+checks: one training step of our layer and of PyG's with the same
+weights, on the same inputs, with the same loss, ``(out * w).sum()`` for
+a fixed random ``w``
 (``_common.training_step``), give the same output and the same gradient of
 every parameter (within ``1e-5`` of the output's largest entry and
 ``3e-5`` of each gradient's, or of one where that is smaller:
@@ -21,7 +25,7 @@ either is reported as ``MISMATCH (<tensor>: <error>)`` or ``MISMATCH
 - ``pyg_step``: a training step (forward, backward of ``out.sum()``) of
   :class:`torch_geometric.nn.GATv2Conv`, for context;
 - ``step``: the same step of :class:`pyg_gatv2.GATv2Conv` (fused path,
-  the C++ kernels) with PyG's weights, on the same
+  the kernels profiled) with PyG's weights, on the same
   ``edge_index`` tensor every call, so that its layout comes from the cache;
 - ``projections``: ``lin_l`` and ``lin_r`` on ``x`` and their weight
   gradients, through autograd, as the step runs them;
@@ -34,17 +38,19 @@ either is reported as ``MISMATCH (<tensor>: <error>)`` or ``MISMATCH
   (a difference of medians: noisy on a loaded machine);
 - ``rest``: ``step`` less the four parts above, which are all of the
   cached step's kernels and GEMMs: autograd, allocations, the checks and
-  the cache lookup of the layout, the bias, Python (the backward pass by
-  destination sums ``D_i = <grad_out_i, out_i>`` itself);
+  the cache lookup of the layout, the bias, Python (the C++ backward
+  pass by destination sums ``D_i = <grad_out_i, out_i>`` itself; for the
+  Triton kernels, D is summed before the passes and counts here);
 - ``layout``: what a new ``edge_index`` adds, as a loader hands one per
   step: the layout of a copy (the copy counted in) built on a cache miss,
   CSR and the CSC the backward needs, with their work ranges. Not a part
   of the cached step.
 
 The parts are the passes of the C++ kernels
-(``pyg_gatv2.fused.backends.cpp``), which the torch backend does not run
-apart, so there is no choice of backend: where the C++ kernels cannot run,
-the script says why and stops. They run at the best CPU level this CPU
+(``pyg_gatv2.fused.backends.cpp``) or of the Triton kernels
+(``pyg_gatv2.fused.backends.triton_kernels``), which the torch backend
+does not run apart: where the kernels asked for cannot run, the script
+says why and stops. They run at the best CPU level this CPU
 supports, or at the one ``PYG_GATV2_CPU_CAPABILITY`` names (the worker
 processes inherit it); the header's machine line says which.
 
@@ -67,6 +73,15 @@ pass must read or write at least once:
   destination (``8HC``), the message weight and logit gradient
   (``8H``), the CSC position and destination (16); per node, the rows of
   ``x_l`` and ``grad_x_l`` (``8HC``) and the CSC offset (8).
+
+The Triton kernels move the same but for: ``backward_dst`` writes no
+statistics per edge, and writes and sums one float32 row of partial
+gradients of ``att`` per program (``4HC`` twice, one program per node
+below 131,072 nodes, per 16 nodes from there); ``backward_src``
+recomputes the weights from the log-sum-exp and ``D`` of each edge's
+destination (``8H``, as many bytes as the two statistics it no longer
+reads) and reads the edge id too (8 more). It computes the logits and
+``<grad_out_i, x_j>`` again: 12 FLOPs per edge, head and channel.
 
 The bandwidth of a pass is its bytes over its median time, also as a
 fraction of a large ``memcpy`` (bytes read plus written,
@@ -140,6 +155,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads for torch and the kernels; 0 '
                         'keeps their defaults (default: 2)')
+    parser.add_argument('--kernels', choices=('cpp', 'triton'),
+                        default=None, help='the kernels whose passes are '
+                        'timed (default: cpp on the CPU, triton on CUDA)')
     add_timeout_flag(parser)
     parser.add_argument('--cora', action=argparse.BooleanOptionalAction,
                         default=None, help='include Cora, 8 heads x 8 '
@@ -149,18 +167,28 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.quick:  # other defaults; flags given still win
         parser.set_defaults(repeats=5, warmup=1)
         args = parser.parse_args(argv)
-    if args.device != 'cpu':
-        parser.error(f'--device {args.device}: this profile times the CPU '
-                     'kernels; use --device cpu')
+    device = torch.device(args.device)
+    if args.kernels is None:
+        args.kernels = 'triton' if device.type == 'cuda' else 'cpp'
+    if device.type not in ('cpu', 'cuda') or (
+            args.kernels == 'cpp') != (device.type == 'cpu'):
+        parser.error(f'--device {args.device} --kernels {args.kernels}: '
+                     'this profile times the C++ kernels on the CPU or the '
+                     'Triton kernels on CUDA')
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         parser.error('--repeats must be positive, --warmup and --threads '
                      'not negative')
     if args.cora is None:
         args.cora = not args.quick
-    reason = cpp_unavailable()
+    from pyg_gatv2.fused.backends import registry
+    reason = (cpp_unavailable() if args.kernels == 'cpp' else
+              registry()['triton'].unavailable_reason())
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        reason = 'no CUDA GPU is present'
     if reason:
-        parser.error('this profile times the passes of the C++ kernels, '
-                     f'which cannot run here: {reason}')
+        name = 'C++' if args.kernels == 'cpp' else 'Triton'
+        parser.error(f'this profile times the passes of the {name} '
+                     f'kernels, which cannot run here: {reason}')
     if args.name is None:
         args.name = 'step_profile' + ('_quick' if args.quick else '')
     return args
@@ -188,12 +216,13 @@ class StepParts:
     ``edge_index``, the projections and the gradient of the checked step's
     loss (:func:`_common.loss_weights`)."""
     def __init__(self, conv: torch.nn.Module, x: torch.Tensor,
-                 edge_index: torch.Tensor):
+                 edge_index: torch.Tensor, kernels: str = 'cpp'):
         from pyg_gatv2.fused import edge_layout
-        from pyg_gatv2.fused.backends import cpp
+        from pyg_gatv2.fused.backends import cpp, registry
+        from pyg_gatv2.fused.op import _row_dots
         from pyg_gatv2.fused.operands import Cotangents, Operands
 
-        self.kernels = kernels = cpp.BACKEND
+        self.kernels = kernels = registry()[kernels]
         H, C = conv.heads, conv.out_channels
         self.conv, self.x, self.edge_index = conv, x, edge_index
         self.lins = {'lin_l': conv.lin_l, 'lin_r': conv.lin_r}
@@ -205,11 +234,13 @@ class StepParts:
                             None, None, layout, conv.negative_slope)
         self.out, lse, _ = kernels.forward(self.ops, False)
         grad_out = loss_weights((n, H * C), x.device).view(n, H, C)
-        # As the step hands them: without D_i, which the C++ kernels sum
-        # over the edges themselves.
-        self.cot = Cotangents(grad_out, None, lse, None)
+        # As the step hands them: without D_i where the kernels sum it over
+        # the edges themselves (C++).
+        delta = (_row_dots(grad_out, self.out, lse.dtype)
+                 if kernels.needs_output else None)
+        self.cot = Cotangents(grad_out, None, lse, delta)
         self.grads = kernels.backward(self.ops, self.cot, False, True)
-        self.chunks = cpp._num_chunks()
+        self.chunks = cpp._num_chunks() if kernels is cpp.BACKEND else None
 
     def fns(self) -> dict[str, Callable[[], object]]:
         """Name -> the part; ``backward`` runs both backward passes."""
@@ -235,11 +266,15 @@ class StepParts:
 
     def new_layout(self) -> None:
         """Builds the layout of a copy of ``edge_index`` (a cache miss)
-        with the CSC and the work ranges that the kernels ask for."""
+        with the CSC and, for the C++ kernels, the work ranges they ask
+        for."""
         from pyg_gatv2.fused import edge_layout
         n = self.x.size(0)
         layout = edge_layout(self.edge_index.clone(), n, n,
                              self.conv.add_self_loops)
+        if self.chunks is None:
+            _ = layout.csc  # built on first use
+            return
         for by in ('dst', 'src'):  # 'src' builds the CSC
             layout.bounds(by, self.chunks)
 
@@ -264,9 +299,10 @@ def parts_check(parts: StepParts, step: StepResult) -> StepCheck:
 def run_worker(spec: dict) -> dict:
     """Checks one case, then times the steps and the parts (seconds)."""
     case = spec['case']
-    device = torch.device('cpu')
+    device = torch.device(spec.get('device', 'cpu'))
+    kernels = spec.get('kernels', 'cpp')
     x, edge_index = build_case(case, spec['seed'], device)
-    ours = 'fused_cpp'
+    ours = f'fused_{kernels}'
     ref, impls = make_impls(case, ['pyg', ours], device)
     steps = {'pyg_step': Run(ref, None, x, edge_index),
              'step': Run(*impls[ours], x, edge_index)}
@@ -278,7 +314,7 @@ def run_worker(spec: dict) -> dict:
                   grad_max_rel_error=grad_error, worst_grad=worst_grad)
     if not checked.ok:
         return dict(result, status=checked.status)
-    parts = StepParts(impls[ours][0], x, edge_index)
+    parts = StepParts(impls[ours][0], x, edge_index, kernels)
     by_parts = parts_check(parts, ours_step)
     result['parts_error'] = max(by_parts.errors.values())
     if not by_parts.ok:
@@ -296,7 +332,8 @@ def run_worker(spec: dict) -> dict:
 
 def run_case(case: dict, args: argparse.Namespace) -> dict:
     spec = dict(case=case, seed=args.seed, repeats=args.repeats,
-                warmup=args.warmup)
+                warmup=args.warmup, device=args.device,
+                kernels=args.kernels)
     try:
         return run_isolated(run_worker, spec, threads=args.threads,
                             timeout=args.timeout)
@@ -307,12 +344,28 @@ def run_case(case: dict, args: argparse.Namespace) -> dict:
 # Reporting -------------------------------------------------------------------
 
 
-def pass_bytes(case: dict) -> dict[str, float]:
+# Destinations per program of the Triton backward by destination, from
+# this many (pyg_gatv2.fused.backends.triton_kernels, which imports triton).
+TRITON_MANY_NODES, TRITON_NODES_PER_PROGRAM = 131_072, 16
+
+
+def pass_bytes(case: dict, kernels: str = 'cpp') -> dict[str, float]:
     """Bytes each fused pass must move at least once: the model of the
     module's docstring, float32 features."""
     H, C = case['heads'], case['channels']
     edges, nodes = case['edges'] + case['nodes'], case['nodes']
     row, stats = 4 * H * C, 4 * H
+    if kernels == 'triton':
+        per = (TRITON_NODES_PER_PROGRAM if nodes >= TRITON_MANY_NODES
+               else 1)
+        programs = -(-nodes // per)
+        return {
+            'forward': fused_bytes(case),
+            'backward_dst': (edges * (row + 16) + programs * 2 * row +
+                             nodes * (3 * row + 2 * stats + 8)),
+            'backward_src': (edges * (2 * row + 2 * stats + 24) +
+                             nodes * (2 * row + 8)),
+        }
     return {
         'forward': fused_bytes(case),
         'backward_dst': (edges * (row + 16 + 2 * stats) +
@@ -322,12 +375,14 @@ def pass_bytes(case: dict) -> dict[str, float]:
     }
 
 
-def flops(case: dict) -> dict[str, float]:
+def flops(case: dict, kernels: str = 'cpp') -> dict[str, float]:
     """FLOPs of the projections and of each fused pass (docstring)."""
     H, C = case['heads'], case['channels']
     edges = case['edges'] + case['nodes']
-    counts = {part: per_edge * edges * H * C
-              for part, per_edge in FLOPS_PER_EDGE.items()}
+    per_edge = dict(FLOPS_PER_EDGE)
+    if kernels == 'triton':
+        per_edge['backward_src'] = 12
+    counts = {part: n * edges * H * C for part, n in per_edge.items()}
     counts['projections'] = 8 * case['nodes'] * case['features'] * H * C
     return counts
 
@@ -340,7 +395,8 @@ def times_of(medians: dict[str, float]) -> dict[str, float]:
     return times
 
 
-def rows_of(result: dict, bandwidth: float) -> list[dict]:
+def rows_of(result: dict, bandwidth: float,
+            kernels: str = 'cpp') -> list[dict]:
     """The table rows of one case: one per part, or one saying why the case
     was not timed."""
     case = result['case']
@@ -354,7 +410,7 @@ def rows_of(result: dict, bandwidth: float) -> list[dict]:
     if result['status'] != 'ok':
         return [dict(base, part='step', **error)]
     times = times_of(result['times'])
-    moved, counted = pass_bytes(case), flops(case)
+    moved, counted = pass_bytes(case, kernels), flops(case, kernels)
     rows = []
     for part in ROWS:
         seconds = times[part]
@@ -376,13 +432,15 @@ def rows_of(result: dict, bandwidth: float) -> list[dict]:
     return rows
 
 
-def header(command: str, threads: int, bandwidth: float,
-           repeats: int) -> list[str]:
+def header(command: str, threads: int, bandwidth: float, repeats: int,
+           device: str = 'cpu', kernels: str = 'cpp') -> list[str]:
+    name = 'C++' if kernels == 'cpp' else 'Triton'
     return [
         '# One training step of the fused GATv2Conv, pass by pass', '',
         f'Command: `{command}`', '',
-        f"Machine: {machine(threads, 'cpu')}; float32. memcpy bandwidth: "
-        f'{bandwidth / 1e9:.1f} GB/s.', '',
+        f'Machine: {machine(threads, device)}; the passes of the {name} '
+        f'kernels; float32. memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s.',
+        '',
         f'Medians of {repeats} interleaved runs after warm-up. of_step: the '
         "row's time over our step's; the rows with in_step add up to the "
         "step (rest is what the others leave); pyg_step is PyG's step and "
@@ -409,13 +467,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f'Command: `{command}`\n', flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bandwidth = memcpy_bandwidth(torch.device('cpu'))
+    bandwidth = memcpy_bandwidth(torch.device(args.device))
     rows = []
     for case in cases_of(args):
         print(f"Running {case['name']} ...", file=sys.stderr, flush=True)
-        rows += rows_of(run_case(case, args), bandwidth)
+        rows += rows_of(run_case(case, args), bandwidth, args.kernels)
     text = '\n'.join(header(command, torch.get_num_threads(), bandwidth,
-                            args.repeats)) + markdown_table(rows, COLUMNS)
+                            args.repeats, args.device, args.kernels)
+                     ) + markdown_table(rows, COLUMNS)
     print(text)
     columns = COLUMNS[:2] + ['nodes', 'edges', 'features', 'heads',
                              'channels'] + COLUMNS[2:]

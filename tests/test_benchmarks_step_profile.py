@@ -42,6 +42,24 @@ def test_bytes_and_flops_of_a_hand_sized_case():
         'backward_src': 6 * 2 * 6, 'projections': 8 * 1 * 5 * 6}
 
 
+def test_bytes_and_flops_of_the_triton_passes():
+    # No statistics per edge written by the pass by destination, which
+    # writes and sums one att row per node (24 bytes, twice); the pass by
+    # source reads the destination's log-sum-exp and D (as many bytes as
+    # the two statistics) and the edge id (8 more), and recomputes.
+    assert step_profile.pass_bytes(CASE, 'triton') == {
+        'forward': 2 * (24 + 16) + (48 + 8 + 8),
+        'backward_dst': 2 * (24 + 16) + 2 * 24 + (72 + 16 + 8),
+        'backward_src': 2 * (48 + 16 + 24) + (48 + 8),
+    }
+    many = dict(CASE, nodes=131_072 * 2)
+    rows = step_profile.pass_bytes(many, 'triton')['backward_dst']
+    edges = many['edges'] + many['nodes']
+    # 16 nodes per program: 16,384 att rows.
+    assert rows == edges * 40 + 16_384 * 48 + many['nodes'] * 96
+    assert step_profile.flops(CASE, 'triton')['backward_src'] == 12 * 2 * 6
+
+
 def test_rows_split_the_step_into_parts_and_the_rest():
     times = dict(pyg_step=0.030, step=0.010, projections=0.001,
                  layout=0.002, forward=0.002, backward_dst=0.003,
@@ -89,12 +107,17 @@ def test_quick_defaults_give_way_to_explicit_flags(capsys):
     assert (args.repeats, args.cora) == (9, True)
     args = step_profile.parse_args([])
     assert (args.repeats, args.cora, args.name) == (7, True, 'step_profile')
-    with pytest.raises(SystemExit):
-        step_profile.parse_args(['--device', 'cuda'])
-    assert 'times the CPU kernels' in capsys.readouterr().err
-    # The C++ kernels' passes, no choice of backend.
-    with pytest.raises(SystemExit):
-        step_profile.parse_args(['--backend', 'torch'])
+    assert args.kernels == 'cpp'
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            step_profile.parse_args(['--device', 'cuda'])
+        assert 'no CUDA GPU is present' in capsys.readouterr().err
+    # The C++ kernels on the CPU, the Triton kernels on CUDA; no torch
+    # backend, whose passes do not run apart.
+    for flags in (['--device', 'cuda', '--kernels', 'cpp'],
+                  ['--backend', 'torch'], ['--kernels', 'torch']):
+        with pytest.raises(SystemExit):
+            step_profile.parse_args(flags)
 
 
 def test_without_the_cpp_kernels_it_says_why(monkeypatch, capsys):
@@ -149,6 +172,34 @@ def test_parts_that_do_not_reproduce_the_step_are_refused():
     parts.grads.att.mul_(1.01)
     checked = step_profile.parts_check(parts, step)
     assert checked.failed == ['att']
+
+
+@pytest.mark.skipif('triton' not in registry() or registry()[
+    'triton'].unavailable_reason() is not None,
+    reason='triton cannot run here (its interpreter is set in conftest.py)')
+def test_the_triton_kernels_parts_reproduce_their_step(monkeypatch):
+    # In Triton's interpreter on the CPU, as the profile runs them on a
+    # GPU: the step checked against PyG, the parts against the step, and
+    # every row timed; then a wrong gradient refused.
+    spec = dict(SPEC, kernels='triton')
+    result = step_profile.run_worker(spec)
+    assert result['status'] == 'ok', result
+    assert result['parts_error'] <= step_profile.TOLERANCE
+    assert sorted(result['times']) == sorted(
+        ['pyg_step', 'step', 'projections', 'layout', 'forward',
+         'backward_dst', 'backward'])
+    rows = step_profile.rows_of(result, bandwidth=1e9, kernels='triton')
+    assert [row['part'] for row in rows] == list(step_profile.ROWS)
+    make_impls = step_profile.make_impls
+
+    def with_wrong_att_gradient(*args, **kwargs):
+        ref, impls = make_impls(*args, **kwargs)
+        impls['fused_triton'][0].att.register_hook(lambda g: g * 1.01)
+        return ref, impls
+
+    monkeypatch.setattr(step_profile, 'make_impls', with_wrong_att_gradient)
+    assert step_profile.run_worker(spec)['status'].startswith(
+        'MISMATCH (att: ')
 
 
 @pytest.mark.slow
