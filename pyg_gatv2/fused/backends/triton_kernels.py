@@ -18,9 +18,9 @@ heads.
 - ``_backward_src``: per source node, its out-edges (CSC order): the
   gradient of ``x_l``. The message weights and logit gradients are
   recomputed here from the log-sum-exp and ``D`` of each destination, as
-  the pass by destination computed them, so the backward keeps nothing per
-  edge: no ``[edges, heads]`` buffers, whose stores and loads would cost
-  more than the sums they save.
+  the pass by destination computed them, so that the backward keeps
+  nothing per edge (no ``[edges, heads]`` buffers), at the cost of
+  computing the logits once more.
 
 Every program writes only rows it owns: no atomics, so results are
 deterministic. The layout's indices may be int32 or int64; offsets into
@@ -229,8 +229,9 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
     for n in range(NODES):
         # A program's nodes past the last one read the last node's rows,
         # run over no edges and write nothing.
-        i = tl.minimum(program * NODES + n, num_dst - 1)
-        here = program * NODES + n < num_dst
+        node = program * NODES + n
+        i = tl.minimum(node, num_dst - 1)
+        here = node < num_dst
         g = tl.load(grad_out + i * (H * C) + hc, mask=hcm,
                     other=0.0).to(ACC)
         node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
@@ -245,7 +246,7 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                 a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
             vh = valid[:, None] & hmask[None, :]
             dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
-            w, ds = _weight_and_logit_grad(
+            _, ds = _weight_and_logit_grad(
                 s, xj, g[None, :, :], node_lse[None, :], node_delta[None, :],
                 mask, grad_alpha, e, h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
             dz = ds[:, :, None] * dact
@@ -263,7 +264,7 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                     mask=vm & ~is_edge)
         tl.store(grad_xr + i * (H * C) + hc,
                  g_xr.to(grad_xr.dtype.element_ty),
-                 mask=hcm & (hc * 0 + program * NODES + n < num_dst))
+                 mask=hcm & (hc * 0 + node < num_dst))
     tl.store(grad_att_rows + program * (H * C) + hc, g_att, mask=hcm)
 
 
