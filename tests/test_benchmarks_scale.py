@@ -109,6 +109,19 @@ def test_an_implementation_out_of_memory_is_not_run_at_larger_sizes():
             ) in markdown
 
 
+def test_a_check_that_did_not_fit_leaves_the_step_standing():
+    # The step fitted; the sampled check after it did not: the row says so
+    # and the next size still runs.
+    args = scale.parse_args([*SMALL, '--edges', '1000', '2000', '--impls',
+                             'ours'])
+    rows = scale.sweep(args, lambda spec: dict(
+        status='ok', first_step_s=1.0, step_s=0.5, peak_bytes=1.0,
+        device_bytes=2.0, device='GPU X', check=dict(
+            skipped='out of memory')))
+    assert [r['status'] for r in rows] == ['ok', 'ok']
+    assert rows[0]['check_max_rel_error'] == 'not checked (out of memory)'
+
+
 def test_pyg_is_skipped_where_its_projected_peak_is_too_large():
     # 2000 edges and 200 loops of 2 x 4 bfloat16 elements: PyG eager's
     # 40 bytes per float32 element, halved, make 352,000 bytes, compiled
