@@ -79,8 +79,9 @@ for step in $steps; do
             tests/test_fused_op.py tests/test_fused_op_random.py 2>&1 \
             | tee "$out/cuda_tests.log" | tail -n 30 ;;
     scale)
-        gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits \
-              | head -n 1 | awk '{print $1 / 1024}')
+        gib=$(nvidia-smi --query-gpu=memory.total \
+              --format=csv,noheader,nounits | head -n 1 \
+              | awk '{print $1 / 1024}')
         timeout 180 $py benchmarks/scale.py --max-memory "$gib" --timeout 120 \
             --out "$out" ;;
     turbo)

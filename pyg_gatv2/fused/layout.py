@@ -178,11 +178,7 @@ class EdgeLayout:
 
 def _on_library(t: Tensor) -> bool:
     """Whether the C++ library builds the layouts of ``t``'s device."""
-    return _library_device(t.device)
-
-
-def _library_device(device: torch.device) -> bool:
-    return device.type == 'cpu' and cpp_library.load() is not None
+    return t.device.type == 'cpu' and cpp_library.load() is not None
 
 
 _INT32_MAX = torch.iinfo(torch.int32).max
@@ -201,7 +197,7 @@ def index_dtype(edge_index: Tensor, num_src: int, num_dst: int,
     num_loops = min(num_src, num_dst) if add_self_loops else 0
     fits = max(edge_index.size(1) + num_loops, num_src, num_dst) < _INT32_MAX
     if (edge_index.dtype == torch.int32 and fits
-            and not _library_device(edge_index.device)):
+            and not _on_library(edge_index)):
         return torch.int32
     return torch.int64
 
@@ -233,10 +229,10 @@ def _build(edge_index: Tensor, num_src: int, num_dst: int,
            add_self_loops: bool, caller: str,
            copy: Optional[Tensor] = None) -> EdgeLayout:
     """Builds the layout of ``edge_index``, filling ``copy`` (of its shape,
-    int64 where the C++ library builds the layout) with its indices on the
-    way, if given. The profiler shows it as
-    ``pyg_gatv2::build_layout_by_destination`` (and the CSC, built when
-    backward first needs it, as ``pyg_gatv2::build_layout_by_source``)."""
+    in :func:`index_dtype`) with its indices on the way, if given. The
+    profiler shows it as ``pyg_gatv2::build_layout_by_destination`` (and
+    the CSC, built when backward first needs it, as
+    ``pyg_gatv2::build_layout_by_source``)."""
     with torch.profiler.record_function(
             'pyg_gatv2::build_layout_by_destination'):
         return _build_csr(edge_index, num_src, num_dst, add_self_loops,
@@ -320,9 +316,8 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
         return hit[3]
     copy = None
     if edge_index.device.type == 'cpu' or checks.is_strict():
-        copy = torch.empty(edge_index.shape, dtype=(
-            torch.long if _on_library(edge_index) else index_dtype(
-                edge_index, num_src, num_dst, add_self_loops)),
+        copy = torch.empty(edge_index.shape, dtype=index_dtype(
+            edge_index, num_src, num_dst, add_self_loops),
             device=edge_index.device)
     layout = _build(edge_index, num_src, num_dst, add_self_loops, caller,
                     copy)
