@@ -536,7 +536,10 @@ def interleaved_medians(fns: dict[str, Callable[[], object]],
 # Memory ---------------------------------------------------------------------
 
 
-def _status_bytes(key: str) -> int:
+def status_bytes(key: str) -> int:
+    """The bytes of ``key`` (``VmRSS``, ``VmHWM``) in ``/proc/self/status``
+    (Linux); :class:`OSError` or :class:`RuntimeError` where it cannot be
+    read."""
     with open('/proc/self/status') as f:
         for line in f:
             if line.startswith(key + ':'):
@@ -549,7 +552,7 @@ def cpu_memory_supported() -> bool:
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-        _status_bytes('VmHWM')
+        status_bytes('VmHWM')
     except (OSError, RuntimeError):
         return False
     return True
@@ -589,14 +592,14 @@ def step_memory(fn: Callable[[], object], device: torch.device) -> Memory:
     # Free memory that the heap holds (a pinned allocator still keeps
     # chunks below its mmap threshold) is given back before each reading.
     release_free_memory()
-    base = _status_bytes('VmRSS')
+    base = status_bytes('VmRSS')
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM to the current resident set
     fn()
-    peak = max(_status_bytes('VmHWM') - base, 0)
+    peak = max(status_bytes('VmHWM') - base, 0)
     gc.collect()
     release_free_memory()
-    return Memory(float(peak), float(_status_bytes('VmRSS') - base))
+    return Memory(float(peak), float(status_bytes('VmRSS') - base))
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> float:

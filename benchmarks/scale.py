@@ -53,6 +53,7 @@ from _common import (
     loss_weights,
     machine,
     markdown_table,
+    status_bytes,
     synchronize,
     write_report,
 )
@@ -170,11 +171,10 @@ def process_peak(device: torch.device) -> float:
     the peak resident set (``VmHWM``) on the CPU; in bytes."""
     if device.type == 'cuda':
         return float(torch.cuda.max_memory_allocated(device))
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return float(line.split()[1]) * 1024
-    return float('nan')
+    try:
+        return float(status_bytes('VmHWM'))
+    except (OSError, RuntimeError):
+        return float('nan')
 
 
 def device_memory(device: torch.device) -> float:

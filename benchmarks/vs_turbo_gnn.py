@@ -22,9 +22,10 @@ search runs in the warm-up calls, untimed, as its cache then serves a
 training loop.
 
 Checked first: turbo-gnn's output and the gradients of ``x_l``, ``x_r``
-and ``att`` (loss ``(out * w).sum()`` for fixed random ``w``) against
-ours, within ``--tolerance`` of each tensor's largest entry; a
-disagreement is reported as ``MISMATCH`` and not timed. Ours is checked
+and ``att`` (``_common.training_step``: loss ``(out * w).sum()`` for
+fixed random ``w``) against ours, within ``--tolerance`` of each
+tensor's largest entry (``_common.compare_steps``); a disagreement is
+reported as ``MISMATCH (<tensor>: <error>)`` and not timed. Ours is checked
 against PyG's layer by the tests and ``kernels.py``. Then the forward
 pass (no autograd) and the step (forward and backward), interleaved run
 by run, medians of ``--repeats`` after warm-up, and each step's peak
@@ -45,14 +46,16 @@ from typing import Callable, Optional
 import torch
 from _common import (
     RESULTS,
+    StepCheck,
     command_line,
-    compare,
+    compare_steps,
     failure,
     interleaved_medians,
     loss_weights,
     machine,
     markdown_table,
     step_memory,
+    training_step,
     write_report,
 )
 from kernels import GRAPHS, power_law_edges
@@ -165,29 +168,12 @@ def unavailable(impl: str) -> Optional[str]:
     return None
 
 
-def outputs_and_grads(fn: Callable[[], torch.Tensor], inputs: Inputs
-                      ) -> dict[str, torch.Tensor]:
-    """The output and the gradients of the inputs of one step."""
-    leaves = inputs.leaves
-    out = fn()
-    grads = torch.autograd.grad((out.float() * inputs.weights.float()).sum(),
-                                list(leaves.values()))
-    result = dict(output=out.detach())
-    result.update({name: g for name, g in zip(leaves, grads, strict=True)})
-    return result
-
-
-def check(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-          tolerance: float) -> tuple[bool, float, str]:
-    """Whether every tensor agrees; the largest relative error and the
-    tensor it was found in."""
-    worst, where, ok = 0.0, '', True
-    for name, tensor in expected.items():
-        comparison = compare(got[name].float(), tensor.float(), tolerance)
-        ok = ok and comparison.ok
-        if comparison.max_rel >= worst:
-            worst, where = comparison.max_rel, name
-    return ok, worst, where
+def worst_error(checked: StepCheck) -> tuple[str, float]:
+    """The tensor (output or gradient) that differs most, and its error."""
+    name, error = checked.worst_grad
+    if not checked.output_error <= error:
+        return 'output', checked.output_error
+    return name, error
 
 
 def step_of(fn: Callable[[], torch.Tensor], inputs: Inputs
@@ -211,7 +197,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     device = torch.device(args.device)
     inputs = Inputs(args, device)
     fns = {'ours': ours(inputs)}
-    expected = outputs_and_grads(fns['ours'], inputs)
+    expected = training_step(fns['ours'], inputs.leaves)
     rows = {'ours': dict(impl='ours', status='ok')}
     for impl in [i for i in args.impls if i != 'ours']:
         reason = unavailable(impl)
@@ -220,14 +206,15 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
             continue
         try:
             fn = turbo(inputs, autotune=impl == 'turbo_autotune')
-            ok, error, where = check(outputs_and_grads(fn, inputs),
-                                     expected, args.tolerance)
+            checked = compare_steps(training_step(fn, inputs.leaves),
+                                    expected, args.tolerance)
         except Exception as err:  # a failing kernel is reported, not timed
             rows[impl] = dict(impl=impl, status=f'FAILED ({failure(err)})')
             continue
+        where, error = worst_error(checked)
         rows[impl] = dict(impl=impl, max_rel_error=f'{error:.1e} ({where})',
-                          status='ok' if ok else f'MISMATCH ({where})')
-        if ok:
+                          status=checked.status)
+        if checked.ok:
             fns[impl] = fn
     for mode, make in (('fwd_ms', no_grad),
                        ('step_ms', lambda fn: step_of(fn, inputs))):

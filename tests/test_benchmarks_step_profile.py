@@ -134,17 +134,22 @@ SPEC = dict(case=dict(CASE, nodes=50, edges=200, features=6),
             seed=0, repeats=1, warmup=1)
 
 
-@needs_cpp
-def test_a_wrong_gradient_is_refused_before_timing(monkeypatch):
+def wrong_att_gradient(monkeypatch, impl: str) -> None:
+    """Makes the profile build :obj:`impl` with its forward untouched and
+    the gradient of one parameter, ``att``, 1% off."""
     make_impls = step_profile.make_impls
 
     def with_wrong_att_gradient(*args, **kwargs):
         ref, impls = make_impls(*args, **kwargs)
-        # Forward untouched, the gradient of one parameter 1% off.
-        impls['fused_cpp'][0].att.register_hook(lambda g: g * 1.01)
+        impls[impl][0].att.register_hook(lambda g: g * 1.01)
         return ref, impls
 
     monkeypatch.setattr(step_profile, 'make_impls', with_wrong_att_gradient)
+
+
+@needs_cpp
+def test_a_wrong_gradient_is_refused_before_timing(monkeypatch):
+    wrong_att_gradient(monkeypatch, 'fused_cpp')
     result = step_profile.run_worker(SPEC)
     assert result['status'].startswith('MISMATCH (att: ')
     assert result['worst_grad'] == 'att'
@@ -190,14 +195,7 @@ def test_the_triton_kernels_parts_reproduce_their_step(monkeypatch):
          'backward_dst', 'backward'])
     rows = step_profile.rows_of(result, bandwidth=1e9, kernels='triton')
     assert [row['part'] for row in rows] == list(step_profile.ROWS)
-    make_impls = step_profile.make_impls
-
-    def with_wrong_att_gradient(*args, **kwargs):
-        ref, impls = make_impls(*args, **kwargs)
-        impls['fused_triton'][0].att.register_hook(lambda g: g * 1.01)
-        return ref, impls
-
-    monkeypatch.setattr(step_profile, 'make_impls', with_wrong_att_gradient)
+    wrong_att_gradient(monkeypatch, 'fused_triton')
     assert step_profile.run_worker(spec)['status'].startswith(
         'MISMATCH (att: ')
 
