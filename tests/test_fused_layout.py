@@ -96,6 +96,17 @@ def test_int32_indices_give_an_int32_layout_where_torch_sorts(
     assert torch.equal(narrow.kept_eid, wide.kept_eid)
 
 
+@pytest.mark.parametrize('library', [True, False])
+def test_a_malformed_edge_index_gets_the_shape_error(library, monkeypatch):
+    # With or without the library (as on a GPU), a wrong shape is refused
+    # with the message that says how to fix it, before anything reads it.
+    if not library:
+        monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    for bad in (torch.tensor([0, 1]), torch.zeros(3, 4, dtype=torch.int32)):
+        with pytest.raises(ValueError, match=r'\[2, num_edges\]'):
+            edge_layout(bad, 5, 5, add_self_loops=True)
+
+
 def test_index_dtype(monkeypatch):
     narrow = torch.zeros(2, 10, dtype=torch.int32)
     assert layout.index_dtype(narrow, 5, 5, True) == (

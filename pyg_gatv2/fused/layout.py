@@ -314,6 +314,9 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
             if key in _cache:
                 _cache.move_to_end(key)
         return hit[3]
+    # Before index_dtype reads the shape (_build checks it again, for its
+    # other callers).
+    check_edge_index(edge_index, caller)
     copy = None
     if edge_index.device.type == 'cpu' or checks.is_strict():
         copy = torch.empty(edge_index.shape, dtype=index_dtype(
