@@ -420,15 +420,22 @@ def test_lower_precision_edge_terms(backend, dtype):
             assert torch.equal(a, b), i
 
 
+@pytest.mark.parametrize('compiled', [False, True],
+                         ids=['eager', 'compiled'])
 @pytest.mark.parametrize('case', list(BAD_INPUTS))
-def test_bad_input(case):
+def test_bad_input(case, compiled):
+    # Compiled, the checks run while dynamo traces the operator.
     override, error, match = BAD_INPUTS[case]
     args = dict(x_l=torch.ones(4, 2, 3), x_r=torch.ones(4, 2, 3),
                 att=torch.ones(2, 3), edge_index=torch.tensor([[0, 1],
                                                                [1, 2]]))
     args.update(override)
+    op = fused_gatv2_attention
+    if compiled:
+        torch._dynamo.reset()
+        op = torch.compile(op, backend='eager')
     with pytest.raises(error, match=match) as info:
-        fused_gatv2_attention(**args)
+        op(**args)
     assert "'fused_gatv2_attention'" in str(info.value)
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ..checks import check_edge_index
 from . import backends, reference
 from .layout import EdgeLayout, edge_layout, index_dtype, layout_of
 from .operands import Cotangents, Operands, stats_dtype
@@ -443,6 +444,7 @@ def _layout_tensors(edge_index: Union[Tensor, EdgeLayout], num_src: int,
                 'inputs')
         return layout.num_edges, layout.csr_tensors
     if torch.compiler.is_compiling():
+        check_edge_index(edge_index, _NAME)
         return edge_index.size(1), torch.ops.pyg_gatv2.edge_layout(
             edge_index, num_src, num_dst, add_self_loops, _NAME)
     layout = edge_layout(edge_index, num_src, num_dst, add_self_loops,
