@@ -224,9 +224,8 @@ class GATv2Conv(MessagePassing):
         C = self.out_channels
         x_src, x_dst = self._split_input(x)
         blocker = self.fused_path_blocker(edge_index)
-        if not torch.compiler.is_compiling():
-            self._check_forward_input(x_src, x_dst, edge_index, edge_attr,
-                                      fused_path=blocker is None)
+        self._check_forward_input(x_src, x_dst, edge_index, edge_attr,
+                                  fused_path=blocker is None)
         if self.fused and blocker is not None:
             raise ValueError(
                 f"'{self.__class__.__name__}' was built with fused=True but "
@@ -543,8 +542,8 @@ class GATv2Conv(MessagePassing):
             edge_index, x_src.size(0), x_dst.size(0), self.att.device, name,
             # The fused path checks the range once per graph, when it builds
             # the layout; elsewhere the check would wait for the device on
-            # every call of a GPU layer.
-            check_range=not fused_path)
+            # every call of a GPU layer, and break a compiled graph.
+            check_range=not (fused_path or torch.compiler.is_compiling()))
         if edge_attr is not None:
             checks.check_edge_attr(edge_attr, self.lin_edge, self.edge_dim,
                                    num_edges, name)
