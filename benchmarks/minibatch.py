@@ -346,6 +346,7 @@ def estimate_fullbatch(args: argparse.Namespace, base: dict,
 def rank_main(spec_path: Path) -> None:
     """A rank of a torchrun run: trains both models, gathers the results
     of all ranks and has rank 0 write them."""
+    from pyg_gatv2.experiments.training.distributed import end_process_group
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec['threads_per_rank'])
     dist.init_process_group(
@@ -356,7 +357,7 @@ def rank_main(spec_path: Path) -> None:
         results = [None] * world
         dist.all_gather_object(results, result)
     finally:
-        dist.destroy_process_group()
+        end_process_group()
     if rank == 0:
         Path(spec['result']).write_text(json.dumps(results))
 

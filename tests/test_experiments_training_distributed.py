@@ -4,6 +4,7 @@ torchrun for the command line, including a process that dies or hangs."""
 import contextlib
 import datetime
 import faulthandler
+import gc
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from _training_cases import (
     same_runs,
     toy_graph,
 )
+from torch.nn.parallel import DistributedDataParallel
 
 from pyg_gatv2.experiments.training import (
     Checkpointing,
@@ -38,7 +41,10 @@ from pyg_gatv2.experiments.training import (
     train_node_classifier,
 )
 from pyg_gatv2.experiments.training.checkpoint import cpu_state
-from pyg_gatv2.experiments.training.distributed import wrap
+from pyg_gatv2.experiments.training.distributed import (
+    end_process_group,
+    wrap,
+)
 from pyg_gatv2.models import GATv2
 
 # Each test starts processes that train (about 10 to 20 s apiece).
@@ -69,6 +75,20 @@ def steps_without_dropout(batches_of_epoch) -> tuple[dict, list[float]]:
     return cpu_state(model), losses
 
 
+def sampled_steps(data, rank: int) -> dict:
+    """:data:`STEPS` epochs of mini-batches with dropout, each rank with
+    seeds of its own; returns the weights."""
+    batches = NeighborBatches(data, [4, 4], batch_size=4)
+    torch.manual_seed(rank)  # the weights must still start equal
+    model = GATv2(NUM_FEATURES, NUM_CLASSES)
+    train_model = wrap(model, torch.device('cpu'))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for epoch in range(1, STEPS + 1):
+        train_epoch(model, train_model, optimizer,
+                    batches.batches(seed=0, epoch=epoch))
+    return cpu_state(model)
+
+
 def worker(rank: int, rendezvous: str, out: Path) -> None:
     """One of two processes: full-batch steps, mini-batch steps, and a
     mini-batch run interrupted and resumed; writes what it got to
@@ -82,16 +102,8 @@ def worker(rank: int, rendezvous: str, out: Path) -> None:
                             timeout=datetime.timedelta(seconds=60))
     data = toy_graph()
     got = {'full': steps_without_dropout(
-        lambda epoch: FullBatch(data).batches(0, epoch))}
-    batches = NeighborBatches(data, [4, 4], batch_size=4)
-    torch.manual_seed(rank)  # the weights must still start equal
-    model = GATv2(NUM_FEATURES, NUM_CLASSES)
-    train_model = wrap(model, torch.device('cpu'))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for epoch in range(1, STEPS + 1):
-        train_epoch(model, train_model, optimizer,
-                    batches.batches(seed=0, epoch=epoch))
-    got['sampled'] = cpu_state(model)
+        lambda epoch: FullBatch(data).batches(0, epoch)),
+        'sampled': sampled_steps(data, rank)}
 
     def train(folder, resume=False, on_epoch=None):
         return train_node_classifier(
@@ -113,8 +125,23 @@ def worker(rank: int, rendezvous: str, out: Path) -> None:
     got['resumed'] = train('run', resume=True)
     torch.save(got, out / f'rank{rank}.pt')
     dist.barrier()  # the store of rank 0 outlives every other rank's work
-    dist.destroy_process_group()
+    end_process_group()
     faulthandler.cancel_dump_traceback_later()
+
+
+@contextlib.contextmanager
+def environment_with(**variables: str) -> Iterator[None]:
+    """``os.environ`` with ``variables`` set, for the block."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope='module')
@@ -127,14 +154,26 @@ def two_ranks(tmp_path_factory):
     rendezvous = (out / 'rendezvous').as_uri()
     procs = [context.Process(target=worker, args=(rank, rendezvous, out))
              for rank in range(2)]
-    try:
+    # A worker hung outside its own watchdog (starting up, or exiting
+    # after it) is sent SIGABRT, on which Python's fault handler, enabled
+    # in its environment, prints where each of its threads was.
+    with environment_with(PYTHONFAULTHANDLER='1'):
         for proc in procs:
             proc.start()
+    try:
         deadline = time.monotonic() + WORKER_TIMEOUT + 60
         for proc in procs:
             proc.join(max(1.0, deadline - time.monotonic()))
         hung = [rank for rank, proc in enumerate(procs) if proc.is_alive()]
-        assert not hung, f'ranks {hung} never finished'
+        for rank in hung:
+            os.kill(procs[rank].pid, signal.SIGABRT)
+            procs[rank].join(30)
+        saved = [rank for rank in range(2)
+                 if (out / f'rank{rank}.pt').exists()]
+        assert not hung, (
+            f'ranks {hung} never finished (ranks {saved} saved their '
+            f'results; exit codes {[proc.exitcode for proc in procs]}); '
+            'their threads are in the captured stderr')
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -171,6 +210,34 @@ def test_parameters_are_identical_across_ranks(two_ranks):
 def test_resume_under_ddp_gives_the_uninterrupted_result(two_ranks):
     for got in two_ranks:
         same_runs(got['resumed'], got['reference'])
+
+
+def test_the_group_ends_after_unreachable_ddp_wrappers(tmp_path,
+                                                      monkeypatch):
+    # A wrapper freed after the group ends can hang the process (see
+    # end_process_group); one that nothing reaches must be gone by then.
+    dist.init_process_group('gloo', init_method=(tmp_path / 'store').as_uri(),
+                            rank=0, world_size=1)
+    alive_at_the_end = []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, 'destroy_process_group', lambda: (
+        alive_at_the_end.append(wrapper() is not None), destroy()))
+    enabled = gc.isenabled()
+    gc.disable()  # a collection between here and the end would hide it
+    try:
+        model = DistributedDataParallel(torch.nn.Linear(3, 2))
+        model(torch.randn(4, 3)).sum().backward()
+        wrapper = weakref.ref(model)
+        cycle = [model]  # as the wrapper's own cycles hold it, at times
+        cycle.append(cycle)
+        del model, cycle
+        end_process_group()
+    finally:
+        if enabled:
+            gc.enable()
+        if dist.is_initialized():
+            destroy()
+    assert alive_at_the_end == [False]
 
 
 def processes_with(marker: str) -> list[int]:

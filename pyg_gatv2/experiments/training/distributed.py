@@ -18,6 +18,7 @@ rendezvous store at every step.
 """
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -28,8 +29,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ['DEFAULT_TIMEOUT', 'DistributedError', 'all_gather_objects',
-           'all_reduce_sum', 'heartbeat', 'is_main', 'launched',
-           'main_first', 'process_group', 'world', 'wrap']
+           'all_reduce_sum', 'end_process_group', 'heartbeat', 'is_main',
+           'launched', 'main_first', 'process_group', 'world', 'wrap']
 
 # Seconds a collective waits for the other processes before failing.
 DEFAULT_TIMEOUT = 120.0
@@ -104,7 +105,28 @@ def process_group(device: torch.device,
             raise
         raise DistributedError(_lost_message(err, timeout)) from err
     finally:
-        dist.destroy_process_group()
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroys the default process group, once the
+    :class:`~torch.nn.parallel.DistributedDataParallel` wrappers that
+    nothing reaches any more are freed.
+
+    A wrapper can sit in a reference cycle (the first one of a process
+    does), and is then freed when the garbage collector runs, not when its
+    last user lets it go. A wrapper freed after the group was destroyed
+    drops the last reference to the group from its reducer, which holds
+    the GIL meanwhile, and the group's destructor waits for its worker
+    threads, one of which may be waiting for the GIL to free the tensors of
+    a collective that just ended: the process hangs. Freed while the group
+    is still registered, the wrapper leaves the group's end to
+    :func:`torch.distributed.destroy_process_group`, which lets the GIL go
+    while the threads stop. A wrapper that a variable still holds is its
+    holder's to drop first.
+    """
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _collective_failure(err: RuntimeError) -> bool:
