@@ -36,7 +36,11 @@
 #             the copy bandwidth;
 #   products  (by name only; scale's first size is the same graph)
 #             kernels.py at the scale of ogbn-products: 2.4M nodes, 62M
-#             edges, float32.
+#             edges, float32;
+#   minibatch (by name only) benchmarks/minibatch.py on the GPU: NeighborLoader
+#             batches of a 600k-node graph sampled on 8 CPU threads (4
+#             workers ahead of training), both models trained on the GPU;
+#             needs torch-sparse (or pyg-lib) for the sampler.
 #
 # Each step has its own time limit (the default steps' add up to 640 s;
 # name fewer steps where the lent time is shorter), and a failed step
@@ -113,10 +117,13 @@ for step in $steps; do
         timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
             --max-memory 1000 --name kernels_cuda_products \
             --impls pyg,pyg_compile,fused_triton ;;
+    minibatch)
+        timeout 300 $py benchmarks/minibatch.py --device cuda --threads 8 \
+            --workers 4 --out "$out" ;;
     *)
         echo "unknown step '$step': choose from float32 bfloat16 autocast" \
              "powerlaw tests scale turbo planetoid compile profile" \
-             "products" ;;
+             "products minibatch" ;;
     esac
 done
 echo "== $(date +%T) done"

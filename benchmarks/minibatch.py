@@ -61,6 +61,17 @@ counts for ``--rounds`` rounds; the report gives the medians over rounds.
 The report names the CPU level of the C++ kernels, which
 ``PYG_GATV2_CPU_CAPABILITY`` chooses (the ranks inherit it). Writes
 ``minibatch.md`` and ``minibatch.csv`` into ``--out``.
+
+With ``--device cuda`` each rank trains on a GPU of its own (the one of its
+local rank; DDP on NCCL) and ``--procs`` counts GPUs (default 1). The
+loader still samples on the CPU, with the rank's ``--threads`` share, and
+each batch is copied to the GPU as part of its sampling time; model times
+wait for the GPU, and memory is the allocator's peak on the GPU. The
+profiler's parts are the operators' own time on the GPU (the kernels they
+launched), and the full-batch estimate stays the CPU measurement (the same
+tensors, whichever device holds them)::
+
+    python benchmarks/minibatch.py --device cuda --threads 8 --workers 4
 """
 import argparse
 import json
@@ -97,6 +108,7 @@ from _common import (
     pin_malloc,
     run_isolated,
     step_memory,
+    synchronize,
     training_step,
     write_report,
 )
@@ -163,8 +175,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                        help='every layer computes every sampled node, '
                        "instead of only those the seeds' outputs need")
     run = parser.add_argument_group('the measurement')
-    run.add_argument('--procs', type=int, nargs='+', default=[1, 2],
-                     help='process counts to run (torchrun)')
+    run.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                     help='where the models train (cuda: one GPU per '
+                     'process)')
+    run.add_argument('--procs', type=int, nargs='+', default=None,
+                     help='process counts to run (torchrun; default 1 '
+                     'and 2 on the CPU, 1 on GPUs)')
     run.add_argument('--threads', type=int, default=2,
                      help='CPU threads per run in all, split over its ranks')
     run.add_argument('--steps', type=int, default=5,
@@ -197,8 +213,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.quick:  # other defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
+    if args.procs is None:
+        args.procs = [1] if args.device == 'cuda' else [1, 2]
     if args.name is None:
-        args.name = 'minibatch' + ('_quick' if args.quick else '')
+        args.name = ('minibatch' + ('_cuda' if args.device == 'cuda' else '')
+                     + ('_quick' if args.quick else ''))
     check_args(parser, args)
     return args
 
@@ -219,6 +238,11 @@ def check_args(parser: argparse.ArgumentParser,
             n < 1 for n in args.num_neighbors + args.estimate_nodes):
         parser.error('--procs, --num-neighbors and --estimate-nodes take '
                      'positive integers')
+    if args.device == 'cuda':
+        gpus = torch.cuda.device_count()
+        if max(args.procs) > gpus:
+            parser.error(f'--device cuda with --procs {max(args.procs)} '
+                         f'needs as many GPUs; this machine has {gpus}')
     if any(args.threads % p for p in args.procs):
         parser.error(f'--threads {args.threads} must divide evenly among '
                      f'the ranks of every --procs {args.procs}')
@@ -349,11 +373,17 @@ def rank_main(spec_path: Path) -> None:
     from pyg_gatv2.experiments.training.distributed import end_process_group
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec['threads_per_rank'])
+    device = torch.device('cpu')
+    if spec['device'] == 'cuda':
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
     dist.init_process_group(
-        'gloo', timeout=timedelta(seconds=spec['collective_timeout']))
+        'nccl' if device.type == 'cuda' else 'gloo',
+        timeout=timedelta(seconds=spec['collective_timeout']),
+        device_id=device if device.type == 'cuda' else None)
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        result = train_rank(spec, rank, world)
+        result = train_rank(spec, rank, world, device)
         results = [None] * world
         dist.all_gather_object(results, result)
     finally:
@@ -362,7 +392,8 @@ def rank_main(spec_path: Path) -> None:
         Path(spec['result']).write_text(json.dumps(results))
 
 
-def train_rank(spec: dict, rank: int, world: int) -> dict:
+def train_rank(spec: dict, rank: int, world: int,
+               device: torch.device) -> dict:
     from torch.nn.parallel import DistributedDataParallel
     from torch_geometric.loader import NeighborLoader
 
@@ -371,8 +402,10 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     graph = torch.load(spec['graph_file'])
     data = Data(x=graph['x'], y=graph['y'], edge_index=graph['edge_index'])
     shard = graph['train_idx'].tensor_split(world)[rank]
-    models = {name: DistributedDataParallel(build_model(name, spec))
-              for name in LAYERS}
+    models = {name: DistributedDataParallel(
+        build_model(name, spec).to(device),
+        device_ids=[device] if device.type == 'cuda' else None)
+        for name in LAYERS}
     optimizers = {name: torch.optim.Adam(model.parameters(), lr=spec['lr'])
                   for name, model in models.items()}
     torch.manual_seed(spec['seed'] + 1 + rank)  # each rank's own shuffle
@@ -384,7 +417,8 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
 
     def batches():
         while True:
-            yield from loader
+            for batch in loader:
+                yield batch.to(device)
 
     stream = batches()
     state = dict(batch=next(stream), edges=[], nodes=[])
@@ -424,11 +458,10 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
     for _ in range(spec['warmup']):
         for fn in fns.values():
             fn()
-    cpu = torch.device('cpu')
     state['edges'].clear()
     state['nodes'].clear()
-    medians = interleaved_medians(fns, cpu, spec['steps'])
-    parts = {name: step_parts(fns[name]) for name in layers}
+    medians = interleaved_medians(fns, device, spec['steps'])
+    parts = {name: step_parts(fns[name], device) for name in layers}
     # End to end: the trainer's loader (NeighborBatches), sampling ahead in
     # its workers while the model trains; the layers in turn, each with a
     # loader of its own.
@@ -449,10 +482,13 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
             for name in layers:
                 turn += 1
                 rates[mode][name] = max(rates[mode][name], end_to_end(
-                    models[name], optimizers[name], data, spec, epoch=turn))
+                    models[name], optimizers[name], data, spec, epoch=turn,
+                    device=device))
     torch.set_num_threads(spec['threads_per_rank'])
     rates.setdefault('all', rates['split'])
     result = dict(medians=medians, check=check, status=status,
+                  device=(torch.cuda.get_device_name(device)
+                          if device.type == 'cuda' else 'cpu'),
                   parts=parts, steps_per_s=rates['split'],
                   steps_per_s_all_threads=rates['all'],
                   split_threads=settings['split'],
@@ -462,7 +498,8 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
                                             spec['batch_size']))
     if spec['memory']:
         from pyg_gatv2.fused import clear_layout_cache
-        pin_malloc()
+        if device.type == 'cpu':
+            pin_malloc()
         peaks = {name: 0.0 for name in layers}
         kept = {name: 0.0 for name in layers}
         for _ in range(spec['memory_steps']):
@@ -472,7 +509,7 @@ def train_rank(spec: dict, rank: int, world: int) -> dict:
                 # cache makes sure, so that the step builds it and counts
                 # what it keeps.
                 clear_layout_cache()
-                memory = step_memory(fns[name], cpu)
+                memory = step_memory(fns[name], device)
                 peaks[name] = max(peaks[name], memory.peak)
                 kept[name] = max(kept[name], memory.kept)
         result.update(peak=peaks, kept=kept)
@@ -492,18 +529,24 @@ def train_step(model, optimizer, batch: Data, num_seeds: int,
     optimizer.step()
 
 
-def step_parts(step) -> dict[str, float]:
+def step_parts(step, device: torch.device) -> dict[str, float]:
     """Seconds per step of each of :data:`PARTS` and of the rest, from the
     operators' own times under the profiler over :data:`PROFILED_STEPS`
-    runs of :obj:`step` (each on the batch last sampled)."""
+    runs of :obj:`step` (each on the batch last sampled): on a GPU, the
+    time of the kernels each operator launched itself."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
         for _ in range(PROFILED_STEPS):
             step()
+        synchronize(device)
     seconds = {part: 0.0 for part in PARTS}
     total = 0.0
     for event in prof.key_averages():
-        own = event.self_cpu_time_total / 1e6 / PROFILED_STEPS
+        own = (event.self_device_time_total if device.type == 'cuda'
+               else event.self_cpu_time_total) / 1e6 / PROFILED_STEPS
         total += own
         for part, names in PARTS.items():
             if any(name in event.key for name in names):
@@ -513,17 +556,18 @@ def step_parts(step) -> dict[str, float]:
     return seconds
 
 
-def end_to_end(model, optimizer, data: Data, spec: dict,
-               epoch: int) -> float:
+def end_to_end(model, optimizer, data: Data, spec: dict, epoch: int,
+               device: torch.device) -> float:
     """Steps per second of training :obj:`model` on the batches of
     :class:`~pyg_gatv2.experiments.training.NeighborBatches` with
     ``spec['workers']`` workers sampling ahead: over ``spec['steps']``
     steps, after as many as the workers have sampled ahead of the first
     (and one more), on the epochs of the run seeded ``spec['seed']`` from
-    epoch ``1000 * epoch`` on."""
+    epoch ``1000 * epoch`` on; the loader copies each batch to
+    :obj:`device`, and each step is waited for there."""
     from pyg_gatv2.experiments.training import NeighborBatches
     loader = NeighborBatches(data, spec['num_neighbors'], spec['batch_size'],
-                             num_workers=spec['workers'])
+                             device=device, num_workers=spec['workers'])
     skip = 2 * spec['workers'] + 1
     # Epochs on end, so that a small graph's short epochs do not run out.
     batches = (batch for later in range(1000)
@@ -533,6 +577,7 @@ def end_to_end(model, optimizer, data: Data, spec: dict,
     for _ in range(skip + spec['steps']):
         batch = next(batches)
         train_step(model, optimizer, batch, batch.num_seeds, spec['trim'])
+        synchronize(device)
         ends.append(time.perf_counter())
     del batches, loader  # the workers end with the loader
     return spec['steps'] / (ends[-1] - ends[skip - 1])
@@ -641,7 +686,8 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
     rows = []
     for name, label in LAYERS.items():
         row = dict(
-            processes=procs, threads_per_rank=threads, layer=label,
+            processes=procs, threads_per_rank=threads,
+            device=first[0]['device'], layer=label,
             status=status[name],
             sampled_nodes=f"{statistics.mean(r['nodes'] for r in first):.0f}",
             sampled_edges=f"{statistics.mean(r['edges'] for r in first):.0f}",
@@ -691,7 +737,7 @@ def summarize(procs: int, threads: int, runs: list[list[dict]],
     return rows
 
 
-COLUMNS = ['processes', 'threads_per_rank', 'layer', 'status',
+COLUMNS = ['processes', 'threads_per_rank', 'device', 'layer', 'status',
            'sampled_nodes', 'sampled_edges', 'sampling_ms', 'model_ms',
            'model_s_per_epoch', 's_per_epoch', 'seeds_per_s',
            'overlapped_threads', 'overlapped_seeds_per_s',
@@ -729,9 +775,16 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         f"{estimate['bytes'] / GiB:.1f} GiB above the graph itself "
         f'(measured {points}; scaled by edges + self-loops).',
         '',
-        f'{args.threads} CPU threads per run: 1 process x {args.threads} '
-        f'threads, or P processes x {args.threads} / P threads (DDP, gloo, '
-        f'127.0.0.1). Times are medians of {args.steps} interleaved steps '
+        (f'{args.threads} CPU threads per run: 1 process x '
+         f'{args.threads} threads, or P processes x {args.threads} / P '
+         'threads (DDP, gloo, 127.0.0.1). '
+         if args.device == 'cpu' else
+         f"Models on the GPU ({', '.join(sorted({r['device'] for r in rows}))}"
+         '), one per process '
+         f'(DDP, NCCL); {args.threads} CPU threads per run for sampling, '
+         'split over its ranks; a batch is copied to the GPU as part of its '
+         'sampling, and every timed step is waited for. ')
+        + f'Times are medians of {args.steps} interleaved steps '
         f'(after {args.warmup} warm-up steps) per run, the slowest rank, '
         f'then the median over {args.rounds} runs per process count, '
         'alternating. Sampling: drawing a batch (and a barrier across '
@@ -739,17 +792,19 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         'per epoch are extrapolated: median step x steps per epoch '
         '(training nodes per rank / batch). seeds/s counts all ranks. '
         'Memory, the largest over '
-        f'{args.memory_steps} batches and the ranks, allocator pinned: '
-        'peak_mib is the largest growth during a training step on a newly '
-        'drawn batch above the level before it, with our layout cache and '
-        'buffer cache emptied, so that it counts the layout of the batch '
-        'that our layer builds in the step and keeps until the next batch, '
-        'and every buffer of our kernels; kept_mib is the part of that '
-        'growth still held after the step returned and garbage was '
-        'collected (measured: for our layer, that layout and the buffers '
-        'its kernels keep for the next step). model_speedup: PyG model '
-        'time / '
-        "this model time; memory_ratio: this peak / PyG's peak.",
+        f'{args.memory_steps} batches and the ranks, '
+        + ('allocator pinned: ' if args.device == 'cpu' else
+           "on the GPU (the CUDA caching allocator's count): ")
+        + 'peak_mib is the largest growth during a training step on a '
+        'newly drawn batch above the level before it, with our layout '
+        'cache and buffer cache emptied, so that it counts the layout of '
+        'the batch that our layer builds in the step and keeps until the '
+        'next batch, and every buffer of our kernels; kept_mib is the part '
+        'of that growth still held after the step returned and garbage '
+        'was collected (measured: for our layer, that layout and the '
+        'buffers its kernels keep for the next step). model_speedup: PyG '
+        "model time / this model time; memory_ratio: this peak / PyG's "
+        'peak.',
         '',
         'End to end (overlapped_seeds_per_s): the trainer\'s loader '
         '(pyg_gatv2.experiments.training.NeighborBatches) with '
@@ -783,8 +838,10 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         markdown_table(rows, COLUMNS),
         '',
         'Where a step goes (ms per step, the first run, the slowest rank): '
-        'the own time of the operators under the profiler over '
-        f'{PROFILED_STEPS} training steps on one batch, summed by part: '
+        + ('the own time of the operators' if args.device == 'cpu' else
+           'the time of the GPU kernels that each operator launched itself')
+        + f' under the profiler over {PROFILED_STEPS} training steps on '
+        'one batch, summed by part: '
         'attention, the fused kernels of our layer, forward and backward; '
         'layout, the edge layout of each new edge_index; projections, the '
         'matrix products (the linear layers, forward and backward; for our '
@@ -852,7 +909,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                     workers=args.workers,
                     trim=not args.whole_subgraph,
                     warmup=args.warmup, memory_steps=args.memory_steps,
-                    memory=not runs[procs], collective_timeout=args.timeout)
+                    memory=not runs[procs], collective_timeout=args.timeout,
+                    device=args.device)
                 print(f'round {round_ + 1}/{args.rounds}: {procs} '
                       'process(es)', flush=True)
                 try:

@@ -53,11 +53,21 @@ def test_synthetic_graph_is_seeded_and_shaped_as_asked():
     (['--nodes', '1000'], 'less than one batch'),
     (['--classes', '200'], '--classes must not exceed --features'),
     (['--procs', '0'], 'positive integers'),
+    (['--device', 'cuda', '--procs', '64'], 'needs as many GPUs'),
 ])
 def test_bad_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         minibatch.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_process_counts_and_name_follow_the_device(monkeypatch):
+    assert minibatch.parse_args([]).procs == [1, 2]
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    args = minibatch.parse_args(['--device', 'cuda', '--quick'])
+    assert (args.procs, args.name) == ([1], 'minibatch_cuda_quick')
+    assert minibatch.parse_args(['--device', 'cuda', '--procs', '1',
+                                 '2']).procs == [1, 2]
 
 
 def test_quick_flags_give_way_to_explicit_ones():
@@ -104,7 +114,7 @@ def rank_result(sampling, ours, pyg, peak_ours, peak_pyg, check=CHECKED,
                 steps_per_s=dict(ours=rates[0], pyg=rates[1]),
                 steps_per_s_all_threads=dict(ours=all_threads[0],
                                              pyg=all_threads[1]),
-                split_threads=1,
+                split_threads=1, device='cpu',
                 check=check, status=dict(ours='ok', pyg='ok'),
                 edges=100.0, nodes=90.0, steps_per_epoch=10,
                 peak=dict(ours=peak_ours, pyg=peak_pyg),
@@ -124,6 +134,7 @@ def test_summarize_takes_the_slowest_rank_and_the_median_run():
     # PyG 4, 9, 2 -> 4. Memory from the first run, the largest rank.
     assert ours['sampling_ms'] == pyg['sampling_ms'] == '200.0'
     assert (ours['sampled_nodes'], ours['sampled_edges']) == ('90', '100')
+    assert ours['device'] == pyg['device'] == 'cpu'
     assert (ours['model_ms'], pyg['model_ms']) == ('2000.0', '4000.0')
     assert ours['model_s_per_epoch'] == '20.000'
     assert ours['s_per_epoch'] == '22.000'
@@ -206,7 +217,7 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
                     'all_threads_seeds_per_s', 'best_vs_best',
                     'projections_ms', 'input_dropout_ms', 'other_ms'):
             assert float(row[key]) > 0, (key, row)
-        assert row['status'] == 'ok'
+        assert (row['status'], row['device']) == ('ok', 'cpu')
         peak = float(row['peak_mib'])
         assert math.isfinite(peak) and peak >= 0
         assert row['memory_ratio'] == 'n/a' or float(
