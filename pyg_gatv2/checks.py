@@ -254,7 +254,9 @@ def check_edge_attr(edge_attr: Tensor, lin_edge: Optional[torch.nn.Module],
     dim = edge_attr.size(-1) if edge_attr.dim() == 2 else 1
     # With edge_dim=-1 the size is taken from the first edge_attr.
     expected = lin_edge.in_channels
-    if edge_attr.dim() not in (1, 2) or expected not in (-1, dim):
+    # Compared one by one: 'in' would not compare a symbolic size (under
+    # torch.compile with dynamic shapes) by value.
+    if edge_attr.dim() not in (1, 2) or (expected != -1 and expected != dim):
         raise ValueError(
             f"'{caller}' was built with edge_dim={edge_dim} and expects "
             f"'edge_attr' of shape [num_edges, {expected}] (got "

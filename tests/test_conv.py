@@ -518,6 +518,33 @@ def test_compiled_layer_matches_eager(kwargs, inputs):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(edge_dim=3, add_self_loops=False),
+    dict(edge_dim=-1, add_self_loops=False),
+    dict(in_channels=(8, 5)),
+], ids=['plain', 'edge_attr', 'lazy_edge_dim', 'bipartite'])
+def test_layer_compiled_for_dynamic_shapes_is_one_graph(kwargs):
+    """Every input check holds for symbolic sizes: one graph for graphs of
+    any size (a check that compared a symbolic size by identity raised
+    while tracing, and the layer fell back to eager)."""
+    torch._dynamo.reset()
+    in_channels = kwargs.pop('in_channels', 8)
+    conv = GATv2Conv(in_channels, 4, heads=2, **kwargs)
+    compiled = torch.compile(conv, dynamic=True, fullgraph=True)
+    for num_nodes, num_edges in ((10, 30), (17, 50)):
+        x = torch.randn(num_nodes, 8)
+        edge_index = random_graph(num_nodes, num_nodes - 1,
+                                  num_edges=num_edges)
+        args = [x, edge_index]
+        if in_channels != 8:
+            args[0] = (x, torch.randn(num_nodes - 1, 5))
+        if 'edge_dim' in kwargs:
+            args.append(torch.randn(num_edges, 3))
+        expected = conv(*args)  # first, for a lazy edge_dim
+        torch.testing.assert_close(compiled(*args), expected)
+
+
 def test_compiled_layer_under_autocast_matches_eager():
     """Under bfloat16 autocast the fused op takes the bfloat16
     projections beside a float32 'att': the compiled layer traces that
