@@ -45,7 +45,8 @@
 # Each step has its own time limit (the default steps' add up to 640 s;
 # name fewer steps where the lent time is shorter), and a failed step
 # does not stop the next. Reports go to OUT (default
-# benchmarks/results).
+# benchmarks/results). With GPU_CHECKS_DRY_RUN=1 the steps print their
+# commands instead of running them (no GPU needed; the tests read them).
 set -u
 out=${1:-benchmarks/results}
 shift $(( $# > 0 ? 1 : 0 ))
@@ -53,10 +54,17 @@ steps=${*:-float32 bfloat16 autocast powerlaw tests scale}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$py -c 'import torch, triton, torch_geometric as g
+dry=${GPU_CHECKS_DRY_RUN:-}
+run() {
+    if [ -n "$dry" ]; then echo "$*"; else "$@"; fi
+}
+if [ -z "$dry" ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version \
+        --format=csv,noheader
+    $py -c 'import torch, triton, torch_geometric as g
 print(f"torch {torch.__version__}, triton {triton.__version__}, "
       f"PyG {g.__version__}, CUDA {torch.version.cuda}")'
+fi
 
 kernels="$py benchmarks/kernels.py --device cuda --no-cora --out $out"
 headline="--nodes 200000 --degrees 20 --repeats 11 --max-memory 100"
@@ -65,31 +73,32 @@ for step in $steps; do
     echo "== $(date +%T) $step"
     case $step in
     float32)
-        timeout 120 $kernels $headline --name kernels_cuda \
+        run timeout 120 $kernels $headline --name kernels_cuda \
             --impls $pyg_and_ours,fused_fresh ;;
     bfloat16)
-        timeout 80 $kernels $headline --dtype bfloat16 \
+        run timeout 80 $kernels $headline --dtype bfloat16 \
             --name kernels_cuda_bf16 --impls $pyg_and_ours ;;
     autocast)
-        timeout 80 $kernels $headline --autocast \
+        run timeout 80 $kernels $headline --autocast \
             --name kernels_cuda_autocast --impls $pyg_and_ours ;;
     powerlaw)
-        timeout 80 $kernels $headline --graph powerlaw \
+        run timeout 80 $kernels $headline --graph powerlaw \
             --name kernels_cuda_powerlaw --impls pyg,pyg_compile,fused_triton
         ;;
     tests)
-        timeout 100 $py -m pytest -q -p no:cacheprovider -m cuda \
+        run timeout 100 $py -m pytest -q -p no:cacheprovider -m cuda \
             tests/test_fused_backends.py tests/test_fused_backends_triton.py \
             tests/test_fused_op.py tests/test_fused_op_random.py 2>&1 \
             | tee "$out/cuda_tests.log" | tail -n 30 ;;
     scale)
-        gib=$(nvidia-smi --query-gpu=memory.total \
+        gib=80
+        [ -n "$dry" ] || gib=$(nvidia-smi --query-gpu=memory.total \
               --format=csv,noheader,nounits | head -n 1 \
               | awk '{print $1 / 1024}')
-        timeout 180 $py benchmarks/scale.py --max-memory "$gib" --timeout 120 \
-            --out "$out" ;;
+        run timeout 180 $py benchmarks/scale.py --max-memory "$gib" \
+            --timeout 120 --out "$out" ;;
     turbo)
-        if ! $py -c 'import turbo_gnn' 2>/dev/null; then
+        if [ -z "$dry" ] && ! $py -c 'import turbo_gnn' 2>/dev/null; then
             if [ -z "${TURBO_GNN_SDIST:-}" ]; then
                 echo "turbo-gnn is not installed and TURBO_GNN_SDIST is unset"
             elif ! command -v nvcc >/dev/null; then
@@ -101,24 +110,25 @@ for step in $steps; do
             fi
         fi
         for graph in uniform powerlaw; do
-            timeout 90 $py benchmarks/vs_turbo_gnn.py --graph $graph \
+            run timeout 90 $py benchmarks/vs_turbo_gnn.py --graph $graph \
                 --name vs_turbo_gnn_$graph --out "$out"
         done ;;
     planetoid)
-        timeout 150 $py benchmarks/accuracy.py --device cuda --datasets Cora \
-            CiteSeer --seeds 3 --name accuracy_cuda --out "$out" ;;
+        run timeout 150 $py benchmarks/accuracy.py --device cuda \
+            --datasets Cora CiteSeer --seeds 3 --name accuracy_cuda \
+            --out "$out" ;;
     compile)
-        timeout 200 $py benchmarks/compile.py --device cuda --nodes 200000 \
-            --name compile_cuda --out "$out" ;;
+        run timeout 200 $py benchmarks/compile.py --device cuda \
+            --nodes 200000 --name compile_cuda --out "$out" ;;
     profile)
-        timeout 150 $py benchmarks/step_profile.py --device cuda --no-cora \
-            --name step_profile_cuda --out "$out" ;;
+        run timeout 150 $py benchmarks/step_profile.py --device cuda \
+            --no-cora --name step_profile_cuda --out "$out" ;;
     products)
-        timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
+        run timeout 120 $kernels --nodes 2400000 --degrees 26 --repeats 5 \
             --max-memory 1000 --name kernels_cuda_products \
             --impls pyg,pyg_compile,fused_triton ;;
     minibatch)
-        timeout 300 $py benchmarks/minibatch.py --device cuda --threads 8 \
+        run timeout 300 $py benchmarks/minibatch.py --device cuda --threads 8 \
             --workers 4 --out "$out" ;;
     *)
         echo "unknown step '$step': choose from float32 bfloat16 autocast" \
