@@ -442,6 +442,40 @@ FAULTS = (
           '            res = self.res(x_dst)',
           '            res = self.res(x_src)',
           (LAYER_RANDOM, )),
+    Fault('layer_checks_skipped_under_compile',
+          'layer: the input checks left out of a compiled forward',
+          'pyg_gatv2/conv.py',
+          '        self._check_forward_input(x_src, x_dst, edge_index, '
+          'edge_attr,\n',
+          '        if not torch.compiler.is_compiling():\n'
+          '          self._check_forward_input(x_src, x_dst, edge_index, '
+          'edge_attr,\n',
+          ('tests/test_conv.py::test_bad_input_is_reported', ),
+          keyword='compiled'),
+    Fault('op_edge_index_unchecked_under_compile',
+          "op: a compiled call reads edge_index's edge count before "
+          'checking its shape',
+          'pyg_gatv2/fused/op.py',
+          '        check_edge_index(edge_index, _NAME)\n',
+          '',
+          ('tests/test_fused_op.py::test_bad_input', ),
+          keyword='compiled'),
+    Fault('edge_attr_check_by_identity',
+          "checks: edge_attr's width looked up with 'in', which does not "
+          'compare a symbolic size by value',
+          'pyg_gatv2/checks.py',
+          '(expected != -1 and expected != dim)',
+          'expected not in (-1, dim)',
+          ('tests/test_conv.py::'
+           'test_layer_compiled_for_dynamic_shapes_is_one_graph', )),
+    Fault('process_group_ends_before_its_ddp_wrappers',
+          'training: the process group destroyed before the DDP wrappers '
+          'that nothing reaches are freed',
+          'pyg_gatv2/experiments/training/distributed.py',
+          '    gc.collect()\n    dist.destroy_process_group()',
+          '    dist.destroy_process_group()',
+          ('tests/test_experiments_training_distributed.py::'
+           'test_the_group_ends_after_unreachable_ddp_wrappers', )),
 )
 
 
