@@ -68,7 +68,8 @@ loader still samples on the CPU, with the rank's ``--threads`` share, and
 each batch is copied to the GPU as part of its sampling time; model times
 wait for the GPU, and memory is the allocator's peak on the GPU. The
 profiler's parts are the operators' own time on the GPU (the kernels they
-launched), and the full-batch estimate stays the CPU measurement (the same
+launched; our attention and layout with those of the operators under
+theirs), and the full-batch estimate stays the CPU measurement (the same
 tensors, whichever device holds them)::
 
     python benchmarks/minibatch.py --device cuda --threads 8 --workers 4
@@ -138,6 +139,10 @@ PARTS = {'attention': ('gatv2_attention', ),
 # attention took no time, the rest of it (its projections, and what both
 # models run alike) as measured.
 ATTENTION_PARTS = ('attention', 'layout')
+# On a GPU, the kernels of these parts are partly launched by the torch
+# operators they call (the layout's sort, the attention's allocations and
+# row sums): they count those too.
+GPU_INCLUSIVE_PARTS = ('attention', 'layout')
 PROFILED_STEPS = 3
 
 
@@ -530,28 +535,64 @@ def train_step(model, optimizer, batch: Data, num_seeds: int,
 
 
 def step_parts(step, device: torch.device) -> dict[str, float]:
-    """Seconds per step of each of :data:`PARTS` and of the rest, from the
-    operators' own times under the profiler over :data:`PROFILED_STEPS`
-    runs of :obj:`step` (each on the batch last sampled): on a GPU, the
-    time of the kernels each operator launched itself."""
+    """Seconds per step of each of :data:`PARTS` and of the rest, under the
+    profiler over :data:`PROFILED_STEPS` runs of :obj:`step` (each on the
+    batch last sampled): the operators' own CPU times on the CPU; on a
+    GPU, the time of the kernels that each operator launched itself, the
+    parts of :data:`GPU_INCLUSIVE_PARTS` with the kernels of the
+    operators under theirs that no part names (:func:`split_parts`)."""
     from torch.profiler import ProfilerActivity, profile
+    gpu = device.type == 'cuda'
     activities = [ProfilerActivity.CPU]
-    if device.type == 'cuda':
+    if gpu:
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
         for _ in range(PROFILED_STEPS):
             step()
         synchronize(device)
+    if gpu:
+        seconds = split_parts(prof.events(), 'self_device_time_total',
+                              GPU_INCLUSIVE_PARTS)
+    else:
+        seconds = split_parts(prof.events(), 'self_cpu_time_total')
+    return {part: value / 1e6 / PROFILED_STEPS
+            for part, value in seconds.items()}
+
+
+def split_parts(events, own: str,
+                inclusive_parts: tuple[str, ...] = ()) -> dict[str, float]:
+    """The profiler's microseconds by part of :data:`PARTS` and ``other``
+    (the rest), from the operators' events (the kernels' own events, whose
+    time their operators already count, are left out). Each event's
+    ``own`` time goes to the first part one of whose names its name
+    holds; an event that names none goes to the part of the nearest event
+    above it that names one, where that part is one of
+    ``inclusive_parts``, and to ``other`` otherwise."""
+    from torch.autograd import DeviceType
+
+    def part_of(event) -> Optional[str]:
+        return next((part for part, names in PARTS.items()
+                     if any(name in event.name for name in names)), None)
+
+    def claimed(event) -> Optional[str]:
+        parent = event.cpu_parent
+        while parent is not None:
+            part = part_of(parent)
+            if part is not None:
+                return part if part in inclusive_parts else None
+            parent = parent.cpu_parent
+        return None
+
     seconds = {part: 0.0 for part in PARTS}
     total = 0.0
-    for event in prof.key_averages():
-        own = (event.self_device_time_total if device.type == 'cuda'
-               else event.self_cpu_time_total) / 1e6 / PROFILED_STEPS
-        total += own
-        for part, names in PARTS.items():
-            if any(name in event.key for name in names):
-                seconds[part] += own
-                break
+    for event in events:
+        if event.device_type != DeviceType.CPU:
+            continue
+        time = getattr(event, own)
+        total += time
+        part = part_of(event) or claimed(event)
+        if part is not None:
+            seconds[part] += time
     seconds['other'] = total - sum(seconds.values())
     return seconds
 
@@ -839,7 +880,9 @@ def report(args: argparse.Namespace, full: Data, estimate: dict,
         '',
         'Where a step goes (ms per step, the first run, the slowest rank): '
         + ('the own time of the operators' if args.device == 'cpu' else
-           'the time of the GPU kernels that each operator launched itself')
+           'the time of the GPU kernels that each operator launched itself '
+           '(attention and layout also with those of the operators under '
+           'theirs that no part names: the sort, the allocations)')
         + f' under the profiler over {PROFILED_STEPS} training steps on '
         'one batch, summed by part: '
         'attention, the fused kernels of our layer, forward and backward; '

@@ -237,3 +237,48 @@ def test_quick_run_reports_both_layers_for_one_and_two_processes(tmp_path):
     markdown = (tmp_path / 'minibatch_quick.md').read_text()
     assert 'benchmarks/minibatch.py --quick' in markdown
     assert 'Full-batch PyG training step, estimated' in markdown
+
+
+def profiled_step():
+    """The events of one training step of our layer, on a new graph (so
+    that the layout is built), under the CPU profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyg_gatv2 import GATv2Conv
+    conv = GATv2Conv(8, 4, heads=2)
+    x = torch.randn(50, 8)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        conv(x, torch.randint(0, 50, (2, 200))).sum().backward()
+    return prof.events()
+
+
+def test_split_parts_sums_to_the_total():
+    events = profiled_step()
+    total = sum(e.self_cpu_time_total for e in events)
+    own = minibatch.split_parts(events, 'self_cpu_time_total')
+    assert sum(own.values()) == pytest.approx(total)
+    assert own['attention'] > 0 and own['layout'] > 0
+
+
+def test_split_parts_gives_an_inclusive_part_what_no_part_claims():
+    # The backward's events nest (the autograd node, the custom op's
+    # backward, our backward operator, and the layout by source, built
+    # there): the attention takes everything under its outermost events
+    # but the layout, which keeps its own.
+    events = profiled_step()
+    inclusive = minibatch.split_parts(events, 'self_cpu_time_total',
+                                      ('attention', ))
+    own = minibatch.split_parts(events, 'self_cpu_time_total')
+    by_name = {e.name: e for e in events}
+    forward = by_name['pyg_gatv2::gatv2_attention']
+    backward = by_name[
+        'autograd::engine::evaluate_function: '
+        'GeneratedBackwardFor_pyg_gatv2_gatv2_attention_defaultBackward']
+    layout = by_name['pyg_gatv2::build_layout_by_source']
+    assert inclusive['attention'] == pytest.approx(
+        forward.cpu_time_total + backward.cpu_time_total
+        - layout.cpu_time_total)
+    assert inclusive['attention'] > own['attention']
+    for part in ('layout', 'projections'):
+        assert inclusive[part] == pytest.approx(own[part])
+    assert sum(inclusive.values()) == pytest.approx(sum(own.values()))
