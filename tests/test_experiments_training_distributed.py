@@ -129,21 +129,6 @@ def worker(rank: int, rendezvous: str, out: Path) -> None:
     faulthandler.cancel_dump_traceback_later()
 
 
-@contextlib.contextmanager
-def environment_with(**variables: str) -> Iterator[None]:
-    """``os.environ`` with ``variables`` set, for the block."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope='module')
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')
@@ -157,7 +142,8 @@ def two_ranks(tmp_path_factory):
     # A worker hung outside its own watchdog (starting up, or exiting
     # after it) is sent SIGABRT, on which Python's fault handler, enabled
     # in its environment, prints where each of its threads was.
-    with environment_with(PYTHONFAULTHANDLER='1'):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('PYTHONFAULTHANDLER', '1')
         for proc in procs:
             proc.start()
     try:
