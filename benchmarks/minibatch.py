@@ -84,7 +84,6 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -375,17 +374,15 @@ def estimate_fullbatch(args: argparse.Namespace, base: dict,
 def rank_main(spec_path: Path) -> None:
     """A rank of a torchrun run: trains both models, gathers the results
     of all ranks and has rank 0 write them."""
-    from pyg_gatv2.experiments.training.distributed import end_process_group
+    from pyg_gatv2.experiments.training.distributed import (
+        end_process_group,
+        join_process_group,
+    )
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec['threads_per_rank'])
-    device = torch.device('cpu')
-    if spec['device'] == 'cuda':
-        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
-        torch.cuda.set_device(device)
-    dist.init_process_group(
-        'nccl' if device.type == 'cuda' else 'gloo',
-        timeout=timedelta(seconds=spec['collective_timeout']),
-        device_id=device if device.type == 'cuda' else None)
+    # A group even for one process: its model trains in DDP too.
+    device = join_process_group(torch.device(spec['device']),
+                                spec['collective_timeout'])
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         result = train_rank(spec, rank, world, device)

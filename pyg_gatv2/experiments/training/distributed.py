@@ -30,7 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ['DEFAULT_TIMEOUT', 'DistributedError', 'all_gather_objects',
            'all_reduce_sum', 'end_process_group', 'heartbeat', 'is_main',
-           'launched', 'main_first', 'process_group', 'world', 'wrap']
+           'join_process_group', 'launched', 'main_first', 'process_group',
+           'world', 'wrap']
 
 # Seconds a collective waits for the other processes before failing.
 DEFAULT_TIMEOUT = 120.0
@@ -89,6 +90,32 @@ def process_group(device: torch.device,
     if not timeout > 0:
         raise ValueError(f"'process_group' got timeout={timeout!r}; pass a "
                          'positive number of seconds')
+    device = join_process_group(device, timeout)
+    try:
+        yield device
+    except RuntimeError as err:
+        if isinstance(err, DistributedError) or not _collective_failure(err):
+            raise
+        raise DistributedError(_lost_message(err, timeout)) from err
+    finally:
+        end_process_group()
+
+
+def join_process_group(device: torch.device,
+                       timeout: float = DEFAULT_TIMEOUT) -> torch.device:
+    """Sets up the default process group of the processes ``torchrun``
+    started, however many they are, and returns this process's device:
+    NCCL with the GPU of the process's ``LOCAL_RANK`` on CUDA, gloo on the
+    CPU. :func:`~pyg_gatv2.experiments.training.process_group` calls it
+    for two processes or more; end the group with
+    :func:`~pyg_gatv2.experiments.training.distributed.end_process_group`.
+
+    Args:
+        device (torch.device): ``cpu`` or ``cuda`` (any index: the local
+            rank picks the GPU).
+        timeout (float, optional): Seconds a collective waits for the other
+            processes. (default: :obj:`120`)
+    """
     if device.type == 'cuda':
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
         torch.cuda.set_device(device)
@@ -98,14 +125,7 @@ def process_group(device: torch.device,
     dist.init_process_group(
         backend, timeout=datetime.timedelta(seconds=timeout),
         device_id=device if backend == 'nccl' else None)
-    try:
-        yield device
-    except RuntimeError as err:
-        if isinstance(err, DistributedError) or not _collective_failure(err):
-            raise
-        raise DistributedError(_lost_message(err, timeout)) from err
-    finally:
-        end_process_group()
+    return device
 
 
 def end_process_group() -> None:
