@@ -43,6 +43,8 @@ from pyg_gatv2.experiments.training import (
 from pyg_gatv2.experiments.training.checkpoint import cpu_state
 from pyg_gatv2.experiments.training.distributed import (
     end_process_group,
+    join_process_group,
+    process_group,
     wrap,
 )
 from pyg_gatv2.models import GATv2
@@ -224,6 +226,34 @@ def test_the_group_ends_after_unreachable_ddp_wrappers(tmp_path,
         if dist.is_initialized():
             destroy()
     assert alive_at_the_end == [False]
+
+
+TORCHRUN_ENV = dict(RANK='0', WORLD_SIZE='2', LOCAL_RANK='0',
+                    MASTER_ADDR='127.0.0.1', MASTER_PORT='29500')
+
+
+def test_joining_outside_torchrun_says_how_to_launch(monkeypatch):
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv('LOCAL_RANK')
+    with pytest.raises(RuntimeError, match=r"'join_process_group' joins .* "
+                       r'but LOCAL_RANK is not set; start the script with '
+                       r"'torchrun"):
+        join_process_group(torch.device('cpu'))
+    assert not dist.is_initialized()
+
+
+def test_a_timeout_that_is_not_positive_is_refused(monkeypatch):
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=r"'join_process_group' got "
+                       r'timeout=0; pass a positive number of seconds'):
+        join_process_group(torch.device('cpu'), timeout=0)
+    with pytest.raises(ValueError, match=r"'process_group' got "
+                       r'timeout=-1.0; pass a positive'):
+        with process_group(torch.device('cpu'), timeout=-1.0):
+            pass
+    assert not dist.is_initialized()
 
 
 def processes_with(marker: str) -> list[int]:

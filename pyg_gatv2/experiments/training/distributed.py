@@ -87,10 +87,7 @@ def process_group(device: torch.device,
     if not launched() or int(os.environ['WORLD_SIZE']) == 1:
         yield device
         return
-    if not timeout > 0:
-        raise ValueError(f"'process_group' got timeout={timeout!r}; pass a "
-                         'positive number of seconds')
-    device = join_process_group(device, timeout)
+    device = join_process_group(device, timeout, caller='process_group')
     try:
         yield device
     except RuntimeError as err:
@@ -102,7 +99,8 @@ def process_group(device: torch.device,
 
 
 def join_process_group(device: torch.device,
-                       timeout: float = DEFAULT_TIMEOUT) -> torch.device:
+                       timeout: float = DEFAULT_TIMEOUT,
+                       caller: str = 'join_process_group') -> torch.device:
     """Sets up the default process group of the processes ``torchrun``
     started, however many they are, and returns this process's device:
     NCCL with the GPU of the process's ``LOCAL_RANK`` on CUDA, gloo on the
@@ -115,7 +113,18 @@ def join_process_group(device: torch.device,
             rank picks the GPU).
         timeout (float, optional): Seconds a collective waits for the other
             processes. (default: :obj:`120`)
+        caller (str, optional): The name that error messages give for the
+            function that was called. (default: :obj:`'join_process_group'`)
     """
+    if not launched():
+        missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
+        raise RuntimeError(
+            f"'{caller}' joins the processes that torchrun started, but "
+            f"{', '.join(missing)} is not set; start the script with "
+            "'torchrun --nproc-per-node N script.py'")
+    if not timeout > 0:
+        raise ValueError(f"'{caller}' got timeout={timeout!r}; pass a "
+                         'positive number of seconds')
     if device.type == 'cuda':
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
         torch.cuda.set_device(device)
