@@ -204,6 +204,44 @@ def test_work_ranges_cover_every_node_in_balanced_runs(num_chunks):
         assert built.bounds(by, num_chunks) is bounds  # cached
 
 
+@pytest.mark.parametrize('size', [1, 7, 16, 299, 400])
+@pytest.mark.parametrize('index_dtype', [torch.int64, torch.int32])
+def test_chunks_cut_the_nodes_of_more_edges_than_their_size(
+        size, index_dtype, monkeypatch):
+    # Destination 0 receives about 300 edges, source 3 sends about 300;
+    # the others have 0 to 30. Torch's sort builds the layout, in the
+    # dtype of the indices (as on a GPU).
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    edge_index = torch.cat([
+        torch.stack([torch.arange(300) % 50, torch.zeros(300).long()]),
+        torch.stack([torch.full((300, ), 3), torch.arange(300) % 50]),
+        random_graph(50, 50, 600, seed=1)], 1)
+    built = layout._build(edge_index.to(index_dtype), 50, 50, True, 'test')
+    assert built.dst_ptr.dtype == index_dtype
+    for by, ptr in (('dst', built.dst_ptr), ('src', built.csc[0])):
+        chunks = built.chunks(by, size)
+        deg = ptr.diff()
+        if size >= deg.max():
+            assert chunks is None
+            continue
+        for t in chunks:
+            assert t.dtype == ptr.dtype
+        nodes = torch.nonzero(deg > size).view(-1)
+        assert torch.equal(chunks.nodes.long(), nodes)
+        # Each node's chunks, in order, run from its first position to
+        # its last, none longer than the size nor empty.
+        start, end = chunks.start, chunks.end
+        assert ((end - start <= size) & (end > start)).all()
+        for n, node in enumerate(nodes.tolist()):
+            first, last = chunks.node_ptr[n], chunks.node_ptr[n + 1]
+            assert (chunks.node[first:last] == node).all()
+            assert start[first] == ptr[node] and end[last - 1] == ptr[node + 1]
+            assert torch.equal(start[first + 1:last], end[first:last - 1])
+        assert chunks.node_ptr[0] == 0
+        assert chunks.node_ptr[-1] == chunks.node.numel()
+        assert built.chunks(by, size) is chunks  # cached
+
+
 def test_layout_tensors_have_sizes_that_do_not_depend_on_the_data():
     edge_index = graph()
     built = edge_layout(edge_index, 9, 7, add_self_loops=True)

@@ -1,6 +1,12 @@
 """Fused, memory-efficient GATv2 attention (FlashAttention-style), as torch
 custom ops that :func:`torch.compile` and :func:`torch.export.export` see."""
-from .layout import EdgeLayout, clear_layout_cache, edge_layout, index_dtype
+from .layout import (
+    Chunks,
+    EdgeLayout,
+    clear_layout_cache,
+    edge_layout,
+    index_dtype,
+)
 from .op import fused_gatv2_attention, kernel_width
 
 __all__ = [
@@ -8,6 +14,7 @@ __all__ = [
     'kernel_width',
     'edge_layout',
     'EdgeLayout',
+    'Chunks',
     'clear_layout_cache',
     'index_dtype',
 ]

@@ -31,7 +31,7 @@ list on every call.
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ from .. import checks
 from ..checks import check_edge_index, check_index_range
 from . import cpp_library
 
-__all__ = ['EdgeLayout', 'edge_layout', 'layout_of', 'clear_layout_cache',
-           'index_dtype']
+__all__ = ['EdgeLayout', 'Chunks', 'edge_layout', 'layout_of',
+           'clear_layout_cache', 'index_dtype']
 
 _CACHE_SIZE = 8
 # key -> (weak reference to the tensor, copy of its indices (None on a GPU
@@ -58,6 +58,28 @@ _lock = threading.Lock()
 # weak-reference callback can run at any time, also in a thread that holds
 # the lock, so it never waits for it and leaves the key here instead.
 _freed: List[tuple] = []
+
+
+class Chunks(NamedTuple):
+    """The nodes of a layout that have more than ``size`` edges, and their
+    edges cut into runs (*chunks*) of at most ``size`` positions each, so
+    that a GPU kernel can spread one node's edges over several programs.
+    Every tensor is in the layout's index dtype, on its device.
+
+    Attributes:
+        nodes (torch.Tensor): The nodes with more than ``size`` edges,
+            ascending, ``[num_nodes]``.
+        node_ptr (torch.Tensor): The first chunk of each of them, and the
+            number of chunks, ``[num_nodes + 1]``.
+        node (torch.Tensor): The node of each chunk, ``[num_chunks]``.
+        start (torch.Tensor): The first position of each chunk.
+        end (torch.Tensor): The position after its last one.
+    """
+    nodes: Tensor
+    node_ptr: Tensor
+    node: Tensor
+    start: Tensor
+    end: Tensor
 
 
 class EdgeLayout:
@@ -103,6 +125,7 @@ class EdgeLayout:
         self._kept_eid: Optional[Tensor] = None
         self._csc: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._bounds: Dict[tuple, np.ndarray] = {}
+        self._chunks: Dict[tuple, Optional[Chunks]] = {}
         _owners[_memory(*self.csr_tensors)] = self
 
     @property
@@ -175,6 +198,18 @@ class EdgeLayout:
             self._bounds[key] = np.unique(cuts).astype(np.int64)
         return self._bounds[key]
 
+    def chunks(self, by: str, size: int) -> Optional[Chunks]:
+        """The destination (``by='dst'``) or source (``by='src'``) nodes
+        of more than ``size`` edges, with their CSR (or CSC) positions cut
+        into :class:`Chunks` of at most ``size``; :obj:`None` where no node
+        has that many. Building them reads two counts back from the
+        device, once per layout."""
+        key = (by, size)
+        if key not in self._chunks:
+            ptr = self.dst_ptr if by == 'dst' else self.csc[0]
+            self._chunks[key] = _cut(ptr, size)
+        return self._chunks[key]
+
 
 def _on_library(t: Tensor) -> bool:
     """Whether the C++ library builds the layouts of ``t``'s device."""
@@ -211,6 +246,26 @@ def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
     deg = torch.zeros(num_keys, dtype=keys.dtype, device=keys.device
                       ).index_add_(0, keys, torch.ones_like(keys))
     return _offsets(deg), torch.argsort(keys, stable=True)
+
+
+def _cut(ptr: Tensor, size: int) -> Optional[Chunks]:
+    """The :class:`Chunks` of the runs ``ptr`` delimits."""
+    deg = ptr.diff()
+    nodes = torch.nonzero(deg > size).view(-1).to(ptr.dtype)
+    if nodes.numel() == 0:
+        return None
+    counts = torch.div(deg[nodes] + (size - 1), size, rounding_mode='floor')
+    node_ptr = _offsets(counts)
+    num_chunks = int(node_ptr[-1])
+    which = torch.repeat_interleave(
+        torch.arange(nodes.numel(), dtype=ptr.dtype, device=ptr.device),
+        counts, output_size=num_chunks)
+    nth = torch.arange(num_chunks, dtype=ptr.dtype,
+                       device=ptr.device) - node_ptr[which]
+    node = nodes[which]
+    start = ptr[node] + nth * size
+    end = torch.minimum(start + size, ptr[node + 1])
+    return Chunks(nodes, node_ptr, node, start, end)
 
 
 def _memory(*tensors: Tensor) -> tuple:
