@@ -269,10 +269,9 @@ FAULTS = (
           'Triton backward by source: the message weights it recomputes '
           'leave out the dropout mask',
           'pyg_gatv2/fused/backends/triton_kernels.py',
-          '                HAS_MASK=ops.dropout_mask is not None,\n'
-          '                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)',
-          '                HAS_MASK=False,\n'
-          '                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)',
+          'ops.negative_slope, CHUNK=_CHUNK_EDGES, **flags, **meta)',
+          'ops.negative_slope, CHUNK=_CHUNK_EDGES,\n'
+          '            **dict(flags, HAS_MASK=False), **meta)',
           (f'{TRITON}::test_matches_reference', )),
     Fault('triton_backward_dst_repeats_the_last_node',
           'Triton backward by destination: a program\'s nodes past the last '
@@ -287,6 +286,31 @@ FAULTS = (
           'g_xr += tl.sum(dz, axis=0)',
           'g_xr += 1.01 * tl.sum(dz, axis=0)',
           (f'{TRITON}::test_matches_reference', )),
+    Fault('triton_chunks_merged_without_rescale',
+          'Triton forward: the softmax sums of a node\'s chunks merged '
+          'without rescaling them to the largest maximum',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          "chunk_scale = tl.where(none, 0.0, tl.exp(chunk_m - new_m))",
+          "chunk_scale = tl.where(none, 0.0, 1.0)",
+          (f'{TRITON}::test_a_skewed_graph', )),
+    Fault('triton_chunk_sums_skip_the_last_chunk',
+          'Triton backward: the gradient of a node cut into chunks sums '
+          'all but its last chunk',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          '    for chunk in range(tl.load(node_ptr + n), tl.load(node_ptr + n '
+          '+ 1)):\n        total +=',
+          '    for chunk in range(tl.load(node_ptr + n), tl.load(node_ptr + n '
+          '+ 1) - 1):\n        total +=',
+          (f'{TRITON}::test_a_skewed_graph', )),
+    Fault('triton_backward_dst_hubs_counted_twice',
+          'Triton backward by destination: a node cut into chunks is also '
+          'run whole by its own program (its share of the gradient of att '
+          'counted twice)',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          '        end = tl.where(end - start > CHUNK, start, end)\n'
+          '        g_xr, node_g_att',
+          '        g_xr, node_g_att',
+          (f'{TRITON}::test_a_skewed_graph', )),
     Fault('triton_copies_lower_precision_features',
           "Triton backend: autocast's bfloat16 projections read from "
           'float32 copies',
@@ -333,6 +357,14 @@ FAULTS = (
           '        r, j, e = row[lo:hi], col[lo:hi], eid[lo:hi]',
           (CPU_KERNELS, ), 'torch'),
     # The edge layout.
+    Fault('layout_chunks_run_past_their_node',
+          'layout: the last chunk of a node runs a full chunk, into the '
+          'next node\'s edges',
+          'pyg_gatv2/fused/layout.py',
+          '    end = torch.minimum(start + size, ptr[node + 1])',
+          '    end = start + size',
+          (f'{LAYOUT}::test_chunks_cut_the_nodes_of_more_edges_than_their_'
+           'size', )),
     Fault('layout_drops_a_self_loop',
           'layout (C++): the implicit self-loop of the last node dropped',
           CPP_INTERFACE,

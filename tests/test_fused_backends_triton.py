@@ -354,20 +354,28 @@ def test_out_degrees_across_blocks(device, degree, add_self_loops,
     'add_self_loops,edge_term,want_alpha,dropout',
     [(False, False, True, False), (True, True, True, False),
      (True, True, False, True), (False, True, False, False)])
-@pytest.mark.parametrize('nodes_per_program', [1, 16])
+@pytest.mark.parametrize('nodes_per_program,chunk_edges', [(1, None),
+                                                           (16, None),
+                                                           (1, 40),
+                                                           (16, 64)])
 @pytest.mark.parametrize('device', DEVICES)
 def test_a_skewed_graph(device, add_self_loops, edge_term, want_alpha,
-                        dropout, nodes_per_program, monkeypatch):
+                        dropout, nodes_per_program, chunk_edges,
+                        monkeypatch):
     # Node 0 receives 300 edges and node 1 sends 150; the other nodes have
     # 0 to 3 in-edges each, so that some have none, and only nodes below
     # 40 send any. With 16 destinations per program of the backward by
     # destination (as on graphs of 131,072 nodes or more), the last
-    # program has 12.
+    # program has 12. With chunks of 40 or 64 edges (512 by default),
+    # nodes 0 and 1 are cut into chunks, the last one short, and chunks of
+    # 40 start inside a block of BLOCK_E edges.
     from pyg_gatv2.fused.backends import triton_kernels
     num_nodes, senders = 60, 40
     if nodes_per_program > 1:
         monkeypatch.setattr(triton_kernels, '_MANY_NODES', num_nodes)
     assert triton_kernels._nodes_per_program(num_nodes) == nodes_per_program
+    if chunk_edges is not None:
+        monkeypatch.setattr(triton_kernels, '_CHUNK_EDGES', chunk_edges)
     gen = torch.Generator().manual_seed(9)
     into_hub = torch.stack([torch.randint(0, senders, (300, ),
                                           generator=gen),
@@ -387,5 +395,47 @@ def test_a_skewed_graph(device, add_self_loops, edge_term, want_alpha,
     assert in_deg[0] > 8 * BLOCK_E and out_deg[1] > 4 * BLOCK_E
     if not add_self_loops:
         assert (in_deg == 0).any() and (out_deg == 0).any()
+    layout = edge_layout(edge_index, num_nodes, num_nodes, add_self_loops)
+    size = triton_kernels._CHUNK_EDGES
+    by_dst, by_src = layout.chunks('dst', size), layout.chunks('src', size)
+    if chunk_edges is None:
+        assert by_dst is None and by_src is None
+    else:
+        assert 0 in by_dst.nodes.tolist() and 1 in by_src.nodes.tolist()
     check_blocks(device, num_nodes, num_nodes, edge_index, add_self_loops,
                  edge_term, want_alpha, dropout, heads=2, channels=4)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_int32_layouts_cut_into_chunks(device, monkeypatch):
+    # Where torch sorts (a GPU, or no C++ library), int32 indices give an
+    # int32 layout and int32 chunks: the same results as int64 ones, the
+    # hubs (destination 0, source 1) cut into chunks of 8 edges.
+    from pyg_gatv2.fused import cpp_library
+    from pyg_gatv2.fused.backends import triton_kernels
+    monkeypatch.setattr(cpp_library, 'load', lambda: None)
+    monkeypatch.setattr(triton_kernels, '_CHUNK_EDGES', 8)
+    gen = torch.Generator().manual_seed(10)
+    edge_index = torch.cat([
+        torch.stack([torch.randint(0, 12, (40, ), generator=gen),
+                     torch.zeros(40, dtype=torch.long)]),
+        torch.stack([torch.ones(30, dtype=torch.long),
+                     torch.randint(0, 12, (30, ), generator=gen)]),
+        random_graph(12, 12, 20, seed=10)], 1)
+    x_l, x_r, att, et, loop_et = features(12, 12, edge_index.size(1), 2, 3,
+                                          torch.float64, seed=10)
+    inputs = [t.detach().to(device).requires_grad_()
+              for t in (x_l, x_r, att, et, loop_et)]
+    results = []
+    for dtype in (torch.int32, torch.int64):
+        indices = edge_index.to(device, dtype)
+        layout = edge_layout(indices, 12, 12, add_self_loops=True)
+        assert layout.dst_ptr.dtype == dtype
+        assert layout.chunks('dst', 8).nodes.tolist()[0] == 0
+        assert 1 in layout.chunks('src', 8).nodes.tolist()
+        results.append(outputs_and_grads(lambda: fused_gatv2_attention(
+            *inputs[:3], indices, inputs[3], loop_edge_term=inputs[4],
+            add_self_loops=True, return_attention_weights=True,
+            backend='triton'), inputs))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -22,6 +22,14 @@ heads.
   nothing per edge (no ``[edges, heads]`` buffers), at the cost of
   computing the logits once more.
 
+A node of more than ``_CHUNK_EDGES`` edges would keep its program busy long
+after the others end (a hub of a power-law graph): each pass leaves such
+nodes to a second kernel whose programs take one *chunk* of a node's edges
+each (:meth:`~pyg_gatv2.fused.layout.EdgeLayout.chunks`) and store partial
+sums, which a third merges per node in chunk order (``_merge_softmax``
+rescales the online-softmax sums of the forward, ``_sum_chunks`` adds the
+gradients).
+
 Every program writes only rows it owns: no atomics, so results are
 deterministic. The layout's indices may be int32 or int64; offsets into
 the features are computed in int64, so that rows past ``2**31`` entries
@@ -39,6 +47,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..layout import Chunks
 from ..operands import (
     Cotangents,
     Gradients,
@@ -61,6 +70,13 @@ _NUM_WARPS = 4
 # graphs still launch 8192 programs or more, dozens per multiprocessor.
 _NODES_PER_PROGRAM = 16
 _MANY_NODES = _NODES_PER_PROGRAM * 8192
+# Nodes of more than _CHUNK_EDGES edges (in the pass by destination, their
+# in-edges; by source, their out-edges) are cut into chunks of at most that
+# many, one program each, whose partial sums are merged afterwards. One
+# program per node would walk a hub's edges alone, in series: on power-law
+# graphs (a node of 2.5% of the edges, in benchmarks/kernels.py --graph
+# powerlaw) that one program outlasted all the others.
+_CHUNK_EDGES = 512
 
 
 def _nodes_per_program(num_dst: int) -> int:
@@ -133,19 +149,15 @@ def _in_edges(x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm,
 
 
 @triton.jit
-def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
-             lse, alpha, H, C, num_edges, slope,
-             HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
-             WANT_ALPHA: tl.constexpr, BLOCK_E: tl.constexpr,
-             BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
-             ACC: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
-    start = tl.load(ptr + i)
-    end = tl.load(ptr + i + 1)
+def _softmax_sums(x_l, x_r, edge_term, loop_term, mask, col, eid, i, start,
+                  end, a, h, hmask, hc, hcm, H, C, num_edges, slope,
+                  HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """The online softmax of destination ``i`` over its CSR positions
+    ``start .. end - 1``: per head, the largest logit ``m``, the sum of
+    ``exp(s - m)`` and the sum of the messages weighted by it (and by the
+    dropout mask), [BLOCK_H, BLOCK_C]."""
     m = tl.full((BLOCK_H, ), float('-inf'), ACC)
     total = tl.zeros((BLOCK_H, ), ACC)
     acc = tl.zeros((BLOCK_H, BLOCK_C), ACC)
@@ -166,6 +178,13 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
                             other=0.0).to(ACC)
         acc = acc * scale[:, None] + tl.sum(p[:, :, None] * xj, axis=0)
         m = new_m
+    return m, total, acc
+
+
+@triton.jit
+def _finish(out, lse, i, m, total, acc, h, hmask, hc, hcm, H, C):
+    """Stores the output row and the log-sum-exp of destination ``i`` from
+    its softmax sums; returns the log-sum-exp."""
     has_edges = total > 0
     # A node without in-edges gets zeros and a log-sum-exp of -inf; the
     # where() keeps 1/0 and log(0) out of the arithmetic.
@@ -175,15 +194,131 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
              (acc * inv[:, None]).to(out.dtype.element_ty), mask=hcm)
     node_lse = tl.where(has_edges, m + tl.log(safe_total), float('-inf'))
     tl.store(lse + i * H + h, node_lse, mask=hmask)
+    return node_lse
+
+
+@triton.jit
+def _store_alpha(x_l, x_r, edge_term, loop_term, col, eid, alpha, i, start,
+                 end, node_lse, a, h, hmask, hc, hcm, H, C, num_edges, slope,
+                 HAS_EDGE: tl.constexpr, BLOCK_E: tl.constexpr,
+                 ACC: tl.constexpr):
+    """Stores the softmax weights of the CSR positions ``start .. end - 1``
+    of destination ``i``, whose log-sum-exp is ``node_lse``."""
+    for lo in range(start, end, BLOCK_E):
+        k, valid, e, xj, z, act, s = _in_edges(
+            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm, a,
+            H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+        tl.store(alpha + e[:, None] * H + h[None, :],
+                 tl.exp(s - node_lse[None, :]).to(alpha.dtype.element_ty),
+                 mask=valid[:, None] & hmask[None, :])
+
+
+@triton.jit
+def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
+             lse, alpha, H, C, num_edges, slope,
+             HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
+             WANT_ALPHA: tl.constexpr, CHUNK: tl.constexpr,
+             BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+             BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """One destination per program. A node of more than ``CHUNK``
+    in-edges is left to :func:`_forward_chunks` and :func:`_merge_softmax`,
+    which overwrite the empty row written for it here."""
+    i = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    start = tl.load(ptr + i)
+    end = tl.load(ptr + i + 1)
+    end = tl.where(end - start > CHUNK, start, end)
+    m, total, acc = _softmax_sums(
+        x_l, x_r, edge_term, loop_term, mask, col, eid, i, start, end, a, h,
+        hmask, hc, hcm, H, C, num_edges, slope, HAS_EDGE, HAS_MASK, BLOCK_E,
+        BLOCK_H, BLOCK_C, ACC)
+    node_lse = _finish(out, lse, i, m, total, acc, h, hmask, hc, hcm, H, C)
     if WANT_ALPHA:
-        for lo in range(start, end, BLOCK_E):
-            k, valid, e, xj, z, act, s = _in_edges(
-                x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc,
-                hcm, a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
-            tl.store(alpha + e[:, None] * H + h[None, :],
-                     tl.exp(s - node_lse[None, :]).to(
-                         alpha.dtype.element_ty),
-                     mask=valid[:, None] & hmask[None, :])
+        _store_alpha(x_l, x_r, edge_term, loop_term, col, eid, alpha, i,
+                     start, end, node_lse, a, h, hmask, hc, hcm, H, C,
+                     num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+
+
+@triton.jit
+def _forward_chunks(x_l, x_r, att, edge_term, loop_term, mask, col, eid,
+                    chunk_node, chunk_start, chunk_end, part_m, part_total,
+                    part_acc, H, C, num_edges, slope,
+                    HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
+                    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """One chunk of a destination's in-edges per program: the softmax sums
+    of the chunk, stored in row ``chunk`` of the partial sums."""
+    chunk = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    i = tl.load(chunk_node + chunk).to(tl.int64)
+    start = tl.load(chunk_start + chunk)
+    end = tl.load(chunk_end + chunk)
+    m, total, acc = _softmax_sums(
+        x_l, x_r, edge_term, loop_term, mask, col, eid, i, start, end, a, h,
+        hmask, hc, hcm, H, C, num_edges, slope, HAS_EDGE, HAS_MASK, BLOCK_E,
+        BLOCK_H, BLOCK_C, ACC)
+    tl.store(part_m + chunk * H + h, m, mask=hmask)
+    tl.store(part_total + chunk * H + h, total, mask=hmask)
+    tl.store(part_acc + chunk * (H * C) + hc, acc, mask=hcm)
+
+
+@triton.jit
+def _merge_softmax(nodes, node_ptr, part_m, part_total, part_acc, out, lse,
+                   H, C, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+                   ACC: tl.constexpr):
+    """One chunked destination per program: merges the softmax sums of its
+    chunks, in their order, as the online softmax merges blocks, and
+    stores its output row and log-sum-exp."""
+    n = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    i = tl.load(nodes + n).to(tl.int64)
+    m = tl.full((BLOCK_H, ), float('-inf'), ACC)
+    total = tl.zeros((BLOCK_H, ), ACC)
+    acc = tl.zeros((BLOCK_H, BLOCK_C), ACC)
+    for chunk in range(tl.load(node_ptr + n), tl.load(node_ptr + n + 1)):
+        chunk_m = tl.load(part_m + chunk * H + h, mask=hmask,
+                          other=float('-inf'))
+        new_m = tl.maximum(m, chunk_m)
+        # Both sums are rescaled to the new maximum (none where every
+        # maximum is still -inf, as in _softmax_sums).
+        none = new_m == float('-inf')
+        old_scale = tl.where(none, 0.0, tl.exp(m - new_m))
+        chunk_scale = tl.where(none, 0.0, tl.exp(chunk_m - new_m))
+        total = total * old_scale + chunk_scale * tl.load(
+            part_total + chunk * H + h, mask=hmask, other=0.0)
+        acc = acc * old_scale[:, None] + chunk_scale[:, None] * tl.load(
+            part_acc + chunk * (H * C) + hc, mask=hcm, other=0.0)
+        m = new_m
+    _finish(out, lse, i, m, total, acc, h, hmask, hc, hcm, H, C)
+
+
+@triton.jit
+def _alpha_chunks(x_l, x_r, att, edge_term, loop_term, col, eid, chunk_node,
+                  chunk_start, chunk_end, lse, alpha, H, C, num_edges, slope,
+                  HAS_EDGE: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr):
+    """One chunk per program: the softmax weights of its edges, from the
+    log-sum-exp that :func:`_merge_softmax` stored."""
+    chunk = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    i = tl.load(chunk_node + chunk).to(tl.int64)
+    node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
+    _store_alpha(x_l, x_r, edge_term, loop_term, col, eid, alpha, i,
+                 tl.load(chunk_start + chunk), tl.load(chunk_end + chunk),
+                 node_lse, a, h, hmask, hc, hcm, H, C, num_edges, slope,
+                 HAS_EDGE, BLOCK_E, ACC)
 
 
 @triton.jit
@@ -210,16 +345,58 @@ def _weight_and_logit_grad(s, xj, g, lse, delta, mask, grad_alpha, e, h, vh,
 
 
 @triton.jit
+def _dst_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha, col, eid,
+               grad_edge, grad_loop, i, start, end, g, node_lse, node_delta,
+               a, h, hmask, hc, hcm, H, C, num_edges, slope,
+               HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
+               HAS_GRAD_ALPHA: tl.constexpr, WANT_EDGE_GRAD: tl.constexpr,
+               BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+               BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Over the CSR positions ``start .. end - 1`` of destination ``i``
+    (output gradient ``g``, log-sum-exp ``node_lse``, ``D`` =
+    ``node_delta``): stores the gradients of their edge terms, and returns
+    their sums into the gradients of ``x_r`` and of ``att``."""
+    g_xr = tl.zeros((BLOCK_H, BLOCK_C), ACC)
+    g_att = tl.zeros((BLOCK_H, BLOCK_C), ACC)
+    for lo in range(start, end, BLOCK_E):
+        k, valid, e, xj, z, act, s = _in_edges(
+            x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm,
+            a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
+        vh = valid[:, None] & hmask[None, :]
+        dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
+        _, ds = _weight_and_logit_grad(
+            s, xj, g[None, :, :], node_lse[None, :], node_delta[None, :],
+            mask, grad_alpha, e, h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
+        dz = ds[:, :, None] * dact
+        g_xr += tl.sum(dz, axis=0)
+        g_att += tl.sum(ds[:, :, None] * act, axis=0)
+        if WANT_EDGE_GRAD:
+            vm = valid[:, None, None] & hcm[None, :, :]
+            is_edge = (e < num_edges)[:, None, None]
+            tl.store(
+                grad_edge + e[:, None, None] * (H * C) + hc[None, :, :],
+                dz.to(grad_edge.dtype.element_ty), mask=vm & is_edge)
+            tl.store(
+                grad_loop + (e[:, None, None] - num_edges) * (H * C)
+                + hc[None, :, :], dz.to(grad_loop.dtype.element_ty),
+                mask=vm & ~is_edge)
+    return g_xr, g_att
+
+
+@triton.jit
 def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   grad_out, lse, delta, ptr, col, eid, grad_xr, grad_edge,
                   grad_loop, grad_att_rows, num_dst, H, C, num_edges, slope,
                   HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
                   HAS_GRAD_ALPHA: tl.constexpr, WANT_EDGE_GRAD: tl.constexpr,
-                  NODES: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
-                  ACC: tl.constexpr):
+                  NODES: tl.constexpr, CHUNK: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """``NODES`` destinations per program, one after the other; their shares
-    of the gradient of ``att`` are summed into one row per program."""
+    of the gradient of ``att`` are summed into one row per program. A node
+    of more than ``CHUNK`` in-edges is left to :func:`_backward_dst_chunks`
+    and :func:`_sum_chunks`, which overwrite the zero row written for it
+    here."""
     program = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
@@ -239,29 +416,13 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                              other=0.0).to(ACC)
         start = tl.load(ptr + i)
         end = tl.where(here, tl.load(ptr + i + 1), start)
-        g_xr = tl.zeros((BLOCK_H, BLOCK_C), ACC)
-        for lo in range(start, end, BLOCK_E):
-            k, valid, e, xj, z, act, s = _in_edges(
-                x_l, x_r, edge_term, loop_term, col, eid, lo, end, i, hc, hcm,
-                a, H, C, num_edges, slope, HAS_EDGE, BLOCK_E, ACC)
-            vh = valid[:, None] & hmask[None, :]
-            dact = tl.where(z > 0, a[None, :, :], a[None, :, :] * slope)
-            _, ds = _weight_and_logit_grad(
-                s, xj, g[None, :, :], node_lse[None, :], node_delta[None, :],
-                mask, grad_alpha, e, h, vh, H, HAS_MASK, HAS_GRAD_ALPHA, ACC)
-            dz = ds[:, :, None] * dact
-            g_xr += tl.sum(dz, axis=0)
-            g_att += tl.sum(ds[:, :, None] * act, axis=0)
-            if WANT_EDGE_GRAD:
-                vm = valid[:, None, None] & hcm[None, :, :]
-                is_edge = (e < num_edges)[:, None, None]
-                tl.store(
-                    grad_edge + e[:, None, None] * (H * C) + hc[None, :, :],
-                    dz.to(grad_edge.dtype.element_ty), mask=vm & is_edge)
-                tl.store(
-                    grad_loop + (e[:, None, None] - num_edges) * (H * C)
-                    + hc[None, :, :], dz.to(grad_loop.dtype.element_ty),
-                    mask=vm & ~is_edge)
+        end = tl.where(end - start > CHUNK, start, end)
+        g_xr, node_g_att = _dst_grads(
+            x_l, x_r, edge_term, loop_term, mask, grad_alpha, col, eid,
+            grad_edge, grad_loop, i, start, end, g, node_lse, node_delta, a,
+            h, hmask, hc, hcm, H, C, num_edges, slope, HAS_EDGE, HAS_MASK,
+            HAS_GRAD_ALPHA, WANT_EDGE_GRAD, BLOCK_E, BLOCK_H, BLOCK_C, ACC)
+        g_att += node_g_att
         tl.store(grad_xr + i * (H * C) + hc,
                  g_xr.to(grad_xr.dtype.element_ty),
                  mask=hcm & (hc * 0 + node < num_dst))
@@ -269,20 +430,47 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
 
 
 @triton.jit
-def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
-                  grad_out, lse, delta, ptr, pos, row, eid, grad_xl, H, C,
-                  num_edges, slope, HAS_EDGE: tl.constexpr,
-                  HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
-                  BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
-                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    j = tl.program_id(0).to(tl.int64)
+def _backward_dst_chunks(x_l, x_r, att, edge_term, loop_term, mask,
+                         grad_alpha, grad_out, lse, delta, col, eid,
+                         chunk_node, chunk_start, chunk_end, part_xr,
+                         grad_edge, grad_loop, part_att, H, C, num_edges,
+                         slope, HAS_EDGE: tl.constexpr,
+                         HAS_MASK: tl.constexpr,
+                         HAS_GRAD_ALPHA: tl.constexpr,
+                         WANT_EDGE_GRAD: tl.constexpr,
+                         BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """One chunk of a destination's in-edges per program: the gradients of
+    their edge terms, and their sums into the gradients of ``x_r`` and of
+    ``att``, stored in row ``chunk`` of the partial sums."""
+    chunk = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     hmask = h < H
     hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
     a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
-    xj = tl.load(x_l + j * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
-    start = tl.load(ptr + j)
-    end = tl.load(ptr + j + 1)
+    i = tl.load(chunk_node + chunk).to(tl.int64)
+    g = tl.load(grad_out + i * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
+    node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
+    node_delta = tl.load(delta + i * H + h, mask=hmask, other=0.0).to(ACC)
+    g_xr, g_att = _dst_grads(
+        x_l, x_r, edge_term, loop_term, mask, grad_alpha, col, eid,
+        grad_edge, grad_loop, i, tl.load(chunk_start + chunk),
+        tl.load(chunk_end + chunk), g, node_lse, node_delta, a, h, hmask, hc,
+        hcm, H, C, num_edges, slope, HAS_EDGE, HAS_MASK, HAS_GRAD_ALPHA,
+        WANT_EDGE_GRAD, BLOCK_E, BLOCK_H, BLOCK_C, ACC)
+    tl.store(part_xr + chunk * (H * C) + hc, g_xr, mask=hcm)
+    tl.store(part_att + chunk * (H * C) + hc, g_att, mask=hcm)
+
+
+@triton.jit
+def _src_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha, grad_out,
+               lse, delta, pos, row, eid, start, end, xj, a, h, hmask, hc,
+               hcm, H, C, num_edges, slope, HAS_EDGE: tl.constexpr,
+               HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
+               BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+               BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """The sum into the gradient of ``x_l`` of the CSC positions ``start ..
+    end - 1`` of the source whose row is ``xj``."""
     g_xl = tl.zeros((BLOCK_H, BLOCK_C), ACC)
     for lo in range(start, end, BLOCK_E):
         q = lo + tl.arange(0, BLOCK_E)
@@ -312,8 +500,78 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
         d = ds[:, :, None] * tl.where(z > 0, a[None, :, :],
                                       a[None, :, :] * slope)
         g_xl += tl.sum(w[:, :, None] * g + d, axis=0)
+    return g_xl
+
+
+@triton.jit
+def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
+                  grad_out, lse, delta, ptr, pos, row, eid, grad_xl, H, C,
+                  num_edges, slope, HAS_EDGE: tl.constexpr,
+                  HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
+                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ACC: tl.constexpr):
+    """One source per program. A node of more than ``CHUNK`` out-edges is
+    left to :func:`_backward_src_chunks` and :func:`_sum_chunks`, which
+    overwrite the zero row written for it here."""
+    j = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    xj = tl.load(x_l + j * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
+    start = tl.load(ptr + j)
+    end = tl.load(ptr + j + 1)
+    end = tl.where(end - start > CHUNK, start, end)
+    g_xl = _src_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha,
+                      grad_out, lse, delta, pos, row, eid, start, end, xj, a,
+                      h, hmask, hc, hcm, H, C, num_edges, slope, HAS_EDGE,
+                      HAS_MASK, HAS_GRAD_ALPHA, BLOCK_E, BLOCK_H, BLOCK_C,
+                      ACC)
     tl.store(grad_xl + j * (H * C) + hc,
              g_xl.to(grad_xl.dtype.element_ty), mask=hcm)
+
+
+@triton.jit
+def _backward_src_chunks(x_l, x_r, att, edge_term, loop_term, mask,
+                         grad_alpha, grad_out, lse, delta, pos, row, eid,
+                         chunk_node, chunk_start, chunk_end, part_xl, H, C,
+                         num_edges, slope, HAS_EDGE: tl.constexpr,
+                         HAS_MASK: tl.constexpr,
+                         HAS_GRAD_ALPHA: tl.constexpr,
+                         BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """One chunk of a source's out-edges per program: their sum into the
+    gradient of ``x_l``, stored in row ``chunk`` of the partial sums."""
+    chunk = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < H
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    j = tl.load(chunk_node + chunk).to(tl.int64)
+    xj = tl.load(x_l + j * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
+    g_xl = _src_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha,
+                      grad_out, lse, delta, pos, row, eid,
+                      tl.load(chunk_start + chunk),
+                      tl.load(chunk_end + chunk), xj, a, h, hmask, hc, hcm,
+                      H, C, num_edges, slope, HAS_EDGE, HAS_MASK,
+                      HAS_GRAD_ALPHA, BLOCK_E, BLOCK_H, BLOCK_C, ACC)
+    tl.store(part_xl + chunk * (H * C) + hc, g_xl, mask=hcm)
+
+
+@triton.jit
+def _sum_chunks(nodes, node_ptr, parts, grad, H, C, BLOCK_H: tl.constexpr,
+                BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """One chunked node per program: the sum of its chunks' rows of
+    ``parts``, in their order, stored as its row of ``grad``."""
+    n = tl.program_id(0).to(tl.int64)
+    hc, hcm = _row(tl.arange(0, BLOCK_H), tl.arange(0, BLOCK_C), H, C)
+    total = tl.zeros((BLOCK_H, BLOCK_C), ACC)
+    for chunk in range(tl.load(node_ptr + n), tl.load(node_ptr + n + 1)):
+        total += tl.load(parts + chunk * (H * C) + hc, mask=hcm, other=0.0)
+    i = tl.load(nodes + n).to(tl.int64)
+    tl.store(grad + i * (H * C) + hc, total.to(grad.dtype.element_ty),
+             mask=hcm)
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -334,10 +592,18 @@ def _meta(ops: Operands) -> dict:
                 ACC=_acc_dtype(ops.att.dtype), num_warps=_NUM_WARPS)
 
 
+def _partial_sums(ops: Operands, chunks: Chunks, *shape: int) -> Tensor:
+    """Rows of partial sums, one per chunk, in the accumulation dtype."""
+    return ops.x_l.new_empty(chunks.node.numel(), *shape,
+                             dtype=stats_dtype(ops.att.dtype))
+
+
 def run_forward(ops: Operands, want_alpha: bool
                 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Runs :func:`_forward`; returns ``out``, ``lse`` and the softmax
-    weights [virtual edges, H] (or :obj:`None`)."""
+    """Runs :func:`_forward` and, for the nodes of more than
+    :data:`_CHUNK_EDGES` in-edges, :func:`_forward_chunks`,
+    :func:`_merge_softmax` and :func:`_alpha_chunks`; returns ``out``,
+    ``lse`` and the softmax weights [virtual edges, H] (or :obj:`None`)."""
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
@@ -346,23 +612,59 @@ def run_forward(ops: Operands, want_alpha: bool
     lse = x.new_empty(layout.num_dst, H, dtype=stats_dtype(dtype))
     alpha = x.new_zeros(layout.num_virtual if want_alpha else 1, H,
                         dtype=dtype)
+    if layout.num_dst == 0:
+        return out, lse, alpha if want_alpha else None
+    # Before the launches: finding the chunks waits for the device.
+    chunks = layout.chunks('dst', _CHUNK_EDGES)
     edge_term, loop_term = _edge_terms(ops)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
-    if layout.num_dst > 0:
-        _forward[(layout.num_dst, )](
+    meta = _meta(ops)
+    flags = dict(HAS_EDGE=ops.edge_term is not None)
+    _forward[(layout.num_dst, )](
+        ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+        layout.dst_ptr, layout.dst_col, layout.dst_eid, out, lse, alpha,
+        H, C, layout.num_edges, ops.negative_slope,
+        HAS_MASK=ops.dropout_mask is not None, WANT_ALPHA=want_alpha,
+        CHUNK=_CHUNK_EDGES, **flags, **meta)
+    if chunks is not None:
+        part_m = _partial_sums(ops, chunks, H)
+        part_total = _partial_sums(ops, chunks, H)
+        part_acc = _partial_sums(ops, chunks, H, C)
+        _forward_chunks[(chunks.node.numel(), )](
             ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-            layout.dst_ptr, layout.dst_col, layout.dst_eid, out, lse, alpha,
-            H, C, layout.num_edges, ops.negative_slope,
-            HAS_EDGE=ops.edge_term is not None,
-            HAS_MASK=ops.dropout_mask is not None, WANT_ALPHA=want_alpha,
-            **_meta(ops))
+            layout.dst_col, layout.dst_eid, chunks.node, chunks.start,
+            chunks.end, part_m, part_total, part_acc, H, C,
+            layout.num_edges, ops.negative_slope,
+            HAS_MASK=ops.dropout_mask is not None, **flags, **meta)
+        _merge_softmax[(chunks.nodes.numel(), )](
+            chunks.nodes, chunks.node_ptr, part_m, part_total, part_acc,
+            out, lse, H, C, BLOCK_H=meta['BLOCK_H'],
+            BLOCK_C=meta['BLOCK_C'], ACC=meta['ACC'],
+            num_warps=meta['num_warps'])
+        if want_alpha:
+            _alpha_chunks[(chunks.node.numel(), )](
+                ops.x_l, ops.x_r, ops.att, edge_term, loop_term,
+                layout.dst_col, layout.dst_eid, chunks.node, chunks.start,
+                chunks.end, lse, alpha, H, C, layout.num_edges,
+                ops.negative_slope, **flags, **meta)
     return out, lse, alpha if want_alpha else None
+
+
+def _sum_chunks_into(grad: Tensor, chunks: Chunks, parts: Tensor,
+                     meta: dict) -> None:
+    """Runs :func:`_sum_chunks`: each chunked node's row of ``grad``."""
+    H, C = parts.shape[1:]
+    _sum_chunks[(chunks.nodes.numel(), )](
+        chunks.nodes, chunks.node_ptr, parts, grad, H, C,
+        BLOCK_H=meta['BLOCK_H'], BLOCK_C=meta['BLOCK_C'], ACC=meta['ACC'],
+        num_warps=meta['num_warps'])
 
 
 def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
                  want_src_grad: bool) -> Gradients:
     """Runs :func:`_backward_dst` and, for the gradient of ``x_l``,
-    :func:`_backward_src`."""
+    :func:`_backward_src`; for the nodes of more than :data:`_CHUNK_EDGES`
+    edges, their ``_chunks`` kernels and :func:`_sum_chunks`."""
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
@@ -372,31 +674,56 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         ops, want_edge_grad, want_src_grad)
     nodes = _nodes_per_program(layout.num_dst)
     programs = triton.cdiv(layout.num_dst, nodes)
-    grad_att_rows = x.new_zeros(programs, H, C, dtype=stats)
+    grad_att_rows = [x.new_zeros(programs, H, C, dtype=stats)]
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
     meta = _meta(ops)
+    flags = dict(HAS_EDGE=ops.edge_term is not None,
+                 HAS_MASK=ops.dropout_mask is not None,
+                 HAS_GRAD_ALPHA=cot.grad_alpha is not None)
+    # Before the launches: finding the chunks waits for the device.
+    dst_chunks = (layout.chunks('dst', _CHUNK_EDGES) if layout.num_dst > 0
+                  else None)
+    src_chunks = (layout.chunks('src', _CHUNK_EDGES)
+                  if want_src_grad and layout.num_src > 0 else None)
     if layout.num_dst > 0:
+        edge_grads = ((grad_edge, grad_loop) if want_edge_grad else (x, x))
         _backward_dst[(programs, )](
             ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
             grad_alpha, cot.grad_out, cot.lse, cot.delta, layout.dst_ptr,
-            layout.dst_col, layout.dst_eid, grad_xr,
-            grad_edge if want_edge_grad else x,
-            grad_loop if want_edge_grad else x, grad_att_rows,
-            layout.num_dst, H, C, layout.num_edges, ops.negative_slope,
-            HAS_EDGE=ops.edge_term is not None,
-            HAS_MASK=ops.dropout_mask is not None,
-            HAS_GRAD_ALPHA=cot.grad_alpha is not None,
-            WANT_EDGE_GRAD=want_edge_grad, NODES=nodes, **meta)
-    if want_src_grad:
-        ptr, pos, row = layout.csc
-        if layout.num_src > 0:
-            _backward_src[(layout.num_src, )](
+            layout.dst_col, layout.dst_eid, grad_xr, *edge_grads,
+            grad_att_rows[0], layout.num_dst, H, C, layout.num_edges,
+            ops.negative_slope, WANT_EDGE_GRAD=want_edge_grad, NODES=nodes,
+            CHUNK=_CHUNK_EDGES, **flags, **meta)
+        if dst_chunks is not None:
+            part_xr = _partial_sums(ops, dst_chunks, H, C)
+            grad_att_rows.append(_partial_sums(ops, dst_chunks, H, C))
+            _backward_dst_chunks[(dst_chunks.node.numel(), )](
                 ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-                grad_alpha, cot.grad_out, cot.lse, cot.delta, ptr, pos, row,
-                layout.dst_eid, grad_xl, H, C, layout.num_edges,
-                ops.negative_slope, HAS_EDGE=ops.edge_term is not None,
-                HAS_MASK=ops.dropout_mask is not None,
-                HAS_GRAD_ALPHA=cot.grad_alpha is not None, **meta)
-    grad_att = grad_att_rows.sum(dim=0).to(ops.att.dtype)
-    return Gradients(grad_xl, grad_xr, grad_att, grad_edge, grad_loop)
+                grad_alpha, cot.grad_out, cot.lse, cot.delta,
+                layout.dst_col, layout.dst_eid, dst_chunks.node,
+                dst_chunks.start, dst_chunks.end, part_xr, *edge_grads,
+                grad_att_rows[1], H, C, layout.num_edges,
+                ops.negative_slope, WANT_EDGE_GRAD=want_edge_grad, **flags,
+                **meta)
+            _sum_chunks_into(grad_xr, dst_chunks, part_xr, meta)
+    if want_src_grad and layout.num_src > 0:
+        ptr, pos, row = layout.csc
+        _backward_src[(layout.num_src, )](
+            ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+            grad_alpha, cot.grad_out, cot.lse, cot.delta, ptr, pos, row,
+            layout.dst_eid, grad_xl, H, C, layout.num_edges,
+            ops.negative_slope, CHUNK=_CHUNK_EDGES, **flags, **meta)
+        if src_chunks is not None:
+            part_xl = _partial_sums(ops, src_chunks, H, C)
+            _backward_src_chunks[(src_chunks.node.numel(), )](
+                ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+                grad_alpha, cot.grad_out, cot.lse, cot.delta, pos, row,
+                layout.dst_eid, src_chunks.node, src_chunks.start,
+                src_chunks.end, part_xl, H, C, layout.num_edges,
+                ops.negative_slope, **flags, **meta)
+            _sum_chunks_into(grad_xl, src_chunks, part_xl, meta)
+    grad_att = sum((rows.sum(dim=0) for rows in grad_att_rows[1:]),
+                   grad_att_rows[0].sum(dim=0))
+    return Gradients(grad_xl, grad_xr, grad_att.to(ops.att.dtype),
+                     grad_edge, grad_loop)
