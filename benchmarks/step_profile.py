@@ -240,7 +240,7 @@ class StepParts:
                  if kernels.needs_output else None)
         self.cot = Cotangents(grad_out, None, lse, delta)
         self.grads = kernels.backward(self.ops, self.cot, False, True)
-        self.chunks = cpp._num_chunks() if kernels is cpp.BACKEND else None
+        self.ranges = cpp._num_chunks() if kernels is cpp.BACKEND else None
 
     def fns(self) -> dict[str, Callable[[], object]]:
         """Name -> the part; ``backward`` runs both backward passes."""
@@ -266,17 +266,19 @@ class StepParts:
 
     def new_layout(self) -> None:
         """Builds the layout of a copy of ``edge_index`` (a cache miss)
-        with the CSC and, for the C++ kernels, the work ranges they ask
-        for."""
+        with the CSC and what the kernels ask of it: the C++ kernels' work
+        ranges, or the Triton kernels' chunks of the nodes of many
+        edges."""
         from pyg_gatv2.fused import edge_layout
         n = self.x.size(0)
         layout = edge_layout(self.edge_index.clone(), n, n,
                              self.conv.add_self_loops)
-        if self.chunks is None:
-            _ = layout.csc  # built on first use
-            return
         for by in ('dst', 'src'):  # 'src' builds the CSC
-            layout.bounds(by, self.chunks)
+            if self.ranges is not None:
+                layout.bounds(by, self.ranges)
+            else:
+                from pyg_gatv2.fused.backends import triton_kernels
+                layout.chunks(by, triton_kernels._CHUNK_EDGES)
 
 
 def parts_check(parts: StepParts, step: StepResult) -> StepCheck:
