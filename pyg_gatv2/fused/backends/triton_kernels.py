@@ -100,6 +100,29 @@ def _row(h, c, H, C):
 
 
 @triton.jit
+def _heads(att, H, C, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+           ACC: tl.constexpr):
+    """The heads ``h`` [BLOCK_H] and which exist, the offsets of a row's
+    entries and which exist (:func:`_row`), and the attention vector in
+    the accumulation dtype, [BLOCK_H, BLOCK_C]."""
+    h = tl.arange(0, BLOCK_H)
+    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
+    return h, h < H, hc, hcm, tl.load(att + hc, mask=hcm,
+                                      other=0.0).to(ACC)
+
+
+@triton.jit
+def _node_cotangents(grad_out, lse, delta, i, h, hmask, hc, hcm, H, C,
+                     ACC: tl.constexpr):
+    """The output gradient [BLOCK_H, BLOCK_C], log-sum-exp and ``D``
+    [BLOCK_H] of destination ``i``, in the accumulation dtype."""
+    g = tl.load(grad_out + i * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
+    node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
+    node_delta = tl.load(delta + i * H + h, mask=hmask, other=0.0).to(ACC)
+    return g, node_lse, node_delta
+
+
+@triton.jit
 def _pre_activation(x_l, x_r, edge_term, loop_term, src, e, i, hc, hcm,
                     valid, H, C, num_edges, HAS_EDGE: tl.constexpr, acc):
     """Whole source rows ``x_j`` and ``z = x_j + x_i (+ t)`` of a block of
@@ -224,10 +247,7 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
     in-edges is left to :func:`_forward_chunks` and :func:`_merge_softmax`,
     which overwrite the empty row written for it here."""
     i = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     start = tl.load(ptr + i)
     end = tl.load(ptr + i + 1)
     end = tl.where(end - start > CHUNK, start, end)
@@ -252,10 +272,7 @@ def _forward_chunks(x_l, x_r, att, edge_term, loop_term, mask, col, eid,
     """One chunk of a destination's in-edges per program: the softmax sums
     of the chunk, stored in row ``chunk`` of the partial sums."""
     chunk = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     i = tl.load(chunk_node + chunk).to(tl.int64)
     start = tl.load(chunk_start + chunk)
     end = tl.load(chunk_end + chunk)
@@ -309,10 +326,7 @@ def _alpha_chunks(x_l, x_r, att, edge_term, loop_term, col, eid, chunk_node,
     """One chunk per program: the softmax weights of its edges, from the
     log-sum-exp that :func:`_merge_softmax` stored."""
     chunk = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     i = tl.load(chunk_node + chunk).to(tl.int64)
     node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
     _store_alpha(x_l, x_r, edge_term, loop_term, col, eid, alpha, i,
@@ -398,10 +412,7 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
     and :func:`_sum_chunks`, which overwrite the zero row written for it
     here."""
     program = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     g_att = tl.zeros((BLOCK_H, BLOCK_C), ACC)
     for n in range(NODES):
         # A program's nodes past the last one read the last node's rows,
@@ -409,11 +420,8 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
         node = program * NODES + n
         i = tl.minimum(node, num_dst - 1)
         here = node < num_dst
-        g = tl.load(grad_out + i * (H * C) + hc, mask=hcm,
-                    other=0.0).to(ACC)
-        node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
-        node_delta = tl.load(delta + i * H + h, mask=hmask,
-                             other=0.0).to(ACC)
+        g, node_lse, node_delta = _node_cotangents(
+            grad_out, lse, delta, i, h, hmask, hc, hcm, H, C, ACC)
         start = tl.load(ptr + i)
         end = tl.where(here, tl.load(ptr + i + 1), start)
         end = tl.where(end - start > CHUNK, start, end)
@@ -444,14 +452,10 @@ def _backward_dst_chunks(x_l, x_r, att, edge_term, loop_term, mask,
     their edge terms, and their sums into the gradients of ``x_r`` and of
     ``att``, stored in row ``chunk`` of the partial sums."""
     chunk = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     i = tl.load(chunk_node + chunk).to(tl.int64)
-    g = tl.load(grad_out + i * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
-    node_lse = tl.load(lse + i * H + h, mask=hmask, other=0.0).to(ACC)
-    node_delta = tl.load(delta + i * H + h, mask=hmask, other=0.0).to(ACC)
+    g, node_lse, node_delta = _node_cotangents(grad_out, lse, delta, i, h,
+                                               hmask, hc, hcm, H, C, ACC)
     g_xr, g_att = _dst_grads(
         x_l, x_r, edge_term, loop_term, mask, grad_alpha, col, eid,
         grad_edge, grad_loop, i, tl.load(chunk_start + chunk),
@@ -515,10 +519,7 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
     left to :func:`_backward_src_chunks` and :func:`_sum_chunks`, which
     overwrite the zero row written for it here."""
     j = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     xj = tl.load(x_l + j * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
     start = tl.load(ptr + j)
     end = tl.load(ptr + j + 1)
@@ -544,10 +545,7 @@ def _backward_src_chunks(x_l, x_r, att, edge_term, loop_term, mask,
     """One chunk of a source's out-edges per program: their sum into the
     gradient of ``x_l``, stored in row ``chunk`` of the partial sums."""
     chunk = tl.program_id(0).to(tl.int64)
-    h = tl.arange(0, BLOCK_H)
-    hmask = h < H
-    hc, hcm = _row(h, tl.arange(0, BLOCK_C), H, C)
-    a = tl.load(att + hc, mask=hcm, other=0.0).to(ACC)
+    h, hmask, hc, hcm, a = _heads(att, H, C, BLOCK_H, BLOCK_C, ACC)
     j = tl.load(chunk_node + chunk).to(tl.int64)
     xj = tl.load(x_l + j * (H * C) + hc, mask=hcm, other=0.0).to(ACC)
     g_xl = _src_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha,
