@@ -8,12 +8,13 @@
 # Steps, in this order (all of them by default; name some to run those):
 #
 #   float32   benchmarks/kernels.py at N=200k, E=4M, 64 in, 4x32, self-loops:
-#             PyG eager and compiled against ours in Triton, eager and
-#             compiled, and with a new edge_index every step; the forward
-#             kernel's share of the copy bandwidth;
+#             PyG eager and compiled against ours in Triton, eager,
+#             autotuned and compiled, and with a new edge_index every step;
+#             the forward kernel's share of the copy bandwidth;
 #   bfloat16  the same case in bfloat16;
 #   autocast  the same case in float32 under torch.autocast(bfloat16);
-#   powerlaw  the same counts on a power-law graph (skewed degrees);
+#   powerlaw  the same counts on a power-law graph (skewed degrees: its
+#             hubs are cut into chunks), ours untuned and autotuned;
 #   tests     the tests marked cuda (the choice of Triton for CUDA tensors,
 #             the Triton kernels on the device, their randomised parity, no
 #             host sync in a steady-state step, the compiled model);
@@ -42,7 +43,7 @@
 #             workers ahead of training), both models trained on the GPU;
 #             needs torch-sparse (or pyg-lib) for the sampler.
 #
-# Each step has its own time limit (the default steps' add up to 640 s;
+# Each step has its own time limit (the default steps' add up to 720 s;
 # name fewer steps where the lent time is shorter), and a failed step
 # does not stop the next. Reports go to OUT (default
 # benchmarks/results). With GPU_CHECKS_DRY_RUN=1 the steps print their
@@ -68,22 +69,23 @@ fi
 
 kernels="$py benchmarks/kernels.py --device cuda --no-cora --out $out"
 headline="--nodes 200000 --degrees 20 --repeats 11 --max-memory 100"
-pyg_and_ours=pyg,pyg_compile,fused_triton,fused_compile
+pyg_and_ours=pyg,pyg_compile,fused_triton,fused_triton_tuned,fused_compile
 for step in $steps; do
     echo "== $(date +%T) $step"
     case $step in
     float32)
-        run timeout 120 $kernels $headline --name kernels_cuda \
+        run timeout 140 $kernels $headline --name kernels_cuda \
             --impls $pyg_and_ours,fused_fresh ;;
     bfloat16)
-        run timeout 80 $kernels $headline --dtype bfloat16 \
+        run timeout 100 $kernels $headline --dtype bfloat16 \
             --name kernels_cuda_bf16 --impls $pyg_and_ours ;;
     autocast)
-        run timeout 80 $kernels $headline --autocast \
+        run timeout 100 $kernels $headline --autocast \
             --name kernels_cuda_autocast --impls $pyg_and_ours ;;
     powerlaw)
-        run timeout 80 $kernels $headline --graph powerlaw \
-            --name kernels_cuda_powerlaw --impls pyg,pyg_compile,fused_triton
+        run timeout 100 $kernels $headline --graph powerlaw \
+            --name kernels_cuda_powerlaw \
+            --impls pyg,pyg_compile,fused_triton,fused_triton_tuned
         ;;
     tests)
         run timeout 100 $py -m pytest -q -p no:cacheprovider -m cuda \

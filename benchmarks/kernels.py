@@ -18,6 +18,8 @@ Implementations, side by side in one run:
 - ``fused_torch``: the same, chunked PyTorch fallback;
 - ``fused_triton``: the same, Triton kernels (CUDA only: on CPU, Triton's
   interpreter is far too slow to time);
+- ``fused_triton_tuned``: the same, autotuned
+  (:data:`pyg_gatv2.fused.backends.triton.autotune`; tuned in its warm-up);
 - ``fused_compile``: :class:`pyg_gatv2.GATv2Conv` under :func:`torch.compile`,
   its fused op in the compiled graph on the device's default backend;
 - ``fused_loops``: the fused path on the default backend (C++ on CPU where
@@ -96,7 +98,7 @@ import sys
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from _common import (
@@ -138,7 +140,8 @@ DTYPES = {'float32': (torch.float32, TOLERANCE, GRAD_TOLERANCE, 4),
 GiB = 2.0**30
 MiB = 2.0**20
 IMPLS = ('pyg', 'pyg_compile', 'mp', 'fused_cpp', 'fused_torch',
-         'fused_triton', 'fused_compile', 'fused_loops', 'fused_fresh')
+         'fused_triton', 'fused_triton_tuned', 'fused_compile',
+         'fused_loops', 'fused_fresh')
 LABELS = {
     'pyg': 'PyG GATv2Conv (eager)',
     'pyg_compile': 'PyG GATv2Conv (torch.compile)',
@@ -146,6 +149,7 @@ LABELS = {
     'fused_cpp': 'ours, fused (C++)',
     'fused_torch': 'ours, fused (torch)',
     'fused_triton': 'ours, fused (Triton)',
+    'fused_triton_tuned': 'ours, fused (Triton, autotuned)',
     'fused_compile': 'ours, fused, torch.compile',
     'fused_loops': 'ours, fused, explicit loops',
     'fused_fresh': 'ours, fused, new edge_index every call',
@@ -154,7 +158,8 @@ LABELS = {
 # holds at its peak, for projecting memory and skipping what cannot fit.
 PEAK_PER_EDGE_ELEMENT = {'pyg': 40, 'mp': 40, 'pyg_compile': 16,
                          'fused_cpp': 0, 'fused_torch': 0,
-                         'fused_triton': 0, 'fused_compile': 0,
+                         'fused_triton': 0, 'fused_triton_tuned': 0,
+                         'fused_compile': 0,
                          'fused_loops': 0, 'fused_fresh': 0}
 # (nodes, average in-degree, heads, channels); the third is the headline.
 DEFAULT_CASES = [
@@ -393,8 +398,8 @@ def make_impls(case: dict, names: list[str], device: torch.device,
             fused = name != 'mp'
             conv = GATv2Conv(*args, **kwargs, fused=fused).to(device, dtype)
             conv.load_state_dict(ref.state_dict())
-            # cpp, torch, triton
-            backend = name.split('_')[1] if fused else None
+            # cpp, torch, triton or triton_tuned
+            backend = name.split('_', 1)[1] if fused else None
             impls[name] = (conv, backend)
     return ref, impls
 
@@ -491,7 +496,7 @@ def runnable(case: dict, args: argparse.Namespace,
             entries[name] = dict(status=f'n/a ({args.dtype})')
         elif name == 'fused_cpp' and cpp_unavailable():
             entries[name] = dict(status='n/a (C++ kernels not built)')
-        elif name == 'fused_triton' and device.type != 'cuda':
+        elif name.startswith('fused_triton') and device.type != 'cuda':
             entries[name] = dict(status='n/a (CUDA only)')
         elif peak > args.max_memory * GiB:
             entries[name] = dict(
@@ -499,6 +504,18 @@ def runnable(case: dict, args: argparse.Namespace,
         else:
             entries[name] = {}
     return entries
+
+
+@contextlib.contextmanager
+def triton_autotuned():
+    """The Triton kernels autotuned inside the block
+    (:data:`pyg_gatv2.fused.backends.triton.autotune`)."""
+    from pyg_gatv2.fused.backends import triton
+    previous, triton.autotune = triton.autotune, True
+    try:
+        yield
+    finally:
+        triton.autotune = previous
 
 
 class Run:
@@ -519,7 +536,10 @@ class Run:
         from pyg_gatv2 import use_backends
         with contextlib.ExitStack() as stack:
             if self.backend:
-                stack.enter_context(use_backends(fused=self.backend))
+                name, _, tuned = self.backend.partition('_')
+                stack.enter_context(use_backends(fused=name))
+                if tuned:
+                    stack.enter_context(triton_autotuned())
             if self.autocast:
                 stack.enter_context(torch.autocast(
                     self.x.device.type, dtype=torch.bfloat16))
@@ -642,15 +662,27 @@ def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
 
     H, C = ref.heads, ref.out_channels
     names = [name for name in alive if name in
-             ('fused_cpp', 'fused_torch', 'fused_triton')]
+             ('fused_cpp', 'fused_torch', 'fused_triton',
+              'fused_triton_tuned')]
     if not names:
         return {}
+
+    def attention(backend: str) -> Callable[[], object]:
+        name, _, tuned = backend.partition('_')
+        run = partial(fused_gatv2_attention, x_l, x_r, ref.att, edge_index,
+                      add_self_loops=True, backend=name)
+        if not tuned:
+            return run
+
+        def run_tuned():
+            with triton_autotuned():
+                return run()
+        return run_tuned
+
     with torch.no_grad():
         x_l = ref.lin_l(x).view(-1, H, C)
         x_r = ref.lin_r(x).view(-1, H, C)
-        fns = {name: partial(fused_gatv2_attention, x_l, x_r, ref.att,
-                             edge_index, add_self_loops=True,
-                             backend=impls[name][1]) for name in names}
+        fns = {name: attention(impls[name][1]) for name in names}
         fns[MEMCPY] = memcpy(device)
         for _ in range(args.warmup):
             for fn in fns.values():
@@ -763,11 +795,11 @@ def rows_of(results: list[dict], bandwidth: float,
     return rows
 
 
-OURS = ('mp', 'fused_cpp', 'fused_torch', 'fused_triton', 'fused_compile',
-        'fused_loops', 'fused_fresh')
+OURS = ('mp', 'fused_cpp', 'fused_torch', 'fused_triton',
+        'fused_triton_tuned', 'fused_compile', 'fused_loops', 'fused_fresh')
 COLORS = {'mp': 'C0', 'fused_cpp': 'C8', 'fused_torch': 'C1',
-          'fused_triton': 'C3', 'fused_compile': 'C6', 'fused_loops': 'C4',
-          'fused_fresh': 'C5'}
+          'fused_triton': 'C3', 'fused_triton_tuned': 'C7',
+          'fused_compile': 'C6', 'fused_loops': 'C4', 'fused_fresh': 'C5'}
 BASELINES = (('pyg', 'PyG eager'), ('pyg_compile', 'PyG compiled'))
 TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 METRICS = (('step_ms', 'training step speed-up\n(PyG time / ours)'),

@@ -433,9 +433,100 @@ def test_int32_layouts_cut_into_chunks(device, monkeypatch):
         assert layout.dst_ptr.dtype == dtype
         assert layout.chunks('dst', 8).nodes.tolist()[0] == 0
         assert 1 in layout.chunks('src', 8).nodes.tolist()
-        results.append(outputs_and_grads(lambda: fused_gatv2_attention(
-            *inputs[:3], indices, inputs[3], loop_edge_term=inputs[4],
-            add_self_loops=True, return_attention_weights=True,
-            backend='triton'), inputs))
+        results.append(outputs_and_grads(
+            lambda indices=indices: fused_gatv2_attention(
+                *inputs[:3], indices, inputs[3], loop_edge_term=inputs[4],
+                add_self_loops=True, return_attention_weights=True,
+                backend='triton'), inputs))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def hubs_and_leaves(seed=11):
+    """A 12-node graph whose destination 0 receives 40 edges and source 1
+    sends 30, the others 0 to 4 each."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([
+        torch.stack([torch.randint(0, 12, (40, ), generator=gen),
+                     torch.zeros(40, dtype=torch.long)]),
+        torch.stack([torch.ones(30, dtype=torch.long),
+                     torch.randint(0, 12, (30, ), generator=gen)]),
+        random_graph(12, 12, 20, seed=seed)], 1)
+
+
+def tuned_kernels():
+    from pyg_gatv2.fused.backends import triton_kernels
+    return triton_kernels._TUNED.values()
+
+
+@pytest.mark.parametrize('block_e', [4, 8, 16, 32])
+def test_each_tuned_block_size_matches_the_reference(block_e, monkeypatch):
+    # Autotuning may keep any of its configurations: each block size, the
+    # only one left to the tuner, against the reference, on hubs cut into
+    # chunks of 16 edges, so that every tuned kernel runs.
+    import triton
+
+    from pyg_gatv2.fused.backends import triton as triton_backend
+    from pyg_gatv2.fused.backends import triton_kernels
+    assert block_e in triton_kernels._TUNED_BLOCK_E
+    monkeypatch.setattr(triton_backend, 'autotune', True)
+    monkeypatch.setattr(triton_kernels, '_CHUNK_EDGES', 16)
+    for tuned in tuned_kernels():
+        monkeypatch.setattr(tuned, 'configs', [
+            triton.Config({'BLOCK_E': block_e}, num_warps=4)])
+        monkeypatch.setattr(tuned, 'best_config', None, raising=False)
+    check_blocks('cpu', 12, 12, hubs_and_leaves(), add_self_loops=True,
+                 edge_term=True, dropout=True)
+    for tuned in tuned_kernels():
+        assert tuned.best_config.kwargs['BLOCK_E'] == block_e
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_autotuning_times_its_configurations_and_keeps_the_fastest(
+        device, monkeypatch):
+    # One launch of each kernel times the configurations whose rows fit
+    # (on the CPU in the interpreter, by the host's clock) and keeps one
+    # for its shape of rows and dtypes; the results are the reference's.
+    from pyg_gatv2.fused.backends import triton as triton_backend
+    from pyg_gatv2.fused.backends import triton_kernels
+    monkeypatch.setattr(triton_backend, 'autotune', True)
+    monkeypatch.setattr(triton_kernels, '_CHUNK_EDGES', 16)
+    timed = []
+    for tuned in tuned_kernels():
+        monkeypatch.setattr(tuned, 'cache', {})
+        real = tuned._bench
+
+        def bench(*args, config, real=real, **meta):
+            timed.append(config)
+            return real(*args, config=config, **meta)
+
+        monkeypatch.setattr(tuned, '_bench', bench)
+    check_blocks(device, 12, 12, hubs_and_leaves(), add_self_loops=True,
+                 edge_term=True, heads=2, channels=3)
+    configs = {(c.kwargs['BLOCK_E'], c.num_warps)
+               for c in triton_kernels._TUNED[triton_kernels._forward].configs}
+    assert len(configs) == len(triton_kernels._TUNED_BLOCK_E) * len(
+        triton_kernels._TUNED_WARPS)
+    # Rows of 2 x 4 (padded) fit every block size: all are timed, by each
+    # of the 7 kernels.
+    assert len(timed) == 7 * len(configs)
+    for tuned in tuned_kernels():
+        (kept, ) = tuned.cache.values()
+        assert (kept.kwargs['BLOCK_E'], kept.num_warps) in configs
+
+
+def test_autotuning_leaves_out_blocks_of_rows_that_do_not_fit():
+    import triton
+
+    from pyg_gatv2.fused.backends import triton_kernels
+    configs = [triton.Config({'BLOCK_E': b}, num_warps=4)
+               for b in triton_kernels._TUNED_BLOCK_E]
+
+    def fitting(heads, channels):
+        return [c.kwargs['BLOCK_E'] for c in triton_kernels._fitting(
+            configs, {}, BLOCK_H=heads, BLOCK_C=channels)]
+
+    assert fitting(2, 4) == [4, 8, 16, 32]
+    assert fitting(4, 32) == [4, 8, 16, 32]  # 4096 elements at most
+    assert fitting(8, 64) == [4, 8]
+    assert fitting(16, 512) == [4]  # the smallest, though it does not fit

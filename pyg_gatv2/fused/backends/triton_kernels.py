@@ -30,6 +30,11 @@ sums, which a third merges per node in chunk order (``_merge_softmax``
 rescales the online-softmax sums of the forward, ``_sum_chunks`` adds the
 gradients).
 
+Each kernel that walks edges takes ``BLOCK_E`` edges per block and runs
+``_NUM_WARPS`` warps, or, with :data:`pyg_gatv2.fused.backends.triton.
+autotune` set, the fastest of a few configurations, timed at its first
+launch for each shape of rows and dtype (``_tuned``).
+
 Every program writes only rows it owns: no atomics, so results are
 deterministic. The layout's indices may be int32 or int64; offsets into
 the features are computed in int64, so that rows past ``2**31`` entries
@@ -40,7 +45,8 @@ copy of them is made); every sum is accumulated in float32 (float64 for a
 float64 ``att``), and the output and attention weights are written in the
 attention vector's dtype, the gradients of the features in theirs.
 """
-from typing import Optional, Tuple
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -55,6 +61,7 @@ from ..operands import (
     gradient_buffers,
     stats_dtype,
 )
+from .triton import interpreting
 
 __all__ = ['run_forward', 'run_backward']
 
@@ -77,6 +84,12 @@ _MANY_NODES = _NODES_PER_PROGRAM * 8192
 # graphs (a node of 2.5% of the edges, in benchmarks/kernels.py --graph
 # powerlaw) that one program outlasted all the others.
 _CHUNK_EDGES = 512
+# What autotuning tries (pyg_gatv2.fused.backends.triton.autotune): edges
+# per block and warps per program, leaving out blocks of more than
+# _MAX_TUNED_TILE elements, whose rows no longer fit the registers.
+_TUNED_BLOCK_E = (4, 8, 16, 32)
+_TUNED_WARPS = (2, 4, 8)
+_MAX_TUNED_TILE = 4096
 
 
 def _nodes_per_program(num_dst: int) -> int:
@@ -590,18 +603,69 @@ def _meta(ops: Operands) -> dict:
                 ACC=_acc_dtype(ops.att.dtype), num_warps=_NUM_WARPS)
 
 
+def _fitting(configs: List[triton.Config], named_args: dict,
+             **kwargs) -> List[triton.Config]:
+    """The configurations whose block of rows fits :data:`_MAX_TUNED_TILE`
+    (at least the one of the smallest block)."""
+    row = kwargs['BLOCK_H'] * kwargs['BLOCK_C']
+    fit = [c for c in configs
+           if c.kwargs['BLOCK_E'] * row <= _MAX_TUNED_TILE]
+    return fit or [min(configs, key=lambda c: c.kwargs['BLOCK_E'])]
+
+
+def _host_time(kernel_call: Callable[[], object],
+               quantiles: Sequence[float]) -> List[float]:
+    """Milliseconds of one call, timed on the host: in Triton's
+    interpreter, which has no device to time, so that the tuned launches
+    run there too (the choice means nothing for a GPU)."""
+    start = time.perf_counter()
+    kernel_call()
+    return [(time.perf_counter() - start) * 1e3] * len(quantiles)
+
+
+def _tuned(kernel: triton.JITFunction):
+    """``kernel`` autotuned over :data:`_TUNED_BLOCK_E` and
+    :data:`_TUNED_WARPS` for each shape of rows and dtype of the features:
+    the fastest configuration of the first launch is kept for the later
+    ones. Every launch writes the same outputs, so a launch may run
+    several times while it is tuned."""
+    configs = [triton.Config({'BLOCK_E': b}, num_warps=w)
+               for b in _TUNED_BLOCK_E for w in _TUNED_WARPS]
+    return triton.autotune(
+        configs, key=['H', 'C'],
+        prune_configs_by={'early_config_prune': _fitting},
+        do_bench=_host_time if interpreting() else None)(kernel)
+
+
+_TUNED = {kernel: _tuned(kernel) for kernel in (
+    _forward, _forward_chunks, _alpha_chunks, _backward_dst,
+    _backward_dst_chunks, _backward_src, _backward_src_chunks)}
+
+
+def _launch(kernel: triton.JITFunction, programs: int, meta: dict,
+            autotune: bool, *args, **flags) -> None:
+    """Launches ``programs`` programs of ``kernel`` with the block size
+    and warps of ``meta``, or of its autotuned variant."""
+    if autotune:
+        meta = {k: v for k, v in meta.items()
+                if k not in ('BLOCK_E', 'num_warps')}
+        kernel = _TUNED[kernel]
+    kernel[(programs, )](*args, **flags, **meta)
+
+
 def _partial_sums(ops: Operands, chunks: Chunks, *shape: int) -> Tensor:
     """Rows of partial sums, one per chunk, in the accumulation dtype."""
     return ops.x_l.new_empty(chunks.node.numel(), *shape,
                              dtype=stats_dtype(ops.att.dtype))
 
 
-def run_forward(ops: Operands, want_alpha: bool
+def run_forward(ops: Operands, want_alpha: bool, autotune: bool = False
                 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Runs :func:`_forward` and, for the nodes of more than
     :data:`_CHUNK_EDGES` in-edges, :func:`_forward_chunks`,
-    :func:`_merge_softmax` and :func:`_alpha_chunks`; returns ``out``,
-    ``lse`` and the softmax weights [virtual edges, H] (or :obj:`None`)."""
+    :func:`_merge_softmax` and :func:`_alpha_chunks` (autotuned where
+    ``autotune`` is set); returns ``out``, ``lse`` and the softmax weights
+    [virtual edges, H] (or :obj:`None`)."""
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
@@ -617,34 +681,30 @@ def run_forward(ops: Operands, want_alpha: bool
     edge_term, loop_term = _edge_terms(ops)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     meta = _meta(ops)
+    features = (ops.x_l, ops.x_r, ops.att, edge_term, loop_term)
+    constants = (H, C, layout.num_edges, ops.negative_slope)
     flags = dict(HAS_EDGE=ops.edge_term is not None)
-    _forward[(layout.num_dst, )](
-        ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-        layout.dst_ptr, layout.dst_col, layout.dst_eid, out, lse, alpha,
-        H, C, layout.num_edges, ops.negative_slope,
-        HAS_MASK=ops.dropout_mask is not None, WANT_ALPHA=want_alpha,
-        CHUNK=_CHUNK_EDGES, **flags, **meta)
+    _launch(_forward, layout.num_dst, meta, autotune, *features, mask,
+            layout.dst_ptr, layout.dst_col, layout.dst_eid, out, lse, alpha,
+            *constants, HAS_MASK=ops.dropout_mask is not None,
+            WANT_ALPHA=want_alpha, CHUNK=_CHUNK_EDGES, **flags)
     if chunks is not None:
         part_m = _partial_sums(ops, chunks, H)
         part_total = _partial_sums(ops, chunks, H)
         part_acc = _partial_sums(ops, chunks, H, C)
-        _forward_chunks[(chunks.node.numel(), )](
-            ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-            layout.dst_col, layout.dst_eid, chunks.node, chunks.start,
-            chunks.end, part_m, part_total, part_acc, H, C,
-            layout.num_edges, ops.negative_slope,
-            HAS_MASK=ops.dropout_mask is not None, **flags, **meta)
+        in_chunks = (layout.dst_col, layout.dst_eid, chunks.node,
+                     chunks.start, chunks.end)
+        _launch(_forward_chunks, chunks.node.numel(), meta, autotune,
+                *features, mask, *in_chunks, part_m, part_total, part_acc,
+                *constants, HAS_MASK=ops.dropout_mask is not None, **flags)
         _merge_softmax[(chunks.nodes.numel(), )](
             chunks.nodes, chunks.node_ptr, part_m, part_total, part_acc,
             out, lse, H, C, BLOCK_H=meta['BLOCK_H'],
             BLOCK_C=meta['BLOCK_C'], ACC=meta['ACC'],
             num_warps=meta['num_warps'])
         if want_alpha:
-            _alpha_chunks[(chunks.node.numel(), )](
-                ops.x_l, ops.x_r, ops.att, edge_term, loop_term,
-                layout.dst_col, layout.dst_eid, chunks.node, chunks.start,
-                chunks.end, lse, alpha, H, C, layout.num_edges,
-                ops.negative_slope, **flags, **meta)
+            _launch(_alpha_chunks, chunks.node.numel(), meta, autotune,
+                    *features, *in_chunks, lse, alpha, *constants, **flags)
     return out, lse, alpha if want_alpha else None
 
 
@@ -659,10 +719,11 @@ def _sum_chunks_into(grad: Tensor, chunks: Chunks, parts: Tensor,
 
 
 def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
-                 want_src_grad: bool) -> Gradients:
+                 want_src_grad: bool, autotune: bool = False) -> Gradients:
     """Runs :func:`_backward_dst` and, for the gradient of ``x_l``,
     :func:`_backward_src`; for the nodes of more than :data:`_CHUNK_EDGES`
-    edges, their ``_chunks`` kernels and :func:`_sum_chunks`."""
+    edges, their ``_chunks`` kernels and :func:`_sum_chunks` (autotuned
+    where ``autotune`` is set)."""
     layout = ops.layout
     H, C = ops.att.shape
     x = ops.x_l
@@ -676,6 +737,10 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
     meta = _meta(ops)
+    # The inputs every pass reads, and the constants.
+    inputs = (ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
+              grad_alpha, cot.grad_out, cot.lse, cot.delta)
+    constants = (H, C, layout.num_edges, ops.negative_slope)
     flags = dict(HAS_EDGE=ops.edge_term is not None,
                  HAS_MASK=ops.dropout_mask is not None,
                  HAS_GRAD_ALPHA=cot.grad_alpha is not None)
@@ -686,40 +751,31 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
                   if want_src_grad and layout.num_src > 0 else None)
     if layout.num_dst > 0:
         edge_grads = ((grad_edge, grad_loop) if want_edge_grad else (x, x))
-        _backward_dst[(programs, )](
-            ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-            grad_alpha, cot.grad_out, cot.lse, cot.delta, layout.dst_ptr,
-            layout.dst_col, layout.dst_eid, grad_xr, *edge_grads,
-            grad_att_rows[0], layout.num_dst, H, C, layout.num_edges,
-            ops.negative_slope, WANT_EDGE_GRAD=want_edge_grad, NODES=nodes,
-            CHUNK=_CHUNK_EDGES, **flags, **meta)
+        _launch(_backward_dst, programs, meta, autotune, *inputs,
+                layout.dst_ptr, layout.dst_col, layout.dst_eid, grad_xr,
+                *edge_grads, grad_att_rows[0], layout.num_dst, *constants,
+                WANT_EDGE_GRAD=want_edge_grad, NODES=nodes,
+                CHUNK=_CHUNK_EDGES, **flags)
         if dst_chunks is not None:
             part_xr = _partial_sums(ops, dst_chunks, H, C)
             grad_att_rows.append(_partial_sums(ops, dst_chunks, H, C))
-            _backward_dst_chunks[(dst_chunks.node.numel(), )](
-                ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-                grad_alpha, cot.grad_out, cot.lse, cot.delta,
-                layout.dst_col, layout.dst_eid, dst_chunks.node,
-                dst_chunks.start, dst_chunks.end, part_xr, *edge_grads,
-                grad_att_rows[1], H, C, layout.num_edges,
-                ops.negative_slope, WANT_EDGE_GRAD=want_edge_grad, **flags,
-                **meta)
+            _launch(_backward_dst_chunks, dst_chunks.node.numel(), meta,
+                    autotune, *inputs, layout.dst_col, layout.dst_eid,
+                    dst_chunks.node, dst_chunks.start, dst_chunks.end,
+                    part_xr, *edge_grads, grad_att_rows[1], *constants,
+                    WANT_EDGE_GRAD=want_edge_grad, **flags)
             _sum_chunks_into(grad_xr, dst_chunks, part_xr, meta)
     if want_src_grad and layout.num_src > 0:
         ptr, pos, row = layout.csc
-        _backward_src[(layout.num_src, )](
-            ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-            grad_alpha, cot.grad_out, cot.lse, cot.delta, ptr, pos, row,
-            layout.dst_eid, grad_xl, H, C, layout.num_edges,
-            ops.negative_slope, CHUNK=_CHUNK_EDGES, **flags, **meta)
+        _launch(_backward_src, layout.num_src, meta, autotune, *inputs,
+                ptr, pos, row, layout.dst_eid, grad_xl, *constants,
+                CHUNK=_CHUNK_EDGES, **flags)
         if src_chunks is not None:
             part_xl = _partial_sums(ops, src_chunks, H, C)
-            _backward_src_chunks[(src_chunks.node.numel(), )](
-                ops.x_l, ops.x_r, ops.att, edge_term, loop_term, mask,
-                grad_alpha, cot.grad_out, cot.lse, cot.delta, pos, row,
-                layout.dst_eid, src_chunks.node, src_chunks.start,
-                src_chunks.end, part_xl, H, C, layout.num_edges,
-                ops.negative_slope, **flags, **meta)
+            _launch(_backward_src_chunks, src_chunks.node.numel(), meta,
+                    autotune, *inputs, pos, row, layout.dst_eid,
+                    src_chunks.node, src_chunks.start, src_chunks.end,
+                    part_xl, *constants, **flags)
             _sum_chunks_into(grad_xl, src_chunks, part_xl, meta)
     grad_att = sum((rows.sum(dim=0) for rows in grad_att_rows[1:]),
                    grad_att_rows[0].sum(dim=0))
