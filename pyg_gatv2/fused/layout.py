@@ -61,10 +61,11 @@ _freed: List[tuple] = []
 
 
 class Chunks(NamedTuple):
-    """The nodes of a layout that have more than ``size`` edges, and their
-    edges cut into runs (*chunks*) of at most ``size`` positions each, so
-    that a GPU kernel can spread one node's edges over several programs.
-    Every tensor is in the layout's index dtype, on its device.
+    """What :meth:`EdgeLayout.chunks` returns: the nodes of a layout that
+    have more than ``size`` edges, and their edges cut into runs
+    (*chunks*) of at most ``size`` positions each, so that a GPU kernel can
+    spread one node's edges over several programs. Every tensor is in the
+    layout's index dtype, on its device.
 
     Attributes:
         nodes (torch.Tensor): The nodes with more than ``size`` edges,
