@@ -108,7 +108,12 @@ HALF_TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_half_precision_against_float32(device, dtype):
+@pytest.mark.parametrize('chunked', [False, True])
+def test_half_precision_against_float32(device, dtype, chunked,
+                                        monkeypatch):
+    # Chunked: the half-precision run cuts the nodes of more than 4 edges
+    # into chunks, the float32 run none.
+    from pyg_gatv2.fused.backends import triton_kernels
     edge_index = random_graph(8, 8, 30, seed=6).to(device)
     x_l, x_r, att, et, loop_et = features(8, 8, 30, 2, 4, torch.float32,
                                           seed=6)
@@ -125,7 +130,14 @@ def test_half_precision_against_float32(device, dtype):
         (out.float().square().sum() + alpha.float().sum()).backward()
         return [out, alpha] + [p.grad for p in t]
 
-    for a, b in zip(run(half), run(full), strict=True):
+    with monkeypatch.context() as patch:
+        if chunked:
+            patch.setattr(triton_kernels, '_CHUNK_EDGES', 4)
+            layout = edge_layout(edge_index, 8, 8, add_self_loops=True)
+            assert layout.chunks('dst', 4) is not None
+            assert layout.chunks('src', 4) is not None
+        half_results = run(half)
+    for a, b in zip(half_results, run(full), strict=True):
         assert a.dtype == dtype
         scale = b.abs().max().item()
         tol = HALF_TOLERANCE[dtype] * max(1.0, scale)
