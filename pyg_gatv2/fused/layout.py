@@ -258,9 +258,8 @@ def _cut(ptr: Tensor, size: int) -> Optional[Chunks]:
     counts = torch.div(deg[nodes] + (size - 1), size, rounding_mode='floor')
     node_ptr = _offsets(counts)
     num_chunks = int(node_ptr[-1])
-    which = torch.repeat_interleave(
-        torch.arange(nodes.numel(), dtype=ptr.dtype, device=ptr.device),
-        counts, output_size=num_chunks)
+    # Each chunk's index into nodes.
+    which = torch.repeat_interleave(counts, output_size=num_chunks)
     nth = torch.arange(num_chunks, dtype=ptr.dtype,
                        device=ptr.device) - node_ptr[which]
     node = nodes[which]

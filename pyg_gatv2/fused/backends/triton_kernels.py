@@ -654,6 +654,12 @@ def _launch(kernel: triton.JITFunction, programs: int, meta: dict,
     kernel[(programs, )](*args, **flags, **meta)
 
 
+def _merge_meta(meta: dict) -> dict:
+    """The parameters of a kernel that merges chunks (no block of edges)
+    from those of the kernels that walk them."""
+    return {k: meta[k] for k in ('BLOCK_H', 'BLOCK_C', 'ACC', 'num_warps')}
+
+
 def _partial_sums(ops: Operands, chunks: Chunks, *shape: int) -> Tensor:
     """Rows of partial sums, one per chunk, in the accumulation dtype."""
     return ops.x_l.new_empty(chunks.node.numel(), *shape,
@@ -700,9 +706,7 @@ def run_forward(ops: Operands, want_alpha: bool, autotune: bool = False
                 *constants, HAS_MASK=ops.dropout_mask is not None, **flags)
         _merge_softmax[(chunks.nodes.numel(), )](
             chunks.nodes, chunks.node_ptr, part_m, part_total, part_acc,
-            out, lse, H, C, BLOCK_H=meta['BLOCK_H'],
-            BLOCK_C=meta['BLOCK_C'], ACC=meta['ACC'],
-            num_warps=meta['num_warps'])
+            out, lse, H, C, **_merge_meta(meta))
         if want_alpha:
             _launch(_alpha_chunks, chunks.node.numel(), meta, autotune,
                     *features, *in_chunks, lse, alpha, *constants, **flags)
@@ -715,8 +719,7 @@ def _sum_chunks_into(grad: Tensor, chunks: Chunks, parts: Tensor,
     H, C = parts.shape[1:]
     _sum_chunks[(chunks.nodes.numel(), )](
         chunks.nodes, chunks.node_ptr, parts, grad, H, C,
-        BLOCK_H=meta['BLOCK_H'], BLOCK_C=meta['BLOCK_C'], ACC=meta['ACC'],
-        num_warps=meta['num_warps'])
+        **_merge_meta(meta))
 
 
 def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
@@ -734,7 +737,7 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         ops, want_edge_grad, want_src_grad)
     nodes = _nodes_per_program(layout.num_dst)
     programs = triton.cdiv(layout.num_dst, nodes)
-    grad_att_rows = [x.new_zeros(programs, H, C, dtype=stats)]
+    grad_att_rows = x.new_zeros(programs, H, C, dtype=stats)
     mask = ops.dropout_mask if ops.dropout_mask is not None else x
     grad_alpha = cot.grad_alpha if cot.grad_alpha is not None else x
     meta = _meta(ops)
@@ -754,16 +757,16 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         edge_grads = ((grad_edge, grad_loop) if want_edge_grad else (x, x))
         _launch(_backward_dst, programs, meta, autotune, *inputs,
                 layout.dst_ptr, layout.dst_col, layout.dst_eid, grad_xr,
-                *edge_grads, grad_att_rows[0], layout.num_dst, *constants,
+                *edge_grads, grad_att_rows, layout.num_dst, *constants,
                 WANT_EDGE_GRAD=want_edge_grad, NODES=nodes,
                 CHUNK=_CHUNK_EDGES, **flags)
         if dst_chunks is not None:
             part_xr = _partial_sums(ops, dst_chunks, H, C)
-            grad_att_rows.append(_partial_sums(ops, dst_chunks, H, C))
+            part_att = _partial_sums(ops, dst_chunks, H, C)
             _launch(_backward_dst_chunks, dst_chunks.node.numel(), meta,
                     autotune, *inputs, layout.dst_col, layout.dst_eid,
                     dst_chunks.node, dst_chunks.start, dst_chunks.end,
-                    part_xr, *edge_grads, grad_att_rows[1], *constants,
+                    part_xr, *edge_grads, part_att, *constants,
                     WANT_EDGE_GRAD=want_edge_grad, **flags)
             _sum_chunks_into(grad_xr, dst_chunks, part_xr, meta)
     if want_src_grad and layout.num_src > 0:
@@ -778,7 +781,8 @@ def run_backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
                     src_chunks.node, src_chunks.start, src_chunks.end,
                     part_xl, *constants, **flags)
             _sum_chunks_into(grad_xl, src_chunks, part_xl, meta)
-    grad_att = sum((rows.sum(dim=0) for rows in grad_att_rows[1:]),
-                   grad_att_rows[0].sum(dim=0))
+    grad_att = grad_att_rows.sum(dim=0)
+    if dst_chunks is not None:
+        grad_att += part_att.sum(dim=0)
     return Gradients(grad_xl, grad_xr, grad_att.to(ops.att.dtype),
                      grad_edge, grad_loop)
