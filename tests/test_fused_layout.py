@@ -242,6 +242,21 @@ def test_chunks_cut_the_nodes_of_more_edges_than_their_size(
         assert built.chunks(by, size) is chunks  # cached
 
 
+@pytest.mark.parametrize('method', ['bounds', 'chunks'])
+@pytest.mark.parametrize('by,count,message', [
+    ('in', 4, "by='in'; pass 'dst'"),
+    ('dst', 0, 'got 0 where it needs a positive whole number'),
+    ('src', -2, 'got -2 where'),
+    ('dst', 2.5, 'got 2.5 where'),
+    ('src', True, 'got True where')])
+def test_work_ranges_and_chunks_refuse_what_they_cannot_cut(method, by,
+                                                            count, message):
+    built = edge_layout(random_graph(9, 9, 30, seed=2), 9, 9)
+    with pytest.raises(ValueError, match=f"'{method}' got .*") as err:
+        getattr(built, method)(by, count)
+    assert message in str(err.value)
+
+
 def test_layout_tensors_have_sizes_that_do_not_depend_on_the_data():
     edge_index = graph()
     built = edge_layout(edge_index, 9, 7, add_self_loops=True)

@@ -190,7 +190,7 @@ class EdgeLayout:
         stays balanced on skewed degree distributions."""
         key = (by, num_chunks)
         if key not in self._bounds:
-            ptr = (self.dst_ptr if by == 'dst' else self.csc[0]).numpy()
+            ptr = self._offsets_by(by, num_chunks, 'bounds').numpy()
             rows = ptr.size - 1
             work = ptr + np.arange(rows + 1)
             targets = np.linspace(0, work[-1], num_chunks + 1)
@@ -207,9 +207,21 @@ class EdgeLayout:
         device, once per layout."""
         key = (by, size)
         if key not in self._chunks:
-            ptr = self.dst_ptr if by == 'dst' else self.csc[0]
-            self._chunks[key] = _cut(ptr, size)
+            self._chunks[key] = _cut(self._offsets_by(by, size, 'chunks'),
+                                     size)
         return self._chunks[key]
+
+    def _offsets_by(self, by: str, count: int, caller: str) -> Tensor:
+        """The CSR offsets (``by='dst'``) or the CSC ones (``'src'``), for
+        a method given ``count`` (a positive number of ranges or edges)."""
+        if by not in ('dst', 'src'):
+            raise ValueError(f"'{caller}' got by={by!r}; pass 'dst' (the "
+                             "destinations' in-edges) or 'src' (the "
+                             "sources' out-edges)")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"'{caller}' got {count!r} where it needs a "
+                             'positive whole number')
+        return self.dst_ptr if by == 'dst' else self.csc[0]
 
 
 def _on_library(t: Tensor) -> bool:
