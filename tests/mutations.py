@@ -320,6 +320,27 @@ FAULTS = (
           '    if False:\n        meta =',
           (f'{TRITON}::test_autotuning_times_its_configurations_and_keeps_'
            'the_fastest', )),
+    Fault('triton_running_max_float32_in_float64',
+          "Triton kernels: the online softmax's running maximum starts in "
+          'float32 whatever the accumulation dtype (the interpreter runs '
+          'it; the GPU compiler refuses a float32 loop variable that a '
+          'float64 maximum replaces)',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          '    dropout mask), [BLOCK_H, BLOCK_C]."""\n'
+          "    m = tl.full((BLOCK_H, ), float('-inf'), ACC)",
+          '    dropout mask), [BLOCK_H, BLOCK_C]."""\n'
+          "    m = tl.full((BLOCK_H, ), float('-inf'), tl.float32)",
+          ('tests/test_benchmarks_triton_compile.py::test_every_kernel_'
+           'compiles_for_each_architecture_in_every_case', )),
+    Fault('triton_forward_channels_unspecialized',
+          'Triton kernels: the forward compiled once for any heads and '
+          'channels, which hides that rows of 4 x 32 are 16-byte aligned '
+          '(the same results, in 32-bit loads)',
+          'pyg_gatv2/fused/backends/triton_kernels.py',
+          '@triton.jit\ndef _forward(x_l',
+          "@triton.jit(do_not_specialize=['H', 'C'])\ndef _forward(x_l",
+          ('tests/test_benchmarks_triton_compile.py::test_the_headline_'
+           'kernels_keep_their_registers_and_load_vectors', )),
     Fault('triton_copies_lower_precision_features',
           "Triton backend: autocast's bfloat16 projections read from "
           'float32 copies',
