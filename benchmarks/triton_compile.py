@@ -257,13 +257,13 @@ def run_case(case: Case) -> None:
             x_l, x_r, att, edge_index, edge_term, loop_edge_term=loop_term,
             add_self_loops=True, dropout_mask=mask,
             return_attention_weights=case.weights, backend='triton')
+        out, weights = result if case.weights else (result, None)
+        loss = out.float().sum()
+        if weights is not None:
+            loss = loss + weights.float().sum()
+        loss.backward()
     finally:
         triton_backend.autotune = False
-    out, weights = result if case.weights else (result, None)
-    loss = out.float().sum()
-    if weights is not None:
-        loss = loss + weights.float().sum()
-    loss.backward()
 
 
 def resources(binary, log: str, arch: int) -> dict:
@@ -326,14 +326,21 @@ def compile_all(arches: List[int], cases: List[Case]) -> List[dict]:
     return rows
 
 
-def markdown(rows: List[dict], command: str) -> str:
+def markdown(rows: List[dict], arches: List[int], command: str) -> str:
+    import triton
+    from triton.backends.nvidia.compiler import get_ptxas
+    tools = ', '.join(f'sm_{arch}: ptxas {get_ptxas(arch).version}'
+                      for arch in arches)
     lines = [
         '# The Triton kernels compiled for NVIDIA GPUs', '',
-        f'`{command}`', '',
-        'Compiled without a GPU (`benchmarks/triton_compile.py`); nothing '
-        'timed. Spilled: bytes of local memory per thread. Widest load: '
-        'bits of the widest load from global memory. Occupancy: resident '
-        'warps per multiprocessor over the most it holds.', '',
+        f'Command: `{command}`', '',
+        f'Versions: torch {torch.__version__}, Triton {triton.__version__}; '
+        f'{tools}. Compiled without a GPU; nothing timed.', '',
+        'Spilled: bytes of registers each thread spills to local memory. '
+        'Widest load: bits of the widest load from global memory (128: '
+        'rows read in vectors of four 32-bit words; 64: an int64 index). '
+        'Occupancy: resident warps per multiprocessor over the most it '
+        'holds.', '',
         '| arch | case | kernel | flags | edges per block | warps | '
         'registers | shared (bytes) | spilled (bytes) | widest load | '
         'occupancy |',
@@ -371,7 +378,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = ' '.join(['python benchmarks/triton_compile.py',
                         *(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'triton_compile.md').write_text(markdown(rows, command))
+    (args.out / 'triton_compile.md').write_text(
+        markdown(rows, args.arch, command))
     import csv
     with open(args.out / 'triton_compile.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

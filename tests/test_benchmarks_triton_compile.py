@@ -78,11 +78,12 @@ def test_the_options_compile_their_own_kernels(report):
                   '_backward_dst') == {'NODES=16'}
     # Autotuning compiles a kernel per configuration: 4 block sizes x 3
     # warp counts, all fitting 4 x 32 rows.
-    tuned = {(r['block_e'], r['warps']) for r in report
-             if r['case'] == '4x32 float32, autotuned'
-             and r['kernel'] == '_forward' and r['arch'] == 'sm_90'}
-    assert tuned == {(str(b), str(w)) for b in (4, 8, 16, 32)
-                     for w in (2, 4, 8)}
+    for kernel in ('_forward', '_backward_dst', '_backward_src'):
+        tuned = {(r['block_e'], r['warps']) for r in report
+                 if r['case'] == '4x32 float32, autotuned'
+                 and r['kernel'] == kernel and r['arch'] == 'sm_90'}
+        assert tuned == {(str(b), str(w)) for b in (4, 8, 16, 32)
+                         for w in (2, 4, 8)}, kernel
 
 
 @pytest.fixture(scope='module')

@@ -33,7 +33,13 @@ gradients).
 Each kernel that walks edges takes ``BLOCK_E`` edges per block and runs
 ``_NUM_WARPS`` warps, or, with :data:`pyg_gatv2.fused.backends.triton.
 autotune` set, the fastest of a few configurations, timed at its first
-launch for each shape of rows and dtype (``_tuned``).
+launch for each shape of rows and dtype (``_tuned``). The channels per
+head ``C`` are a compile-time constant, as FlashAttention's head dimension
+is: each count of channels compiles its own kernels (most models have one
+or two), in which the compiler sees that rows of 4 x 32 or 8 x 8 float32
+features are 16-byte aligned and loads them in 128-bit vectors, with
+fewer registers for their offsets (``benchmarks/triton_compile.py``
+reports both for each kernel).
 
 Every program writes only rows it owns: no atomics, so results are
 deterministic. The layout's indices may be int32 or int64; offsets into
@@ -252,7 +258,7 @@ def _store_alpha(x_l, x_r, edge_term, loop_term, col, eid, alpha, i, start,
 
 @triton.jit
 def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
-             lse, alpha, H, C, num_edges, slope,
+             lse, alpha, H, C: tl.constexpr, num_edges, slope,
              HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
              WANT_ALPHA: tl.constexpr, CHUNK: tl.constexpr,
              BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -279,7 +285,7 @@ def _forward(x_l, x_r, att, edge_term, loop_term, mask, ptr, col, eid, out,
 @triton.jit
 def _forward_chunks(x_l, x_r, att, edge_term, loop_term, mask, col, eid,
                     chunk_node, chunk_start, chunk_end, part_m, part_total,
-                    part_acc, H, C, num_edges, slope,
+                    part_acc, H, C: tl.constexpr, num_edges, slope,
                     HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
                     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
                     BLOCK_C: tl.constexpr, ACC: tl.constexpr):
@@ -301,8 +307,8 @@ def _forward_chunks(x_l, x_r, att, edge_term, loop_term, mask, col, eid,
 
 @triton.jit
 def _merge_softmax(nodes, node_ptr, part_m, part_total, part_acc, out, lse,
-                   H, C, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
-                   ACC: tl.constexpr):
+                   H, C: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """One chunked destination per program: merges the softmax sums of its
     chunks, in their order, as the online softmax merges blocks, and
     stores its output row and log-sum-exp."""
@@ -333,10 +339,10 @@ def _merge_softmax(nodes, node_ptr, part_m, part_total, part_acc, out, lse,
 
 @triton.jit
 def _alpha_chunks(x_l, x_r, att, edge_term, loop_term, col, eid, chunk_node,
-                  chunk_start, chunk_end, lse, alpha, H, C, num_edges, slope,
-                  HAS_EDGE: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
-                  ACC: tl.constexpr):
+                  chunk_start, chunk_end, lse, alpha, H,
+                  C: tl.constexpr, num_edges, slope, HAS_EDGE: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """One chunk per program: the softmax weights of its edges, from the
     log-sum-exp that :func:`_merge_softmax` stored."""
     chunk = tl.program_id(0).to(tl.int64)
@@ -414,7 +420,8 @@ def _dst_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha, col, eid,
 @triton.jit
 def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
                   grad_out, lse, delta, ptr, col, eid, grad_xr, grad_edge,
-                  grad_loop, grad_att_rows, num_dst, H, C, num_edges, slope,
+                  grad_loop, grad_att_rows, num_dst, H, C: tl.constexpr,
+                  num_edges, slope,
                   HAS_EDGE: tl.constexpr, HAS_MASK: tl.constexpr,
                   HAS_GRAD_ALPHA: tl.constexpr, WANT_EDGE_GRAD: tl.constexpr,
                   NODES: tl.constexpr, CHUNK: tl.constexpr,
@@ -455,8 +462,9 @@ def _backward_dst(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
 def _backward_dst_chunks(x_l, x_r, att, edge_term, loop_term, mask,
                          grad_alpha, grad_out, lse, delta, col, eid,
                          chunk_node, chunk_start, chunk_end, part_xr,
-                         grad_edge, grad_loop, part_att, H, C, num_edges,
-                         slope, HAS_EDGE: tl.constexpr,
+                         grad_edge, grad_loop, part_att, H,
+                         C: tl.constexpr, num_edges, slope,
+                         HAS_EDGE: tl.constexpr,
                          HAS_MASK: tl.constexpr,
                          HAS_GRAD_ALPHA: tl.constexpr,
                          WANT_EDGE_GRAD: tl.constexpr,
@@ -523,7 +531,8 @@ def _src_grads(x_l, x_r, edge_term, loop_term, mask, grad_alpha, grad_out,
 
 @triton.jit
 def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
-                  grad_out, lse, delta, ptr, pos, row, eid, grad_xl, H, C,
+                  grad_out, lse, delta, ptr, pos, row, eid, grad_xl, H,
+                  C: tl.constexpr,
                   num_edges, slope, HAS_EDGE: tl.constexpr,
                   HAS_MASK: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
                   CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -550,7 +559,8 @@ def _backward_src(x_l, x_r, att, edge_term, loop_term, mask, grad_alpha,
 @triton.jit
 def _backward_src_chunks(x_l, x_r, att, edge_term, loop_term, mask,
                          grad_alpha, grad_out, lse, delta, pos, row, eid,
-                         chunk_node, chunk_start, chunk_end, part_xl, H, C,
+                         chunk_node, chunk_start, chunk_end, part_xl, H,
+                         C: tl.constexpr,
                          num_edges, slope, HAS_EDGE: tl.constexpr,
                          HAS_MASK: tl.constexpr,
                          HAS_GRAD_ALPHA: tl.constexpr,
@@ -572,8 +582,9 @@ def _backward_src_chunks(x_l, x_r, att, edge_term, loop_term, mask,
 
 
 @triton.jit
-def _sum_chunks(nodes, node_ptr, parts, grad, H, C, BLOCK_H: tl.constexpr,
-                BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _sum_chunks(nodes, node_ptr, parts, grad, H, C: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+                ACC: tl.constexpr):
     """One chunked node per program: the sum of its chunks' rows of
     ``parts``, in their order, stored as its row of ``grad``."""
     n = tl.program_id(0).to(tl.int64)
