@@ -219,8 +219,7 @@ class StepParts:
                  edge_index: torch.Tensor, kernels: str = 'cpp'):
         from pyg_gatv2.fused import edge_layout
         from pyg_gatv2.fused.backends import cpp, registry
-        from pyg_gatv2.fused.op import _row_dots
-        from pyg_gatv2.fused.operands import Cotangents, Operands
+        from pyg_gatv2.fused.operands import Cotangents, Operands, row_dots
 
         self.kernels = kernels = registry()[kernels]
         H, C = conv.heads, conv.out_channels
@@ -236,11 +235,11 @@ class StepParts:
         grad_out = loss_weights((n, H * C), x.device).view(n, H, C)
         # As the step hands them: without D_i where the kernels sum it over
         # the edges themselves (C++).
-        delta = (_row_dots(grad_out, self.out, lse.dtype)
+        delta = (row_dots(grad_out, self.out, lse.dtype)
                  if kernels.needs_output else None)
         self.cot = Cotangents(grad_out, None, lse, delta)
         self.grads = kernels.backward(self.ops, self.cot, False, True)
-        self.ranges = cpp._num_chunks() if kernels is cpp.BACKEND else None
+        self.ranges = cpp.work_ranges() if kernels is cpp.BACKEND else None
 
     def fns(self) -> dict[str, Callable[[], object]]:
         """Name -> the part; ``backward`` runs both backward passes."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..checks import check_edge_index
 from . import backends, reference
 from .layout import EdgeLayout, edge_layout, index_dtype, layout_of
-from .operands import Cotangents, Operands, stats_dtype
+from .operands import Cotangents, Operands, row_dots, stats_dtype
 
 __all__ = ['fused_gatv2_attention', 'kernel_width']
 
@@ -173,26 +173,6 @@ def _(x_l, x_r, att, dst_ptr, dst_col, dst_eid, edge_term, loop_term,
             att.new_empty(num_virtual if want_alpha else 0, att.size(0)))
 
 
-# Entries of [N, H, C] converted at a time by _row_dots: 256 MiB in float32.
-_DOT_CHUNK = 2**26
-
-
-def _row_dots(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
-    """``<a_nh, b_nh>`` over the channels, ``[N, H]``, summed in
-    :obj:`dtype`. Inputs stored in another dtype (bfloat16 outputs beside
-    float32 statistics) are converted a chunk of rows at a time, so that
-    no full-size copy of either is made."""
-    if a.dtype == dtype and b.dtype == dtype:
-        return torch.einsum('nhc,nhc->nh', a, b)
-    rows = max(1, _DOT_CHUNK // max(1, a.size(1) * a.size(2)))
-    dots = a.new_empty(a.shape[:2], dtype=dtype)
-    for lo in range(0, a.size(0), rows):
-        dots[lo:lo + rows] = torch.einsum(
-            'nhc,nhc->nh', a[lo:lo + rows].to(dtype),
-            b[lo:lo + rows].to(dtype))
-    return dots
-
-
 @torch.library.custom_op('pyg_gatv2::gatv2_attention_backward',
                          mutates_args=())
 def _attention_backward_op(
@@ -229,7 +209,7 @@ def _attention_backward_op(
         # expression per edge, with no extra pass over the edges. (einsum
         # runs it as a batched dot product, without a [N, H, C] product.)
         # It is summed in the dtype of the log-sum-exp.
-        delta = _row_dots(grad_out, out, lse.dtype)
+        delta = row_dots(grad_out, out, lse.dtype)
         if grad_alpha is not None:
             weighted = (alpha * grad_alpha)[ops.layout.dst_eid]
             delta.index_add_(0, ops.layout.dst_row, weighted.to(lse.dtype))

@@ -9,7 +9,10 @@ from . import buffers
 from .layout import EdgeLayout
 
 __all__ = ['Operands', 'Cotangents', 'Gradients', 'stats_dtype',
-           'gradient_buffers']
+           'gradient_buffers', 'row_dots']
+
+# Entries of [N, H, C] converted at a time by row_dots: 256 MiB in float32.
+_DOT_CHUNK = 2**26
 
 
 class Operands(NamedTuple):
@@ -51,7 +54,7 @@ class Cotangents(NamedTuple):
         grad_alpha: Gradient of the returned attention weights
             ``[virtual edges, H]``, or :obj:`None`.
         lse: Log-sum-exp of the logits per destination and head.
-        delta: ``D_i = <grad_out_i, out_i>`` (plus
+        delta: ``D_i = <grad_out_i, out_i>`` (:func:`row_dots`, plus
             ``sum_k alpha_k grad_alpha_k``) per destination and head, or
             :obj:`None` for the C++ kernels to sum it over the edges.
     """
@@ -90,3 +93,20 @@ def gradient_buffers(ops: Operands, want_edge_grad: bool, want_src_grad: bool
         grad_edge = torch.zeros_like(ops.edge_term)
         grad_loop = torch.zeros_like(ops.loop_term)
     return grad_xl, buffers.empty_like(ops.x_r), grad_edge, grad_loop
+
+
+def row_dots(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """``<a_nh, b_nh>`` over the channels, ``[N, H]``, summed in
+    :obj:`dtype` (``D`` of :class:`Cotangents`, from the output gradient
+    and the output). Inputs stored in another dtype (bfloat16 outputs
+    beside float32 statistics) are converted a chunk of rows at a time, so
+    that no full-size copy of either is made."""
+    if a.dtype == dtype and b.dtype == dtype:
+        return torch.einsum('nhc,nhc->nh', a, b)
+    rows = max(1, _DOT_CHUNK // max(1, a.size(1) * a.size(2)))
+    dots = a.new_empty(a.shape[:2], dtype=dtype)
+    for lo in range(0, a.size(0), rows):
+        dots[lo:lo + rows] = torch.einsum(
+            'nhc,nhc->nh', a[lo:lo + rows].to(dtype),
+            b[lo:lo + rows].to(dtype))
+    return dots

@@ -24,12 +24,14 @@ from ..cpp_library import call, pointer
 from ..operands import Cotangents, Gradients, Operands, gradient_buffers
 from . import Backend
 
-__all__ = ['BACKEND']
+__all__ = ['BACKEND', 'work_ranges']
 
 
-def _num_chunks() -> int:
-    # Several ranges per thread even out the work left after the balancing
-    # by edge count; OpenMP hands them out dynamically.
+def work_ranges() -> int:
+    """How many ranges of nodes, of about equal edge counts, each pass
+    cuts the nodes into (:meth:`~pyg_gatv2.fused.layout.EdgeLayout.bounds`):
+    several per thread even out the work left after the balancing by edge
+    count, and OpenMP hands them out dynamically."""
     return 8 * torch.get_num_threads()
 
 
@@ -38,7 +40,7 @@ def _record(ops: Operands) -> cpp_library.Args:
     by destination."""
     layout = ops.layout
     H, C = ops.att.shape
-    bounds = layout.bounds('dst', _num_chunks())
+    bounds = layout.bounds('dst', work_ranges())
     return cpp_library.Args(
         dtype=cpp_library.DTYPES[ops.x_l.dtype], heads=H, channels=C,
         num_edges=layout.num_edges, negative_slope=ops.negative_slope,
@@ -120,7 +122,7 @@ def _backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     call('gatv2_backward_dst', record)
     if want_src_grad:
         src_ptr, src_pos, src_row = layout.csc
-        bounds = layout.bounds('src', _num_chunks())
+        bounds = layout.bounds('src', work_ranges())
         record.src_ptr = pointer(src_ptr)
         record.src_pos = pointer(src_pos)
         record.src_row = pointer(src_row)
