@@ -328,8 +328,10 @@ class GATv2Conv(MessagePassing):
         it is :obj:`None`: the layout is the custom op
         ``pyg_gatv2::edge_layout``, and nothing here waits for data: the
         dropout mask covers every edge (those that self-loops replace are
-        never read), and only ``edge_attr`` or attention weights with
-        self-loops, whose edge counts depend on the data, break the graph.
+        never read), the features of the loops are reduced from every edge
+        (``functional.self_loop_attr``), and only attention
+        weights with self-loops, whose edge count depends on the data,
+        break the graph.
         """
         raw_index = edge_index
         edge_index = _as_tensor(edge_index)
@@ -348,7 +350,7 @@ class GATv2Conv(MessagePassing):
         edge_term = loop_term = None
         if edge_attr is not None and self.lin_edge is not None:
             edge_term, loop_term = self._edge_terms(
-                edge_index, edge_attr, layout, (num_loops, num_dst), width)
+                edge_index, edge_attr, (num_loops, num_dst), width)
 
         # Edges in the order of message passing (loops removed, then
         # appended) as virtual edge ids of the layout.
@@ -394,7 +396,7 @@ class GATv2Conv(MessagePassing):
         return out, (raw_index, alpha)
 
     def _edge_terms(self, edge_index: Tensor, edge_attr: Tensor,
-                    layout: Optional[EdgeLayout], sizes: tuple[int, int],
+                    sizes: tuple[int, int],
                     width: int) -> tuple[Tensor, Optional[Tensor]]:
         """The projected edge features ``[E, H, width]`` and, with
         self-loops, those of the loops, filled as :obj:`fill_value` says
@@ -404,9 +406,8 @@ class GATv2Conv(MessagePassing):
         edge_term = self._project(self.lin_edge, edge_attr, width)
         if not self.add_self_loops:
             return edge_term, None
-        loop_attr = self_loop_attr(
-            *self._without_self_loops(edge_index, edge_attr, layout),
-            *sizes, self.fill_value)
+        loop_attr = self_loop_attr(edge_index, edge_attr, *sizes,
+                                   self.fill_value)
         return edge_term, self._project(self.lin_edge, loop_attr, width)
 
     def _dropout_mask(self, x: Tensor, layout: Optional[EdgeLayout],
@@ -422,17 +423,6 @@ class GATv2Conv(MessagePassing):
                          p=self.dropout)
         return mask.new_zeros(num_virtual, H).index_copy_(
             0, layout.kept_eid, mask)
-
-    @staticmethod
-    def _without_self_loops(edge_index: Tensor, edge_attr: Tensor,
-                            layout: Optional[EdgeLayout]):
-        """The edges ``j -> i``, ``j != i``, and their features, in their
-        order; read from the layout when there is one, without waiting for
-        the device."""
-        if layout is None:
-            return remove_self_loops(edge_index, edge_attr)
-        kept = layout.kept_eid[:layout.num_kept - layout.num_loops]
-        return edge_index[:, kept], edge_attr[kept]
 
     def _propagate_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Adj,
                              edge_attr: OptTensor, want_alpha: bool):

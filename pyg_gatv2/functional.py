@@ -1,6 +1,7 @@
 """GATv2 maths shared by the sparse, dense and fused layers."""
 from typing import Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils.loop import compute_loop_attr
@@ -71,16 +72,21 @@ def self_loop_attr(
     fill_value: Union[float, Tensor, str],
 ) -> Tensor:
     """Edge features of the self-loops ``i -> i``, ``i < num_loops``, that
-    :func:`torch_geometric.utils.add_self_loops` would append to a graph
-    without self-loops: ``fill_value`` itself, or the reduction it names
-    (``'mean'``, ``'add'``, ...) over the features of the node's in-edges.
+    :func:`torch_geometric.utils.add_self_loops` would append to the graph
+    after :func:`~torch_geometric.utils.remove_self_loops`: ``fill_value``
+    itself, or the reduction it names (``'mean'``, ``'add'``, ...) over
+    the features of the node's in-edges other than its self-loops.
 
-    Unlike :func:`~torch_geometric.utils.add_self_loops`, it also takes a
-    bipartite graph whose targets outnumber the loops: the in-edges of
-    targets without a loop count for nothing.
+    No edge is removed: a self-loop's features are reduced into a row past
+    the last, which is dropped, so that every shape is known before the
+    data is (no graph break under :func:`torch.compile`, no wait for the
+    device on a GPU). Unlike :func:`~torch_geometric.utils.add_self_loops`,
+    it also takes a bipartite graph whose targets outnumber the loops: the
+    in-edges of targets without a loop count for nothing.
 
     Args:
-        edge_index (torch.Tensor): Edges without self-loops, ``[2, E]``.
+        edge_index (torch.Tensor): Edges ``[2, E]``; their self-loops
+            count for nothing.
         edge_attr (torch.Tensor): Their features, ``[E, D]``.
         num_loops (int): Number of self-loops, ``min(num_src, num_dst)``.
         num_dst (int): Number of target nodes.
@@ -89,6 +95,8 @@ def self_loop_attr(
     """
     # int64 indices: torch's scatter reductions get their gradient wrong
     # for int32 ones.
-    return compute_loop_attr(edge_index.long(), edge_attr,
-                             max(num_dst, num_loops), False,
-                             fill_value)[:num_loops]
+    src, dst = edge_index.long()
+    rows = max(num_dst, num_loops)
+    dst = torch.where(src == dst, rows, dst)
+    return compute_loop_attr(torch.stack([src, dst]), edge_attr, rows + 1,
+                             False, fill_value)[:num_loops]

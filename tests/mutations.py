@@ -487,9 +487,17 @@ FAULTS = (
     Fault('layer_loop_attr_fill_value_ignored',
           "layer: self-loop edge features always filled with 'mean'",
           'pyg_gatv2/conv.py',
-          '            *sizes, self.fill_value)',
-          "            *sizes, 'mean')",
+          '                                   self.fill_value)',
+          "                                   'mean')",
           (LAYER_RANDOM, )),
+    Fault('layer_loop_attr_counts_self_loops',
+          "layer: the graph's own self-loops counted in the features of "
+          'the loops added in their place',
+          'pyg_gatv2/functional.py',
+          '    dst = torch.where(src == dst, rows, dst)\n',
+          '',
+          ('tests/test_conv.py::test_edge_features_with_self_loops_'
+           'compile_to_one_graph', )),
     Fault('layer_dropout_mask_misplaced',
           "layer: the fused path's dropout mask laid over the edges in "
           'CSR order instead of edge order',

@@ -493,9 +493,9 @@ def test_compiled_model_keeps_the_fused_path():
     (dict(add_self_loops=False), 'attention'),
 ])
 def test_compiled_layer_matches_eager(kwargs, inputs):
-    """Options whose edge counts depend on the data (edge features or
-    attention weights with self-loops) may break the graph, never the
-    answer."""
+    """Every option gives eager's answer; attention weights with
+    self-loops, whose edge count depends on the data, may break the
+    graph."""
     torch._dynamo.reset()
     in_channels = kwargs.pop('in_channels', 8)
     conv = GATv2Conv(in_channels, 4, heads=2, **kwargs)
@@ -518,12 +518,35 @@ def test_compiled_layer_matches_eager(kwargs, inputs):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize('fill_value', ['mean', 'max', 'mul', 0.5])
+def test_edge_features_with_self_loops_compile_to_one_graph(fill_value):
+    """The features of the added loops are reduced from every edge, the
+    graph's own self-loops into a row that is dropped: no edge is removed,
+    so no shape depends on the data, and the compiled layer is one graph
+    with PyG's answer."""
+    torch._dynamo.reset()
+    ours, ref = both_layers(8, 4, heads=2, edge_dim=3,
+                            fill_value=fill_value, dtype=torch.float32)
+    x = torch.randn(12, 8)
+    edge_index = random_graph(12, num_edges=40)
+    edge_index[:, :4] = torch.tensor([[0, 0, 3, 5], [0, 0, 3, 5]])
+    edge_attr = torch.randn(40, 3)
+    explanation = torch._dynamo.explain(ours)(x, edge_index, edge_attr)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
+    torch.testing.assert_close(torch.compile(ours)(x, edge_index, edge_attr),
+                               ref(x, edge_index, edge_attr))
+
+
 @pytest.mark.parametrize('kwargs', [
     dict(),
     dict(edge_dim=3, add_self_loops=False),
     dict(edge_dim=-1, add_self_loops=False),
+    dict(edge_dim=3),
+    dict(edge_dim=3, fill_value='max'),
     dict(in_channels=(8, 5)),
-], ids=['plain', 'edge_attr', 'lazy_edge_dim', 'bipartite'])
+], ids=['plain', 'edge_attr', 'lazy_edge_dim', 'edge_attr_self_loops',
+        'edge_attr_self_loops_max', 'bipartite'])
 def test_layer_compiled_for_dynamic_shapes_is_one_graph(kwargs):
     """Every input check holds for symbolic sizes: one graph for graphs of
     any size (a check that compared a symbolic size by identity raised
