@@ -546,6 +546,16 @@ FAULTS = (
           '    dist.destroy_process_group()',
           ('tests/test_experiments_training_distributed.py::'
            'test_the_group_ends_after_unreachable_ddp_wrappers', )),
+    Fault('process_group_keeps_the_frames_of_an_error',
+          'training: an error leaving the process group keeps the locals '
+          'of the frames it left, DDP wrappers among them, past the end '
+          'of the group',
+          'pyg_gatv2/experiments/training/distributed.py',
+          '        traceback.clear_frames(err.__traceback__)\n',
+          '',
+          ('tests/test_experiments_training_distributed.py::'
+           'test_an_error_leaving_the_group_frees_the_wrappers_it_passed',
+           )),
 )
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -230,6 +231,47 @@ def test_the_group_ends_after_unreachable_ddp_wrappers(tmp_path,
 
 TORCHRUN_ENV = dict(RANK='0', WORLD_SIZE='2', LOCAL_RANK='0',
                     MASTER_ADDR='127.0.0.1', MASTER_PORT='29500')
+
+
+def test_an_error_leaving_the_group_frees_the_wrappers_it_passed(
+        tmp_path, monkeypatch):
+    # The frames an error leaves hold their locals until the traceback
+    # goes: a wrapper made in one of them must be gone when the group
+    # ends, and the error, its traceback intact, reaches the caller.
+    from pyg_gatv2.experiments.training import distributed
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, 'join_process_group', lambda *a, **k: (
+        dist.init_process_group('gloo', rank=0, world_size=1,
+                                init_method=(tmp_path / 'store').as_uri()),
+        torch.device('cpu'))[1])
+    alive_at_the_end = []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, 'destroy_process_group', lambda: (
+        alive_at_the_end.append(wrapper() is not None), destroy()))
+    wrapper = None
+
+    def train():
+        nonlocal wrapper
+        model = DistributedDataParallel(torch.nn.Linear(3, 2))
+        model(torch.randn(4, 3)).sum().backward()
+        wrapper = weakref.ref(model)
+        raise ValueError('a bad batch')
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match='a bad batch') as raised:
+            with process_group(torch.device('cpu')):
+                train()
+    finally:
+        if enabled:
+            gc.enable()
+        if dist.is_initialized():
+            destroy()
+    assert alive_at_the_end == [False]
+    assert ', in train\n' in ''.join(
+        traceback.format_exception(raised.value))
 
 
 def test_joining_outside_torchrun_says_how_to_launch(monkeypatch):

@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import gc
 import os
+import traceback
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -78,6 +79,13 @@ def process_group(device: torch.device,
     did not answer for :obj:`timeout` seconds) raises
     :class:`DistributedError` naming the processes concerned.
 
+    An error that leaves the block has the local variables of the
+    functions it left cleared before the group ends, so that the
+    :class:`~torch.nn.parallel.DistributedDataParallel` wrappers they held
+    are freed first (see
+    :func:`~pyg_gatv2.experiments.training.distributed.end_process_group`);
+    its traceback still names every line.
+
     Args:
         device (torch.device): ``cpu`` or ``cuda`` (any index: the local
             rank picks the GPU).
@@ -90,10 +98,13 @@ def process_group(device: torch.device,
     device = join_process_group(device, timeout, caller='process_group')
     try:
         yield device
-    except RuntimeError as err:
-        if isinstance(err, DistributedError) or not _collective_failure(err):
-            raise
-        raise DistributedError(_lost_message(err, timeout)) from err
+    except BaseException as err:
+        traceback.clear_frames(err.__traceback__)
+        if (isinstance(err, RuntimeError)
+                and not isinstance(err, DistributedError)
+                and _collective_failure(err)):
+            raise DistributedError(_lost_message(err, timeout)) from err
+        raise
     finally:
         end_process_group()
 
