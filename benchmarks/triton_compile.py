@@ -2,7 +2,7 @@
 what each compiled kernel takes of a multiprocessor.
 
     python benchmarks/triton_compile.py
-    python benchmarks/triton_compile.py --arch 80 90 100 --out /tmp/report
+    python benchmarks/triton_compile.py --arch 90 120 --out /tmp/report
 
 Triton's interpreter, which runs the kernels in the tests on the CPU, does
 not compile them: it would not see code the GPU compiler rejects, or a
@@ -10,13 +10,14 @@ kernel that spills its registers. This script compiles them as a GPU run
 would: the layer's host code runs on CPU tensors (as under
 ``TRITON_INTERPRET=1``) while Triton compiles each launch for the target
 GPU architecture (``--arch``, compute capability x 10: 80 for the A100, 90
-for the H100 and H200) down to machine code with the ``ptxas`` that the
-triton package ships, and launches nothing. The cases (``CASES``) cover
-every kernel and flag: the shapes of rows of the benchmarks and of Cora's
-model, each dtype of the features, autocast's bfloat16 features beside a
-float32 attention vector, edge terms, dropout, attention weights, hubs cut
-into chunks, int32 indices, graphs of many nodes, and every configuration
-that autotuning tries.
+for the H100 and H200, 100 for the B200, 120 for the RTX 50 series) down
+to machine code with the ``ptxas`` that the triton package ships, and
+launches nothing. The cases (``_cases``) cover every kernel and flag: the
+shapes of rows of the benchmarks and of Cora's model, each dtype of the
+features, autocast's bfloat16 features beside a float32 attention
+vector, edge terms, dropout, attention weights, hubs cut into chunks,
+int32 indices, graphs of many nodes, and every configuration that
+autotuning tries.
 
 For each compiled kernel the report gives registers per thread and bytes
 of registers spilled to local memory (from ``ptxas``'s log: zero where the
@@ -25,9 +26,10 @@ the PTX (128 bits where rows are read in vectors of four 32-bit words; 64
 is a load of an int64 index), and the theoretical occupancy these allow
 (resident warps per multiprocessor over the most it holds, as CUDA's
 occupancy calculator counts them). Every kernel is compiled afresh (no
-cache), so that ``ptxas`` runs. Nothing is timed. Writes ``triton_compile.md``
-and ``.csv`` into ``--out``; exits with an error if a kernel failed to
-compile or a kernel of ``triton_kernels`` was never compiled.
+cache), so that ``ptxas`` runs. Nothing is timed. Writes
+``triton_compile.md`` and ``.csv`` into ``--out``; exits with an error if
+a kernel failed to compile or a kernel of ``triton_kernels`` was never
+compiled.
 
 Run it without ``TRITON_INTERPRET=1``: the interpreter replaces the
 kernels when they are defined.
@@ -360,9 +362,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               "'pyg-gatv2[gpu]'", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', type=int, nargs='+', default=[80, 90],
+    parser.add_argument('--arch', type=int, nargs='+', default=[80, 90, 100],
                         choices=sorted(_MAX_WARPS),
-                        help='compute capabilities x 10 (default: 80 90)')
+                        help='compute capabilities x 10 (default: 80 90 '
+                        '100)')
     parser.add_argument('--out', type=Path,
                         default=Path(__file__).parent / 'results')
     parser.add_argument('--case', action='append', default=None,

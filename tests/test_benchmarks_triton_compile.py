@@ -1,7 +1,8 @@
 """benchmarks/triton_compile.py: the Triton kernels compiled for the A100
-(sm_80) and the H100 (sm_90) without a GPU. The interpreter that runs them
-in the other tests never compiles them, so this is where code that only
-the GPU compiler rejects, or a spilling kernel, shows up on the CPU."""
+(sm_80), the H100 (sm_90) and the B200 (sm_100) without a GPU. The
+interpreter that runs them in the other tests never compiles them, so this
+is where code that only the GPU compiler rejects, or a spilling kernel,
+shows up on the CPU."""
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from _common import read_csv  # noqa: E402
 pytest.importorskip('triton', reason='triton is a test dependency: '
                     'make setup')
 
-ARCHES = ('sm_80', 'sm_90')
+ARCHES = ('sm_80', 'sm_90', 'sm_100')
 # What the GPU benchmarks measure (gpu_checks.sh float32, bfloat16 and
 # autocast): the step of 4 heads x 32 channels, no option.
 HEADLINE = ('4x32 float32', '4x32 bfloat16',
@@ -44,11 +45,11 @@ def compiled(out: Path, arches, cases) -> list:
 
 @pytest.fixture(scope='module')
 def report(tmp_path_factory):
-    # Every case on both architectures, but autotuning's configurations
+    # Every case on each architecture, but autotuning's configurations
     # (four fifths of the compiling) on sm_90 only.
     cases = [c.name for c in triton_compile._cases()]
     tuned = [name for name in cases if name.endswith('autotuned')]
-    return (compiled(tmp_path_factory.mktemp('untuned'), ['80', '90'],
+    return (compiled(tmp_path_factory.mktemp('untuned'), ['80', '90', '100'],
                      [c for c in cases if c not in tuned])
             + compiled(tmp_path_factory.mktemp('tuned'), ['90'], tuned))
 
@@ -88,7 +89,7 @@ def test_the_options_compile_their_own_kernels(report):
 
 @pytest.fixture(scope='module')
 def headline(tmp_path_factory):
-    return compiled(tmp_path_factory.mktemp('headline'), ['80', '90'],
+    return compiled(tmp_path_factory.mktemp('headline'), ['80', '90', '100'],
                     HEADLINE)
 
 
