@@ -66,8 +66,9 @@ _REGISTER_UNIT = 256
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One call of the fused attention and its backward, on a small graph
-    (``nodes`` sources and destinations, 4 in-edges each on average)."""
+    """One call of the fused attention and its backward, on a random
+    graph of ``nodes`` sources and destinations and 4 edges per node (at
+    most 16,384: nothing runs, so the sizes only choose the kernels)."""
     name: str
     heads: int = 4
     channels: int = 32
@@ -139,12 +140,15 @@ def _untimed(kernel_call, quantiles):
 
 @dataclasses.dataclass
 class Compiled:
+    """One launch compiled: the kernel's name, its flags that are set
+    (and ``NODES`` above one), edges per block (none for the kernels that
+    merge chunks), warps, Triton's compiled kernel and what ``ptxas``
+    wrote while compiling it."""
     kernel: str
     flags: str
     block_e: Optional[int]
     warps: int
     binary: object
-    # What ptxas wrote while compiling it.
     log: str
 
 
@@ -172,7 +176,7 @@ def compiling_for(arch: int) -> Iterator[List[Compiled]]:
             flags = f"{flags} NODES={kwargs['NODES']}".strip()
         compiled.append(Compiled(self.__name__, flags,
                                  kwargs.get('BLOCK_E'),
-                                 kwargs.get('num_warps', 4), binary,
+                                 binary.metadata.num_warps, binary,
                                  log.getvalue()))
         return binary
 
