@@ -35,7 +35,8 @@ either is reported as ``MISMATCH (<tensor>: <error>)`` or ``MISMATCH
   backend's ``backward`` without the gradient of ``x_l``);
 - ``backward_src``: the backward pass by source, the time of
   ``backward`` with the gradient of ``x_l`` less ``backward_dst``
-  (a difference of medians: noisy on a loaded machine);
+  (a difference of medians: noisy on a loaded machine, and on a case
+  small enough, below zero);
 - ``rest``: ``step`` less the four parts above, which are all of the
   cached step's kernels and GEMMs: autograd, allocations, the checks and
   the cache lookup of the layout, the bias, Python (the C++ backward

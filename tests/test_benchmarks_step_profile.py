@@ -2,6 +2,7 @@
 step into rows, its flags, and a --quick run end to end (no timing
 asserted)."""
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -218,8 +219,13 @@ def test_quick_run_reports_parts_that_add_up_to_the_step(tmp_path):
     step = float(by_part['step']['ms'])
     parts = sum(float(row['ms']) for row in rows if row.get('in_step'))
     assert parts == pytest.approx(step, rel=1e-3, abs=0.01)
-    for part in step_profile.PARTS + ('rest', 'layout'):
-        assert 0 <= float(by_part[part]['of_step']) <= 1, by_part[part]
+    # The parts timed on their own take time; backward_src and rest are
+    # differences of medians, which noise can take below zero on a case
+    # this small: only their sum with the others is checked (above).
+    for part in ('projections', 'forward', 'backward_dst', 'layout'):
+        assert float(by_part[part]['ms']) > 0, by_part[part]
+    for part in ('backward_src', 'rest'):
+        assert math.isfinite(float(by_part[part]['ms'])), by_part[part]
     assert float(by_part['step']['max_rel_error']) <= step_profile.TOLERANCE
     assert float(by_part['step']['grad_max_rel_error']) <= (
         step_profile.TOLERANCE)
