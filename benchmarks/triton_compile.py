@@ -49,6 +49,11 @@ from typing import Iterator, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import (  # noqa: E402
+    command_line,
+    markdown_table,
+    write_report,
+)
 
 # Per multiprocessor, for the occupancy: 32-bit registers, resident warps
 # and blocks, and shared memory (bytes), by compute capability (CUDA C++
@@ -332,14 +337,26 @@ def compile_all(arches: List[int], cases: List[Case]) -> List[dict]:
     return rows
 
 
-def markdown(rows: List[dict], arches: List[int], command: str) -> str:
+# The report's columns: the CSV's keys, and the Markdown's headings.
+COLUMNS = {'arch': 'arch', 'case': 'case', 'kernel': 'kernel',
+           'flags': 'flags', 'block_e': 'edges per block', 'warps': 'warps',
+           'registers': 'registers', 'shared': 'shared (bytes)',
+           'spilled': 'spilled (bytes)', 'widest_load': 'widest load',
+           'occupancy': 'occupancy'}
+
+
+def markdown(rows: List[dict], arches: List[int]) -> str:
     import triton
     from triton.backends.nvidia.compiler import get_ptxas
     tools = ', '.join(f'sm_{arch}: ptxas {get_ptxas(arch).version}'
                       for arch in arches)
-    lines = [
+    shown = [{COLUMNS[k]: v for k, v in dict(
+        r, kernel=f"`{r['kernel']}`", flags=r['flags'] or '-',
+        block_e=r['block_e'] or '-',
+        occupancy=f"{r['occupancy']:.0%}").items()} for r in rows]
+    return '\n'.join([
         '# The Triton kernels compiled for NVIDIA GPUs', '',
-        f'Command: `{command}`', '',
+        f'Command: `{command_line()}`', '',
         f'Versions: torch {torch.__version__}, Triton {triton.__version__}; '
         f'{tools}. Compiled without a GPU; nothing timed.', '',
         'Spilled: bytes of registers each thread spills to local memory. '
@@ -347,17 +364,7 @@ def markdown(rows: List[dict], arches: List[int], command: str) -> str:
         'rows read in vectors of four 32-bit words; 64: an int64 index). '
         'Occupancy: resident warps per multiprocessor over the most it '
         'holds.', '',
-        '| arch | case | kernel | flags | edges per block | warps | '
-        'registers | shared (bytes) | spilled (bytes) | widest load | '
-        'occupancy |',
-        '|---|---|---|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        lines.append(
-            f"| {r['arch']} | {r['case']} | `{r['kernel']}` | "
-            f"{r['flags'] or '-'} | {r['block_e'] or '-'} | {r['warps']} | "
-            f"{r['registers']} | {r['shared']} | {r['spilled']} | "
-            f"{r['widest_load']} | {r['occupancy']:.0%} |")
-    return '\n'.join(lines) + '\n'
+        markdown_table(shown, list(COLUMNS.values())), ''])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -382,22 +389,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                      'kernels, which then cannot be compiled')
     cases = [c for c in _cases() if args.case is None or c.name in args.case]
     rows = compile_all(args.arch, cases)
-    command = ' '.join(['python benchmarks/triton_compile.py',
-                        *(argv if argv is not None else sys.argv[1:])])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'triton_compile.md').write_text(
-        markdown(rows, args.arch, command))
-    import csv
-    with open(args.out / 'triton_compile.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_report(args.out / 'triton_compile', markdown(rows, args.arch),
+                 rows, list(COLUMNS))
     missing = sorted(set(launched_kernels()) - {r['kernel'] for r in rows})
     if missing and args.case is None:
         print(f'never compiled: {", ".join(missing)}', file=sys.stderr)
         return 1
-    print(f"{len(rows)} kernels compiled; report in "
-          f"{args.out / 'triton_compile.md'}")
+    print(f'{len(rows)} kernels compiled')
     return 0
 
 
