@@ -329,9 +329,8 @@ class GATv2Conv(MessagePassing):
         ``pyg_gatv2::edge_layout``, and nothing here waits for data: the
         dropout mask covers every edge (those that self-loops replace are
         never read), the features of the loops are reduced from every edge
-        (``functional.self_loop_attr``), and only attention
-        weights with self-loops, whose edge count depends on the data,
-        break the graph.
+        (``functional.self_loop_attr``), and only attention weights with
+        self-loops, whose edge count depends on the data, break the graph.
         """
         raw_index = edge_index
         edge_index = _as_tensor(edge_index)
@@ -396,8 +395,8 @@ class GATv2Conv(MessagePassing):
         return out, (raw_index, alpha)
 
     def _edge_terms(self, edge_index: Tensor, edge_attr: Tensor,
-                    sizes: tuple[int, int],
-                    width: int) -> tuple[Tensor, Optional[Tensor]]:
+                    sizes: tuple[int, int], width: int
+                    ) -> tuple[Tensor, Optional[Tensor]]:
         """The projected edge features ``[E, H, width]`` and, with
         self-loops, those of the loops, filled as :obj:`fill_value` says
         (``sizes``: the number of loops and of destination nodes)."""

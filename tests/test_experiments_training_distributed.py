@@ -201,32 +201,43 @@ def test_resume_under_ddp_gives_the_uninterrupted_result(two_ranks):
         same_runs(got['resumed'], got['reference'])
 
 
+@contextlib.contextmanager
+def wrappers_at_the_group_end(monkeypatch) -> Iterator[tuple[list, list]]:
+    """Yields ``watched``, where the block puts weak references to DDP
+    wrappers, and ``alive``, which gets at each end of the process group
+    whether one of them still lives. The garbage collector is off in the
+    block (a collection before the end would hide a wrapper kept alive),
+    and a group the block left running is ended after it."""
+    watched, alive = [], []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, 'destroy_process_group', lambda: (
+        alive.append(any(w() is not None for w in watched)), destroy()))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield watched, alive
+    finally:
+        if enabled:
+            gc.enable()
+        if dist.is_initialized():
+            destroy()
+
+
 def test_the_group_ends_after_unreachable_ddp_wrappers(tmp_path,
                                                       monkeypatch):
     # A wrapper freed after the group ends can hang the process (see
     # end_process_group); one that nothing reaches must be gone by then.
     dist.init_process_group('gloo', init_method=(tmp_path / 'store').as_uri(),
                             rank=0, world_size=1)
-    alive_at_the_end = []
-    destroy = dist.destroy_process_group
-    monkeypatch.setattr(dist, 'destroy_process_group', lambda: (
-        alive_at_the_end.append(wrapper() is not None), destroy()))
-    enabled = gc.isenabled()
-    gc.disable()  # a collection between here and the end would hide it
-    try:
+    with wrappers_at_the_group_end(monkeypatch) as (watched, alive):
         model = DistributedDataParallel(torch.nn.Linear(3, 2))
         model(torch.randn(4, 3)).sum().backward()
-        wrapper = weakref.ref(model)
+        watched.append(weakref.ref(model))
         cycle = [model]  # as the wrapper's own cycles hold it, at times
         cycle.append(cycle)
         del model, cycle
         end_process_group()
-    finally:
-        if enabled:
-            gc.enable()
-        if dist.is_initialized():
-            destroy()
-    assert alive_at_the_end == [False]
+    assert alive == [False]
 
 
 TORCHRUN_ENV = dict(RANK='0', WORLD_SIZE='2', LOCAL_RANK='0',
@@ -245,31 +256,18 @@ def test_an_error_leaving_the_group_frees_the_wrappers_it_passed(
         dist.init_process_group('gloo', rank=0, world_size=1,
                                 init_method=(tmp_path / 'store').as_uri()),
         torch.device('cpu'))[1])
-    alive_at_the_end = []
-    destroy = dist.destroy_process_group
-    monkeypatch.setattr(dist, 'destroy_process_group', lambda: (
-        alive_at_the_end.append(wrapper() is not None), destroy()))
-    wrapper = None
 
-    def train():
-        nonlocal wrapper
+    def train(watched):
         model = DistributedDataParallel(torch.nn.Linear(3, 2))
         model(torch.randn(4, 3)).sum().backward()
-        wrapper = weakref.ref(model)
+        watched.append(weakref.ref(model))
         raise ValueError('a bad batch')
 
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with wrappers_at_the_group_end(monkeypatch) as (watched, alive):
         with pytest.raises(ValueError, match='a bad batch') as raised:
             with process_group(torch.device('cpu')):
-                train()
-    finally:
-        if enabled:
-            gc.enable()
-        if dist.is_initialized():
-            destroy()
-    assert alive_at_the_end == [False]
+                train(watched)
+    assert alive == [False]
     assert ', in train\n' in ''.join(
         traceback.format_exception(raised.value))
 
