@@ -28,10 +28,8 @@ every edge ``i -> i`` of ``edge_index`` and appends one loop per node
 :func:`torch_geometric.utils.add_self_loops` do, without rebuilding the edge
 list on every call.
 """
-import threading
 import weakref
-from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,25 +37,20 @@ from torch import Tensor
 
 from .. import checks
 from ..checks import check_edge_index, check_index_range
+from ..weak_cache import WeakCache
 from . import cpp_library
 
 __all__ = ['EdgeLayout', 'Chunks', 'edge_layout', 'layout_of',
            'clear_layout_cache', 'index_dtype']
 
 _CACHE_SIZE = 8
-# key -> (weak reference to the tensor, copy of its indices (None on a GPU
-# outside strict validation), its version counter, layout)
-_cache: ('OrderedDict[tuple, Tuple[weakref.ref, Optional[Tensor], int, '
-         'EdgeLayout]]') = OrderedDict()
+# key -> (copy of the tensor's indices (None on a GPU outside strict
+# validation), its version counter, layout)
+_cache = WeakCache(_CACHE_SIZE)
 # The live layouts by the memory of their CSR tensors, so that layout_of
 # finds a layout from aliases of them too (autograd saves detached ones).
 _owners: 'weakref.WeakValueDictionary[tuple, EdgeLayout]' = (
     weakref.WeakValueDictionary())
-_lock = threading.Lock()
-# Keys of freed tensors whose entries could not be dropped at once: a
-# weak-reference callback can run at any time, also in a thread that holds
-# the lock, so it never waits for it and leaves the key here instead.
-_freed: List[tuple] = []
 
 
 class Chunks(NamedTuple):
@@ -369,18 +362,12 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
            tuple(edge_index.stride()), edge_index.dtype,
            str(edge_index.device), int(num_src), int(num_dst),
            bool(add_self_loops))
-    with _lock:
-        _drop_freed()
-        hit = _cache.get(key)
-    # The weak reference tells a live tensor from a new one that happens to
-    # reuse the id and the memory of a freed one; the copy proves that the
+    # The cache tells a live tensor from a new one that happens to reuse
+    # the id and the memory of a freed one; the copy proves that the
     # indices did not change since the layout was built.
-    if (hit is not None and hit[0]() is edge_index
-            and _same_indices(hit[1], hit[2], edge_index)):
-        with _lock:
-            if key in _cache:
-                _cache.move_to_end(key)
-        return hit[3]
+    hit = _cache.get(key, edge_index)
+    if hit is not None and _same_indices(hit[0], hit[1], edge_index):
+        return hit[2]
     # Before index_dtype reads the shape (_build checks it again, for its
     # other callers).
     check_edge_index(edge_index, caller)
@@ -391,14 +378,7 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
             device=edge_index.device)
     layout = _build(edge_index, num_src, num_dst, add_self_loops, caller,
                     copy)
-    # The entry goes when the tensor goes, so that a loop over fresh edge
-    # tensors (mini-batches) does not keep their layouts alive.
-    ref = weakref.ref(edge_index, lambda _: _forget(key))
-    with _lock:
-        _cache[key] = (ref, copy, edge_index._version, layout)
-        _cache.move_to_end(key)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+    _cache.put(key, edge_index, (copy, edge_index._version, layout))
     return layout
 
 
@@ -442,23 +422,6 @@ def layout_of(dst_ptr: Tensor, dst_col: Tensor, dst_eid: Tensor,
                       dst_ptr, dst_col, dst_eid, num_kept=num_kept)
 
 
-def _forget(key: tuple) -> None:
-    if _lock.acquire(blocking=False):
-        try:
-            _cache.pop(key, None)
-        finally:
-            _lock.release()
-    else:
-        _freed.append(key)
-
-
-def _drop_freed() -> None:
-    while _freed:
-        _cache.pop(_freed.pop(), None)
-
-
 def clear_layout_cache() -> None:
     """Empties the cache of edge layouts."""
-    with _lock:
-        _cache.clear()
-        _freed.clear()
+    _cache.clear()
