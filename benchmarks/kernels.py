@@ -179,6 +179,10 @@ SWEEP = ((1, 7), (1, 8), (2, 7), (3, 24), (3, 32), (4, 32), (6, 10), (8, 8),
 # How the random graphs draw their edges (--graph), and the exponent of the
 # degree distribution of the power-law graphs.
 GRAPHS = ('uniform', 'powerlaw')
+# How every implementation is given the graph (--adjacency): the edges
+# [2, E], a torch_sparse.SparseTensor adj_t or a torch.sparse CSR adjacency
+# [num_targets, num_sources].
+ADJACENCIES = ('edge_index', 'sparse_tensor', 'csr')
 POWER_LAW_EXPONENT = 2.2
 # The CPU levels the C++ kernels are built for (--cpu-capability).
 CPU_LEVELS = ('avx512', 'avx2', 'default')
@@ -205,6 +209,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--graph', choices=GRAPHS, default='uniform',
                         help="the random graphs' edges: uniform ends, or "
                         'ends drawn from a power law (skewed degrees)')
+    parser.add_argument('--adjacency', choices=ADJACENCIES,
+                        default='edge_index',
+                        help='how every implementation, PyG included, is '
+                        'given the graph: edge_index [2, E], a '
+                        'torch_sparse.SparseTensor adj_t, or a torch.sparse '
+                        'CSR adjacency [num_targets, num_sources]')
     parser.add_argument('--autocast', action='store_true',
                         help='run every step under torch.autocast in '
                         'bfloat16 (float32 weights and features)')
@@ -347,6 +357,19 @@ def build_case(case: dict, seed: int, device: torch.device,
     return x.to(device, dtype), edge_index.to(device)
 
 
+def as_adjacency(edge_index: torch.Tensor, kind: str, num_nodes: int):
+    """``edge_index`` as :obj:`kind` of :data:`ADJACENCIES`."""
+    if kind == 'edge_index':
+        return edge_index
+    size = (num_nodes, num_nodes)
+    if kind == 'sparse_tensor':
+        from torch_geometric.typing import SparseTensor
+        return SparseTensor.from_edge_index(edge_index,
+                                            sparse_sizes=size).t()
+    from torch_geometric.utils import to_torch_csr_tensor
+    return to_torch_csr_tensor(edge_index.flip(0), size=size)
+
+
 def power_law_edges(num_nodes: int, num_edges: int,
                     gen: torch.Generator) -> torch.Tensor:
     """``[2, num_edges]`` edges whose ends are drawn independently, node
@@ -460,6 +483,7 @@ def run_worker(spec: dict) -> dict:
         pin_malloc()
     dtype = DTYPES[args.dtype][0]
     x, edge_index = build_case(case, args.seed, device, dtype)
+    edge_index = as_adjacency(edge_index, args.adjacency, x.size(0))
     result = dict(case=case, impls=runnable(case, args, device))
     names = [name for name, entry in result['impls'].items() if not entry]
     ref, impls = make_impls(case, names, device, dtype)
@@ -633,9 +657,11 @@ def memory_of(run: Run, device: torch.device) -> dict[str, float]:
       layout's tensors): our layout and the copy of ``edge_index`` that
       proves cache hits.
     """
+    from pyg_gatv2.adjacency import clear_sparse_edge_cache
     from pyg_gatv2.fused import clear_layout_cache
     step_only = peak_memory(partial(run, True), device)
     clear_layout_cache()
+    clear_sparse_edge_cache()
     memory = step_memory(partial(run, True), device)
     return dict(peak=memory.peak, kept=memory.kept,
                 peak_step_only=step_only)
@@ -658,9 +684,12 @@ def kernel_times(ref: torch.nn.Module, x: torch.Tensor,
     :data:`MEMCPY` those of a large copy, run by run between them, so that
     each kernel's share of the copy bandwidth compares the two under the
     same load. Empty where no fused backend runs."""
+    from pyg_gatv2.adjacency import is_sparse_adjacency, sparse_edge_index
     from pyg_gatv2.fused import fused_gatv2_attention
 
     H, C = ref.heads, ref.out_channels
+    if is_sparse_adjacency(edge_index):
+        edge_index = sparse_edge_index(edge_index, add_self_loops=True)
     names = [name for name in alive if name in
              ('fused_cpp', 'fused_torch', 'fused_triton',
               'fused_triton_tuned')]
@@ -935,7 +964,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         results.append(run_case(case, args))
     rows = rows_of(results, bandwidth, DTYPES[args.dtype][3])
     lines = header(command, device, bandwidth, check_dtype(args),
-                   args.impls, args.autocast)
+                   args.impls, args.autocast, args.adjacency)
     text = '\n'.join(lines) + markdown_table(rows, COLUMNS) + '\n'
     print(text)
     columns = list(dict.fromkeys(
@@ -958,9 +987,15 @@ def cpp_note(impls: list[str], device: torch.device) -> list[str]:
 
 
 def header(command: str, device: torch.device, bandwidth: float,
-           dtype: str, impls: list[str], autocast: bool = False
-           ) -> list[str]:
+           dtype: str, impls: list[str], autocast: bool = False,
+           adjacency: str = 'edge_index') -> list[str]:
     tolerance, grad_tolerance = DTYPES[dtype][1:3]
+    adjacency_note = [] if adjacency == 'edge_index' else [
+        'Every implementation, PyG included, is given the graph as '
+        + ('a torch_sparse.SparseTensor adj_t' if adjacency == 'sparse_tensor'
+           else 'a torch.sparse CSR adjacency')
+        + ' [num_targets, num_sources]; our peak_mib and kept_mib count '
+        'the edges read from it, kept while it lives.', '']
     autocast_note = [
         'Every step runs under torch.autocast in bfloat16, PyG\'s as ours, '
         'with float32 weights and features; kernel_fwd_ms and '
@@ -972,7 +1007,7 @@ def header(command: str, device: torch.device, bandwidth: float,
         f'Machine: {machine(torch.get_num_threads(), device)}. memcpy '
         f'bandwidth at the start: {bandwidth / 1e9:.1f} GB/s.',
         '',
-    ] + cpp_note(impls, device) + autocast_note + [
+    ] + cpp_note(impls, device) + autocast_note + adjacency_note + [
         'Times are medians of interleaved runs after warm-up; speedups are '
         'PyG time / our time, given only for implementations that passed '
         'the check. step_ns_per_edge_channel is the step time over the '

@@ -207,30 +207,32 @@ def check_adjacency(edge_index, num_src: int, num_dst: int,
     ``check_range`` is set and the indices are on the CPU, and always in
     ``'strict'`` validation.
     """
-    if isinstance(edge_index, SparseTensor):
-        size = tuple(edge_index.sizes())
-    elif isinstance(edge_index, Tensor) and is_torch_sparse_tensor(
-            edge_index):
-        size = tuple(edge_index.shape)
-    else:
+    sparse = isinstance(edge_index, SparseTensor) or (
+        isinstance(edge_index, Tensor) and is_torch_sparse_tensor(edge_index))
+    if not sparse:
         check_edge_index(edge_index, caller)
-        if edge_index.device != device:
-            raise ValueError(
-                f"'{caller}' got 'edge_index' on '{edge_index.device}' but "
-                f"its parameters are on '{device}'; move it with "
-                f"'edge_index.to(\"{device}\")'")
-        if is_strict() or (check_range and edge_index.device.type == 'cpu'):
-            if isinstance(edge_index, EdgeIndex):
-                edge_index = edge_index.as_tensor()
-            check_index_range(edge_index, num_src, num_dst, caller)
-        return edge_index.size(1)
-    if size != (num_dst, num_src):
+    where = (edge_index.device() if isinstance(edge_index, SparseTensor)
+             else edge_index.device)
+    if where != device:
         raise ValueError(
-            f"'{caller}' got a sparse adjacency of shape {size} but expects "
-            f'[num_targets, num_sources] = [{num_dst}, {num_src}]')
-    if isinstance(edge_index, SparseTensor):
-        return edge_index.nnz()
-    return edge_index._nnz()
+            f"'{caller}' got 'edge_index' on '{where}' but its parameters "
+            f"are on '{device}'; move it with 'edge_index.to(\"{device}\")'")
+    if sparse:
+        size = tuple(edge_index.sizes() if isinstance(
+            edge_index, SparseTensor) else edge_index.shape)
+        if size != (num_dst, num_src):
+            raise ValueError(
+                f"'{caller}' got a sparse adjacency of shape {size} but "
+                'expects [num_targets, num_sources] = '
+                f'[{num_dst}, {num_src}]')
+        if isinstance(edge_index, SparseTensor):
+            return edge_index.nnz()
+        return edge_index._nnz()
+    if is_strict() or (check_range and edge_index.device.type == 'cpu'):
+        if isinstance(edge_index, EdgeIndex):
+            edge_index = edge_index.as_tensor()
+        check_index_range(edge_index, num_src, num_dst, caller)
+    return edge_index.size(1)
 
 
 def check_edge_attr(edge_attr: Tensor, lin_edge: Optional[torch.nn.Module],

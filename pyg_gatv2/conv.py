@@ -23,6 +23,11 @@ from torch_geometric.utils import (
 from torch_geometric.utils.sparse import set_sparse_value
 
 from pyg_gatv2 import checks
+from pyg_gatv2.adjacency import (
+    is_sparse_adjacency,
+    sparse_edge_index,
+    sparse_message_order,
+)
 from pyg_gatv2.functional import combine_heads, gatv2_logits, self_loop_attr
 from pyg_gatv2.fused import (
     EdgeLayout,
@@ -81,10 +86,13 @@ class GATv2Conv(MessagePassing):
     elsewhere; see :mod:`pyg_gatv2.backends`). It is a torch custom op, so
     :func:`torch.compile` keeps it in the compiled graph and
     :func:`torch.export.export` exports it. Calls it does not cover fall back
-    to message passing automatically: a :class:`torch_sparse.SparseTensor`
-    or :class:`torch.sparse` adjacency, explain mode,
+    to message passing automatically: a sparse adjacency
+    (:class:`torch_sparse.SparseTensor` or :class:`torch.sparse`) with edge
+    features or with :obj:`return_attention_weights`, explain mode,
     :obj:`decomposed_layers > 1`, an :obj:`aggr` other than :obj:`"add"` or
     :obj:`flow="target_to_source"`, and registered message-passing hooks.
+    A sparse adjacency otherwise runs fused, its entries read as the edges
+    ``[col, row]`` (:func:`pyg_gatv2.adjacency.sparse_edge_index`).
 
     Args:
         in_channels (int or tuple): Size of each input sample, or :obj:`-1` to
@@ -223,7 +231,8 @@ class GATv2Conv(MessagePassing):
         """
         C = self.out_channels
         x_src, x_dst = self._split_input(x)
-        blocker = self.fused_path_blocker(edge_index)
+        blocker = self.fused_path_blocker(edge_index,
+                                          return_attention_weights)
         self._check_forward_input(x_src, x_dst, edge_index, edge_attr,
                                   fused_path=blocker is None)
         if self.fused and blocker is not None:
@@ -231,6 +240,10 @@ class GATv2Conv(MessagePassing):
                 f"'{self.__class__.__name__}' was built with fused=True but "
                 f"the fused path does not support {blocker}; build it with "
                 'fused=None to fall back to message passing')
+        adjacency = None
+        if blocker is None and is_sparse_adjacency(edge_index):
+            adjacency = edge_index
+            edge_index = sparse_edge_index(adjacency, self.add_self_loops)
 
         layout = None
         if blocker is None and not torch.compiler.is_compiling():
@@ -252,7 +265,8 @@ class GATv2Conv(MessagePassing):
         want_alpha = bool(return_attention_weights)
         if blocker is None:
             out, attention = self._fused_attention(
-                x_l, x_r, edge_index, layout, edge_attr, want_alpha)
+                x_l, x_r, edge_index, layout, edge_attr, want_alpha,
+                adjacency)
         else:
             out, attention = self._propagate_attention(
                 x_l, x_r, edge_index, edge_attr, want_alpha)
@@ -289,15 +303,32 @@ class GATv2Conv(MessagePassing):
                 bias.view(H, C), (0, width - C)).view(-1))
         return linear(x, weight, bias).view(-1, H, width)
 
-    def fused_path_blocker(self, edge_index: Adj) -> Optional[str]:
-        """Why this call cannot run on the fused operator (a phrase for
-        error messages), or :obj:`None` when it can."""
+    def fused_path_blocker(
+        self,
+        edge_index: Adj,
+        return_attention_weights: Optional[bool] = None,
+    ) -> Optional[str]:
+        """Why a call with this ``edge_index`` (and
+        ``return_attention_weights``) cannot run on the fused operator (a
+        phrase for error messages), or :obj:`None` when it can."""
         if self.fused is False:
             return 'fused=False'
-        if not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(
-                edge_index):
-            return ('sparse adjacency input (pass edge_index as a [2, E] '
-                    'tensor)')
+        if is_sparse_adjacency(edge_index):
+            if self.lin_edge is not None:
+                return ('edge features with a sparse adjacency (pass '
+                        "edge_index as a [2, E] tensor and 'edge_attr' in "
+                        'its order)')
+            if return_attention_weights:
+                return ('attention weights of a sparse adjacency (pass '
+                        'edge_index as a [2, E] tensor)')
+            if (isinstance(edge_index, Tensor)
+                    and edge_index.layout == torch.sparse_coo
+                    and not edge_index.is_coalesced()
+                    and not self.add_self_loops):
+                return ('an uncoalesced sparse COO adjacency (coalesce it '
+                        "with 'adj.coalesce()')")
+        elif not isinstance(edge_index, Tensor):
+            return f"edge_index of type '{type(edge_index).__name__}'"
         if self.explain:
             return 'explain mode'
         if self.decomposed_layers > 1:
@@ -312,7 +343,7 @@ class GATv2Conv(MessagePassing):
 
     def _fused_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Tensor,
                          layout: Optional[EdgeLayout], edge_attr: OptTensor,
-                         want_alpha: bool):
+                         want_alpha: bool, adjacency: Adj = None):
         """Attention and aggregation on the fused operator.
 
         Existing self-loops are skipped and one implicit loop per node is
@@ -359,7 +390,8 @@ class GATv2Conv(MessagePassing):
                      _kept_edges(edge_index, num_loops))
         mask = None
         if self.training and self.dropout > 0:
-            mask = self._dropout_mask(x_l, layout, num_virtual, dtype)
+            mask = self._dropout_mask(x_l, layout, num_virtual, dtype,
+                                      adjacency)
 
         att = self.att
         if width != self.out_channels:
@@ -410,18 +442,21 @@ class GATv2Conv(MessagePassing):
         return edge_term, self._project(self.lin_edge, loop_attr, width)
 
     def _dropout_mask(self, x: Tensor, layout: Optional[EdgeLayout],
-                      num_virtual: int, dtype: torch.dtype) -> Tensor:
+                      num_virtual: int, dtype: torch.dtype,
+                      adjacency: Adj = None) -> Tensor:
         """The dropout mask of the attention weights ``[virtual edges, H]``,
         drawn as message passing draws its dropout: over the edges it
-        attends over, in their order (the loops last)."""
+        attends over, in their order (after the others, the loops of an
+        ``edge_index``; among them, those of a sparse ``adjacency``)."""
         H = self.heads
         if layout is None or not self.add_self_loops:
             return F.dropout(x.new_ones(num_virtual, H, dtype=dtype),
                              p=self.dropout)
+        order = (layout.kept_eid if adjacency is None else
+                 sparse_message_order(adjacency))
         mask = F.dropout(x.new_ones(layout.num_kept, H, dtype=dtype),
                          p=self.dropout)
-        return mask.new_zeros(num_virtual, H).index_copy_(
-            0, layout.kept_eid, mask)
+        return mask.new_zeros(num_virtual, H).index_copy_(0, order, mask)
 
     def _propagate_attention(self, x_l: Tensor, x_r: Tensor, edge_index: Adj,
                              edge_attr: OptTensor, want_alpha: bool):

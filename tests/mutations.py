@@ -502,8 +502,8 @@ FAULTS = (
           "layer: the fused path's dropout mask laid over the edges in "
           'CSR order instead of edge order',
           'pyg_gatv2/conv.py',
-          '            0, layout.kept_eid, mask)',
-          '            0, layout.dst_eid, mask)',
+          '        order = (layout.kept_eid if adjacency is None else',
+          '        order = (layout.dst_eid if adjacency is None else',
           ('tests/test_conv.py::'
            'test_dropout_matches_pyg_under_the_same_seed', )),
     Fault('layer_residual_from_source',
@@ -563,6 +563,50 @@ FAULTS = (
           '            if entry is None or entry[0]() is not obj:',
           '            if entry is None:',
           ('tests/test_weak_cache.py', )),
+    # Sparse adjacencies on the fused path.
+    Fault('sparse_edges_transposed',
+          'sparse adjacency: the entries of a torch.sparse adjacency read '
+          'as edges target -> source',
+          'pyg_gatv2/adjacency.py',
+          '    return torch.stack([col, row]).detach()',
+          '    return torch.stack([row, col]).detach()',
+          ('tests/test_conv.py::'
+           'test_sparse_adjacency_runs_fused_and_matches_pyg', )),
+    Fault('sparse_duplicates_kept_with_self_loops',
+          'sparse adjacency: self-loops added to a torch.sparse adjacency '
+          'with its duplicate entries kept (message passing merges them)',
+          'pyg_gatv2/adjacency.py',
+          '    if add_self_loops:\n        num_src = adj.size(1)',
+          '    if False:\n        num_src = adj.size(1)',
+          ('tests/test_conv.py::'
+           'test_sparse_adjacency_runs_fused_and_matches_pyg',
+           'tests/test_conv.py::'
+           'test_uncoalesced_coo_adjacency_is_read_as_pyg_reads_it')),
+    Fault('sparse_edge_cache_trusts_the_version_counter',
+          'sparse adjacency: cached edges reused on the CPU without '
+          'comparing the indices, after an edit that bypassed the version '
+          'counter',
+          'pyg_gatv2/adjacency.py',
+          '            entry.copies is None or all(',
+          '            True or all(',
+          ('tests/test_adjacency.py', )),
+    Fault('sparse_edge_cache_ignores_self_loops',
+          'sparse adjacency: the edges cached with self-loops (merged '
+          'duplicates) reused without them, and the other way round',
+          'pyg_gatv2/adjacency.py',
+          '    key = (id(adj), add_self_loops)',
+          '    key = (id(adj), True)',
+          ('tests/test_adjacency.py', )),
+    Fault('sparse_dropout_drawn_with_the_loops_last',
+          "layer: the dropout mask of a sparse adjacency's attention "
+          'weights drawn in the order of an edge_index (the loops last), '
+          'not in the order message passing attends over the adjacency',
+          'pyg_gatv2/conv.py',
+          '        order = (layout.kept_eid if adjacency is None else\n'
+          '                 sparse_message_order(adjacency))',
+          '        order = layout.kept_eid',
+          ('tests/test_conv.py::'
+           'test_sparse_adjacency_runs_fused_and_matches_pyg', )),
 )
 
 

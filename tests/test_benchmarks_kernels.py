@@ -246,6 +246,39 @@ def test_cpu_capability_flag_picks_the_level_the_header_names(tmp_path):
     assert 'fused_cpp: the C++ kernels at CPU level default' in markdown
 
 
+@pytest.mark.parametrize('kind', kernels.ADJACENCIES)
+def test_every_adjacency_holds_the_edges(kind):
+    edge_index = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 1]])
+    adj = kernels.as_adjacency(edge_index, kind, 3)
+    if kind == 'edge_index':
+        assert adj is edge_index
+        return
+    expected = torch.zeros(3, 3)
+    expected[edge_index[1], edge_index[0]] = 1
+    assert torch.equal(adj.to_dense(), expected)
+
+
+@pytest.mark.slow
+def test_sparse_adjacency_given_to_every_implementation(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '10000',
+         '--degrees', '10', '--heads-channels', '2x8', '--features', '16',
+         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
+         '--impls', 'pyg,fused_torch', '--adjacency', 'csr',
+         '--timeout', '300', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {row['impl']: row for row in read_csv(tmp_path / 'kernels.csv')}
+    for row in rows.values():
+        assert row['status'] == 'ok', row
+        assert float(row['grad_max_rel_error']) <= kernels.TOLERANCE
+    # Ours keeps the edges read from the adjacency besides the layout.
+    assert float(rows['fused_torch']['kept_mib']) >= 2.5
+    assert float(rows['pyg']['kept_mib']) <= 0.5
+    assert 'a torch.sparse CSR adjacency' in (tmp_path /
+                                              'kernels.md').read_text()
+
+
 def test_power_law_graph_is_skewed_and_seeded():
     edges = kernels.power_law_edges(5000, 50000,
                                     torch.Generator().manual_seed(0))

@@ -448,6 +448,111 @@ def test_sparse_attention_weights_hold_alpha(kind):
         torch.testing.assert_close(sparse_alpha, ref_alpha)
 
 
+def graph_with_duplicates(num_src, num_dst, seed=0):
+    """Random edges, some twice, and self-loops among them."""
+    edge_index = random_graph(num_src, num_dst, 40, seed)
+    loops = torch.arange(min(num_src, num_dst, 3)).repeat(2, 1)
+    return torch.cat([edge_index, edge_index[:, :4], loops], dim=1)
+
+
+def sparse_adjacency(kind, edge_index, num_src, num_dst):
+    """The sparse adjacency ``[num_dst, num_src]`` of ``kind`` whose
+    entries are the edges of ``edge_index``, duplicates kept."""
+    size = (num_dst, num_src)
+    row, col = edge_index[1], edge_index[0]
+    values = torch.ones(row.numel(), dtype=torch.float64)
+    if kind == 'sparse_tensor':
+        return SparseTensor(row=row, col=col, sparse_sizes=size)
+    if kind == 'coo':
+        return to_torch_coo_tensor(edge_index.flip(0), size=size)
+    if kind == 'csr':
+        order = torch.argsort(row, stable=True)
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                         torch.bincount(row, minlength=num_dst).cumsum(0)])
+        return torch.sparse_csr_tensor(ptr, col[order], values, size)
+    order = torch.argsort(col, stable=True)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                     torch.bincount(col, minlength=num_src).cumsum(0)])
+    return torch.sparse_csc_tensor(ptr, row[order], values, size)
+
+
+def output_and_grads(conv, x, edge_index):
+    """Output and the gradient of the node features and every parameter,
+    with the dropout stream seeded."""
+    x = tuple(t.detach().requires_grad_() for t in x)
+    conv.zero_grad()
+    torch.manual_seed(0)
+    out = conv(x[0] if len(x) == 1 else x, edge_index)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype)
+    (out.flatten() * weight).sum().backward()
+    return [out] + [t.grad for t in x] + [p.grad for p in conv.parameters()]
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.5])
+@pytest.mark.parametrize('bipartite', [False, True])
+@pytest.mark.parametrize('self_loops', [True, False])
+@pytest.mark.parametrize('kind', ['sparse_tensor', 'coo', 'csr', 'csc'])
+def test_sparse_adjacency_runs_fused_and_matches_pyg(kind, self_loops,
+                                                     bipartite, dropout,
+                                                     monkeypatch):
+    """Output and gradients of PyG's layer given the same adjacency (CSC
+    as CSR, which message passing reads), on the fused operator: self-loops
+    added as PyG adds them to each kind (merging duplicate entries of a
+    torch.sparse adjacency), existing ones kept without, and the same
+    attention weights dropped under the same seed."""
+    num_src, num_dst = (11, 8) if bipartite else (11, 11)
+    gen = torch.Generator().manual_seed(1)
+    x = ((randn(num_src, 6, gen=gen), randn(num_dst, 6, gen=gen))
+         if bipartite else (randn(num_src, 6, gen=gen), ))
+    adj = sparse_adjacency(kind, graph_with_duplicates(num_src, num_dst),
+                           num_src, num_dst)
+    ours, ref = both_layers(6, 4, heads=3, add_self_loops=self_loops,
+                            dropout=dropout)
+    assert ours.fused_path_blocker(adj) is None
+    expected = output_and_grads(
+        ref, x, adj.to_sparse_csr() if kind == 'csc' else adj)
+    fused_calls = spy_on_backends(monkeypatch)
+    actual = output_and_grads(ours, x, adj)
+    assert {'forward', 'backward'} == {method for _, method in fused_calls}
+    assert_close_all(actual, expected, torch.float64)
+
+
+@pytest.mark.parametrize('self_loops', [True, False])
+def test_uncoalesced_coo_adjacency_is_read_as_pyg_reads_it(self_loops):
+    """With self-loops PyG merges its duplicate entries, as the fused path
+    does; without, PyG refuses it, and so does the layer, on message
+    passing."""
+    edge_index = graph_with_duplicates(11, 11)
+    adj = torch.sparse_coo_tensor(edge_index.flip(0),
+                                  torch.ones(edge_index.size(1)), (11, 11))
+    assert not adj.is_coalesced()
+    ours, ref = both_layers(6, 4, heads=2, add_self_loops=self_loops)
+    x = randn(11, 6, gen=torch.Generator().manual_seed(0))
+    if self_loops:
+        assert ours.fused_path_blocker(adj) is None
+        torch.testing.assert_close(ours(x, adj), ref(x, adj))
+        return
+    assert 'uncoalesced' in ours.fused_path_blocker(adj)
+    with pytest.raises(RuntimeError, match='uncoalesced'):
+        ref(x, adj)
+    with pytest.raises(RuntimeError, match='uncoalesced'):
+        ours(x, adj)
+
+
+def test_sparse_tensor_adjacency_compiles_to_one_graph():
+    torch._dynamo.reset()
+    conv = GATv2Conv(6, 4, heads=2)
+    x = torch.randn(11, 6)
+    adj = sparse_adjacency('sparse_tensor', graph_with_duplicates(11, 11),
+                           11, 11)
+    explanation = torch._dynamo.explain(conv)(x, adj)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
+    targets = graph_targets(explanation.graphs)
+    assert 'pyg_gatv2.gatv2_attention' in targets
+    torch.testing.assert_close(torch.compile(conv)(x, adj), conv(x, adj))
+
+
 def two_layer_model():
     torch.manual_seed(0)
     return GATv2(8, 3, hidden_channels=4, heads=2, dropout=0.0,
@@ -817,11 +922,15 @@ def test_features_without_nan_are_not_refused(x):
     assert out.shape == (5, 4)
 
 
-def test_device_mismatch_is_reported():
+@pytest.mark.parametrize('kind', ['edge_index', 'csr', 'sparse_tensor'])
+def test_device_mismatch_is_reported(kind):
     conv = GATv2Conv(8, 4).to('meta')
+    edge_index = torch.tensor([[0], [1]])
+    if kind != 'edge_index':
+        edge_index = sparse_adjacency(kind, edge_index, 5, 5)
     with pytest.raises(ValueError, match=r"on 'cpu' but its parameters are "
                        r"on 'meta'"):
-        conv(torch.randn(5, 8, device='cpu'), torch.tensor([[0], [1]]))
+        conv(torch.randn(5, 8, device='cpu'), edge_index)
 
 
 def gradient_penalty_grads(conv, x, edge_index, edge_attr=None):
@@ -1184,9 +1293,13 @@ def test_falls_back_to_message_passing():
     x = torch.randn(10, 6)
     edge_index = coalesce(random_graph(10, 10, 30))
     expected = conv(x, edge_index)
-    # A sparse adjacency takes the message-passing path, same numbers.
+    # Attention weights of a sparse adjacency come from message passing,
+    # same numbers.
     adj = to_torch_csr_tensor(edge_index.flip(0), size=(10, 10))
-    torch.testing.assert_close(conv(x, adj), expected)
+    assert conv.fused_path_blocker(adj) is None
+    assert 'attention weights' in conv.fused_path_blocker(adj, True)
+    torch.testing.assert_close(
+        conv(x, adj, return_attention_weights=True)[0], expected)
     # So does a call with a registered hook, which then runs.
     calls = []
     conv.register_message_forward_hook(lambda *args: calls.append(1))
@@ -1199,8 +1312,12 @@ def test_fused_true_rejects_what_it_cannot_run():
     x = torch.randn(10, 6)
     adj = to_torch_csr_tensor(random_graph(10, 10, 30).flip(0),
                               size=(10, 10))
-    with pytest.raises(ValueError, match='fused=True.*sparse adjacency'):
-        conv(x, adj)
+    with pytest.raises(ValueError, match='fused=True.*attention weights of '
+                       'a sparse adjacency'):
+        conv(x, adj, return_attention_weights=True)
+    with pytest.raises(ValueError, match='fused=True.*edge features with a '
+                       'sparse adjacency'):
+        GATv2Conv(6, 4, edge_dim=2, add_self_loops=False, fused=True)(x, adj)
     conv.decomposed_layers = 2
     with pytest.raises(ValueError, match='decomposed_layers'):
         conv(x, random_graph(10, 10, 30))
