@@ -90,11 +90,12 @@ def sparse_message_order(adj: Adjacency) -> Tensor:
     draws its mask in this order, so that both paths drop the same
     attention weights under one seed.
     """
+    num_loops, num_src = min(adj.size(0), adj.size(1)), adj.size(1)
+    if torch.compiler.is_compiling():
+        return _message_order(_read_edges(adj, True), num_loops, num_src)
     entry = _entry(adj, add_self_loops=True)
     if entry.order is None:
-        entry.order = _message_order(entry.edge_index, min(adj.size(0),
-                                                           adj.size(1)),
-                                     adj.size(1))
+        entry.order = _message_order(entry.edge_index, num_loops, num_src)
     return entry.order
 
 

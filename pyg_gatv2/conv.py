@@ -88,7 +88,7 @@ class GATv2Conv(MessagePassing):
     :func:`torch.export.export` exports it. Calls it does not cover fall back
     to message passing automatically: a sparse adjacency
     (:class:`torch_sparse.SparseTensor` or :class:`torch.sparse`) with edge
-    features or with :obj:`return_attention_weights`, explain mode,
+    features, explain mode,
     :obj:`decomposed_layers > 1`, an :obj:`aggr` other than :obj:`"add"` or
     :obj:`flow="target_to_source"`, and registered message-passing hooks.
     A sparse adjacency otherwise runs fused, its entries read as the edges
@@ -231,8 +231,7 @@ class GATv2Conv(MessagePassing):
         """
         C = self.out_channels
         x_src, x_dst = self._split_input(x)
-        blocker = self.fused_path_blocker(edge_index,
-                                          return_attention_weights)
+        blocker = self.fused_path_blocker(edge_index)
         self._check_forward_input(x_src, x_dst, edge_index, edge_attr,
                                   fused_path=blocker is None)
         if self.fused and blocker is not None:
@@ -303,14 +302,10 @@ class GATv2Conv(MessagePassing):
                 bias.view(H, C), (0, width - C)).view(-1))
         return linear(x, weight, bias).view(-1, H, width)
 
-    def fused_path_blocker(
-        self,
-        edge_index: Adj,
-        return_attention_weights: Optional[bool] = None,
-    ) -> Optional[str]:
-        """Why a call with this ``edge_index`` (and
-        ``return_attention_weights``) cannot run on the fused operator (a
-        phrase for error messages), or :obj:`None` when it can."""
+    def fused_path_blocker(self, edge_index: Adj) -> Optional[str]:
+        """Why a call with this ``edge_index`` cannot run on the fused
+        operator (a phrase for error messages), or :obj:`None` when it
+        can."""
         if self.fused is False:
             return 'fused=False'
         if is_sparse_adjacency(edge_index):
@@ -318,9 +313,6 @@ class GATv2Conv(MessagePassing):
                 return ('edge features with a sparse adjacency (pass '
                         "edge_index as a [2, E] tensor and 'edge_attr' in "
                         'its order)')
-            if return_attention_weights:
-                return ('attention weights of a sparse adjacency (pass '
-                        'edge_index as a [2, E] tensor)')
             if (isinstance(edge_index, Tensor)
                     and edge_index.layout == torch.sparse_coo
                     and not edge_index.is_coalesced()
@@ -383,11 +375,15 @@ class GATv2Conv(MessagePassing):
                 edge_index, edge_attr, (num_loops, num_dst), width)
 
         # Edges in the order of message passing (loops removed, then
-        # appended) as virtual edge ids of the layout.
+        # appended; a sparse adjacency's among the others) as virtual edge
+        # ids of the layout.
         order = None
         if loops and want_alpha:
-            order = (layout.kept_eid if layout is not None else
-                     _kept_edges(edge_index, num_loops))
+            if adjacency is not None:
+                order = sparse_message_order(adjacency)
+            else:
+                order = (layout.kept_eid if layout is not None else
+                         _kept_edges(edge_index, num_loops))
         mask = None
         if self.training and self.dropout > 0:
             mask = self._dropout_mask(x_l, layout, num_virtual, dtype,
@@ -422,9 +418,30 @@ class GATv2Conv(MessagePassing):
             alpha = alpha * mask
         if order is not None:
             alpha = alpha[order]
+        if adjacency is not None:
+            return out, self._sparse_attention(adjacency, alpha, num_loops,
+                                               num_dst)
+        if order is not None:
             raw_index, _ = remove_self_loops(raw_index)
             raw_index, _ = add_self_loops(raw_index, num_nodes=num_loops)
         return out, (raw_index, alpha)
+
+    def _sparse_attention(self, adj: Adj, alpha: Tensor, num_loops: int,
+                          num_dst: int):
+        """The attention weights ``alpha`` (in the order message passing
+        attends over ``adj``) as message passing returns them for the
+        sparse adjacency ``adj``: in the adjacency it attends over."""
+        if isinstance(adj, SparseTensor):
+            if self.add_self_loops:
+                adj = torch_sparse.set_diag(adj)
+            return adj.set_value(alpha, layout='coo')
+        csc_input = adj.layout == torch.sparse_csc
+        if csc_input:
+            adj = adj.to_sparse_csr()
+        if self.add_self_loops:
+            adj, _ = self._with_self_loops(adj, None, num_loops, num_dst)
+        adj = set_sparse_value(adj, alpha)
+        return (adj.to_sparse_csc() if csc_input else adj, alpha)
 
     def _edge_terms(self, edge_index: Tensor, edge_attr: Tensor,
                     sizes: tuple[int, int], width: int

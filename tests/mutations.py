@@ -597,6 +597,15 @@ FAULTS = (
           '    key = (id(adj), add_self_loops)',
           '    key = (id(adj), True)',
           ('tests/test_adjacency.py', )),
+    Fault('sparse_attention_weights_with_the_loops_last',
+          "layer: a sparse adjacency's attention weights returned in the "
+          'order of an edge_index (the loops last), not in that of the '
+          'adjacency message passing returns',
+          'pyg_gatv2/conv.py',
+          '                order = sparse_message_order(adjacency)',
+          '                order = layout.kept_eid',
+          ('tests/test_conv.py::'
+           'test_sparse_adjacency_runs_fused_and_matches_pyg', )),
     Fault('sparse_dropout_drawn_with_the_loops_last',
           "layer: the dropout mask of a sparse adjacency's attention "
           'weights drawn in the order of an edge_index (the loops last), '

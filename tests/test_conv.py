@@ -476,16 +476,41 @@ def sparse_adjacency(kind, edge_index, num_src, num_dst):
     return torch.sparse_csc_tensor(ptr, row[order], values, size)
 
 
+def sparse_parts(adj):
+    """The index tensors and the values of a sparse adjacency, in the
+    order it stores them."""
+    if isinstance(adj, SparseTensor):
+        row, col, value = adj.coo()
+        return [row, col, value]
+    if adj.layout == torch.sparse_coo:
+        return [adj._indices(), adj._values()]
+    if adj.layout == torch.sparse_csr:
+        return [adj.crow_indices(), adj.col_indices(), adj.values()]
+    return [adj.ccol_indices(), adj.row_indices(), adj.values()]
+
+
 def output_and_grads(conv, x, edge_index):
-    """Output and the gradient of the node features and every parameter,
-    with the dropout stream seeded."""
+    """Output, attention weights (the parts of the sparse adjacency that
+    holds them) and the gradient of the node features and every parameter
+    (the attention weights in the loss), with the dropout stream seeded."""
     x = tuple(t.detach().requires_grad_() for t in x)
     conv.zero_grad()
     torch.manual_seed(0)
-    out = conv(x[0] if len(x) == 1 else x, edge_index)
+    out, attention = conv(x[0] if len(x) == 1 else x, edge_index,
+                          return_attention_weights=True)
+    if isinstance(attention, SparseTensor):
+        alpha, parts = attention.storage.value(), sparse_parts(attention)
+    else:
+        (adj, alpha), parts = attention, sparse_parts(attention[0])
+        assert adj.layout == edge_index.layout
+        if adj.layout != torch.sparse_csc:
+            # A CSC adjacency's values are in its order; alpha stays in
+            # that of message passing's CSR conversion.
+            assert torch.equal(parts[-1], alpha)
     weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype)
-    (out.flatten() * weight).sum().backward()
-    return [out] + [t.grad for t in x] + [p.grad for p in conv.parameters()]
+    ((out.flatten() * weight).sum() + (alpha**2).sum()).backward()
+    return ([out, alpha] + parts + [t.grad for t in x]
+            + [p.grad for p in conv.parameters()])
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.5])
@@ -495,11 +520,13 @@ def output_and_grads(conv, x, edge_index):
 def test_sparse_adjacency_runs_fused_and_matches_pyg(kind, self_loops,
                                                      bipartite, dropout,
                                                      monkeypatch):
-    """Output and gradients of PyG's layer given the same adjacency (CSC
-    as CSR, which message passing reads), on the fused operator: self-loops
-    added as PyG adds them to each kind (merging duplicate entries of a
-    torch.sparse adjacency), existing ones kept without, and the same
-    attention weights dropped under the same seed."""
+    """Output, attention weights and gradients of PyG's layer given the
+    same adjacency, on the fused operator: self-loops added as PyG adds
+    them to each kind (merging duplicate entries of a torch.sparse
+    adjacency), existing ones kept without, the weights returned in the
+    adjacency message passing returns, and the same weights dropped under
+    the same seed. PyG's message passing does not read CSC: ours returns
+    a CSC adjacency where PyG's returns the CSR one of its conversion."""
     num_src, num_dst = (11, 8) if bipartite else (11, 11)
     gen = torch.Generator().manual_seed(1)
     x = ((randn(num_src, 6, gen=gen), randn(num_dst, 6, gen=gen))
@@ -514,6 +541,13 @@ def test_sparse_adjacency_runs_fused_and_matches_pyg(kind, self_loops,
     fused_calls = spy_on_backends(monkeypatch)
     actual = output_and_grads(ours, x, adj)
     assert {'forward', 'backward'} == {method for _, method in fused_calls}
+    if kind == 'csc':
+        # The adjacency PyG returns for the CSR conversion, as CSC.
+        expected[2:5] = sparse_parts(torch.sparse_csr_tensor(
+            *expected[2:5], adj.shape).to_sparse_csc())
+    for got, want in zip(actual, expected, strict=True):
+        if not got.is_floating_point():
+            assert torch.equal(got, want)
     assert_close_all(actual, expected, torch.float64)
 
 
@@ -1293,13 +1327,6 @@ def test_falls_back_to_message_passing():
     x = torch.randn(10, 6)
     edge_index = coalesce(random_graph(10, 10, 30))
     expected = conv(x, edge_index)
-    # Attention weights of a sparse adjacency come from message passing,
-    # same numbers.
-    adj = to_torch_csr_tensor(edge_index.flip(0), size=(10, 10))
-    assert conv.fused_path_blocker(adj) is None
-    assert 'attention weights' in conv.fused_path_blocker(adj, True)
-    torch.testing.assert_close(
-        conv(x, adj, return_attention_weights=True)[0], expected)
     # So does a call with a registered hook, which then runs.
     calls = []
     conv.register_message_forward_hook(lambda *args: calls.append(1))
@@ -1312,9 +1339,6 @@ def test_fused_true_rejects_what_it_cannot_run():
     x = torch.randn(10, 6)
     adj = to_torch_csr_tensor(random_graph(10, 10, 30).flip(0),
                               size=(10, 10))
-    with pytest.raises(ValueError, match='fused=True.*attention weights of '
-                       'a sparse adjacency'):
-        conv(x, adj, return_attention_weights=True)
     with pytest.raises(ValueError, match='fused=True.*edge features with a '
                        'sparse adjacency'):
         GATv2Conv(6, 4, edge_dim=2, add_self_loops=False, fused=True)(x, adj)
