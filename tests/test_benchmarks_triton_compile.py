@@ -108,6 +108,16 @@ def test_the_headline_kernels_keep_their_registers_and_load_vectors(
         assert 0 < float(r['occupancy']) <= 1
 
 
+def test_double_precision_kernels_compile(tmp_path):
+    # float64 accumulates in float64 throughout: the GPU compiler refuses a
+    # loop variable that starts in float32 and is replaced by a float64
+    # value, which the interpreter runs. (The test above covers it too,
+    # among every case, at some minutes.)
+    rows = compiled(tmp_path, ['90'], ['4x32 float64'])
+    assert {'_forward', '_backward_dst', '_backward_src'} <= {
+        r['kernel'] for r in rows}
+
+
 def test_occupancy_counts_registers_warps_and_shared_memory():
     # 56 registers x 32 threads = 1792 per warp (7 units of 256); 4 warps
     # take 7168 of the 65536: 9 blocks, 36 of the 64 warps.
