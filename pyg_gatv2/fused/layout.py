@@ -197,7 +197,7 @@ class EdgeLayout:
         of more than ``size`` edges, with their CSR (or CSC) positions cut
         into :class:`Chunks` of at most ``size``; :obj:`None` where no node
         has that many. Building them reads two counts back from the
-        device, once per layout."""
+        device in one transfer, once per layout."""
         key = (by, size)
         if key not in self._chunks:
             self._chunks[key] = _cut(self._offsets_by(by, size, 'chunks'),
@@ -257,12 +257,20 @@ def _sort(keys: Tensor, num_keys: int) -> Tuple[Tensor, Tensor]:
 def _cut(ptr: Tensor, size: int) -> Optional[Chunks]:
     """The :class:`Chunks` of the runs ``ptr`` delimits."""
     deg = ptr.diff()
-    nodes = torch.nonzero(deg > size).view(-1).to(ptr.dtype)
-    if nodes.numel() == 0:
+    # The chunks of each node, none for those of at most 'size' edges; the
+    # number of nodes cut and of chunks read back together, one wait for
+    # the device.
+    counts = torch.where(
+        deg > size, torch.div(deg + (size - 1), size, rounding_mode='floor'),
+        0)
+    num_nodes, num_chunks = torch.stack([(counts > 0).sum(),
+                                         counts.sum()]).tolist()
+    if num_nodes == 0:
         return None
-    counts = torch.div(deg[nodes] + (size - 1), size, rounding_mode='floor')
+    nodes = torch.nonzero_static(counts > 0, size=num_nodes).view(-1).to(
+        ptr.dtype)
+    counts = counts[nodes]
     node_ptr = _offsets(counts)
-    num_chunks = int(node_ptr[-1])
     # Each chunk's index into nodes.
     which = torch.repeat_interleave(counts, output_size=num_chunks)
     nth = torch.arange(num_chunks, dtype=ptr.dtype,
