@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 from torch_geometric import EdgeIndex
 from torch_geometric.typing import SparseTensor
-from torch_geometric.utils import is_torch_sparse_tensor
+
+from pyg_gatv2.adjacency import is_sparse_adjacency
 
 __all__ = ['set_validation', 'get_validation', 'validation', 'is_strict',
            'check_index_range', 'check_no_nan', 'check_node_features',
@@ -207,8 +208,7 @@ def check_adjacency(edge_index, num_src: int, num_dst: int,
     ``check_range`` is set and the indices are on the CPU, and always in
     ``'strict'`` validation.
     """
-    sparse = isinstance(edge_index, SparseTensor) or (
-        isinstance(edge_index, Tensor) and is_torch_sparse_tensor(edge_index))
+    sparse = is_sparse_adjacency(edge_index)
     if not sparse:
         check_edge_index(edge_index, caller)
     where = (edge_index.device() if isinstance(edge_index, SparseTensor)
