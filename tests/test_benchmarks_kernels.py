@@ -32,6 +32,18 @@ class OutOfMemory(GATv2Conv):
         raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate')
 
 
+def run_small(tmp_path: Path, *args: str) -> list[dict]:
+    """kernels.py with ``args``, one repeat, one thread, no Cora, into
+    ``tmp_path``; asserts it succeeded and returns its CSV rows."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / 'kernels.py'), *args,
+         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
+         '--timeout', '300', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return read_csv(tmp_path / 'kernels.csv')
+
+
 def _check(ref: torch.nn.Module, impls: dict[str, torch.nn.Module]):
     """kernels.check of :obj:`impls` against :obj:`ref` on CASE."""
     x, edge_index = kernels.build_case(CASE, 0, torch.device('cpu'))
@@ -192,14 +204,9 @@ def test_bandwidth_share_uses_the_copy_timed_beside_the_kernel():
 @pytest.mark.slow
 def test_small_run_checks_gradients_and_counts_the_kept_layout(tmp_path):
     impls = 'pyg,fused_torch,fused_fresh'
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '10000',
-         '--degrees', '10', '--heads-channels', '2x8', '--features', '16',
-         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
-         '--impls', impls, '--timeout', '300', '--out', str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = {row['impl']: row for row in read_csv(tmp_path / 'kernels.csv')}
+    rows = {row['impl']: row for row in run_small(
+        tmp_path, '--nodes', '10000', '--degrees', '10', '--heads-channels',
+        '2x8', '--features', '16', '--impls', impls)}
     assert list(rows) == impls.split(',')
     for row in rows.values():
         assert row['status'] == 'ok', row
@@ -229,15 +236,10 @@ def test_cpu_capability_flag_picks_the_level_the_header_names(tmp_path):
     # 'default' runs on every CPU, and is not the best where there is a
     # better one. That the workers inherit it is
     # test_benchmarks_common.py's test of run_isolated.
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '300',
-         '--degrees', '4', '--heads-channels', '2x8', '--features', '8',
-         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
-         '--impls', 'pyg,fused_cpp', '--cpu-capability', 'default',
-         '--timeout', '300', '--out', str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = {row['impl']: row for row in read_csv(tmp_path / 'kernels.csv')}
+    rows = {row['impl']: row for row in run_small(
+        tmp_path, '--nodes', '300', '--degrees', '4', '--heads-channels',
+        '2x8', '--features', '8', '--impls', 'pyg,fused_cpp',
+        '--cpu-capability', 'default')}
     assert rows['fused_cpp']['status'] == 'ok', rows['fused_cpp']
     markdown = (tmp_path / 'kernels.md').read_text()
     assert '--cpu-capability default' in markdown
@@ -260,15 +262,10 @@ def test_every_adjacency_holds_the_edges(kind):
 
 @pytest.mark.slow
 def test_sparse_adjacency_given_to_every_implementation(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '10000',
-         '--degrees', '10', '--heads-channels', '2x8', '--features', '16',
-         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
-         '--impls', 'pyg,fused_torch', '--adjacency', 'csr',
-         '--timeout', '300', '--out', str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = {row['impl']: row for row in read_csv(tmp_path / 'kernels.csv')}
+    rows = {row['impl']: row for row in run_small(
+        tmp_path, '--nodes', '10000', '--degrees', '10', '--heads-channels',
+        '2x8', '--features', '16', '--impls', 'pyg,fused_torch',
+        '--adjacency', 'csr')}
     for row in rows.values():
         assert row['status'] == 'ok', row
         assert float(row['grad_max_rel_error']) <= kernels.TOLERANCE
@@ -295,15 +292,10 @@ def test_power_law_graph_is_skewed_and_seeded():
 
 @pytest.mark.slow
 def test_power_law_graph_under_autocast(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / 'kernels.py'), '--nodes', '2000',
-         '--degrees', '5', '--heads-channels', '2x8', '--features', '16',
-         '--repeats', '1', '--warmup', '1', '--no-cora', '--threads', '1',
-         '--impls', 'pyg,fused_torch', '--graph', 'powerlaw', '--autocast',
-         '--timeout', '300', '--out', str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = read_csv(tmp_path / 'kernels.csv')
+    rows = run_small(
+        tmp_path, '--nodes', '2000', '--degrees', '5', '--heads-channels',
+        '2x8', '--features', '16', '--impls', 'pyg,fused_torch', '--graph',
+        'powerlaw', '--autocast')
     assert [row['case'] for row in rows] == [
         'power-law N=2000 deg=5 2x8'] * 2
     # Under autocast the outputs differ from float32 ones by more than
