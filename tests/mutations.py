@@ -3,16 +3,19 @@ some test must catch.
 
     python tests/mutations.py              # every fault (make mutations)
     python tests/mutations.py --list       # the faults, without running
+    python tests/mutations.py --jobs 1     # one pytest run at a time
     python tests/mutations.py cpp_grad_out_scaled layout_cache_stale
 
 The working tree (tracked files and untracked ones git does not ignore) is
-copied into a temporary folder. The C++ kernels are built there, and once
-more for each fault in their sources (``pyg_gatv2/fused/_kernels/``), each
-in a copy of its own with that fault, as many builds at a time as the
-process may use cores. The tests of every fault first run on the unchanged
-copy and must pass there. Then, one fault at a time, the copy's source is
-edited (one exact text, found exactly once, replaced), the library built
-with that fault takes the place of the copy's if the fault is in the
+copied into a temporary folder, once for each of ``--jobs`` runs at a time
+(as many as the process may use cores). The C++ kernels are built, with
+setup.py's flags at ``-O1``, once for the copies and once more for each
+fault in their sources (``pyg_gatv2/fused/_kernels/``), each in a copy of
+its own with that fault, as many builds at a time as the process may use
+cores. The tests of every fault first run on the unchanged copies and must
+pass there. Then each fault, in a copy no other run is using, edits the
+copy's source (one exact text, found exactly once, replaced); the library
+built with that fault takes the place of the copy's if the fault is in the
 kernels, the fault's tests run with ``-x``, and the source (and the
 library) are restored. A fault is *caught* when its tests fail; the table
 names the first failing test.
@@ -22,7 +25,9 @@ that fail on the unchanged copy make the script exit with an error.
 import argparse
 import concurrent.futures
 import dataclasses
+import importlib.machinery
 import os
+import queue
 import re
 import shutil
 import signal
@@ -41,6 +46,11 @@ CPP_KERNELS = KERNELS + 'kernels.inc'
 CPP_INTERFACE = KERNELS + 'gatv2.cpp'
 LIBRARY_DIR = 'pyg_gatv2/fused'
 LIBRARY_GLOB = '_cpp*.so'
+# The flags of setup.py, at -O1 rather than -O3: a fault changes what the
+# kernels compute at any level of optimization, and an -O1 build takes less
+# than half the time (make sanitize builds at -O1 too).
+BUILD_FLAGS = ('-std=c++17', '-O1', '-fopenmp', '-fno-math-errno',
+               '-fno-trapping-math', '-fPIC', '-shared')
 # Seconds one pytest run or one build may take before the check gives up.
 TIMEOUT = 900
 
@@ -648,13 +658,15 @@ def environment(copy: Path) -> dict:
 
 
 def build(copy: Path) -> None:
-    """Builds the C++ kernels in ``copy`` (in place), whatever the times of
-    their sources say."""
+    """Builds the C++ kernels in ``copy`` (in place) with the flags of
+    setup.py at ``-O1`` (``BUILD_FLAGS``)."""
+    kernels = copy / KERNELS
+    target = copy / LIBRARY_DIR / (
+        '_cpp' + importlib.machinery.EXTENSION_SUFFIXES[0])
     proc = subprocess.run(
-        [sys.executable, 'setup.py', '--quiet', 'build_ext', '--inplace',
-         '--force'],
-        cwd=copy, env=environment(copy), capture_output=True, text=True,
-        timeout=TIMEOUT)
+        [os.environ.get('CXX', 'g++'), *BUILD_FLAGS,
+         str(kernels / 'gatv2.cpp'), '-o', str(target)],
+        cwd=copy, capture_output=True, text=True, timeout=TIMEOUT)
     if proc.returncode != 0:
         raise RuntimeError(f'building the C++ kernels failed:\n'
                            f'{proc.stderr[-3000:]}')
@@ -759,7 +771,7 @@ def build_libraries(tmp: Path, faults: list[Fault]) -> dict[str, Path]:
     for copy in jobs.values():
         for stale in (copy / LIBRARY_DIR).glob(LIBRARY_GLOB):
             stale.unlink()
-    workers = min(len(jobs), len(os.sched_getaffinity(0)))
+    workers = min(len(jobs), usable_cores())
     print(f'Building the C++ kernels {len(jobs)} times, {workers} at a '
           f'time ...', flush=True)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -816,43 +828,107 @@ def select(names: list[str]) -> list[Fault]:
     return [known[name] for name in names]
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def prepare_copies(tmp: Path, jobs: int, faults: list[Fault]
+                   ) -> tuple[list[Path], Path, dict[str, Path]]:
+    """The copies the tests run in (``tmp / 'repo'`` and ``jobs - 1``
+    more), each with the unchanged library; the unchanged library kept
+    aside; the library of each fault in the kernels."""
+    copy = tmp / 'repo'
+    copy_tree(copy)
+    for fault in faults:  # every text must be there before any build
+        (copy / fault.path).write_text(apply(copy, fault))
+    tic = time.monotonic()
+    libraries = build_libraries(tmp, faults)
+    print(f'Built in {time.monotonic() - tic:.0f} s.', flush=True)
+    library = libraries.pop('')
+    pristine = tmp / library.name
+    shutil.copy2(library, pristine)
+    copies = [copy]
+    for slot in range(1, jobs):
+        copies.append(tmp / f'repo-{slot}')
+        copy_tree(copies[-1])
+        shutil.copy2(pristine, copies[-1] / library.relative_to(copy))
+    for each in copies:
+        check_imports_from(each)
+    return copies, pristine, libraries
+
+
+def run_baseline(copies: list[Path], tests: list[str]) -> Outcome:
+    """Runs ``tests`` on the unchanged copies, split among them."""
+    shares = [tests[i::len(copies)] for i in range(len(copies))]
+    runs = [(copy, share) for copy, share in zip(copies, shares, strict=True)
+            if share]
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        outcomes = list(pool.map(
+            lambda run: run_tests(*run, stop_early=False), runs))
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    return Outcome(not failed, failed[0].first_failure if failed else '',
+                   max(outcome.seconds for outcome in outcomes))
+
+
+def check_faults(copies: list[Path], faults: list[Fault], pristine: Path,
+                 libraries: dict[str, Path]) -> list[dict]:
+    """Checks every fault, as many at a time as there are copies, each in
+    a copy no other check is using; the rows in the order of ``faults``."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for copy in copies:
+        free.put(copy)
+
+    def check(fault: Fault) -> dict:
+        copy = free.get()
+        try:
+            row = check_fault(copy, fault, built_library(copy), pristine,
+                              libraries.get(fault.name))
+        finally:
+            free.put(copy)
+        by = row['caught_by'] if row['caught'] else 'SURVIVED'
+        print(f"{fault.name}: {by} ({row['seconds']:.0f} s)", flush=True)
+        return row
+
+    with concurrent.futures.ThreadPoolExecutor(len(copies)) as pool:
+        return list(pool.map(check, faults))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('faults', nargs='*',
                         help='names of the faults to check (default: all)')
     parser.add_argument('--list', action='store_true',
                         help='list the faults and their tests, then stop')
+    parser.add_argument('--jobs', type=int, default=usable_cores(),
+                        help='pytest runs at a time, each in a copy of its '
+                        'own (default: the usable cores)')
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error('--jobs must be at least 1')
     faults = select(args.faults)
     if args.list:
         for fault in faults:
             print(f"{fault.name}: {fault.what} ({fault.path}; "
                   f"{' '.join(fault.selection())})")
         return 0
+    jobs = min(args.jobs, len(faults))
     with tempfile.TemporaryDirectory(prefix='pyg_gatv2_mutations_') as tmp:
-        copy = Path(tmp) / 'repo'
-        copy_tree(copy)
-        for fault in faults:  # every text must be there before any build
-            (copy / fault.path).write_text(apply(copy, fault))
-        libraries = build_libraries(Path(tmp), faults)
-        check_imports_from(copy)
-        library = libraries.pop('')
-        pristine = Path(tmp) / library.name
-        shutil.copy2(library, pristine)
+        copies, pristine, libraries = prepare_copies(Path(tmp), jobs,
+                                                     faults)
         tests = list(dict.fromkeys(t for f in faults for t in f.tests))
-        print(f'Unchanged copy: {" ".join(tests)} ...', flush=True)
-        baseline = run_tests(copy, tests, stop_early=False)
+        print(f'Unchanged copies: {" ".join(tests)} ...', flush=True)
+        baseline = run_baseline(copies, tests)
         if not baseline.passed:
             print(f'The tests fail without any fault '
                   f'({baseline.first_failure}); fix them first.',
                   file=sys.stderr)
             return 1
-        rows = []
-        for fault in faults:
-            print(f'{fault.name} ...', flush=True)
-            rows.append(check_fault(copy, fault, library, pristine,
-                                    libraries.get(fault.name)))
+        print(f'Passed in {baseline.seconds:.0f} s. {len(faults)} faults, '
+              f'{jobs} at a time:', flush=True)
+        tic = time.monotonic()
+        rows = check_faults(copies, faults, pristine, libraries)
     print(table(rows))
+    print(f'Faults checked in {time.monotonic() - tic:.0f} s.')
     survived = [row['fault'] for row in rows if not row['caught']]
     if survived:
         print(f'Not caught: {", ".join(survived)}', file=sys.stderr)
