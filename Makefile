@@ -13,6 +13,10 @@ TORCH_VERSION ?= 2.13.0
 KERNELS := $(wildcard pyg_gatv2/fused/_kernels/*)
 TRAIN_STAMP := $(VENV)/.train-installed
 TEST_STAMP := $(VENV)/.test-installed
+# pytest processes (pytest-xdist) that share out the tests: the suite's time
+# is mostly Python, one core per process, so two keep two cores busy. More
+# on a larger machine: make test TEST_WORKERS=auto (one per core).
+TEST_WORKERS ?= 2
 # The C++ kernels built with AddressSanitizer and UndefinedBehaviorSanitizer.
 SANITIZED := build/sanitize/_cpp_sanitized.so
 ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) \
@@ -63,14 +67,14 @@ train: $(TRAIN_STAMP)
 	$(BIN)/pyg-gatv2 train --dataset Cora --seeds 10
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
 	$(MAKE) docs
 	$(MAKE) sanitize
 	$(BIN)/python tests/mutations.py
 
 # Everything but the cases marked slow: a few minutes.
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest tests -m 'not slow'
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests -m 'not slow'
 
 # The documentation site (docs/) into docs/_build/html, read afresh, with
 # warnings as errors and every cross-reference checked, then the examples
