@@ -15,8 +15,12 @@ TRAIN_STAMP := $(VENV)/.train-installed
 TEST_STAMP := $(VENV)/.test-installed
 # pytest processes (pytest-xdist) that share out the tests: the suite's time
 # is mostly Python, one core per process, so two keep two cores busy. More
-# on a larger machine: make test TEST_WORKERS=auto (one per core).
+# on a larger machine: make test TEST_WORKERS=auto (one per core); each
+# process then runs torch on its share of the cores (tests/conftest.py).
 TEST_WORKERS ?= 2
+# The flags every build of the C++ kernels shares (setup.py's too).
+KERNEL_FLAGS := $(strip $(shell sed 's/\#.*//' \
+	pyg_gatv2/fused/_kernels/compile_flags.txt))
 # The C++ kernels built with AddressSanitizer and UndefinedBehaviorSanitizer.
 SANITIZED := build/sanitize/_cpp_sanitized.so
 ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) \
@@ -89,10 +93,9 @@ docs: $(TEST_STAMP)
 
 $(SANITIZED): $(KERNELS)
 	mkdir -p $(@D)
-	$(CXX) -std=c++17 -O1 -g -fno-omit-frame-pointer \
+	$(CXX) $(KERNEL_FLAGS) -O1 -g -fno-omit-frame-pointer \
 		-fsanitize=address,undefined -fno-sanitize-recover=all \
-		-fopenmp -fno-math-errno -fno-trapping-math -fPIC -shared \
-		pyg_gatv2/fused/_kernels/gatv2.cpp -o $@
+		-fPIC -shared pyg_gatv2/fused/_kernels/gatv2.cpp -o $@
 
 # Python is not built with AddressSanitizer, so its runtime is preloaded
 # (with libstdc++, whose exceptions it intercepts); leaks are not checked
