@@ -17,14 +17,13 @@ use from several threads.
 import dataclasses
 from typing import Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.index import ptr2index
 from torch_geometric.typing import SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor
 
-from pyg_gatv2.weak_cache import WeakCache
+from pyg_gatv2.weak_cache import WeakCache, same_values
 
 __all__ = ['is_sparse_adjacency', 'sparse_edge_index',
            'sparse_message_order', 'clear_sparse_edge_cache']
@@ -111,7 +110,7 @@ def _entry(adj: Adjacency, add_self_loops: bool) -> _Entry:
     entry = _cache.get(key, adj)
     if entry is not None and entry.stamp == stamp and (
             entry.copies is None or all(
-                _same(copy, t)
+                same_values(copy, t)
                 for copy, t in zip(entry.copies, indices, strict=True))):
         return entry
     edge_index = _read_edges(adj, add_self_loops)
@@ -120,12 +119,6 @@ def _entry(adj: Adjacency, add_self_loops: bool) -> _Entry:
     entry = _Entry(stamp, copies, edge_index)
     _cache.put(key, adj, entry)
     return entry
-
-
-def _same(copy: Tensor, t: Tensor) -> bool:
-    # One pass in the calling thread, as the layout cache compares:
-    # torch.equal would start the intra-op thread pool.
-    return bool(np.array_equal(copy.numpy(), t.numpy()))
 
 
 def clear_sparse_edge_cache() -> None:

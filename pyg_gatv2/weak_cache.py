@@ -5,11 +5,24 @@ of sparse adjacencies (:mod:`pyg_gatv2.adjacency`) are kept in one: at most
 a few entries, the least recently used dropped first, each entry dropped
 when the object it was computed from is freed (so that a loop over fresh
 mini-batches keeps nothing alive), safe to use from several threads.
+Both keep a copy of the indices of a CPU entry, which
+:func:`same_values` compares with the live tensor before the entry is used.
 """
 import threading
 import weakref
 from collections import OrderedDict
 from typing import Any, Hashable, List, Optional, Tuple
+
+import numpy as np
+from torch import Tensor
+
+
+def same_values(copy: Tensor, tensor: Tensor) -> bool:
+    """Whether the CPU tensors ``copy`` and ``tensor`` hold the same values
+    (of any two integer dtypes), in one pass in the calling thread:
+    :func:`torch.equal` would go through the intra-op thread pool, whose
+    start-up costs more than the pass."""
+    return bool(np.array_equal(copy.numpy(), tensor.numpy()))
 
 
 class WeakCache:

@@ -15,6 +15,17 @@ _SHARED_RAW = Path(__file__).resolve().parents[2] / 'shared' / 'data' / (
     'planetoid')
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test``), each worker process takes its
+    share of the cores for torch's threads, not one thread per core each;
+    at least two where torch would take two, so that the kernels'
+    multi-threaded paths still run."""
+    workers = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if workers:
+        share = len(os.sched_getaffinity(0)) // int(workers)
+        torch.set_num_threads(min(torch.get_num_threads(), max(2, share)))
+
+
 @pytest.fixture(autouse=True)
 def seeded_random_state():
     """Every test starts from the same global random state, so that what it

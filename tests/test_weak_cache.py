@@ -1,7 +1,9 @@
 import gc
 import threading
 
-from pyg_gatv2.weak_cache import WeakCache
+import torch
+
+from pyg_gatv2.weak_cache import WeakCache, same_values
 
 
 class Obj:
@@ -83,3 +85,13 @@ def test_threads_share_one_cache():
         thread.join(timeout=60)
     assert not errors
     assert len(cache) <= 8
+
+
+def test_same_values_compares_values_across_index_dtypes():
+    edge_index = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    copy = edge_index.to(torch.int32)
+    assert same_values(copy, edge_index)
+    changed = edge_index.clone()
+    changed[1, 2] = 3
+    assert not same_values(copy, changed)
+    assert not same_values(copy, edge_index[:, :2])

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .. import checks
 from ..checks import check_edge_index, check_index_range
-from ..weak_cache import WeakCache
+from ..weak_cache import WeakCache, same_values
 from . import cpp_library
 
 __all__ = ['EdgeLayout', 'Chunks', 'edge_layout', 'layout_of',
@@ -393,9 +393,7 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
 def _same_indices(copy: Optional[Tensor], version: int,
                   edge_index: Tensor) -> bool:
     if edge_index.device.type == 'cpu':
-        # One pass in the calling thread: torch.equal would go through the
-        # intra-op thread pool, whose start-up costs more than the pass.
-        return bool(np.array_equal(copy.numpy(), edge_index.numpy()))
+        return same_values(copy, edge_index)
     if edge_index._version != version:
         return False
     # The comparison waits for the device: only when asked for.
