@@ -6,6 +6,7 @@
     python benchmarks/kernels.py --cpu-capability avx2   # C++ at AVX2
     python benchmarks/kernels.py --shapes sweep --no-cora  # shape sweep
     python benchmarks/kernels.py --graph powerlaw          # skewed degrees
+    python benchmarks/kernels.py --graph hub               # one readout node
     python benchmarks/kernels.py --autocast --device cuda  # mixed precision
 
 Implementations, side by side in one run:
@@ -78,7 +79,9 @@ The random graphs draw every edge's ends uniformly (``--graph uniform``)
 or from a power law (``--graph powerlaw``: node ``i`` of a random order is
 an end with probability proportional to ``(i + 1) ** (-1 / (g - 1))``
 for ``g = 2.2``, so that degrees follow ``P(d) ~ d ** -g`` and a few nodes
-hold a large share of the edges), with the same counts.
+hold a large share of the edges), with the same counts; or uniformly but
+for node 0, the destination of 90% of the edges (``--graph hub``: a
+readout node that attends over the others, as in attention pooling).
 With ``--autocast`` the weights and features stay float32 and every step
 runs under :func:`torch.autocast` in bfloat16, PyG's as ours, checked with
 the bfloat16 tolerances.
@@ -176,14 +179,16 @@ QUICK_CASES = [(10_000, 5, 4, 32), (20_000, 20, 4, 32)]
 # 8x8, 8x16) and 4x128, which they run at run time.
 SWEEP = ((1, 7), (1, 8), (2, 7), (3, 24), (3, 32), (4, 32), (6, 10), (8, 8),
          (8, 16), (1, 50), (3, 100), (4, 128), (2, 250))
-# How the random graphs draw their edges (--graph), and the exponent of the
-# degree distribution of the power-law graphs.
-GRAPHS = ('uniform', 'powerlaw')
+# How the random graphs draw their edges (--graph), the exponent of the
+# degree distribution of the power-law graphs and the share of the edges
+# that end at node 0 in the hub graphs.
+GRAPHS = ('uniform', 'powerlaw', 'hub')
 # How every implementation is given the graph (--adjacency): the edges
 # [2, E], a torch_sparse.SparseTensor adj_t or a torch.sparse CSR adjacency
 # [num_targets, num_sources].
 ADJACENCIES = ('edge_index', 'sparse_tensor', 'csr')
 POWER_LAW_EXPONENT = 2.2
+HUB_SHARE = 0.9
 # The CPU levels the C++ kernels are built for (--cpu-capability).
 CPU_LEVELS = ('avx512', 'avx2', 'default')
 
@@ -207,8 +212,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument('--features', type=int, default=64,
                         help='input features of the random graphs')
     parser.add_argument('--graph', choices=GRAPHS, default='uniform',
-                        help="the random graphs' edges: uniform ends, or "
-                        'ends drawn from a power law (skewed degrees)')
+                        help="the random graphs' edges: uniform ends, "
+                        'ends drawn from a power law (skewed degrees), or '
+                        'uniform ends but node 0 the destination of 90%% '
+                        'of the edges')
     parser.add_argument('--adjacency', choices=ADJACENCIES,
                         default='edge_index',
                         help='how every implementation, PyG included, is '
@@ -298,7 +305,8 @@ def synthetic_cases(args: argparse.Namespace) -> list[dict]:
                  for h, c in (args.heads_channels or [(4, 32)])]
     else:
         specs = QUICK_CASES if args.quick else DEFAULT_CASES
-    graph = 'random' if args.graph == 'uniform' else 'power-law'
+    graph = {'uniform': 'random', 'powerlaw': 'power-law',
+             'hub': 'hub'}[args.graph]
     return [
         dict(name=f'{graph} N={n} deg={d} {h}x{c}', kind='random',
              graph=args.graph, nodes=n, edges=n * d,
@@ -350,11 +358,21 @@ def build_case(case: dict, seed: int, device: torch.device,
     gen = torch.Generator().manual_seed(seed)
     n = case['nodes']
     x = torch.randn(n, case['features'], generator=gen)
-    if case.get('graph', 'uniform') == 'powerlaw':
-        edge_index = power_law_edges(n, case['edges'], gen)
-    else:
-        edge_index = torch.randint(0, n, (2, case['edges']), generator=gen)
+    edge_index = graph_edges(case.get('graph', 'uniform'), n, case['edges'],
+                             gen)
     return x.to(device, dtype), edge_index.to(device)
+
+
+def graph_edges(graph: str, num_nodes: int, num_edges: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """``[2, num_edges]`` edges of a random graph of kind ``graph`` (one of
+    :data:`GRAPHS`)."""
+    if graph == 'powerlaw':
+        return power_law_edges(num_nodes, num_edges, gen)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=gen)
+    if graph == 'hub':
+        edge_index[1, :int(num_edges * HUB_SHARE)] = 0
+    return edge_index
 
 
 def as_adjacency(edge_index: torch.Tensor, kind: str, num_nodes: int):

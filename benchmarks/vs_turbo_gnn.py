@@ -11,9 +11,9 @@ not as a PyG layer, so the comparison is of operators: given the projected
 source and destination features ``x_l``, ``x_r`` ``[N, heads, channels]``
 and ``att`` ``[heads, channels]``, both compute, for every node ``i``,
 ``sum_j softmax_j(att . LeakyReLU(x_l[j] + x_r[i])) x_l[j]`` over its
-in-edges. The graph is that of ``kernels.py`` (``--graph uniform`` or
-``powerlaw``) with its self-loops removed and one added per node, as
-explicit edges (turbo-gnn takes no implicit ones; ours then runs
+in-edges. The graph is that of ``kernels.py`` (``--graph uniform``,
+``powerlaw`` or ``hub``) with its self-loops removed and one added per
+node, as explicit edges (turbo-gnn takes no implicit ones; ours then runs
 ``add_self_loops=False``). Each side's sorted graph (our
 :class:`pyg_gatv2.fused.EdgeLayout`, turbo-gnn's
 ``AdjacencyForwardBackwardWithNodeBuckets``) is built once, outside the
@@ -58,7 +58,7 @@ from _common import (
     training_step,
     write_report,
 )
-from kernels import GRAPHS, power_law_edges
+from kernels import GRAPHS, graph_edges
 
 IMPLS = ('ours', 'turbo', 'turbo_autotune')
 LABELS = {'ours': 'ours (fused_gatv2_attention)',
@@ -107,10 +107,7 @@ class Inputs:
         from torch_geometric.utils import add_self_loops, remove_self_loops
         gen = torch.Generator().manual_seed(args.seed)
         n, edges = args.nodes, args.nodes * args.degree
-        if args.graph == 'powerlaw':
-            edge_index = power_law_edges(n, edges, gen)
-        else:
-            edge_index = torch.randint(0, n, (2, edges), generator=gen)
+        edge_index = graph_edges(args.graph, n, edges, gen)
         edge_index, _ = remove_self_loops(edge_index)
         edge_index, _ = add_self_loops(edge_index, num_nodes=n)
         self.num_nodes = n

@@ -42,6 +42,16 @@ def torch_threads(threads):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def cpp_chunk_edges(edges):
+    """Runs the block with the C++ kernels cutting the edges of every node
+    of more than ``edges`` edges into chunks of that many."""
+    from pyg_gatv2.fused.backends import cpp
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpp, 'CHUNK_EDGES', edges)
+        yield
+
+
 def random_graph(num_src, num_dst, num_edges, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.stack([

@@ -83,6 +83,8 @@ TRITON = 'tests/test_fused_backends_triton.py'
 CPP_LIBRARY = 'tests/test_fused_cpp_library.py'
 BACKENDS = 'tests/test_fused_backends.py'
 LAYOUT = 'tests/test_fused_layout.py'
+CHUNKED = ('tests/test_fused_op_random.py::'
+           'test_cpp_kernels_with_nodes_cut_into_chunks_match_the_reference')
 
 FAULTS = (
     # The C++ kernels.
@@ -101,19 +103,51 @@ FAULTS = (
     Fault('cpp_forward_skips_last_in_edge',
           "C++ forward: a node's last in-edge left out of the weighted sum",
           CPP_KERNELS,
-          '      for (int64_t k = start; k < end; ++k) {\n'
-          '        const T* xj = x_l + col[k] * HC;\n'
-          '        const T* w = weights.data() + (k - start) * H;',
-          '      for (int64_t k = start; k < end - 1; ++k) {\n'
-          '        const T* xj = x_l + col[k] * HC;\n'
-          '        const T* w = weights.data() + (k - start) * H;',
+          '    for (int64_t k = start; k < end; ++k) {\n'
+          '      const T* xj = x_l + col[k] * HC;\n'
+          '      const T* wk = w + (k - start) * H;',
+          '    for (int64_t k = start; k < end - 1; ++k) {\n'
+          '      const T* xj = x_l + col[k] * HC;\n'
+          '      const T* wk = w + (k - start) * H;',
           (CPU_KERNELS, ), 'cpp'),
     Fault('cpp_forward_ignores_dropout',
           'C++ forward: the dropout mask not applied to the messages',
           CPP_KERNELS,
-          'const T p = dropout ? w[h] * dropout[h] : w[h];',
-          'const T p = w[h];',
+          'const T p = dropout ? wk[h] * dropout[h] : wk[h];',
+          'const T p = wk[h];',
           (CPU_KERNELS, ), 'cpp'),
+    Fault('cpp_chunks_merged_unscaled',
+          "C++ forward: a chunked node's chunks merged without rescaling "
+          'each to the largest logit of all',
+          CPP_KERNELS,
+          'const T scale = std::exp(part_m[q * H + h] - m);',
+          'const T scale = T(1);',
+          (CHUNKED, )),
+    Fault('cpp_chunk_alpha_unscaled',
+          "C++ forward: a chunk's attention weights left relative to the "
+          "chunk's own largest logit",
+          CPP_KERNELS,
+          'alpha[eid[k] * H + h] *= scale[h];',
+          'alpha[eid[k] * H + h] *= T(1);',
+          (CHUNKED, )),
+    Fault('cpp_chunk_delta_of_the_first_chunk',
+          "C++ backward by destination: D_i of a chunked node taken from "
+          'its first chunk alone',
+          CPP_KERNELS,
+          '        for (int64_t q = first + 1; q < stop; ++q)\n'
+          '          node_delta += part_delta[q * H + h];',
+          '        for (int64_t q = first + 1; q < first; ++q)\n'
+          '          node_delta += part_delta[q * H + h];',
+          (CHUNKED, )),
+    Fault('cpp_chunk_src_gradient_last_part_dropped',
+          "C++ backward by source: the last chunk's part of a chunked "
+          "node's gradient of x_l left out",
+          CPP_KERNELS,
+          '    for (int64_t q = first + 1; q < stop; ++q) {\n'
+          '      const T* part = part_xl.data() + q * HC;',
+          '    for (int64_t q = first + 1; q < stop - 1; ++q) {\n'
+          '      const T* part = part_xl.data() + q * HC;',
+          (CHUNKED, )),
     Fault('cpp_fixed_shape_backward_src_one_head_short',
           'C++ backward by source, fixed shapes only: the last head left '
           'out',

@@ -290,6 +290,17 @@ def test_power_law_graph_is_skewed_and_seeded():
         5000, 50000, torch.Generator().manual_seed(0)))
 
 
+def test_hub_graph_sends_most_edges_to_node_0():
+    gen = torch.Generator().manual_seed(0)
+    edges = kernels.graph_edges('hub', 5000, 50000, gen)
+    assert edges.shape == (2, 50000)
+    in_degree = torch.bincount(edges[1], minlength=5000)
+    assert in_degree[0] >= kernels.HUB_SHARE * 50000
+    assert in_degree[1:].max() < 50
+    # The sources stay uniform.
+    assert torch.bincount(edges[0], minlength=5000).max() < 50
+
+
 @pytest.mark.slow
 def test_power_law_graph_under_autocast(tmp_path):
     rows = run_small(

@@ -11,14 +11,17 @@ import torch
 from _fused_cases import (
     BACKENDS,
     assert_close_all,
+    cpp_chunk_edges,
     dropout_mask,
     features,
     needs_cpp,
     outputs_and_grads,
     random_graph,
+    reference,
 )
 
 from pyg_gatv2.fused import cpp_library, fused_gatv2_attention
+from pyg_gatv2.fused.backends import cpp
 
 
 def test_cpp_kernels_are_built_where_the_package_was_installed():
@@ -75,16 +78,55 @@ def problem(heads, channels, seed):
 @needs_cpp
 @pytest.mark.parametrize('heads', [1, 2, 4, 8])
 @pytest.mark.parametrize('channels', [8, 16, 32, 64])
-def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels):
+@pytest.mark.parametrize('chunk_edges', [None, 3],
+                         ids=['whole_nodes', 'chunks_of_3'])
+def test_cpp_kernels_of_each_fixed_shape_match_float64(heads, channels,
+                                                       chunk_edges):
     # Against the float64 kernels, which take the shape at run time and
-    # match the reference within 1e-10 (test_fused_op.py).
+    # match the reference within 1e-10 (test_fused_op.py); with chunks of
+    # 3 edges, most nodes of the graph run in chunks, in both dtypes.
     assert cpp_library.compiled_shape(heads, channels) == (heads, channels,
                                                            channels)
     case = problem(heads, channels, seed=heads + channels)
-    for edge_terms in (False, True):
-        expected = run_both_dtypes(*case, edge_terms, torch.float64)
-        actual = run_both_dtypes(*case, edge_terms, torch.float32)
-        assert_close_all(actual, expected, torch.float32)
+    with cpp_chunk_edges(chunk_edges or cpp.CHUNK_EDGES):
+        for edge_terms in (False, True):
+            expected = run_both_dtypes(*case, edge_terms, torch.float64)
+            actual = run_both_dtypes(*case, edge_terms, torch.float32)
+            assert_close_all(actual, expected, torch.float32)
+
+
+@needs_cpp
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_cpp_kernels_spread_a_hub_over_chunks(dtype):
+    # A star: node 0 the destination of every other node and the source of
+    # an edge to each, more edges each way than a chunk holds, beside a
+    # random graph; with edge terms, dropout and the attention weights in
+    # the loss. Against the edge-wise reference in float64.
+    n = cpp.CHUNK_EDGES * 2 + 100
+    others = torch.arange(1, n)
+    edge_index = torch.cat([
+        torch.stack([others, torch.zeros_like(others)]),
+        torch.stack([torch.zeros_like(others), others]),
+        random_graph(n, n, 3 * n, seed=4)], dim=1)
+    assert edge_index[1].bincount().max() > cpp.CHUNK_EDGES
+    assert edge_index[0].bincount().max() > cpp.CHUNK_EDGES
+    num_edges = edge_index.size(1)
+    inputs = features(n, n, num_edges, 2, 8, torch.float64, seed=6)
+    mask = dropout_mask(num_edges + n, 2, torch.float64)
+
+    def ours():
+        args = [t.to(dtype) for t in inputs]
+        out, alpha = fused_gatv2_attention(
+            *args[:3], edge_index, args[3], loop_edge_term=args[4],
+            add_self_loops=True, dropout_mask=mask.to(dtype),
+            return_attention_weights=True, backend='cpp')
+        return out.double(), alpha.double()
+
+    def theirs():
+        return reference(*inputs[:3], edge_index, *inputs[3:], True, mask)
+
+    assert_close_all(outputs_and_grads(ours, inputs),
+                     outputs_and_grads(theirs, inputs), dtype)
 
 
 # The shapes of benchmarks/kernels.py's shape sweep that the kernels do
@@ -134,25 +176,32 @@ def test_cpp_kernels_of_other_shapes_match_float64(heads, channels, compiled,
 
 @needs_cpp
 @pytest.mark.parametrize('channels', [20, 32, 70])
-def test_cpp_kernels_give_the_same_bits_for_any_thread_count(channels):
-    # Each thread owns whole rows, so only the partial sums of the gradient
-    # of att, one per range of rows, depend on the number of ranges. 2 x 20
-    # runs the kernels with the width fixed, the heads padded to 24
-    # channels; 2 x 32 those with the shape fixed; 2 x 70 those that read
-    # it at run time, the heads padded to 72 channels.
+@pytest.mark.parametrize('chunk_edges', [None, 8],
+                         ids=['whole_nodes', 'chunks_of_8'])
+def test_cpp_kernels_give_the_same_bits_for_any_thread_count(channels,
+                                                             chunk_edges):
+    # Each thread owns whole rows, or whole chunks of a row's edges whose
+    # partial sums are merged in chunk order, so only the partial sums of
+    # the gradient of att, one per range of rows and per chunk, depend on
+    # the number of ranges. 2 x 20 runs the kernels with the width fixed,
+    # the heads padded to 24 channels; 2 x 32 those with the shape fixed;
+    # 2 x 70 those that read it at run time, the heads padded to 72
+    # channels. Chunks of 8 edges cut most nodes (20 in-edges and 15
+    # out-edges on average).
     edge_index = random_graph(400, 300, 6000, seed=5)
     inputs = features(400, 300, 6000, 2, channels, torch.float32, seed=5)
     previous = torch.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(outputs_and_grads(
-                lambda: fused_gatv2_attention(
-                    *inputs[:3], edge_index, inputs[3],
-                    loop_edge_term=inputs[4],
-                    add_self_loops=True, return_attention_weights=True,
-                    backend='cpp'), inputs))
+        with cpp_chunk_edges(chunk_edges or cpp.CHUNK_EDGES):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(outputs_and_grads(
+                    lambda: fused_gatv2_attention(
+                        *inputs[:3], edge_index, inputs[3],
+                        loop_edge_term=inputs[4],
+                        add_self_loops=True, return_attention_weights=True,
+                        backend='cpp'), inputs))
     finally:
         torch.set_num_threads(previous)
     for i, (a, b) in enumerate(zip(*results, strict=True)):

@@ -9,7 +9,9 @@ from _fused_cases import (
     DEVICES,
     SLOPES,
     assert_close_all,
+    cpp_chunk_edges,
     features,
+    needs_cpp,
     outputs_and_grads,
     reference,
 )
@@ -106,6 +108,18 @@ def check_against_reference(case, backend, device='cpu'):
 @given(case=operator_cases(SHAPES, max_nodes=8))
 def test_cpu_kernels_match_the_reference(backend, case):
     check_against_reference(case, backend)
+
+
+@needs_cpp
+@settings(max_examples=100, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(case=operator_cases(SHAPES, max_nodes=8))
+def test_cpp_kernels_with_nodes_cut_into_chunks_match_the_reference(case):
+    # Chunks of one to eight edges: most nodes of these small graphs have
+    # more by destination or by source, each chunk a work item of its own
+    # whose partial sums the kernels merge.
+    with cpp_chunk_edges(case['chunk_size']):
+        check_against_reference(case, 'cpp')
 
 
 @pytest.mark.skipif('triton' not in backends.available(),

@@ -41,7 +41,7 @@ __all__ = ['Args', 'LayoutArgs', 'LibraryMismatch', 'ABI_VERSION',
            'count_nonzero', 'drop_nonzero', 'sparse_linear',
            'sparse_linear_grads']
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 CAPABILITY_ENV = 'PYG_GATV2_CPU_CAPABILITY'
 # A library to load instead of the one built beside this module: a build
 # with sanitizers (make sanitize), or one built elsewhere.
@@ -71,6 +71,13 @@ class Args(ctypes.Structure):
         ('dst_bounds', _P), ('num_dst_ranges', _I64),
         ('src_ptr', _P), ('src_pos', _P), ('src_row', _P),
         ('src_bounds', _P), ('num_src_ranges', _I64),
+        ('chunk_edges', _I64),
+        ('dst_chunk_node', _P), ('dst_chunk_start', _P),
+        ('dst_chunk_end', _P), ('num_dst_chunks', _I64),
+        ('dst_chunked_ptr', _P), ('num_dst_chunked', _I64),
+        ('src_chunk_node', _P), ('src_chunk_start', _P),
+        ('src_chunk_end', _P), ('num_src_chunks', _I64),
+        ('src_chunked_ptr', _P), ('num_src_chunked', _I64),
         ('out', _P), ('lse', _P), ('alpha', _P),
         ('grad_out', _P), ('grad_alpha', _P), ('delta', _P),
         ('grad_x_l', _P), ('grad_x_r', _P), ('grad_edge', _P),

@@ -163,6 +163,17 @@ bool known_dtype(int64_t dtype) {
   return dtype == GATV2_FLOAT32 || dtype == GATV2_FLOAT64;
 }
 
+// The checks of one pass's chunks: counts not negative, every array there
+// where there are chunks.
+int check_chunks(int64_t count, int64_t num_nodes, const int64_t* node,
+                 const int64_t* start, const int64_t* end,
+                 const int64_t* node_ptr) {
+  if (count < 0 || num_nodes < 0) return GATV2_BAD_SIZE;
+  if (count > 0 && !all_set(node, start, end, node_ptr))
+    return GATV2_MISSING_ARRAY;
+  return GATV2_OK;
+}
+
 // The checks every pass makes of the record: the dtype, the sizes, the
 // arrays every pass reads.
 int check_common(const Gatv2Args* a) {
@@ -177,7 +188,10 @@ int check_common(const Gatv2Args* a) {
   // Edge terms come in pairs: the caller's edges and the self-loops.
   if ((a->edge_term == nullptr) != (a->loop_term == nullptr))
     return GATV2_MISSING_ARRAY;
-  return GATV2_OK;
+  if (a->chunk_edges < 0) return GATV2_BAD_SIZE;
+  return check_chunks(a->num_dst_chunks, a->num_dst_chunked,
+                      a->dst_chunk_node, a->dst_chunk_start,
+                      a->dst_chunk_end, a->dst_chunked_ptr);
 }
 
 // A stable counting sort, in parallel: items 0 .. n - 1, each with a key in
@@ -450,6 +464,10 @@ int gatv2_backward_dst(const Gatv2Args* a) {
 int gatv2_backward_src(const Gatv2Args* a) {
   if (int status = check_common(a)) return status;
   if (a->num_src_ranges < 0) return GATV2_BAD_SIZE;
+  if (int status = check_chunks(a->num_src_chunks, a->num_src_chunked,
+                                a->src_chunk_node, a->src_chunk_start,
+                                a->src_chunk_end, a->src_chunked_ptr))
+    return status;
   if (!all_set(a->grad_out, a->src_ptr, a->src_pos, a->src_row,
                a->src_bounds, a->msg_weight, a->grad_logit, a->grad_x_l))
     return GATV2_MISSING_ARRAY;

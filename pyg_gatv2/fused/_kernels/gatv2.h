@@ -20,7 +20,7 @@ extern "C" {
 
 // Raised whenever a field of Gatv2Args or Gatv2LayoutArgs is added, removed,
 // moved or changes type, or an entry point changes what it reads or writes.
-#define GATV2_ABI_VERSION 7
+#define GATV2_ABI_VERSION 8
 
 enum Gatv2Dtype { GATV2_FLOAT32 = 0, GATV2_FLOAT64 = 1 };
 
@@ -67,6 +67,25 @@ enum Gatv2Status {
   X(const int64_t*, src_row)                                                 \
   X(const int64_t*, src_bounds)                                              \
   X(int64_t, num_src_ranges)                                                 \
+  /* Nodes of more than chunk_edges in-edges (by destination) or out-edges */\
+  /* (by source; 0: no node) are left out of the work ranges: their edges  */\
+  /* are cut into chunks of at most chunk_edges positions, each a work     */\
+  /* item of its own, whose partial sums are merged per node in chunk      */\
+  /* order. Per chunk: its node, first position and end; per chunked node  */\
+  /* its first chunk ([num_..._chunked + 1]); null where there is none.    */\
+  X(int64_t, chunk_edges)                                                    \
+  X(const int64_t*, dst_chunk_node)                                          \
+  X(const int64_t*, dst_chunk_start)                                         \
+  X(const int64_t*, dst_chunk_end)                                           \
+  X(int64_t, num_dst_chunks)                                                 \
+  X(const int64_t*, dst_chunked_ptr)                                         \
+  X(int64_t, num_dst_chunked)                                                \
+  X(const int64_t*, src_chunk_node)                                          \
+  X(const int64_t*, src_chunk_start)                                         \
+  X(const int64_t*, src_chunk_end)                                           \
+  X(int64_t, num_src_chunks)                                                 \
+  X(const int64_t*, src_chunked_ptr)                                         \
+  X(int64_t, num_src_chunked)                                                \
   /* forward writes out [num_dst, H, C], lse [num_dst, H] and, if not null, */\
   /* alpha [virtual edges, H]. */                                            \
   X(void*, out)                                                              \
@@ -74,9 +93,9 @@ enum Gatv2Status {
   X(void*, alpha)                                                            \
   /* backward_dst reads grad_out, lse, grad_alpha (or null) and delta (or  */\
   /* null: it sums D_i itself); writes grad_x_r, grad_edge and grad_loop   */\
-  /* (or null), grad_att [num_dst_ranges, H, C], and per CSR position and  */\
-  /* head msg_weight and grad_logit, which backward_src reads to write     */\
-  /* grad_x_l. */                                                            \
+  /* (or null), grad_att [num_dst_ranges + num_dst_chunks, H, C], and per */\
+  /* CSR position and head msg_weight and grad_logit, which backward_src   */\
+  /* reads to write grad_x_l. */                                             \
   X(const void*, grad_out)                                                   \
   X(const void*, grad_alpha)                                                 \
   X(const void*, delta)                                                      \

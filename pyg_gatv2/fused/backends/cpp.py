@@ -24,7 +24,16 @@ from ..cpp_library import call, pointer
 from ..operands import Cotangents, Gradients, Operands, gradient_buffers
 from . import Backend
 
-__all__ = ['BACKEND', 'work_ranges']
+__all__ = ['BACKEND', 'CHUNK_EDGES', 'work_ranges']
+
+
+# Nodes of more than CHUNK_EDGES edges (in the passes by destination, their
+# in-edges; by source, their out-edges) leave their range of nodes: their
+# edges are cut into chunks of at most CHUNK_EDGES, each a work item of its
+# own, whose partial sums are merged afterwards, so that a hub's edges are
+# spread over the threads instead of one thread walking them all. Fixed, not
+# drawn from the number of threads, so that results do not depend on it.
+CHUNK_EDGES = 2048
 
 
 def work_ranges() -> int:
@@ -41,7 +50,7 @@ def _record(ops: Operands) -> cpp_library.Args:
     layout = ops.layout
     H, C = ops.att.shape
     bounds = layout.bounds('dst', work_ranges())
-    return cpp_library.Args(
+    record = cpp_library.Args(
         dtype=cpp_library.DTYPES[ops.x_l.dtype], heads=H, channels=C,
         num_edges=layout.num_edges, negative_slope=ops.negative_slope,
         num_threads=torch.get_num_threads(), x_l=pointer(ops.x_l),
@@ -50,7 +59,24 @@ def _record(ops: Operands) -> cpp_library.Args:
         dropout_mask=pointer(ops.dropout_mask),
         dst_ptr=pointer(layout.dst_ptr), dst_col=pointer(layout.dst_col),
         dst_eid=pointer(layout.dst_eid), dst_bounds=pointer(bounds),
-        num_dst_ranges=max(bounds.size - 1, 0))
+        num_dst_ranges=max(bounds.size - 1, 0), chunk_edges=CHUNK_EDGES)
+    _set_chunks(record, 'dst', layout)
+    return record
+
+
+def _set_chunks(record: cpp_library.Args, by: str, layout) -> None:
+    """Sets the fields of ``record`` that hold the chunks of the nodes of
+    more than :data:`CHUNK_EDGES` edges by destination (``by='dst'``) or by
+    source (``'src'``), where there are any."""
+    chunks = layout.chunks(by, CHUNK_EDGES)
+    if chunks is None:
+        return
+    setattr(record, f'{by}_chunk_node', pointer(chunks.node))
+    setattr(record, f'{by}_chunk_start', pointer(chunks.start))
+    setattr(record, f'{by}_chunk_end', pointer(chunks.end))
+    setattr(record, f'num_{by}_chunks', chunks.node.numel())
+    setattr(record, f'{by}_chunked_ptr', pointer(chunks.node_ptr))
+    setattr(record, f'num_{by}_chunked', chunks.nodes.numel())
 
 
 def _pad(t: Optional[Tensor], width: int) -> Optional[Tensor]:
@@ -100,7 +126,9 @@ def _backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
     grad_xl, grad_xr, grad_edge, grad_loop = gradient_buffers(
         ops, want_edge_grad, want_src_grad)
     record = _record(ops)
-    grad_att = ops.x_l.new_empty(record.num_dst_ranges, H, C)
+    # One row of sums per range of nodes and per chunk.
+    grad_att = ops.x_l.new_empty(
+        record.num_dst_ranges + record.num_dst_chunks, H, C)
     msg_weight = buffers.empty((layout.num_kept, H), dtype)
     grad_logit = buffers.empty((layout.num_kept, H), dtype)
     # Kept alive until the kernels return: the record holds only their
@@ -128,6 +156,7 @@ def _backward(ops: Operands, cot: Cotangents, want_edge_grad: bool,
         record.src_row = pointer(src_row)
         record.src_bounds = pointer(bounds)
         record.num_src_ranges = max(bounds.size - 1, 0)
+        _set_chunks(record, 'src', layout)
         record.grad_x_l = pointer(grad_xl)
         call('gatv2_backward_src', record)
     return Gradients(grad_xl, grad_xr, grad_att.sum(0), grad_edge,
