@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,96 @@ def test_resume_reproduces_a_finished_run(cora_flags, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1
     assert err.startswith('pyg-gatv2: error: Cannot resume from ')
+
+
+def snapshot(folder):
+    return {path: path.read_bytes() for path in folder.rglob('*')
+            if path.is_file()}
+
+
+def test_an_earlier_run_is_not_overwritten(cora_flags, tmp_path, capsys):
+    out = tmp_path / 'out'
+    flags = [*cora_flags, '--epochs', '2', '--hidden', '4', '--heads', '2']
+    assert train(flags, out) == 0
+    capsys.readouterr()
+    # Each file of the earlier run on its own is enough to refuse.
+    for name in ('checkpoints/state_seed0.pt', 'checkpoints/best_seed0.pt',
+                 'results.json'):
+        before = snapshot(out)
+        assert train([*flags, '--epochs', '1'], out) == 1
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1
+        assert err.startswith(f'pyg-gatv2: error: {out} holds an earlier '
+                              f'run ({out / name}), which this one would '
+                              'overwrite; pass --resume to continue it')
+        assert 'another --out' in err
+        assert snapshot(out) == before
+        (out / name).unlink()
+    # The curves alone are no run to keep.
+    assert train([*flags, '--epochs', '1'], out) == 0
+    report = json.loads((out / 'results.json').read_text())
+    assert report['runs'][0]['epochs'] == 1
+
+
+def test_overwrite_trains_afresh_over_an_earlier_run(cora_flags, tmp_path,
+                                                     capsys):
+    out = tmp_path / 'out'
+    flags = [*cora_flags, '--epochs', '2', '--hidden', '4', '--heads', '2']
+    assert train([*flags, '--seeds', '2'], out) == 0
+    # Every file of the earlier run goes, the second seed's too.
+    assert train([*flags, '--epochs', '1', '--overwrite'], out) == 0
+    report = json.loads((out / 'results.json').read_text())
+    assert [run['epochs'] for run in report['runs']] == [1]
+    assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == [
+        'best_seed0.pt', 'state_seed0.pt']
+    capsys.readouterr()
+    assert train([*flags, '--resume', '--overwrite'], out) == 1
+    assert '--resume continues the run in --out and --overwrite deletes ' \
+        'it' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def finished_run(cora_flags, tmp_path_factory):
+    """A finished two-seed run and its flags."""
+    out = tmp_path_factory.mktemp('finished') / 'out'
+    flags = [*cora_flags, '--seeds', '2', '--epochs', '2', '--hidden', '4',
+             '--heads', '2']
+    assert train(flags, out) == 0
+    return flags, out
+
+
+def truncate_to(size):
+    def damage(path):
+        assert path.stat().st_size > size
+        path.write_bytes(path.read_bytes()[:size])
+    return damage
+
+
+@pytest.mark.parametrize('damage', [
+    truncate_to(50000), truncate_to(1000), truncate_to(0),
+    lambda path: path.write_bytes(b'garbage\n' * 1000),
+], ids=['truncated-50000', 'truncated-1000', 'empty', 'garbage'])
+def test_a_corrupt_checkpoint_is_one_line_on_resume(finished_run, damage,
+                                                    tmp_path, capsys):
+    flags, finished = finished_run
+    out = tmp_path / 'out'
+    shutil.copytree(finished, out)
+    state = out / 'checkpoints' / 'state_seed1.pt'
+    damage(state)
+    capsys.readouterr()
+    assert train([*flags, '--resume'], out) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert err.startswith(f'pyg-gatv2: error: {state}: cannot be read as a '
+                          'training-state checkpoint (')
+    assert 'the file is truncated or corrupt; delete it' in err
+    assert 'weights_only' not in err
+    # As the message says: without the file, that seed trains again.
+    state.unlink()
+    assert train([*flags, '--resume'], out) == 0
+    again = json.loads((out / 'results.json').read_text())
+    first = json.loads((finished / 'results.json').read_text())
+    assert without_seconds(again) == without_seconds(first)
 
 
 def test_divergence_is_one_line(cora_flags, tmp_path, capsys):
@@ -287,6 +378,19 @@ def test_ogb_graph_from_the_command_line(tmp_path, capsys):
     assert report['model']['out_channels'] == 40
     # OGB's evaluator agrees with the trainer's accuracy.
     assert report['ogb_test_acc'] == [report['runs'][0]['test_acc']]
+
+
+def test_missing_ogb_is_one_line(tmp_path, capsys, monkeypatch):
+    write_ogb(tmp_path / 'ogb' / 'ogbn_arxiv', 'ogbn-arxiv')
+    monkeypatch.setitem(sys.modules, 'ogb', None)  # as if not installed
+    assert main(['train', '--dataset', 'ogbn-arxiv', '--root',
+                 str(tmp_path / 'ogb'), '--epochs', '1', '--device', 'cpu',
+                 '--out', str(tmp_path / 'out')]) == 1
+    assert capsys.readouterr().err == (
+        'pyg-gatv2: error: pyg_gatv2.experiments.datasets.ogb needs the '
+        "'ogb' extra of pyg-gatv2 (missing: ogb): pip install "
+        "'pyg-gatv2[ogb]'\n")
+    assert not (tmp_path / 'out').exists()
 
 
 @pytest.fixture

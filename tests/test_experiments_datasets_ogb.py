@@ -1,6 +1,8 @@
 """Tests for the OGB loader on small graphs written in OGB's own layout."""
 import builtins
+import re
 import shutil
+import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,6 +27,7 @@ from torch_geometric.utils import to_undirected
 
 from pyg_gatv2.experiments.datasets import load_ogb, ogb_accuracy
 from pyg_gatv2.experiments.datasets.ogb import OGBFileError
+from pyg_gatv2.extras import MissingExtraError
 
 URLS = {'ogbn-arxiv':
         'http://snap.stanford.edu/ogb/data/nodeproppred/arxiv.zip',
@@ -207,6 +210,17 @@ def test_edge_outside_the_nodes_is_an_error(root, name):
     write_gz_csv(raw / 'edge.csv.gz', e.T, '%d')
     with pytest.raises(OGBFileError, match='edges name nodes outside'):
         load_ogb(name, root)
+
+
+def test_missing_ogb_names_the_extra(root, name, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'ogb', None)  # as if not installed
+    message = re.escape(
+        "pyg_gatv2.experiments.datasets.ogb needs the 'ogb' extra of "
+        "pyg-gatv2 (missing: ogb): pip install 'pyg-gatv2[ogb]'")
+    with pytest.raises(MissingExtraError, match=f'^{message}$'):
+        load_ogb(name, root)
+    with pytest.raises(MissingExtraError, match=f'^{message}$'):
+        ogb_accuracy(name, torch.zeros(3), torch.zeros(3))
 
 
 def test_corrupt_processed_file_is_named(root, name):

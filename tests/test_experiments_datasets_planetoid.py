@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -449,6 +450,43 @@ def test_inconsistent_processed_file_is_reported(tmp_path, synth):
     with pytest.raises(PlanetoidFileError, match='force_reload=True'):
         load_synth(tmp_path)
     assert load_synth(tmp_path, force_reload=True)[0].num_nodes == NUM_NODES
+
+
+@pytest.mark.parametrize('damage', [
+    lambda path: path.write_bytes(path.read_bytes()[:1000]),
+    lambda path: path.write_bytes(path.read_bytes()[:100]),
+    lambda path: path.write_bytes(b''),
+    lambda path: path.write_bytes(b'garbage\n' * 100),
+    lambda path: torch.save(['not', 'a', 'dataset'], path),
+], ids=['truncated-1000', 'truncated-100', 'empty', 'garbage', 'other-object'])
+def test_unreadable_processed_file_is_processed_again(tmp_path, synth,
+                                                      damage):
+    first = load_synth(tmp_path)[0]
+    path = processed(tmp_path / 'root')
+    damage(path)
+    with pytest.warns(UserWarning, match=re.escape(
+            f'{path}: cannot be loaded (') + r'\w+\), so it is truncated or '
+            'corrupt; processing the raw files again'):
+        again = load_synth(tmp_path)[0]
+    for key in first.keys():
+        assert torch.equal(again[key], first[key]), key
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the file was written anew
+        load_synth(tmp_path)
+
+
+def test_interrupted_processing_leaves_no_processed_file(tmp_path, synth,
+                                                         monkeypatch):
+    def cut_short(obj, path):
+        Path(path).write_bytes(b'PK\x03\x04')  # the start of a torch file
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_geometric.io.fs, 'torch_save', cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            load_synth(tmp_path)
+    assert not processed(tmp_path / 'root').exists()
+    assert load_synth(tmp_path)[0].num_nodes == NUM_NODES
 
 
 @pytest.mark.parametrize('name, nodes, edges, num_features, classes, train', [

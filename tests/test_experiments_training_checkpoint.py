@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from _training_cases import (
@@ -12,6 +14,7 @@ from pyg_gatv2.experiments.datasets import DictionaryLookup
 from pyg_gatv2.experiments.lookup import LookupRecipe, train_lookup
 from pyg_gatv2.experiments.lookup_model import DictionaryLookupNet
 from pyg_gatv2.experiments.training import (
+    CheckpointError,
     CheckpointFiles,
     Checkpointing,
     Checkpoints,
@@ -123,6 +126,77 @@ def test_checkpoints_refuse_other_settings(tmp_path):
             r'settings \(lr: 0\.1 there, 0\.2 now; layers: None there, 2 '
             r'now\)')):
         other.restore(linear_run(), CPU)
+
+
+def truncate_to_half(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def empty(path):
+    path.write_bytes(b'')
+
+
+def garbage(path):
+    path.write_bytes(b'not a checkpoint at all\n' * 100)
+
+
+def not_a_state(path):
+    torch.save({'model': {}, 'epoch': 3}, path)  # a best model, say
+
+
+def code_pickle(path):
+    torch.save(Interrupt(), path)  # a global that weights_only refuses
+
+
+@pytest.mark.parametrize('damage, problem', [
+    (truncate_to_half, 'cannot be read as a training-state checkpoint'),
+    (empty, 'cannot be read as a training-state checkpoint'),
+    (garbage, 'cannot be read as a training-state checkpoint'),
+    (code_pickle, 'cannot be read as a training-state checkpoint'),
+    (not_a_state, "holds a dictionary without 'rng', 'optimizer'"),
+])
+def test_checkpoints_name_an_unreadable_training_state(tmp_path, damage,
+                                                       problem):
+    path = tmp_path / 'state.pt'
+    keep = Checkpoints(None, path, {'lr': 0.1}, seed=0)
+    keep.save(linear_run(), CPU)
+    damage(path)
+    with pytest.raises(CheckpointError) as err:
+        keep.restore(linear_run(), CPU)
+    message = str(err.value)
+    assert message.startswith(f'{path}: {problem}')
+    assert 'delete it' in message and 'another output folder' in message
+    # torch's advice for a file it refuses would run the code it holds.
+    assert 'weights_only' not in message
+    assert isinstance(err.value, OSError)  # a file problem, to the CLI
+    path.unlink()  # the remedy: the run starts afresh
+    assert not keep.restore(linear_run(), CPU)
+
+
+def test_a_run_without_resume_never_overwrites_checkpoints(tmp_path):
+    data = toy_graph()
+    recipe = Recipe(epochs=2)
+    train_node_classifier(build, data, [0], recipe,
+                          checkpoints=Checkpointing(tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {'best_seed0.pt', 'state_seed0.pt'}
+    # Refused before seed 1, which has no checkpoint, trains.
+    with pytest.raises(FileExistsError, match=re.escape(
+            f"{tmp_path / 'state_seed0.pt'} holds a checkpoint of an "
+            'earlier run') + '.*pass resume=True'):
+        train_node_classifier(build, data, [1, 0], recipe,
+                              checkpoints=Checkpointing(tmp_path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # fit alone refuses too, for either file.
+    (tmp_path / 'state_seed0.pt').unlink()
+    with pytest.raises(FileExistsError, match='best_seed0.pt'):
+        fit(build(), data, recipe, checkpoints=CheckpointFiles(
+            tmp_path / 'best_seed0.pt', tmp_path / 'state_seed0.pt'))
+    # Resuming is what reuses a folder.
+    result = train_node_classifier(
+        build, data, [0], recipe,
+        checkpoints=Checkpointing(tmp_path, resume=True))
+    assert result.runs[0].epochs == 2
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):

@@ -52,6 +52,7 @@ from pyg_gatv2.experiments.training import (
     resolve_device,
     train_node_classifier,
 )
+from pyg_gatv2.experiments.training.checkpoint import load_checkpoint
 from pyg_gatv2.experiments.training.distributed import (
     DEFAULT_TIMEOUT,
     DistributedError,
@@ -65,6 +66,7 @@ from pyg_gatv2.experiments.training.sampling import (
     check_sampling,
     training_threads,
 )
+from pyg_gatv2.extras import MissingExtraError
 from pyg_gatv2.models import GATv2
 
 PROG = 'pyg-gatv2'
@@ -241,7 +243,7 @@ def _add_train_data(data: argparse._ArgumentGroup) -> None:
                       help='dataset folder in Planetoid layout '
                       '(DIR/Cora/raw, DIR/Cora/processed) or OGB layout '
                       '(DIR/ogbn_arxiv/...); default $PYG_GATV2_ROOT, else '
-                      '~/.cache/pyg_gatv2')
+                      '$XDG_CACHE_HOME/pyg_gatv2, else ~/.cache/pyg_gatv2')
     data.add_argument('--raw-dir', type=Path, metavar='DIR',
                       help='read-only folder of raw files '
                       '(DIR/Cora/raw/ind.cora.*) to copy from instead of '
@@ -334,7 +336,9 @@ def _add_train_output(system: argparse._ArgumentGroup) -> None:
                         'then not bit-for-bit reproducible)')
     system.add_argument('--out', type=Path, metavar='DIR',
                         help='output folder for results.json, curves.png and '
-                        'checkpoints/ (default: runs/<dataset>)')
+                        'checkpoints/; one that holds an earlier run is '
+                        'refused, not overwritten, unless --resume or '
+                        '--overwrite (default: runs/<dataset>)')
     system.add_argument('--checkpoint-every', type=_positive_int, default=50,
                         metavar='N',
                         help='epochs between training-state checkpoints')
@@ -342,6 +346,9 @@ def _add_train_output(system: argparse._ArgumentGroup) -> None:
                         help='continue an interrupted run from the '
                         'checkpoints in --out (same flags required); '
                         'finished seeds are not retrained')
+    system.add_argument('--overwrite', action='store_true',
+                        help='delete the results and checkpoints of an '
+                        'earlier run in --out first, and train afresh')
     _add_no_progress(system)
 
 
@@ -420,10 +427,36 @@ def _recipe_and_model(args: argparse.Namespace, num_features: int,
     return recipe, model_config
 
 
+def _check_out(args: argparse.Namespace, out: Path) -> None:
+    """Raises :class:`FileExistsError` when a run without --resume would
+    overwrite the results or checkpoints of an earlier run in ``out``;
+    with --overwrite, deletes them instead."""
+    if args.resume:
+        if args.overwrite:
+            raise ValueError('--resume continues the run in --out and '
+                             '--overwrite deletes it; pass one of them')
+        return
+    folder = out / 'checkpoints'
+    earlier = [*sorted(folder.glob('state_seed*.pt')),
+               *sorted(folder.glob('best_seed*.pt')), out / 'results.json']
+    earlier = [path for path in earlier if path.exists()]
+    if earlier and args.overwrite:
+        for path in earlier:
+            path.unlink(missing_ok=True)
+        return
+    if earlier:
+        raise FileExistsError(
+            f'{out} holds an earlier run ({earlier[0]}), which this one '
+            'would overwrite; pass --resume to continue it (same flags), '
+            'another --out to keep both, or --overwrite to train afresh')
+
+
 def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
     out = Path('runs') / args.dataset if args.out is None else args.out
-    # One process prepares the dataset files, then the others read them.
+    # One process prepares the dataset files (and deletes an earlier run
+    # under --overwrite), then the others read them.
     with main_first():
+        _check_out(args, out)
         data, num_features, num_classes = _load_graph(args)
     recipe, model_config = _recipe_and_model(args, num_features, num_classes)
     split = ('official' if args.dataset in OGB_NAMES else
@@ -494,8 +527,10 @@ def _ogb_test_accuracies(name: str, data: Data, model_config: dict,
     data = data.to(device)
     for run in result.runs:
         model = GATv2(**model_config).to(device)
-        model.load_state_dict(torch.load(folder / f'best_seed{run.seed}.pt',
-                                         weights_only=True)['model'])
+        best = load_checkpoint(
+            folder / f'best_seed{run.seed}.pt', 'a best-model checkpoint',
+            f'delete {folder} and train again', keys=('model', ))
+        model.load_state_dict(best['model'])
         model.eval()
         with torch.no_grad():
             pred = model(data.x, data.edge_index).argmax(dim=-1)
@@ -694,7 +729,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = argv  # for the reports
     try:
         return args.handler(args)
-    except (ValueError, OSError, TrainingDivergedError,
+    except (ValueError, OSError, TrainingDivergedError, MissingExtraError,
             SamplingUnavailableError, DistributedError) as err:
         message = ' '.join(str(err).split())
         print(f'{PROG}: error: {message}', file=sys.stderr)

@@ -107,7 +107,8 @@ def load_ogb(name: str, root: _PathLike) -> Data:
 
     Raises:
         ValueError: For another name.
-        ImportError: Without the ``ogb`` package.
+        ~pyg_gatv2.extras.MissingExtraError: Without the ``ogb`` package
+            (an :class:`ImportError` naming the extra to install).
         ~pyg_gatv2.experiments.datasets.ogb.OGBFileError: When a file is
             missing, corrupt or inconsistent, or the download fails.
 

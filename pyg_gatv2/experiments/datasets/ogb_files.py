@@ -8,6 +8,8 @@ import numpy as np
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
+from pyg_gatv2.extras import require
+
 __all__ = ['OGBFileError', 'SPLIT_FILES', 'PYG_GLOBALS', 'import_ogb',
            'meta_info', 'dataset_folder', 'refetch_hint', 'read_gz_csv',
            'raw_paths', 'check_present', 'first_bad_file']
@@ -23,12 +25,11 @@ class OGBFileError(OSError):
 
 
 def import_ogb() -> Any:
-    try:
-        import ogb.nodeproppred
-    except ImportError as err:
-        raise ImportError(
-            "the OGB datasets need the 'ogb' package; install it with "
-            "pip install 'ogb>=1.3.6'") from err
+    """``ogb.nodeproppred``; raises
+    :class:`~pyg_gatv2.extras.MissingExtraError`, naming the ``ogb`` extra,
+    without the package."""
+    require('ogb', 'pyg_gatv2.experiments.datasets.ogb')
+    import ogb.nodeproppred
     return ogb.nodeproppred
 
 

@@ -11,13 +11,17 @@ The datasets of `"Revisiting Semi-Supervised Learning with Graph Embeddings"
   consistency with each other;
 * the raw files are Python pickles: they are read by an unpickler that admits
   only the numpy, scipy and builtin types they are made of, so a tampered
-  file cannot run code.
+  file cannot run code;
+* the processed file, a cache of the raw files, is written aside and
+  renamed, and one that cannot be read (cut short by a full disk, or by an
+  interruption before it was written so) is made again from the raw files.
 """
 import collections
 import hashlib
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -386,7 +390,8 @@ class SafePlanetoid(Planetoid):
             downloaded as by :class:`~torch_geometric.datasets.Planetoid`.
             (default: :obj:`None`)
         force_reload (bool, optional): Whether to process the raw files
-            again. (default: :obj:`False`)
+            again; a processed file that cannot be read is processed again
+            without it. (default: :obj:`False`)
     """
     def __init__(
         self,
@@ -475,8 +480,28 @@ class SafePlanetoid(Planetoid):
                     f'originals from {self.url}/')
         if self.pre_transform is not None:
             data = self.pre_transform(data)
-        self.save([data], self.processed_paths[0])
+        # Written aside and renamed: an interrupted run leaves no truncated
+        # file for the next one to load.
+        path = Path(self.processed_paths[0])
+        part = path.with_name(path.name + '.part')
+        self.save([data], os.fspath(part))
+        os.replace(part, path)
 
+    def load(self, path: str, data_cls: type = Data) -> None:
+        """Loads the processed file; one that cannot be read is made again
+        from the raw files, whose cache it is."""
+        try:
+            super().load(path, data_cls)
+            return
+        except Exception as err:
+            # The type only: torch's message for a file that is not made of
+            # tensors advises loading it with weights_only=False.
+            problem = type(err).__name__
+        warnings.warn(f'{path}: cannot be loaded ({problem}), so it is '
+                      'truncated or corrupt; processing the raw files again',
+                      stacklevel=2)
+        self.process()
+        super().load(path, data_cls)
 
 def load_planetoid(
     name: str,
@@ -527,7 +552,8 @@ def load_planetoid(
         num_test (int, optional): Test nodes of the ``'random'`` split.
             (default: :obj:`1000`)
         force_reload (bool, optional): Whether to process the raw files
-            again. (default: :obj:`False`)
+            again; a processed file that cannot be read is processed again
+            without it, with a warning. (default: :obj:`False`)
 
     Returns:
         torch_geometric.datasets.Planetoid: A :class:`SafePlanetoid`;

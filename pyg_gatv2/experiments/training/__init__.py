@@ -1,7 +1,7 @@
 """Training GATv2 node classifiers: the loop, early stopping, checkpoints,
 the result records, mini-batches of sampled neighbourhoods and
 multi-process (DDP) training."""
-from .checkpoint import Checkpoints, RunState
+from .checkpoint import CheckpointError, Checkpoints, RunState
 from .distributed import DistributedError, process_group
 from .early_stopping import STOP_CRITERIA, EarlyStopping
 from .node_classification import (
@@ -41,6 +41,7 @@ __all__ = [
     'resolve_device',
     'train_epoch',
     'train_node_classifier',
+    'CheckpointError',
     'Checkpoints',
     'RunState',
     'STOP_CRITERIA',

@@ -10,7 +10,8 @@ Both are written aside and renamed, so that an interruption leaves the
 previous checkpoint intact. In a run of several processes (see
 :mod:`pyg_gatv2.experiments.training.distributed`) process 0 writes them,
 with the random number generators of every process, and every process
-reads them.
+reads them. A file that cannot be read back (a disk that filled up, a copy
+cut short) is a :class:`CheckpointError` that names it.
 """
 import os
 from collections.abc import Sequence
@@ -23,8 +24,18 @@ from torch import Tensor
 
 from .distributed import all_gather_objects, is_main, world
 
-__all__ = ['RunState', 'Checkpoints', 'cpu_state', 'rng_state',
-           'set_rng_state', 'save_atomic']
+__all__ = ['CheckpointError', 'RunState', 'Checkpoints', 'cpu_state',
+           'load_checkpoint', 'rng_state', 'set_rng_state', 'save_atomic']
+
+
+class CheckpointError(OSError):
+    """A checkpoint file cannot be read: it is truncated, corrupt or not a
+    checkpoint of this kind.
+
+    An :class:`OSError`, like any other failure to obtain usable data from a
+    file; the message names the file, what is wrong with it and how to go
+    on.
+    """
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
@@ -47,6 +58,33 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state['cpu'])
     if 'cuda' in state:
         torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def load_checkpoint(path: Path, what: str, remedy: str,
+                    keys: Sequence[str] = ()) -> dict[str, Any]:
+    """Loads the checkpoint at ``path`` onto the CPU with
+    ``weights_only``; raises :class:`CheckpointError`, naming ``what`` the
+    file should hold and the ``remedy``, when it cannot be read or is not a
+    dictionary with ``keys``."""
+    try:
+        obj = torch.load(path, weights_only=True, map_location='cpu')
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # their messages name the file, and the file is not to blame
+    except Exception as err:
+        # Only the type of torch's error: its message for a file that is
+        # not made of tensors advises weights_only=False, which would run
+        # any code a tampered file holds.
+        raise CheckpointError(
+            f'{path}: cannot be read as {what} ({type(err).__name__}): the '
+            f'file is truncated or corrupt; {remedy}') from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'{path}: holds a {type(obj).__name__}, not '
+                              f'{what}; {remedy}')
+    missing = ', '.join(repr(key) for key in keys if key not in obj)
+    if missing:
+        raise CheckpointError(f'{path}: holds a dictionary without '
+                              f'{missing}, not {what}; {remedy}')
+    return obj
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -143,6 +181,11 @@ def _load_state(helper: Any, state: Any) -> None:
         helper.load_state_dict(state)
 
 
+# What restore reads of a training-state file besides its settings.
+_STATE_KEYS = ('rng', 'model', 'optimizer', 'helpers', 'history',
+               'best_state', 'best', 'epoch', 'steps', 'seconds', 'stop')
+
+
 class Checkpoints:
     """Writes and reads the checkpoints of one run.
 
@@ -179,11 +222,17 @@ class Checkpoints:
 
     def restore(self, run: RunState, device: torch.device) -> bool:
         """Continues ``run`` from the training state, if there is one;
-        returns whether there was."""
+        returns whether there was. Raises :class:`CheckpointError` when the
+        file cannot be read, and :class:`ValueError` when it was written
+        with other settings."""
         if self.state_path is None or not self.state_path.is_file():
             return False
-        state = torch.load(self.state_path, weights_only=True,
-                           map_location='cpu')
+        state = load_checkpoint(
+            self.state_path, 'a training-state checkpoint',
+            'delete it, and resume again to train this run from the start '
+            '(the other runs resume from their own checkpoints), or start '
+            'afresh in another output folder',
+            keys=_STATE_KEYS)
         self._check_settings(state.get('settings', {}))
         run.load_state_dict(state)
         rank = world()[0]

@@ -246,7 +246,9 @@ class CheckpointFiles:
         every (int): Epochs between training-state checkpoints.
         resume (bool): Whether to continue from :attr:`state_path` if it
             exists; a finished run is returned as it was. The checkpoint
-            must have been written with the same settings.
+            must have been written with the same settings. Without it, a
+            file of an earlier run at either path is an error, never
+            overwritten.
     """
     best_path: Optional[_PathLike] = None
     state_path: Optional[_PathLike] = None
@@ -258,6 +260,19 @@ class CheckpointFiles:
         if self.resume and self.state_path is None:
             raise ValueError("'CheckpointFiles' got resume=True without a "
                              'state_path to resume from')
+
+    def check_unused(self) -> None:
+        """Raises :class:`FileExistsError` when a run that does not resume
+        would overwrite the files of an earlier one."""
+        if self.resume:
+            return
+        for path in (self.state_path, self.best_path):
+            if path is not None and os.path.exists(path):
+                raise FileExistsError(
+                    f'{path} holds a checkpoint of an earlier run, which '
+                    'training afresh would overwrite; pass resume=True to '
+                    'continue that run, or keep the checkpoints of this one '
+                    'elsewhere (or delete the file to train afresh)')
 
     def of(self, settings: dict[str, Any],
            seed: Optional[int]) -> Checkpoints:
@@ -277,7 +292,8 @@ class Checkpointing:
         folder (str or os.PathLike): The folder.
         every (int): Epochs between training-state checkpoints.
         resume (bool): Whether to resume each seed from its training state,
-            where there is one.
+            where there is one. Without it, a folder that holds a checkpoint
+            of one of the seeds is an error, never overwritten.
     """
     folder: _PathLike
     every: int = 50
@@ -431,7 +447,8 @@ def fit(
             its batches are on :obj:`data`'s device.
             (default: :obj:`FullBatch(data)`)
         checkpoints (CheckpointFiles, optional): Where to keep the best
-            model and the training state, and whether to resume from it.
+            model and the training state, and whether to resume from it;
+            without resuming, files of an earlier run there are an error.
             (default: :obj:`None`, no checkpoints)
         metadata (dict, optional): Numbers and strings describing the run
             (hyperparameters, dataset), stored in both checkpoints and
@@ -454,6 +471,11 @@ def fit(
     Raises:
         TrainingDivergedError: When the loss or a parameter becomes NaN or
             infinite; the message names the epoch and what to try.
+        FileExistsError: When :obj:`checkpoints` does not resume and a
+            checkpoint file already exists, so that no earlier run is
+            overwritten.
+        ~pyg_gatv2.experiments.training.CheckpointError: When the
+            training state to resume from cannot be read.
     """
     check_data(data)
     recipe = Recipe() if recipe is None else recipe
@@ -464,6 +486,7 @@ def fit(
                          'FullBatch(data) or NeighborBatches(data, ...) '
                          'from pyg_gatv2.experiments.training')
     checkpoints = CheckpointFiles() if checkpoints is None else checkpoints
+    checkpoints.check_unused()
     eval_loader = None
     if eval_batch_size is not None:
         if not callable(getattr(model, 'inference', None)):
@@ -558,8 +581,9 @@ def train_node_classifier(
             :obj:`None`, on for the CPU and off for GPUs, where scatter
             operations have no deterministic kernels. (default: :obj:`None`)
         checkpoints (Checkpointing, optional): The folder of the
-            checkpoints, how often, and whether to resume.
-            (default: :obj:`None`, no checkpoints)
+            checkpoints, how often, and whether to resume; without resuming,
+            a checkpoint of one of the seeds there is an error, raised
+            before any seed trains. (default: :obj:`None`, no checkpoints)
         metadata (dict, optional): As in :func:`fit`. (default: :obj:`None`)
         on_epoch (callable, optional): Called with the seed and the
             :class:`EpochMetrics` of every epoch. (default: :obj:`None`)
@@ -576,6 +600,9 @@ def train_node_classifier(
                             for s in seeds):
         raise ValueError(f"'train_node_classifier' got seeds={seeds!r}; pass "
                          'a non-empty sequence of integers')
+    if checkpoints is not None:
+        for seed in seeds:  # all of them, before any trains
+            checkpoints.files(seed).check_unused()
     device = resolve_device(device)
     if deterministic is None:
         deterministic = device.type == 'cpu'
