@@ -207,6 +207,13 @@ class DenseGATv2Conv(torch.nn.Module):
             x = x.masked_fill(~mask.unsqueeze(-1), 0.)
         x_l = self.lin_l(x).view(B, N, H, C)
         x_r = x_l if self.share_weights else self.lin_r(x).view(B, N, H, C)
+        # The weighted sum runs over all node pairs, and a non-edge's zero
+        # weight times an infinite or NaN feature is NaN: the sum takes the
+        # finite features only, and the indicator of the others marks the
+        # targets that an edge brings one to (NaN in the sparse layer).
+        finite = torch.isfinite(x_l)
+        x_finite = torch.where(finite, x_l, 0.)
+        nonfinite = (~finite).to(x_l.dtype).view(B, N, H * C)
 
         size = self.chunk_size(B, N, x.dtype, budget)
         recompute = size < N and torch.is_grad_enabled() and any(
@@ -216,8 +223,8 @@ class DenseGATv2Conv(torch.nn.Module):
             outs, alphas = [x_l], [x_l.new_zeros(B, 0, 0, H)]
         for start in range(0, N, size):
             end = min(start + size, N)
-            args = (x_r[:, start:end], x_l, self.att, adj[:, :, start:end],
-                    mask, start)
+            args = (x_r[:, start:end], x_l, x_finite, nonfinite, self.att,
+                    adj[:, :, start:end], mask, start)
             if recompute:
                 out, alpha = checkpoint(self._attend, *args,
                                         use_reentrant=False)
@@ -265,12 +272,13 @@ class DenseGATv2Conv(torch.nn.Module):
         # Per target node: the [B, N, H, C] pre-activation, its LeakyReLU,
         # the product with `att` and, in backward, their gradients (about
         # five alive at once), a handful of [B, N, H] score tensors and the
-        # boolean edge mask.
+        # edge mask, boolean and in the feature dtype.
         per_node = batch_size * num_nodes * (
-            self.heads * (5 * self.out_channels + 8) * itemsize + 2)
+            (self.heads * (5 * self.out_channels + 8) + 1) * itemsize + 2)
         return max(1, min(num_nodes, budget // max(per_node, 1)))
 
-    def _attend(self, x_r: Tensor, x_l: Tensor, att: Tensor, adj: Tensor,
+    def _attend(self, x_r: Tensor, x_l: Tensor, x_finite: Tensor,
+                nonfinite: Tensor, att: Tensor, adj: Tensor,
                 mask: Optional[Tensor], start: int) -> tuple[Tensor, Tensor]:
         # Targets start .. start + n of every graph attend over all sources.
         n, N = x_r.size(1), x_l.size(1)
@@ -285,7 +293,12 @@ class DenseGATv2Conv(torch.nn.Module):
                               self.negative_slope)
         alpha = masked_softmax(logits, edge.unsqueeze(-1), dim=2)
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        return torch.einsum('bijh,bjhc->bihc', alpha, x_l), alpha
+        out = torch.einsum('bijh,bjhc->bihc', alpha, x_finite)
+        # An edge from a non-finite feature gives NaN in the sparse layer
+        # whatever its weight (a weight of zero included): so here.
+        reached = torch.bmm(edge.to(nonfinite.dtype), nonfinite) > 0
+        out = out.masked_fill(reached.view(out.shape), float('nan'))
+        return out, alpha
 
     def _check_input(self, x: Tensor, adj: Tensor,
                      mask: Optional[Tensor]) -> None:
@@ -333,7 +346,6 @@ class DenseGATv2Conv(torch.nn.Module):
                 raise TypeError(
                     f"'{name}' expects a boolean node mask (got "
                     f"'{mask.dtype}'); convert it with 'mask.bool()'")
-        checks.check_node_features(x, self.lin_l, name, dims=(2, 3))
         device = self.lin_l.weight.device
         for arg, value in (('adj', adj), ('mask', mask)):
             if value is not None and value.device != device:
@@ -341,6 +353,12 @@ class DenseGATv2Conv(torch.nn.Module):
                     f"'{name}' got '{arg}' on '{value.device}' but its "
                     f"parameters are on '{device}'; move it with "
                     f"'{arg}.to(\"{device}\")'")
+        features = x
+        if checks.is_strict() and mask is not None and x.device == device:
+            # Padding may hold anything, NaN too: the layer zeroes it before
+            # use. Only the nodes the mask keeps are screened.
+            features = x.detach().masked_fill(~mask.unsqueeze(-1), 0.)
+        checks.check_node_features(features, self.lin_l, name, dims=(2, 3))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
@@ -361,7 +379,10 @@ def _check_budget(name: str, memory_budget: Optional[int]) -> Optional[int]:
 def masked_softmax(logits: Tensor, mask: Tensor, dim: int) -> Tensor:
     """Softmax of :obj:`logits` over the entries where :obj:`mask` holds.
 
-    A slice without any entry gives zeros, with zero gradient, never NaN.
+    Entries outside the mask are exactly zero, with zero gradient, whatever
+    their logits. A slice without any entry gives zeros, never NaN; a slice
+    with a non-finite logit in the mask gives NaN in the mask, as a softmax
+    over the masked entries alone would.
 
     Args:
         logits (torch.Tensor): Scores.
@@ -370,7 +391,12 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int) -> Tensor:
     """
     logits = logits.masked_fill(~mask, float('-inf'))
     peak = logits.detach().amax(dim=dim, keepdim=True)
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    # An empty slice, whose peak is -inf, is shifted by zero: exp(-inf) = 0,
+    # where -inf - -inf would be NaN.
+    peak = torch.where(mask.any(dim=dim, keepdim=True), peak, 0.)
     weights = (logits - peak).exp()
     total = weights.sum(dim=dim, keepdim=True)
-    return weights / total.clamp_min(torch.finfo(total.dtype).tiny)
+    # In a slice whose total is NaN, 0 / NaN would reach the entries
+    # outside the mask, and through them every node that is no neighbour.
+    return torch.where(mask, weights / total.clamp_min(
+        torch.finfo(total.dtype).tiny), 0.)

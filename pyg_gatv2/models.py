@@ -9,7 +9,12 @@ from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.models import GAT as PyGGAT
 
-from pyg_gatv2.checks import check_positive_ints, check_probabilities
+from pyg_gatv2.adjacency import is_sparse_adjacency
+from pyg_gatv2.checks import (
+    check_edge_index,
+    check_positive_ints,
+    check_probabilities,
+)
 from pyg_gatv2.conv import GATv2Conv
 from pyg_gatv2.fused import buffers, cpp_library
 
@@ -224,6 +229,16 @@ class GATv2(torch.nn.Module):
         """
         prefixes = None
         if num_seeds is not None:
+            # The prefixes are read from the rows of 'edge_index': checked
+            # here, or a wrong one fails obscurely inside, or reaches the
+            # layers sliced out of shape.
+            name = self.__class__.__name__
+            if is_sparse_adjacency(edge_index):
+                raise ValueError(
+                    f"'{name}' with num_seeds needs 'edge_index' as a [2, "
+                    'num_edges] tensor (got a sparse adjacency); pass the '
+                    "graph's edge_index, or leave num_seeds out")
+            check_edge_index(edge_index, name)
             prefixes = seed_prefixes(edge_index, num_seeds, len(self.convs),
                                      x.size(0))
             x = x[:prefixes[-1]]

@@ -18,6 +18,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch_geometric.index import index2ptr
+
+from pyg_gatv2 import checks
 
 __all__ = ['BACKENDS', 'scatter_softmax', 'available', 'choose', 'chosen']
 
@@ -73,6 +76,65 @@ def _resolve(backend: Optional[str]) -> str:
     return backend
 
 
+def _check_input(src: Tensor, index: Tensor, num_nodes: int,
+                 ptr: Optional[Tensor]) -> None:
+    name = 'scatter_softmax'
+    for arg, value in (('src', src), ('index', index), ('ptr', ptr)):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"'{name}' expects '{arg}' to be a tensor (got "
+                            f"'{type(value).__name__}')")
+    if not src.is_floating_point():
+        raise TypeError(
+            f"'{name}' expects floating-point scores 'src' (got "
+            f"'{src.dtype}'); convert them with 'src.float()'")
+    if src.dim() == 0:
+        raise ValueError(f"'{name}' expects 'src' of shape [E, *], one row "
+                         'per entry (got a scalar)')
+    for arg, value in (('index', index), ('ptr', ptr)):
+        if value is not None and value.dtype not in (torch.int64,
+                                                     torch.int32):
+            raise TypeError(
+                f"'{name}' expects '{arg}' of dtype int64 or int32 (got "
+                f"'{value.dtype}'); convert it with '{arg}.long()'")
+        if value is not None and value.device != src.device:
+            raise ValueError(
+                f"'{name}' got '{arg}' on '{value.device}' but 'src' on "
+                f"'{src.device}'; move it with '{arg}.to(src.device)'")
+    if index.dim() != 1 or index.size(0) != src.size(0):
+        raise ValueError(
+            f"'{name}' expects 'index' of shape [E] = [{src.size(0)}], the "
+            f"group of each row of 'src' (got {tuple(index.shape)})")
+    if ptr is not None and tuple(ptr.shape) != (num_nodes + 1, ):
+        raise ValueError(
+            f"'{name}' expects 'ptr' of shape [num_nodes + 1] = "
+            f'[{num_nodes + 1}] (got {tuple(ptr.shape)})')
+    # Reading the values waits for a GPU and breaks a compiled graph: as
+    # the layers check edge_index, they are read on the CPU, and everywhere
+    # in 'strict' validation.
+    if not (checks.is_strict() or (index.device.type == 'cpu'
+                                   and not torch.compiler.is_compiling())):
+        return
+    if index.numel() > 0:
+        low, high = (int(value) for value in index.aminmax())
+        if low < 0:
+            raise ValueError(
+                f"'{name}' got a negative group ({low}) in 'index'; groups "
+                'must lie in [0, num_nodes)')
+        if high >= num_nodes:
+            raise ValueError(
+                f"'{name}' got group {high} in 'index' but num_nodes="
+                f'{num_nodes}; groups must lie in [0, num_nodes) (pass '
+                'num_nodes=int(index.max()) + 1, or the index that belongs '
+                "to 'src')")
+    if ptr is not None and not (
+            bool((index[1:] >= index[:-1]).all())
+            and torch.equal(ptr.long(), index2ptr(index, num_nodes).long())):
+        raise ValueError(
+            f"'{name}' got a 'ptr' that does not describe the groups of "
+            "'index'; pass ptr=None, or sort the entries by 'index' and pass "
+            "ptr=torch_geometric.index.index2ptr(index, num_nodes)")
+
+
 def _native_max(src: Tensor, index: Tensor, num_nodes: int) -> Tensor:
     expanded = index.view((-1, ) + (1, ) * (src.dim() - 1)).expand_as(src)
     out = src.new_zeros((num_nodes, ) + src.shape[1:])
@@ -119,13 +181,23 @@ def scatter_softmax(
     overflow nor underflow to an all-zero group; half-precision inputs are
     reduced in float32. Indices with no entry simply receive nothing.
 
+    The types and shapes are checked on every call. Reading the values
+    (every index in ``[0, num_nodes)``, :obj:`ptr` the pointer of
+    :obj:`index`) waits for a GPU, so it is done as the layers check
+    ``edge_index`` (see :mod:`pyg_gatv2.checks`): on CPU tensors outside
+    :func:`torch.compile`, and always in ``'strict'`` validation.
+
     Args:
         src (torch.Tensor): Scores, ``[E, *]``.
         index (torch.Tensor): Group (target node) of each score, ``[E]``.
         num_nodes (int): Number of groups.
-        ptr (torch.Tensor, optional): CSR pointer ``[num_nodes + 1]`` when
-            :obj:`index` is sorted; lets torch-scatter use segment
-            reductions. (default: :obj:`None`)
+        ptr (torch.Tensor, optional): CSR pointer ``[num_nodes + 1]`` of a
+            sorted :obj:`index` (group :math:`i` is entries ``ptr[i]`` to
+            ``ptr[i + 1] - 1``); lets torch-scatter use segment
+            reductions. Both must describe the same groups:
+            :func:`torch_geometric.utils.softmax` reads :obj:`ptr` in place
+            of :obj:`index` where it can, this function reads both.
+            (default: :obj:`None`)
         backend (str, optional): ``'torch_scatter'``, ``'native'``,
             ``'auto'``, or :obj:`None` for the backend chosen with
             :func:`pyg_gatv2.set_backends`. (default: :obj:`None`)
@@ -134,12 +206,15 @@ def scatter_softmax(
         torch.Tensor: Normalised weights, same shape and dtype as
         :obj:`src`.
     """
+    _check_input(src, index, num_nodes, ptr)
     backend = _resolve(backend)
     dtype = src.dtype
     if dtype in (torch.float16, torch.bfloat16):
         src = src.float()
     if backend == 'torch_scatter':
-        index = index.long()  # torch-scatter takes int64 indices only
+        # torch-scatter takes int64 indices and pointers only.
+        index = index.long()
+        ptr = None if ptr is None else ptr.long()
         src_max = _scatter_max(src.detach(), index, num_nodes, ptr)
     else:
         src_max = _native_max(src.detach(), index, num_nodes)

@@ -301,6 +301,84 @@ def test_padding_is_inert():
     torch.testing.assert_close(alpha_bad, alpha, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('value', [float('inf'), float('-inf'),
+                                   float('nan')])
+@pytest.mark.parametrize('add_self_loops', [True, False])
+def test_non_finite_feature_reaches_only_its_neighbours(value,
+                                                         add_self_loops):
+    # The path 0 -> 1 -> 2 -> 3 -> 4: node 4 sends no edge but (with
+    # self-loops) to itself. A non-edge must contribute nothing, not
+    # 0 * inf = NaN: outputs, attention and gradients are NaN where the
+    # sparse layer's are, and only there.
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    sparse, dense = layers(heads=2, add_self_loops=add_self_loops)
+    x = random_batch(sizes=(5, )).x
+    x[4, 0] = value
+
+    def run(layer, graph):
+        layer.zero_grad()
+        x_in = x.clone().requires_grad_()
+        out, alpha = layer(x_in, graph, return_attention_weights=True)
+        (out * loss_weights(out)).sum().backward()
+        return out, alpha, [x_in.grad] + [p.grad for p in layer.parameters()]
+
+    out, (edges, alpha), grads = run(sparse, edge_index)
+    adj = to_dense_adj(edge_index, max_num_nodes=5)[0]
+    out_dense, alpha_dense, grads_dense = run(dense, adj)
+    assert out.isnan().any(dim=1).tolist() == [False] * 4 + [True]
+    torch.testing.assert_close(out_dense, out, equal_nan=True)
+    alpha = to_dense_adj(edges, edge_attr=alpha,
+                         max_num_nodes=5)[0].transpose(0, 1)
+    torch.testing.assert_close(alpha_dense, alpha, equal_nan=True)
+    assert grads[0][:3].isfinite().all()
+    for got, expected in zip(grads_dense, grads, strict=True):
+        torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+def test_infinite_scores_give_nan_as_in_sparse():
+    # All weights one and x_0 = -inf, no self-loops: the edge 0 -> 1 scores
+    # -inf and weighs zero, and zero times the source's -inf is NaN; node
+    # 0's only score is -inf, and a softmax over it alone is NaN; node 2
+    # has no incoming edge.
+    sparse = GATv2Conv(1, 1, add_self_loops=False, bias=False).double()
+    with torch.no_grad():
+        for param in (sparse.lin_l.weight, sparse.lin_r.weight, sparse.att):
+            param.fill_(1.)
+    dense = DenseGATv2Conv.from_sparse(sparse)
+    x = torch.tensor([[float('-inf')], [0.], [0.]], dtype=torch.float64)
+    edge_index = torch.tensor([[0, 2, 1], [1, 1, 0]])
+    out, alpha = dense(x, to_dense_adj(edge_index, max_num_nodes=3)[0],
+                       return_attention_weights=True)
+    nan = float('nan')
+    expected = torch.tensor([[nan], [nan], [0.]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected, equal_nan=True)
+    torch.testing.assert_close(sparse(x, edge_index), expected,
+                               equal_nan=True)
+    torch.testing.assert_close(alpha[..., 0], torch.tensor(
+        [[0., nan, 0.], [0., 0., 1.], [0., 0., 0.]], dtype=torch.float64),
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize('batched', [False, True])
+def test_strict_validation_ignores_nan_in_padding(batched):
+    # The layer zeroes the padded rows before use, so NaN there is no error;
+    # NaN in a node the mask keeps still is.
+    dense = DenseGATv2Conv(4, 3)
+    x = torch.randn(2, 5, 4)
+    adj = torch.ones(2, 5, 5)
+    mask = torch.tensor([[True] * 4 + [False], [True] * 3 + [False] * 2])
+    if not batched:
+        x, adj, mask = x[0], adj[0], mask[0]
+    x_nan = x.masked_fill(~mask.unsqueeze(-1), float('nan'))
+    with pyg_gatv2.validation('strict'):
+        out = dense(x_nan, adj, mask)
+        torch.testing.assert_close(out, dense(x, adj, mask))
+        x_nan[..., 0, 1] = float('nan')
+        with pytest.raises(ValueError, match="'DenseGATv2Conv' got NaN in "
+                           'its node features'):
+            dense(x_nan, adj, mask)
+
+
 def test_isolated_nodes_give_no_nan():
     # Without self-loops nodes 0 and 2 have no incoming edge.
     dense = DenseGATv2Conv(3, 2, heads=2, add_self_loops=False)

@@ -98,6 +98,25 @@ def test_seed_prefixes_bad_num_seeds(num_seeds):
         GATv2(16, 5)(x, edge_index, num_seeds=num_seeds)
 
 
+EDGES = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
+
+
+@pytest.mark.parametrize('edge_index,error,message', [
+    (EDGES.t(), ValueError, r'shape \[2, num_edges\] \(got \(6, 2\)\)'),
+    (EDGES.tolist(), TypeError, "'edge_index' to be a .* tensor"),
+    (EDGES.float(), TypeError, r'edge_index\.long\(\)'),
+    (EDGES.view(2, 3, 2), ValueError, r'got \(2, 3, 2\)'),
+    (torch.sparse_coo_tensor(EDGES, torch.ones(6), (6, 6)), ValueError,
+     'sparse adjacency'),
+])
+def test_seeds_with_a_bad_edge_index(edge_index, error, message):
+    # The prefixes are read from edge_index: it is checked before, and
+    # reported as it was given.
+    with pytest.raises(error, match=message) as info:
+        GATv2(16, 5)(torch.randn(6, 16), edge_index, num_seeds=2)
+    assert "'GATv2'" in str(info.value)
+
+
 @pytest.mark.parametrize('conv', [GATv2Conv, pyg_nn.GATv2Conv])
 @pytest.mark.parametrize('num_layers', [1, 2, 3])
 def test_seed_outputs_and_gradients_equal_the_whole_graph_s(conv,

@@ -130,3 +130,57 @@ def test_empty_input(backend):
     out = scatter_softmax(torch.empty(0, 2), torch.empty(0, dtype=torch.long),
                           3, backend=backend)
     assert out.shape == (0, 2)
+
+
+SRC = torch.tensor([[1.], [2.], [3.], [4.], [5.]])
+INDEX = torch.tensor([0, 0, 1, 1, 2])
+BAD_INPUTS = [
+    # (src, index, ptr, error, message), for num_nodes=3
+    (SRC.long(), INDEX, None, TypeError, r"floating-point scores 'src'"),
+    (SRC[0, 0], INDEX[:1], None, ValueError, r"'src' of shape \[E, \*\]"),
+    (SRC, INDEX.tolist(), None, TypeError, "'index' to be a tensor"),
+    (SRC, torch.tensor([0., 0.9, 1., 1., 2.]), None, TypeError,
+     r"int64 or int32 .*'index\.long\(\)'"),
+    (SRC, INDEX[:4], None, ValueError, r'shape \[E\] = \[5\]'),
+    (SRC, INDEX.view(5, 1), None, ValueError, r'shape \[E\] = \[5\]'),
+    (SRC, torch.tensor([0, 0, 1, 1, 7]), None, ValueError,
+     r"group 7 in 'index' but num_nodes=3"),
+    (SRC, torch.tensor([0, -1, 1, 1, 2]), None, ValueError,
+     r'negative group \(-1\)'),
+    (SRC, INDEX, torch.tensor([0, 2, 5]), ValueError,
+     r'\[num_nodes \+ 1\] = \[4\]'),
+    (SRC, INDEX, torch.tensor([0., 2., 4., 5.]), TypeError, r'ptr\.long\(\)'),
+    # Counts of two, two and one, but another split or another order.
+    (SRC, INDEX, torch.tensor([0, 1, 3, 5]), ValueError,
+     "does not describe the groups of 'index'"),
+    (SRC, torch.tensor([1, 0, 1, 0, 2]), torch.tensor([0, 2, 4, 5]),
+     ValueError, "does not describe the groups of 'index'"),
+]
+
+
+@pytest.mark.parametrize('src,index,ptr,error,message', BAD_INPUTS)
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_bad_input(src, index, ptr, error, message, backend):
+    with pytest.raises(error, match=message) as info:
+        scatter_softmax(src, index, 3, ptr=ptr, backend=backend)
+    assert "'scatter_softmax'" in str(info.value)
+
+
+def test_values_are_read_as_the_layers_read_edge_index(monkeypatch):
+    # Compiled (or on a GPU), the index values are read in 'strict'
+    # validation only; the native backend reads 'index', not 'ptr'.
+    ptr = torch.tensor([0, 1, 3, 5])
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    out = scatter_softmax(SRC, INDEX, 3, ptr=ptr, backend='native')
+    torch.testing.assert_close(out, scatter_softmax(SRC, INDEX, 3,
+                                                    backend='native'))
+    with pyg_gatv2.validation('strict'):
+        with pytest.raises(ValueError, match='does not describe'):
+            scatter_softmax(SRC, INDEX, 3, ptr=ptr, backend='native')
+
+
+def test_int32_index_and_pointer():
+    index, ptr = INDEX.int(), torch.tensor([0, 2, 4, 5], dtype=torch.int32)
+    for backend in BACKENDS:
+        out = scatter_softmax(SRC, index, 3, ptr=ptr, backend=backend)
+        torch.testing.assert_close(out, pyg_softmax(SRC, INDEX))
