@@ -185,6 +185,11 @@ def check_edge_index(edge_index: Tensor, caller: str) -> None:
             f"'{caller}' expects 'edge_index' to be a [2, E] integer tensor, "
             'an EdgeIndex or a sparse adjacency (got '
             f"'{type(edge_index).__name__}')")
+    if edge_index.layout != torch.strided:
+        raise TypeError(
+            f"'{caller}' takes a sparse adjacency as a torch.sparse COO, "
+            f"CSR or CSC tensor or a SparseTensor (got layout "
+            f"'{edge_index.layout}'); convert it with 'adj.to_sparse_csr()'")
     if edge_index.dtype not in _INT_DTYPES:
         raise TypeError(
             f"'{caller}' expects 'edge_index' of an integer dtype (got "
@@ -228,6 +233,15 @@ def check_adjacency(edge_index, num_src: int, num_dst: int,
         if isinstance(edge_index, SparseTensor):
             return edge_index.nnz()
         return edge_index._nnz()
+    if isinstance(edge_index, EdgeIndex):
+        for got, num, role in zip(edge_index.sparse_size(),
+                                  (num_src, num_dst), ('source', 'target'),
+                                  strict=True):
+            if got is not None and got != num:
+                raise ValueError(
+                    f"'{caller}' got an EdgeIndex of {got} {role} nodes "
+                    f"(sparse_size) but {num} {role} nodes in 'x'; build "
+                    'it with sparse_size=(num_src, num_dst) of this graph')
     if is_strict() or (check_range and edge_index.device.type == 'cpu'):
         if isinstance(edge_index, EdgeIndex):
             edge_index = edge_index.as_tensor()
@@ -263,6 +277,19 @@ def check_edge_attr(edge_attr: Tensor, lin_edge: Optional[torch.nn.Module],
             f"'{caller}' was built with edge_dim={edge_dim} and expects "
             f"'edge_attr' of shape [num_edges, {expected}] (got "
             f'{tuple(edge_attr.shape)})')
+    weight = lin_edge.weight
+    if not isinstance(weight, torch.nn.parameter.UninitializedParameter):
+        if edge_attr.device != weight.device:
+            raise ValueError(
+                f"'{caller}' got 'edge_attr' on '{edge_attr.device}' but its "
+                f"parameters are on '{weight.device}'; move it with "
+                f"'edge_attr.to(\"{weight.device}\")'")
+        if (edge_attr.dtype != weight.dtype
+                and not torch.is_autocast_enabled(edge_attr.device.type)):
+            raise TypeError(
+                f"'{caller}' got 'edge_attr' of dtype '{edge_attr.dtype}' "
+                f"but its parameters are '{weight.dtype}'; convert it with "
+                f"'edge_attr.to({weight.dtype})'")
     if is_strict():
         check_no_nan(edge_attr, "'edge_attr'", caller)
     if edge_attr.size(0) != num_edges:

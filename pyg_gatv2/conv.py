@@ -384,6 +384,11 @@ class GATv2Conv(MessagePassing):
             else:
                 order = (layout.kept_eid if layout is not None else
                          _kept_edges(edge_index, num_loops))
+        if not 0.0 <= self.dropout <= 1.0:
+            # As message passing's F.dropout refuses it, training or not.
+            raise ValueError(
+                f"'{self.__class__.__name__}' got dropout={self.dropout}: "
+                'dropout probability has to be between 0 and 1')
         mask = None
         if self.training and self.dropout > 0:
             mask = self._dropout_mask(x_l, layout, num_virtual, dtype,
@@ -520,6 +525,14 @@ class GATv2Conv(MessagePassing):
                     "a 'SparseTensor' with edge features; pass 'edge_index' "
                     'as a [2, E] tensor instead')
             return torch_sparse.set_diag(edge_index), edge_attr
+        if is_torch_sparse_tensor(edge_index) and edge_attr is not None:
+            # PyG's remove_self_loops asserts that no edge features come
+            # with a sparse adjacency.
+            raise NotImplementedError(
+                f"'{self.__class__.__name__}' cannot add self-loops to a "
+                "torch.sparse adjacency with edge features; pass "
+                "'edge_index' as a [2, E] tensor and 'edge_attr' in its "
+                'order instead')
         edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
         if edge_attr is not None:
             edge_attr = torch.cat([

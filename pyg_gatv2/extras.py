@@ -5,8 +5,6 @@ from typing import Dict, Tuple
 
 __all__ = ['EXTRAS', 'MissingExtraError', 'missing', 'require']
 
-# extra -> the modules it installs (setup.cfg's extras_require, by import
-# name).
 EXTRAS: Dict[str, Tuple[str, ...]] = {
     'train': ('matplotlib', 'scipy', 'tqdm'),
     'ogb': ('ogb', ),
@@ -14,6 +12,8 @@ EXTRAS: Dict[str, Tuple[str, ...]] = {
     'scatter': ('torch_scatter', ),
     'gpu': ('triton', ),
 }
+"""Each extra and the modules it installs, by import name (setup.cfg's
+``extras_require``)."""
 
 
 class MissingExtraError(ImportError):

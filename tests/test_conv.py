@@ -928,6 +928,11 @@ def test_bad_input_is_reported(mode, case):
 
 EDGE_ATTR_CASES = {
     'wrong_width': (torch.randn(4, 2), r'edge_dim=3.*\[num_edges, 3\]'),
+    'dtype': (torch.randn(4, 3, dtype=torch.float64),
+              r"dtype 'torch.float64' but its parameters are "
+              r"'torch.float32'.*edge_attr.to\(torch.float32\)"),
+    'device': (torch.randn(4, 3, device='meta'),
+               r"'edge_attr' on 'meta' but its parameters are on 'cpu'"),
     'wrong_count': (torch.randn(6, 3), r"for 6 edges but 'edge_index' has 4"),
     'integer': (torch.ones(4, 3, dtype=torch.long), r'floating-point'),
     'nan': (torch.full((4, 3), float('nan')), r"NaN in 'edge_attr'"),
@@ -942,6 +947,52 @@ def test_bad_edge_attr_is_reported(case):
     with validation('strict'), pytest.raises((ValueError, TypeError),
                                              match=pattern):
         conv(torch.randn(5, 8), edge_index, edge_attr)
+
+
+def test_an_edge_index_of_another_size_is_reported():
+    # As PyG's layer reports it: the EdgeIndex's sparse size is the graph's.
+    conv = GATv2Conv(8, 4)
+    edge_index = EdgeIndex(torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]),
+                           sparse_size=(9, 9))
+    with pytest.raises(ValueError, match=r"EdgeIndex of 9 source nodes "
+                       r"\(sparse_size\) but 5 source nodes in 'x'"):
+        conv(torch.randn(5, 8), edge_index)
+    edge_index = EdgeIndex(edge_index.as_tensor(), sparse_size=(5, 9))
+    with pytest.raises(ValueError, match='9 target nodes'):
+        conv(torch.randn(5, 8), edge_index)
+    # A size left open is taken from 'x'.
+    edge_index = EdgeIndex(edge_index.as_tensor(), sparse_size=(5, None))
+    assert conv(torch.randn(5, 8), edge_index).shape == (5, 4)
+
+
+def test_a_sparse_adjacency_of_another_layout_is_reported():
+    adj = torch.eye(5).to_sparse_bsr((1, 1))
+    with pytest.raises(TypeError, match=r"layout 'torch.sparse_bsr'.*"
+                       r"to_sparse_csr\(\)"):
+        GATv2Conv(8, 4)(torch.randn(5, 8), adj)
+
+
+def test_edge_features_with_a_torch_sparse_adjacency_and_self_loops():
+    # PyG's layer fails on an assertion inside remove_self_loops.
+    adj = torch.eye(5).to_sparse()
+    conv = GATv2Conv(8, 4, edge_dim=2)
+    with pytest.raises(NotImplementedError, match=r"torch.sparse adjacency "
+                       r"with edge features; pass 'edge_index' as a \[2, E\]"):
+        conv(torch.randn(5, 8), adj, torch.randn(5, 2))
+
+
+@pytest.mark.parametrize('fused', [None, False])
+@pytest.mark.parametrize('p', [-0.5, 1.5])
+def test_a_dropout_outside_0_and_1_is_refused(p, fused):
+    # As PyG's layer refuses it (F.dropout, in training and evaluation), on
+    # the fused path as on message passing.
+    conv = GATv2Conv(8, 4, dropout=p, fused=fused)
+    x, edge_index = torch.randn(5, 8), torch.tensor([[0, 1], [1, 2]])
+    for mode in (conv.train, conv.eval):
+        mode()
+        with pytest.raises(ValueError, match=r'dropout probability has to '
+                           r'be between 0 and 1'):
+            conv(x, edge_index)
 
 
 @pytest.mark.parametrize('x', [

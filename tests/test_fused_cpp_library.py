@@ -291,6 +291,24 @@ def test_a_missing_library_named_by_the_environment_is_an_error(
         pyg_gatv2.describe_backends()
 
 
+@pytest.mark.parametrize('content', [b'', b'not a library\n'],
+                         ids=['empty', 'text'])
+def test_a_file_named_by_the_environment_that_is_no_library_is_an_error(
+        content, tmp_path, monkeypatch, reloaded):
+    path = tmp_path / 'x.so'
+    path.write_bytes(content)
+    monkeypatch.setenv(LIBRARY_ENV, str(path))
+    cpp_library.load.cache_clear()
+    match = (re.escape(f'the C++ kernels at {path} could not be loaded (')
+             + r'.*' + re.escape(f'); {LIBRARY_ENV} names it; point it at a '
+                                 'library built by make sanitize or '
+                                 'setup.py, or unset it'))
+    with pytest.raises(LibraryMismatch, match=match):
+        cpp_library.load()
+    with pytest.raises(LibraryMismatch, match=match):
+        pyg_gatv2.describe_backends()
+
+
 def test_cpu_capability_is_the_best_level_this_cpu_runs():
     lib = cpp_library.load()
     built = lib.gatv2_capabilities().decode().split(',')

@@ -107,6 +107,12 @@ def test_a_malformed_edge_index_gets_the_shape_error(library, monkeypatch):
             edge_layout(bad, 5, 5, add_self_loops=True)
 
 
+@pytest.mark.parametrize('sizes', [(-1, 5), (5, -2)])
+def test_a_negative_node_count_is_refused(sizes):
+    with pytest.raises(ValueError, match=r'node counts of at least 0'):
+        edge_layout(torch.tensor([[0, 1], [1, 2]]), *sizes)
+
+
 def test_index_dtype(monkeypatch):
     narrow = torch.zeros(2, 10, dtype=torch.int32)
     assert layout.index_dtype(narrow, 5, 5, True) == (

@@ -323,6 +323,15 @@ BAD_INPUTS = {
     'x_r_shape': (
         dict(x_r=torch.ones(4, 3, 3)), ValueError, r"'x_r' \[num_dst, "),
     'att_shape': (dict(att=torch.ones(3, 3)), ValueError, "'att'"),
+    'no_heads': (
+        dict(x_l=torch.ones(4, 0, 3), x_r=torch.ones(4, 0, 3),
+             att=torch.ones(0, 3)), ValueError, 'at least one head'),
+    'no_channels': (
+        dict(x_l=torch.ones(4, 2, 0), x_r=torch.ones(4, 2, 0),
+             att=torch.ones(2, 0)), ValueError, 'one channel'),
+    'loop_edge_term_alone': (
+        dict(loop_edge_term=torch.ones(4, 2, 3), add_self_loops=True),
+        ValueError, "'loop_edge_term' without 'edge_term'"),
     'edge_term_shape': (
         dict(edge_term=torch.ones(5, 2, 3)), ValueError, "'edge_term'"),
     'loop_edge_term_shape': (

@@ -129,11 +129,21 @@ def load() -> Optional[ctypes.CDLL]:
     """The kernel library with its entry points typed and the CPU level of
     ``PYG_GATV2_CPU_CAPABILITY`` selected, or :obj:`None` where it was not
     built. Raises :class:`LibraryMismatch` for a library built from other
-    sources, and a :class:`ValueError` for a level it cannot run."""
+    sources or a file that is not a library of this platform, and a
+    :class:`ValueError` for a level it cannot run."""
     path = library_path()
     if path is None:
         return None
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as error:
+        named = (f'{LIBRARY_ENV} names it; point it at a library built by '
+                 'make sanitize or setup.py, or unset it'
+                 if os.environ.get(LIBRARY_ENV) else
+                 "rebuild it: 'pip install .' (or 'make setup' in a "
+                 'checkout)')
+        raise LibraryMismatch(f'the C++ kernels at {path} could not be '
+                              f'loaded ({error}); {named}') from None
     typed = {
         'gatv2_abi_version': ([], _I64),
         'gatv2_args_layout': ([], ctypes.c_char_p),

@@ -363,6 +363,9 @@ def edge_layout(edge_index: Tensor, num_src: int, num_dst: int,
         caller (str, optional): The name that error messages give for the
             function that was called. (default: :obj:`'edge_layout'`)
     """
+    if num_src < 0 or num_dst < 0:
+        raise ValueError(f"'{caller}' expects node counts of at least 0 "
+                         f'(got num_src={num_src}, num_dst={num_dst})')
     if not isinstance(edge_index, Tensor) or edge_index.is_inference():
         # Inference tensors cannot be copied outside inference mode.
         return _build(edge_index, num_src, num_dst, add_self_loops, caller)

@@ -370,6 +370,9 @@ def _check_shapes(x_l: Tensor, x_r: Tensor, att: Tensor,
                          f"channels] and 'x_r' [num_dst, heads, channels] "
                          f"(got {list(x_l.shape)} and {list(x_r.shape)})")
     H, C = x_l.shape[1:]
+    if H < 1 or C < 1:
+        raise ValueError(f"'{_NAME}' expects at least one head and one "
+                         f"channel (got 'x_l' {list(x_l.shape)})")
     if att.shape != (H, C):
         raise ValueError(f"'{_NAME}' expects 'att' of shape [{H}, {C}] or "
                          f"[1, {H}, {C}] (got {list(att.shape)})")
@@ -496,7 +499,8 @@ def fused_gatv2_attention(
         loop_edge_term (torch.Tensor, optional): Edge term of the implicit
             self-loops ``[min(num_src, num_dst), heads, channels]``, as
             ``edge_term``; zero if not given. Used only with
-            ``add_self_loops``. (default: :obj:`None`)
+            ``add_self_loops``, and only with ``edge_term``.
+            (default: :obj:`None`)
         add_self_loops (bool, optional): If set to :obj:`True`, ignores the
             edges ``i -> i`` of ``edge_index`` and adds one self-loop to every
             node ``i < min(num_src, num_dst)``, as
@@ -534,13 +538,15 @@ def fused_gatv2_attention(
     num_edges, csr = _layout_tensors(edge_index, num_src, num_dst,
                                      bool(add_self_loops))
     num_loops = _num_loops(num_src, num_dst, bool(add_self_loops))
+    if edge_term is None and loop_edge_term is not None:
+        raise ValueError(f"'{_NAME}' got 'loop_edge_term' without "
+                         "'edge_term'; pass the edges' terms too (zeros "
+                         'where the edges have none)')
     if edge_term is not None and loop_edge_term is None:
         loop_edge_term = edge_term.new_zeros(
             (num_loops, ) + tuple(edge_term.shape[1:]))
     _check_shapes(x_l, x_r, att, edge_term, loop_edge_term, dropout_mask,
                   num_edges, num_loops)
-    if edge_term is None:
-        loop_edge_term = None
     if csr[0].device != x_l.device:
         raise TypeError(f"'{_NAME}' expects 'edge_index' on the device of "
                         f"'x_l' ({x_l.device}); got {csr[0].device}")
