@@ -20,8 +20,8 @@ the validation nodes, test accuracy at the best validation epoch), built
 once from PyG's ``GATConv`` (GAT) and once from our ``GATv2Conv`` (GATv2).
 Both draw their weights after ``torch.manual_seed(seed)``.
 
-The paper ran this on ogbn-arxiv and ogbn-mag, which cannot be downloaded
-here; the recipe there was the authors' own.
+The paper ran this on ogbn-arxiv and ogbn-mag, which this script does not
+read; the recipe there was the authors' own.
 
 Every finished run is written to ``noise.json`` at once; ``--resume`` keeps
 them, so an interrupted sweep goes on where it stopped. The runs go seed

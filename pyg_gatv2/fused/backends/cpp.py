@@ -8,8 +8,9 @@ The float32 kernels run whole blocks of 8 channels per head: heads of
 another width are padded with zero channels up to the width that
 :func:`pyg_gatv2.fused.cpp_library.compiled_shape` gives, which add
 exactly nothing to the logits and the sums, and the results are cut back
-to the caller's width. Kernels with a remainder of channels ran 1.2 to 2
-times slower than the padded ones, copies included. Callers that project
+to the caller's width. A step on kernels with a remainder of channels
+took 1.07 to 1.52 times the padded one's, copies included
+(``benchmarks/results/history.md``, the shape sweep). Callers that project
 straight into that width (:func:`pyg_gatv2.fused.kernel_width`, as
 :class:`pyg_gatv2.GATv2Conv` does) save the copies.
 """
