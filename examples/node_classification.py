@@ -8,7 +8,8 @@ and the test accuracy read at the best validation epoch.
     python examples/node_classification.py
 
 Cora's raw files are taken from $PYG_GATV2_RAW_DIR when it is set, else
-downloaded once into $PYG_GATV2_ROOT (default ~/.cache/pyg_gatv2). For
+downloaded once into $PYG_GATV2_ROOT (default $XDG_CACHE_HOME/pyg_gatv2,
+else ~/.cache/pyg_gatv2). For
 several seeds, results files and curves, use ``pyg-gatv2 train``.
 """
 from pyg_gatv2 import GATv2
