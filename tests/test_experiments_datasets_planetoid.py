@@ -1,5 +1,6 @@
 """Tests for the verified, offline-capable Planetoid loader."""
 import _compat_pickle
+import builtins
 import codecs
 import hashlib
 import os
@@ -465,14 +466,31 @@ def test_unreadable_processed_file_is_processed_again(tmp_path, synth,
     path = processed(tmp_path / 'root')
     damage(path)
     with pytest.warns(UserWarning, match=re.escape(
-            f'{path}: cannot be loaded (') + r'\w+\), so it is truncated or '
-            'corrupt; processing the raw files again'):
+            f'{path}: cannot be loaded (') + r'\w+\), so it is truncated, '
+            'corrupt or unsafe; processing the raw files again'):
         again = load_synth(tmp_path)[0]
     for key in first.keys():
         assert torch.equal(again[key], first[key]), key
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # the file was written anew
         load_synth(tmp_path)
+
+
+class RunsCode:
+    """Pickled as a call of exec: what a tampered file could hold."""
+    def __reduce__(self):
+        return exec, ('import builtins; builtins.pyg_gatv2_ran = True', )
+
+
+def test_a_processed_file_that_would_run_code_is_not_run(tmp_path, synth):
+    first = load_synth(tmp_path)[0]
+    path = processed(tmp_path / 'root')
+    data, slices, data_cls = torch.load(path, weights_only=True)
+    torch.save((data, slices, data_cls, RunsCode()), path)
+    with pytest.warns(UserWarning, match='truncated, corrupt or unsafe'):
+        again = load_synth(tmp_path)[0]
+    assert not hasattr(builtins, 'pyg_gatv2_ran')
+    assert torch.equal(again.x, first.x)
 
 
 def test_interrupted_processing_leaves_no_processed_file(tmp_path, synth,

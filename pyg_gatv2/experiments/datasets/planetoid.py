@@ -488,20 +488,34 @@ class SafePlanetoid(Planetoid):
         os.replace(part, path)
 
     def load(self, path: str, data_cls: type = Data) -> None:
-        """Loads the processed file; one that cannot be read is made again
-        from the raw files, whose cache it is."""
+        """Loads the processed file with ``torch.load(weights_only=True)``
+        and nothing else: PyG's loader retries a file that names other
+        globals with the full unpickler, which runs what the file says. A
+        file that cannot be read so is made again from the raw files, whose
+        cache it is."""
         try:
-            super().load(path, data_cls)
+            self._load_weights_only(path)
             return
         except Exception as err:
             # The type only: torch's message for a file that is not made of
             # tensors advises loading it with weights_only=False.
             problem = type(err).__name__
         warnings.warn(f'{path}: cannot be loaded ({problem}), so it is '
-                      'truncated or corrupt; processing the raw files again',
-                      stacklevel=2)
+                      'truncated, corrupt or unsafe; processing the raw '
+                      'files again', stacklevel=2)
         self.process()
-        super().load(path, data_cls)
+        self._load_weights_only(path)
+
+    def _load_weights_only(self, path: str) -> None:
+        # What InMemoryDataset.load does with the file's contents.
+        out = torch.load(path, weights_only=True)
+        if not isinstance(out, tuple) or len(out) not in (2, 3):
+            raise TypeError(f'{path} holds no processed dataset')
+        data, self.slices = out[:2]
+        data_cls = out[2] if len(out) == 3 else Data
+        self.data = data_cls.from_dict(data) if isinstance(data,
+                                                           dict) else data
+
 
 def load_planetoid(
     name: str,
