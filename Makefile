@@ -7,9 +7,13 @@ PYTHON ?= python3
 CXX ?= g++
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch that the package is tested with. An unpinned torch
-# pulls the newest CUDA build, several gigabytes.
+# The torch that the package is tested with (its CPU build). An unpinned
+# torch pulls the newest CUDA build, several gigabytes; from PyPI on Linux
+# x86-64 this pin is a CUDA build too, and the CPU build comes from
+# PyTorch's own index: make train TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+TORCH_FROM = $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 KERNELS := $(wildcard pyg_gatv2/fused/_kernels/*)
 TRAIN_STAMP := $(VENV)/.train-installed
 TEST_STAMP := $(VENV)/.test-installed
@@ -49,7 +53,7 @@ $(BIN)/python:
 # torch, then the package with the train extra; pip builds the C++ kernels
 # (pyg_gatv2/fused/_kernels/) in place.
 $(TRAIN_STAMP): setup.cfg setup.py pyproject.toml $(KERNELS) | $(BIN)/python
-	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install $(TORCH_FROM) torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -e '.[train]'
 	touch $@
 
@@ -62,7 +66,7 @@ $(TRAIN_STAMP): setup.cfg setup.py pyproject.toml $(KERNELS) | $(BIN)/python
 # built wheels). What training
 # needs is then installed too.
 $(TEST_STAMP): setup.cfg setup.py pyproject.toml $(KERNELS) | $(BIN)/python
-	$(BIN)/python -m pip install torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install $(TORCH_FROM) torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -e '.[test]'
 	$(BIN)/python -m pip install --no-build-isolation 'torch-scatter>=2.1'
 	$(BIN)/python -m pip install --no-build-isolation 'torch-sparse>=0.6.18'
