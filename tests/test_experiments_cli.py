@@ -447,6 +447,24 @@ def test_dictionary_lookup_with_replacement(tmp_path):
     assert main([*flags, '--resume']) == 1
 
 
+def test_dictionary_lookup_refuses_an_earlier_sweep(tmp_path, capsys):
+    out = tmp_path / 'out'
+    flags = ['dictionary-lookup', '--ks', '3', '--heads', '1', '--convs',
+             'gatv2', '--max-epochs', '2', '--eval-every', '1', '--hidden',
+             '8', '--no-progress', '--out', str(out)]
+    assert main(flags) == 0
+    before = (out / 'dictionary_lookup.json').read_bytes()
+    capsys.readouterr()
+    assert main([*flags, '--seed', '1']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'pyg-gatv2: error: {out} holds an earlier run '
+                          f"({out / 'dictionary_lookup.json'})")
+    assert (out / 'dictionary_lookup.json').read_bytes() == before
+    assert main([*flags, '--seed', '1', '--overwrite']) == 0
+    report = json.loads((out / 'dictionary_lookup.json').read_text())
+    assert [run['seed'] for run in report['results']] == [1]
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--ks', '1'], 'k >= 2'),
     (['--values', 'random'], 'invalid choice'),

@@ -427,19 +427,17 @@ def _recipe_and_model(args: argparse.Namespace, num_features: int,
     return recipe, model_config
 
 
-def _check_out(args: argparse.Namespace, out: Path) -> None:
+def _check_out(args: argparse.Namespace, out: Path,
+               files: list[Path]) -> None:
     """Raises :class:`FileExistsError` when a run without --resume would
-    overwrite the results or checkpoints of an earlier run in ``out``;
-    with --overwrite, deletes them instead."""
+    overwrite ``files``, the results or checkpoints of an earlier run in
+    ``out``; with --overwrite, deletes them instead."""
     if args.resume:
         if args.overwrite:
             raise ValueError('--resume continues the run in --out and '
                              '--overwrite deletes it; pass one of them')
         return
-    folder = out / 'checkpoints'
-    earlier = [*sorted(folder.glob('state_seed*.pt')),
-               *sorted(folder.glob('best_seed*.pt')), out / 'results.json']
-    earlier = [path for path in earlier if path.exists()]
+    earlier = [path for path in files if path.exists()]
     if earlier and args.overwrite:
         for path in earlier:
             path.unlink(missing_ok=True)
@@ -456,7 +454,10 @@ def _train_in_group(args: argparse.Namespace, device: torch.device) -> int:
     # One process prepares the dataset files (and deletes an earlier run
     # under --overwrite), then the others read them.
     with main_first():
-        _check_out(args, out)
+        folder = out / 'checkpoints'
+        _check_out(args, out, [*sorted(folder.glob('state_seed*.pt')),
+                               *sorted(folder.glob('best_seed*.pt')),
+                               out / 'results.json'])
         data, num_features, num_classes = _load_graph(args)
     recipe, model_config = _recipe_and_model(args, num_features, num_classes)
     split = ('official' if args.dataset in OGB_NAMES else
@@ -648,6 +649,10 @@ def _add_lookup_output(system: argparse._ArgumentGroup) -> None:
                         help='keep the finished runs of DIR/'
                         'dictionary_lookup.json and continue the one cut '
                         'short from its checkpoint (same flags required)')
+    system.add_argument('--overwrite', action='store_true',
+                        help='delete DIR/dictionary_lookup.json of an '
+                        'earlier sweep first, and run afresh (without it '
+                        'or --resume, an earlier sweep is refused)')
     _add_no_progress(system)
 
 
@@ -666,6 +671,8 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f'--hidden {args.hidden} must be a multiple of '
                          f'every --heads value, and is not of {bad}')
+    json_path = args.out / 'dictionary_lookup.json'
+    _check_out(args, args.out, [json_path])
     device = _set_up_execution(args)
     recipe = LookupRecipe(
         max_epochs=args.max_epochs, eval_every=args.eval_every,
@@ -680,7 +687,6 @@ def _dictionary_lookup(args: argparse.Namespace) -> int:
           f"{'train node':>10} {'train graph':>11} {'test node':>9} "
           f"{'test graph':>10} {'epochs':>6} {'stop':<10} {'seconds':>8}")
     sys.stdout.flush()
-    json_path = args.out / 'dictionary_lookup.json'
     setup = SweepSetup(recipe, hidden_channels=args.hidden,
                        readout=args.readout, dropout=args.dropout,
                        train_fraction=args.train_fraction,
