@@ -161,20 +161,28 @@ def check_node_features(x: Tensor, lin: torch.nn.Module, caller: str,
             'to infer it)')
     if is_strict():
         check_no_nan(x, f'its {what}', caller)
-    weight = lin.weight
+    _check_like_parameters(x, lin.weight, what, 'x', caller)
+
+
+def _check_like_parameters(t: Tensor, weight: Tensor, what: str, name: str,
+                           caller: str) -> None:
+    """Checks that ``t`` (``what``, the argument ``name``) is on the device
+    of the projection weight ``weight`` that receives it and, outside
+    autocast (where the projection casts), of its dtype; nothing while the
+    weight is not yet initialised."""
     if isinstance(weight, torch.nn.parameter.UninitializedParameter):
         return
-    if x.device != weight.device:
+    if t.device != weight.device:
         raise ValueError(
-            f"'{caller}' got {what} on '{x.device}' but its parameters are "
+            f"'{caller}' got {what} on '{t.device}' but its parameters are "
             f"on '{weight.device}'; move one to the other (e.g. "
-            f"'x.to(\"{weight.device}\")')")
-    if (x.dtype != weight.dtype
-            and not torch.is_autocast_enabled(x.device.type)):
+            f"'{name}.to(\"{weight.device}\")')")
+    if (t.dtype != weight.dtype
+            and not torch.is_autocast_enabled(t.device.type)):
         raise TypeError(
-            f"'{caller}' got {what} of dtype '{x.dtype}' but its parameters "
+            f"'{caller}' got {what} of dtype '{t.dtype}' but its parameters "
             f"are '{weight.dtype}'; convert one to the other (e.g. "
-            f"'x.to({weight.dtype})' or 'conv.to({x.dtype})')")
+            f"'{name}.to({weight.dtype})' or 'conv.to({t.dtype})')")
 
 
 def check_edge_index(edge_index: Tensor, caller: str) -> None:
@@ -277,19 +285,8 @@ def check_edge_attr(edge_attr: Tensor, lin_edge: Optional[torch.nn.Module],
             f"'{caller}' was built with edge_dim={edge_dim} and expects "
             f"'edge_attr' of shape [num_edges, {expected}] (got "
             f'{tuple(edge_attr.shape)})')
-    weight = lin_edge.weight
-    if not isinstance(weight, torch.nn.parameter.UninitializedParameter):
-        if edge_attr.device != weight.device:
-            raise ValueError(
-                f"'{caller}' got 'edge_attr' on '{edge_attr.device}' but its "
-                f"parameters are on '{weight.device}'; move it with "
-                f"'edge_attr.to(\"{weight.device}\")'")
-        if (edge_attr.dtype != weight.dtype
-                and not torch.is_autocast_enabled(edge_attr.device.type)):
-            raise TypeError(
-                f"'{caller}' got 'edge_attr' of dtype '{edge_attr.dtype}' "
-                f"but its parameters are '{weight.dtype}'; convert it with "
-                f"'edge_attr.to({weight.dtype})'")
+    _check_like_parameters(edge_attr, lin_edge.weight, "'edge_attr'",
+                           'edge_attr', caller)
     if is_strict():
         check_no_nan(edge_attr, "'edge_attr'", caller)
     if edge_attr.size(0) != num_edges:
